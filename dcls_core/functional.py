@@ -1,0 +1,130 @@
+"""Functional DCLS convolutions: build the dense kernel, then convolve.
+
+``dcls_conv{1,2,3}d`` take the module parameters and conv arguments as plain values. The
+dense-kernel construction and the convolution go through :mod:`dcls_core.dispatch`, which
+picks the reference path (plain torch, any device) or a fast GPU path.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .dispatch import select_conv
+from .kernel import construct_kernel
+
+IntOrTuple = Union[int, Sequence[int]]
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _ntuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(int(v) for v in value)
+    if len(value) != n:
+        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value}")
+    return value
+
+
+def reversed_padding_repeated_twice(padding: Sequence[int]) -> tuple[int, ...]:
+    """``F.pad`` order of a conv padding tuple: last axis first, both sides."""
+    out: list[int] = []
+    for p in reversed(tuple(padding)):
+        out += [p, p]
+    return tuple(out)
+
+
+def conv_nd(
+    input: Tensor,
+    kernel: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+    padding_mode: str = "zeros",
+) -> Tensor:
+    """Plain dense convolution with the ``padding_mode`` handling of ``nn.ConvNd``.
+
+    ``input`` is ``(N, C_in, *spatial)`` or unbatched; ``kernel`` is
+    ``(C_out, C_in/groups, *kernel)``; the number of kernel axes picks conv1d/2d/3d.
+    """
+    ndim = kernel.dim() - 2
+    conv = _CONV[ndim]
+    if padding_mode != "zeros":
+        input = F.pad(input, reversed_padding_repeated_twice(padding), mode=padding_mode)
+        padding = (0,) * ndim
+    return conv(input, kernel, bias, tuple(stride), tuple(padding), 1, groups)
+
+
+def dcls_conv(
+    input: Tensor,
+    weight: Tensor,
+    P: Tensor,
+    SIG: Optional[Tensor],
+    bias: Optional[Tensor],
+    dilated_kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    version: str = "gauss",
+) -> Tensor:
+    """DCLS convolution over ``len(dilated_kernel_size)`` spatial axes (all learned)."""
+    impl = select_conv(input, weight, dilated_kernel_size, stride, padding, groups, padding_mode, version)
+    return impl(input, weight, P, SIG, bias, tuple(dilated_kernel_size), tuple(stride), tuple(padding), groups, padding_mode, version)
+
+
+def reference_dcls_conv(
+    input: Tensor,
+    weight: Tensor,
+    P: Tensor,
+    SIG: Optional[Tensor],
+    bias: Optional[Tensor],
+    dilated_kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    version: str = "gauss",
+) -> Tensor:
+    """Reference path: :func:`construct_kernel` then the plain convolution."""
+    kernel = construct_kernel(weight, P, SIG, dilated_kernel_size, version)
+    return conv_nd(input, kernel, bias, stride, padding, groups, padding_mode)
+
+
+def _functional(ndim: int):
+    def fn(
+        input: Tensor,
+        weight: Tensor,
+        P: Tensor,
+        SIG: Optional[Tensor] = None,
+        bias: Optional[Tensor] = None,
+        dilated_kernel_size: IntOrTuple = 1,
+        stride: IntOrTuple = 1,
+        padding: IntOrTuple = 0,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        version: str = "gauss",
+    ) -> Tensor:
+        return dcls_conv(
+            input, weight, P, SIG, bias,
+            _ntuple(dilated_kernel_size, ndim, "dilated_kernel_size"),
+            _ntuple(stride, ndim, "stride"),
+            _ntuple(padding, ndim, "padding"),
+            groups, padding_mode, version,
+        )
+
+    fn.__name__ = f"dcls_conv{ndim}d"
+    fn.__doc__ = (
+        f"{ndim}-D DCLS convolution. ``weight`` ``(out, in/groups, count)``, ``P``/``SIG`` "
+        f"``({ndim}, out, in/groups, count)``; input ``(N, in, *{ndim} spatial)``."
+    )
+    return fn
+
+
+dcls_conv1d = _functional(1)
+dcls_conv2d = _functional(2)
+dcls_conv3d = _functional(3)
