@@ -1,0 +1,359 @@
+"""Training configuration: typed sections, YAML files, dotted overrides, validation.
+
+A config is a :class:`TrainConfig` of sections (``model``, ``data``, ``augment``, ``optim``,
+``ema``, ``trainer``, ``run``). A YAML file sets any subset of the fields; ``--section.key
+value`` overrides set single fields (values are parsed as YAML: ``3``, ``1.0e-3``, ``null``,
+``[1, 1, 3, 1]``). Unknown keys and values of the wrong type raise :class:`ConfigError`
+naming the key, before any work starts.
+
+This module imports nothing heavy (no torch) so that the command line can list the keys fast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+__all__ = [
+    "CONFIG_DIR",
+    "ConfigError",
+    "TrainConfig",
+    "config_keys",
+    "dump_config",
+    "load_config",
+    "resolve_config_path",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = "demo"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with a help text (lists/dicts get a factory)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("convnext_dcls_audio_tiny", "backbone name (see dcls_audio.models.list_models())")
+    num_classes: Optional[int] = _f(None, "output classes; null: the class count of the data")
+    drop_path_rate: float = _f(0.4, "stochastic depth rate")
+    layer_scale_init_value: Optional[float] = _f(1.0e-6, "layer scale init; null: model default")
+    kernel_count: Optional[int] = _f(None, "DCLS elements per kernel; null: model default (26)")
+    dilated_kernel_size: Optional[int] = _f(None, "DCLS dilated kernel size; null: default (23)")
+    version: Optional[str] = _f(None, "DCLS interpolation (v0, v1, max, gauss); null: default")
+    depths: Optional[list[int]] = _f(None, "blocks per stage; null: the named model's")
+    dims: Optional[list[int]] = _f(None, "channels per stage; null: the named model's")
+    init_checkpoint: Optional[str] = _f(
+        None, "fine-tune from this checkpoint (ours, upstream .pth or state_dict); a new head "
+        "is made when its class count differs")
+    init_checkpoint_ema: bool = _f(False, "take the EMA weights of init_checkpoint")
+    freeze_positions: bool = _f(False, "keep the DCLS positions (P, SIG) fixed")
+    clamp_positions: bool = _f(False, "clamp DCLS positions to the kernel after each step")
+    channels_last: bool = _f(False, "channels_last memory format for the backbone")
+    compile: bool = _f(False, "torch.compile the backbone")
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = _f([], "training HDF5 files; empty: the built-in demo data")
+    val_files: list[str] = _f([], "validation HDF5 files; empty: the demo eval file")
+    class_csv: Optional[str] = _f(None, "class list CSV (index, mid, display_name); null: AudioSet")
+    batch_size: int = _f(64, "clips per device and step")
+    num_workers: int = _f(4, "data loader workers per device")
+    pin_memory: bool = _f(True, "pin host memory of batches")
+    persistent_workers: bool = _f(True, "keep workers alive between epochs")
+    sampler: Literal["uniform", "balanced"] = _f("uniform", "training sampler")
+
+
+@dataclass
+class AugmentConfig:
+    front_end: bool = _f(True, "roll, speed perturbation and random erasing in training")
+    mixup_alpha: float = _f(0.8, "batch mixup alpha; 0 disables mixup")
+    label_smoothing: float = _f(0.1, "label smoothing of the training targets")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = _f("adamw", "timm optimizer name (adamw, lamb, ...)")
+    lr: float = _f(4.0e-3, "peak learning rate at a total batch of lr_batch_size")
+    lr_batch_size: Optional[int] = _f(
+        4096, "total batch that lr is given for; the lr used is lr * total_batch / "
+        "lr_batch_size (linear scaling); null: use lr as is")
+    min_lr: float = _f(1.0e-6, "final learning rate of the cosine schedule")
+    weight_decay: float = _f(0.05, "weight decay (not on biases, 1-D params, P, SIG)")
+    betas: list[float] = _f([0.9, 0.999], "Adam betas")
+    eps: float = _f(1.0e-8, "Adam epsilon")
+    position_lr_scale: float = _f(5.0, "learning-rate factor of the DCLS positions P and SIG")
+    warmup_epochs: float = _f(20.0, "linear warm-up length in epochs")
+    warmup_steps: Optional[int] = _f(None, "warm-up length in optimizer steps (overrides epochs)")
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = _f(False, "keep an exponential moving average of the weights")
+    decay: float = _f(0.9999, "EMA decay per optimizer step")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = _f("auto", "cpu, gpu, auto, ...")
+    devices: Union[int, str, list[int]] = _f("auto", "devices per node (count, list or auto)")
+    num_nodes: int = _f(1, "nodes")
+    strategy: str = _f("auto", "auto, ddp, ddp_spawn, fsdp, ...")
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = _f(
+        "bf16-mixed", "numeric precision")
+    max_epochs: int = _f(60, "epochs")
+    max_steps: int = _f(-1, "stop after this many optimizer steps (-1: no limit)")
+    accumulate_grad_batches: int = _f(1, "batches per optimizer step")
+    gradient_clip_val: Optional[float] = _f(None, "gradient clipping threshold; null: off")
+    gradient_clip_algorithm: Literal["norm", "value"] = _f("norm", "clip by norm or value")
+    log_every_n_steps: int = _f(50, "logging interval in steps")
+    val_check_interval: Optional[float] = _f(None, "validate every fraction (float) of an epoch")
+    check_val_every_n_epoch: Optional[int] = _f(1, "validate every n epochs")
+    limit_train_batches: Optional[float] = _f(None, "fraction (or count if > 1) of train batches")
+    limit_val_batches: Optional[float] = _f(None, "fraction (or count if > 1) of val batches")
+    num_sanity_val_steps: int = _f(0, "validation batches run before training")
+    fast_dev_run: Union[bool, int] = _f(False, "run n (true: 1) batches of train/val as a test")
+    deterministic: bool = _f(False, "deterministic algorithms")
+    enable_progress_bar: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = _f("runs", "where run directories are made")
+    name: str = _f("run", "run name: runs go to output_dir/name/version_N")
+    seed: int = _f(0, "global random seed")
+    auto_resume: bool = _f(True, "continue the newest unfinished run of this name")
+    checkpoint_every_n_steps: int = _f(1000, "also write last.ckpt every n steps (0: epochs only)")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _sections() -> dict[str, type]:
+    """Section name -> its dataclass."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def config_keys() -> dict[str, tuple[str, str]]:
+    """Every dotted key -> (type name, help text), in declaration order."""
+    keys = {}
+    for section, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            keys[f"{section}.{f.name}"] = (_type_name(hints[f.name]), f.metadata.get("help", ""))
+    return keys
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "{" + ",".join(str(a) for a in typing.get_args(tp)) + "}"
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp``; return it (ints widened to float, str to float)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        choices = typing.get_args(tp)
+        text = str(value)
+        for choice in choices:
+            if text == str(choice):
+                return choice
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+    elif origin is list:
+        (item_type,) = typing.get_args(tp)
+        if item_type is str and isinstance(value, str):
+            value = [value]  # one path for a list of paths
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _field_type(key: str) -> Any:
+    """The declared type of a dotted key; ConfigError if there is no such key."""
+    section, _, name = key.partition(".")
+    sections = _sections()
+    if section not in sections:
+        raise _unknown(key, list(config_keys()))
+    hints = typing.get_type_hints(sections[section])
+    if name not in hints:
+        raise _unknown(key, list(config_keys()))
+    return hints[name]
+
+
+def _set(cfg: TrainConfig, key: str, value: Any) -> None:
+    section, name = key.split(".", 1)
+    setattr(getattr(cfg, section), name, _coerce(value, _field_type(key), key))
+
+
+def _parse_override(key: str, text: Any) -> Any:
+    """Command-line text -> value of the key's type: YAML first, the plain text second."""
+    tp = _field_type(key)
+    if not isinstance(text, str):
+        return _coerce(text, tp, key)
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        parsed = text
+    try:
+        return _coerce(parsed, tp, key)
+    except ConfigError:
+        try:
+            return _coerce(text, tp, key)
+        except ConfigError:
+            pass
+        raise
+
+
+def resolve_config_path(config: str | Path | None) -> Path:
+    """A config path, or a bare name of a file in ``configs/`` (``demo`` -> configs/demo.yaml)."""
+    if config is None:
+        config = DEFAULT_CONFIG
+    path = Path(config)
+    if path.is_file():
+        return path
+    named = CONFIG_DIR / f"{config}.yaml"
+    if path.suffix == "" and named.is_file():
+        return named
+    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file '{config}' not found (names in {CONFIG_DIR}: {available})")
+
+
+def load_config(
+    config: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Defaults <- YAML file (path or name in ``configs/``; None: demo) <- dotted overrides.
+
+    Args:
+        config: YAML path or config name.
+        overrides: ``{"trainer.max_epochs": "3", ...}``; strings are parsed as YAML.
+    Raises:
+        ConfigError: unreadable file, unknown key or wrong type (the message names it).
+    """
+    path = resolve_config_path(config)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    cfg = TrainConfig()
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section '{section}' must be a mapping of keys")
+        for name, value in values.items():
+            try:
+                _set(cfg, f"{section}.{name}", value)
+            except ConfigError as err:
+                raise ConfigError(f"{path}: {err}") from None
+    for key, text in (overrides or {}).items():
+        _set(cfg, key, _parse_override(key, text))
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    """Cross-field and range checks."""
+    checks = [
+        (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (0 <= cfg.optim.min_lr <= cfg.optim.lr, "optim.min_lr must be in [0, optim.lr]"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (len(cfg.optim.betas) == 2, "optim.betas must have two values"),
+        (cfg.optim.lr_batch_size is None or cfg.optim.lr_batch_size > 0,
+         "optim.lr_batch_size must be > 0 or null"),
+        (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
+        (cfg.optim.warmup_steps is None or cfg.optim.warmup_steps >= 0,
+         "optim.warmup_steps must be >= 0 or null"),
+        (cfg.augment.mixup_alpha >= 0, "augment.mixup_alpha must be >= 0"),
+        (0 <= cfg.augment.label_smoothing < 1, "augment.label_smoothing must be in [0, 1)"),
+        (0 < cfg.ema.decay < 1, "ema.decay must be in (0, 1)"),
+        (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches must be >= 1"),
+        (cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0,
+         "trainer.max_epochs must be >= 1 (or set trainer.max_steps)"),
+        (cfg.run.checkpoint_every_n_steps >= 0, "run.checkpoint_every_n_steps must be >= 0"),
+        (len(cfg.data.train_files) > 0 or len(cfg.data.val_files) == 0,
+         "data.val_files given without data.train_files (both empty: demo data)"),
+        (cfg.model.num_classes is None or cfg.model.num_classes >= 1,
+         "model.num_classes must be >= 1 or null"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Block style for sections, flow style for lists."""
+
+
+_ConfigDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as YAML (loadable again with :func:`load_config`)."""
+    return yaml.dump(cfg.to_dict(), Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False)
