@@ -1,0 +1,120 @@
+"""Waveform batch -> normalised log-mel batch, with the upstream train-time augmentations."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torchaudio.transforms import AmplitudeToDB, MelScale, Spectrogram
+
+from .audio_io import pad_or_trim
+from .augment import random_erase, random_roll, speed_perturb
+from .constants import CLIP_SAMPLES, INT16_SCALE, LOGMEL_MEAN, LOGMEL_STD, SAMPLE_RATE
+
+
+@dataclass
+class AugmentConfig:
+    """Switches and parameters of the front end's train-time augmentations (upstream values)."""
+
+    roll: bool = True
+    speed: bool = True
+    speed_rates: tuple[float, float] = (0.5, 1.5)
+    speed_p: float = 0.5
+    erase: bool = True
+    erase_p: float = 0.25
+
+    @classmethod
+    def from_any(cls, value: bool | Mapping[str, Any] | "AugmentConfig" | None) -> "AugmentConfig | None":
+        """``True`` -> defaults, ``False``/``None`` -> no augmentation, a dict -> overrides."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"augment: unknown option(s) {unknown}; known: {sorted(known)}")
+            return cls(**value)
+        raise TypeError(f"augment must be a bool, a dict or an AugmentConfig, got {type(value).__name__}")
+
+
+class LogMelFrontEnd(nn.Module):
+    """(B, S) waveforms at 32 kHz (int16 or float in [-1, 1]) -> (B, 1, 128, 1001) log-mel.
+
+    Chain: int16 / 2^15, pad/cut to ``clip_samples``; [train: random roll, speed perturbation];
+    ``Spectrogram(n_fft=1024, hop_length=320, power=2)``; [train: random erasing on the power
+    spectrogram]; ``MelScale(128, 32000, 50, 14000, n_stft=513)``; ``AmplitudeToDB()``;
+    ``(x - mean) / std``. Augmentations run only in ``.train()`` mode and when ``augment`` is
+    enabled. The whole chain runs in fp32 with autocast disabled.
+
+    ``seed`` seeds a private CPU generator for the augmentation draws (use a different seed
+    per rank under DDP); ``None`` uses torch's global RNG.
+    """
+
+    def __init__(
+        self,
+        augment: bool | Mapping[str, Any] | AugmentConfig | None = True,
+        sample_rate: int = SAMPLE_RATE,
+        clip_samples: int = CLIP_SAMPLES,
+        n_fft: int = 1024,
+        hop_length: int = 320,
+        n_mels: int = 128,
+        f_min: float = 50.0,
+        f_max: float = 14000.0,
+        mean: float = LOGMEL_MEAN,
+        std: float = LOGMEL_STD,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.augment = AugmentConfig.from_any(augment)
+        self.clip_samples = clip_samples
+        self.mean = mean
+        self.std = std
+        self.spectrogram = Spectrogram(n_fft=n_fft, hop_length=hop_length, power=2.0)
+        self.mel_scale = MelScale(
+            n_mels=n_mels, sample_rate=sample_rate, f_min=f_min, f_max=f_max, n_stft=n_fft // 2 + 1
+        )
+        self.to_db = AmplitudeToDB(stype="power")
+        self.generator: torch.Generator | None = None
+        if seed is not None:
+            self.set_seed(seed)
+
+    def set_seed(self, seed: int) -> None:
+        """Reseed the augmentation generator."""
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    @property
+    def augmenting(self) -> bool:
+        return self.training and self.augment is not None
+
+    @staticmethod
+    def to_float(waveform: torch.Tensor) -> torch.Tensor:
+        """int16 -> float32 / 2^15; floating input -> float32 unchanged."""
+        if waveform.dtype == torch.int16:
+            return waveform.float() / INT16_SCALE
+        if torch.is_floating_point(waveform):
+            return waveform.float()
+        raise TypeError(f"LogMelFrontEnd: waveform must be int16 or floating, got {waveform.dtype}")
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        if waveform.ndim != 2:
+            raise ValueError(f"LogMelFrontEnd: expected (batch, samples), got shape {tuple(waveform.shape)}")
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            x = pad_or_trim(self.to_float(waveform), self.clip_samples)
+            cfg = self.augment if self.augmenting else None
+            if cfg is not None and cfg.roll:
+                x = random_roll(x, generator=self.generator)
+            if cfg is not None and cfg.speed:
+                x = speed_perturb(x, rates=cfg.speed_rates, p=cfg.speed_p, generator=self.generator)
+            power = self.spectrogram(x)
+            if cfg is not None and cfg.erase:
+                power = random_erase(power, p=cfg.erase_p, generator=self.generator)
+            logmel = self.to_db(self.mel_scale(power))
+            return ((logmel - self.mean) / self.std).unsqueeze(1)
+
+    def extra_repr(self) -> str:
+        return f"clip_samples={self.clip_samples}, mean={self.mean}, std={self.std}, augment={self.augment}"

@@ -1,0 +1,242 @@
+"""AudioSet clips stored in PANNs-layout HDF5 files.
+
+Layout of each file (N rows, C classes):
+
+- ``audio_name``: fixed-length bytes (``S20`` in PANNs files); empty for clips that failed to
+  download (their waveform is all zeros) -- such rows are dropped and counted.
+- ``waveform``: int16, (N, 320000): 10 s at 32 kHz.
+- ``target``: bool, (N, C).
+
+Several files are concatenated (e.g. balanced + unbalanced train). h5py handles are opened
+lazily in each process on its first ``__getitem__`` (after DataLoader workers fork), never
+shared across processes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .classes import ClassInfo, resolve_class_names
+from .constants import CLIP_SAMPLES
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+def as_path_list(files: PathLike | Sequence[PathLike] | None, argument: str = "files") -> list[Path]:
+    """Normalise one path or a sequence of paths to a list of ``Path``."""
+    if files is None:
+        return []
+    if isinstance(files, (str, os.PathLike)):
+        return [Path(files)]
+    try:
+        return [Path(f) for f in files]
+    except TypeError:
+        raise TypeError(f"{argument}: expected a path or a list of paths, got {files!r}") from None
+
+
+def check_files_exist(paths: Sequence[Path], argument: str = "files") -> None:
+    """Raise ``FileNotFoundError`` naming the first missing path."""
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{argument}: HDF5 file not found: {path}")
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise FileNotFoundError(f"HDF5 file not found: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from exc
+
+
+def _dataset(h5: h5py.File, path: Path, name: str) -> h5py.Dataset:
+    if name not in h5 or not isinstance(h5[name], h5py.Dataset):
+        raise ValueError(
+            f"{path}: dataset '{name}' is missing (PANNs layout needs 'audio_name', 'waveform', 'target')"
+        )
+    return h5[name]
+
+
+def inspect_file(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> tuple[int, int]:
+    """Validate the layout of one file; return ``(rows, classes)``.
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the file and the
+    dataset for a missing dataset, a wrong dtype, a wrong clip length or mismatched row counts.
+    """
+    path = Path(path)
+    with _open(path) as h5:
+        names = _dataset(h5, path, "audio_name")
+        wave = _dataset(h5, path, "waveform")
+        target = _dataset(h5, path, "target")
+        if names.ndim != 1 or names.dtype.kind != "S":
+            raise ValueError(
+                f"{path}: dataset 'audio_name' must be 1-D fixed-length bytes (S20), "
+                f"got dtype {names.dtype} shape {names.shape}"
+            )
+        if wave.dtype != np.int16 or wave.ndim != 2:
+            raise ValueError(
+                f"{path}: dataset 'waveform' must be int16 (N, {clip_samples}), "
+                f"got dtype {wave.dtype} shape {wave.shape}"
+            )
+        if wave.shape[1] != clip_samples:
+            raise ValueError(
+                f"{path}: dataset 'waveform' has clips of {wave.shape[1]} samples, expected {clip_samples}"
+            )
+        if target.dtype != np.bool_ or target.ndim != 2:
+            raise ValueError(
+                f"{path}: dataset 'target' must be bool (N, classes), got dtype {target.dtype} shape {target.shape}"
+            )
+        rows = names.shape[0]
+        for name, ds in (("waveform", wave), ("target", target)):
+            if ds.shape[0] != rows:
+                raise ValueError(f"{path}: dataset '{name}' has {ds.shape[0]} rows but 'audio_name' has {rows}")
+        return rows, int(target.shape[1])
+
+
+def read_num_classes(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> int:
+    """Number of target columns of a validated file."""
+    return inspect_file(path, clip_samples)[1]
+
+
+class AudioSetHDF5(Dataset):
+    """Concatenation of PANNs-layout HDF5 files, without the rows of empty ``audio_name``.
+
+    Item ``i`` (0 <= i < len) is a dict: ``waveform`` int16 (clip_samples,), ``target`` float32
+    (C,), ``index`` int64 (i, the global row over the valid rows of all files, in file order) and
+    ``audio_name`` (str). ``class_csv`` names the classes (its length must equal C); without it
+    AudioSet's names are used when C == 527 and generic names otherwise.
+    """
+
+    def __init__(
+        self,
+        files: PathLike | Sequence[PathLike],
+        class_csv: PathLike | None = None,
+        clip_samples: int = CLIP_SAMPLES,
+    ) -> None:
+        self.files = as_path_list(files)
+        if not self.files:
+            raise ValueError("AudioSetHDF5: no HDF5 files given")
+        self.clip_samples = clip_samples
+        num_classes = None
+        names_per_file, rows_per_file, dropped_per_file = [], [], []
+        for path in self.files:
+            _, classes = inspect_file(path, clip_samples)
+            if num_classes is None:
+                num_classes, first = classes, path
+            elif classes != num_classes:
+                raise ValueError(
+                    f"{path}: dataset 'target' has {classes} classes but {first} has {num_classes}"
+                )
+            with h5py.File(path, "r") as h5:
+                names = h5["audio_name"][()]
+            valid = np.flatnonzero(names != b"").astype(np.int64)
+            names_per_file.append(names[valid])
+            rows_per_file.append(valid)
+            dropped = len(names) - len(valid)
+            dropped_per_file.append(dropped)
+            if dropped:
+                log.info("%s: dropped %d of %d rows with an empty audio_name", path, dropped, len(names))
+        self.num_classes: int = int(num_classes)
+        self.classes: list[ClassInfo] = resolve_class_names(
+            self.num_classes, class_csv, data_source=str(self.files[0])
+        )
+        self._rows = rows_per_file
+        self._names = np.concatenate(names_per_file) if names_per_file else np.array([], dtype="S1")
+        self._offsets = np.cumsum([0] + [len(r) for r in rows_per_file]).astype(np.int64)
+        self.dropped_per_file: list[int] = dropped_per_file
+        self._handles: list[h5py.File] | None = None
+        self._pid: int | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def num_dropped(self) -> int:
+        """Rows skipped because their ``audio_name`` is empty (all files)."""
+        return sum(self.dropped_per_file)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.display_name for c in self.classes]
+
+    @property
+    def class_mids(self) -> list[str]:
+        return [c.mid for c in self.classes]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global valid-row index -> (file number, row in that file)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        file_no = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        return file_no, int(self._rows[file_no][index - self._offsets[file_no]])
+
+    def audio_name(self, index: int) -> str:
+        return self._names[index].decode("utf-8", errors="replace")
+
+    # ------------------------------------------------------------------ reading
+    def _files(self) -> list[h5py.File]:
+        if self._handles is None or self._pid != os.getpid():
+            # A handle inherited through fork is not ours to use or close.
+            self._handles = [h5py.File(p, "r") for p in self.files]
+            self._pid = os.getpid()
+        return self._handles
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        file_no, row = self.locate(index)
+        h5 = self._files()[file_no]
+        waveform = torch.from_numpy(h5["waveform"][row])
+        target = torch.from_numpy(h5["target"][row].astype(np.float32))
+        return {
+            "waveform": waveform,
+            "target": target,
+            "index": torch.tensor(index, dtype=torch.int64),
+            "audio_name": self.audio_name(index),
+        }
+
+    def iter_targets(self, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
+        """Bool target rows (n, C) of all valid clips, in global order, a chunk at a time."""
+        for path, rows in zip(self.files, self._rows):
+            if len(rows) == 0:
+                continue
+            with h5py.File(path, "r") as h5:
+                target = h5["target"]
+                for start in range(0, target.shape[0], chunk_rows):
+                    stop = min(start + chunk_rows, target.shape[0])
+                    keep = rows[(rows >= start) & (rows < stop)] - start
+                    if len(keep):
+                        yield target[start:stop][keep]
+
+    def targets(self) -> np.ndarray:
+        """All valid targets as one bool array (len, C); large for full AudioSet (~1 GB)."""
+        chunks = list(self.iter_targets())
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.num_classes), dtype=bool)
+
+    def close(self) -> None:
+        if self._handles is not None and self._pid == os.getpid():
+            for h5 in self._handles:
+                h5.close()
+        self._handles = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = None
+        state["_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

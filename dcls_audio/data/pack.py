@@ -1,0 +1,227 @@
+"""Pack a folder of audio files and an AudioSet segments CSV into the PANNs HDF5 layout.
+
+Labels CSV (AudioSet ``*_segments.csv`` format): lines ``YTID, start_seconds, end_seconds,
+"mid,mid,..."``; lines starting with ``#`` are comments. A file matches a YTID when its stem is
+the YTID, ``Y<YTID>``, or either followed by ``_<start>`` or ``_<start>_<end>`` (numbers).
+Each clip is decoded with soundfile, mixed down to mono, resampled to 32 kHz with torchaudio,
+padded/cut to 10 s and stored as int16; ``audio_name`` holds the YTID.
+"""
+from __future__ import annotations
+
+import csv
+import multiprocessing
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .audio_io import AudioReadError, float_to_int16, load_audio, pad_or_trim
+from .classes import load_class_names, mid_to_index
+from .constants import CLIP_SAMPLES, SAMPLE_RATE
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+_TIME_SUFFIX = re.compile(r"^(.+?)(?:_\d+(?:\.\d+)?){1,2}$")
+
+
+def read_segments_csv(path: str | os.PathLike) -> dict[str, list[str]]:
+    """YTID -> list of label mids from an AudioSet segments CSV (repeated YTIDs are merged)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labels CSV not found: {path}")
+    labels: dict[str, list[str]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        lines = ((n, line) for n, line in enumerate(fh, start=1) if line.strip() and not line.lstrip().startswith("#"))
+        for line_no, line in lines:
+            row = next(csv.reader([line], skipinitialspace=True))
+            if len(row) < 4:
+                raise ValueError(
+                    f"labels CSV {path}, line {line_no}: expected 'YTID, start, end, \"mid,...\"', got {line.strip()!r}"
+                )
+            ytid = row[0].strip()
+            mids = [m.strip() for m in ",".join(row[3:]).split(",") if m.strip()]
+            merged = labels.setdefault(ytid, [])
+            merged.extend(m for m in mids if m not in merged)
+    if not labels:
+        raise ValueError(f"labels CSV {path} lists no segments")
+    return labels
+
+
+def match_ytid(stem: str, known: dict[str, object] | set[str]) -> str | None:
+    """The YTID a file stem refers to (see the module docstring), or ``None``."""
+    candidates = [stem]
+    if stem.startswith("Y"):
+        candidates.append(stem[1:])
+    for name in list(candidates):
+        match = _TIME_SUFFIX.match(name)
+        if match:
+            candidates.append(match.group(1))
+    for name in candidates:
+        if name in known:
+            return name
+    return None
+
+
+def list_audio_files(audio_dir: Path) -> list[Path]:
+    """Audio files under ``audio_dir`` (recursively), sorted."""
+    return sorted(p for p in audio_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+@dataclass
+class PackReport:
+    """What ``pack_folder`` did: clips written, and every file it skipped with the reason."""
+
+    output: Path
+    num_classes: int
+    packed: int = 0
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    unlabelled: list[tuple[Path, str]] = field(default_factory=list)
+    duplicates: list[tuple[Path, str]] = field(default_factory=list)
+    unknown_mids: dict[str, int] = field(default_factory=dict)
+
+    def summary(self, max_listed: int = 20) -> str:
+        lines = [f"packed {self.packed} clips ({self.num_classes} classes) into {self.output}"]
+        for title, items in (
+            ("unreadable files skipped", self.unreadable),
+            ("files without labels skipped", self.unlabelled),
+            ("files for an already packed YTID skipped", self.duplicates),
+        ):
+            if items:
+                lines.append(f"{len(items)} {title}:")
+                lines += [f"  {path}: {why}" for path, why in items[:max_listed]]
+                if len(items) > max_listed:
+                    lines.append(f"  ... and {len(items) - max_listed} more")
+        if self.unknown_mids:
+            listed = ", ".join(f"{m} ({n})" for m, n in sorted(self.unknown_mids.items())[:max_listed])
+            lines.append(f"labels not in the class list, ignored: {listed}")
+        return "\n".join(lines)
+
+
+def decode_clip(path: Path, clip_samples: int = CLIP_SAMPLES) -> np.ndarray:
+    """Decode one file to the stored form: int16 (clip_samples,) mono at 32 kHz."""
+    waveform, _ = load_audio(path, SAMPLE_RATE)
+    return float_to_int16(pad_or_trim(waveform, clip_samples)).numpy()
+
+
+def _decode_or_error(job: tuple[Path, int]) -> tuple[np.ndarray | None, str]:
+    path, clip_samples = job
+    try:
+        return decode_clip(path, clip_samples), ""
+    except (AudioReadError, OSError) as exc:
+        return None, str(exc)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _decoded(jobs: list[tuple[Path, int]], num_workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
+    if num_workers <= 0:
+        yield from map(_decode_or_error, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(num_workers, initializer=_init_worker) as pool:
+        yield from pool.imap(_decode_or_error, jobs, chunksize=4)
+
+
+def _plan(
+    files: Iterable[Path], labels: dict[str, list[str]], mid_index: dict[str, int], report: PackReport
+) -> list[tuple[Path, str, list[int]]]:
+    """Match files to labels; fill the report's unlabelled/duplicate lists."""
+    planned, seen = [], {}
+    for path in files:
+        ytid = match_ytid(path.stem, labels)
+        if ytid is None:
+            report.unlabelled.append((path, "no row in the labels CSV matches its name"))
+            continue
+        if ytid in seen:
+            report.duplicates.append((path, f"YTID {ytid} already packed from {seen[ytid]}"))
+            continue
+        indices = []
+        for mid in labels[ytid]:
+            if mid in mid_index:
+                indices.append(mid_index[mid])
+            else:
+                report.unknown_mids[mid] = report.unknown_mids.get(mid, 0) + 1
+        if not indices:
+            report.unlabelled.append((path, f"none of its labels {labels[ytid]} is in the class list"))
+            continue
+        seen[ytid] = path
+        planned.append((path, ytid, indices))
+    return planned
+
+
+def pack_folder(
+    audio_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    output: str | os.PathLike,
+    class_csv: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+    clip_samples: int = CLIP_SAMPLES,
+) -> PackReport:
+    """Pack ``audio_dir`` with labels from ``labels_csv`` into the HDF5 file ``output``.
+
+    The file is written next to ``output`` under a temporary name and renamed when complete.
+    Raises ``FileExistsError`` if ``output`` exists and ``overwrite`` is False, and
+    ``ValueError`` if no file could be packed.
+    """
+    audio_dir, labels_csv, output = Path(audio_dir), Path(labels_csv), Path(output)
+    if not audio_dir.is_dir():
+        raise FileNotFoundError(f"audio folder not found: {audio_dir}")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"output {output} exists; pass overwrite=True (--overwrite) to replace it")
+    classes = load_class_names(class_csv)
+    labels = read_segments_csv(labels_csv)
+    report = PackReport(output=output, num_classes=len(classes))
+    files = list_audio_files(audio_dir)
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {audio_dir}")
+    planned = _plan(files, labels, mid_to_index(classes), report)
+    if not planned:
+        raise ValueError(f"no audio file under {audio_dir} matches a labelled YTID in {labels_csv}\n{report.summary()}")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    name_width = max(20, max(len(ytid.encode()) for _, ytid, _ in planned))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            rows = len(planned)
+            names = h5.create_dataset("audio_name", (rows,), dtype=f"S{name_width}", maxshape=(None,))
+            waves = h5.create_dataset(
+                "waveform", (rows, clip_samples), dtype=np.int16, maxshape=(None, clip_samples),
+                chunks=(1, clip_samples),
+            )
+            targets = h5.create_dataset("target", (rows, len(classes)), dtype=bool, maxshape=(None, len(classes)))
+            h5.attrs["sample_rate"] = SAMPLE_RATE
+            jobs = [(path, clip_samples) for path, _, _ in planned]
+            bar = tqdm(total=len(jobs), desc="packing", unit="clip", disable=not progress)
+            for (path, ytid, indices), (clip, error) in zip(planned, _decoded(jobs, num_workers)):
+                bar.update()
+                if clip is None:
+                    report.unreadable.append((path, error))
+                    continue
+                row = report.packed
+                names[row] = ytid.encode()
+                waves[row] = clip
+                target = np.zeros(len(classes), dtype=bool)
+                target[indices] = True
+                targets[row] = target
+                report.packed += 1
+            bar.close()
+            for ds in (names, waves, targets):
+                ds.resize(report.packed, axis=0)
+        if report.packed == 0:
+            raise ValueError(f"no audio file under {audio_dir} could be decoded\n{report.summary()}")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return report

@@ -1,0 +1,165 @@
+"""Training and evaluation samplers that shard themselves across DDP ranks.
+
+All samplers subclass ``torch.utils.data.DistributedSampler`` only so that Lightning leaves
+them in place (it swaps in its own sampler for any other kind when
+``use_distributed_sampler=True``); they take ``num_replicas`` and ``rank`` explicitly and never
+touch ``torch.distributed``.
+
+- :class:`UniformSampler`: a fresh random permutation per (seed, epoch) (upstream default).
+- :class:`BalancedSampler`: draws with replacement, clip weight = sum over its labels of
+  1 / (label count + ``prior``) (inverse label frequency, as PANNs/AST do).
+- :class:`EvalShardSampler`: contiguous, unequal shards that together cover every clip once.
+
+Training samplers generate one epoch order from ``numpy.random.default_rng([seed, epoch])``
+(identical on all ranks) and give rank r the positions r, r + W, r + 2W, ... of it, so the ranks
+get disjoint, equally long shares (``drop_last=True`` cuts the order to a multiple of W;
+``drop_last=False`` pads it by wrapping around).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Iterator
+
+import numpy as np
+from torch.utils.data import DistributedSampler
+
+
+def _rng(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(epoch)])
+
+
+class _ShardedTrainSampler(DistributedSampler):
+    """Common part: total draws per epoch, the strided split across ranks, ``set_epoch``."""
+
+    def __init__(
+        self,
+        num_items: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        samples_per_epoch: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        if num_items <= 0:
+            raise ValueError(f"{type(self).__name__}: the dataset is empty")
+        if samples_per_epoch is not None and samples_per_epoch <= 0:
+            raise ValueError(f"samples_per_epoch must be positive, got {samples_per_epoch}")
+        super().__init__(range(num_items), num_replicas=num_replicas, rank=rank, shuffle=True,
+                         seed=seed, drop_last=drop_last)
+        self.num_items = num_items
+        self.epoch_total = samples_per_epoch or num_items
+        if drop_last:
+            self.num_samples = self.epoch_total // num_replicas
+        else:
+            self.num_samples = math.ceil(self.epoch_total / num_replicas)
+        if self.num_samples == 0:
+            raise ValueError(
+                f"{type(self).__name__}: {self.epoch_total} samples per epoch cannot be split over "
+                f"{num_replicas} ranks with drop_last=True"
+            )
+        self.total_size = self.num_samples * num_replicas
+
+    def epoch_order(self) -> np.ndarray:
+        """All ranks' draws of the current epoch, (epoch_total,) int64."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.epoch_order()
+        if self.total_size > len(order):
+            order = np.resize(order, self.total_size)  # wrap around
+        mine = order[self.rank:self.total_size:self.num_replicas]
+        return iter(mine.tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class UniformSampler(_ShardedTrainSampler):
+    """Random permutations of ``range(num_items)`` (repeated if ``samples_per_epoch`` > N)."""
+
+    def epoch_order(self) -> np.ndarray:
+        rng = _rng(self.seed, self.epoch)
+        rounds = math.ceil(self.epoch_total / self.num_items)
+        order = np.concatenate([rng.permutation(self.num_items) for _ in range(rounds)])
+        return order[: self.epoch_total]
+
+
+def label_counts(target_chunks: Iterable[np.ndarray]) -> np.ndarray:
+    """Positives per class over bool/0-1 target chunks (n, C) -> (C,) int64."""
+    counts = None
+    for chunk in target_chunks:
+        chunk_counts = np.asarray(chunk, dtype=np.int64).sum(axis=0)
+        counts = chunk_counts if counts is None else counts + chunk_counts
+    if counts is None:
+        raise ValueError("label_counts: no targets")
+    return counts
+
+
+def balanced_clip_weights(
+    target_chunks: Iterable[np.ndarray], counts: np.ndarray, prior: float = 0.0
+) -> np.ndarray:
+    """Clip weight = sum over the clip's labels of 1 / (count + prior); -> (N,) float64.
+
+    A clip without any label gets the smallest weight of a labelled clip (never zero, so it can
+    still be drawn).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    inverse = np.divide(1.0, counts + prior, out=np.zeros_like(counts), where=(counts + prior) > 0)
+    weights = np.concatenate([np.asarray(c, dtype=np.float64) @ inverse for c in target_chunks])
+    unlabelled = weights <= 0
+    if unlabelled.all():
+        return np.ones_like(weights)
+    if unlabelled.any():
+        weights[unlabelled] = weights[~unlabelled].min()
+    return weights
+
+
+class BalancedSampler(_ShardedTrainSampler):
+    """Draws ``samples_per_epoch`` (default N) clips with replacement, probability ~ ``weights``."""
+
+    def __init__(
+        self,
+        weights: np.ndarray,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        samples_per_epoch: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.ndim != 1 or not np.all(np.isfinite(weights)) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError("BalancedSampler: weights must be a 1-D array of finite non-negative values, not all 0")
+        super().__init__(len(weights), num_replicas, rank, seed, samples_per_epoch, drop_last)
+        self.probabilities = weights / weights.sum()
+
+    @classmethod
+    def from_dataset(cls, dataset, prior: float = 0.0, **kwargs) -> "BalancedSampler":
+        """Weights from a dataset with ``iter_targets()`` (e.g. :class:`AudioSetHDF5`), two passes."""
+        counts = label_counts(dataset.iter_targets())
+        return cls(balanced_clip_weights(dataset.iter_targets(), counts, prior), **kwargs)
+
+    def epoch_order(self) -> np.ndarray:
+        rng = _rng(self.seed, self.epoch)
+        return rng.choice(self.num_items, size=self.epoch_total, replace=True, p=self.probabilities)
+
+
+def shard_bounds(num_items: int, num_replicas: int, rank: int) -> tuple[int, int]:
+    """Contiguous shard ``[start, stop)`` of rank ``rank``; sizes differ by at most one."""
+    return rank * num_items // num_replicas, (rank + 1) * num_items // num_replicas
+
+
+class EvalShardSampler(DistributedSampler):
+    """In-order contiguous shard of ``range(num_items)`` for one rank; no padding, no drops."""
+
+    def __init__(self, num_items: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(range(max(num_items, 1)), num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_items = num_items
+        self.start, self.stop = shard_bounds(num_items, num_replicas, rank)
+        self.num_samples = self.stop - self.start
+        self.total_size = num_items
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.num_samples
