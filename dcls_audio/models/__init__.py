@@ -1,0 +1,38 @@
+"""Audio backbones (ConvNeXt, FastViT, ConvFormer; DCLS or depthwise) and their checkpoints.
+
+``create_model(name, checkpoint_path=None, use_ema=False, **kwargs)`` builds one of
+``list_models()``; ``load_checkpoint`` reads released upstream ``.pth`` files, our Lightning
+checkpoints and plain state_dicts; ``save_upstream_checkpoint`` writes the upstream layout.
+"""
+from .checkpoint import (
+    SAFE_GLOBALS,
+    CheckpointError,
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    extract_state_dict,
+    infer_model_name,
+    load_checkpoint,
+    load_state_dict_checked,
+    read_checkpoint,
+    resolve_checkpoint_path,
+    save_upstream_checkpoint,
+    to_model_state_dict,
+    to_upstream_state_dict,
+)
+from .dclsify import dcls_position_parameters, dclsify, fold_dcls, is_depthwise_conv, tied_state_keys
+from .fastvit_audio import reparameterize_fastvit
+from .param_count import UPSTREAM_PARAM_COUNTS, count_parameters, parameter_table
+from .registry import DCLS_DEFAULTS, MODEL_SPECS, ModelSpec, create_model, get_spec, list_models
+from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
+
+__all__ = [
+    "create_model", "list_models", "get_spec", "ModelSpec", "MODEL_SPECS", "DCLS_DEFAULTS",
+    "dclsify", "fold_dcls", "is_depthwise_conv", "tied_state_keys", "dcls_position_parameters",
+    "reparameterize_fastvit",
+    "load_checkpoint", "save_upstream_checkpoint", "infer_model_name", "read_checkpoint",
+    "extract_state_dict", "to_model_state_dict", "to_upstream_state_dict", "load_state_dict_checked",
+    "resolve_checkpoint_path", "SAFE_GLOBALS",
+    "CheckpointError", "CheckpointMismatchError", "UnsafeCheckpointError",
+    "count_parameters", "parameter_table", "UPSTREAM_PARAM_COUNTS",
+    "RELEASED_CHECKPOINTS", "checkpoint_dirs",
+]
