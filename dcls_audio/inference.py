@@ -1,0 +1,326 @@
+"""Tagging audio files: 10 s windows, batched scoring on one device, per-file aggregation.
+
+A file of any length becomes one or more 10 s windows at 32 kHz (:func:`window_starts`):
+a file shorter than a window gives one zero-padded window; a longer one gives windows every
+``hop`` samples, the last one aligned to the end of the file. :class:`AudioTagger` turns a
+batch of windows into class probabilities (log-mel front end in fp32, classifier in the
+chosen precision, sigmoid). :func:`tag_files` streams files through it: files are decoded
+(optionally in worker processes), their windows are batched together across files, and one
+:class:`FileTags` (or :class:`FileFailure` for a file that cannot be decoded) is yielded
+per input, in input order.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+import dcls_core
+from dcls_audio.data import CLIP_SAMPLES, SAMPLE_RATE, LogMelFrontEnd, load_audio
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+AGGREGATIONS = ("max", "mean")
+DEFAULT_HOP_S = 5.0
+
+
+# -- windows ---------------------------------------------------------------------------------
+def window_starts(num_samples: int, window: int = CLIP_SAMPLES, hop: int = CLIP_SAMPLES // 2) -> list[int]:
+    """First sample of each window over a signal of ``num_samples`` samples.
+
+    ``num_samples <= window``: ``[0]`` (one window, zero-padded). Otherwise ``0, hop, 2 hop, ...``
+    while the window ends before the signal does, then ``num_samples - window``: the last
+    window is aligned to the end, so ``ceil((num_samples - window) / hop) + 1`` windows.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    if window < 1 or hop < 1:
+        raise ValueError(f"window and hop must be positive, got window={window}, hop={hop}")
+    if num_samples <= window:
+        return [0]
+    last = num_samples - window
+    count = math.ceil(last / hop)
+    return [k * hop for k in range(count)] + [last]
+
+
+def cut_windows(waveform: torch.Tensor, starts: Sequence[int], window: int = CLIP_SAMPLES) -> torch.Tensor:
+    """Windows of a mono waveform (S,) -> (len(starts), window), zero-padded past the end."""
+    out = waveform.new_zeros(len(starts), window)
+    for row, start in enumerate(starts):
+        piece = waveform[start : start + window]
+        out[row, : piece.shape[0]] = piece
+    return out
+
+
+# -- results ---------------------------------------------------------------------------------
+@dataclass
+class FileTags:
+    """Scores of one file.
+
+    ``window_spans_s``: (start_s, end_s) of each window's audio (the end is capped at the end
+    of the file); ``window_scores``: (num_windows, C) probabilities; ``scores``: (C,) the
+    aggregate over windows (max or mean).
+    """
+
+    file: str
+    duration_s: float
+    sample_rate: int
+    window_spans_s: list[tuple[float, float]]
+    window_scores: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class FileFailure:
+    """A file that could not be tagged, and why (one line)."""
+
+    file: str
+    reason: str
+
+    def message(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+# -- the scoring engine ----------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU; anything else as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    return device
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``precision`` (fp32, bf16, fp16); half precisions need CUDA."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"precision {precision} needs a CUDA device; the device is {device} (use fp32)")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision bf16 is not supported by this GPU (use fp16 or fp32)")
+    return PRECISIONS[precision]
+
+
+DCLS_LAYER_TYPES = (dcls_core.Dcls1d, dcls_core.Dcls2d, dcls_core.Dcls3d, dcls_core.Dcls2_1d, dcls_core.Dcls3_1d, dcls_core.Dcls2dK1d)
+
+
+def dcls_layer_names(model: nn.Module) -> list[str]:
+    """Names of the DCLS layers (any ``dcls_core`` class) inside ``model``."""
+    return [name for name, m in model.named_modules() if isinstance(m, DCLS_LAYER_TYPES)]
+
+
+def fold_dcls_layers(model: nn.Module) -> int:
+    """Replace every DCLS layer of ``model`` by the plain convolution its ``fold()`` returns
+    (the same dense kernel), in place. Returns the number of layers folded."""
+    if isinstance(model, DCLS_LAYER_TYPES):
+        raise TypeError("fold_dcls_layers: pass the model holding the DCLS layer; call layer.fold() on a bare layer")
+    targets = [(name, model.get_submodule(name)) for name in dcls_layer_names(model)]
+    with torch.no_grad():
+        for name, layer in targets:
+            parent_name, _, child_name = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child_name, layer.fold())
+    return len(targets)
+
+
+class AudioTagger:
+    """Front end + classifier on one device: waveforms (B, 320000) at 32 kHz -> (B, C) probabilities.
+
+    The model is put in eval mode; with ``fold=True`` its DCLS layers are replaced by the
+    equivalent dense convolutions (same kernel, so the same scores, without rebuilding the
+    kernel at every call). The front end always runs in fp32; the classifier runs under
+    autocast in bf16/fp16 when asked (CUDA only). Scores come back as fp32 on the CPU.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+        fold: bool = True,
+        channels_last: bool = False,
+        frontend: nn.Module | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = check_precision(precision, self.device)
+        self.precision = precision
+        model = model.eval()
+        self.folded_layers = fold_dcls_layers(model) if fold else 0
+        self.model = model.to(self.device)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.frontend = (frontend if frontend is not None else LogMelFrontEnd(augment=False)).eval().to(self.device)
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def logmel(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(B, S) waveforms -> (B, 1, 128, 1001) normalised log-mel on the device."""
+        return self.frontend(waveforms.to(self.device, non_blocking=True))
+
+    @torch.inference_mode()
+    def __call__(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(B, S) float waveforms at 32 kHz -> (B, C) sigmoid probabilities (fp32, CPU)."""
+        if waveforms.ndim != 2:
+            raise ValueError(f"AudioTagger: expected waveforms of shape (batch, samples), got {tuple(waveforms.shape)}")
+        x = self.logmel(waveforms)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            logits = self.model(x)
+        return logits.float().sigmoid().cpu()
+
+
+# -- decoding --------------------------------------------------------------------------------
+@dataclass
+class _Decoded:
+    file: str
+    sample_rate: int
+    waveform: torch.Tensor  # (S,) float32 at 32 kHz
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def decode_file(path: str | Path) -> _Decoded | FileFailure:
+    """Decode one file to a mono 32 kHz waveform, or say in one line why it cannot be."""
+    name = str(path)
+    try:
+        waveform, sample_rate = load_audio(path, target_sr=SAMPLE_RATE)
+    except Exception as exc:  # every decoding problem is reported per file, never fatal
+        reason = _one_line(str(exc)) or type(exc).__name__
+        prefix = f"cannot decode audio file {name}: "
+        if reason.startswith(prefix):
+            reason = reason[len(prefix) :]
+        elif reason.startswith(f"audio file not found: {name}"):
+            reason = "no such file"
+        return FileFailure(name, reason)
+    if waveform.numel() == 0:
+        return FileFailure(name, "it holds no samples")
+    if not bool(torch.isfinite(waveform).all()):
+        return FileFailure(name, "it holds NaN or infinite samples")
+    return _Decoded(name, sample_rate, waveform)
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> _Decoded | FileFailure:
+        return decode_file(self.paths[index])
+
+
+def _decoded_files(paths: Sequence[str | Path], num_workers: int) -> Iterator[_Decoded | FileFailure]:
+    if num_workers <= 0:
+        return (decode_file(p) for p in paths)
+    loader = torch.utils.data.DataLoader(
+        _DecodeDataset(paths), batch_size=None, shuffle=False, num_workers=num_workers,
+        collate_fn=lambda item: item, prefetch_factor=2,
+    )
+    return iter(loader)
+
+
+# -- streaming over files --------------------------------------------------------------------
+@dataclass
+class _Pending:
+    """A file in flight: its windows are scored as batches fill up."""
+
+    decoded: _Decoded | FileFailure
+    starts: list[int] = field(default_factory=list)
+    scores: list[torch.Tensor | None] = field(default_factory=list)
+    remaining: int = 0
+
+
+def _finish(pending: _Pending, aggregate: str) -> FileTags | FileFailure:
+    decoded = pending.decoded
+    if isinstance(decoded, FileFailure):
+        return decoded
+    num_samples = decoded.waveform.shape[0]
+    window_scores = torch.stack(pending.scores)  # type: ignore[arg-type]
+    scores = window_scores.amax(dim=0) if aggregate == "max" else window_scores.mean(dim=0)
+    spans = [(s / SAMPLE_RATE, min(s + CLIP_SAMPLES, num_samples) / SAMPLE_RATE) for s in pending.starts]
+    return FileTags(
+        file=decoded.file,
+        duration_s=num_samples / SAMPLE_RATE,
+        sample_rate=decoded.sample_rate,
+        window_spans_s=spans,
+        window_scores=window_scores,
+        scores=scores,
+    )
+
+
+def tag_files(
+    tagger: AudioTagger,
+    paths: Sequence[str | Path],
+    hop_s: float = DEFAULT_HOP_S,
+    aggregate: str = "max",
+    batch_size: int = 16,
+    num_workers: int = 0,
+) -> Iterator[FileTags | FileFailure]:
+    """Tag ``paths`` with ``tagger``; yields one result per path, in order, as soon as it is done.
+
+    Windows of consecutive files share batches of ``batch_size``; ``hop_s`` is the step between
+    window starts in seconds; ``aggregate`` (max, mean) combines window scores into file
+    scores; ``num_workers`` > 0 decodes files in that many worker processes.
+    """
+    if aggregate not in AGGREGATIONS:
+        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    hop = round(hop_s * SAMPLE_RATE)
+    if not math.isfinite(hop_s) or hop < 1:
+        raise ValueError(f"hop must be a positive number of seconds, got {hop_s}")
+
+    in_flight: deque[_Pending] = deque()
+    queue: list[tuple[_Pending, int]] = []  # windows waiting for a batch: (file, window index)
+
+    def run_batch(items: list[tuple[_Pending, int]]) -> None:
+        batch = torch.stack([
+            cut_windows(p.decoded.waveform, [p.starts[i]])[0] for p, i in items  # type: ignore[union-attr]
+        ])
+        probs = tagger(batch)
+        for (pending, i), row in zip(items, probs):
+            pending.scores[i] = row
+            pending.remaining -= 1
+
+    def completed() -> Iterator[FileTags | FileFailure]:
+        while in_flight and in_flight[0].remaining == 0:
+            yield _finish(in_flight.popleft(), aggregate)
+
+    for decoded in _decoded_files(paths, num_workers):
+        pending = _Pending(decoded)
+        if isinstance(decoded, _Decoded):
+            pending.starts = window_starts(decoded.waveform.shape[0], CLIP_SAMPLES, hop)
+            pending.scores = [None] * len(pending.starts)
+            pending.remaining = len(pending.starts)
+            queue.extend((pending, i) for i in range(len(pending.starts)))
+        in_flight.append(pending)
+        while len(queue) >= batch_size:
+            run_batch(queue[:batch_size])
+            del queue[:batch_size]
+        yield from completed()
+    if queue:
+        run_batch(queue)
+    yield from completed()
+
+
+def top_k(scores: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    """(C,) scores -> the ``k`` best (index, score), best first (ties: lower index first)."""
+    k = min(k, scores.shape[-1])
+    values, indices = torch.sort(scores, descending=True, stable=True)
+    return [(int(i), float(v)) for v, i in zip(values[:k], indices[:k])]
