@@ -94,8 +94,8 @@ class OptimConfig:
         "lr_batch_size (linear scaling); null: use lr as is")
     min_lr: float = _f(1.0e-6, "final learning rate of the cosine schedule")
     weight_decay: float = _f(0.05, "weight decay (not on biases, 1-D params, P, SIG)")
-    betas: list[float] = _f([0.9, 0.999], "Adam betas")
-    eps: float = _f(1.0e-8, "Adam epsilon")
+    betas: Optional[list[float]] = _f(None, "Adam-family betas; null: the optimizer default")
+    eps: Optional[float] = _f(None, "Adam-family epsilon; null: the optimizer default")
     position_lr_scale: float = _f(5.0, "learning-rate factor of the DCLS positions P and SIG")
     warmup_epochs: float = _f(20.0, "linear warm-up length in epochs")
     warmup_steps: Optional[int] = _f(None, "warm-up length in optimizer steps (overrides epochs)")
@@ -121,10 +121,11 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = _f(None, "gradient clipping threshold; null: off")
     gradient_clip_algorithm: Literal["norm", "value"] = _f("norm", "clip by norm or value")
     log_every_n_steps: int = _f(50, "logging interval in steps")
-    val_check_interval: Optional[float] = _f(None, "validate every fraction (float) of an epoch")
+    val_check_interval: Optional[Union[int, float]] = _f(
+        None, "validate every fraction (float) of an epoch or every n batches (int)")
     check_val_every_n_epoch: Optional[int] = _f(1, "validate every n epochs")
-    limit_train_batches: Optional[float] = _f(None, "fraction (or count if > 1) of train batches")
-    limit_val_batches: Optional[float] = _f(None, "fraction (or count if > 1) of val batches")
+    limit_train_batches: Optional[Union[int, float]] = _f(None, "fraction (float) or count (int) of train batches")
+    limit_val_batches: Optional[Union[int, float]] = _f(None, "fraction (float) or count (int) of val batches")
     num_sanity_val_steps: int = _f(0, "validation batches run before training")
     fast_dev_run: Union[bool, int] = _f(False, "run n (true: 1) batches of train/val as a test")
     deterministic: bool = _f(False, "deterministic algorithms")
@@ -322,7 +323,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (0 <= cfg.optim.min_lr <= cfg.optim.lr, "optim.min_lr must be in [0, optim.lr]"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
-        (len(cfg.optim.betas) == 2, "optim.betas must have two values"),
+        (cfg.optim.betas is None or len(cfg.optim.betas) == 2, "optim.betas must have two values"),
         (cfg.optim.lr_batch_size is None or cfg.optim.lr_batch_size > 0,
          "optim.lr_batch_size must be > 0 or null"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
