@@ -5,12 +5,131 @@ import argparse
 import sys
 
 
+def _add_infer_parser(subparsers) -> None:
+    """``dcls-audio infer``: tag audio files with a checkpoint (see dcls_audio.tagging_app)."""
+    parser = subparsers.add_parser(
+        "infer",
+        help="tag audio files (any format, sample rate, length) with a checkpoint",
+        usage="dcls-audio infer [-h] [options] (--checkpoint C | CHECKPOINT) INPUT [INPUT ...]",
+        description=(
+            "Tag audio files with the top-k AudioSet classes. Each file is decoded (wav, flac, ogg, mp3), "
+            "mixed down to mono and resampled to 32 kHz, then cut into 10 s windows (a shorter file is "
+            "zero-padded; the last window ends with the file); file scores are the max (or mean) over windows. "
+            "A file that cannot be read gives one error line and a non-zero exit code; the others are still tagged."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="audio files, folders (searched recursively) and glob patterns; "
+                             "without --checkpoint the first argument is the checkpoint")
+    parser.add_argument("-c", "--checkpoint", metavar="C",
+                        help="upstream .pth, our Lightning .ckpt or a state_dict, or a model name whose "
+                             "<name>.pth sits in checkpoints/")
+    parser.add_argument("-m", "--model", dest="model_name", metavar="NAME",
+                        help="model name, needed only when the checkpoint does not tell")
+    parser.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read checkpoints that need the full unpickler (can run code from the file: "
+                             "trusted files only)")
+    parser.add_argument("--labels", dest="class_csv", metavar="CSV",
+                        help="class CSV (index,mid,display_name); default: names stored in the checkpoint, "
+                             "else the AudioSet classes")
+    parser.add_argument("--hop", dest="hop_s", type=float, default=5.0, metavar="SECONDS",
+                        help="step between 10 s window starts")
+    parser.add_argument("--aggregate", choices=("max", "mean"), default="max",
+                        help="how window scores make the file score")
+    parser.add_argument("-k", "--top-k", type=int, default=5, help="classes listed per file and window")
+    parser.add_argument("-f", "--format", dest="fmt", choices=("table", "json", "csv"), default="table",
+                        help="output format")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the output here instead of stdout")
+    parser.add_argument("--windows", dest="show_windows", action="store_true",
+                        help="table format: also one line per window")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="classifier precision (bf16/fp16 on CUDA only; the front end stays fp32)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per batch (across files)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="decoding processes (default: 0 on CPU, up to 4 on CUDA)")
+    parser.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True,
+                        help="fold DCLS layers into dense convolutions (same scores, no kernel rebuild per batch)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on stderr (default: for several files on a terminal)")
+
+    def run(args: argparse.Namespace) -> int:
+        from dcls_audio.tagging_app import run_infer
+
+        checkpoint, inputs = args.checkpoint, list(args.inputs)
+        if checkpoint is None:
+            if len(inputs) < 2:
+                parser.error("give a checkpoint (--checkpoint C, or as the first argument) and at least one INPUT")
+            checkpoint, inputs = inputs[0], inputs[1:]
+        return run_infer(
+            checkpoint, inputs, model_name=args.model_name, use_ema=args.use_ema, allow_pickle=args.allow_pickle,
+            class_csv=args.class_csv, hop_s=args.hop_s, aggregate=args.aggregate, top_k=args.top_k,
+            fmt=args.fmt, output=args.output, show_windows=args.show_windows, device=args.device,
+            precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
+            fold=args.fold, channels_last=args.channels_last, progress=args.progress,
+        )
+
+    parser.set_defaults(func=run)
+
+
+def _add_export_parser(subparsers) -> None:
+    """``dcls-audio export``: a checkpoint to ONNX or TorchScript (see dcls_audio.export)."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript (DCLS layers folded)",
+        description=(
+            "Export a checkpoint with its DCLS layers folded into dense convolutions. With the front end "
+            "the model takes (B, 320000) float32 waveforms at 32 kHz, without it (B, 1, 128, 1001) log-mels; "
+            "it returns (B, C) sigmoid scores (or logits). ONNX computes the STFT as a convolution with a DFT "
+            "basis. The exported file is checked against PyTorch on a probe batch."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-c", "--checkpoint", required=True, metavar="C",
+                        help="upstream .pth, our Lightning .ckpt or a state_dict, or a model name whose "
+                             "<name>.pth sits in checkpoints/")
+    parser.add_argument("-m", "--model", dest="model_name", metavar="NAME",
+                        help="model name, needed only when the checkpoint does not tell")
+    parser.add_argument("-f", "--format", dest="fmt", choices=("onnx", "torchscript"), required=True)
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+    frontend = parser.add_mutually_exclusive_group()
+    frontend.add_argument("--with-frontend", dest="with_frontend", action="store_true", default=True,
+                          help="include the log-mel front end: waveform input")
+    frontend.add_argument("--no-frontend", dest="with_frontend", action="store_false",
+                          help="leave the front end out: log-mel input")
+    parser.add_argument("--logits", action="store_true", help="output logits instead of sigmoid scores")
+    parser.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read checkpoints that need the full unpickler (trusted files only)")
+    parser.add_argument("--labels", dest="class_csv", metavar="CSV",
+                        help="class CSV stored as the exported model's labels")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare the exported model with PyTorch on a probe batch (max |diff| <= 1e-4)")
+
+    def run(args: argparse.Namespace) -> int:
+        from dcls_audio.export import run_export
+
+        return run_export(
+            args.checkpoint, args.output, args.fmt, model_name=args.model_name, with_frontend=args.with_frontend,
+            logits=args.logits, use_ema=args.use_ema, allow_pickle=args.allow_pickle, class_csv=args.class_csv,
+            opset=args.opset, check=args.check,
+        )
+
+    parser.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dcls-audio",
         description="Audio tagging with Dilated Convolution with Learnable Spacings (DCLS).",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_infer_parser(subparsers)
+    _add_export_parser(subparsers)
     return parser
 
 

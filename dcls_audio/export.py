@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 import torch
 from torch import nn
@@ -203,3 +204,54 @@ def read_metadata(path: str | Path, fmt: str) -> dict[str, Any]:
     extra = {f"{METADATA_KEY}.json": ""}
     torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return json.loads(extra[f"{METADATA_KEY}.json"])
+
+
+def run_export(
+    checkpoint: str,
+    output: str,
+    fmt: str,
+    model_name: str | None = None,
+    with_frontend: bool = True,
+    logits: bool = False,
+    use_ema: bool = False,
+    allow_pickle: bool = False,
+    class_csv: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    tolerance: float = 1e-4,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """What ``dcls-audio export`` does; returns the exit code (0 ok, 1 check failed, 2 setup error)."""
+    from .tagging_model import load_tagging_model
+
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    try:
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+        if not Path(output).parent.is_dir():
+            raise FileNotFoundError(f"--output: folder {Path(output).parent} does not exist")
+        loaded = load_tagging_model(checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv)
+        report = export_model(
+            loaded.model, output, fmt, with_frontend=with_frontend, logits=logits, labels=loaded.labels,
+            model_name=loaded.model_name, opset=opset, check=check,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"dcls-audio export: error: {exc}", file=stderr)
+        return 2
+    what = "waveform (B, 320000) at 32 kHz" if with_frontend else "log-mel (B, 1, 128, 1001)"
+    print(
+        f"exported {loaded.model_name} ({report.folded_layers} DCLS layers folded) to {report.path} "
+        f"[{fmt}]: {what} -> {'logits' if logits else 'scores'} (B, {len(loaded.labels)})",
+        file=stdout,
+    )
+    if report.check_skipped:
+        print(f"check skipped: {report.check_skipped}", file=stdout)
+    elif report.max_abs_diff is not None:
+        ok = report.max_abs_diff <= tolerance
+        print(f"check against PyTorch: max |difference| = {report.max_abs_diff:.2e} ({'ok' if ok else 'FAILED'}, tolerance {tolerance:g})", file=stdout)
+        if not ok:
+            print(f"dcls-audio export: error: {report.path} differs from PyTorch by more than {tolerance:g}", file=stderr)
+            return 1
+    return 0
