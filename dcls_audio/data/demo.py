@@ -26,6 +26,7 @@ import scipy.fft
 
 from .classes import ClassInfo, load_class_names
 from .constants import AUDIOSET_NUM_CLASSES, CLIP_SAMPLES, SAMPLE_RATE
+from .hdf5_dataset import create_layout
 
 log = logging.getLogger(__name__)
 
@@ -242,13 +243,12 @@ def write_demo_split(path: Path, split: str, seed: int = 0, clip_samples: int = 
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as h5:
-            waves = h5.create_dataset("waveform", (rows, clip_samples), dtype=np.int16)
+            names_ds, waves, targets_ds = create_layout(h5, rows, AUDIOSET_NUM_CLASSES, clip_samples)
             for row, (name, wave, labels) in enumerate(iter_demo_clips(split, seed, clip_samples)):
                 waves[row] = wave
                 names[row] = name.encode()
                 targets[row, labels] = True
-            h5.create_dataset("audio_name", data=names)
-            h5.create_dataset("target", data=targets)
+            names_ds[:], targets_ds[:] = names, targets
             h5.attrs["demo_settings"] = _settings(split, seed, clip_samples)
             h5.attrs["sample_rate"] = SAMPLE_RATE
         umask = os.umask(0)

@@ -108,6 +108,42 @@ def read_num_classes(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> int:
     return inspect_file(path, clip_samples)[1]
 
 
+def create_layout(
+    h5: h5py.File,
+    rows: int,
+    num_classes: int,
+    clip_samples: int = CLIP_SAMPLES,
+    name_width: int = 20,
+    resizable: bool = False,
+) -> tuple[h5py.Dataset, h5py.Dataset, h5py.Dataset]:
+    """Create empty ``audio_name``, ``waveform``, ``target`` datasets in an open file.
+
+    ``resizable`` makes the row axis growable/shrinkable (waveform chunked one clip per chunk).
+    """
+    grow = dict(maxshape=(None,)) if resizable else {}
+    names = h5.create_dataset("audio_name", (rows,), dtype=f"S{name_width}", **grow)
+    extra = dict(maxshape=(None, clip_samples), chunks=(1, clip_samples)) if resizable else {}
+    waves = h5.create_dataset("waveform", (rows, clip_samples), dtype=np.int16, **extra)
+    extra = dict(maxshape=(None, num_classes)) if resizable else {}
+    targets = h5.create_dataset("target", (rows, num_classes), dtype=bool, **extra)
+    return names, waves, targets
+
+
+def write_hdf5(
+    path: PathLike, audio_names: Sequence[str], waveforms: np.ndarray, targets: np.ndarray
+) -> Path:
+    """Write a small PANNs-layout file from in-memory arrays (int16 (N, S), bool (N, C))."""
+    waveforms, targets = np.asarray(waveforms, dtype=np.int16), np.asarray(targets, dtype=bool)
+    encoded = [n.encode() for n in audio_names]
+    with h5py.File(path, "w") as h5:
+        names, waves, target = create_layout(
+            h5, len(encoded), targets.shape[1], waveforms.shape[1], max([20] + [len(n) for n in encoded])
+        )
+        if encoded:
+            names[:], waves[:], target[:] = encoded, waveforms, targets
+    return Path(path)
+
+
 class AudioSetHDF5(Dataset):
     """Concatenation of PANNs-layout HDF5 files, without the rows of empty ``audio_name``.
 

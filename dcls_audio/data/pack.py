@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .audio_io import AudioReadError, float_to_int16, load_audio, pad_or_trim
 from .classes import load_class_names, mid_to_index
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
+from .hdf5_dataset import create_layout
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 _TIME_SUFFIX = re.compile(r"^(.+?)(?:_\d+(?:\.\d+)?){1,2}$")
@@ -194,13 +195,9 @@ def pack_folder(
     tmp = Path(tmp_name)
     try:
         with h5py.File(tmp, "w") as h5:
-            rows = len(planned)
-            names = h5.create_dataset("audio_name", (rows,), dtype=f"S{name_width}", maxshape=(None,))
-            waves = h5.create_dataset(
-                "waveform", (rows, clip_samples), dtype=np.int16, maxshape=(None, clip_samples),
-                chunks=(1, clip_samples),
+            names, waves, targets = create_layout(
+                h5, len(planned), len(classes), clip_samples, name_width, resizable=True
             )
-            targets = h5.create_dataset("target", (rows, len(classes)), dtype=bool, maxshape=(None, len(classes)))
             h5.attrs["sample_rate"] = SAMPLE_RATE
             jobs = [(path, clip_samples) for path, _, _ in planned]
             bar = tqdm(total=len(jobs), desc="packing", unit="clip", disable=not progress)
