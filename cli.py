@@ -122,6 +122,39 @@ def _add_export_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _add_pack_parser(subparsers) -> None:
+    """``dcls-audio pack``: audio folder + AudioSet segments CSV -> PANNs HDF5 (see dcls_audio.data.pack)."""
+    parser = subparsers.add_parser(
+        "pack",
+        help="pack a folder of audio files and a segments CSV into a training HDF5 file",
+        description=(
+            "Pack audio files (wav, flac, ogg, mp3) into the PANNs HDF5 layout used for training: each file is "
+            "mixed down to mono, resampled to 32 kHz, padded/cut to 10 s and stored as int16. Labels come from a "
+            "CSV in AudioSet segments format (YTID, start_seconds, end_seconds, \"mid,mid\"; # starts a comment); "
+            "a file matches a YTID when its name is <YTID>, Y<YTID>, or either followed by _<start>[_<end>]. "
+            "Unreadable files and files without labels are listed and skipped. The output is written under a "
+            "temporary name and renamed when complete."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder searched recursively for audio files")
+    parser.add_argument("labels_csv", metavar="LABELS_CSV", help="AudioSet segments CSV")
+    parser.add_argument("output", metavar="OUTPUT", help="HDF5 file to write")
+    parser.add_argument("--class-csv", metavar="CSV",
+                        help="class list (index,mid,display_name) giving the target columns; default: AudioSet's 527")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("-j", "--workers", type=int, default=0, help="decoding processes (0: decode in this process)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from dcls_audio.data.pack import run_pack
+
+        return run_pack(args.audio_dir, args.labels_csv, args.output, class_csv=args.class_csv,
+                        overwrite=args.overwrite, num_workers=args.workers, progress=args.progress)
+
+    parser.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dcls-audio",
@@ -130,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_infer_parser(subparsers)
     _add_export_parser(subparsers)
+    _add_pack_parser(subparsers)
     return parser
 
 

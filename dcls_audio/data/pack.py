@@ -222,3 +222,25 @@ def pack_folder(
     finally:
         tmp.unlink(missing_ok=True)
     return report
+
+
+def run_pack(
+    audio_dir: str,
+    labels_csv: str,
+    output: str,
+    class_csv: str | None = None,
+    overwrite: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> int:
+    """``dcls-audio pack``: pack, print the summary; exit code 0, or 1 with the error on stderr."""
+    import sys
+
+    try:
+        report = pack_folder(audio_dir, labels_csv, output, class_csv=class_csv, overwrite=overwrite,
+                             num_workers=num_workers, progress=progress)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"dcls-audio pack: error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
