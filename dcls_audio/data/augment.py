@@ -43,10 +43,13 @@ def random_roll(x: torch.Tensor, generator: torch.Generator | None = None) -> to
     """Roll each clip of ``x`` (B, S) circularly in time by a random shift in [-S, S)."""
     _check_batch(x, 2, "random_roll")
     batch, length = x.shape
-    shifts = torch.randint(-length, length, (batch,), generator=generator)
-    positions = torch.arange(length, device=x.device)
-    source = (positions[None, :] - shifts.to(x.device)[:, None]).remainder_(length)
-    return x.gather(1, source)
+    shifts = torch.randint(-length, length, (batch,), generator=generator).tolist()
+    out = torch.empty_like(x)
+    for row, shift in enumerate(shifts):  # two slice copies per clip: cheaper than a (B, S) gather
+        shift %= length
+        out[row, shift:] = x[row, : length - shift]
+        out[row, :shift] = x[row, length - shift:]
+    return out
 
 
 def speed_perturb(
@@ -69,13 +72,13 @@ def speed_perturb(
     if chosen.numel() == 0:
         return x
     device = x.device
+    rows = chosen.to(device)
     stretched = offset[chosen].to(device)[:, None] + torch.arange(length, device=device)[None, :]
     step = (1.0 / rate[chosen]).float().to(device)[:, None]
-    source = torch.round(stretched.float() * step).long().clamp_(0, length - 1)
-    inside = (stretched >= 0) & (stretched < new_length[chosen].to(device)[:, None])
-    rows = chosen.to(device)
+    source = stretched.float().mul_(step).round_().long().clamp_(0, length - 1)
+    outside = (stretched < 0) | (stretched >= new_length[chosen].to(device)[:, None])
     out = x.clone()
-    out[rows] = torch.where(inside, x[rows].gather(1, source), torch.zeros((), dtype=x.dtype, device=device))
+    out[rows] = x[rows].gather(1, source).masked_fill_(outside, 0)
     return out
 
 
