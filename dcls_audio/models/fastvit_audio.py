@@ -51,6 +51,12 @@ def fastvit_audio(
     for i, mixer in enumerate(token_mixers):
         if mixer == "attention" and dims[i] % 32:
             raise ValueError(f"dims[{i}]={dims[i]} must be a multiple of 32 for an attention stage")
+    for i in range(1, n):
+        if dims[i] % dims[i - 1]:
+            raise ValueError(
+                f"dims[{i}]={dims[i]} must be a multiple of dims[{i - 1}]={dims[i - 1]} "
+                "(the downsampling conv has groups=dims[i-1])"
+            )
     pos_embs = tuple(
         partial(RepConditionalPosEnc, spatial_shape=(7, 7)) if i in pos_emb_stages else None
         for i in range(n)
@@ -74,16 +80,20 @@ def fastvit_audio(
 def reparameterize_fastvit(model: nn.Module) -> nn.Module:
     """Fold the train-time branches (MobileOne, RepMixer, RepCPE, large-kernel) in place.
 
-    timm's ``reparameterize()`` of each block, walked top-down. A RepCPE whose 7x7 conv was
-    turned into a DCLS layer keeps its form (its kernel is not a dense 7x7 weight); ConvFFN's
-    DCLS layers are untouched. Returns ``model``.
+    timm's ``reparameterize()`` of each block, walked top-down. A RepCPE whose 7x7 conv is a
+    DCLS layer keeps its form (no dense weight to add the identity to) unless the DCLS layers
+    were first folded into plain convs (``fold_dcls``), in which case its identity is folded
+    into the dense (e.g. 23x23) kernel. ConvFFN's DCLS layers are untouched. Returns ``model``.
     """
 
     def walk(module: nn.Module) -> None:
         for child in module.children():
             foldable = hasattr(child, "reparameterize")
             if isinstance(child, RepConditionalPosEnc):
-                foldable = type(getattr(child, "pos_enc", None)) is nn.Conv2d
+                pos_enc = getattr(child, "pos_enc", None)
+                foldable = type(pos_enc) is nn.Conv2d
+                if foldable:
+                    child.spatial_shape = tuple(pos_enc.kernel_size)
             if foldable:
                 child.reparameterize()
             walk(child)

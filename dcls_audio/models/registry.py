@@ -106,6 +106,10 @@ def create_model(
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(f"create_model({name!r}): unknown argument(s) {unknown}; accepted: {allowed + list(_DCLS_OPTIONS) * spec.dcls}")
+    if checkpoint_path is not None:
+        from .checkpoint import resolve_checkpoint_path
+
+        checkpoint_path = resolve_checkpoint_path(checkpoint_path)  # fail before building
     model = spec.build(**{**spec.arch, **kwargs})
     if spec.dcls:
         dclsify(model, **{**DCLS_DEFAULTS, **dcls_kwargs}, only_kernel_size=spec.only_kernel_size)
