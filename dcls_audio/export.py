@@ -115,7 +115,13 @@ def _export_torchscript(module: ExportedTagger, example: torch.Tensor, path: Pat
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, (example,), check_trace=False)
         traced = torch.jit.freeze(traced.eval())
-    torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
+        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
+
+
+def _load_torchscript(path: str | Path, extra_files: dict[str, Any] | None = None) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what this format is
+        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files or {})
 
 
 @dataclass
@@ -139,7 +145,7 @@ def run_exported(path: str | Path, fmt: str, x: torch.Tensor) -> torch.Tensor:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
-    module = torch.jit.load(str(path), map_location="cpu")
+    module = _load_torchscript(path)
     with torch.inference_mode():
         return module(x)
 
@@ -202,7 +208,7 @@ def read_metadata(path: str | Path, fmt: str) -> dict[str, Any]:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         return json.loads(props[METADATA_KEY])
     extra = {f"{METADATA_KEY}.json": ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    _load_torchscript(path, extra)
     return json.loads(extra[f"{METADATA_KEY}.json"])
 
 

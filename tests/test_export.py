@@ -1,0 +1,146 @@
+"""`dcls-audio export`: the exported ONNX / TorchScript model scores like PyTorch (1e-4).
+
+PyTorch reference: LogMelFrontEnd (eval) + the unfolded model + sigmoid, computed here.
+The full-size DCLS ConvNeXt-T with the synthetic upstream weights is checked against the
+upstream logits stored in ../shared/upstream.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import cli
+from dcls_audio.data import LogMelFrontEnd
+from dcls_audio.export import export_model, read_metadata, run_exported
+from dcls_audio.export_frontend import ConvLogMel, dft_basis
+from dcls_audio.models import create_model
+
+SR = 32000
+TINY = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_count=4, dilated_kernel_size=7)
+LABELS = [f"label {i}" for i in range(10)]
+
+
+def _waveforms(batch: int = 3, seed: int = 0) -> torch.Tensor:
+    """Noise + tones at different levels; the last clip is silent after 4 s."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(10 * SR) / SR
+    x = torch.stack([0.02 * (i + 1) * torch.randn(10 * SR, generator=g) + 0.2 * torch.sin(2 * math.pi * 300 * (i + 1) * t)
+                     for i in range(batch)])
+    x[-1, 4 * SR:] = 0
+    return x
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = create_model("convnext_dcls_audio_tiny", num_classes=len(LABELS), **TINY).eval()
+    with torch.no_grad():  # spread the logits so that score differences show
+        model.head.fc.weight.mul_(20)
+    return model
+
+
+def _pytorch_scores(model, x, with_frontend, logits=False):
+    with torch.inference_mode():
+        mel = LogMelFrontEnd(augment=False).eval()(x) if with_frontend else x
+        out = model(mel)
+    return out if logits else out.sigmoid()
+
+
+def test_dft_basis_is_the_windowed_rfft():
+    window = torch.hann_window(64, periodic=True, dtype=torch.float64)
+    frames = torch.randn(5, 64, dtype=torch.float64)
+    parts = torch.nn.functional.conv1d(frames[:, None], dft_basis(64, window).double())[..., 0]
+    spectrum = torch.fft.rfft(frames * window)
+    torch.testing.assert_close(parts[:, :33], spectrum.real, atol=1e-6, rtol=0)
+    torch.testing.assert_close(parts[:, 33:], spectrum.imag, atol=1e-6, rtol=0)
+
+
+def test_conv_logmel_equals_frontend():
+    """Equal to the STFT front end up to fp32 rounding, and as close to a float64 chain."""
+    import torchaudio.transforms as T
+
+    frontend = LogMelFrontEnd(augment=False).eval()
+    x = torch.cat([_waveforms(), torch.zeros(1, 10 * SR), 1e-3 * _waveforms(1, seed=5)])
+    with torch.inference_mode():
+        expected, got = frontend(x), ConvLogMel(frontend)(x)
+        chain64 = torch.nn.Sequential(
+            T.Spectrogram(n_fft=1024, hop_length=320, power=2),
+            T.MelScale(n_mels=128, sample_rate=SR, f_min=50, f_max=14000, n_stft=513), T.AmplitudeToDB(),
+        ).double()
+        exact = ((chain64(x.double()) - frontend.mean) / frontend.std).unsqueeze(1)
+    assert got.shape == expected.shape == (5, 1, 128, 1001)
+    diff = (got - expected).abs()
+    assert float(diff.mean()) < 1e-6 and float(diff.max()) < 5e-4
+    assert float((got.double() - exact).abs().max()) < 5e-4
+    torch.testing.assert_close(got[3], expected[3], atol=1e-6, rtol=0)  # silence: the dB floor
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("with_frontend", [True, False], ids=["waveform", "logmel"])
+def test_export_matches_pytorch(tmp_path, tiny_model, fmt, with_frontend):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnx")
+    path = tmp_path / f"model.{fmt}"
+    report = export_model(tiny_model, path, fmt, with_frontend=with_frontend, labels=LABELS, check=False)
+    assert report.folded_layers == 4 and path.is_file()
+    x = _waveforms() if with_frontend else torch.randn(3, 1, 128, 1001, generator=torch.Generator().manual_seed(3))
+    expected = _pytorch_scores(tiny_model, x, with_frontend)
+    assert float(expected.max() - expected.min()) > 0.5  # the scores are spread
+    got = run_exported(path, fmt, x)  # batch 3; traced with batch 2
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    meta = read_metadata(path, fmt)
+    assert meta["labels"] == LABELS and meta["model"] == "convnext_dcls_audio_tiny"
+    assert meta["input"]["name"] == ("waveform" if with_frontend else "logmel")
+    # the export folded a copy: the model itself keeps its DCLS layers
+    assert sum(type(m).__name__ == "Dcls2d" for m in tiny_model.modules()) == 4
+
+
+def test_onnx_graph_holds_dense_convs(tmp_path, tiny_model):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "model.onnx"
+    export_model(tiny_model, path, "onnx", with_frontend=False, check=False)
+    graph = onnx.load(str(path)).graph
+    weights = {init.name: tuple(init.dims) for init in graph.initializer}
+    kernels = [weights[node.input[1]] for node in graph.node if node.op_type == "Conv" and node.input[1] in weights]
+    assert sorted(k for k in kernels if k[2:] == (7, 7)) == sorted([(8, 1, 7, 7), (16, 1, 7, 7), (24, 1, 7, 7), (32, 1, 7, 7)])
+
+
+def test_full_size_dcls_export_gives_upstream_logits(tmp_path, upstream_dir):
+    pytest.importorskip("onnxruntime")
+    from reference_fill import expected_logits, load_manifest, reference_input, synthetic_state_dict
+
+    from dcls_audio.models import load_state_dict_checked
+
+    name = "convnext_dcls_audio_tiny"
+    model = create_model(name).eval()
+    load_state_dict_checked(model, synthetic_state_dict(load_manifest(name)))
+    path = tmp_path / "full.onnx"
+    export_model(model, path, "onnx", with_frontend=False, logits=True, check=False)
+    got = run_exported(path, "onnx", reference_input())
+    torch.testing.assert_close(got, expected_logits(name), atol=1e-4, rtol=0)
+
+
+def test_cli_export_our_checkpoint(tmp_path, capsys, tiny_model):
+    pytest.importorskip("onnxruntime")
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({
+        "state_dict": {f"net.{k}": v for k, v in tiny_model.state_dict().items()},
+        "hyper_parameters": {"model_name": "convnext_dcls_audio_tiny", "num_classes": len(LABELS),
+                             "model_kwargs": TINY, "class_names": LABELS},
+    }, ckpt)
+    out = tmp_path / "tiny.onnx"
+    rc = cli.main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0 and "4 DCLS layers folded" in stdout and "(ok" in stdout
+    x = _waveforms(2, seed=9)
+    torch.testing.assert_close(run_exported(out, "onnx", x), _pytorch_scores(tiny_model, x, True), atol=1e-4, rtol=0)
+    assert read_metadata(out, "onnx")["labels"] == LABELS
+
+    rc = cli.main(["export", "-c", str(ckpt), "-f", "torchscript", "-o", str(tmp_path / "missing" / "m.pt")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+    rc = cli.main(["export", "-c", str(tmp_path / "none.ckpt"), "-f", "onnx", "-o", str(out)])
+    assert rc == 2 and "none.ckpt" in capsys.readouterr().err
