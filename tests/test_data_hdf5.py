@@ -74,7 +74,7 @@ def test_class_names_from_csv_or_generic(tmp_path):
     assert ds.class_names == ["Dog, barking", "Cat", "Cow"] and ds.class_mids == ["/x/a", "/x/b", "/x/c"]
     assert len(load_class_names()) == 527
     csv.write_text("index,mid,display_name\n0,/x/a,A\n1,/x/b,B\n")
-    with pytest.raises(ValueError, match="lists 2 classes but .*a.h5 has 3"):
+    with pytest.raises(ValueError, match="lists 2 classes but .*a.h5: dataset 'target' has 3"):
         AudioSetHDF5(tmp_path / "a.h5", class_csv=csv)
 
 

@@ -5,7 +5,7 @@ A class CSV has a header row ``index,mid,display_name`` and one row per class wi
 """
 from __future__ import annotations
 
-import csv
+import csv as csv_module
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ class ClassInfo:
 
 
 def _read_rows(text: str, source: str) -> list[ClassInfo]:
-    reader = csv.reader(text.splitlines(), skipinitialspace=True)
+    reader = csv_module.reader(text.splitlines(), skipinitialspace=True)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -64,14 +64,14 @@ def default_class_csv_text() -> str:
     return resource.read_text(encoding="utf-8")
 
 
-def load_class_names(csv_path: str | Path | None = None) -> list[ClassInfo]:
+def load_class_names(csv: str | Path | None = None) -> list[ClassInfo]:
     """Read a class CSV (``index,mid,display_name``); ``None`` gives AudioSet's 527 classes.
 
     Returns a list of :class:`ClassInfo`, position i holding class i.
     """
-    if csv_path is None:
+    if csv is None:
         return _read_rows(default_class_csv_text(), "dcls_audio/resources/class_labels_indices.csv")
-    path = Path(csv_path)
+    path = Path(csv)
     if not path.is_file():
         raise FileNotFoundError(f"class CSV not found: {path}")
     return _read_rows(path.read_text(encoding="utf-8"), str(path))
@@ -84,20 +84,18 @@ def generic_class_names(num_classes: int) -> list[ClassInfo]:
 
 
 def resolve_class_names(
-    num_classes: int, csv_path: str | Path | None = None, data_source: str = "the data"
+    num_classes: int, csv: str | Path | None = None, data_source: str = "the data"
 ) -> list[ClassInfo]:
     """The class list for data with ``num_classes`` target columns.
 
-    With a CSV its length must equal ``num_classes``; without one, AudioSet's list is used when
+    ``data_source`` names where ``num_classes`` came from in the error message. With a CSV its
+    length must equal ``num_classes``; without one, AudioSet's list is used when
     ``num_classes == 527`` and generic names otherwise.
     """
-    if csv_path is not None:
-        classes = load_class_names(csv_path)
+    if csv is not None:
+        classes = load_class_names(csv)
         if len(classes) != num_classes:
-            raise ValueError(
-                f"class CSV {csv_path} lists {len(classes)} classes but {data_source} "
-                f"has {num_classes} target columns"
-            )
+            raise ValueError(f"class CSV {csv} lists {len(classes)} classes but {data_source} has {num_classes}")
         return classes
     if num_classes == AUDIOSET_NUM_CLASSES:
         return load_class_names(None)

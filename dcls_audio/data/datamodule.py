@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Sequence
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader
 
 from .classes import ClassInfo, resolve_class_names
 from .constants import CLIP_SAMPLES
 from .hdf5_dataset import AudioSetHDF5, PathLike, as_path_list, check_files_exist, read_num_classes
-from .samplers import BalancedSampler, EvalShardSampler, UniformSampler
+from .samplers import BalancedSampler, EvalShardSampler, UniformSampler, balanced_clip_weights
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class AudioSetDataModule(L.LightningDataModule):
         self.clip_samples = clip_samples
         self.datasets: dict[str, AudioSetHDF5] = {}
         self._classes: list[ClassInfo] | None = None
+        self._balance_weights: np.ndarray | None = None
 
     # ------------------------------------------------------------------ classes
     @property
@@ -117,7 +119,9 @@ class AudioSetDataModule(L.LightningDataModule):
                     raise ValueError(
                         f"{path}: dataset 'target' has {count} classes but {first} has {num_classes}"
                     )
-            self._classes = resolve_class_names(num_classes, self.class_csv, data_source=str(first))
+            self._classes = resolve_class_names(
+                num_classes, self.class_csv, data_source=f"{first}: dataset 'target'"
+            )
         return self._classes
 
     @property
@@ -178,7 +182,9 @@ class AudioSetDataModule(L.LightningDataModule):
         kwargs = dict(num_replicas=world, rank=rank, seed=self.seed,
                       samples_per_epoch=self.samples_per_epoch, drop_last=self.drop_last)
         if self.sampler == "balanced":
-            return BalancedSampler.from_dataset(dataset, prior=self.balance_prior, **kwargs)
+            if self._balance_weights is None:
+                self._balance_weights = balanced_clip_weights(dataset.iter_targets(), self.balance_prior)
+            return BalancedSampler(self._balance_weights, **kwargs)
         return UniformSampler(len(dataset), **kwargs)
 
     def train_dataloader(self) -> DataLoader:

@@ -184,13 +184,14 @@ class AudioSetHDF5(Dataset):
                 log.info("%s: dropped %d of %d rows with an empty audio_name", path, dropped, len(names))
         self.num_classes: int = int(num_classes)
         self.classes: list[ClassInfo] = resolve_class_names(
-            self.num_classes, class_csv, data_source=str(self.files[0])
+            self.num_classes, class_csv, data_source=f"{self.files[0]}: dataset 'target'"
         )
         self._rows = rows_per_file
         self._names = np.concatenate(names_per_file) if names_per_file else np.array([], dtype="S1")
         self._offsets = np.cumsum([0] + [len(r) for r in rows_per_file]).astype(np.int64)
         self.dropped_per_file: list[int] = dropped_per_file
         self._handles: list[h5py.File] | None = None
+        self._readers: list[tuple[h5py.Dataset, h5py.Dataset]] | None = None
         self._pid: int | None = None
 
     # ------------------------------------------------------------------ bookkeeping
@@ -221,19 +222,22 @@ class AudioSetHDF5(Dataset):
         return self._names[index].decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------ reading
-    def _files(self) -> list[h5py.File]:
+    def _datasets(self, file_no: int) -> tuple[h5py.Dataset, h5py.Dataset]:
+        """(waveform, target) of file ``file_no``, opened once per process."""
         if self._handles is None or self._pid != os.getpid():
             # A handle inherited through fork is not ours to use or close.
-            self._handles = [h5py.File(p, "r") for p in self.files]
+            files = [h5py.File(p, "r") for p in self.files]
+            self._handles = files
+            self._readers = [(h5["waveform"], h5["target"]) for h5 in files]
             self._pid = os.getpid()
-        return self._handles
+        return self._readers[file_no]
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         file_no, row = self.locate(index)
-        h5 = self._files()[file_no]
-        waveform = torch.from_numpy(h5["waveform"][row])
-        target = torch.from_numpy(h5["target"][row].astype(np.float32))
+        waves, targets = self._datasets(file_no)
+        waveform = torch.from_numpy(waves[row])
+        target = torch.from_numpy(targets[row].astype(np.float32))
         return {
             "waveform": waveform,
             "target": target,
@@ -264,11 +268,11 @@ class AudioSetHDF5(Dataset):
             for h5 in self._handles:
                 h5.close()
         self._handles = None
+        self._readers = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"] = None
-        state["_pid"] = None
+        state["_handles"] = state["_readers"] = state["_pid"] = None
         return state
 
     def __del__(self) -> None:

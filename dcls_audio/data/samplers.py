@@ -84,28 +84,27 @@ class UniformSampler(_ShardedTrainSampler):
         return order[: self.epoch_total]
 
 
-def label_counts(target_chunks: Iterable[np.ndarray]) -> np.ndarray:
-    """Positives per class over bool/0-1 target chunks (n, C) -> (C,) int64."""
-    counts = None
-    for chunk in target_chunks:
-        chunk_counts = np.asarray(chunk, dtype=np.int64).sum(axis=0)
-        counts = chunk_counts if counts is None else counts + chunk_counts
-    if counts is None:
-        raise ValueError("label_counts: no targets")
-    return counts
+def balanced_clip_weights(target_chunks: Iterable[np.ndarray], prior: float = 0.0) -> np.ndarray:
+    """Clip weight = sum over the clip's labels of 1 / (label count + prior); -> (N,) float64.
 
-
-def balanced_clip_weights(
-    target_chunks: Iterable[np.ndarray], counts: np.ndarray, prior: float = 0.0
-) -> np.ndarray:
-    """Clip weight = sum over the clip's labels of 1 / (count + prior); -> (N,) float64.
-
-    A clip without any label gets the smallest weight of a labelled clip (never zero, so it can
-    still be drawn).
+    One pass over the (n, C) chunks, keeping only the (clip, label) pairs. ``prior`` 0 is plain
+    inverse frequency (PANNs/AST); upstream's unused weighted sampler had 1000 / (100 + count),
+    i.e. ``prior=100`` up to scale. A clip without any label gets the smallest weight of a
+    labelled clip (never zero, so it can still be drawn).
     """
-    counts = np.asarray(counts, dtype=np.float64)
-    inverse = np.divide(1.0, counts + prior, out=np.zeros_like(counts), where=(counts + prior) > 0)
-    weights = np.concatenate([np.asarray(c, dtype=np.float64) @ inverse for c in target_chunks])
+    clips, labels, num_clips, num_classes = [], [], 0, 0
+    for chunk in target_chunks:
+        row, col = np.nonzero(np.asarray(chunk))
+        clips.append(row + num_clips)
+        labels.append(col)
+        num_clips += len(chunk)
+        num_classes = np.shape(chunk)[1]
+    if num_clips == 0:
+        raise ValueError("balanced_clip_weights: no targets")
+    clips, labels = np.concatenate(clips), np.concatenate(labels)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64) + prior
+    inverse = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
+    weights = np.bincount(clips, weights=inverse[labels], minlength=num_clips)
     unlabelled = weights <= 0
     if unlabelled.all():
         return np.ones_like(weights)
@@ -134,9 +133,8 @@ class BalancedSampler(_ShardedTrainSampler):
 
     @classmethod
     def from_dataset(cls, dataset, prior: float = 0.0, **kwargs) -> "BalancedSampler":
-        """Weights from a dataset with ``iter_targets()`` (e.g. :class:`AudioSetHDF5`), two passes."""
-        counts = label_counts(dataset.iter_targets())
-        return cls(balanced_clip_weights(dataset.iter_targets(), counts, prior), **kwargs)
+        """Weights from a dataset with ``iter_targets()`` (e.g. :class:`AudioSetHDF5`)."""
+        return cls(balanced_clip_weights(dataset.iter_targets(), prior), **kwargs)
 
     def epoch_order(self) -> np.ndarray:
         rng = _rng(self.seed, self.epoch)
