@@ -155,6 +155,39 @@ def _add_pack_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _add_models_parser(subparsers) -> None:
+    """``dcls-audio models``: the registered backbones, released files and parameter counts."""
+    parser = subparsers.add_parser(
+        "models",
+        help="list the backbones (names for --model), their released checkpoints and parameter counts",
+        description=(
+            "List the six backbones under their upstream DCLS-Audio names with the released checkpoint of each. "
+            "With --params each model is built and its parameter count (shared DCLS positions counted once) is "
+            "shown next to the upstream count and the count with a 1000-class head (the paper's table)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--params", action="store_true", help="build each model and count its parameters")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from dcls_audio.models import describe_models, format_parameter_table, parameter_table
+
+        rows = parameter_table() if args.params else describe_models()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif args.params:
+            print(format_parameter_table(rows))
+        else:
+            for row in rows:
+                print(f"{row['model']:<28} {row['description']:<38} {row['released'] or '(no released file)'}")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dcls-audio",
@@ -164,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_infer_parser(subparsers)
     _add_export_parser(subparsers)
     _add_pack_parser(subparsers)
+    _add_models_parser(subparsers)
     return parser
 
 

@@ -22,18 +22,24 @@ from .checkpoint import (
 )
 from .dclsify import dcls_position_parameters, dclsify, fold_dcls, is_depthwise_conv, tied_state_keys
 from .fastvit_audio import reparameterize_fastvit
-from .param_count import UPSTREAM_PARAM_COUNTS, count_parameters, parameter_table
-from .registry import DCLS_DEFAULTS, MODEL_SPECS, ModelSpec, create_model, get_spec, list_models
+from .param_count import (
+    PAPER_TABLE_MILLIONS,
+    UPSTREAM_PARAM_COUNTS,
+    count_parameters,
+    format_parameter_table,
+    parameter_table,
+)
+from .registry import DCLS_DEFAULTS, MODEL_SPECS, ModelSpec, create_model, describe_models, get_spec, list_models
 from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
 
 __all__ = [
-    "create_model", "list_models", "get_spec", "ModelSpec", "MODEL_SPECS", "DCLS_DEFAULTS",
+    "create_model", "list_models", "describe_models", "get_spec", "ModelSpec", "MODEL_SPECS", "DCLS_DEFAULTS",
     "dclsify", "fold_dcls", "is_depthwise_conv", "tied_state_keys", "dcls_position_parameters",
     "reparameterize_fastvit",
     "load_checkpoint", "save_upstream_checkpoint", "infer_model_name", "layout_of", "read_checkpoint",
     "extract_state_dict", "to_model_state_dict", "to_upstream_state_dict", "load_state_dict_checked",
     "resolve_checkpoint_path", "SAFE_GLOBALS",
     "CheckpointError", "CheckpointMismatchError", "UnsafeCheckpointError",
-    "count_parameters", "parameter_table", "UPSTREAM_PARAM_COUNTS",
+    "count_parameters", "parameter_table", "format_parameter_table", "UPSTREAM_PARAM_COUNTS", "PAPER_TABLE_MILLIONS",
     "RELEASED_CHECKPOINTS", "checkpoint_dirs",
 ]

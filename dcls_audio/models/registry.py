@@ -130,3 +130,13 @@ def spec_of(model: nn.Module) -> ModelSpec:
             f"{type(model).__name__} was not built by dcls_audio.models.create_model (no model_name attribute)"
         )
     return get_spec(name)
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """One row per model: ``model``, ``description``, ``dcls``, ``released`` (URL or None)."""
+    from .released import RELEASED_CHECKPOINTS
+
+    return [
+        {"model": n, "description": s.description, "dcls": s.dcls, "released": RELEASED_CHECKPOINTS.get(n)}
+        for n, s in MODEL_SPECS.items()
+    ]
