@@ -50,8 +50,9 @@ def _add_infer_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="windows per batch (across files)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="decoding processes (default: 0 on CPU, up to 4 on CUDA)")
-    parser.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True,
-                        help="fold DCLS layers into dense convolutions (same scores, no kernel rebuild per batch)")
+    parser.add_argument("--fold", action=argparse.BooleanOptionalAction, default=None,
+                        help="fold DCLS layers into dense convolutions (same scores); default: on CPU only, "
+                             "CUDA keeps the faster DCLS depthwise kernel")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: for several files on a terminal)")

@@ -133,10 +133,13 @@ def fold_dcls_layers(model: nn.Module) -> int:
 class AudioTagger:
     """Front end + classifier on one device: waveforms (B, 320000) at 32 kHz -> (B, C) probabilities.
 
-    The model is put in eval mode; with ``fold=True`` its DCLS layers are replaced by the
-    equivalent dense convolutions (same kernel, so the same scores, without rebuilding the
-    kernel at every call). The front end always runs in fp32; the classifier runs under
-    autocast in bf16/fp16 when asked (CUDA only). Scores come back as fp32 on the CPU.
+    The model is put in eval mode. ``fold=True`` replaces its DCLS layers by the equivalent
+    dense ``nn.Conv2d`` (same kernel, same scores); ``fold=None`` (auto) folds on the CPU and
+    keeps the DCLS layers on CUDA, where in eval mode they build their kernel once and run it
+    through ``dcls_core``'s depthwise kernel, faster than cuDNN's dense 23x23 convolution
+    (``benchmarks/bench_infer.py`` measures both). The front end always runs in fp32; the
+    classifier runs under autocast in bf16/fp16 when asked (CUDA only). Scores come back as
+    fp32 on the CPU.
     """
 
     def __init__(
@@ -144,7 +147,7 @@ class AudioTagger:
         model: nn.Module,
         device: str | torch.device | None = None,
         precision: str = "fp32",
-        fold: bool = True,
+        fold: bool | None = None,
         channels_last: bool = False,
         frontend: nn.Module | None = None,
     ) -> None:
@@ -152,6 +155,8 @@ class AudioTagger:
         self.dtype = check_precision(precision, self.device)
         self.precision = precision
         model = model.eval()
+        if fold is None:
+            fold = self.device.type != "cuda"
         self.folded_layers = fold_dcls_layers(model) if fold else 0
         self.model = model.to(self.device)
         self.channels_last = channels_last

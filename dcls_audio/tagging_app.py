@@ -67,7 +67,7 @@ def run_infer(
     precision: str = "fp32",
     batch_size: int = 16,
     num_workers: int | None = None,
-    fold: bool = True,
+    fold: bool | None = None,
     channels_last: bool = False,
     progress: bool | None = None,
     stdout: TextIO | None = None,
