@@ -230,12 +230,17 @@ class _DecodeDataset(torch.utils.data.Dataset):
         return decode_file(self.paths[index])
 
 
+def _as_is(item):
+    return item
+
+
 def _decoded_files(paths: Sequence[str | Path], num_workers: int) -> Iterator[_Decoded | FileFailure]:
+    """Decoded files in order; ``num_workers`` > 0 decodes ahead in worker processes."""
     if num_workers <= 0:
         return (decode_file(p) for p in paths)
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(paths), batch_size=None, shuffle=False, num_workers=num_workers,
-        collate_fn=lambda item: item, prefetch_factor=2,
+        _DecodeDataset(paths), batch_size=None, shuffle=False, num_workers=min(num_workers, len(paths)),
+        collate_fn=_as_is, prefetch_factor=2,
     )
     return iter(loader)
 

@@ -114,11 +114,13 @@ def _check_top(top: list[dict], expected: torch.Tensor, k: int, class_names: lis
 
 def test_json_output_windows_scores_labels(tmp_path, capsys, checkpoint, audio_dir, reference, class_names):
     out = tmp_path / "tags.json"
-    rc = cli.main(["infer", "--checkpoint", str(checkpoint), str(audio_dir), "--format", "json", "--output", str(out)])
+    rc = cli.main(["infer", "--checkpoint", str(checkpoint), str(audio_dir), "--format", "json", "--output", str(out),
+                   "--progress", "--batch-size", "4"])
     captured = capsys.readouterr()
     assert rc == 1  # the corrupt file
-    errors = [line for line in captured.err.splitlines() if line.strip()]
+    errors = [line for line in captured.err.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("error: ") and str(audio_dir / "corrupt.wav") in errors[0]
+    assert "4/4" in captured.err  # the progress bar went to stderr
     assert captured.out == ""
 
     records = {Path(r["file"]).name: r for r in json.loads(out.read_text())}

@@ -153,6 +153,7 @@ def test_fold_keeps_scores_and_removes_dcls_layers(tiny_dcls_model):
     assert folded.folded_layers == sum(isinstance(m, Dcls2d) for m in tiny_dcls_model.modules()) == 4
     torch.testing.assert_close(folded(x), unfolded(x), rtol=0, atol=1e-6)
     assert fold_dcls_layers(folded.model) == 0
+    assert AudioTagger(copy.deepcopy(tiny_dcls_model), "cpu").folded_layers == 4  # auto: fold on the CPU
 
 
 def test_tag_files_batches_across_files_in_order(tmp_path, tiny_dcls_model):
@@ -167,13 +168,15 @@ def test_tag_files_batches_across_files_in_order(tmp_path, tiny_dcls_model):
     paths.insert(2, bad)
     tagger = AudioTagger(tiny_dcls_model, "cpu")
     runs = {bs: list(tag_files(tagger, paths, hop_s=5.0, batch_size=bs)) for bs in (1, 3, 16)}
+    runs["2 workers"] = list(tag_files(tagger, paths, hop_s=5.0, batch_size=16, num_workers=2))
     for results in runs.values():
         assert [r.file for r in results] == [str(p) for p in paths]
         assert isinstance(results[2], FileFailure)
         assert [len(r.window_spans_s) for r in results if isinstance(r, FileTags)] == [2, 1, 4]
-    for a, b in zip(runs[1], runs[16]):
-        if isinstance(a, FileTags):
-            torch.testing.assert_close(a.window_scores, b.window_scores, rtol=0, atol=1e-6)
+    for other in (runs[16], runs["2 workers"]):
+        for a, b in zip(runs[1], other):
+            if isinstance(a, FileTags):
+                torch.testing.assert_close(a.window_scores, b.window_scores, rtol=0, atol=1e-6)
     # each window alone through the tagger gives the same scores
     first = runs[3][0]
     wave = decode_file(paths[0]).waveform
@@ -228,3 +231,26 @@ def test_record_json_csv_table():
     assert "x.wav" in table and "2 windows" in table and "0.900  one" in table and "2.50 -" in table
     with pytest.raises(ValueError, match="3 labels"):
         file_record(_fake_tags(), labels[:3])
+
+
+# -- CUDA ------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision, atol", [("fp32", 2e-3), ("bf16", 3e-2), ("fp16", 1e-2)])
+@pytest.mark.parametrize("fold", [False, True], ids=["dcls", "folded"])
+def test_cuda_tagger_matches_cpu(tiny_dcls_model, precision, atol, fold):
+    import copy
+
+    x = 0.1 * torch.randn(5, W, generator=torch.Generator().manual_seed(2))
+    on_cpu = AudioTagger(copy.deepcopy(tiny_dcls_model), "cpu", fold=False)(x)
+    tagger = AudioTagger(copy.deepcopy(tiny_dcls_model), "cuda", precision=precision, fold=fold)
+    assert tagger.folded_layers == (4 if fold else 0)
+    got = tagger(x)
+    assert got.device.type == "cpu" and got.dtype == torch.float32
+    torch.testing.assert_close(got, on_cpu, atol=atol, rtol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_auto_fold_keeps_dcls_layers(tiny_dcls_model):
+    import copy
+
+    assert AudioTagger(copy.deepcopy(tiny_dcls_model), "cuda").folded_layers == 0
