@@ -211,6 +211,7 @@ def decode_file(path: str | Path) -> _Decoded | FileFailure:
             reason = reason[len(prefix) :]
         elif reason.startswith(f"audio file not found: {name}"):
             reason = "no such file"
+        reason = re.sub(r"^Error opening '.*?': ", "", reason)  # libsndfile repeats the path
         return FileFailure(name, reason)
     if waveform.numel() == 0:
         return FileFailure(name, "it holds no samples")

@@ -136,6 +136,9 @@ def run_infer(
                 records.append(record)
         if fmt == "json":
             write_json(records, sink)
+    except KeyboardInterrupt:
+        bar.write("dcls-audio infer: interrupted", file=stderr)
+        return 130
     finally:
         bar.close()
         if sink is not stdout:

@@ -121,6 +121,19 @@ def test_decode_failures_are_one_line_naming_the_reason(tmp_path):
     assert "NaN" in decode_file(nan).reason
 
 
+@pytest.mark.parametrize("ext, subtype", [("wav", "PCM_24"), ("flac", None), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III")])
+def test_decode_formats(tmp_path, ext, subtype):
+    path = tmp_path / f"tone.{ext}"
+    t = np.arange(2 * 22050) / 22050
+    sf.write(path, np.stack([0.3 * np.sin(2 * np.pi * 440 * t)] * 2, 1), 22050, subtype=subtype)
+    decoded = decode_file(path)
+    assert not isinstance(decoded, FileFailure), decoded
+    assert decoded.sample_rate == 22050
+    assert abs(decoded.waveform.shape[0] / SR - 2.0) < 0.1  # mp3 adds encoder padding
+    spectrum = torch.fft.rfft(decoded.waveform[: SR])
+    assert abs(int(spectrum.abs().argmax()) - 440) <= 1  # the tone survives, 1 Hz bins
+
+
 def test_decode_resamples_and_mixes_down(tmp_path):
     path = tmp_path / "stereo.wav"
     left = np.linspace(-0.5, 0.5, 16000, dtype=np.float32)
