@@ -301,9 +301,10 @@ def tag_files(
     queue: list[tuple[_Pending, int]] = []  # windows waiting for a batch: (file, window index)
 
     def run_batch(items: list[tuple[_Pending, int]]) -> None:
-        batch = torch.stack([
-            cut_windows(p.decoded.waveform, [p.starts[i]])[0] for p, i in items  # type: ignore[union-attr]
-        ])
+        batch = torch.zeros(len(items), CLIP_SAMPLES)
+        for row, (pending, i) in enumerate(items):
+            piece = pending.decoded.waveform[pending.starts[i] : pending.starts[i] + CLIP_SAMPLES]  # type: ignore[union-attr]
+            batch[row, : piece.shape[0]] = piece
         probs = tagger(batch)
         for (pending, i), row in zip(items, probs):
             pending.scores[i] = row
