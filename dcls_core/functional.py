@@ -2,7 +2,8 @@
 
 ``dcls_conv{1,2,3}d`` take the module parameters and conv arguments as plain values. The
 dense-kernel construction and the convolution go through :mod:`dcls_core.dispatch`, which
-picks the reference path (plain torch, any device) or a fast GPU path.
+picks the reference path (plain torch, any device) or a fast path (fused Triton
+construction, Triton depthwise convolution, FFT convolution).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dispatch import select_conv
+from .dispatch import build_kernel, select_conv
 from .kernel import construct_kernel
 
 IntOrTuple = Union[int, Sequence[int]]
@@ -73,8 +74,9 @@ def dcls_conv(
     version: str = "gauss",
 ) -> Tensor:
     """DCLS convolution over ``len(dilated_kernel_size)`` spatial axes (all learned)."""
-    impl = select_conv(input, weight, dilated_kernel_size, stride, padding, groups, padding_mode, version)
-    return impl(input, weight, P, SIG, bias, tuple(dilated_kernel_size), tuple(stride), tuple(padding), groups, padding_mode, version)
+    kernel = build_kernel(weight, P, SIG, tuple(dilated_kernel_size), version)
+    _, conv = select_conv(input, kernel, stride, padding, groups, padding_mode)
+    return conv(input, kernel, bias, tuple(stride), tuple(padding), groups, padding_mode)
 
 
 def reference_dcls_conv(

@@ -2,8 +2,9 @@
 
 Constructor arguments, defaults, parameter names, shapes and initialisation follow the
 reference package ``dcls`` 0.1.1, so state_dicts load both ways with ``strict=True``.
-The modules are thin: kernel construction lives in :mod:`dcls_core.kernel`, the convolution
-in :mod:`dcls_core.functional`.
+The modules are thin: kernel construction and the convolution are chosen by
+:mod:`dcls_core.dispatch`. In eval mode under ``no_grad`` the dense kernel is built once and
+reused until a parameter changes (:mod:`dcls_core.kernel_cache`).
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
-from .functional import PADDING_MODES, conv_nd, dcls_conv
-from .kernel import SIGMA_VERSIONS, VERSIONS, construct_kernel, position_axes
+from .dispatch import build_kernel, select_conv
+from .functional import PADDING_MODES
+from .kernel import SIGMA_VERSIONS, VERSIONS, position_axes
+from .kernel_cache import KernelCache
 
 IntOrTuple = Union[int, Sequence[int]]
 
@@ -109,6 +112,7 @@ class _DclsBase(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_channels, **factory))
         else:
             self.register_parameter("bias", None)
+        self._kernel_cache = KernelCache()
         self.reset_parameters()
 
     # -- parameters ---------------------------------------------------------------------
@@ -142,8 +146,21 @@ class _DclsBase(nn.Module):
     # -- kernel and convolution -----------------------------------------------------------
     def construct_kernel(self) -> Tensor:
         """The dense kernel ``(out, in/groups, *kernel)`` used by the convolution."""
-        kernel = construct_kernel(self.weight, self.P, self.SIG, self.dilated_kernel_size, self.version)
+        kernel = build_kernel(self.weight, self.P, self.SIG, self.dilated_kernel_size, self.version)
         return self._arrange_kernel(kernel)
+
+    def dense_kernel(self) -> Tensor:
+        """:meth:`construct_kernel`, cached in eval mode under ``no_grad``.
+
+        The cache is keyed on the parameters' identity, storage, version counter, device and
+        dtype, so an optimizer step, ``load_state_dict`` or a move rebuilds it.
+        """
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self.construct_kernel()
+        cache = self.__dict__.get("_kernel_cache")
+        if cache is None:
+            cache = self._kernel_cache = KernelCache()
+        return cache.get((self.weight, self.P, self.SIG), self.construct_kernel)
 
     def _arrange_kernel(self, kernel: Tensor) -> Tensor:
         return kernel
@@ -159,7 +176,9 @@ class _DclsBase(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        return conv_nd(input, self.construct_kernel(), self.bias, self.stride, self.padding, self.groups, self.padding_mode)
+        kernel = self.dense_kernel()
+        _, conv = select_conv(input, kernel, self.stride, self.padding, self.groups, self.padding_mode)
+        return conv(input, kernel, self.bias, self.stride, self.padding, self.groups, self.padding_mode)
 
     def fold(self) -> nn.Module:
         """An equivalent plain ``nn.Conv{1,2,3}d`` holding the current dense kernel."""
@@ -219,13 +238,6 @@ class _DclsNd(_DclsBase):
         super().__init__(
             in_channels, out_channels, kernel_count, stride, padding, dilated_kernel_size,
             groups, bias, padding_mode, version, device=device, dtype=dtype,
-        )
-
-    def forward(self, input: Tensor) -> Tensor:
-        self._check_input(input)
-        return dcls_conv(
-            input, self.weight, self.P, self.SIG, self.bias, self.dilated_kernel_size,
-            self.stride, self.padding, self.groups, self.padding_mode, self.version,
         )
 
 

@@ -1,0 +1,154 @@
+"""Triton kernels of :mod:`dcls_core.triton_construct` (imports Triton; load lazily)."""
+import triton
+import triton.language as tl
+
+from .kernel import GAUSS_SIGMA_OFFSET, NORM_EPS
+
+SIG_OFFSET = tl.constexpr(GAUSS_SIGMA_OFFSET)
+EPS = tl.constexpr(NORM_EPS)
+
+
+@triton.jit
+def _sign(v):
+    return tl.where(v > 0, 1.0, tl.where(v < 0, -1.0, 0.0))
+
+
+@triton.jit
+def _factor(grid, p, s, SIZE: tl.constexpr, VERSION: tl.constexpr):
+    # p, s: (BMC,), grid: (BK,) float -> (BMC, BK)
+    centre = p + (SIZE // 2)
+    if VERSION == 0:
+        lower = tl.floor(centre)
+        frac = centre - lower
+        lo = lower[:, None]
+        f = tl.where(grid[None, :] == lo, 1.0 - frac[:, None], 0.0) + tl.where(grid[None, :] == lo + 1.0, frac[:, None], 0.0)
+    elif VERSION == 1:
+        d = grid[None, :] - centre[:, None]
+        f = tl.maximum(1.0 - tl.abs(d), 0.0)
+    elif VERSION == 2:
+        d = grid[None, :] - centre[:, None]
+        f = tl.maximum(tl.abs(s)[:, None] + 1.0 - tl.abs(d), 0.0)
+    else:
+        d = grid[None, :] - centre[:, None]
+        sc = d / (tl.abs(s)[:, None] + SIG_OFFSET)
+        f = tl.exp(-0.5 * sc * sc)
+    return f
+
+
+@triton.jit
+def _factor_grad(grid, p, s, df, SIZE: tl.constexpr, VERSION: tl.constexpr):
+    # gradient of sum(df * factor) with respect to p and s, each (BMC,)
+    centre = p + (SIZE // 2)
+    if VERSION == 0:
+        lower = tl.floor(centre)[:, None]
+        slope = tl.where(grid[None, :] == lower + 1.0, 1.0, 0.0) - tl.where(grid[None, :] == lower, 1.0, 0.0)
+        dp = tl.sum(df * slope, 1)
+        ds = dp * 0.0
+    elif VERSION == 1:
+        d = grid[None, :] - centre[:, None]
+        on = (1.0 - tl.abs(d)) > 0
+        dp = tl.sum(tl.where(on, df * _sign(d), 0.0), 1)
+        ds = dp * 0.0
+    elif VERSION == 2:
+        d = grid[None, :] - centre[:, None]
+        on = (tl.abs(s)[:, None] + 1.0 - tl.abs(d)) > 0
+        dp = tl.sum(tl.where(on, df * _sign(d), 0.0), 1)
+        ds = tl.sum(tl.where(on, df, 0.0), 1) * _sign(s)
+    else:
+        d = grid[None, :] - centre[:, None]
+        sig = tl.abs(s)[:, None] + SIG_OFFSET
+        sc = d / sig
+        f = tl.exp(-0.5 * sc * sc)
+        t = df * f * sc / sig
+        dp = tl.sum(t, 1)
+        ds = tl.sum(t * sc, 1) * _sign(s)
+    return dp, ds
+
+
+@triton.jit
+def _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC: tl.constexpr, HAS_SIG: tl.constexpr):
+    m = tl.arange(0, BMC)
+    m_ok = m < Mc
+    offs = q * Mc + m
+    w = tl.load(w_ptr + offs, mask=m_ok, other=0.0)
+    p_h = tl.load(ph_ptr + offs, mask=m_ok, other=0.0)
+    p_w = tl.load(pw_ptr + offs, mask=m_ok, other=0.0)
+    if HAS_SIG:
+        s_h = tl.load(sh_ptr + offs, mask=m_ok, other=0.0)
+        s_w = tl.load(sw_ptr + offs, mask=m_ok, other=0.0)
+    else:
+        s_h = p_h * 0.0
+        s_w = p_w * 0.0
+    return m, m_ok, w, p_h, p_w, s_h, s_w
+
+
+@triton.jit
+def construct_fwd(
+    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, k_ptr, Mc,
+    KH: tl.constexpr, KW: tl.constexpr,
+    BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
+    VERSION: tl.constexpr, HAS_SIG: tl.constexpr,
+):
+    q = tl.program_id(0)
+    m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
+    a = tl.arange(0, BKH)
+    b = tl.arange(0, BKW)
+    fy = tl.where(m_ok[:, None] & (a < KH)[None, :], _factor(a.to(tl.float32), p_h, s_h, KH, VERSION), 0.0)
+    fx = tl.where(m_ok[:, None] & (b < KW)[None, :], _factor(b.to(tl.float32), p_w, s_w, KW, VERSION), 0.0)
+    if VERSION == 0:
+        ws = w
+    else:
+        ws = w / (tl.sum(fx, 1) * tl.sum(fy, 1) + EPS)
+    ker = tl.dot(tl.trans(fy * ws[:, None]), fx, input_precision="ieee")
+    mask = (a < KH)[:, None] & (b < KW)[None, :]
+    tl.store(k_ptr + q * (KH * KW) + a[:, None] * KW + b[None, :], ker, mask=mask)
+
+
+@triton.jit
+def construct_bwd(
+    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, g_ptr,
+    dw_ptr, dph_ptr, dpw_ptr, dsh_ptr, dsw_ptr, Mc,
+    KH: tl.constexpr, KW: tl.constexpr,
+    BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
+    VERSION: tl.constexpr, HAS_SIG: tl.constexpr,
+):
+    q = tl.program_id(0)
+    m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
+    a = tl.arange(0, BKH)
+    b = tl.arange(0, BKW)
+    ga = a.to(tl.float32)
+    gb = b.to(tl.float32)
+    y_ok = m_ok[:, None] & (a < KH)[None, :]
+    x_ok = m_ok[:, None] & (b < KW)[None, :]
+    fy = tl.where(y_ok, _factor(ga, p_h, s_h, KH, VERSION), 0.0)
+    fx = tl.where(x_ok, _factor(gb, p_w, s_w, KW, VERSION), 0.0)
+    g_mask = (a < KH)[:, None] & (b < KW)[None, :]
+    g = tl.load(g_ptr + q * (KH * KW) + a[:, None] * KW + b[None, :], mask=g_mask, other=0.0)
+    h1 = tl.trans(tl.dot(g, tl.trans(fx), input_precision="ieee"))           # (BMC, BKH)
+    h2 = tl.trans(tl.dot(tl.trans(g), tl.trans(fy), input_precision="ieee"))  # (BMC, BKW)
+    dws = tl.sum(fy * h1, 1)
+    if VERSION == 0:
+        ws = w
+        dw = dws
+        dfy = ws[:, None] * h1
+        dfx = ws[:, None] * h2
+    else:
+        sx = tl.sum(fx, 1)
+        sy = tl.sum(fy, 1)
+        denom = sx * sy + EPS
+        ws = w / denom
+        dw = dws / denom
+        d_total = -dws * ws / denom
+        dfy = ws[:, None] * h1 + (d_total * sx)[:, None]
+        dfx = ws[:, None] * h2 + (d_total * sy)[:, None]
+    dfy = tl.where(y_ok, dfy, 0.0)
+    dfx = tl.where(x_ok, dfx, 0.0)
+    dp_h, ds_h = _factor_grad(ga, p_h, s_h, dfy, KH, VERSION)
+    dp_w, ds_w = _factor_grad(gb, p_w, s_w, dfx, KW, VERSION)
+    offs = q * Mc + m
+    tl.store(dw_ptr + offs, dw, mask=m_ok)
+    tl.store(dph_ptr + offs, dp_h, mask=m_ok)
+    tl.store(dpw_ptr + offs, dp_w, mask=m_ok)
+    if HAS_SIG:
+        tl.store(dsh_ptr + offs, ds_h, mask=m_ok)
+        tl.store(dsw_ptr + offs, ds_w, mask=m_ok)
