@@ -1,0 +1,431 @@
+"""Forward+backward time and peak memory of DCLS layers: ``dcls`` 0.1.1, our reference, our
+fast paths, and plain depthwise convolutions, on the ConvNeXt-T audio stage shapes and the
+1-D / 3-D / dense cases.
+
+    python benchmarks/bench_layers.py --out bench.json                 # everything
+    python benchmarks/bench_layers.py --cases stages --dtypes fp32     # a part
+    python benchmarks/bench_layers.py --sweep --out sweep.json         # Triton tile sweep
+
+Each row: median ms of one forward + backward (gradients of the input and every parameter,
+``torch.autograd.grad``; CUDA events through ``triton.testing.do_bench``) and the peak MiB
+allocated above the inputs during one such step. ``bf16`` runs under ``torch.autocast``.
+Rows of the fast path say which convolution the dispatcher chose. Runs on CPU too (slowly,
+with wall-clock times; use ``--cases`` to keep it short).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dcls_core  # noqa: E402
+from dcls_core import dispatch  # noqa: E402
+
+logging.getLogger().setLevel(logging.ERROR)  # dcls 0.1.1's Dcls2d logs on every call
+
+STAGES = [(96, 64, 62), (192, 32, 31), (384, 16, 15), (768, 8, 7)]  # ConvNeXt-T audio, batch 64
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+# -- measurement ---------------------------------------------------------------------------
+def _median_ms(fn: Callable[[], None], device: torch.device, warmup_ms: float, rep_ms: float) -> float:
+    if device.type == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    fn()
+    times = []
+    budget = time.perf_counter() + rep_ms / 1e3
+    while time.perf_counter() < budget or len(times) < 3:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _peak_mib(fn: Callable[[], None], device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+@contextlib.contextmanager
+def _env(name: str, value: Optional[str]):
+    saved = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+@contextlib.contextmanager
+def _tf32(allowed: bool):
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def fwd_bwd_step(module: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype]) -> Callable[[], None]:
+    """One forward + backward of ``module`` on ``x`` (input and parameter gradients)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    device_type = x.device.type
+    with torch.no_grad(), torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out_shape = module(x).shape
+    grad = torch.randn(out_shape, device=x.device, dtype=dtype or x.dtype)
+
+    def step() -> None:
+        with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = module(x)
+        torch.autograd.grad(out, [x, *params], grad.to(out.dtype))
+
+    return step
+
+
+def measure(step: Callable[[], None], device: torch.device, context: Callable = contextlib.nullcontext, warmup_ms: float = 25, rep_ms: float = 100) -> dict:
+    with context():
+        step()  # compile / plan
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        peak = _peak_mib(step, device)
+        ms = _median_ms(step, device, warmup_ms, rep_ms)
+    return {"ms": round(ms, 4), "peak_mib": None if peak is None else round(peak, 1)}
+
+
+def _chosen_conv(module: nn.Module, x: torch.Tensor, dtype) -> str:
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        kernel = module.construct_kernel()
+        name, _ = dispatch.select_conv(x, kernel, module.stride, module.padding, module.groups, module.padding_mode)
+    construct, _ = dispatch.select_construct(module.weight, module.P, module.SIG, module.dilated_kernel_size, module.version)
+    return f"{construct}+{name}"
+
+
+# -- cases ---------------------------------------------------------------------------------
+def _reference_package():
+    try:
+        import DCLS.construct.modules as ref  # type: ignore
+    except Exception:  # pragma: no cover - optional
+        return None
+    return ref
+
+
+def _pair(name: str, cin: int, cout: int, kwargs: dict, device: torch.device, seed: int = 0):
+    """``(ours, theirs)`` with equal parameters; ``theirs`` is None without ``dcls``."""
+    ref = _reference_package()
+    torch.manual_seed(seed)
+    ours = getattr(dcls_core, name)(cin, cout, **kwargs).to(device)
+    with torch.no_grad():
+        ours.weight.normal_(0, 0.02)
+    theirs = None
+    if ref is not None and hasattr(ref, name):
+        extra = {"use_implicit_gemm": False} if name == "Dcls2d" else {}
+        theirs = getattr(ref, name)(cin, cout, **kwargs, **extra).to(device)
+        theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours, theirs
+
+
+def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape: tuple, device, dtypes, variants: bool, extra_rows=None) -> list[dict]:
+    rows = []
+    ours, theirs = _pair(name, cin, cout, kwargs, device)
+    x = torch.randn(x_shape, device=device, requires_grad=True)
+    for dname in dtypes:
+        dtype = DTYPES[dname]
+        base = {"case": case, "dtype": dname}
+
+        def add(impl: str, module: nn.Module, context=contextlib.nullcontext, note: str = "") -> None:
+            try:
+                r = measure(fwd_bwd_step(module, x, dtype), device, context)
+            except Exception as exc:  # keep the run going; the row says what broke
+                r = {"ms": None, "peak_mib": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            rows.append({**base, "impl": impl, "note": note, **r})
+            _print_row(rows[-1])
+
+        if theirs is not None:
+            add("dcls-0.1.1", theirs)
+        add("ours-reference", ours, lambda: _env("DCLS_IMPL", "reference"))
+        add("ours-fast", ours, lambda: _env("DCLS_IMPL", None), note=_chosen_conv(ours, x, dtype))
+        if variants:
+            if device.type == "cuda" and dname == "fp32" and dispatch.select_conv(x, ours.construct_kernel(), ours.stride, ours.padding, ours.groups, ours.padding_mode)[0] == "triton_depthwise":
+                add("fast-tf32x3", ours, lambda: _tf32(False), note="fp32-accurate products")
+            add("fast-fft", ours, lambda: dispatch.forced(conv="fft"))
+            add("fast-refconstruct", ours, lambda: dispatch.forced(construct="reference"))
+        for impl, module in (extra_rows or {}).items():
+            add(impl, module)
+    return rows
+
+
+def stage_cases(device, dtypes, versions, variants: bool, batch: int) -> list[dict]:
+    rows = []
+    for C, H, W in STAGES:
+        plain = {
+            "conv7x7": nn.Conv2d(C, C, 7, padding=3, groups=C).to(device),
+            "conv23x23": nn.Conv2d(C, C, 23, padding=11, groups=C).to(device),
+        }
+        for i, version in enumerate(versions):
+            kwargs = dict(kernel_count=26, dilated_kernel_size=23, padding=11, groups=C, version=version)
+            rows += _layer_rows(f"stage C={C}@{H}x{W} {version}", "Dcls2d", C, C, kwargs, (batch, C, H, W), device, dtypes, variants,
+                                extra_rows=plain if i == 0 else None)
+        # the convolution alone on a fixed dense kernel (construction excluded)
+        from dcls_core.triton_depthwise import depthwise_conv2d, triton_available
+
+        if device.type == "cuda" and triton_available():
+            conv = _FixedKernelDepthwise(C, 23).to(device)
+            x = torch.randn(batch, C, H, W, device=device, requires_grad=True)
+            for dname in dtypes:
+                r = measure(fwd_bwd_step(conv, x, DTYPES[dname]), device)
+                rows.append({"case": f"stage C={C}@{H}x{W} conv only", "dtype": dname, "impl": "triton-depthwise-23x23", "note": "", **r})
+                _print_row(rows[-1])
+    return rows
+
+
+class _FixedKernelDepthwise(nn.Module):
+    def __init__(self, C: int, K: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(C, 1, K, K) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(C))
+        self.K = K
+
+    def forward(self, x):
+        from dcls_core.triton_depthwise import depthwise_conv2d
+
+        return depthwise_conv2d(x, self.weight, self.bias, (self.K // 2, self.K // 2))
+
+
+def other_cases(device, dtypes, which: set, variants: bool) -> list[dict]:
+    rows = []
+    if "1d" in which:  # learnable delays: groups=1, one element per (out, in) pair, long sequences
+        for K in (25, 250):
+            rows += _layer_rows(f"Dcls1d 256->256 K={K} L=2000 N=32", "Dcls1d", 256, 256,
+                                dict(kernel_count=1, dilated_kernel_size=K, padding=K // 2, version="gauss"),
+                                (32, 256, 2000), device, dtypes, variants)
+    if "3d" in which:
+        rows += _layer_rows("Dcls3d 32->32 k=7 count=8 16x32x32 N=8", "Dcls3d", 32, 32,
+                            dict(kernel_count=8, dilated_kernel_size=7, padding=3, version="gauss"),
+                            (8, 32, 16, 32, 32), device, dtypes, variants)
+        rows += _layer_rows("Dcls3d dw C=64 k=11 count=16 16x32x32 N=8", "Dcls3d", 64, 64,
+                            dict(kernel_count=16, dilated_kernel_size=11, padding=5, groups=64, version="gauss"),
+                            (8, 64, 16, 32, 32), device, dtypes, variants)
+    if "3_1d" in which:
+        rows += _layer_rows("Dcls3_1d 32->32 dense 3x3 k=23 16x32x64 N=8", "Dcls3_1d", 32, 32,
+                            dict(kernel_count=4, dense_kernel_size=3, dilated_kernel_size=23, padding=(1, 1, 11), version="gauss"),
+                            (8, 32, 16, 32, 64), device, dtypes, variants)
+    if "2dk1d" in which:
+        rows += _layer_rows("Dcls2dK1d dw C=96 (1,23) 64x62 N=64", "Dcls2dK1d", 96, 96,
+                            dict(kernel_count=8, dilated_kernel_size=23, padding=(0, 11), groups=96, flat_dim=1, version="gauss"),
+                            (64, 96, 64, 62), device, dtypes, variants)
+        rows += _layer_rows("Dcls2dK1d 128->128 (23,1) 32x64 N=16", "Dcls2dK1d", 128, 128,
+                            dict(kernel_count=4, dilated_kernel_size=23, padding=(11, 0), flat_dim=0, version="v1"),
+                            (16, 128, 32, 64), device, dtypes, variants)
+    if "dense" in which:
+        rows += _layer_rows("Dcls2d dense 256->256 k=23 count=26 32x32 N=8", "Dcls2d", 256, 256,
+                            dict(kernel_count=26, dilated_kernel_size=23, padding=11, version="gauss"),
+                            (8, 256, 32, 32), device, dtypes, variants)
+        rows += construction_memory(device)
+    return rows
+
+
+def construction_memory(device) -> list[dict]:
+    """Kernel construction alone (forward + backward) for the dense 256x256, 26-element layer."""
+    rows = []
+    ours, theirs = _pair("Dcls2d", 256, 256, dict(kernel_count=26, dilated_kernel_size=23, padding=11, version="gauss"), device)
+    dense_mib = 256 * 256 * 23 * 23 * 4 / 2**20
+
+    def build_step(build):
+        def step():
+            k = build()
+            params = [p for p in (ours.weight, ours.P, ours.SIG) if p is not None]
+            torch.autograd.grad(k, params, torch.ones_like(k))
+        return step
+
+    def their_build():
+        return theirs.DCK(theirs.weight, theirs.P, theirs.SIG)
+
+    variants = {"ours-reference": lambda: _env("DCLS_IMPL", "reference"), "ours-fast": lambda: _env("DCLS_IMPL", None)}
+    for impl, ctx in variants.items():
+        try:
+            r = measure(build_step(ours.construct_kernel), device, ctx)
+        except Exception as exc:
+            r = {"ms": None, "peak_mib": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        rows.append({"case": "construct 256x256x26 -> 23x23", "dtype": "fp32", "impl": impl, "note": f"dense kernel {dense_mib:.1f} MiB", **r})
+        _print_row(rows[-1])
+    if theirs is not None:
+        ours_params = (ours.weight, ours.P, ours.SIG)
+        try:
+            def step():
+                k = their_build()
+                torch.autograd.grad(k, [theirs.weight, theirs.P, theirs.SIG], torch.ones_like(k))
+            r = measure(step, device, warmup_ms=5, rep_ms=20)
+        except Exception as exc:
+            r = {"ms": None, "peak_mib": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        rows.append({"case": "construct 256x256x26 -> 23x23", "dtype": "fp32", "impl": "dcls-0.1.1", "note": f"dense kernel {dense_mib:.1f} MiB", **r})
+        _print_row(rows[-1])
+        del ours_params
+    return rows
+
+
+# -- Triton tile sweep ---------------------------------------------------------------------
+FORWARD_SWEEP = [
+    dict(LOOP="flat", BM=64, BW=32, BK=32, num_warps=4, num_stages=3),
+    dict(LOOP="flat", BM=128, BW=32, BK=32, num_warps=8, num_stages=3),
+    dict(LOOP="flat", BM=64, BW=64, BK=32, num_warps=4, num_stages=3),
+    dict(LOOP="rows", BM=64, BW=32, BK=32, num_warps=4, num_stages=3),
+    dict(LOOP="rows", BM=128, BW=32, BK=64, num_warps=8, num_stages=3),
+    dict(LOOP="rows", BM=64, BW=32, BK=64, num_warps=4, num_stages=3),
+]
+WGRAD_SWEEP = [
+    dict(BK=64, num_warps=4, num_stages=3, split_scale=1),
+    dict(BK=128, num_warps=4, num_stages=3, split_scale=1),
+    dict(BK=128, num_warps=8, num_stages=3, split_scale=2),
+    dict(BK=64, num_warps=4, num_stages=4, split_scale=4),
+]
+
+
+def sweep(device, dtypes, batch: int) -> list[dict]:
+    from dcls_core import triton_depthwise as td
+
+    rows = []
+    for C, H, W in (STAGES[0], STAGES[3]):
+        x32 = torch.randn(batch, C, H, W, device=device)
+        k32 = torch.randn(C, 1, 23, 23, device=device) * 0.02
+        for dname in dtypes:
+            dt = DTYPES[dname] or torch.float32
+            x, k = x32.to(dt), k32.to(dt)
+            prec = td._precision(dt, None)
+            want = torch.nn.functional.conv2d(x.double(), k.double(), padding=11, groups=C)
+            for cfg in FORWARD_SWEEP:
+                try:
+                    y = td._conv_forward(x, k, None, (11, 11), prec, cfg)
+                    err = ((y.double() - want).norm() / want.norm()).item()
+                    ms = _median_ms(lambda: td._conv_forward(x, k, None, (11, 11), prec, cfg), device, 10, 50)
+                    r = {"ms": round(ms, 4), "rel_err": err}
+                except Exception as exc:
+                    r = {"ms": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                rows.append({"case": f"fwd C={C}@{H}x{W}", "dtype": dname, "impl": "forward", "note": json.dumps(cfg), **r})
+                _print_row(rows[-1])
+            dy = torch.randn_like(x)
+            xr = x.double().requires_grad_()
+            kr = k.double().requires_grad_()
+            torch.nn.functional.conv2d(xr, kr, padding=11, groups=C).backward(dy.double())
+            base = td.wgrad_config(batch * H, C, 23, 23)
+            for cfg in WGRAD_SWEEP:
+                c = {k_: v for k_, v in cfg.items() if k_ != "split_scale"}
+                c["splits"] = base["splits"] * cfg["split_scale"]
+                try:
+                    g = td._conv_wgrad(x, dy, 23, 23, (11, 11), prec, c)
+                    err = ((g.double() - kr.grad).norm() / kr.grad.norm()).item()
+                    ms = _median_ms(lambda: td._conv_wgrad(x, dy, 23, 23, (11, 11), prec, c), device, 10, 50)
+                    r = {"ms": round(ms, 4), "rel_err": err}
+                except Exception as exc:
+                    r = {"ms": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
+                rows.append({"case": f"wgrad C={C}@{H}x{W}", "dtype": dname, "impl": "wgrad", "note": json.dumps(c), **r})
+                _print_row(rows[-1])
+    return rows
+
+
+# -- output --------------------------------------------------------------------------------
+def _fmt(v, width, digits=3):
+    return f"{'-' if v is None else (f'{v:.{digits}f}' if isinstance(v, float) else v):>{width}}"
+
+
+def _print_row(r: dict) -> None:
+    extra = f" err={r['rel_err']:.1e}" if r.get("rel_err") is not None else ""
+    err = f"  ERROR {r['error']}" if r.get("error") else ""
+    print(f"{r['case'][:46]:<46} {r['dtype']:>5} {r['impl'][:22]:<22} {_fmt(r.get('ms'), 9)} ms {_fmt(r.get('peak_mib'), 9, 1)} MiB  {r.get('note', '')}{extra}{err}", flush=True)
+
+
+def stage_summary(rows: list[dict]) -> list[dict]:
+    """Sums over the four stage shapes per (version, dtype, impl), with the target ratios."""
+    out = []
+    for dname in DTYPES:
+        for version in ("gauss", "v0"):
+            sums: dict[str, float] = {}
+            for impl in ("dcls-0.1.1", "ours-reference", "ours-fast", "fast-tf32x3", "conv7x7", "conv23x23"):
+                vals = []
+                for C, H, W in STAGES:
+                    for r in rows:
+                        case_ok = r["case"] == f"stage C={C}@{H}x{W} {version}" or (impl.startswith("conv") and r["case"].startswith(f"stage C={C}@{H}x{W} "))
+                        if case_ok and r["dtype"] == dname and r["impl"] == impl and r.get("ms") is not None:
+                            vals.append(r["ms"])
+                            break
+                if len(vals) == len(STAGES):
+                    sums[impl] = sum(vals)
+            if "ours-fast" in sums:
+                entry = {"dtype": dname, "version": version, **{k: round(v, 3) for k, v in sums.items()}}
+                if "dcls-0.1.1" in sums:
+                    entry["speedup_vs_0.1.1"] = round(sums["dcls-0.1.1"] / sums["ours-fast"], 2)
+                if "conv7x7" in sums:
+                    entry["ratio_to_conv7x7"] = round(sums["ours-fast"] / sums["conv7x7"], 2)
+                out.append(entry)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    parser.add_argument("--cases", default="stages,1d,3d,3_1d,2dk1d,dense",
+                        help="comma list of: stages, 1d, 3d, 3_1d, 2dk1d, dense")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma list of: fp32, bf16")
+    parser.add_argument("--versions", default="gauss,v0", help="stage versions")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--no-variants", action="store_true", help="skip the fft / tf32x3 / reference-construction rows")
+    parser.add_argument("--sweep", action="store_true", help="time Triton tile settings instead")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    for d in dtypes:
+        if d not in DTYPES:
+            parser.error(f"--dtypes: unknown dtype {d!r} (choose from {list(DTYPES)})")
+    cases = set(c for c in args.cases.split(",") if c)
+    unknown = cases - {"stages", "1d", "3d", "3_1d", "2dk1d", "dense"}
+    if unknown:
+        parser.error(f"--cases: unknown case(s) {sorted(unknown)}")
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__}
+    print(f"# {info}")
+    if args.sweep:
+        rows = sweep(device, dtypes, args.batch)
+    else:
+        rows = []
+        if "stages" in cases:
+            rows += stage_cases(device, dtypes, [v for v in args.versions.split(",") if v], not args.no_variants, args.batch)
+        rows += other_cases(device, dtypes, cases, not args.no_variants)
+    summary = stage_summary(rows) if not args.sweep else []
+    if summary:
+        print("\n# ConvNeXt-T stage sums (ms, fwd+bwd, batch %d)" % args.batch)
+        for s in summary:
+            print("  " + ", ".join(f"{k}={v}" for k, v in s.items()))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"info": info, "rows": rows, "stage_sums": summary}, indent=1))
+        print(f"# wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,501 @@
+"""dcls_core fast paths against the float64 reference: FFT convolution, fused Triton
+construction, Triton depthwise convolution, dispatcher, kernel cache, torch.compile.
+
+Errors are relative by norm, ``||got - want|| / ||want||``, against a float64 reference, with
+one tolerance per dtype. CPU tests (FFT path, dispatcher, fold, cache, compile, and the
+Triton kernels under Triton's interpreter) run in CI; ``cuda`` tests run on a GPU.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dcls_core
+from dcls_core import dispatch
+from dcls_core.fft_conv import fast_fft_size, fft_conv_nd
+from dcls_core.functional import conv_nd
+from dcls_core.kernel import construct_kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+# relative error by norm of float32 (exact products), tf32 products, bf16 and fp16 results
+TOL = {"fp32": 2e-5, "tf32": 5e-3, "bf16": 3e-2, "fp16": 8e-3}
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    assert got.shape == want.shape, f"shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.isfinite(got).all(), "non-finite values"
+    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300)).item()
+
+
+def run_layer(layer, x, grad_out, autocast_dtype=None):
+    """Output and gradients (input and every parameter) of one forward + backward."""
+    x = x.detach().clone().requires_grad_(True)
+    params = dict(layer.named_parameters())
+    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        out = layer(x)
+    grads = torch.autograd.grad(out, [x, *params.values()], grad_out.to(out.dtype))
+    return out.detach(), dict(zip(["input", *params], grads))
+
+
+def randomise(layer, seed=0):
+    """Fractional positions spread over the kernel, sigmas away from 0, non-zero bias."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i, lim in enumerate(layer.position_limits()):
+            P_i = layer.P.select(0, i)
+            P_i.copy_((torch.rand(P_i.shape, generator=g) * 2 - 1) * max(lim - 0.6, 0.3))
+        if layer.SIG is not None:
+            layer.SIG.copy_(torch.rand(layer.SIG.shape, generator=g) * 0.6 + 0.1)
+        if layer.bias is not None:
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
+    return layer
+
+
+def compare_to_fp64(monkeypatch, layer, x, fast_impl, tol, autocast_dtype=None, device="cpu"):
+    """``layer`` on ``device`` with ``DCLS_IMPL=fast_impl`` vs its float64 reference copy on the CPU."""
+    ref = copy.deepcopy(layer).double().cpu()
+    monkeypatch.setenv("DCLS_IMPL", "reference")
+    grad_out = torch.randn(ref(x.double()).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    want_out, want = run_layer(ref, x.double(), grad_out)
+    monkeypatch.setenv("DCLS_IMPL", fast_impl)
+    got_out, got = run_layer(layer.to(device), x.to(device), grad_out.float().to(device), autocast_dtype)
+    errors = {"output": rel_err(got_out.cpu(), want_out)}
+    errors.update({k: rel_err(got[k].cpu(), want[k]) for k in want})
+    bad = {k: e for k, e in errors.items() if not e <= tol}
+    assert not bad, f"rel errors above {tol}: {bad}"
+    return errors
+
+
+# -- FFT convolution (CPU, float64 exact) ----------------------------------------------------
+def test_fast_fft_size_is_smallest_7_smooth():
+    def smooth(m):
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in list(range(1, 200)) + [997, 1009, 2111]:
+        m = fast_fft_size(n)
+        assert m >= n and smooth(m) and not any(smooth(k) for k in range(n, m))
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        fast_fft_size(0)
+
+
+FFT_GRID = [
+    # ndim, cin, cout, groups, kernel, padding, stride, padding_mode
+    (1, 4, 6, 1, (7,), (3,), (1,), "zeros"),
+    (1, 4, 4, 4, (25,), (12,), (2,), "zeros"),
+    (1, 3, 3, 1, (5,), (9,), (1,), "zeros"),            # padding > kernel - 1
+    (2, 4, 4, 4, (23, 23), (11, 11), (1, 1), "zeros"),  # depthwise, large kernel > input
+    (2, 4, 8, 2, (5, 3), (1, 2), (2, 1), "zeros"),      # non-square, per-axis padding/stride
+    (2, 4, 8, 4, (3, 7), (0, 3), (1, 1), "zeros"),      # channel multiplier
+    (2, 4, 6, 2, (4, 5), (2, 2), (1, 2), "reflect"),
+    (2, 2, 2, 1, (6, 6), (3, 1), (1, 1), "circular"),
+    (3, 4, 4, 1, (3, 5, 2), (1, 2, 0), (1, 1, 1), "zeros"),
+    (3, 4, 4, 4, (3, 3, 3), (1, 1, 1), (2, 1, 2), "replicate"),
+]
+
+
+@pytest.mark.parametrize("ndim,cin,cout,groups,ksize,padding,stride,mode", FFT_GRID)
+def test_fft_conv_equals_conv_float64(ndim, cin, cout, groups, ksize, padding, stride, mode):
+    g = torch.Generator().manual_seed(0)
+    spatial = {1: (19,), 2: (9, 10), 3: (6, 7, 8)}[ndim]
+    x = torch.randn(2, cin, *spatial, dtype=torch.float64, generator=g, requires_grad=True)
+    k = torch.randn(cout, cin // groups, *ksize, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(cout, dtype=torch.float64, generator=g, requires_grad=True)
+    want = conv_nd(x, k, b, stride, padding, groups, mode)
+    got = fft_conv_nd(x, k, b, stride, padding, groups, mode)
+    assert rel_err(got, want) < 1e-12
+    dy = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    gw = torch.autograd.grad(want, (x, k, b), dy)
+    gg = torch.autograd.grad(got, (x, k, b), dy)
+    for name, a, r in zip(("input", "kernel", "bias"), gg, gw):
+        assert rel_err(a, r) < 1e-12, name
+
+
+def test_fft_conv_float32_unbatched_and_autocast():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 30, 29, generator=g)
+    k = torch.randn(8, 1, 23, 23, generator=g) * 0.05
+    want = F.conv2d(x.double().unsqueeze(0), k.double(), padding=11, groups=8)[0]
+    got = fft_conv_nd(x, k, None, (1, 1), (11, 11), 8)
+    assert got.dtype == torch.float32 and rel_err(got, want) < TOL["fp32"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = fft_conv_nd(x, k, None, (1, 1), (11, 11), 8)
+    assert low.dtype == torch.bfloat16 and rel_err(low, want) < TOL["bf16"]
+
+
+def test_fft_conv_argument_errors():
+    with pytest.raises(ValueError, match="do not match"):
+        fft_conv_nd(torch.randn(1, 4, 8), torch.randn(4, 3, 3), None, (1,), (1,), 1)
+    with pytest.raises(ValueError, match="larger than padded input"):
+        fft_conv_nd(torch.randn(1, 1, 4), torch.randn(1, 1, 9), None, (1,), (0,), 1)
+
+
+# -- dispatcher ---------------------------------------------------------------------------------
+def test_dispatcher_choices_on_cpu(monkeypatch):
+    x = torch.randn(2, 4, 16, 16)
+    k = torch.randn(4, 1, 23, 23)
+    w, P = torch.randn(4, 1, 3), torch.randn(2, 4, 1, 3)
+    for impl, conv in (("auto", "reference"), ("reference", "reference"), ("fast", "fft")):
+        monkeypatch.setenv("DCLS_IMPL", impl)
+        assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == conv
+        assert dispatch.select_construct(w, P, None, (5, 5), "v1")[0] == "reference"  # Triton needs CUDA
+    monkeypatch.setenv("DCLS_IMPL", "reference")
+    with dispatch.forced(conv="fft"):
+        assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "fft"
+    assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "reference"
+    with pytest.raises(ValueError, match="conv must be one of"):
+        with dispatch.forced(conv="winograd"):
+            pass
+
+
+LAYERS = [
+    ("Dcls1d", dict(dilated_kernel_size=9, padding=4), 1, ("v0", "v1", "max", "gauss")),
+    ("Dcls2d", dict(dilated_kernel_size=(7, 5), padding=(3, 1)), 2, ("v0", "v1", "max", "gauss")),
+    ("Dcls3d", dict(dilated_kernel_size=5, padding=2, stride=(1, 2, 1)), 3, ("v0", "gauss")),
+    ("Dcls2_1d", dict(dense_kernel_size=3, dilated_kernel_size=7, padding=(1, 3)), 2, ("v1", "gauss")),
+    ("Dcls3_1d", dict(dense_kernel_size=(2, 3), dilated_kernel_size=7, padding=(0, 1, 3)), 3, ("max", "gauss")),
+    ("Dcls2dK1d", dict(dilated_kernel_size=7, padding=(0, 3), flat_dim=1), 2, ("v0", "v1")),
+]
+SPATIAL = {1: (23,), 2: (9, 11), 3: (5, 6, 7)}
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,dims,version,groups",
+    [(n, kw, d, v, g) for n, kw, d, vs in LAYERS for v in vs for g in (1, "dw")],
+)
+def test_fast_path_equals_float64_reference_cpu(monkeypatch, name, kwargs, dims, version, groups):
+    """``DCLS_IMPL=fast`` on the CPU (FFT convolution) against the float64 reference."""
+    torch.manual_seed(0)
+    cin, cout, grp = (4, 6, 2) if groups == 1 else (4, 4, 4)
+    layer = randomise(getattr(dcls_core, name)(cin, cout, kernel_count=3, groups=grp, version=version, **kwargs))
+    x = torch.randn(2, cin, *SPATIAL[dims])
+    compare_to_fp64(monkeypatch, layer, x, "fast", TOL["fp32"])
+
+
+def test_fold_equals_layer_under_fast_path(monkeypatch):
+    monkeypatch.setenv("DCLS_IMPL", "fast")
+    torch.manual_seed(2)
+    layer = randomise(dcls_core.Dcls2d(6, 6, kernel_count=5, dilated_kernel_size=11, padding=5, groups=6))
+    x = torch.randn(2, 6, 13, 12)
+    conv = layer.fold()
+    assert isinstance(conv, torch.nn.Conv2d)
+    assert rel_err(conv(x), layer(x)) < TOL["fp32"]
+
+
+# -- kernel cache ---------------------------------------------------------------------------------
+def _fresh_output(layer, x):
+    kernel = construct_kernel(layer.weight, layer.P, layer.SIG, layer.dilated_kernel_size, layer.version)
+    return conv_nd(x, kernel, layer.bias, layer.stride, layer.padding, layer.groups, layer.padding_mode)
+
+
+def test_eval_no_grad_builds_kernel_once_and_rebuilds_after_optimizer_step():
+    torch.manual_seed(0)
+    layer = randomise(dcls_core.Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=7, padding=3, groups=4))
+    x = torch.randn(2, 4, 10, 10)
+    cache = layer._kernel_cache
+    layer.eval()
+    with torch.no_grad():
+        first = layer(x)
+        for _ in range(3):
+            assert torch.equal(layer(x), first)
+    assert cache.builds == 1
+    with torch.no_grad():
+        assert rel_err(first, _fresh_output(layer, x)) < 1e-6
+
+    # a training step changes every parameter in place: the cache must not serve the old kernel
+    layer.train()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    loss = layer(x).square().mean()
+    loss.backward()
+    opt.step()
+    assert cache.builds == 1  # training mode never uses the cache
+    layer.eval()
+    with torch.no_grad():
+        after = layer(x)
+        assert cache.builds == 2
+        assert rel_err(after, _fresh_output(layer, x)) < 1e-6
+        assert rel_err(after, first) > 1e-3
+
+    # only P changes (in place, as clamp_parameters does), then a state_dict load
+    with torch.no_grad():
+        layer.P.mul_(0.5)
+        assert rel_err(layer(x), _fresh_output(layer, x)) < 1e-6
+        assert cache.builds == 3
+        other = randomise(dcls_core.Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=7, padding=3, groups=4), seed=5)
+        layer.load_state_dict(other.state_dict())
+        assert rel_err(layer(x), _fresh_output(other, x)) < 1e-6
+        assert cache.builds == 4
+
+
+def test_cache_not_used_with_grad_or_in_training_and_follows_dtype():
+    torch.manual_seed(0)
+    layer = dcls_core.Dcls1d(3, 3, kernel_count=2, dilated_kernel_size=5, padding=2).eval()
+    x = torch.randn(2, 3, 12)
+    out = layer(x)  # eval but grad enabled: gradients must flow, no cache
+    out.sum().backward()
+    assert layer.P.grad is not None and layer._kernel_cache.builds == 0
+    layer.train()
+    with torch.no_grad():
+        layer(x)
+    assert layer._kernel_cache.builds == 0
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+        layer.double()
+        out64 = layer(x.double())
+    assert out64.dtype == torch.float64 and layer._kernel_cache.builds == 2
+
+
+def test_shared_positions_invalidate_every_layer():
+    """Layers that share ``P``/``SIG`` (as the DCLS backbones do) all see an update."""
+    torch.manual_seed(0)
+    a = dcls_core.Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=5, padding=2, groups=4).eval()
+    b = dcls_core.Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=5, padding=2, groups=4).eval()
+    b.P, b.SIG = a.P, a.SIG
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        a(x), b(x)
+        a.P.add_(0.3)
+        assert rel_err(b(x), _fresh_output(b, x)) < 1e-6
+    assert b._kernel_cache.builds == 2
+
+
+# -- torch.compile ---------------------------------------------------------------------------------
+class _SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dw = dcls_core.Dcls2d(8, 8, kernel_count=6, dilated_kernel_size=9, padding=4, groups=8)
+        self.mix = torch.nn.Conv2d(8, 8, 1)
+        self.delay = dcls_core.Dcls1d(8, 4, kernel_count=1, dilated_kernel_size=7, padding=3)
+
+    def forward(self, x):
+        y = self.mix(torch.nn.functional.gelu(self.dw(x)))
+        return self.delay(y.mean(2))
+
+
+def _compile_matches_eager(device, backend):
+    torch.manual_seed(0)
+    net = _SmallNet().to(device)
+    x = torch.randn(2, 8, 12, 16, device=device)
+    eager_out = net(x)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(net.parameters()))
+    compiled = torch.compile(net, backend=backend)
+    out = compiled(x)
+    grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    assert rel_err(out, eager_out) < 1e-5
+    for g, e in zip(grads, eager_grads):
+        assert rel_err(g, e) < 1e-4
+    net.eval()
+    with torch.no_grad():
+        assert rel_err(compiled(x), net(x)) < 1e-5
+
+
+def test_torch_compile_matches_eager_cpu():
+    torch._dynamo.reset()
+    _compile_matches_eager("cpu", "aot_eager")
+
+
+# -- Triton kernels under Triton's interpreter (CPU) -------------------------------------------
+INTERPRETER_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np
+    import triton.runtime.interpreter as interp
+    # Triton's interpreter turns 1-element scalar arrays into loop bounds with int(), which
+    # recent numpy refuses; read the element instead (this only affects interpreted runs).
+    _orig = interp._patch_lang_tensor
+    def _patched(tensor, scope):
+        _orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+    interp._patch_lang_tensor = _patched
+
+    import torch, torch.nn.functional as F
+    from dcls_core import triton_depthwise as td, triton_construct as tc
+    from dcls_core.kernel import construct_kernel
+
+    def rel(a, b):
+        return ((a.double() - b).norm() / b.norm()).item()
+
+    torch.manual_seed(0)
+    worst = 0.0
+    for (N, C, H, W, KH, KW, ph, pw) in [(2, 3, 9, 10, 5, 5, 2, 2), (3, 2, 7, 6, 7, 3, 3, 1), (1, 2, 5, 33, 5, 7, 0, 6)]:
+        x = torch.randn(N, C, H, W, dtype=torch.float64)
+        k = torch.randn(C, 1, KH, KW, dtype=torch.float64)
+        b = torch.randn(C, dtype=torch.float64)
+        xr, kr = x.clone().requires_grad_(), k.clone().requires_grad_()
+        want = F.conv2d(xr, kr, b, padding=(ph, pw), groups=C)
+        dy = torch.randn_like(want)
+        want.backward(dy)
+        for cfg in (dict(LOOP="flat", BM=16, BW=16, BK=32), dict(LOOP="rows", BM=16, BW=32, BK=16)):
+            y = td._conv_forward(x.float(), k.float(), b.float(), (ph, pw), "ieee", cfg)
+            dx = td._conv_forward(dy.float(), k.float().flip((-2, -1)), None, (KH - 1 - ph, KW - 1 - pw), "ieee", cfg)
+            worst = max(worst, rel(y, want.detach()), rel(dx, xr.grad))
+        dk = td._conv_wgrad(x.float(), dy.float(), KH, KW, (ph, pw), "ieee", dict(splits=3, BK=32))
+        worst = max(worst, rel(dk, kr.grad))
+    for version in ("v0", "v1", "max", "gauss"):
+        w = torch.randn(3, 2, 5, dtype=torch.float64)
+        P = (torch.rand(2, 3, 2, 5, dtype=torch.float64) - 0.5) * 5
+        S = torch.rand(2, 3, 2, 5, dtype=torch.float64) - 0.5 if version in ("max", "gauss") else None
+        params = [t.requires_grad_() for t in (w, P, S) if t is not None]
+        want = construct_kernel(w, P, S, (7, 6), version)
+        G = torch.randn_like(want)
+        gw = torch.autograd.grad(want, params, G)
+        pf = [t.detach().float().requires_grad_() for t in params]
+        got = tc._Construct2d.apply(pf[0], pf[1], pf[2] if S is not None else None, 7, 6, version)
+        gg = torch.autograd.grad(got, pf, G.float())
+        worst = max([worst, rel(got, want.detach())] + [rel(a, r) for a, r in zip(gg, gw)])
+    print("WORST", worst)
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_kernels_under_interpreter():
+    """The Triton kernels' index arithmetic, run on the CPU by Triton's interpreter."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    worst = float(proc.stdout.split("WORST")[-1])
+    assert worst < 2e-6
+
+
+# -- CUDA ------------------------------------------------------------------------------------------
+DW_SHAPES = [
+    # N, C, H, W, kH, kW, ph, pw
+    (2, 8, 17, 19, 23, 23, 11, 11),
+    (3, 4, 9, 7, 5, 9, 2, 4),
+    (2, 16, 33, 65, 13, 7, 6, 3),
+    (2, 3, 8, 7, 23, 23, 11, 11),   # kernel larger than the image
+    (4, 96, 64, 62, 23, 23, 11, 11),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", DW_SHAPES)
+@pytest.mark.parametrize("mode", ["fp32", "tf32", "bf16", "fp16"])
+def test_triton_depthwise_equals_float64(shape, mode):
+    from dcls_core.triton_depthwise import depthwise_conv2d
+
+    N, C, H, W, KH, KW, ph, pw = shape
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(N, C, H, W, dtype=torch.float64, generator=g)
+    k = torch.randn(C, 1, KH, KW, dtype=torch.float64, generator=g) / (KH * KW) ** 0.5
+    b = torch.randn(C, dtype=torch.float64, generator=g)
+    xr, kr, br = (t.clone().requires_grad_() for t in (x, k, b))
+    want = F.conv2d(xr, kr, br, padding=(ph, pw), groups=C)
+    dy = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    want_grads = torch.autograd.grad(want, (xr, kr, br), dy)
+    xc, kc, bc = (t.float().cuda().requires_grad_() for t in (x, k, b))
+    precision = {"fp32": "tf32x3", "tf32": "tf32"}.get(mode)
+    with torch.autocast("cuda", dtype=AUTOCAST.get(mode, torch.float32), enabled=mode in AUTOCAST):
+        got = depthwise_conv2d(xc, kc, bc, (ph, pw), precision=precision)
+    assert got.dtype == AUTOCAST.get(mode, torch.float32)
+    grads = torch.autograd.grad(got, (xc, kc, bc), dy.cuda().to(got.dtype))
+    errors = {"output": rel_err(got.cpu(), want.detach())}
+    errors.update({n: rel_err(a.cpu(), r) for n, a, r in zip(("input", "kernel", "bias"), grads, want_grads)})
+    assert all(e < TOL[mode] for e in errors.values()), errors
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("version", ["v0", "v1", "max", "gauss"])
+@pytest.mark.parametrize("prefix,count,size", [((96, 1), 26, (23, 23)), ((6, 4), 3, (7, 5)), ((2, 3), 40, (33, 17))])
+def test_triton_construction_equals_float64(version, prefix, count, size):
+    from dcls_core.triton_construct import construct_kernel_2d
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(*prefix, count, dtype=torch.float64, generator=g)
+    P = (torch.rand(2, *prefix, count, dtype=torch.float64, generator=g) - 0.5) * (min(size) - 1.5)
+    S = torch.rand(2, *prefix, count, dtype=torch.float64, generator=g) - 0.5 if version in ("max", "gauss") else None
+    params = [t.requires_grad_() for t in (w, P, S) if t is not None]
+    want = construct_kernel(w, P, S, size, version)
+    G = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    want_grads = torch.autograd.grad(want, params, G)
+    pc = [t.detach().float().cuda().requires_grad_() for t in params]
+    got = construct_kernel_2d(pc[0], pc[1], pc[2] if S is not None else None, size, version)
+    grads = torch.autograd.grad(got, pc, G.float().cuda())
+    assert rel_err(got.cpu(), want.detach()) < TOL["fp32"]
+    for a, r in zip(grads, want_grads):
+        assert rel_err(a.cpu(), r) < TOL["fp32"]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("version", ["v0", "v1", "max", "gauss"])
+@pytest.mark.parametrize("mode", ["fp32", "tf32", "bf16", "fp16"])
+def test_dcls2d_depthwise_fast_equals_float64(monkeypatch, version, mode):
+    """The ConvNeXt DCLS layer (depthwise 23x23, 26 elements) on the fast path, every gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", mode == "tf32")
+    torch.manual_seed(0)
+    layer = randomise(dcls_core.Dcls2d(32, 32, kernel_count=26, dilated_kernel_size=23, padding=11, groups=32, version=version))
+    x = torch.randn(4, 32, 24, 21)
+    with torch.autocast("cuda", dtype=AUTOCAST.get(mode, torch.float32), enabled=mode in AUTOCAST):
+        kernel = layer.cuda().construct_kernel()
+        names = (dispatch.select_construct(layer.weight, layer.P, layer.SIG, (23, 23), version)[0],
+                 dispatch.select_conv(x.cuda(), kernel, (1, 1), (11, 11), 32, "zeros")[0])
+    assert names == ("triton", "triton_depthwise")
+    compare_to_fp64(monkeypatch, layer.cpu(), x, "auto", TOL[mode], AUTOCAST.get(mode), device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name,kwargs,dims,version,groups", [
+    (n, kw, d, v, g) for n, kw, d, vs in LAYERS for v in vs[-1:] for g in (1, "dw")
+])
+def test_other_layers_fast_equal_float64_cuda(monkeypatch, name, kwargs, dims, version, groups):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    cin, cout, grp = (4, 6, 2) if groups == 1 else (4, 4, 4)
+    layer = randomise(getattr(dcls_core, name)(cin, cout, kernel_count=3, groups=grp, version=version, **kwargs))
+    x = torch.randn(2, cin, *SPATIAL[dims])
+    compare_to_fp64(monkeypatch, layer, x, "fast", TOL["fp32"], device="cuda")
+
+
+@pytest.mark.cuda
+def test_dispatcher_choices_on_cuda(monkeypatch):
+    monkeypatch.setenv("DCLS_IMPL", "auto")
+    x = torch.randn(8, 96, 64, 62, device="cuda")
+    assert dispatch.select_conv(x, torch.randn(96, 1, 23, 23, device="cuda"), (1, 1), (11, 11), 96, "zeros")[0] == "triton_depthwise"
+    assert dispatch.select_conv(x, torch.randn(96, 1, 7, 7, device="cuda"), (1, 1), (3, 3), 96, "zeros")[0] == "reference"
+    assert dispatch.select_conv(x, torch.randn(96, 1, 23, 23, device="cuda"), (2, 2), (11, 11), 96, "zeros")[0] == "reference"
+    w = torch.randn(96, 1, 26, device="cuda")
+    assert dispatch.select_construct(w, torch.randn(2, 96, 1, 26, device="cuda"), None, (23, 23), "v1")[0] == "triton"
+    assert dispatch.select_construct(w.double(), torch.randn(2, 96, 1, 26, device="cuda").double(), None, (23, 23), "v1")[0] == "reference"
+    monkeypatch.setenv("DCLS_IMPL", "reference")
+    assert dispatch.select_conv(x, torch.randn(96, 1, 23, 23, device="cuda"), (1, 1), (11, 11), 96, "zeros")[0] == "reference"
+    assert dispatch.select_construct(w, torch.randn(2, 96, 1, 26, device="cuda"), None, (23, 23), "v1")[0] == "reference"
+
+
+@pytest.mark.cuda
+def test_torch_compile_matches_eager_cuda(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(dispatch, "DEPTHWISE_MIN_TAPS", 1)  # the small net's 9x9 kernel takes the Triton path
+    torch._dynamo.reset()
+    _compile_matches_eager("cuda", "inductor")
+
+
+@pytest.mark.cuda
+def test_dense_construction_memory_near_kernel_size(monkeypatch):
+    """Dcls2d(256, 256, 26 elements, 23x23): building the kernel and its backward need about
+    the dense kernel's size, not (positions x out x in x count x kernel) as in dcls 0.1.1."""
+    layer = dcls_core.Dcls2d(256, 256, kernel_count=26, dilated_kernel_size=23, padding=11).cuda()
+    dense = 256 * 256 * 23 * 23 * 4
+    for impl, bound in (("auto", 3.2), ("reference", 8.5)):
+        monkeypatch.setenv("DCLS_IMPL", impl)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        kernel = layer.construct_kernel()
+        torch.autograd.grad(kernel, [layer.weight, layer.P, layer.SIG], torch.ones_like(kernel))
+        del kernel
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        assert peak < bound * dense, f"{impl}: peak {peak / 2**20:.0f} MiB vs dense kernel {dense / 2**20:.0f} MiB"
