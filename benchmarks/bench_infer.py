@@ -36,41 +36,18 @@ DCLS_MODEL = "convnext_dcls_audio_tiny"
 BASELINE_MODEL = "convnext_audio_tiny"
 
 
-def time_tagger(tagger: AudioTagger, batch: torch.Tensor, warmup: int, iters: int, min_seconds: float) -> dict:
-    """Median and best seconds per batch over at least ``iters`` calls (and ``min_seconds``)."""
-    for _ in range(warmup):
-        tagger(batch)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < iters or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        tagger(batch)  # returns scores on the host: synchronised
-        times.append(time.perf_counter() - t0)
+def timed_call(fn, batch: torch.Tensor) -> float:
+    """Seconds for one call, synchronised (the tagger returns host tensors; the front end is synced)."""
+    t0 = time.perf_counter()
+    out = fn(batch)
+    if out.is_cuda:
+        torch.cuda.synchronize(out.device)
+    return time.perf_counter() - t0
+
+
+def summarise(times: list[float], batch: int) -> dict:
     median = statistics.median(times)
-    return {
-        "iters": len(times),
-        "median_s": median,
-        "best_s": min(times),
-        "windows_per_s": batch.shape[0] / median,
-    }
-
-
-def time_frontend(tagger: AudioTagger, batch: torch.Tensor, warmup: int, iters: int) -> dict:
-    """The log-mel front end alone (host -> device -> log-mel), synchronised."""
-    def call():
-        out = tagger.logmel(batch)
-        if out.is_cuda:
-            torch.cuda.synchronize(out.device)
-
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return {"iters": iters, "median_s": median, "best_s": min(times), "windows_per_s": batch.shape[0] / median}
+    return {"iters": len(times), "median_s": median, "best_s": min(times), "windows_per_s": batch / median}
 
 
 def peak_memory_mib(device: torch.device) -> float | None:
@@ -99,8 +76,8 @@ def main() -> None:
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--cpu-batch", type=int, default=4)
     parser.add_argument("--gpu-batch", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (CUDA: at least 3)")
-    parser.add_argument("--iters", type=int, default=3, help="timed calls, at least")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per configuration first (CUDA: at least 3)")
+    parser.add_argument("--iters", type=int, default=5, help="timed rounds (one call per configuration each), at least")
     parser.add_argument("--min-seconds", type=float, default=0.0, help="keep timing until this much time passed")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     args = parser.parse_args()
@@ -131,26 +108,37 @@ def main() -> None:
         if device.type == "cuda":
             batch = batch.pin_memory()
         warmup = max(args.warmup, 3) if device.type == "cuda" else args.warmup
-        frontend_only = time_frontend(AudioTagger(torch.nn.Identity(), device), batch, warmup, max(args.iters, 3))
-        rows.append({"device": device.type, "model": "(log-mel front end only)", "folded": None, "precision": "fp32",
-                     "batch": batch_size, **frontend_only, "peak_mib": None})
+        fns = {("(log-mel front end only)", None, "fp32"): AudioTagger(torch.nn.Identity(), device).logmel}
         for model_name, fold, precision in configs(device.type, precisions, models):
             torch.manual_seed(0)
-            model = create_model(model_name)
-            tagger = AudioTagger(model, device, precision=precision, fold=fold, channels_last=args.channels_last)
+            fns[(model_name, fold, precision)] = AudioTagger(
+                create_model(model_name), device, precision=precision, fold=fold, channels_last=args.channels_last
+            )
+        peaks: dict = {}
+        for key, fn in fns.items():  # warm-up, and the peak memory of each configuration alone
             if device.type == "cuda":
+                torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
-            result = time_tagger(tagger, batch, warmup, args.iters, args.min_seconds)
-            row = {
-                "device": device.type, "model": model_name, "folded": fold, "precision": precision,
-                "batch": batch_size, **result, "peak_mib": peak_memory_mib(device),
-            }
+            for _ in range(warmup):
+                timed_call(fn, batch)
+            peaks[key] = peak_memory_mib(device)
+        # rounds interleave the configurations, so that a change in machine load hits them alike
+        times: dict = {key: [] for key in fns}
+        start = time.perf_counter()
+        rounds = 0
+        while rounds < args.iters or time.perf_counter() - start < args.min_seconds:
+            for key, fn in fns.items():
+                times[key].append(timed_call(fn, batch))
+            rounds += 1
+        for (model_name, fold, precision), t in times.items():
+            row = {"device": device.type, "model": model_name, "folded": fold, "precision": precision,
+                   "batch": batch_size, **summarise(t, batch_size), "peak_mib": peaks[(model_name, fold, precision)]}
             rows.append(row)
             print(f"  {device.type:4s} {model_name:26s} fold={str(fold):5s} {precision:4s} "
                   f"{row['windows_per_s']:9.1f} windows/s", file=sys.stderr, flush=True)
-            del tagger, model
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        del fns
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     header = f"{'device':6s} {'model':26s} {'folded':6s} {'prec':5s} {'batch':>5s} {'windows/s':>10s} {'ms/batch':>9s} {'peak MiB':>9s}"
     print(header)

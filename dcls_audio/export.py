@@ -246,6 +246,9 @@ def run_export(
     except (ValueError, OSError) as exc:
         print(f"dcls-audio export: error: {exc}", file=stderr)
         return 2
+    except ImportError as exc:
+        print(f"dcls-audio export: error: {fmt} export needs {exc.name or exc}: pip install 'dcls-audio[onnx]'", file=stderr)
+        return 2
     what = "waveform (B, 320000) at 32 kHz" if with_frontend else "log-mel (B, 1, 128, 1001)"
     print(
         f"exported {loaded.model_name} ({report.folded_layers} DCLS layers folded) to {report.path} "

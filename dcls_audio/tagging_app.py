@@ -108,7 +108,11 @@ def run_infer(
     show_bar = len(files) > 1 and (progress if progress is not None else stderr.isatty())
     bar = tqdm(total=len(files), unit="file", file=stderr, disable=not show_bar, dynamic_ncols=True)
 
-    sink = open(output, "w", encoding="utf-8", newline="") if output else stdout
+    try:
+        sink = open(output, "w", encoding="utf-8", newline="") if output else stdout
+    except OSError as exc:
+        bar.close()
+        return fail(f"--output: cannot write {output}: {exc.strerror or exc}")
     try:
         records = []
         writer = None
