@@ -180,8 +180,10 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
 def test_a_checkpoint_of_another_model_is_named(saved, target, upstream_dir, tmp_path):
     import reference_fill
 
+    manifest = reference_fill.load_manifest(saved)
+    state = {e["key"]: torch.zeros(e["shape"], dtype=getattr(torch, e["dtype"])) for e in manifest["state_dict"]}
     path = tmp_path / f"{saved}.pth"
-    torch.save({"model": reference_fill.synthetic_state_dict(reference_fill.load_manifest(saved))}, path)
+    torch.save({"model": state, "args": argparse.Namespace(model=saved)}, path)
     with pytest.raises(CheckpointMismatchError) as info:
         load_checkpoint(target, path)
     assert info.value.suggested_model == saved
