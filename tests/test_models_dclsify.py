@@ -275,3 +275,16 @@ def test_matches_a_model_converted_with_the_reference_dcls_package():
     x = spectrogram()
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("version", ["v0", "v1", "max"])
+def test_other_interpolations_share_positions_too(version):
+    model = tiny_convnext(version=version)
+    stage0 = [m for m in blocks_dw(model) if m.in_channels == 16]
+    assert all(m.version == version for m in blocks_dw(model))
+    assert stage0[0].P is stage0[1].P
+    if version == "max":
+        assert stage0[0].SIG is stage0[1].SIG
+    else:
+        assert stage0[0].SIG is None and len(dcls_position_parameters(model)) == 4
+    assert model(spectrogram(1)).shape == (1, 527)

@@ -105,7 +105,8 @@ def create_model(
     allowed = spec.build_kwargs()
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ValueError(f"create_model({name!r}): unknown argument(s) {unknown}; accepted: {allowed + list(_DCLS_OPTIONS) * spec.dcls}")
+        accepted = allowed + (list(_DCLS_OPTIONS) if spec.dcls else [])
+        raise ValueError(f"create_model({name!r}): unknown argument(s) {unknown}; accepted: {accepted}")
     if checkpoint_path is not None:
         from .checkpoint import resolve_checkpoint_path
 
