@@ -26,6 +26,16 @@ TINY = {
 TINY_DCLS = dict(kernel_count=4, dilated_kernel_size=5)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread: on a shared 2-core runner, 2 OpenMP threads spin-wait against other
+    processes and run several times slower; one thread keeps these tests' time predictable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(name: str, **overrides) -> torch.nn.Module:
     kwargs = dict(TINY[name.split("_")[0]], num_classes=10)
     if "_dcls_" in name:

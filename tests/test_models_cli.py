@@ -3,8 +3,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from cli import main
 from dcls_audio.models import RELEASED_CHECKPOINTS, UPSTREAM_PARAM_COUNTS, list_models
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread (see tests/test_models_upstream.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_models_lists_names_and_released_files(capsys):

@@ -36,6 +36,16 @@ MODELS = [
 ATOL = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread: on a shared 2-core runner, 2 OpenMP threads spin-wait against other
+    processes and run several times slower; one thread keeps these tests' time predictable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def ref(upstream_dir):
     import reference_fill
