@@ -189,6 +189,121 @@ def _add_models_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _add_train_parser(subparsers) -> None:
+    """``dcls-audio train``: train a backbone from a YAML config (see dcls_audio.training)."""
+    from dcls_audio.config import CONFIG_DIR, DEFAULT_CONFIG, config_keys
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a backbone (default: a small DCLS model on the built-in demo data)",
+        usage="dcls-audio train [-h] [--config YAML] [--resume CKPT] [--print_config] [--section.key VALUE ...]",
+        description=(
+            f"Train from a YAML config (a path, or a name in {CONFIG_DIR}: demo, convnext_dcls_audio_tiny, ...; "
+            f"default: {DEFAULT_CONFIG}). Every config field can be set on the command line as --section.key VALUE "
+            "(values are YAML: 3, 1.0e-3, null, [1, 1, 3, 1]). Runs go to <run.output_dir>/<run.name>/version_N with "
+            "checkpoints (last.ckpt, best by val/mAP), TensorBoard and CSV logs; starting again continues the newest "
+            "unfinished run. Ctrl-C or SIGTERM stops after the current step and saves last.ckpt. Multi-GPU: "
+            "--trainer.devices 4 --trainer.strategy ddp."
+        ),
+        allow_abbrev=False,
+    )
+    parser.add_argument("-c", "--config", metavar="YAML", help="config file or name in configs/")
+    parser.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint")
+    parser.add_argument("--print_config", "--print-config", dest="print_config", action="store_true",
+                        help="print the resolved config (YAML) and exit")
+    fields = parser.add_argument_group("config fields")
+    for key, (type_name, help_text) in config_keys().items():
+        fields.add_argument(f"--{key}", dest=key, metavar=type_name.upper() if " " not in type_name else "VALUE",
+                            default=argparse.SUPPRESS, help=f"{help_text} [{type_name}]")
+
+    def run(args: argparse.Namespace) -> int:
+        from dcls_audio.config import ConfigError, dump_config, load_config
+
+        overrides = {k: v for k, v in vars(args).items() if "." in k}
+        try:
+            cfg = load_config(args.config, overrides)
+        except ConfigError as err:
+            print(f"dcls-audio train: error: {err}", file=sys.stderr)
+            return 2
+        if args.print_config:
+            print(dump_config(cfg), end="")
+            return 0
+        from dcls_audio.training import TrainingStopped, print_summary, train
+
+        try:
+            result = train(cfg, resume=args.resume)
+        except TrainingStopped as err:
+            print(f"dcls-audio train: {err}", file=sys.stderr)
+            return 1
+        except (ValueError, OSError) as err:  # config, data, checkpoint or output-directory problems
+            print(f"dcls-audio train: error: {err}", file=sys.stderr)
+            return 2
+        print_summary(result)
+        return 130 if result.interrupted else 0
+
+    parser.set_defaults(func=run)
+
+
+def _add_eval_parser(subparsers) -> None:
+    """``dcls-audio eval``: AudioSet metrics of a checkpoint on HDF5 files (see dcls_audio.evaluation)."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="mAP, mAUC and d-prime of a checkpoint on AudioSet-format HDF5 files",
+        description=(
+            "Score every clip of the HDF5 file(s) with a checkpoint (ours, a released upstream .pth or a "
+            "state_dict) and print mAP, mAUC, d-prime and the numbers of clips and scored classes (classes "
+            "without positive or negative clips are left out of the means and counted). With --output-dir, "
+            "writes metrics.json, per_class.csv and predictions.npz there. Exact on any number of devices."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-c", "--checkpoint", required=True, metavar="C",
+                        help="our .ckpt, an upstream .pth or a state_dict, or a model name whose <name>.pth "
+                             "sits in checkpoints/")
+    parser.add_argument("-d", "--data", required=True, nargs="+", metavar="F.h5", help="HDF5 file(s) to score")
+    parser.add_argument("-m", "--model", dest="model_name", metavar="NAME",
+                        help="model name, needed only when the checkpoint does not tell")
+    parser.add_argument("-o", "--output-dir", metavar="D", help="write metrics.json, per_class.csv, predictions.npz")
+    parser.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read checkpoints that need the full unpickler (trusted files only)")
+    parser.add_argument("--labels", dest="class_csv", metavar="CSV",
+                        help="class CSV (index,mid,display_name); default: AudioSet's")
+    parser.add_argument("--batch-size", type=int, default=32, help="clips per device and batch")
+    parser.add_argument("--num-workers", type=int, default=2, help="data loader workers per device")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
+    parser.add_argument("--devices", default="1", help="device count, list (0,1) or auto")
+    parser.add_argument("--strategy", default="auto", help="auto, ddp, ...")
+    parser.add_argument("--precision", default="32", choices=("32", "bf16-mixed", "16-mixed"),
+                        help="numeric precision of the backbone")
+
+    def run(args: argparse.Namespace) -> int:
+        from dcls_audio.evaluation import evaluate, format_metrics
+
+        devices = args.devices
+        if devices.isdigit():
+            devices = int(devices)
+        elif "," in devices:
+            devices = [int(d) for d in devices.split(",") if d]
+        try:
+            result, out, is_main = evaluate(
+                args.checkpoint, args.data, args.output_dir, model_name=args.model_name, use_ema=args.use_ema,
+                allow_pickle=args.allow_pickle, class_csv=args.class_csv, batch_size=args.batch_size,
+                num_workers=args.num_workers, accelerator=args.accelerator, devices=devices,
+                strategy=args.strategy, precision=args.precision,
+            )
+        except (ValueError, OSError) as err:  # checkpoint, data or output-directory problems
+            print(f"dcls-audio eval: error: {err}", file=sys.stderr)
+            return 2
+        if is_main:
+            print(format_metrics(result))
+            if out is not None:
+                print(f"Wrote {out / 'metrics.json'}, {out / 'per_class.csv'}, {out / 'predictions.npz'}")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dcls-audio",
@@ -199,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(subparsers)
     _add_pack_parser(subparsers)
     _add_models_parser(subparsers)
+    _add_train_parser(subparsers)
+    _add_eval_parser(subparsers)
     return parser
 
 

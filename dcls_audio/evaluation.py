@@ -1,0 +1,169 @@
+"""``dcls-audio eval``: AudioSet metrics of a checkpoint on HDF5 files, and their files.
+
+Runs through a Lightning ``Trainer.test`` so that any device count or strategy gives the same
+numbers: logits are gathered once with their clip indices, duplicates dropped, metrics
+computed on the complete set (see :mod:`dcls_audio.metrics`). Outputs, in ``output_dir``:
+
+- ``metrics.json``: ``mAP``, ``mAUC``, ``d_prime`` (mean of per-class d-primes, as
+  upstream), ``d_prime_of_mAUC``, ``num_clips``, ``num_classes``, ``num_classes_scored``,
+  counts of excluded classes, a note, and what was evaluated;
+- ``per_class.csv``: ``index, mid, display_name, AP, AUC, d_prime, positives`` (empty AP/AUC
+  where undefined);
+- ``predictions.npz``: ``audio_name`` (N,), ``scores`` (N, C) sigmoid probabilities float32,
+  ``target`` (N, C) uint8, ``index`` (N,) clip index, ``logits`` (N, C) float32; rows in clip
+  order. Metrics are computed from the logits (same ranking as the scores, without the
+  float32 saturation of the sigmoid).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .data import AudioSetDataModule, ClassInfo, LogMelFrontEnd
+from .metrics import AudioSetMetrics, TaggingMetrics
+from .models import load_checkpoint
+
+__all__ = ["EvaluationModule", "evaluate", "format_metrics", "write_outputs"]
+
+
+class EvaluationModule(L.LightningModule):
+    """Front end (no augmentation) + a loaded backbone + :class:`AudioSetMetrics`.
+
+    After ``trainer.test``: ``result`` (:class:`TaggingMetrics`), ``indices`` (N,),
+    ``logits`` (N, C), ``targets`` (N, C) and ``audio_names`` (N) on every rank.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.net = net
+        self.front_end = LogMelFrontEnd(augment=False)
+        self.metric = AudioSetMetrics(num_classes)
+        self._names: dict[int, str] = {}
+        self.result: TaggingMetrics | None = None
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.net(self.front_end(batch["waveform"]))
+        self.metric.update(logits, batch["target"], batch["index"])
+        self._names.update(zip(batch["index"].tolist(), batch["audio_name"]))
+
+    def on_test_epoch_end(self) -> None:
+        self.result = self.metric.compute()
+        indices, logits, targets = self.metric.gathered()
+        names = self._names
+        if dist.is_available() and dist.is_initialized():
+            parts: list[dict[int, str]] = [{} for _ in range(dist.get_world_size())]
+            dist.all_gather_object(parts, names)
+            names = {k: v for part in parts for k, v in part.items()}
+        self.indices, self.logits, self.targets = indices.cpu(), logits.cpu(), targets.cpu()
+        self.audio_names = [names[i] for i in self.indices.tolist()]
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"--output-dir: cannot write to {output_dir}: {err.strerror or err}") from None
+
+
+def evaluate(
+    checkpoint: str,
+    data_files: Sequence[str],
+    output_dir: str | Path | None = None,
+    model_name: str | None = None,
+    use_ema: bool = False,
+    allow_pickle: bool = False,
+    class_csv: str | None = None,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = 1,
+    strategy: str = "auto",
+    precision: str = "32",
+) -> tuple[TaggingMetrics, Path | None, bool]:
+    """Evaluate ``checkpoint`` (ours, upstream ``.pth`` or a state_dict) on ``data_files``.
+
+    ``model_name``: needed only when the checkpoint does not say. Writes the files of the
+    module docstring into ``output_dir`` (rank 0) when given. Returns ``(metrics,
+    output_dir, is_global_zero)`` (the metrics are the same on every rank).
+    Checkpoint, data and output problems raise before any clip is scored.
+    """
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        _check_output_dir(out)
+    net = load_checkpoint(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle).eval()
+    dm = AudioSetDataModule(
+        test_files=list(data_files), class_csv=class_csv, batch_size=batch_size,
+        num_workers=num_workers, pin_memory=torch.cuda.is_available() and accelerator != "cpu",
+        persistent_workers=False,
+    )
+    dm.setup("test")
+    model_classes = net.get_classifier().out_features
+    if dm.num_classes != model_classes:
+        raise ValueError(
+            f"{checkpoint}: the model predicts {model_classes} classes but {data_files[0]} has "
+            f"{dm.num_classes}"
+        )
+    module = EvaluationModule(net, dm.num_classes)
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+        logger=False, enable_checkpointing=False, use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
+    trainer.test(module, datamodule=dm, verbose=False)
+    if out is not None and trainer.is_global_zero:
+        info = {"checkpoint": str(checkpoint), "data": [str(f) for f in data_files],
+                "model": getattr(net, "model_name", model_name), "use_ema": use_ema,
+                "precision": precision}
+        write_outputs(module, dm.classes, out, info)
+    return module.result, out, trainer.is_global_zero
+
+
+def _json_number(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_outputs(module: EvaluationModule, classes: list[ClassInfo], output_dir: Path,
+                  info: dict[str, Any]) -> None:
+    """Write ``metrics.json``, ``per_class.csv`` and ``predictions.npz`` (module docstring)."""
+    result = module.result
+    summary = {k: _json_number(v) for k, v in result.summary().items()}
+    (output_dir / "metrics.json").write_text(json.dumps({**summary, **info}, indent=2) + "\n")
+    with open(output_dir / "per_class.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["index", "mid", "display_name", "AP", "AUC", "d_prime", "positives"])
+        for c, info_c in enumerate(classes):
+            row = [result.ap[c].item(), result.auc[c].item(), result.class_d_prime[c].item()]
+            writer.writerow([info_c.index, info_c.mid, info_c.display_name,
+                             *("" if math.isnan(v) else f"{v:.6f}" for v in row),
+                             int(result.positives[c])])
+    np.savez_compressed(
+        output_dir / "predictions.npz",
+        audio_name=np.array(module.audio_names, dtype=str),
+        scores=torch.sigmoid(module.logits.float()).numpy(),
+        target=module.targets.numpy().astype(np.uint8),
+        index=module.indices.numpy(),
+        logits=module.logits.float().numpy(),
+    )
+
+
+def format_metrics(result: TaggingMetrics) -> str:
+    """Human-readable lines of the summary."""
+    return "\n".join([
+        f"mAP      {result.mAP:.4f}",
+        f"mAUC     {result.mAUC:.4f}",
+        f"d-prime  {result.d_prime:.4f} (mean of per-class d-primes; {result.d_prime_of_mAUC:.4f} from mAUC)",
+        f"clips    {result.num_clips}",
+        f"classes  {result.num_classes_scored} scored of {result.num_classes} ({result.exclusion_note()})",
+    ])

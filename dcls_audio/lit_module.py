@@ -1,0 +1,247 @@
+"""The LightningModule that trains and validates an audio tagging backbone.
+
+Batches are the DataModule's dicts (``waveform`` int16 (B, 320000), ``target`` (B, C),
+``index`` (B,)). On the device: waveform -> log-mel front end (train-time augmentations in
+training mode) -> batch mixup + label smoothing (training) -> backbone -> logits (B, C) ->
+BCE-with-logits. Validation gathers logits with clip indices and logs the exact AudioSet
+metrics (``val/mAP``, ``val/mAUC``, ``val/d_prime``; ``*_ema`` for the EMA weights).
+
+Checkpoints are self-describing: the backbone lives under ``net``, the EMA copy under
+``ema_net``, and the hyper-parameters hold the model name, its kwargs, the class count and
+the class names/mids.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import LogMelFrontEnd, mixup
+from .ema import make_ema, update_ema
+from .metrics import AudioSetMetrics, TaggingMetrics
+from .models import CheckpointMismatchError, create_model, load_checkpoint
+from .optim import build_optimizer, is_position_param, lr_lambda
+
+__all__ = ["AudioTaggingModule", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf (outside fp16 loss scaling)."""
+
+
+class AudioTaggingModule(L.LightningModule):
+    """Audio tagging: front end + backbone + BCE, AdamW/LAMB with warm-up cosine, EMA.
+
+    Args:
+        model_name: a name from ``dcls_audio.models.list_models()``.
+        num_classes: output classes.
+        model_kwargs: extra ``create_model`` arguments (drop_path_rate, depths, ...).
+        class_names, class_mids: per-class display names and ontology ids (stored).
+        optimizer, lr, min_lr, weight_decay, betas, eps, position_lr_scale: the optimizer;
+            ``lr`` is the absolute peak lr (already scaled to the total batch).
+        warmup_epochs, warmup_steps: warm-up length (steps win when given).
+        front_end_augment: train-time roll / speed / erasing in the front end.
+        mixup_alpha, label_smoothing: batch mixup and label smoothing of training targets.
+        ema_decay: keep an EMA copy of the backbone with this decay (None: no EMA).
+        freeze_positions: DCLS ``P`` / ``SIG`` are not trained.
+        clamp_positions: call ``clamp_parameters()`` on layers that have it after each step.
+        channels_last, compile: speed switches for the backbone.
+        init_checkpoint, init_checkpoint_ema: provenance of fine-tuning (the weights are
+            loaded by :meth:`load_initial_weights`, not here).
+        seed: base seed of the augmentation generators (offset by rank and step).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        num_classes: int,
+        model_kwargs: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
+        class_mids: list[str] | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        min_lr: float = 1e-6,
+        weight_decay: float = 0.05,
+        betas: list[float] | None = None,
+        eps: float | None = None,
+        position_lr_scale: float = 5.0,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int | None = None,
+        front_end_augment: bool = True,
+        mixup_alpha: float = 0.8,
+        label_smoothing: float = 0.1,
+        ema_decay: float | None = None,
+        freeze_positions: bool = False,
+        clamp_positions: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        init_checkpoint: str | None = None,
+        init_checkpoint_ema: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.save_hyperparameters()
+        self.net = create_model(model_name, num_classes=num_classes, **(model_kwargs or {}))
+        self.front_end = LogMelFrontEnd(augment=front_end_augment)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if freeze_positions:
+            self._freeze_positions()
+        self.net.to(memory_format=self.memory_format)
+        self.ema_net = make_ema(self.net) if ema_decay is not None else None
+        self._clampable = [m for m in self.net.modules() if hasattr(m, "clamp_parameters")]
+        self.val_metrics = AudioSetMetrics(num_classes)
+        self.val_metrics_ema = AudioSetMetrics(num_classes) if ema_decay is not None else None
+        self._mixup_generator = torch.Generator()
+        if compile:
+            self.net.compile()
+
+    # ------------------------------------------------------------------ weights
+    def _freeze_positions(self) -> None:
+        for name, param in self.net.named_parameters():
+            if is_position_param(name):
+                param.requires_grad_(False)
+
+    def load_initial_weights(self, path: str, use_ema: bool = False) -> str:
+        """Fine-tuning start: load a checkpoint (ours, upstream ``.pth``, state_dict) into ``net``.
+
+        When only its classifier differs in class count (as upstream's ``--finetune``), all
+        other weights are loaded and the classifier keeps its fresh initialisation. The EMA
+        copy starts from the loaded weights. Returns a one-line description.
+        """
+        hp = self.hparams
+        try:
+            load_checkpoint(self.net, path, use_ema=use_ema)
+            message = f"initialised from {path}"
+        except CheckpointMismatchError as err:
+            source_classes = _head_only_mismatch(err, hp.num_classes)
+            if source_classes is None:
+                raise
+            kwargs = {**(hp.model_kwargs or {}), "num_classes": source_classes}
+            source = load_checkpoint(hp.model_name, path, use_ema=use_ema, **kwargs)
+            head = _classifier_keys(self.net)
+            self.net.load_state_dict(
+                {k: v for k, v in source.state_dict().items() if k not in head}, strict=False
+            )
+            message = (
+                f"initialised from {path}; new {hp.num_classes}-class head "
+                f"(the checkpoint has {source_classes} classes)"
+            )
+        if self.ema_net is not None:
+            self.ema_net.load_state_dict(self.net.state_dict())
+        return message
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(B, samples) waveform -> (B, num_classes) logits."""
+        return self.net(self._spectrogram(waveform))
+
+    def _spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.front_end(waveform).contiguous(memory_format=self.memory_format)
+
+    # ------------------------------------------------------------------ training
+    def on_train_start(self) -> None:
+        # Distinct augmentation streams per rank; deterministic for a given (seed, rank, step).
+        seed = self.hparams.seed + 1_000_003 * self.global_rank + self.global_step
+        self.front_end.set_seed(seed)
+        self._mixup_generator.manual_seed(seed + 1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        x = self.front_end(batch["waveform"])
+        target = batch["target"].float()
+        hp = self.hparams
+        if hp.mixup_alpha > 0 or hp.label_smoothing > 0:
+            x, target = mixup(x, target, hp.mixup_alpha, hp.label_smoothing, self._mixup_generator)
+        logits = self.net(x.contiguous(memory_format=self.memory_format))
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        if self.trainer.precision != "16-mixed" and not torch.isfinite(loss):
+            # fp16 loss scaling skips such steps itself; anywhere else the run must stop
+            # before the bad gradients reach the weights.
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx})"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
+        return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.hparams.clamp_positions:
+            for module in self._clampable:
+                module.clamp_parameters()
+        if self.ema_net is not None:
+            update_ema(self.ema_net, self.net, self.hparams.ema_decay)
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        x = self._spectrogram(batch["waveform"])
+        target, index = batch["target"], batch["index"]
+        logits = self.net(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        self.log("val/loss", loss, sync_dist=True, batch_size=target.shape[0])
+        self.val_metrics.update(logits, target, index)
+        if self.ema_net is not None:
+            self.val_metrics_ema.update(self.ema_net(x), target, index)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val", "")
+        if self.val_metrics_ema is not None:
+            self._log_metrics(self.val_metrics_ema, "val", "_ema")
+
+    def _log_metrics(self, metric: AudioSetMetrics, stage: str, suffix: str) -> TaggingMetrics:
+        result = metric.compute()  # gathered over ranks: the same numbers on every rank
+        metric.reset()
+        values = {
+            "mAP": result.mAP,
+            "mAUC": result.mAUC,
+            "d_prime": result.d_prime,
+            "d_prime_of_mAUC": result.d_prime_of_mAUC,
+            "num_classes_scored": float(result.num_classes_scored),
+        }
+        self.log_dict(
+            {f"{stage}/{k}{suffix}": v for k, v in values.items()},
+            prog_bar=False, sync_dist=False, rank_zero_only=False,
+        )
+        return result
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = build_optimizer(
+            self.net, hp.optimizer, hp.lr, hp.weight_decay, hp.position_lr_scale,
+            betas=hp.betas, eps=hp.eps,
+        )
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        warmup = hp.warmup_steps
+        if warmup is None:
+            batches = self.trainer.num_training_batches
+            accumulate = self.trainer.accumulate_grad_batches
+            steps_per_epoch = max(1, -(-int(batches) // accumulate)) if batches != float("inf") else 0
+            warmup = round(hp.warmup_epochs * steps_per_epoch)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(total_steps, warmup, hp.lr, hp.min_lr)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _classifier_keys(net: nn.Module) -> set[str]:
+    """State-dict keys of the network's classifier (timm ``get_classifier()``)."""
+    classifier = net.get_classifier()
+    for name, module in net.named_modules():
+        if module is classifier:
+            return {f"{name}.{key}" for key in module.state_dict()}
+    raise ValueError(f"{type(net).__name__}: classifier not found among its modules")
+
+
+def _head_only_mismatch(err: CheckpointMismatchError, num_classes: int) -> int | None:
+    """The checkpoint's class count if only the classifier's (out, ...) shapes differ."""
+    if err.missing or err.unexpected or not err.mismatched:
+        return None
+    counts = {have[0] for _, have, want in err.mismatched if want[0] == num_classes}
+    if len(err.mismatched) > 2 or len(counts) != 1:
+        return None
+    return counts.pop()
