@@ -4,7 +4,6 @@ fast paths, and plain depthwise convolutions, on the ConvNeXt-T audio stage shap
 
     python benchmarks/bench_layers.py --out bench.json                 # everything
     python benchmarks/bench_layers.py --cases stages --dtypes fp32     # a part
-    python benchmarks/bench_layers.py --sweep --out sweep.json         # Triton tile sweep
 
 Each row: median ms of one forward + backward (gradients of the input and every parameter,
 ``torch.autograd.grad``; CUDA events through ``triton.testing.do_bench``) and the peak MiB
@@ -83,16 +82,6 @@ def _env(name: str, value: Optional[str]):
             os.environ[name] = saved
 
 
-@contextlib.contextmanager
-def _tf32(allowed: bool):
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = saved
-
-
 def fwd_bwd_step(module: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype]) -> Callable[[], None]:
     """One forward + backward of ``module`` on ``x`` (input and parameter gradients)."""
     params = [p for p in module.parameters() if p.requires_grad]
@@ -109,7 +98,7 @@ def fwd_bwd_step(module: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype
     return step
 
 
-def measure(step: Callable[[], None], device: torch.device, context: Callable = contextlib.nullcontext, warmup_ms: float = 25, rep_ms: float = 100) -> dict:
+def measure(step: Callable[[], None], device: torch.device, context: Callable = contextlib.nullcontext, warmup_ms: float = 25, rep_ms: float = 150) -> dict:
     with context():
         step()  # compile / plan
         if device.type == "cuda":
@@ -151,7 +140,20 @@ def _pair(name: str, cin: int, cout: int, kwargs: dict, device: torch.device, se
     return ours, theirs
 
 
-def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape: tuple, device, dtypes, variants: bool, extra_rows=None) -> list[dict]:
+@contextlib.contextmanager
+def _fft_chunking(min_bytes: int, fraction: int):
+    from dcls_core import fft_conv
+
+    saved = fft_conv.MIN_CHUNK_BYTES, fft_conv.CHUNK_FRACTION_OF_INPUT
+    fft_conv.MIN_CHUNK_BYTES, fft_conv.CHUNK_FRACTION_OF_INPUT = min_bytes, fraction
+    try:
+        yield
+    finally:
+        fft_conv.MIN_CHUNK_BYTES, fft_conv.CHUNK_FRACTION_OF_INPUT = saved
+
+
+def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape: tuple, device, dtypes, variants: bool,
+                extra_rows=None, fft_chunk_variants: bool = False) -> list[dict]:
     rows = []
     ours, theirs = _pair(name, cin, cout, kwargs, device)
     x = torch.randn(x_shape, device=device, requires_grad=True)
@@ -172,10 +174,13 @@ def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape
         add("ours-reference", ours, lambda: _env("DCLS_IMPL", "reference"))
         add("ours-fast", ours, lambda: _env("DCLS_IMPL", None), note=_chosen_conv(ours, x, dtype))
         if variants:
-            if device.type == "cuda" and dname == "fp32" and dispatch.select_conv(x, ours.construct_kernel(), ours.stride, ours.padding, ours.groups, ours.padding_mode)[0] == "triton_depthwise":
-                add("fast-tf32x3", ours, lambda: _tf32(False), note="fp32-accurate products")
-            add("fast-fft", ours, lambda: dispatch.forced(conv="fft"))
+            chosen = _chosen_conv(ours, x, dtype)
+            if not chosen.endswith("fft"):
+                add("fast-fft", ours, lambda: dispatch.forced(conv="fft"))
             add("fast-refconstruct", ours, lambda: dispatch.forced(construct="reference"))
+            if chosen.endswith("fft") and fft_chunk_variants:
+                add("fft-unchunked", ours, lambda: _fft_chunking(10**15, 1), note="one chunk")
+                add("fft-small-chunks", ours, lambda: _fft_chunking(4 * 2**20, 8), note="spectra max(4 MiB, input/8)")
         for impl, module in (extra_rows or {}).items():
             add(impl, module)
     return rows
@@ -191,31 +196,8 @@ def stage_cases(device, dtypes, versions, variants: bool, batch: int) -> list[di
         for i, version in enumerate(versions):
             kwargs = dict(kernel_count=26, dilated_kernel_size=23, padding=11, groups=C, version=version)
             rows += _layer_rows(f"stage C={C}@{H}x{W} {version}", "Dcls2d", C, C, kwargs, (batch, C, H, W), device, dtypes, variants,
-                                extra_rows=plain if i == 0 else None)
-        # the convolution alone on a fixed dense kernel (construction excluded)
-        from dcls_core.triton_depthwise import depthwise_conv2d, triton_available
-
-        if device.type == "cuda" and triton_available():
-            conv = _FixedKernelDepthwise(C, 23).to(device)
-            x = torch.randn(batch, C, H, W, device=device, requires_grad=True)
-            for dname in dtypes:
-                r = measure(fwd_bwd_step(conv, x, DTYPES[dname]), device)
-                rows.append({"case": f"stage C={C}@{H}x{W} conv only", "dtype": dname, "impl": "triton-depthwise-23x23", "note": "", **r})
-                _print_row(rows[-1])
+                                extra_rows=plain if i == 0 else None, fft_chunk_variants=i == 0)
     return rows
-
-
-class _FixedKernelDepthwise(nn.Module):
-    def __init__(self, C: int, K: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(C, 1, K, K) * 0.02)
-        self.bias = nn.Parameter(torch.zeros(C))
-        self.K = K
-
-    def forward(self, x):
-        from dcls_core.triton_depthwise import depthwise_conv2d
-
-        return depthwise_conv2d(x, self.weight, self.bias, (self.K // 2, self.K // 2))
 
 
 def other_cases(device, dtypes, which: set, variants: bool) -> list[dict]:
@@ -290,71 +272,18 @@ def construction_memory(device) -> list[dict]:
     return rows
 
 
-# -- Triton tile sweep ---------------------------------------------------------------------
-FORWARD_SWEEP = [
-    dict(LOOP="flat", BM=64, BW=32, BK=32, num_warps=4, num_stages=3),
-    dict(LOOP="flat", BM=128, BW=32, BK=32, num_warps=8, num_stages=3),
-    dict(LOOP="flat", BM=64, BW=64, BK=32, num_warps=4, num_stages=3),
-    dict(LOOP="rows", BM=64, BW=32, BK=32, num_warps=4, num_stages=3),
-    dict(LOOP="rows", BM=128, BW=32, BK=64, num_warps=8, num_stages=3),
-    dict(LOOP="rows", BM=64, BW=32, BK=64, num_warps=4, num_stages=3),
-]
-WGRAD_SWEEP = [
-    dict(BK=64, num_warps=4, num_stages=3, split_scale=1),
-    dict(BK=128, num_warps=4, num_stages=3, split_scale=1),
-    dict(BK=128, num_warps=8, num_stages=3, split_scale=2),
-    dict(BK=64, num_warps=4, num_stages=4, split_scale=4),
-]
-
-
-def sweep(device, dtypes, batch: int) -> list[dict]:
-    from dcls_core import triton_depthwise as td
-
-    rows = []
-    for C, H, W in (STAGES[0], STAGES[3]):
-        x32 = torch.randn(batch, C, H, W, device=device)
-        k32 = torch.randn(C, 1, 23, 23, device=device) * 0.02
-        for dname in dtypes:
-            dt = DTYPES[dname] or torch.float32
-            x, k = x32.to(dt), k32.to(dt)
-            prec = td._precision(dt, None)
-            want = torch.nn.functional.conv2d(x.double(), k.double(), padding=11, groups=C)
-            for cfg in FORWARD_SWEEP:
-                try:
-                    y = td._conv_forward(x, k, None, (11, 11), prec, cfg)
-                    err = ((y.double() - want).norm() / want.norm()).item()
-                    ms = _median_ms(lambda: td._conv_forward(x, k, None, (11, 11), prec, cfg), device, 10, 50)
-                    r = {"ms": round(ms, 4), "rel_err": err}
-                except Exception as exc:
-                    r = {"ms": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
-                rows.append({"case": f"fwd C={C}@{H}x{W}", "dtype": dname, "impl": "forward", "note": json.dumps(cfg), **r})
-                _print_row(rows[-1])
-            dy = torch.randn_like(x)
-            xr = x.double().requires_grad_()
-            kr = k.double().requires_grad_()
-            torch.nn.functional.conv2d(xr, kr, padding=11, groups=C).backward(dy.double())
-            base = td.wgrad_config(batch * H, C, 23, 23)
-            for cfg in WGRAD_SWEEP:
-                c = {k_: v for k_, v in cfg.items() if k_ != "split_scale"}
-                c["splits"] = base["splits"] * cfg["split_scale"]
-                try:
-                    g = td._conv_wgrad(x, dy, 23, 23, (11, 11), prec, c)
-                    err = ((g.double() - kr.grad).norm() / kr.grad.norm()).item()
-                    ms = _median_ms(lambda: td._conv_wgrad(x, dy, 23, 23, (11, 11), prec, c), device, 10, 50)
-                    r = {"ms": round(ms, 4), "rel_err": err}
-                except Exception as exc:
-                    r = {"ms": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
-                rows.append({"case": f"wgrad C={C}@{H}x{W}", "dtype": dname, "impl": "wgrad", "note": json.dumps(c), **r})
-                _print_row(rows[-1])
-    return rows
-
-
 # -- output --------------------------------------------------------------------------------
 def _fmt(v, width, digits=3):
     return f"{'-' if v is None else (f'{v:.{digits}f}' if isinstance(v, float) else v):>{width}}"
 
 
+_PARTIAL: dict = {"path": None, "rows": []}
+
+
 def _print_row(r: dict) -> None:
+    if _PARTIAL["path"] is not None:  # keep what was measured if the run is cut short
+        _PARTIAL["rows"].append(r)
+        _PARTIAL["path"].write_text(json.dumps({"partial": True, "rows": _PARTIAL["rows"]}, indent=1))
     extra = f" err={r['rel_err']:.1e}" if r.get("rel_err") is not None else ""
     err = f"  ERROR {r['error']}" if r.get("error") else ""
     print(f"{r['case'][:46]:<46} {r['dtype']:>5} {r['impl'][:22]:<22} {_fmt(r.get('ms'), 9)} ms {_fmt(r.get('peak_mib'), 9, 1)} MiB  {r.get('note', '')}{extra}{err}", flush=True)
@@ -366,7 +295,7 @@ def stage_summary(rows: list[dict]) -> list[dict]:
     for dname in DTYPES:
         for version in ("gauss", "v0"):
             sums: dict[str, float] = {}
-            for impl in ("dcls-0.1.1", "ours-reference", "ours-fast", "fast-tf32x3", "conv7x7", "conv23x23"):
+            for impl in ("dcls-0.1.1", "ours-reference", "ours-fast", "fast-refconstruct", "fft-unchunked", "fft-small-chunks", "conv7x7", "conv23x23"):
                 vals = []
                 for C, H, W in STAGES:
                     for r in rows:
@@ -382,6 +311,13 @@ def stage_summary(rows: list[dict]) -> list[dict]:
                     entry["speedup_vs_0.1.1"] = round(sums["dcls-0.1.1"] / sums["ours-fast"], 2)
                 if "conv7x7" in sums:
                     entry["ratio_to_conv7x7"] = round(sums["ours-fast"] / sums["conv7x7"], 2)
+                peaks = {}
+                for impl in ("dcls-0.1.1", "ours-fast"):
+                    vals = [r["peak_mib"] for r in rows if r["impl"] == impl and r["dtype"] == dname and r["case"].startswith("stage") and r["case"].endswith(version) and r.get("peak_mib") is not None]
+                    if vals:
+                        peaks[impl] = max(vals)
+                if len(peaks) == 2:
+                    entry["max_peak_mib_0.1.1"], entry["max_peak_mib_ours_fast"] = peaks["dcls-0.1.1"], peaks["ours-fast"]
                 out.append(entry)
     return out
 
@@ -394,8 +330,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma list of: fp32, bf16")
     parser.add_argument("--versions", default="gauss,v0", help="stage versions")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--no-variants", action="store_true", help="skip the fft / tf32x3 / reference-construction rows")
-    parser.add_argument("--sweep", action="store_true", help="time Triton tile settings instead")
+    parser.add_argument("--no-variants", action="store_true", help="skip the forced-FFT / reference-construction / chunking rows")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -408,15 +343,15 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"--cases: unknown case(s) {sorted(unknown)}")
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        _PARTIAL["path"] = args.out
     print(f"# {info}")
-    if args.sweep:
-        rows = sweep(device, dtypes, args.batch)
-    else:
-        rows = []
-        if "stages" in cases:
-            rows += stage_cases(device, dtypes, [v for v in args.versions.split(",") if v], not args.no_variants, args.batch)
-        rows += other_cases(device, dtypes, cases, not args.no_variants)
-    summary = stage_summary(rows) if not args.sweep else []
+    rows = []
+    if "stages" in cases:
+        rows += stage_cases(device, dtypes, [v for v in args.versions.split(",") if v], not args.no_variants, args.batch)
+    rows += other_cases(device, dtypes, cases, not args.no_variants)
+    summary = stage_summary(rows)
     if summary:
         print("\n# ConvNeXt-T stage sums (ms, fwd+bwd, batch %d)" % args.batch)
         for s in summary:

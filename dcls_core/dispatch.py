@@ -1,18 +1,24 @@
 """Choice between the reference DCLS path and the fast paths.
 
-Two choices are made per call, each by device, dtype and shape:
+Two choices are made per call, by device, dtype and shape:
 
-* construction of the dense kernel: the fused Triton kernel (``triton_construct``, CUDA,
-  two learned axes, float32 parameters) or the reference einsum (:mod:`dcls_core.kernel`);
-* the convolution with that kernel: the Triton depthwise kernel (``triton_depthwise``,
-  CUDA, depthwise, stride 1, large kernels), the FFT convolution (``fft_conv``, any device),
-  or the plain ``F.conv{n}d`` (``reference``).
+* construction of the dense kernel: the fused Triton kernels (:mod:`dcls_core.triton_construct`:
+  CUDA, one or two learned axes, float32 parameters) or the reference einsum
+  (:mod:`dcls_core.kernel`);
+* the convolution with that kernel: the FFT convolution (:mod:`dcls_core.fft_conv`, any
+  device) or the plain ``F.conv{n}d`` (``reference``).
 
 ``DCLS_IMPL=reference`` forces the reference construction and ``F.conv``; ``DCLS_IMPL=fast``
-forces a fast path for every call (the FFT convolution where no Triton kernel applies, also
-on the CPU); ``auto`` (default) picks what measured fastest (``benchmarks/NOTES_layers.md``):
-on CUDA the fused construction, the Triton depthwise kernel for depthwise kernels of at least
-``DEPTHWISE_MIN_TAPS`` taps, the FFT for large dense kernels; on the CPU the reference.
+forces the fast paths wherever they apply (the FFT convolution for every call, also on the
+CPU); ``auto`` (default) takes what measured fastest on an H100 (``benchmarks/NOTES_layers.md``):
+on CUDA the fused construction, and the FFT for stride-1 convolutions with
+
+* a depthwise-like kernel (one input channel per group) of at least ``FFT_MIN_TAPS_DEPTHWISE``
+  taps (cuDNN's large depthwise kernels run at a few TFLOP/s), or
+* a channel-mixing kernel of at least ``FFT_MIN_TAPS_DENSE`` taps, except 3-D ones under half
+  precision (there cuDNN's tensor-core kernels win);
+
+and the reference everywhere else (small kernels, strides, tiny problems, the CPU).
 """
 from __future__ import annotations
 
@@ -27,14 +33,12 @@ from torch import Tensor
 IMPLS = ("auto", "reference", "fast")
 ENV_VAR = "DCLS_IMPL"
 
-# Thresholds of the ``auto`` choice on CUDA (measured, see benchmarks/NOTES_layers.md).
-DEPTHWISE_MIN_TAPS = 81       # Triton depthwise beats cuDNN from 9x9 up
-FFT_MIN_TAPS = 64             # FFT beats cuDNN for grouped/dense kernels of this many taps...
-FFT_MIN_CHANNELS_PER_GROUP = 2  # ...that mix channels (depthwise goes to Triton or cuDNN)...
-FFT_MIN_OUTPUTS = 1 << 20     # ...on outputs (N x C_out x spatial) large enough to pay its launches
+FFT_MIN_TAPS_DEPTHWISE = 81   # 9x9 and up (cuDNN 7x7 depthwise still beats the FFT)
+FFT_MIN_TAPS_DENSE = 240      # 1-D 250 taps: FFT 4x faster; 3x3x23 (207): cuDNN faster
+FFT_MIN_OUTPUTS = 1 << 16     # N x C_out x output size below which launches dominate
 
 CONSTRUCTIONS = ("reference", "triton")
-CONVS = ("reference", "triton_depthwise", "fft")
+CONVS = ("reference", "fft")
 _forced: dict[str, Optional[str]] = {"construct": None, "conv": None}
 
 ConvFn = Callable[..., Tensor]
@@ -51,7 +55,7 @@ def current_impl() -> str:
 @contextlib.contextmanager
 def forced(construct: Optional[str] = None, conv: Optional[str] = None) -> Iterator[None]:
     """Within the block, use the named construction / convolution where it applies
-    (benchmarks and tests; a path that does not apply to a call falls back as usual)."""
+    (benchmarks and tests; a construction that does not apply falls back to the reference)."""
     if construct is not None and construct not in CONSTRUCTIONS:
         raise ValueError(f"construct must be one of {CONSTRUCTIONS}, got {construct!r}")
     if conv is not None and conv not in CONVS:
@@ -87,7 +91,7 @@ def select_construct(
         from . import triton_construct
 
         if triton_construct.supports(weight, P, SIG, dilated_kernel_size, version):
-            return "triton", triton_construct.construct_kernel_2d
+            return "triton", triton_construct.construct_kernel_fused
     return "reference", construct_kernel
 
 
@@ -98,12 +102,6 @@ def build_kernel(weight: Tensor, P: Tensor, SIG: Optional[Tensor], dilated_kerne
 
 
 # -- convolution -------------------------------------------------------------------------
-def _triton_depthwise(input, kernel, bias, stride, padding, groups, padding_mode):
-    from .triton_depthwise import depthwise_conv2d
-
-    return depthwise_conv2d(input, kernel, bias, padding)
-
-
 def _fft(input, kernel, bias, stride, padding, groups, padding_mode):
     from .fft_conv import fft_conv_nd
 
@@ -116,11 +114,19 @@ def _reference(input, kernel, bias, stride, padding, groups, padding_mode):
     return conv_nd(input, kernel, bias, stride, padding, groups, padding_mode)
 
 
-def _fft_pays(input: Tensor, kernel: Tensor) -> bool:
-    taps = math.prod(kernel.shape[2:])
+def fft_pays(input: Tensor, kernel: Tensor, stride: Sequence[int]) -> bool:
+    """The ``auto`` rule for the FFT on CUDA (see the module docstring)."""
     ndim = kernel.dim() - 2
+    if any(s != 1 for s in stride):
+        return False
+    taps = math.prod(kernel.shape[2:])
     outputs = (input.numel() // max(1, input.shape[-ndim - 1])) * kernel.shape[0]
-    return taps >= FFT_MIN_TAPS and kernel.shape[1] >= FFT_MIN_CHANNELS_PER_GROUP and outputs >= FFT_MIN_OUTPUTS
+    if outputs < FFT_MIN_OUTPUTS:
+        return False
+    if kernel.shape[1] == 1:
+        return taps >= FFT_MIN_TAPS_DEPTHWISE
+    half = compute_dtype(input) in (torch.float16, torch.bfloat16)
+    return taps >= FFT_MIN_TAPS_DENSE and not (half and ndim == 3)
 
 
 def select_conv(
@@ -134,24 +140,13 @@ def select_conv(
     """``(name, fn)``: the convolution for this call; ``fn(input, kernel, bias, stride,
     padding, groups, padding_mode)`` equals :func:`dcls_core.functional.conv_nd`."""
     wanted = _forced["conv"]
-    if wanted == "reference":
-        return "reference", _reference
-    if wanted == "fft":
-        return "fft", _fft
-    impl = "fast" if wanted == "triton_depthwise" else current_impl()
+    if wanted is not None:
+        return wanted, _fft if wanted == "fft" else _reference
+    impl = current_impl()
     if impl == "reference":
         return "reference", _reference
-    if input.is_cuda:
-        from . import triton_depthwise
-
-        taps = math.prod(kernel.shape[2:])
-        if triton_depthwise.supports(input, kernel, stride, padding, groups, padding_mode, compute_dtype(input)) and (
-            impl == "fast" or taps >= DEPTHWISE_MIN_TAPS
-        ):
-            return "triton_depthwise", _triton_depthwise
-        if impl == "fast" or _fft_pays(input, kernel):
-            return "fft", _fft
-        return "reference", _reference
     if impl == "fast":
+        return "fft", _fft
+    if input.is_cuda and fft_pays(input, kernel, stride):
         return "fft", _fft
     return "reference", _reference

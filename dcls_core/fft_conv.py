@@ -1,21 +1,38 @@
 """Convolution through the FFT: a cost that does not grow with the kernel size.
 
-``fft_conv_nd`` computes exactly what ``F.conv{1,2,3}d`` computes (cross-correlation, any
-``groups``, stride, zero or ``padding_mode`` padding, no dilation) with ``torch.fft``, so it
-runs on every device torch's FFT runs on, and autograd differentiates it. Each spatial axis
-is transformed at a size ``L >= max(size + padding, out_size, kernel)`` with only the factors
-2, 3, 5 and 7, large enough that the circular convolution never wraps data onto an output
-that is kept. Half-precision inputs are transformed in float32 and the result cast back.
+``fft_conv_nd`` computes what ``F.conv{1,2,3}d`` computes (cross-correlation, any ``groups``,
+stride, zero or ``padding_mode`` padding, no dilation) with ``torch.fft`` on any device.
+
+Each spatial axis is transformed at a size ``L >= max(size + padding, out_size)`` with only
+the factors 2, 3, 5 and 7. The kernel is placed circularly (tap ``i`` at ``(padding - i) mod
+L``, taps that share a slot are summed), so the circular convolution of the unpadded input
+equals the zero-padded correlation on every output that is kept; ``L`` need not exceed the
+kernel. The work runs in float32 (float64 for float64 inputs); half-precision inputs are
+read and the output written in their dtype.
+
+Memory: the forward pass and the backward pass run over the batch in chunks whose spectra
+stay near a sixth of the input's size (at least 16 MiB), products are taken in place, and the
+backward pass recomputes the input's spectrum instead of keeping it, so the extra memory over
+``F.conv`` is about three chunk spectra.
+Gradients (derived in the spatial domain, no complex autograd):
+
+    dx = irfft(dY * conj(G))[:H],   dg = irfft(sum_n dY * conj(X)),   db = sum(dy)
+
+The forward and backward passes are ``torch.library`` custom ops, opaque to ``torch.compile``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 FFT_PRIMES = (2, 3, 5, 7)
+MAX_CHUNKS = 16                 # batch chunks per pass at most (each costs a dozen launches)
+MIN_CHUNK_BYTES = 16 * 2**20    # one spectrum of one chunk: at least this many bytes...
+CHUNK_FRACTION_OF_INPUT = 6     # ...or a sixth of the input's size, if that is more
 
 
 def fast_fft_size(n: int) -> int:
@@ -40,22 +57,182 @@ def _pad_order(padding: Sequence[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _kernel_spectrum(kernel: Tensor, sizes: Sequence[int], padding: Sequence[int]) -> Tensor:
-    """rfft of the kernel laid out so that a circular convolution gives the correlation.
+def placed_kernel(kernel: Tensor, sizes: Sequence[int], padding: Sequence[int]) -> Tensor:
+    """``(C_out, C_in/g, *sizes)`` circular kernel: tap ``i`` at ``(padding - i) mod L``.
 
-    Tap ``i`` of each axis goes to index ``(padding - i) mod L``: flip, pad to ``L``, roll.
+    Flip, pad each axis to a multiple of ``L``, fold the periods onto one (summing taps that
+    share a slot), roll by ``padding - k + 1``. Differentiable.
     """
     ndim = len(sizes)
     dims = tuple(range(-ndim, 0))
-    ksize = kernel.shape[-ndim:]
-    flipped = kernel.flip(dims)
+    ksize = tuple(kernel.shape[-ndim:])
+    g = kernel.flip(dims)
     pad: list[int] = []
     for L, k in zip(reversed(sizes), reversed(ksize)):
-        pad += [0, L - k]
-    placed = F.pad(flipped, pad)
+        pad += [0, -(-k // L) * L - k]
+    g = F.pad(g, pad)
+    for axis, L in zip(dims, sizes):
+        ax = g.dim() + axis
+        periods = g.shape[ax] // L
+        if periods > 1:
+            shape = list(g.shape)
+            g = g.reshape(shape[:ax] + [periods, L] + shape[ax + 1:]).sum(ax)
     shifts = tuple(p - k + 1 for p, k in zip(padding, ksize))
-    placed = placed.roll(shifts, dims)
-    return torch.fft.rfftn(placed, dim=dims)
+    return g.roll(shifts, dims)
+
+
+def _chunk_size(x: Tensor, channels: int, freq: Sequence[int], complex_bytes: int) -> int:
+    batch = x.shape[0]
+    per_sample = channels * math.prod(freq) * complex_bytes
+    budget = max(MIN_CHUNK_BYTES, x.numel() * x.element_size() // CHUNK_FRACTION_OF_INPUT)
+    chunk = max(1, budget // max(per_sample, 1), -(-batch // MAX_CHUNKS))
+    return int(min(batch, chunk))
+
+
+def _mix(a_f: Tensor, b_f: Tensor, groups: int, transpose: bool) -> Tensor:
+    """Per-frequency channel mixing. ``a_f (n, C_a, *F)``; ``b_f (C_out, cin_g, *F)`` spectrum.
+
+    Forward (``transpose=False``): ``Y[n, g, o] = sum_c X[n, g, c] B[g, o, c]``.
+    Input gradient (``True``): ``dX[n, g, c] = sum_o dY[n, g, o] conj(B[g, o, c])``.
+    Depthwise kernels multiply ``a_f`` in place (and return it).
+    """
+    n = a_f.shape[0]
+    freq = a_f.shape[2:]
+    c_out, cin_g = b_f.shape[:2]
+    cout_g = c_out // groups
+    if cin_g == 1 and cout_g == 1:
+        return a_f.mul_((b_f.conj() if transpose else b_f).reshape(c_out, *freq))
+    b_g = b_f.reshape(groups, cout_g, cin_g, -1)
+    if transpose:
+        a_g = a_f.reshape(n, groups, cout_g, -1)
+        out = torch.einsum("ngof,gocf->ngcf", a_g, b_g.conj())
+        return out.reshape(n, groups * cin_g, *freq)
+    a_g = a_f.reshape(n, groups, cin_g, -1)
+    out = torch.einsum("ngcf,gocf->ngof", a_g, b_g)
+    return out.reshape(n, c_out, *freq)
+
+
+def _kernel_grad(dy_f: Tensor, x_f: Tensor, groups: int, c_out: int) -> Tensor:
+    """``dG[g, o, c] = sum_n dY[n, g, o] conj(X[n, g, c])`` as ``(C_out, cin_g, *F)``
+    (depthwise: overwrites ``x_f``)."""
+    n = dy_f.shape[0]
+    freq = dy_f.shape[2:]
+    cin_g = x_f.shape[1] // groups
+    cout_g = c_out // groups
+    if cin_g == 1 and cout_g == 1:
+        return x_f.conj_physical_().mul_(dy_f).sum(0).reshape(c_out, 1, *freq)
+    out = torch.einsum("ngof,ngcf->gocf", dy_f.reshape(n, groups, cout_g, -1), x_f.reshape(n, groups, cin_g, -1).conj())
+    return out.reshape(c_out, cin_g, *freq)
+
+
+def _crop(t: Tensor, out_full: Sequence[int], stride: Sequence[int]) -> Tensor:
+    return t[(Ellipsis, *(slice(0, o, s) for o, s in zip(out_full, stride)))]
+
+
+def _dtype_of(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+@torch.library.custom_op("dcls_core::fft_conv", mutates_args=())
+def _fft_conv_op(
+    x: Tensor, g: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
+    stride: List[int], groups: int, out_dtype: str,
+) -> Tensor:
+    ndim = len(sizes)
+    dims = tuple(range(-ndim, 0))
+    work = g.dtype
+    g_f = torch.fft.rfftn(g, dim=dims)
+    c_out = g.shape[0]
+    out_shape = [-(-o // s) for o, s in zip(out_full, stride)]
+    y = torch.empty((x.shape[0], c_out, *out_shape), device=x.device, dtype=_dtype_of(out_dtype))
+    chunk = _chunk_size(x, max(x.shape[1], c_out), g_f.shape[2:], g_f.element_size())
+    for s in range(0, x.shape[0], chunk):
+        x_f = torch.fft.rfftn(x[s: s + chunk].to(work), s=sizes, dim=dims)
+        y_f = _mix(x_f, g_f, groups, transpose=False)
+        del x_f
+        y[s: s + chunk] = _crop(torch.fft.irfftn(y_f, s=sizes, dim=dims), out_full, stride)
+        del y_f
+    if bias is not None:
+        y += bias.reshape(c_out, *([1] * ndim)).to(y.dtype)
+    return y
+
+
+@_fft_conv_op.register_fake
+def _(x, g, bias, sizes, out_full, stride, groups, out_dtype):
+    out_shape = [-(-o // s) for o, s in zip(out_full, stride)]
+    return x.new_empty((x.shape[0], g.shape[0], *out_shape), dtype=_dtype_of(out_dtype))
+
+
+@torch.library.custom_op("dcls_core::fft_conv_backward", mutates_args=())
+def _fft_conv_backward_op(
+    dy: Tensor, x: Tensor, g: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
+    groups: int, need_x: bool, need_g: bool,
+) -> Tuple[Tensor, Tensor]:
+    ndim = len(sizes)
+    dims = tuple(range(-ndim, 0))
+    work = g.dtype
+    c_out = g.shape[0]
+    g_f = torch.fft.rfftn(g, dim=dims)
+    spatial = x.shape[2:]
+    dx = torch.empty_like(x) if need_x else x.new_empty(0)
+    dg_f = torch.zeros_like(g_f) if need_g else None
+    chunk = _chunk_size(x, max(x.shape[1], c_out), g_f.shape[2:], g_f.element_size())
+    strided = any(s != 1 for s in stride)
+    for s in range(0, x.shape[0], chunk):
+        dy_c = dy[s: s + chunk].to(work)
+        if strided:
+            up = dy_c.new_zeros((dy_c.shape[0], c_out, *sizes))
+            _crop(up, out_full, stride).copy_(dy_c)
+            dy_f = torch.fft.rfftn(up, dim=dims)
+            del up
+        else:
+            dy_f = torch.fft.rfftn(dy_c, s=sizes, dim=dims)
+        del dy_c
+        if need_g:
+            x_f = torch.fft.rfftn(x[s: s + chunk].to(work), s=sizes, dim=dims)
+            dg_f += _kernel_grad(dy_f, x_f, groups, c_out)
+            del x_f
+        if need_x:
+            dx_f = _mix(dy_f, g_f, groups, transpose=True)
+            del dy_f
+            full = torch.fft.irfftn(dx_f, s=sizes, dim=dims)
+            del dx_f
+            dx[s: s + chunk] = full[(Ellipsis, *(slice(0, n) for n in spatial))]
+            del full
+        else:
+            del dy_f
+    dg = torch.fft.irfftn(dg_f, s=sizes, dim=dims) if need_g else g.new_empty(0)
+    return dx, dg
+
+
+@_fft_conv_backward_op.register_fake
+def _(dy, x, g, sizes, out_full, stride, groups, need_x, need_g):
+    return (torch.empty_like(x) if need_x else x.new_empty(0)), (torch.empty_like(g) if need_g else g.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    x, g, bias, sizes, out_full, stride, groups, out_dtype = inputs
+    ctx.save_for_backward(x, g)
+    ctx.args = (sizes, out_full, stride, groups)
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _backward(ctx, dy):
+    x, g = ctx.saved_tensors
+    sizes, out_full, stride, groups = ctx.args
+    need_x, need_g, need_b = ctx.needs_input_grad[:3]
+    dx = dg = db = None
+    if need_x or need_g:
+        dx, dg = _fft_conv_backward_op(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
+        dx = dx if need_x else None
+        dg = dg if need_g else None
+    if need_b and ctx.bias_dtype is not None:
+        ndim = len(sizes)
+        db = dy.sum((0, *range(2, 2 + ndim)), dtype=torch.promote_types(ctx.bias_dtype, torch.float32)).to(ctx.bias_dtype)
+    return dx, dg, db, None, None, None, None, None
+
+
+_fft_conv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fft_conv_nd(
@@ -89,7 +266,7 @@ def fft_conv_nd(
         input = input.unsqueeze(0)
     if input.dim() != ndim + 2:
         raise ValueError(f"fft_conv_nd: input must have {ndim + 1} or {ndim + 2} dims, got {tuple(input.shape)}")
-    stride, padding = tuple(stride), tuple(padding)
+    stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
     if len(stride) != ndim or len(padding) != ndim:
         raise ValueError(f"fft_conv_nd: stride {stride} and padding {padding} must have {ndim} entries")
     out_dtype = input.dtype
@@ -100,40 +277,19 @@ def fft_conv_nd(
             input = F.pad(input, _pad_order(padding), mode=padding_mode)
             padding = (0,) * ndim
         work = torch.float64 if input.dtype == torch.float64 else torch.float32
-        x = input.to(work)
-        k = kernel.to(work)
-        batch, c_in = x.shape[:2]
-        c_out, cin_g = k.shape[:2]
+        c_in = input.shape[1]
+        c_out, cin_g = kernel.shape[:2]
         if c_in != cin_g * groups or c_out % groups:
             raise ValueError(
-                f"fft_conv_nd: input channels {c_in}, kernel {tuple(k.shape)} and groups {groups} do not match"
+                f"fft_conv_nd: input channels {c_in}, kernel {tuple(kernel.shape)} and groups {groups} do not match"
             )
-        spatial = tuple(x.shape[2:])
-        ksize = tuple(k.shape[2:])
-        out_full = tuple(s + 2 * p - kk + 1 for s, p, kk in zip(spatial, padding, ksize))
+        spatial = tuple(input.shape[2:])
+        ksize = tuple(kernel.shape[2:])
+        out_full = [s + 2 * p - k + 1 for s, p, k in zip(spatial, padding, ksize)]
         if min(out_full) < 1:
             raise ValueError(f"fft_conv_nd: kernel {ksize} larger than padded input {spatial} + 2 x {padding}")
-        sizes = tuple(
-            fast_fft_size(max(s + p, o, kk)) for s, p, o, kk in zip(spatial, padding, out_full, ksize)
-        )
-        dims = tuple(range(-ndim, 0))
-        x_f = torch.fft.rfftn(x, s=sizes, dim=dims)
-        k_f = _kernel_spectrum(k, sizes, padding)
-        freq = x_f.shape[2:]
-        cout_g = c_out // groups
-        if cin_g == 1:
-            # depthwise / channel multiplier: an elementwise product per channel
-            x_f = x_f.unsqueeze(2) if cout_g > 1 else x_f
-            k_f = k_f.reshape(groups, cout_g, *freq) if cout_g > 1 else k_f.reshape(c_out, *freq)
-            y_f = (x_f * k_f).reshape(batch, c_out, *freq)
-        else:
-            x_g = x_f.reshape(batch, groups, cin_g, -1)
-            k_g = k_f.reshape(groups, cout_g, cin_g, -1)
-            y_f = torch.einsum("ngcf,gocf->ngof", x_g, k_g).reshape(batch, c_out, *freq)
-        y = torch.fft.irfftn(y_f, s=sizes, dim=dims)
-        index = tuple(slice(0, o, st) for o, st in zip(out_full, stride))
-        y = y[(Ellipsis, *index)]
-        if bias is not None:
-            y = y + bias.to(work).reshape(c_out, *([1] * ndim))
-        y = y.to(out_dtype).contiguous()
+        sizes = [fast_fft_size(max(s + p, o)) for s, p, o in zip(spatial, padding, out_full)]
+        g = placed_kernel(kernel.to(work), sizes, padding)
+        dtype_name = str(out_dtype).replace("torch.", "")
+        y = _fft_conv_op(input, g, bias, sizes, out_full, list(stride), int(groups), dtype_name)
     return y.squeeze(0) if unbatched else y

@@ -1,16 +1,15 @@
-"""Fused construction of 2-D DCLS kernels (forward and backward) in one Triton launch each.
+"""Fused construction of DCLS kernels with one or two learned axes, one Triton launch each way.
 
-Same function as :func:`dcls_core.kernel.construct_kernel` for two learned axes: per kernel
-slot ``q`` (an ``(out, in/groups)`` pair) the per-axis factors ``fy (count, kH)`` and
-``fx (count, kW)`` are computed in registers and ``kernel = (ws * fy)^T @ fx`` with
-``ws = weight / (sum fx * sum fy + 1e-7)`` (``v0``: ``ws = weight``). The backward pass
-recomputes the factors and writes the gradients of ``weight``, ``P`` and ``SIG`` directly,
-replacing the dozens of small kernels (and their launches) of the autograd graph.
-float32 parameters only; Triton is imported on first use.
+Same function as :func:`dcls_core.kernel.construct_kernel`. Per kernel slot ``q`` (an
+``(out, in/groups, *dense)`` index) the per-axis factors ``fy (count, kH)`` and ``fx (count,
+kW)`` are computed in registers and ``kernel = (ws * fy)^T @ fx`` with ``ws = weight /
+(sum fx * sum fy + 1e-7)`` (``v0``: ``ws = weight``); with one learned axis ``fy`` is a unit
+row. The backward launch recomputes the factors and writes the gradients of ``weight``, ``P``
+and ``SIG``, replacing the dozens of small kernels (and launches) of the autograd graph and
+their intermediates. float32 parameters on CUDA; Triton is imported on first use. Forward and
+backward are ``torch.library`` custom ops, opaque to ``torch.compile``.
 """
-from __future__ import annotations
-
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -18,6 +17,8 @@ from torch import Tensor
 from .kernel import SIGMA_VERSIONS, VERSIONS
 
 VERSION_CODES = {"v0": 0, "v1": 1, "max": 2, "gauss": 3}
+MAX_COUNT = 256
+MAX_SIZE = 128
 
 
 def _next_pow2(n: int) -> int:
@@ -30,76 +31,128 @@ def _kernels():
     return k.construct_fwd, k.construct_bwd
 
 
-def _axis_rows(version: str) -> tuple[int, int]:
-    """Rows of ``P`` for (height, width) of a 2-D kernel (see :func:`kernel.position_axes`)."""
+def _axis_rows(n: int, version: str) -> Tuple[int, int]:
+    """Rows of ``P`` for (height, width): see :func:`dcls_core.kernel.position_axes`."""
+    if n == 1:
+        return 0, 0
     return (0, 1) if version == "v0" else (1, 0)
 
 
-def _meta(weight: Tensor, KH: int, KW: int, version: str) -> dict:
-    count = weight.shape[-1]
+def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool) -> dict:
+    KH, KW = (1, sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
     return dict(
         KH=KH, KW=KW, BMC=max(16, _next_pow2(count)), BKH=max(16, _next_pow2(KH)), BKW=max(16, _next_pow2(KW)),
-        VERSION=VERSION_CODES[version], HAS_SIG=version in SIGMA_VERSIONS, num_warps=2,
+        VERSION=VERSION_CODES[version], HAS_SIG=has_sig, NAX=len(sizes), num_warps=2,
     )
 
 
-class _Construct2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weight: Tensor, P: Tensor, SIG: Optional[Tensor], KH: int, KW: int, version: str) -> Tensor:
-        fwd, _ = _kernels()
-        prefix, count = weight.shape[:-1], weight.shape[-1]
-        Q = weight.numel() // count
-        w = weight.contiguous()
-        p = P.contiguous().reshape(2, Q, count)
-        s = SIG.contiguous().reshape(2, Q, count) if SIG is not None else p
-        rh, rw = _axis_rows(version)
-        kernel = torch.empty((*prefix, KH, KW), device=weight.device, dtype=torch.float32)
-        fwd[(Q,)](w, p[rh], p[rw], s[rh], s[rw], kernel, count, **_meta(weight, KH, KW, version))
-        ctx.save_for_backward(w, p, s)
-        ctx.meta = (KH, KW, version, tuple(weight.shape), SIG is not None)
-        return kernel
+def launch_forward(weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: Sequence[int], version: str) -> Tensor:
+    """Run the forward kernel: ``(*prefix, *sizes)`` float32 kernel."""
+    fwd, _ = _kernels()
+    n, count = len(sizes), weight.shape[-1]
+    Q = weight.numel() // count
+    w = weight.contiguous()
+    p = P.contiguous().reshape(n, Q, count)
+    s = SIG.contiguous().reshape(n, Q, count) if SIG is not None else p
+    rh, rw = _axis_rows(n, version)
+    kernel = torch.empty((*weight.shape[:-1], *sizes), device=weight.device, dtype=torch.float32)
+    fwd[(Q,)](w, p[rh], p[rw], s[rh], s[rw], kernel, count, **_meta(count, sizes, version, SIG is not None))
+    return kernel
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        _, bwd = _kernels()
-        w, p, s = ctx.saved_tensors
-        KH, KW, version, wshape, has_sig = ctx.meta
-        count = wshape[-1]
-        Q = w.numel() // count
-        rh, rw = _axis_rows(version)
-        dw = torch.empty(wshape, device=w.device, dtype=torch.float32)
-        dP = torch.empty((2, Q, count), device=w.device, dtype=torch.float32)
-        dS = torch.empty((2, Q, count), device=w.device, dtype=torch.float32) if has_sig else dP
-        bwd[(Q,)](
-            w, p[rh], p[rw], s[rh], s[rw], grad.contiguous().float(),
-            dw, dP[rh], dP[rw], dS[rh], dS[rw], count, **_meta(w, KH, KW, version),
-        )
-        dP = dP.reshape(2, *wshape)
-        dS = dS.reshape(2, *wshape) if has_sig else None
-        return dw, dP, dS, None, None, None
+
+def launch_backward(
+    grad: Tensor, weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: Sequence[int], version: str
+) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Run the backward kernel: gradients of ``weight``, ``P`` and ``SIG`` (None without SIG)."""
+    _, bwd = _kernels()
+    n, count = len(sizes), weight.shape[-1]
+    Q = weight.numel() // count
+    w = weight.contiguous()
+    p = P.contiguous().reshape(n, Q, count)
+    s = SIG.contiguous().reshape(n, Q, count) if SIG is not None else p
+    rh, rw = _axis_rows(n, version)
+    dw = torch.empty(weight.shape, device=w.device, dtype=torch.float32)
+    dP = torch.empty((n, Q, count), device=w.device, dtype=torch.float32)
+    dS = torch.empty((n, Q, count), device=w.device, dtype=torch.float32) if SIG is not None else dP
+    bwd[(Q,)](
+        w, p[rh], p[rw], s[rh], s[rw], grad.contiguous().float(),
+        dw, dP[rh], dP[rw], dS[rh], dS[rw], count, **_meta(count, sizes, version, SIG is not None),
+    )
+    return dw, dP.reshape(P.shape), (dS.reshape(P.shape) if SIG is not None else None)
+
+
+@torch.library.custom_op("dcls_core::fused_construct", mutates_args=(), device_types="cuda")
+def _construct_op(weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: List[int], version: str) -> Tensor:
+    return launch_forward(weight, P, SIG, sizes, version)
+
+
+@_construct_op.register_fake
+def _(weight, P, SIG, sizes, version):
+    return weight.new_empty((*weight.shape[:-1], *sizes))
+
+
+@torch.library.custom_op("dcls_core::fused_construct_backward", mutates_args=(), device_types="cuda")
+def _construct_backward_op(
+    grad: Tensor, weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: List[int], version: str
+) -> Tuple[Tensor, Tensor, Tensor]:
+    dw, dP, dS = launch_backward(grad, weight, P, SIG, sizes, version)
+    return dw, dP, (dS if dS is not None else weight.new_empty(0))
+
+
+@_construct_backward_op.register_fake
+def _(grad, weight, P, SIG, sizes, version):
+    return torch.empty_like(weight), torch.empty_like(P), (torch.empty_like(SIG) if SIG is not None else weight.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    weight, P, SIG, sizes, version = inputs
+    ctx.save_for_backward(weight, P, SIG)
+    ctx.sizes, ctx.version, ctx.has_sig = sizes, version, SIG is not None
+
+
+def _backward(ctx, grad):
+    weight, P, SIG = ctx.saved_tensors
+    dw, dP, dS = _construct_backward_op(grad, weight, P, SIG if ctx.has_sig else None, ctx.sizes, ctx.version)
+    return dw, dP, (dS if ctx.has_sig else None), None, None
+
+
+_construct_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def supports(weight: Tensor, P: Tensor, SIG: Optional[Tensor], dilated_kernel_size: Sequence[int], version: str) -> bool:
-    """True if :func:`construct_kernel_2d` builds this kernel (2 learned axes, float32, CUDA)."""
-    from .triton_depthwise import triton_available
-
+    """True if :func:`construct_kernel_fused` builds this kernel (1 or 2 learned axes, float32, CUDA)."""
+    sizes = tuple(dilated_kernel_size)
     return (
-        len(tuple(dilated_kernel_size)) == 2
+        len(sizes) in (1, 2)
         and version in VERSIONS
         and weight.is_cuda
         and weight.dtype == P.dtype == torch.float32
         and (SIG is None or SIG.dtype == torch.float32)
-        and P.shape[0] == 2 and P.shape[1:] == weight.shape
-        and weight.shape[-1] <= 256
-        and max(dilated_kernel_size) <= 128
-        and triton_available()
+        and P.shape[0] == len(sizes) and P.shape[1:] == weight.shape
+        and weight.shape[-1] <= MAX_COUNT
+        and max(sizes) <= MAX_SIZE
+        and _triton_importable()
     )
 
 
-def construct_kernel_2d(weight: Tensor, P: Tensor, SIG: Optional[Tensor], dilated_kernel_size: Sequence[int], version: str) -> Tensor:
-    """:func:`dcls_core.kernel.construct_kernel` for two learned axes, fused (float32)."""
-    KH, KW = (int(v) for v in dilated_kernel_size)
+_TRITON_OK: List[bool] = []
+
+
+def _triton_importable() -> bool:
+    if not _TRITON_OK:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _TRITON_OK.append(torch.cuda.is_available())
+        except Exception:
+            _TRITON_OK.append(False)
+    return _TRITON_OK[0]
+
+
+def construct_kernel_fused(weight: Tensor, P: Tensor, SIG: Optional[Tensor], dilated_kernel_size: Sequence[int], version: str) -> Tensor:
+    """:func:`dcls_core.kernel.construct_kernel` for one or two learned axes, fused (float32)."""
     if version in SIGMA_VERSIONS and SIG is None:
         raise ValueError(f"version {version!r} needs SIG")
     with torch.autocast(weight.device.type, enabled=False):
-        return _Construct2d.apply(weight, P, SIG if version in SIGMA_VERSIONS else None, KH, KW, version)
+        return _construct_op(weight, P, SIG if version in SIGMA_VERSIONS else None, [int(s) for s in dilated_kernel_size], version)

@@ -87,13 +87,16 @@ def construct_fwd(
     w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, k_ptr, Mc,
     KH: tl.constexpr, KW: tl.constexpr,
     BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
-    VERSION: tl.constexpr, HAS_SIG: tl.constexpr,
+    VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
 ):
     q = tl.program_id(0)
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
     a = tl.arange(0, BKH)
     b = tl.arange(0, BKW)
-    fy = tl.where(m_ok[:, None] & (a < KH)[None, :], _factor(a.to(tl.float32), p_h, s_h, KH, VERSION), 0.0)
+    if NAX == 2:
+        fy = tl.where(m_ok[:, None] & (a < KH)[None, :], _factor(a.to(tl.float32), p_h, s_h, KH, VERSION), 0.0)
+    else:  # one learned axis: a unit factor on the single row
+        fy = tl.where(m_ok[:, None] & (a == 0)[None, :], 1.0, 0.0)
     fx = tl.where(m_ok[:, None] & (b < KW)[None, :], _factor(b.to(tl.float32), p_w, s_w, KW, VERSION), 0.0)
     if VERSION == 0:
         ws = w
@@ -110,7 +113,7 @@ def construct_bwd(
     dw_ptr, dph_ptr, dpw_ptr, dsh_ptr, dsw_ptr, Mc,
     KH: tl.constexpr, KW: tl.constexpr,
     BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
-    VERSION: tl.constexpr, HAS_SIG: tl.constexpr,
+    VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
 ):
     q = tl.program_id(0)
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
@@ -120,7 +123,10 @@ def construct_bwd(
     gb = b.to(tl.float32)
     y_ok = m_ok[:, None] & (a < KH)[None, :]
     x_ok = m_ok[:, None] & (b < KW)[None, :]
-    fy = tl.where(y_ok, _factor(ga, p_h, s_h, KH, VERSION), 0.0)
+    if NAX == 2:
+        fy = tl.where(y_ok, _factor(ga, p_h, s_h, KH, VERSION), 0.0)
+    else:
+        fy = tl.where(m_ok[:, None] & (a == 0)[None, :], 1.0, 0.0)
     fx = tl.where(x_ok, _factor(gb, p_w, s_w, KW, VERSION), 0.0)
     g_mask = (a < KH)[:, None] & (b < KW)[None, :]
     g = tl.load(g_ptr + q * (KH * KW) + a[:, None] * KW + b[None, :], mask=g_mask, other=0.0)
@@ -143,12 +149,14 @@ def construct_bwd(
         dfx = ws[:, None] * h2 + (d_total * sy)[:, None]
     dfy = tl.where(y_ok, dfy, 0.0)
     dfx = tl.where(x_ok, dfx, 0.0)
-    dp_h, ds_h = _factor_grad(ga, p_h, s_h, dfy, KH, VERSION)
     dp_w, ds_w = _factor_grad(gb, p_w, s_w, dfx, KW, VERSION)
     offs = q * Mc + m
     tl.store(dw_ptr + offs, dw, mask=m_ok)
-    tl.store(dph_ptr + offs, dp_h, mask=m_ok)
     tl.store(dpw_ptr + offs, dp_w, mask=m_ok)
     if HAS_SIG:
-        tl.store(dsh_ptr + offs, ds_h, mask=m_ok)
         tl.store(dsw_ptr + offs, ds_w, mask=m_ok)
+    if NAX == 2:
+        dp_h, ds_h = _factor_grad(ga, p_h, s_h, dfy, KH, VERSION)
+        tl.store(dph_ptr + offs, dp_h, mask=m_ok)
+        if HAS_SIG:
+            tl.store(dsh_ptr + offs, ds_h, mask=m_ok)

@@ -1,5 +1,5 @@
 """dcls_core fast paths against the float64 reference: FFT convolution, fused Triton
-construction, Triton depthwise convolution, dispatcher, kernel cache, torch.compile.
+construction, dispatcher, kernel cache, torch.compile.
 
 Errors are relative by norm, ``||got - want|| / ||want||``, against a float64 reference, with
 one tolerance per dtype. CPU tests (FFT path, dispatcher, fold, cache, compile, and the
@@ -26,8 +26,8 @@ from dcls_core.functional import conv_nd
 from dcls_core.kernel import construct_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
-# relative error by norm of float32 (exact products), tf32 products, bf16 and fp16 results
-TOL = {"fp32": 2e-5, "tf32": 5e-3, "bf16": 3e-2, "fp16": 8e-3}
+# relative error by norm, per dtype of the result
+TOL = {"fp32": 2e-5, "bf16": 3e-2, "fp16": 8e-3}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -140,6 +140,27 @@ def test_fft_conv_argument_errors():
         fft_conv_nd(torch.randn(1, 4, 8), torch.randn(4, 3, 3), None, (1,), (1,), 1)
     with pytest.raises(ValueError, match="larger than padded input"):
         fft_conv_nd(torch.randn(1, 1, 4), torch.randn(1, 1, 9), None, (1,), (0,), 1)
+
+
+@pytest.mark.parametrize("index", [1, 4, 6, 9])
+def test_fft_conv_in_batch_chunks_equals_conv(monkeypatch, index):
+    """One sample per chunk (forward and backward loops) gives the same result."""
+    from dcls_core import fft_conv
+
+    monkeypatch.setattr(fft_conv, "MIN_CHUNK_BYTES", 1)
+    monkeypatch.setattr(fft_conv, "CHUNK_FRACTION_OF_INPUT", 10**12)
+    monkeypatch.setattr(fft_conv, "MAX_CHUNKS", 10**6)
+    ndim, cin, cout, groups, ksize, padding, stride, mode = FFT_GRID[index]
+    g = torch.Generator().manual_seed(5)
+    spatial = {1: (19,), 2: (9, 10), 3: (6, 7, 8)}[ndim]
+    x = torch.randn(3, cin, *spatial, dtype=torch.float64, generator=g, requires_grad=True)
+    k = torch.randn(cout, cin // groups, *ksize, dtype=torch.float64, generator=g, requires_grad=True)
+    want = conv_nd(x, k, None, stride, padding, groups, mode)
+    got = fft_conv_nd(x, k, None, stride, padding, groups, mode)
+    assert rel_err(got, want) < 1e-12
+    dy = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    for a, r in zip(torch.autograd.grad(got, (x, k), dy), torch.autograd.grad(want, (x, k), dy)):
+        assert rel_err(a, r) < 1e-12
 
 
 # -- dispatcher ---------------------------------------------------------------------------------
@@ -288,7 +309,7 @@ class _SmallNet(torch.nn.Module):
 def _compile_matches_eager(device, backend):
     torch.manual_seed(0)
     net = _SmallNet().to(device)
-    x = torch.randn(2, 8, 12, 16, device=device)
+    x = torch.randn(4, 8, 48, 64, device=device)
     eager_out = net(x)
     eager_grads = torch.autograd.grad(eager_out.square().sum(), list(net.parameters()))
     compiled = torch.compile(net, backend=backend)
@@ -302,7 +323,9 @@ def _compile_matches_eager(device, backend):
         assert rel_err(compiled(x), net(x)) < 1e-5
 
 
-def test_torch_compile_matches_eager_cpu():
+@pytest.mark.parametrize("impl", ["auto", "fast"])
+def test_torch_compile_matches_eager_cpu(monkeypatch, impl):
+    monkeypatch.setenv("DCLS_IMPL", impl)  # fast: the FFT custom ops inside the compiled graph
     torch._dynamo.reset()
     _compile_matches_eager("cpu", "aot_eager")
 
@@ -320,8 +343,8 @@ INTERPRETER_SCRIPT = textwrap.dedent(
         scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
     interp._patch_lang_tensor = _patched
 
-    import torch, torch.nn.functional as F
-    from dcls_core import triton_depthwise as td, triton_construct as tc
+    import torch
+    from dcls_core import triton_construct as tc
     from dcls_core.kernel import construct_kernel
 
     def rel(a, b):
@@ -329,40 +352,30 @@ INTERPRETER_SCRIPT = textwrap.dedent(
 
     torch.manual_seed(0)
     worst = 0.0
-    for (N, C, H, W, KH, KW, ph, pw) in [(2, 3, 9, 10, 5, 5, 2, 2), (3, 2, 7, 6, 7, 3, 3, 1), (1, 2, 5, 33, 5, 7, 0, 6)]:
-        x = torch.randn(N, C, H, W, dtype=torch.float64)
-        k = torch.randn(C, 1, KH, KW, dtype=torch.float64)
-        b = torch.randn(C, dtype=torch.float64)
-        xr, kr = x.clone().requires_grad_(), k.clone().requires_grad_()
-        want = F.conv2d(xr, kr, b, padding=(ph, pw), groups=C)
-        dy = torch.randn_like(want)
-        want.backward(dy)
-        for cfg in (dict(LOOP="flat", BM=16, BW=16, BK=32), dict(LOOP="rows", BM=16, BW=32, BK=16)):
-            y = td._conv_forward(x.float(), k.float(), b.float(), (ph, pw), "ieee", cfg)
-            dx = td._conv_forward(dy.float(), k.float().flip((-2, -1)), None, (KH - 1 - ph, KW - 1 - pw), "ieee", cfg)
-            worst = max(worst, rel(y, want.detach()), rel(dx, xr.grad))
-        dk = td._conv_wgrad(x.float(), dy.float(), KH, KW, (ph, pw), "ieee", dict(splits=3, BK=32))
-        worst = max(worst, rel(dk, kr.grad))
     for version in ("v0", "v1", "max", "gauss"):
-        w = torch.randn(3, 2, 5, dtype=torch.float64)
-        P = (torch.rand(2, 3, 2, 5, dtype=torch.float64) - 0.5) * 5
-        S = torch.rand(2, 3, 2, 5, dtype=torch.float64) - 0.5 if version in ("max", "gauss") else None
-        params = [t.requires_grad_() for t in (w, P, S) if t is not None]
-        want = construct_kernel(w, P, S, (7, 6), version)
-        G = torch.randn_like(want)
-        gw = torch.autograd.grad(want, params, G)
-        pf = [t.detach().float().requires_grad_() for t in params]
-        got = tc._Construct2d.apply(pf[0], pf[1], pf[2] if S is not None else None, 7, 6, version)
-        gg = torch.autograd.grad(got, pf, G.float())
-        worst = max([worst, rel(got, want.detach())] + [rel(a, r) for a, r in zip(gg, gw)])
+        for prefix, sizes in (((3, 2), (7, 6)), ((2, 2, 3), (9,))):
+            n = len(sizes)
+            w = torch.randn(*prefix, 5, dtype=torch.float64)
+            P = (torch.rand(n, *prefix, 5, dtype=torch.float64) - 0.5) * (min(sizes) - 1)
+            S = torch.rand(n, *prefix, 5, dtype=torch.float64) - 0.5 if version in ("max", "gauss") else None
+            params = [t.requires_grad_() for t in (w, P, S) if t is not None]
+            want = construct_kernel(w, P, S, sizes, version)
+            G = torch.randn_like(want)
+            gw = torch.autograd.grad(want, params, G)
+            pf = [t.detach().float() for t in params]
+            S32 = pf[2] if S is not None else None
+            got = tc.launch_forward(pf[0], pf[1], S32, sizes, version)
+            gg = [t for t in tc.launch_backward(G.float(), pf[0], pf[1], S32, sizes, version) if t is not None]
+            worst = max([worst, rel(got, want.detach())] + [rel(a, r) for a, r in zip(gg, gw)])
     print("WORST", worst)
     """
 )
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
-def test_triton_kernels_under_interpreter():
-    """The Triton kernels' index arithmetic, run on the CPU by Triton's interpreter."""
+def test_triton_construction_under_interpreter():
+    """The fused construction kernels (1 and 2 learned axes, every version, forward and
+    backward), run on the CPU by Triton's interpreter against the float64 reference."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -371,22 +384,19 @@ def test_triton_kernels_under_interpreter():
 
 
 # -- CUDA ------------------------------------------------------------------------------------------
-DW_SHAPES = [
+FFT_SHAPES = [
     # N, C, H, W, kH, kW, ph, pw
     (2, 8, 17, 19, 23, 23, 11, 11),
     (3, 4, 9, 7, 5, 9, 2, 4),
-    (2, 16, 33, 65, 13, 7, 6, 3),
     (2, 3, 8, 7, 23, 23, 11, 11),   # kernel larger than the image
-    (4, 96, 64, 62, 23, 23, 11, 11),
+    (8, 96, 64, 62, 23, 23, 11, 11),
 ]
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("shape", DW_SHAPES)
-@pytest.mark.parametrize("mode", ["fp32", "tf32", "bf16", "fp16"])
-def test_triton_depthwise_equals_float64(shape, mode):
-    from dcls_core.triton_depthwise import depthwise_conv2d
-
+@pytest.mark.parametrize("shape", FFT_SHAPES)
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "fp16"])
+def test_fft_depthwise_equals_float64_cuda(shape, mode):
     N, C, H, W, KH, KW, ph, pw = shape
     g = torch.Generator().manual_seed(3)
     x = torch.randn(N, C, H, W, dtype=torch.float64, generator=g)
@@ -397,9 +407,8 @@ def test_triton_depthwise_equals_float64(shape, mode):
     dy = torch.randn(want.shape, dtype=torch.float64, generator=g)
     want_grads = torch.autograd.grad(want, (xr, kr, br), dy)
     xc, kc, bc = (t.float().cuda().requires_grad_() for t in (x, k, b))
-    precision = {"fp32": "tf32x3", "tf32": "tf32"}.get(mode)
     with torch.autocast("cuda", dtype=AUTOCAST.get(mode, torch.float32), enabled=mode in AUTOCAST):
-        got = depthwise_conv2d(xc, kc, bc, (ph, pw), precision=precision)
+        got = fft_conv_nd(xc, kc, bc, (1, 1), (ph, pw), C)
     assert got.dtype == AUTOCAST.get(mode, torch.float32)
     grads = torch.autograd.grad(got, (xc, kc, bc), dy.cuda().to(got.dtype))
     errors = {"output": rel_err(got.cpu(), want.detach())}
@@ -409,20 +418,24 @@ def test_triton_depthwise_equals_float64(shape, mode):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("version", ["v0", "v1", "max", "gauss"])
-@pytest.mark.parametrize("prefix,count,size", [((96, 1), 26, (23, 23)), ((6, 4), 3, (7, 5)), ((2, 3), 40, (33, 17))])
+@pytest.mark.parametrize("prefix,count,size", [
+    ((96, 1), 26, (23, 23)), ((6, 4), 3, (7, 5)), ((2, 3), 40, (33, 17)),  # two learned axes
+    ((8, 4), 1, (250,)), ((4, 2, 3, 3), 4, (23,)),                         # one (Dcls1d, Dcls3_1d)
+])
 def test_triton_construction_equals_float64(version, prefix, count, size):
-    from dcls_core.triton_construct import construct_kernel_2d
+    from dcls_core.triton_construct import construct_kernel_fused
 
     g = torch.Generator().manual_seed(4)
     w = torch.randn(*prefix, count, dtype=torch.float64, generator=g)
-    P = (torch.rand(2, *prefix, count, dtype=torch.float64, generator=g) - 0.5) * (min(size) - 1.5)
-    S = torch.rand(2, *prefix, count, dtype=torch.float64, generator=g) - 0.5 if version in ("max", "gauss") else None
+    n = len(size)
+    P = (torch.rand(n, *prefix, count, dtype=torch.float64, generator=g) - 0.5) * (min(size) - 1.5)
+    S = torch.rand(n, *prefix, count, dtype=torch.float64, generator=g) - 0.5 if version in ("max", "gauss") else None
     params = [t.requires_grad_() for t in (w, P, S) if t is not None]
     want = construct_kernel(w, P, S, size, version)
     G = torch.randn(want.shape, dtype=torch.float64, generator=g)
     want_grads = torch.autograd.grad(want, params, G)
     pc = [t.detach().float().cuda().requires_grad_() for t in params]
-    got = construct_kernel_2d(pc[0], pc[1], pc[2] if S is not None else None, size, version)
+    got = construct_kernel_fused(pc[0], pc[1], pc[2] if S is not None else None, size, version)
     grads = torch.autograd.grad(got, pc, G.float().cuda())
     assert rel_err(got.cpu(), want.detach()) < TOL["fp32"]
     for a, r in zip(grads, want_grads):
@@ -431,18 +444,17 @@ def test_triton_construction_equals_float64(version, prefix, count, size):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("version", ["v0", "v1", "max", "gauss"])
-@pytest.mark.parametrize("mode", ["fp32", "tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("mode", ["fp32", "bf16", "fp16"])
 def test_dcls2d_depthwise_fast_equals_float64(monkeypatch, version, mode):
-    """The ConvNeXt DCLS layer (depthwise 23x23, 26 elements) on the fast path, every gradient."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", mode == "tf32")
+    """The ConvNeXt DCLS layer (depthwise 23x23, 26 elements) on the auto path, every gradient."""
     torch.manual_seed(0)
     layer = randomise(dcls_core.Dcls2d(32, 32, kernel_count=26, dilated_kernel_size=23, padding=11, groups=32, version=version))
-    x = torch.randn(4, 32, 24, 21)
+    x = torch.randn(8, 32, 24, 21)
     with torch.autocast("cuda", dtype=AUTOCAST.get(mode, torch.float32), enabled=mode in AUTOCAST):
         kernel = layer.cuda().construct_kernel()
         names = (dispatch.select_construct(layer.weight, layer.P, layer.SIG, (23, 23), version)[0],
                  dispatch.select_conv(x.cuda(), kernel, (1, 1), (11, 11), 32, "zeros")[0])
-    assert names == ("triton", "triton_depthwise")
+    assert names == ("triton", "fft")
     compare_to_fp64(monkeypatch, layer.cpu(), x, "auto", TOL[mode], AUTOCAST.get(mode), device="cuda")
 
 
@@ -463,21 +475,38 @@ def test_other_layers_fast_equal_float64_cuda(monkeypatch, name, kwargs, dims, v
 def test_dispatcher_choices_on_cuda(monkeypatch):
     monkeypatch.setenv("DCLS_IMPL", "auto")
     x = torch.randn(8, 96, 64, 62, device="cuda")
-    assert dispatch.select_conv(x, torch.randn(96, 1, 23, 23, device="cuda"), (1, 1), (11, 11), 96, "zeros")[0] == "triton_depthwise"
-    assert dispatch.select_conv(x, torch.randn(96, 1, 7, 7, device="cuda"), (1, 1), (3, 3), 96, "zeros")[0] == "reference"
-    assert dispatch.select_conv(x, torch.randn(96, 1, 23, 23, device="cuda"), (2, 2), (11, 11), 96, "zeros")[0] == "reference"
+
+    def conv(kernel, stride=(1, 1), inp=x, padding=(11, 11), groups=96):
+        return dispatch.select_conv(inp, kernel, stride, padding, groups, "zeros")[0]
+
+    assert conv(torch.randn(96, 1, 23, 23, device="cuda")) == "fft"
+    assert conv(torch.randn(96, 1, 7, 7, device="cuda"), padding=(3, 3)) == "reference"
+    assert conv(torch.randn(96, 1, 23, 23, device="cuda"), stride=(2, 2)) == "reference"
+    assert conv(torch.randn(96, 1, 23, 23, device="cuda"), inp=x[:1, :, :8, :8]) == "reference"  # tiny
+    x1 = torch.randn(8, 64, 500, device="cuda")
+    assert dispatch.select_conv(x1, torch.randn(64, 64, 250, device="cuda"), (1,), (125,), 1, "zeros")[0] == "fft"
+    assert dispatch.select_conv(x1, torch.randn(64, 64, 25, device="cuda"), (1,), (12,), 1, "zeros")[0] == "reference"
+    x3 = torch.randn(2, 16, 8, 16, 16, device="cuda")
+    k3 = torch.randn(16, 16, 7, 7, 7, device="cuda")
+    assert dispatch.select_conv(x3, k3, (1, 1, 1), (3, 3, 3), 1, "zeros")[0] == "fft"
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert dispatch.select_conv(x3, k3, (1, 1, 1), (3, 3, 3), 1, "zeros")[0] == "reference"
     w = torch.randn(96, 1, 26, device="cuda")
     assert dispatch.select_construct(w, torch.randn(2, 96, 1, 26, device="cuda"), None, (23, 23), "v1")[0] == "triton"
+    assert dispatch.select_construct(w, torch.randn(1, 96, 1, 26, device="cuda"), None, (23,), "v1")[0] == "triton"
+    assert dispatch.select_construct(w, torch.randn(3, 96, 1, 26, device="cuda"), None, (5, 5, 5), "v1")[0] == "reference"
     assert dispatch.select_construct(w.double(), torch.randn(2, 96, 1, 26, device="cuda").double(), None, (23, 23), "v1")[0] == "reference"
     monkeypatch.setenv("DCLS_IMPL", "reference")
-    assert dispatch.select_conv(x, torch.randn(96, 1, 23, 23, device="cuda"), (1, 1), (11, 11), 96, "zeros")[0] == "reference"
+    assert conv(torch.randn(96, 1, 23, 23, device="cuda")) == "reference"
     assert dispatch.select_construct(w, torch.randn(2, 96, 1, 26, device="cuda"), None, (23, 23), "v1")[0] == "reference"
 
 
 @pytest.mark.cuda
 def test_torch_compile_matches_eager_cuda(monkeypatch):
+    """Inductor with the fused construction and FFT custom ops (9x9 depthwise -> FFT)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(dispatch, "DEPTHWISE_MIN_TAPS", 1)  # the small net's 9x9 kernel takes the Triton path
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setenv("DCLS_IMPL", "auto")
     torch._dynamo.reset()
     _compile_matches_eager("cuda", "inductor")
 
@@ -488,7 +517,7 @@ def test_dense_construction_memory_near_kernel_size(monkeypatch):
     the dense kernel's size, not (positions x out x in x count x kernel) as in dcls 0.1.1."""
     layer = dcls_core.Dcls2d(256, 256, kernel_count=26, dilated_kernel_size=23, padding=11).cuda()
     dense = 256 * 256 * 23 * 23 * 4
-    for impl, bound in (("auto", 3.2), ("reference", 8.5)):
+    for impl, bound in (("auto", 3.2), ("reference", 20)):
         monkeypatch.setenv("DCLS_IMPL", impl)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
