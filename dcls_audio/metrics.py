@@ -190,7 +190,7 @@ def tagging_metrics(scores: torch.Tensor, targets: torch.Tensor) -> TaggingMetri
         m_ap = ap[scored].mean().item()
         m_auc = auc[scored].mean().item()
         dp = class_dp[scored].mean().item()
-        dp_of_mauc = d_prime(torch.tensor(m_auc)).item()
+        dp_of_mauc = d_prime(torch.tensor(m_auc, dtype=torch.float64)).item()
     else:
         m_ap = m_auc = dp = dp_of_mauc = math.nan
     return TaggingMetrics(
@@ -263,7 +263,7 @@ class AudioSetMetrics(Metric):
         self.indices.append(indices.detach().long())
 
     def compute(self) -> TaggingMetrics:
-        if not self.indices:
+        if isinstance(self.indices, list) and not self.indices:  # (a tensor once synced)
             raise RuntimeError("AudioSetMetrics.compute() called before any update()")
         indices, scores, targets = deduplicate_by_index(
             dim_zero_cat(self.indices), dim_zero_cat(self.scores), dim_zero_cat(self.targets)
