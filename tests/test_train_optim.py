@@ -1,0 +1,134 @@
+"""Optimizer groups, the warm-up cosine schedule, EMA, fine-tuning and frozen positions."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dcls_audio.ema import make_ema, update_ema
+from dcls_audio.lit_module import AudioTaggingModule
+from dcls_audio.models import create_model, dcls_position_parameters, save_upstream_checkpoint
+from dcls_audio.optim import build_optimizer, cosine_with_warmup, lr_lambda, param_groups, scaled_lr
+
+TINY = dict(depths=(2, 1, 1, 1), dims=(8, 16, 32, 64), kernel_count=4, dilated_kernel_size=5)
+
+
+def _tiny_net(num_classes=527, **kwargs):
+    torch.manual_seed(0)
+    return create_model("convnext_dcls_audio_tiny", num_classes=num_classes, **TINY, **kwargs)
+
+
+def _tiny_module(num_classes=527, **kwargs):
+    torch.manual_seed(0)
+    return AudioTaggingModule("convnext_dcls_audio_tiny", num_classes, model_kwargs=dict(TINY), **kwargs)
+
+
+def test_param_groups_follow_the_recipe():
+    net = _tiny_net()
+    opt = build_optimizer(net, "adamw", lr=1e-3, weight_decay=0.05, position_lr_scale=5.0)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["positions"]["lr"] == pytest.approx(5e-3) and groups["positions"]["weight_decay"] == 0
+    assert groups["no_decay"]["lr"] == pytest.approx(1e-3) and groups["no_decay"]["weight_decay"] == 0
+    assert groups["decay"]["lr"] == pytest.approx(1e-3) and groups["decay"]["weight_decay"] == 0.05
+    kind = {id(p): name for name, g in groups.items() for p in g["params"]}
+    seen = set()
+    for name, p in net.named_parameters(remove_duplicate=False):
+        leaf = name.rsplit(".", 1)[-1]
+        expected = ("positions" if leaf in ("P", "SIG")
+                    else "no_decay" if leaf == "bias" or p.ndim == 1 else "decay")
+        assert kind[id(p)] == expected, name
+        seen.add(id(p))
+    # P and SIG are shared by the two layers of stage 0: each tensor appears once
+    listed = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert len(listed) == len(set(listed)) == len(seen)
+    positions = {id(p) for p in dcls_position_parameters(net)}
+    assert {id(p) for p in groups["positions"]["params"]} == positions and len(positions) == 8
+
+
+def test_lamb_and_unknown_optimizers():
+    net = _tiny_net()
+    opt = build_optimizer(net, "lamb", lr=2e-3, weight_decay=0.05)
+    assert type(opt).__name__ == "Lamb"
+    assert {g["name"]: g["lr"] for g in opt.param_groups}["positions"] == pytest.approx(1e-2)
+    with pytest.raises(ValueError, match="optim.optimizer: cannot create 'nosuchopt'"):
+        build_optimizer(net, "nosuchopt", lr=1e-3, weight_decay=0.0)
+
+
+def test_schedule_values():
+    base, low, warm, total = 4e-3, 1e-6, 4, 24
+    values = [cosine_with_warmup(s, total, warm, base, low) for s in range(total + 2)]
+    assert values[:4] == pytest.approx([base / 4, base / 2, 3 * base / 4, base])
+    assert values[warm] == pytest.approx(base)
+    assert values[warm + (total - warm) // 2] == pytest.approx((base + low) / 2)
+    assert values[total] == pytest.approx(low) and values[total + 1] == pytest.approx(low)
+    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1:]))
+    for s in (0, 7, 13):
+        expected = low + (base - low) * 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm))) \
+            if s >= warm else base * (s + 1) / warm
+        assert values[s] == pytest.approx(expected)
+
+
+def test_scheduler_keeps_the_position_factor():
+    net = _tiny_net()
+    opt = build_optimizer(net, "adamw", lr=1e-3, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(10, 2, 1e-3, 1e-5))
+    for step in range(6):
+        lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+        expected = cosine_with_warmup(step, 10, 2, 1e-3, 1e-5)
+        assert lrs["decay"] == pytest.approx(expected)
+        assert lrs["positions"] == pytest.approx(5 * expected)
+        opt.step()
+        sched.step()
+
+
+def test_linear_lr_scaling():
+    assert scaled_lr(4e-3, 128, 4096) == pytest.approx(1.25e-4)
+    assert scaled_lr(4e-3, 1024, 4096) == pytest.approx(1e-3)
+    assert scaled_lr(4e-3, 128, None) == 4e-3
+
+
+def test_ema_update_matches_the_formula_and_keeps_shared_positions():
+    net = _tiny_net()
+    ema = make_ema(net)
+    assert not any(p.requires_grad for p in ema.parameters())
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+    update_ema(ema, net, decay=0.9)
+    after, current = ema.state_dict(), net.state_dict()
+    for key, old in before.items():
+        if old.is_floating_point():
+            torch.testing.assert_close(after[key], 0.9 * old + 0.1 * current[key])
+    layers = [m for m in ema.modules() if hasattr(m, "P")]
+    assert layers[0].P is layers[1].P  # tie preserved in the copy
+
+
+def test_finetune_with_a_new_head_from_a_state_dict_and_an_upstream_pth(tmp_path):
+    source = _tiny_net(num_classes=527)
+    torch.save(source.state_dict(), tmp_path / "plain.pt")
+    save_upstream_checkpoint(source, tmp_path / "upstream.pth")
+    for path in (tmp_path / "plain.pt", tmp_path / "upstream.pth"):
+        module = _tiny_module(num_classes=10, ema_decay=0.99)
+        fresh_head = module.net.head.fc.weight.detach().clone()
+        message = module.load_initial_weights(str(path))
+        assert "new 10-class head" in message and "527" in message
+        state, ref = module.net.state_dict(), source.state_dict()
+        for key in ref:
+            if key.startswith("head.fc."):
+                continue
+            torch.testing.assert_close(state[key], ref[key], msg=key)
+        torch.testing.assert_close(module.net.head.fc.weight, fresh_head)
+        torch.testing.assert_close(module.ema_net.state_dict()["stem.0.weight"], ref["stem.0.weight"])
+    same = _tiny_module(num_classes=527)
+    assert same.load_initial_weights(str(tmp_path / "plain.pt")) == f"initialised from {tmp_path / 'plain.pt'}"
+    torch.testing.assert_close(same.net.head.fc.weight, source.head.fc.weight)
+
+
+def test_frozen_positions_are_not_trained():
+    module = _tiny_module(freeze_positions=True)
+    positions = [p for n, p in module.net.named_parameters() if n.endswith((".P", ".SIG"))]
+    assert positions and not any(p.requires_grad for p in positions)
+    names = {g["name"] for g in param_groups(module.net, 0.05)}
+    assert names == {"decay", "no_decay"}
