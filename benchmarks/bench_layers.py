@@ -141,15 +141,15 @@ def _pair(name: str, cin: int, cout: int, kwargs: dict, device: torch.device, se
 
 
 @contextlib.contextmanager
-def _fft_chunking(min_bytes: int, fraction: int):
+def _fft_chunks(chunks: int):
     from dcls_core import fft_conv
 
-    saved = fft_conv.MIN_CHUNK_BYTES, fft_conv.CHUNK_FRACTION_OF_INPUT
-    fft_conv.MIN_CHUNK_BYTES, fft_conv.CHUNK_FRACTION_OF_INPUT = min_bytes, fraction
+    saved = fft_conv.FORCE_CHUNKS
+    fft_conv.FORCE_CHUNKS = chunks
     try:
         yield
     finally:
-        fft_conv.MIN_CHUNK_BYTES, fft_conv.CHUNK_FRACTION_OF_INPUT = saved
+        fft_conv.FORCE_CHUNKS = saved
 
 
 def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape: tuple, device, dtypes, variants: bool,
@@ -179,8 +179,8 @@ def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape
                 add("fast-fft", ours, lambda: dispatch.forced(conv="fft"))
             add("fast-refconstruct", ours, lambda: dispatch.forced(construct="reference"))
             if chosen.endswith("fft") and fft_chunk_variants:
-                add("fft-unchunked", ours, lambda: _fft_chunking(10**15, 1), note="one chunk")
-                add("fft-small-chunks", ours, lambda: _fft_chunking(4 * 2**20, 8), note="spectra max(4 MiB, input/8)")
+                for chunks in (1, 2, 4, 8):
+                    add(f"fft-{chunks}-chunks", ours, lambda c=chunks: _fft_chunks(c), note=f"batch in {chunks} chunks")
         for impl, module in (extra_rows or {}).items():
             add(impl, module)
     return rows
@@ -295,7 +295,7 @@ def stage_summary(rows: list[dict]) -> list[dict]:
     for dname in DTYPES:
         for version in ("gauss", "v0"):
             sums: dict[str, float] = {}
-            for impl in ("dcls-0.1.1", "ours-reference", "ours-fast", "fast-refconstruct", "fft-unchunked", "fft-small-chunks", "conv7x7", "conv23x23"):
+            for impl in ("dcls-0.1.1", "ours-reference", "ours-fast", "fast-refconstruct", "fft-1-chunks", "fft-2-chunks", "fft-4-chunks", "fft-8-chunks", "conv7x7", "conv23x23"):
                 vals = []
                 for C, H, W in STAGES:
                     for r in rows:
@@ -312,12 +312,12 @@ def stage_summary(rows: list[dict]) -> list[dict]:
                 if "conv7x7" in sums:
                     entry["ratio_to_conv7x7"] = round(sums["ours-fast"] / sums["conv7x7"], 2)
                 peaks = {}
-                for impl in ("dcls-0.1.1", "ours-fast"):
+                for impl in ("dcls-0.1.1", "ours-fast", "fft-1-chunks", "fft-2-chunks", "fft-4-chunks", "fft-8-chunks"):
                     vals = [r["peak_mib"] for r in rows if r["impl"] == impl and r["dtype"] == dname and r["case"].startswith("stage") and r["case"].endswith(version) and r.get("peak_mib") is not None]
                     if vals:
                         peaks[impl] = max(vals)
-                if len(peaks) == 2:
-                    entry["max_peak_mib_0.1.1"], entry["max_peak_mib_ours_fast"] = peaks["dcls-0.1.1"], peaks["ours-fast"]
+                for impl, v in peaks.items():
+                    entry[f"max_peak_mib[{impl}]"] = v
                 out.append(entry)
     return out
 

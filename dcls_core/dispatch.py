@@ -3,8 +3,8 @@
 Two choices are made per call, by device, dtype and shape:
 
 * construction of the dense kernel: the fused Triton kernels (:mod:`dcls_core.triton_construct`:
-  CUDA, one or two learned axes, float32 parameters) or the reference einsum
-  (:mod:`dcls_core.kernel`);
+  CUDA, one or two learned axes, float32 parameters, ``kernel_count >= 2``) or the reference
+  einsum (:mod:`dcls_core.kernel`);
 * the convolution with that kernel: the FFT convolution (:mod:`dcls_core.fft_conv`, any
   device) or the plain ``F.conv{n}d`` (``reference``).
 
@@ -36,6 +36,7 @@ ENV_VAR = "DCLS_IMPL"
 FFT_MIN_TAPS_DEPTHWISE = 81   # 9x9 and up (cuDNN 7x7 depthwise still beats the FFT)
 FFT_MIN_TAPS_DENSE = 240      # 1-D 250 taps: FFT 4x faster; 3x3x23 (207): cuDNN faster
 FFT_MIN_OUTPUTS = 1 << 16     # N x C_out x output size below which launches dominate
+FUSED_MIN_COUNT = 2           # fused construction from this kernel_count up
 
 CONSTRUCTIONS = ("reference", "triton")
 CONVS = ("reference", "fft")
@@ -90,7 +91,10 @@ def select_construct(
     if wanted != "reference" and (current_impl() != "reference" or wanted == "triton") and weight.is_cuda:
         from . import triton_construct
 
-        if triton_construct.supports(weight, P, SIG, dilated_kernel_size, version):
+        # kernel_count 1 (learnable delays): one tiny program per (out, in) pair loses to einsum
+        if triton_construct.supports(weight, P, SIG, dilated_kernel_size, version) and (
+            weight.shape[-1] >= FUSED_MIN_COUNT or wanted == "triton"
+        ):
             return "triton", triton_construct.construct_kernel_fused
     return "reference", construct_kernel
 

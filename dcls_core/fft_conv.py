@@ -10,15 +10,18 @@ equals the zero-padded correlation on every output that is kept; ``L`` need not 
 kernel. The work runs in float32 (float64 for float64 inputs); half-precision inputs are
 read and the output written in their dtype.
 
-Memory: the forward pass and the backward pass run over the batch in chunks whose spectra
-stay near a sixth of the input's size (at least 16 MiB), products are taken in place, and the
-backward pass recomputes the input's spectrum instead of keeping it, so the extra memory over
-``F.conv`` is about three chunk spectra.
+Memory: for depthwise-like kernels the forward pass and the backward pass run over the batch
+in chunks (at most 8) whose spectra stay under half the input's size or 48 MiB, whichever is
+more; products are taken in
+place, and the backward pass recomputes the input's spectrum instead of keeping it, so the
+extra memory over ``F.conv`` is a few chunk spectra. Each chunk costs about a dozen kernel
+launches, so more, smaller chunks trade time for memory (measured in the notes).
 Gradients (derived in the spatial domain, no complex autograd):
 
     dx = irfft(dY * conj(G))[:H],   dg = irfft(sum_n dY * conj(X)),   db = sum(dy)
 
-The forward and backward passes are ``torch.library`` custom ops, opaque to ``torch.compile``.
+Eagerly this is an ``autograd.Function``; under ``torch.compile`` the same passes run as
+``torch.library`` custom ops, opaque to the compiler.
 """
 from __future__ import annotations
 
@@ -30,9 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FFT_PRIMES = (2, 3, 5, 7)
-MAX_CHUNKS = 16                 # batch chunks per pass at most (each costs a dozen launches)
-MIN_CHUNK_BYTES = 16 * 2**20    # one spectrum of one chunk: at least this many bytes...
-CHUNK_FRACTION_OF_INPUT = 6     # ...or a sixth of the input's size, if that is more
+MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs ~12 launches)
+MIN_CHUNK_BYTES = 48 * 2**20    # one spectrum of one chunk: at least this many bytes...
+CHUNK_FRACTION_OF_INPUT = 2     # ...or half the input's size, if that is more
+FORCE_CHUNKS: Optional[int] = None  # benchmarks: this many chunks regardless
 
 
 def fast_fft_size(n: int) -> int:
@@ -81,8 +85,15 @@ def placed_kernel(kernel: Tensor, sizes: Sequence[int], padding: Sequence[int]) 
     return g.roll(shifts, dims)
 
 
-def _chunk_size(x: Tensor, channels: int, freq: Sequence[int], complex_bytes: int) -> int:
+def _chunk_size(x: Tensor, g: Tensor, freq: Sequence[int], complex_bytes: int) -> int:
+    """Samples per chunk. Channel-mixing kernels run in one pass: each chunk would re-read
+    the whole kernel spectrum (``C_out x C_in/g x F``), which costs more than it saves."""
     batch = x.shape[0]
+    if FORCE_CHUNKS is not None:
+        return max(1, -(-batch // FORCE_CHUNKS))
+    if g.shape[1] > 1:
+        return batch
+    channels = max(x.shape[1], g.shape[0])
     per_sample = channels * math.prod(freq) * complex_bytes
     budget = max(MIN_CHUNK_BYTES, x.numel() * x.element_size() // CHUNK_FRACTION_OF_INPUT)
     chunk = max(1, budget // max(per_sample, 1), -(-batch // MAX_CHUNKS))
@@ -113,14 +124,13 @@ def _mix(a_f: Tensor, b_f: Tensor, groups: int, transpose: bool) -> Tensor:
 
 
 def _kernel_grad(dy_f: Tensor, x_f: Tensor, groups: int, c_out: int) -> Tensor:
-    """``dG[g, o, c] = sum_n dY[n, g, o] conj(X[n, g, c])`` as ``(C_out, cin_g, *F)``
-    (depthwise: overwrites ``x_f``)."""
+    """``dG[g, o, c] = sum_n dY[n, g, o] conj(X[n, g, c])`` as ``(C_out, cin_g, *F)``."""
     n = dy_f.shape[0]
     freq = dy_f.shape[2:]
     cin_g = x_f.shape[1] // groups
     cout_g = c_out // groups
     if cin_g == 1 and cout_g == 1:
-        return x_f.conj_physical_().mul_(dy_f).sum(0).reshape(c_out, 1, *freq)
+        return torch.linalg.vecdot(x_f, dy_f, dim=0).reshape(c_out, 1, *freq)
     out = torch.einsum("ngof,ngcf->gocf", dy_f.reshape(n, groups, cout_g, -1), x_f.reshape(n, groups, cin_g, -1).conj())
     return out.reshape(c_out, cin_g, *freq)
 
@@ -133,8 +143,7 @@ def _dtype_of(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-@torch.library.custom_op("dcls_core::fft_conv", mutates_args=())
-def _fft_conv_op(
+def _forward_impl(
     x: Tensor, g: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
     stride: List[int], groups: int, out_dtype: str,
 ) -> Tensor:
@@ -145,16 +154,86 @@ def _fft_conv_op(
     c_out = g.shape[0]
     out_shape = [-(-o // s) for o, s in zip(out_full, stride)]
     y = torch.empty((x.shape[0], c_out, *out_shape), device=x.device, dtype=_dtype_of(out_dtype))
-    chunk = _chunk_size(x, max(x.shape[1], c_out), g_f.shape[2:], g_f.element_size())
+    chunk = _chunk_size(x, g, g_f.shape[2:], g_f.element_size())
     for s in range(0, x.shape[0], chunk):
-        x_f = torch.fft.rfftn(x[s: s + chunk].to(work), s=sizes, dim=dims)
-        y_f = _mix(x_f, g_f, groups, transpose=False)
-        del x_f
+        y_f = _mix(torch.fft.rfftn(x[s: s + chunk].to(work), s=sizes, dim=dims), g_f, groups, transpose=False)
         y[s: s + chunk] = _crop(torch.fft.irfftn(y_f, s=sizes, dim=dims), out_full, stride)
         del y_f
     if bias is not None:
         y += bias.reshape(c_out, *([1] * ndim)).to(y.dtype)
     return y
+
+
+def _backward_impl(
+    dy: Tensor, x: Tensor, g: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
+    groups: int, need_x: bool, need_g: bool,
+) -> Tuple[Tensor, Tensor]:
+    ndim = len(sizes)
+    dims = tuple(range(-ndim, 0))
+    work = g.dtype
+    c_out = g.shape[0]
+    g_f = torch.fft.rfftn(g, dim=dims)
+    spatial = tuple(slice(0, n) for n in x.shape[2:])
+    dx = torch.empty_like(x) if need_x else x.new_empty(0)
+    dg_f = torch.zeros_like(g_f) if need_g else None
+    chunk = _chunk_size(x, g, g_f.shape[2:], g_f.element_size())
+    strided = any(s != 1 for s in stride)
+    for s in range(0, x.shape[0], chunk):
+        dy_c = dy[s: s + chunk].to(work)
+        if strided:  # scatter the strided gradient onto the full grid
+            up = dy_c.new_zeros((dy_c.shape[0], c_out, *sizes))
+            _crop(up, out_full, stride).copy_(dy_c)
+            dy_c = up
+        dy_f = torch.fft.rfftn(dy_c, s=sizes, dim=dims)
+        del dy_c
+        if need_g:
+            dg_f += _kernel_grad(dy_f, torch.fft.rfftn(x[s: s + chunk].to(work), s=sizes, dim=dims), groups, c_out)
+        if need_x:
+            dx_f = _mix(dy_f, g_f, groups, transpose=True)
+            del dy_f
+            dx[s: s + chunk] = torch.fft.irfftn(dx_f, s=sizes, dim=dims)[(Ellipsis, *spatial)]
+            del dx_f
+        else:
+            del dy_f
+    dg = torch.fft.irfftn(dg_f, s=sizes, dim=dims) if need_g else g.new_empty(0)
+    return dx, dg
+
+
+def _bias_grad(dy: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
+    return dy.sum((0, *range(2, 2 + ndim)), dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
+
+
+class _FFTConv(torch.autograd.Function):
+    """Eager path: an autograd.Function (cheaper to call than the custom ops below)."""
+
+    @staticmethod
+    def forward(ctx, x, g, bias, sizes, out_full, stride, groups, out_dtype):
+        ctx.save_for_backward(x, g)
+        ctx.args = (sizes, out_full, stride, groups)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return _forward_impl(x, g, bias, sizes, out_full, stride, groups, out_dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, g = ctx.saved_tensors
+        sizes, out_full, stride, groups = ctx.args
+        need_x, need_g, need_b = ctx.needs_input_grad[:3]
+        dx = dg = db = None
+        if need_x or need_g:
+            dx, dg = _backward_impl(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
+            dx, dg = (dx if need_x else None), (dg if need_g else None)
+        if need_b and ctx.bias_dtype is not None:
+            db = _bias_grad(dy, len(sizes), ctx.bias_dtype)
+        return dx, dg, db, None, None, None, None, None
+
+
+# Under torch.compile the same computation runs as custom ops, opaque to the compiler.
+@torch.library.custom_op("dcls_core::fft_conv", mutates_args=())
+def _fft_conv_op(
+    x: Tensor, g: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
+    stride: List[int], groups: int, out_dtype: str,
+) -> Tensor:
+    return _forward_impl(x, g, bias, sizes, out_full, stride, groups, out_dtype)
 
 
 @_fft_conv_op.register_fake
@@ -168,41 +247,7 @@ def _fft_conv_backward_op(
     dy: Tensor, x: Tensor, g: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
     groups: int, need_x: bool, need_g: bool,
 ) -> Tuple[Tensor, Tensor]:
-    ndim = len(sizes)
-    dims = tuple(range(-ndim, 0))
-    work = g.dtype
-    c_out = g.shape[0]
-    g_f = torch.fft.rfftn(g, dim=dims)
-    spatial = x.shape[2:]
-    dx = torch.empty_like(x) if need_x else x.new_empty(0)
-    dg_f = torch.zeros_like(g_f) if need_g else None
-    chunk = _chunk_size(x, max(x.shape[1], c_out), g_f.shape[2:], g_f.element_size())
-    strided = any(s != 1 for s in stride)
-    for s in range(0, x.shape[0], chunk):
-        dy_c = dy[s: s + chunk].to(work)
-        if strided:
-            up = dy_c.new_zeros((dy_c.shape[0], c_out, *sizes))
-            _crop(up, out_full, stride).copy_(dy_c)
-            dy_f = torch.fft.rfftn(up, dim=dims)
-            del up
-        else:
-            dy_f = torch.fft.rfftn(dy_c, s=sizes, dim=dims)
-        del dy_c
-        if need_g:
-            x_f = torch.fft.rfftn(x[s: s + chunk].to(work), s=sizes, dim=dims)
-            dg_f += _kernel_grad(dy_f, x_f, groups, c_out)
-            del x_f
-        if need_x:
-            dx_f = _mix(dy_f, g_f, groups, transpose=True)
-            del dy_f
-            full = torch.fft.irfftn(dx_f, s=sizes, dim=dims)
-            del dx_f
-            dx[s: s + chunk] = full[(Ellipsis, *(slice(0, n) for n in spatial))]
-            del full
-        else:
-            del dy_f
-    dg = torch.fft.irfftn(dg_f, s=sizes, dim=dims) if need_g else g.new_empty(0)
-    return dx, dg
+    return _backward_impl(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
 
 
 @_fft_conv_backward_op.register_fake
@@ -224,11 +269,9 @@ def _backward(ctx, dy):
     dx = dg = db = None
     if need_x or need_g:
         dx, dg = _fft_conv_backward_op(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
-        dx = dx if need_x else None
-        dg = dg if need_g else None
+        dx, dg = (dx if need_x else None), (dg if need_g else None)
     if need_b and ctx.bias_dtype is not None:
-        ndim = len(sizes)
-        db = dy.sum((0, *range(2, 2 + ndim)), dtype=torch.promote_types(ctx.bias_dtype, torch.float32)).to(ctx.bias_dtype)
+        db = _bias_grad(dy, len(sizes), ctx.bias_dtype)
     return dx, dg, db, None, None, None, None, None
 
 
@@ -291,5 +334,6 @@ def fft_conv_nd(
         sizes = [fast_fft_size(max(s + p, o)) for s, p, o in zip(spatial, padding, out_full)]
         g = placed_kernel(kernel.to(work), sizes, padding)
         dtype_name = str(out_dtype).replace("torch.", "")
-        y = _fft_conv_op(input, g, bias, sizes, out_full, list(stride), int(groups), dtype_name)
+        args = (input, g, bias, sizes, out_full, list(stride), int(groups), dtype_name)
+        y = _fft_conv_op(*args) if torch.compiler.is_compiling() else _FFTConv.apply(*args)
     return y.squeeze(0) if unbatched else y

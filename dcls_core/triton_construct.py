@@ -6,8 +6,8 @@ kW)`` are computed in registers and ``kernel = (ws * fy)^T @ fx`` with ``ws = we
 (sum fx * sum fy + 1e-7)`` (``v0``: ``ws = weight``); with one learned axis ``fy`` is a unit
 row. The backward launch recomputes the factors and writes the gradients of ``weight``, ``P``
 and ``SIG``, replacing the dozens of small kernels (and launches) of the autograd graph and
-their intermediates. float32 parameters on CUDA; Triton is imported on first use. Forward and
-backward are ``torch.library`` custom ops, opaque to ``torch.compile``.
+their intermediates. float32 parameters on CUDA; Triton is imported on first use. Eagerly this is an
+``autograd.Function``; under ``torch.compile`` the kernels run as ``torch.library`` custom ops.
 """
 from typing import List, Optional, Sequence, Tuple
 
@@ -81,6 +81,23 @@ def launch_backward(
     return dw, dP.reshape(P.shape), (dS.reshape(P.shape) if SIG is not None else None)
 
 
+class _Construct(torch.autograd.Function):
+    """Eager path: an autograd.Function (cheaper to call than the custom ops below)."""
+
+    @staticmethod
+    def forward(ctx, weight, P, SIG, sizes, version):
+        ctx.save_for_backward(weight, P, SIG)
+        ctx.sizes, ctx.version, ctx.has_sig = sizes, version, SIG is not None
+        return launch_forward(weight, P, SIG, sizes, version)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, P, SIG = ctx.saved_tensors
+        dw, dP, dS = launch_backward(grad, weight, P, SIG if ctx.has_sig else None, ctx.sizes, ctx.version)
+        return dw, dP, dS, None, None
+
+
+# Under torch.compile the same kernels run as custom ops, opaque to the compiler.
 @torch.library.custom_op("dcls_core::fused_construct", mutates_args=(), device_types="cuda")
 def _construct_op(weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: List[int], version: str) -> Tensor:
     return launch_forward(weight, P, SIG, sizes, version)
@@ -154,5 +171,6 @@ def construct_kernel_fused(weight: Tensor, P: Tensor, SIG: Optional[Tensor], dil
     """:func:`dcls_core.kernel.construct_kernel` for one or two learned axes, fused (float32)."""
     if version in SIGMA_VERSIONS and SIG is None:
         raise ValueError(f"version {version!r} needs SIG")
+    args = (weight, P, SIG if version in SIGMA_VERSIONS else None, [int(s) for s in dilated_kernel_size], version)
     with torch.autocast(weight.device.type, enabled=False):
-        return _construct_op(weight, P, SIG if version in SIGMA_VERSIONS else None, [int(s) for s in dilated_kernel_size], version)
+        return _construct_op(*args) if torch.compiler.is_compiling() else _Construct.apply(*args)

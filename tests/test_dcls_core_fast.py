@@ -145,11 +145,13 @@ def test_fft_conv_argument_errors():
 @pytest.mark.parametrize("index", [1, 4, 6, 9])
 def test_fft_conv_in_batch_chunks_equals_conv(monkeypatch, index):
     """One sample per chunk (forward and backward loops) gives the same result."""
+    from dcls_core.fft_conv import _chunk_size
+
+    assert _chunk_size(torch.zeros(64, 96, 64, 62), torch.zeros(96, 1, 75, 75), (75, 38), 8) == 22  # 48 MiB / 2.2 MB
+    assert _chunk_size(torch.zeros(64, 96, 64, 62), torch.zeros(96, 2, 75, 75), (75, 38), 8) == 64  # mixing: one pass
     from dcls_core import fft_conv
 
-    monkeypatch.setattr(fft_conv, "MIN_CHUNK_BYTES", 1)
-    monkeypatch.setattr(fft_conv, "CHUNK_FRACTION_OF_INPUT", 10**12)
-    monkeypatch.setattr(fft_conv, "MAX_CHUNKS", 10**6)
+    monkeypatch.setattr(fft_conv, "FORCE_CHUNKS", 3)
     ndim, cin, cout, groups, ksize, padding, stride, mode = FFT_GRID[index]
     g = torch.Generator().manual_seed(5)
     spatial = {1: (19,), 2: (9, 10), 3: (6, 7, 8)}[ndim]
@@ -505,7 +507,6 @@ def test_dispatcher_choices_on_cuda(monkeypatch):
 def test_torch_compile_matches_eager_cuda(monkeypatch):
     """Inductor with the fused construction and FFT custom ops (9x9 depthwise -> FFT)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setenv("DCLS_IMPL", "auto")
     torch._dynamo.reset()
     _compile_matches_eager("cuda", "inductor")
