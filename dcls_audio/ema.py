@@ -16,8 +16,8 @@ __all__ = ["make_ema", "update_ema"]
 
 
 def make_ema(net: nn.Module) -> nn.Module:
-    """A frozen copy of ``net`` in eval mode, for :func:`update_ema`."""
-    ema = copy.deepcopy(net).eval()
+    """A frozen copy of ``net`` (no gradients), for :func:`update_ema`."""
+    ema = copy.deepcopy(net)
     ema.requires_grad_(False)
     return ema
 

@@ -39,15 +39,20 @@ __all__ = ["EvaluationModule", "evaluate", "format_metrics", "write_outputs"]
 class EvaluationModule(L.LightningModule):
     """Front end (no augmentation) + a loaded backbone + :class:`AudioSetMetrics`.
 
-    After ``trainer.test``: ``result`` (:class:`TaggingMetrics`), ``indices`` (N,),
-    ``logits`` (N, C), ``targets`` (N, C) and ``audio_names`` (N) on every rank.
+    At the end of ``trainer.test`` every rank holds ``result`` (:class:`TaggingMetrics`),
+    ``indices`` (N,), ``logits`` (N, C), ``targets`` (N, C) and ``audio_names`` (N); global
+    rank 0 writes the output files into ``output_dir`` when one is given.
     """
 
-    def __init__(self, net: nn.Module, num_classes: int) -> None:
+    def __init__(self, net: nn.Module, classes: list[ClassInfo], output_dir: Path | None = None,
+                 info: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.net = net
         self.front_end = LogMelFrontEnd(augment=False)
-        self.metric = AudioSetMetrics(num_classes)
+        self.metric = AudioSetMetrics(len(classes))
+        self.classes = classes
+        self.output_dir = output_dir
+        self.info = info or {}
         self._names: dict[int, str] = {}
         self.result: TaggingMetrics | None = None
 
@@ -66,6 +71,8 @@ class EvaluationModule(L.LightningModule):
             names = {k: v for part in parts for k, v in part.items()}
         self.indices, self.logits, self.targets = indices.cpu(), logits.cpu(), targets.cpu()
         self.audio_names = [names[i] for i in self.indices.tolist()]
+        if self.output_dir is not None and self.trainer.is_global_zero:
+            write_outputs(self, self.output_dir)
 
 
 def _check_output_dir(output_dir: Path) -> None:
@@ -115,18 +122,17 @@ def evaluate(
             f"{checkpoint}: the model predicts {model_classes} classes but {data_files[0]} has "
             f"{dm.num_classes}"
         )
-    module = EvaluationModule(net, dm.num_classes)
+    if "spawn" in str(strategy):
+        raise ValueError(f"--strategy {strategy}: use ddp (the results stay in the spawned processes)")
+    info = {"checkpoint": str(checkpoint), "data": [str(f) for f in data_files],
+            "model": getattr(net, "model_name", model_name), "use_ema": use_ema, "precision": precision}
+    module = EvaluationModule(net, dm.classes, out, info)
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
         logger=False, enable_checkpointing=False, use_distributed_sampler=False,
         enable_model_summary=False,
     )
     trainer.test(module, datamodule=dm, verbose=False)
-    if out is not None and trainer.is_global_zero:
-        info = {"checkpoint": str(checkpoint), "data": [str(f) for f in data_files],
-                "model": getattr(net, "model_name", model_name), "use_ema": use_ema,
-                "precision": precision}
-        write_outputs(module, dm.classes, out, info)
     return module.result, out, trainer.is_global_zero
 
 
@@ -134,12 +140,11 @@ def _json_number(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_outputs(module: EvaluationModule, classes: list[ClassInfo], output_dir: Path,
-                  info: dict[str, Any]) -> None:
+def write_outputs(module: EvaluationModule, output_dir: Path) -> None:
     """Write ``metrics.json``, ``per_class.csv`` and ``predictions.npz`` (module docstring)."""
-    result = module.result
+    result, classes = module.result, module.classes
     summary = {k: _json_number(v) for k, v in result.summary().items()}
-    (output_dir / "metrics.json").write_text(json.dumps({**summary, **info}, indent=2) + "\n")
+    (output_dir / "metrics.json").write_text(json.dumps({**summary, **module.info}, indent=2) + "\n")
     with open(output_dir / "per_class.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["index", "mid", "display_name", "AP", "AUC", "d_prime", "positives"])

@@ -3,7 +3,8 @@
 A run lives in ``<run.output_dir>/<run.name>/version_N/`` with ``config.yaml``,
 ``checkpoints/last.ckpt`` (end of each epoch, every ``run.checkpoint_every_n_steps`` steps and
 on SIGINT/SIGTERM), ``checkpoints/best-*.ckpt`` (best ``val/mAP``; ``best-ema-*`` for
-``val/mAP_ema``), ``tensorboard/`` and ``csv/`` logs, and ``finished`` once training ended.
+``val/mAP_ema``), ``tensorboard/`` logs, ``csv/version_K/metrics.csv`` (one per start or
+resume), and ``finished`` once training ended.
 Starting again with the same name continues the newest unfinished version from its
 ``last.ckpt`` (``run.auto_resume``); ``resume=PATH`` continues any checkpoint.
 
@@ -19,7 +20,7 @@ import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import torch
@@ -233,13 +234,20 @@ def _trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return kwargs
 
 
+def _last_checkpoint(ckpt_dir: Path, **trigger: Any) -> ModelCheckpoint:
+    """Writes ``last.ckpt`` (overwriting it) on the given trigger."""
+    return ModelCheckpoint(dirpath=ckpt_dir, filename=LAST_CHECKPOINT[:-5], monitor=None, save_top_k=1,
+                           enable_version_counter=False, **trigger)
+
+
 def _callbacks(cfg: TrainConfig, ckpt_dir: Path, has_val: bool) -> tuple[list[Callback], ModelCheckpoint | None]:
-    every = cfg.run.checkpoint_every_n_steps or None
-    last = ModelCheckpoint(
-        dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=every,
-        save_on_train_epoch_end=True,
-    )
-    callbacks: list[Callback] = [last, LearningRateMonitor(logging_interval="step")]
+    """``last.ckpt`` at each epoch end (after its validation) and every n steps; best by val/mAP."""
+    callbacks: list[Callback] = [
+        _last_checkpoint(ckpt_dir, save_on_train_epoch_end=True),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if cfg.run.checkpoint_every_n_steps:
+        callbacks.append(_last_checkpoint(ckpt_dir, every_n_train_steps=cfg.run.checkpoint_every_n_steps))
     best = None
     if has_val:
         best = ModelCheckpoint(
@@ -282,8 +290,12 @@ def build_module(cfg: TrainConfig, num_classes: int, class_names: list[str], cla
 
 
 # ----------------------------------------------------------------------------- train
-def train(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequence[Callback] = ()
+) -> TrainResult:
     """Train as ``cfg`` says; resume from ``resume`` or the run directory's ``last.ckpt``.
+
+    ``callbacks``: extra Lightning callbacks for this run.
 
     Raises:
         ConfigError / FileNotFoundError / ValueError: bad config, data or output dir (before
@@ -297,23 +309,23 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         raise ConfigError(
             f"model.num_classes is {cfg.model.num_classes} but the data has {num_classes} classes"
         )
-    run_dir, resume_from = resolve_run_dir(cfg.run.output_dir, cfg.run.name, cfg.run.auto_resume, resume)
+    auto_resume = cfg.run.auto_resume and not cfg.trainer.fast_dev_run
+    run_dir, resume_from = resolve_run_dir(cfg.run.output_dir, cfg.run.name, auto_resume, resume)
     _check_writable(run_dir, "run.output_dir")
-    os.environ[RUN_DIR_ENV] = str(run_dir)
     ckpt_dir = run_dir / "checkpoints"
 
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-    callbacks, best = _callbacks(cfg, ckpt_dir, has_val=bool(val_files))
+    own_callbacks, best = _callbacks(cfg, ckpt_dir, has_val=bool(val_files))
     stopper = StopOnSignal(ckpt_dir / LAST_CHECKPOINT)
     loggers = [
         TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
-        CSVLogger(save_dir=run_dir, name="csv", version=""),
+        CSVLogger(save_dir=run_dir, name="csv"),  # csv/version_K: one file per (re)start
     ]
     trainer = L.Trainer(
         **_trainer_kwargs(cfg),
         default_root_dir=run_dir,
         logger=loggers,
-        callbacks=[*callbacks, stopper],
+        callbacks=[*own_callbacks, stopper, *callbacks],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the DataModule shards by rank itself
     )
@@ -332,6 +344,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         _say(f"Resuming from {resume_from}")
 
     interrupted = False
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # for DDP ranks that Lightning re-launches during fit
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     except SIGTERMException:
@@ -340,6 +353,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         last = ckpt_dir / LAST_CHECKPOINT
         keep = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         raise TrainingStopped(f"{err}; training stopped, {keep}") from None
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
     interrupted = interrupted or trainer.interrupted
     last = ckpt_dir / LAST_CHECKPOINT
     if not interrupted and trainer.is_global_zero and not cfg.trainer.fast_dev_run:

@@ -1,0 +1,235 @@
+"""Training runs on tiny HDF5 data on the CPU: every config, run directory, resume, faults."""
+from __future__ import annotations
+
+import csv
+import math
+import signal
+from pathlib import Path
+
+import h5py
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+import cli
+from dcls_audio.config import load_config
+from dcls_audio.models import load_checkpoint
+from dcls_audio.optim import cosine_with_warmup
+from dcls_audio.training import TrainingStopped, train
+
+CONFIGS = [
+    "demo", "convnext_audio_tiny", "convnext_dcls_audio_tiny", "fastvit_audio_sa24",
+    "fastvit_dcls_audio_sa24", "convformer_audio_s18", "convformer_dcls_audio_s18",
+]
+SR, CLIP = 32000, 320000
+
+
+def write_h5(path: Path, labels: list[list[int]], num_classes: int = 527, seed: int = 0) -> Path:
+    """A PANNs-layout file whose clips are tones at a class-dependent pitch."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(CLIP) / SR
+    with h5py.File(path, "w") as h5:
+        h5["audio_name"] = np.array([f"clip{i:03d}".encode() for i in range(len(labels))], dtype="S20")
+        waves = np.zeros((len(labels), CLIP), np.float32)
+        targets = np.zeros((len(labels), num_classes), bool)
+        for i, clip in enumerate(labels):
+            waves[i] = 0.01 * rng.standard_normal(CLIP)
+            for c in clip:
+                waves[i] += 0.3 * np.sin(2 * np.pi * (200 + 37 * c) * t)
+                targets[i, c] = True
+        h5["waveform"] = np.round(np.clip(waves, -1, 1) * 32767).astype(np.int16)
+        h5["target"] = targets
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("h5")
+    train_labels = [[i % 3] for i in range(8)]
+    val_labels = [[0], [1], [2], [0, 1], [2]]  # 5 clips
+    return write_h5(root / "train.h5", train_labels), write_h5(root / "val.h5", val_labels, seed=1)
+
+
+def tiny_overrides(name: str, tiny_data, output_dir: Path) -> dict[str, str]:
+    train_h5, val_h5 = tiny_data
+    out = {
+        "model.depths": "[1, 1, 1, 1]", "model.dims": "[8, 16, 32, 64]", "model.drop_path_rate": "0.1",
+        "data.train_files": str(train_h5), "data.val_files": str(val_h5), "data.batch_size": "2",
+        "data.num_workers": "0", "data.pin_memory": "false", "trainer.accelerator": "cpu",
+        "trainer.devices": "1", "trainer.precision": "32", "trainer.enable_progress_bar": "false",
+        "run.output_dir": str(output_dir), "trainer.log_every_n_steps": "1",
+    }
+    if "dcls" in load_config(name).model.name:
+        out.update({"model.kernel_count": "4", "model.dilated_kernel_size": "5"})
+    return out
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_fast_dev_run_of_every_config_through_the_cli(name, tiny_data, tmp_path, capsys):
+    args = ["train", "--config", name, "--trainer.fast_dev_run", "1"]
+    for key, value in tiny_overrides(name, tiny_data, tmp_path).items():
+        args += [f"--{key}", value]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"Model {load_config(name).model.name}" in out and "Training done" in out
+
+
+class _RaiseSignalAt(L.Callback):
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            signal.raise_signal(self.signum)
+
+
+class _RecordStart(L.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start_step = trainer.global_step
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_interrupted_run_resumes_at_the_same_step(tiny_data, tmp_path):
+    overrides = {
+        **tiny_overrides("demo", tiny_data, tmp_path), "trainer.max_epochs": "2",
+        "run.checkpoint_every_n_steps": "0", "optim.warmup_steps": "2", "optim.lr": "1e-3",
+        "optim.min_lr": "1e-5", "ema.enabled": "true", "ema.decay": "0.5",
+    }
+    cfg = load_config("demo", overrides)
+    first = train(cfg, callbacks=[_RaiseSignalAt(3, signal.SIGINT)])  # Ctrl-C in step 4 of 8
+    assert first.interrupted and first.global_step == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    saved = torch.load(first.last_checkpoint, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 3
+
+    recorder = _RecordStart()
+    second = train(cfg, callbacks=[recorder])  # auto-resume from the run directory
+    assert second.run_dir == first.run_dir and recorder.start_step == 3
+    assert not second.interrupted and second.global_step == 8
+    run = second.run_dir
+    assert (run / "finished").is_file() and (run / "config.yaml").is_file()
+    assert load_config(run / "config.yaml") == cfg
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in names and any(n.startswith("best-epoch") for n in names)
+    assert any(n.startswith("best-ema-epoch") for n in names)
+    assert second.best_checkpoint is not None and second.best_checkpoint.is_file()
+
+    rows = [r for f in sorted((run / "csv").glob("version_*/metrics.csv")) for r in _read_csv(f)]
+    val = [r for r in rows if r.get("val/mAP")]
+    assert val and all(r["val/mAP_ema"] for r in val) and all(r["val/mAUC"] and r["val/d_prime"] for r in val)
+    assert all(float(r["val/num_classes_scored"]) == 3 for r in val)
+    assert any(r.get("train/loss") for r in rows)
+    lrs = {int(r["step"]): (float(r["lr-AdamW/decay"]), float(r["lr-AdamW/positions"]))
+           for r in rows if r.get("lr-AdamW/decay")}
+    assert set(lrs) >= {0, 4, 7}
+    for step, (lr, lr_positions) in lrs.items():
+        assert lr == pytest.approx(cosine_with_warmup(step, 8, 2, 1e-3, 1e-5), rel=1e-5)
+        assert lr_positions == pytest.approx(5 * lr, rel=1e-6)
+
+    # the checkpoint is self-describing and loads safely, with separate EMA weights
+    ckpt = torch.load(second.best_checkpoint, map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["model_name"] == "convnext_dcls_audio_tiny" and hp["num_classes"] == 527
+    assert len(hp["class_names"]) == len(hp["class_mids"]) == 527 and hp["class_names"][0] == "Speech"
+    net = load_checkpoint(None, second.best_checkpoint)
+    ema = load_checkpoint(None, second.best_checkpoint, use_ema=True)
+    w = ckpt["state_dict"]["net.stem.0.weight"]
+    torch.testing.assert_close(net.stem[0].weight, w)
+    torch.testing.assert_close(ema.stem[0].weight, ckpt["state_dict"]["ema_net.stem.0.weight"])
+    assert not torch.equal(ema.stem[0].weight, w)
+
+    third = train(cfg)  # the run finished: a new version starts
+    assert third.run_dir.name == "version_1" and third.global_step == 8
+
+
+class _PoisonAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.net.stem[0].weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), "run.checkpoint_every_n_steps": "1"}
+    with pytest.raises(TrainingStopped) as info:
+        train(load_config("demo", overrides), callbacks=[_PoisonAt(2)])
+    message = str(info.value)
+    assert "at step 2" in message and "last.ckpt" in message
+    last = next(tmp_path.glob("demo/version_0/checkpoints/last.ckpt"))
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    assert not (last.parent.parent / "finished").exists()
+
+
+class _CheckClamp(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        with torch.no_grad():
+            for m in pl_module.net.modules():
+                if hasattr(m, "P"):
+                    m.P.fill_(50.0)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        layers = [m for m in pl_module.net.modules() if hasattr(m, "P")]
+        self.max_abs = max(m.P.abs().max().item() for m in layers)
+        self.limit = max(max(m.position_limits()) for m in layers)
+
+
+def test_positions_are_clamped_after_each_step(tiny_data, tmp_path):
+    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), "model.clamp_positions": "true",
+                 "trainer.max_steps": "2"}
+    check = _CheckClamp()
+    train(load_config("demo", overrides), callbacks=[check])
+    assert check.limit == 5 // 2 and check.max_abs == pytest.approx(check.limit)
+
+
+def test_bad_inputs_fail_before_any_work(tiny_data, tmp_path, capsys):
+    base = tiny_overrides("demo", tiny_data, tmp_path / "runs")
+
+    def run(**changes) -> int:
+        args = ["train"]
+        for key, value in {**base, **changes}.items():
+            args += [f"--{key}", value]
+        return cli.main(args)
+
+    assert run(**{"data.train_files": str(tmp_path / "missing.h5")}) == 2
+    assert "missing.h5" in capsys.readouterr().err
+    broken = tmp_path / "broken.h5"
+    with h5py.File(broken, "w") as h5:
+        h5["audio_name"] = np.array([b"a"], dtype="S20")
+        h5["target"] = np.zeros((1, 527), bool)
+    assert run(**{"data.train_files": str(broken)}) == 2
+    err = capsys.readouterr().err
+    assert "broken.h5" in err and "waveform" in err
+    assert not (tmp_path / "runs").exists()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert run(**{"run.output_dir": str(blocker / "runs")}) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert run(**{"model.num_classes": "10"}) == 2
+    assert "model.num_classes is 10 but the data has 527 classes" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_fp16_loss_scaling_skips_a_non_finite_step(tiny_data, tmp_path):
+    class _InfLossOnce(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss) -> None:
+            if trainer.global_step == 1:
+                loss.data.fill_(float("inf"))
+
+    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), "trainer.accelerator": "gpu",
+                 "trainer.precision": "16-mixed", "trainer.max_steps": "3"}
+    result = train(load_config("demo", overrides), callbacks=[_InfLossOnce()])
+    assert not result.interrupted
+    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert math.isfinite(float(result.global_step))
