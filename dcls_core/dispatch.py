@@ -15,8 +15,8 @@ on CUDA the fused construction, and the FFT for stride-1 convolutions with
 
 * a depthwise-like kernel (one input channel per group) of at least ``FFT_MIN_TAPS_DEPTHWISE``
   taps (cuDNN's large depthwise kernels run at a few TFLOP/s), or
-* a channel-mixing kernel of at least ``FFT_MIN_TAPS_DENSE`` taps, except 3-D ones under half
-  precision (there cuDNN's tensor-core kernels win);
+* a 1-D or 2-D channel-mixing kernel of at least ``FFT_MIN_TAPS_DENSE`` taps (for 3-D ones
+  cuDNN's implicit GEMM measured as fast or faster);
 
 and the reference everywhere else (small kernels, strides, tiny problems, the CPU).
 """
@@ -27,7 +27,6 @@ import math
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
-import torch
 from torch import Tensor
 
 IMPLS = ("auto", "reference", "fast")
@@ -67,13 +66,6 @@ def forced(construct: Optional[str] = None, conv: Optional[str] = None) -> Itera
         yield
     finally:
         _forced.update(saved)
-
-
-def compute_dtype(input: Tensor) -> torch.dtype:
-    """Dtype the convolution runs in: the autocast dtype where autocast is on, else the input's."""
-    if torch.is_autocast_enabled(input.device.type):
-        return torch.get_autocast_dtype(input.device.type)
-    return input.dtype
 
 
 # -- construction ------------------------------------------------------------------------
@@ -129,8 +121,7 @@ def fft_pays(input: Tensor, kernel: Tensor, stride: Sequence[int]) -> bool:
         return False
     if kernel.shape[1] == 1:
         return taps >= FFT_MIN_TAPS_DEPTHWISE
-    half = compute_dtype(input) in (torch.float16, torch.bfloat16)
-    return taps >= FFT_MIN_TAPS_DENSE and not (half and ndim == 3)
+    return taps >= FFT_MIN_TAPS_DENSE and ndim < 3
 
 
 def select_conv(
