@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
+# Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
+#   part: tests | train | data | infer | all (default)
+set -uo pipefail
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+part=${1:-all}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+if [[ $part == tests || $part == all ]]; then
+  timeout 200 python3 -m pytest -q -m cuda tests/ 2>&1 | tail -25 | tee "$OUT/cuda_tests.log"
+fi
+if [[ $part == train || $part == all ]]; then
+  timeout 240 python3 benchmarks/bench_train.py --steps 120 --warmup 20 --json "$OUT/bench_train.json" 2>&1 | tail -15 | tee "$OUT/bench_train.log"
+fi
+if [[ $part == data || $part == all ]]; then
+  timeout 120 python3 benchmarks/bench_data.py --clips 2048 --seconds 6 --workers 0,4,8,16 --out "$OUT/bench_data.json" 2>&1 | tail -12 | tee "$OUT/bench_data.log"
+fi
+if [[ $part == infer || $part == all ]]; then
+  timeout 120 python3 benchmarks/bench_infer.py --devices cuda --precisions bf16,fp32 --out "$OUT/bench_infer.json" 2>&1 | tail -12 | tee "$OUT/bench_infer.log"
+fi
