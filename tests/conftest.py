@@ -33,3 +33,13 @@ def upstream_dir(shared_dir: Path) -> Path:
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module: on a shared 2-core runner, 2 OpenMP threads spin-wait
+    against other processes and run several times slower; one thread keeps test time predictable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,14 +26,7 @@ TINY = {
 TINY_DCLS = dict(kernel_count=4, dilated_kernel_size=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core runner, 2 OpenMP threads spin-wait against other
-    processes and run several times slower; one thread keeps these tests' time predictable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny(name: str, **overrides) -> torch.nn.Module:

@@ -10,13 +10,7 @@ from cli import main
 from dcls_audio.models import RELEASED_CHECKPOINTS, UPSTREAM_PARAM_COUNTS, list_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread (see tests/test_models_upstream.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_models_lists_names_and_released_files(capsys):
