@@ -51,6 +51,11 @@ def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
     return write_h5(root / "train.h5", train_labels), write_h5(root / "val.h5", val_labels, seed=1)
 
 
+#: the non-parametrised runs use a tiny DCLS ConvNeXt (whatever the demo config's model is)
+TINY_DCLS_CONVNEXT = {"model.name": "convnext_dcls_audio_tiny", "model.kernel_count": "4",
+                      "model.dilated_kernel_size": "5"}
+
+
 def tiny_overrides(name: str, tiny_data, output_dir: Path) -> dict[str, str]:
     train_h5, val_h5 = tiny_data
     out = {
@@ -96,7 +101,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_interrupted_run_resumes_at_the_same_step(tiny_data, tmp_path):
     overrides = {
-        **tiny_overrides("demo", tiny_data, tmp_path), "trainer.max_epochs": "2",
+        **tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT, "trainer.max_epochs": "2",
         "run.checkpoint_every_n_steps": "0", "optim.warmup_steps": "2", "optim.lr": "1e-3",
         "optim.min_lr": "1e-5", "ema.enabled": "true", "ema.decay": "0.5",
     }
@@ -159,7 +164,8 @@ class _PoisonAt(L.Callback):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
-    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), "run.checkpoint_every_n_steps": "1"}
+    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT,
+                 "run.checkpoint_every_n_steps": "1"}
     with pytest.raises(TrainingStopped) as info:
         train(load_config("demo", overrides), callbacks=[_PoisonAt(2)])
     message = str(info.value)
@@ -185,7 +191,7 @@ class _CheckClamp(L.Callback):
 
 
 def test_positions_are_clamped_after_each_step(tiny_data, tmp_path):
-    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), "model.clamp_positions": "true",
+    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT, "model.clamp_positions": "true",
                  "trainer.max_steps": "2"}
     check = _CheckClamp()
     train(load_config("demo", overrides), callbacks=[check])
