@@ -16,7 +16,7 @@ import cli
 from dcls_audio.config import load_config
 from dcls_audio.models import load_checkpoint
 from dcls_audio.optim import cosine_with_warmup
-from dcls_audio.training import TrainingStopped, train
+from dcls_audio.training import TrainingStopped, resolve_run_dir, train
 
 CONFIGS = [
     "demo", "convnext_audio_tiny", "convnext_dcls_audio_tiny", "fastvit_audio_sa24",
@@ -239,3 +239,42 @@ def test_fp16_loss_scaling_skips_a_non_finite_step(tiny_data, tmp_path):
     state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert math.isfinite(float(result.global_step))
+
+
+def test_run_directory_choice(tmp_path):
+    root = tmp_path / "runs"
+    run_dir, ckpt = resolve_run_dir(root, "exp", auto_resume=True, resume=None)
+    assert run_dir == root / "exp" / "version_0" and ckpt is None
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"")
+    assert resolve_run_dir(root, "exp", True, None) == (run_dir, last)  # unfinished: continue it
+    assert resolve_run_dir(root, "exp", False, None) == (root / "exp" / "version_1", None)
+    (run_dir / "finished").write_text("")
+    assert resolve_run_dir(root, "exp", True, None) == (root / "exp" / "version_1", None)
+    # an explicit checkpoint continues in its own run directory, wherever the config points
+    assert resolve_run_dir(tmp_path / "elsewhere", "other", True, last) == (run_dir, last)
+    foreign = tmp_path / "weights.ckpt"
+    foreign.write_bytes(b"")
+    assert resolve_run_dir(root, "exp", True, foreign) == (root / "exp" / "version_1", foreign)
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        resolve_run_dir(root, "exp", True, tmp_path / "missing.ckpt")
+
+
+class _SigtermInValidation(L.Callback):
+    def on_validation_batch_end(self, trainer, *args) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == 0 and args[-1] == 0:
+            signal.raise_signal(signal.SIGTERM)
+
+
+def test_sigterm_during_validation_finishes_the_validation_then_saves(tiny_data, tmp_path):
+    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT,
+                 "trainer.max_epochs": "3", "data.batch_size": "2"}
+    result = train(load_config("demo", overrides), callbacks=[_SigtermInValidation()])
+    assert result.interrupted and result.global_step == 4  # the end of epoch 0
+    saved = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 4
+    rows = [r for f in (result.run_dir / "csv").glob("version_*/metrics.csv") for r in _read_csv(f)]
+    val = [r for r in rows if r.get("val/mAP")]
+    assert len(val) == 1 and float(val[0]["val/num_classes_scored"]) == 3  # all 5 clips scored
