@@ -209,6 +209,7 @@ def build_datamodule(cfg: TrainConfig) -> tuple[AudioSetDataModule, list[str]]:
     data = cfg.data
     train_files, val_files = list(data.train_files), list(data.val_files)
     if not train_files:
+        _say("No data.train_files given: using the built-in demo data (generated on first use)")
         train_h5, eval_h5 = ensure_demo_data()
         train_files, val_files = [str(train_h5)], [str(eval_h5)]
     dm = AudioSetDataModule(
@@ -289,6 +290,23 @@ def build_module(cfg: TrainConfig, num_classes: int, class_names: list[str], cla
     )
 
 
+def _check_resumable(path: Path, module: AudioTaggingModule) -> None:
+    """The checkpoint to resume must hold tensors of the shapes the config builds."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        shapes = {k: tuple(v.shape) for k, v in saved["state_dict"].items()}
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise ValueError(f"cannot resume from {path}: not a readable training checkpoint ({err})") from None
+    ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    if shapes != ours:
+        held = (saved.get("hyper_parameters") or {}).get("model_name", "another network")
+        raise ConfigError(
+            f"cannot resume from {path}: it holds {held} with other tensors than the config's "
+            f"{module.hparams.model_name} builds; start a new run (--run.name NAME or "
+            "--run.auto_resume false) or fine-tune from it with --model.init_checkpoint"
+        )
+
+
 # ----------------------------------------------------------------------------- train
 def train(
     cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequence[Callback] = ()
@@ -332,6 +350,8 @@ def train(
     total_batch = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * trainer.world_size
     lr = scaled_lr(cfg.optim.lr, total_batch, cfg.optim.lr_batch_size)
     module = build_module(cfg, num_classes, dm.class_names, dm.class_mids, lr)
+    if resume_from is not None:
+        _check_resumable(resume_from, module)
     if cfg.model.init_checkpoint and resume_from is None:
         _say(module.load_initial_weights(cfg.model.init_checkpoint, cfg.model.init_checkpoint_ema))
     if trainer.is_global_zero:

@@ -278,3 +278,14 @@ def test_sigterm_during_validation_finishes_the_validation_then_saves(tiny_data,
     rows = [r for f in (result.run_dir / "csv").glob("version_*/metrics.csv") for r in _read_csv(f)]
     val = [r for r in rows if r.get("val/mAP")]
     assert len(val) == 1 and float(val[0]["val/num_classes_scored"]) == 3  # all 5 clips scored
+
+
+def test_resuming_a_run_of_another_network_is_refused(tiny_data, tmp_path, capsys):
+    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT, "trainer.max_steps": "1"}
+    first = train(load_config("demo", overrides))
+    args = ["train", "--resume", str(first.last_checkpoint)]
+    for key, value in {**overrides, "model.name": "convnext_audio_tiny", "model.kernel_count": "null",
+                       "model.dilated_kernel_size": "null"}.items():
+        args += [f"--{key}", value]
+    assert cli.main(args) == 2
+    assert "cannot resume" in capsys.readouterr().err
