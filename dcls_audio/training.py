@@ -149,7 +149,6 @@ class StopOnSignal(Callback):
 
     def __init__(self, checkpoint_path: Path) -> None:
         self.checkpoint_path = checkpoint_path
-        self.saved = False
         self._lightning_sigterm: Any = None
         self._previous: dict[int, Any] = {}
         self._deferred = False
@@ -188,7 +187,6 @@ class StopOnSignal(Callback):
         self._restore()
         if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
             trainer.save_checkpoint(self.checkpoint_path)
-            self.saved = True
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
