@@ -5,6 +5,20 @@ import argparse
 import sys
 
 
+def _add_checkpoint_args(parser: argparse.ArgumentParser, required: bool, labels_help: str) -> None:
+    """The checkpoint arguments shared by infer, export and eval."""
+    parser.add_argument("-c", "--checkpoint", required=required, metavar="C",
+                        help="upstream .pth, our Lightning .ckpt or a state_dict, or a model name whose "
+                             "<name>.pth sits in checkpoints/")
+    parser.add_argument("-m", "--model", dest="model_name", metavar="NAME",
+                        help="model name, needed only when the checkpoint does not tell")
+    parser.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read checkpoints that need the full unpickler (can run code from the file: "
+                             "trusted files only)")
+    parser.add_argument("--labels", dest="class_csv", metavar="CSV", help=labels_help)
+
+
 def _add_infer_parser(subparsers) -> None:
     """``dcls-audio infer``: tag audio files with a checkpoint (see dcls_audio.tagging_app)."""
     parser = subparsers.add_parser(
@@ -22,18 +36,7 @@ def _add_infer_parser(subparsers) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="audio files, folders (searched recursively) and glob patterns; "
                              "without --checkpoint the first argument is the checkpoint")
-    parser.add_argument("-c", "--checkpoint", metavar="C",
-                        help="upstream .pth, our Lightning .ckpt or a state_dict, or a model name whose "
-                             "<name>.pth sits in checkpoints/")
-    parser.add_argument("-m", "--model", dest="model_name", metavar="NAME",
-                        help="model name, needed only when the checkpoint does not tell")
-    parser.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="read checkpoints that need the full unpickler (can run code from the file: "
-                             "trusted files only)")
-    parser.add_argument("--labels", dest="class_csv", metavar="CSV",
-                        help="class CSV (index,mid,display_name); default: names stored in the checkpoint, "
-                             "else the AudioSet classes")
+    _add_checkpoint_args(parser, required=False, labels_help="class CSV (index,mid,display_name); default: names stored in the checkpoint, else the AudioSet classes")
     parser.add_argument("--hop", dest="hop_s", type=float, default=5.0, metavar="SECONDS",
                         help="step between 10 s window starts")
     parser.add_argument("--aggregate", choices=("max", "mean"), default="max",
@@ -89,11 +92,7 @@ def _add_export_parser(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("-c", "--checkpoint", required=True, metavar="C",
-                        help="upstream .pth, our Lightning .ckpt or a state_dict, or a model name whose "
-                             "<name>.pth sits in checkpoints/")
-    parser.add_argument("-m", "--model", dest="model_name", metavar="NAME",
-                        help="model name, needed only when the checkpoint does not tell")
+    _add_checkpoint_args(parser, required=True, labels_help="class CSV stored as the exported model's labels")
     parser.add_argument("-f", "--format", dest="fmt", choices=("onnx", "torchscript"), required=True)
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
     frontend = parser.add_mutually_exclusive_group()
@@ -102,11 +101,6 @@ def _add_export_parser(subparsers) -> None:
     frontend.add_argument("--no-frontend", dest="with_frontend", action="store_false",
                           help="leave the front end out: log-mel input")
     parser.add_argument("--logits", action="store_true", help="output logits instead of sigmoid scores")
-    parser.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="read checkpoints that need the full unpickler (trusted files only)")
-    parser.add_argument("--labels", dest="class_csv", metavar="CSV",
-                        help="class CSV stored as the exported model's labels")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                         help="compare the exported model with PyTorch on a probe batch (max |diff| <= 1e-4)")
@@ -257,18 +251,9 @@ def _add_eval_parser(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("-c", "--checkpoint", required=True, metavar="C",
-                        help="our .ckpt, an upstream .pth or a state_dict, or a model name whose <name>.pth "
-                             "sits in checkpoints/")
+    _add_checkpoint_args(parser, required=True, labels_help="class CSV (index,mid,display_name); default: AudioSet's")
     parser.add_argument("-d", "--data", required=True, nargs="+", metavar="F.h5", help="HDF5 file(s) to score")
-    parser.add_argument("-m", "--model", dest="model_name", metavar="NAME",
-                        help="model name, needed only when the checkpoint does not tell")
     parser.add_argument("-o", "--output-dir", metavar="D", help="write metrics.json, per_class.csv, predictions.npz")
-    parser.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="read checkpoints that need the full unpickler (trusted files only)")
-    parser.add_argument("--labels", dest="class_csv", metavar="CSV",
-                        help="class CSV (index,mid,display_name); default: AudioSet's")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per device and batch")
     parser.add_argument("--num-workers", type=int, default=2, help="data loader workers per device")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
