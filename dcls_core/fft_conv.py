@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .functional import reversed_padding_repeated_twice
+
 FFT_PRIMES = (2, 3, 5, 7)
 MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs ~12 launches)
 MIN_CHUNK_BYTES = 48 * 2**20    # one spectrum of one chunk: at least this many bytes...
@@ -52,13 +54,6 @@ def fast_fft_size(n: int) -> int:
         if rest == 1:
             return m
         m += 1
-
-
-def _pad_order(padding: Sequence[int]) -> tuple[int, ...]:
-    out: list[int] = []
-    for p in reversed(tuple(padding)):
-        out += [p, p]
-    return tuple(out)
 
 
 def placed_kernel(kernel: Tensor, sizes: Sequence[int], padding: Sequence[int]) -> Tensor:
@@ -203,28 +198,37 @@ def _bias_grad(dy: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
     return dy.sum((0, *range(2, 2 + ndim)), dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
 
 
+def _save_context(ctx, x, g, bias, sizes, out_full, stride, groups) -> None:
+    ctx.save_for_backward(x, g)
+    ctx.args = (sizes, out_full, stride, groups)
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _gradients(ctx, dy: Tensor, backward_impl) -> tuple:
+    """Gradients of (x, g, bias) through ``backward_impl`` (eager function or custom op)."""
+    x, g = ctx.saved_tensors
+    sizes, out_full, stride, groups = ctx.args
+    need_x, need_g, need_b = ctx.needs_input_grad[:3]
+    dx = dg = db = None
+    if need_x or need_g:
+        dx, dg = backward_impl(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
+        dx, dg = (dx if need_x else None), (dg if need_g else None)
+    if need_b and ctx.bias_dtype is not None:
+        db = _bias_grad(dy, len(sizes), ctx.bias_dtype)
+    return dx, dg, db, None, None, None, None, None
+
+
 class _FFTConv(torch.autograd.Function):
     """Eager path: an autograd.Function (cheaper to call than the custom ops below)."""
 
     @staticmethod
     def forward(ctx, x, g, bias, sizes, out_full, stride, groups, out_dtype):
-        ctx.save_for_backward(x, g)
-        ctx.args = (sizes, out_full, stride, groups)
-        ctx.bias_dtype = bias.dtype if bias is not None else None
+        _save_context(ctx, x, g, bias, sizes, out_full, stride, groups)
         return _forward_impl(x, g, bias, sizes, out_full, stride, groups, out_dtype)
 
     @staticmethod
     def backward(ctx, dy):
-        x, g = ctx.saved_tensors
-        sizes, out_full, stride, groups = ctx.args
-        need_x, need_g, need_b = ctx.needs_input_grad[:3]
-        dx = dg = db = None
-        if need_x or need_g:
-            dx, dg = _backward_impl(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
-            dx, dg = (dx if need_x else None), (dg if need_g else None)
-        if need_b and ctx.bias_dtype is not None:
-            db = _bias_grad(dy, len(sizes), ctx.bias_dtype)
-        return dx, dg, db, None, None, None, None, None
+        return _gradients(ctx, dy, _backward_impl)
 
 
 # Under torch.compile the same computation runs as custom ops, opaque to the compiler.
@@ -256,23 +260,11 @@ def _(dy, x, g, sizes, out_full, stride, groups, need_x, need_g):
 
 
 def _setup_context(ctx, inputs, output):
-    x, g, bias, sizes, out_full, stride, groups, out_dtype = inputs
-    ctx.save_for_backward(x, g)
-    ctx.args = (sizes, out_full, stride, groups)
-    ctx.bias_dtype = bias.dtype if bias is not None else None
+    _save_context(ctx, *inputs[:7])
 
 
 def _backward(ctx, dy):
-    x, g = ctx.saved_tensors
-    sizes, out_full, stride, groups = ctx.args
-    need_x, need_g, need_b = ctx.needs_input_grad[:3]
-    dx = dg = db = None
-    if need_x or need_g:
-        dx, dg = _fft_conv_backward_op(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
-        dx, dg = (dx if need_x else None), (dg if need_g else None)
-    if need_b and ctx.bias_dtype is not None:
-        db = _bias_grad(dy, len(sizes), ctx.bias_dtype)
-    return dx, dg, db, None, None, None, None, None
+    return _gradients(ctx, dy, _fft_conv_backward_op)
 
 
 _fft_conv_op.register_autograd(_backward, setup_context=_setup_context)
@@ -317,7 +309,7 @@ def fft_conv_nd(
         out_dtype = torch.get_autocast_dtype(input.device.type)
     with torch.autocast(input.device.type, enabled=False):
         if padding_mode != "zeros":
-            input = F.pad(input, _pad_order(padding), mode=padding_mode)
+            input = F.pad(input, reversed_padding_repeated_twice(padding), mode=padding_mode)
             padding = (0,) * ndim
         work = torch.float64 if input.dtype == torch.float64 else torch.float32
         c_in = input.shape[1]

@@ -3,7 +3,7 @@
 ``dcls_conv{1,2,3}d`` take the module parameters and conv arguments as plain values. The
 dense-kernel construction and the convolution go through :mod:`dcls_core.dispatch`, which
 picks the reference path (plain torch, any device) or a fast path (fused Triton
-construction, Triton depthwise convolution, FFT convolution).
+construction, FFT convolution).
 """
 from __future__ import annotations
 
@@ -21,13 +21,17 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _ntuple(value: IntOrTuple, n: int, name: str) -> tuple[int, ...]:
+def ntuple(value: IntOrTuple, n: int, name: str, owner: str = "dcls_core") -> tuple[int, ...]:
+    """``value`` as a tuple of ``n`` ints; a ValueError naming ``owner: name`` otherwise."""
     if isinstance(value, int):
         return (value,) * n
-    value = tuple(int(v) for v in value)
-    if len(value) != n:
-        raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value}")
-    return value
+    try:
+        out = tuple(int(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{owner}: {name} must be an int or a tuple of {n} ints, got {value!r}") from None
+    if len(out) != n:
+        raise ValueError(f"{owner}: {name} must be an int or a tuple of {n} ints, got {value!r}")
+    return out
 
 
 def reversed_padding_repeated_twice(padding: Sequence[int]) -> tuple[int, ...]:
@@ -75,6 +79,19 @@ def dcls_conv(
 ) -> Tensor:
     """DCLS convolution over ``len(dilated_kernel_size)`` spatial axes (all learned)."""
     kernel = build_kernel(weight, P, SIG, tuple(dilated_kernel_size), version)
+    return conv_with_kernel(input, kernel, bias, stride, padding, groups, padding_mode)
+
+
+def conv_with_kernel(
+    input: Tensor,
+    kernel: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+    padding_mode: str = "zeros",
+) -> Tensor:
+    """:func:`conv_nd` through the convolution the dispatcher selects (FFT or ``F.conv``)."""
     _, conv = select_conv(input, kernel, stride, padding, groups, padding_mode)
     return conv(input, kernel, bias, tuple(stride), tuple(padding), groups, padding_mode)
 
@@ -113,9 +130,9 @@ def _functional(ndim: int):
     ) -> Tensor:
         return dcls_conv(
             input, weight, P, SIG, bias,
-            _ntuple(dilated_kernel_size, ndim, "dilated_kernel_size"),
-            _ntuple(stride, ndim, "stride"),
-            _ntuple(padding, ndim, "padding"),
+            ntuple(dilated_kernel_size, ndim, "dilated_kernel_size", fn.__name__),
+            ntuple(stride, ndim, "stride", fn.__name__),
+            ntuple(padding, ndim, "padding", fn.__name__),
             groups, padding_mode, version,
         )
 

@@ -15,24 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
-from .dispatch import build_kernel, select_conv
-from .functional import PADDING_MODES
+from .dispatch import build_kernel
+from .functional import PADDING_MODES, conv_with_kernel, ntuple
 from .kernel import SIGMA_VERSIONS, VERSIONS, position_axes
 from .kernel_cache import KernelCache
 
 IntOrTuple = Union[int, Sequence[int]]
-
-
-def _ntuple(value: IntOrTuple, n: int, name: str, owner: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * n
-    try:
-        out = tuple(int(v) for v in value)
-    except TypeError:
-        raise ValueError(f"{owner}: {name} must be an int or a tuple of {n} ints, got {value!r}") from None
-    if len(out) != n:
-        raise ValueError(f"{owner}: {name} must be an int or a tuple of {n} ints, got {value!r}")
-    return out
 
 
 class _DclsBase(nn.Module):
@@ -81,18 +69,18 @@ class _DclsBase(nn.Module):
             raise ValueError(f"{name}: version must be one of {self.versions}, got {version!r}")
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"{name}: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        dks = _ntuple(dilated_kernel_size, self.learned_dims, "dilated_kernel_size", name)
+        dks = ntuple(dilated_kernel_size, self.learned_dims, "dilated_kernel_size", name)
         if min(dks) < 1:
             raise ValueError(f"{name}: dilated_kernel_size must be >= 1, got {dks}")
-        dense = _ntuple(dense_kernel_size, self.dense_dims, "dense_kernel_size", name) if self.dense_dims else ()
+        dense = ntuple(dense_kernel_size, self.dense_dims, "dense_kernel_size", name) if self.dense_dims else ()
         if dense and min(dense) < 1:
             raise ValueError(f"{name}: dense_kernel_size must be >= 1, got {dense}")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_count = kernel_count
-        self.stride = _ntuple(stride, self.conv_dims, "stride", name)
-        self.padding = _ntuple(padding, self.conv_dims, "padding", name)
+        self.stride = ntuple(stride, self.conv_dims, "stride", name)
+        self.padding = ntuple(padding, self.conv_dims, "padding", name)
         self.dilated_kernel_size = dks
         if self.dense_dims:
             self.dense_kernel_size = dense
@@ -157,10 +145,7 @@ class _DclsBase(nn.Module):
         """
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self.construct_kernel()
-        cache = self.__dict__.get("_kernel_cache")
-        if cache is None:
-            cache = self._kernel_cache = KernelCache()
-        return cache.get((self.weight, self.P, self.SIG), self.construct_kernel)
+        return self._kernel_cache.get((self.weight, self.P, self.SIG), self.construct_kernel)
 
     def _arrange_kernel(self, kernel: Tensor) -> Tensor:
         return kernel
@@ -176,9 +161,9 @@ class _DclsBase(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
-        kernel = self.dense_kernel()
-        _, conv = select_conv(input, kernel, self.stride, self.padding, self.groups, self.padding_mode)
-        return conv(input, kernel, self.bias, self.stride, self.padding, self.groups, self.padding_mode)
+        return conv_with_kernel(
+            input, self.dense_kernel(), self.bias, self.stride, self.padding, self.groups, self.padding_mode
+        )
 
     def fold(self) -> nn.Module:
         """An equivalent plain ``nn.Conv{1,2,3}d`` holding the current dense kernel."""
