@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from dcls_audio.data import CLIP_SAMPLES, SAMPLE_RATE, LogMelFrontEnd
+from dcls_audio.models import dcls_layers, fold_dcls
 
 from .export_frontend import ConvLogMel
-from .inference import dcls_layer_names, fold_dcls_layers
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "dcls_audio"
@@ -58,7 +58,7 @@ def build_exported_tagger(
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     model = copy.deepcopy(model).eval().float().cpu()
-    fold_dcls_layers(model)
+    fold_dcls(model)
     frontend = None
     if with_frontend:
         frontend = LogMelFrontEnd(augment=False).eval()
@@ -187,7 +187,7 @@ def export_model(
         _export_onnx(module, example, output, meta, opset)
     else:
         _export_torchscript(module, example, output, meta)
-    report = ExportReport(output, fmt, with_frontend, folded_layers=len(dcls_layer_names(model)))
+    report = ExportReport(output, fmt, with_frontend, folded_layers=len(list(dcls_layers(model))))
     if check:
         probe = example_input(with_frontend, batch=3, seed=1)  # another batch size than traced
         try:

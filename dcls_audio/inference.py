@@ -22,8 +22,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-import dcls_core
 from dcls_audio.data import CLIP_SAMPLES, SAMPLE_RATE, LogMelFrontEnd, load_audio
+from dcls_audio.models import dcls_layers, fold_dcls
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AGGREGATIONS = ("max", "mean")
@@ -109,27 +109,6 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-DCLS_LAYER_TYPES = (dcls_core.Dcls1d, dcls_core.Dcls2d, dcls_core.Dcls3d, dcls_core.Dcls2_1d, dcls_core.Dcls3_1d, dcls_core.Dcls2dK1d)
-
-
-def dcls_layer_names(model: nn.Module) -> list[str]:
-    """Names of the DCLS layers (any ``dcls_core`` class) inside ``model``."""
-    return [name for name, m in model.named_modules() if isinstance(m, DCLS_LAYER_TYPES)]
-
-
-def fold_dcls_layers(model: nn.Module) -> int:
-    """Replace every DCLS layer of ``model`` by the plain convolution its ``fold()`` returns
-    (the same dense kernel), in place. Returns the number of layers folded."""
-    if isinstance(model, DCLS_LAYER_TYPES):
-        raise TypeError("fold_dcls_layers: pass the model holding the DCLS layer; call layer.fold() on a bare layer")
-    targets = [(name, model.get_submodule(name)) for name in dcls_layer_names(model)]
-    with torch.no_grad():
-        for name, layer in targets:
-            parent_name, _, child_name = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child_name, layer.fold())
-    return len(targets)
-
-
 class AudioTagger:
     """Front end + classifier on one device: waveforms (B, 320000) at 32 kHz -> (B, C) probabilities.
 
@@ -157,7 +136,9 @@ class AudioTagger:
         model = model.eval()
         if fold is None:
             fold = self.device.type != "cuda"
-        self.folded_layers = fold_dcls_layers(model) if fold else 0
+        self.folded_layers = len(list(dcls_layers(model))) if fold else 0
+        if fold:
+            fold_dcls(model)
         self.model = model.to(self.device)
         self.channels_last = channels_last
         if channels_last:

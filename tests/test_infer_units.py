@@ -19,13 +19,12 @@ from dcls_audio.inference import (
     check_precision,
     cut_windows,
     decode_file,
-    fold_dcls_layers,
     tag_files,
     top_k,
     window_starts,
 )
 from dcls_audio.input_files import expand_inputs
-from dcls_audio.models import create_model
+from dcls_audio.models import create_model, dcls_layers
 from dcls_audio.tagging_output import CSV_COLUMNS, csv_rows, file_record, format_table, write_csv, write_json
 
 SR = 32000
@@ -165,7 +164,7 @@ def test_fold_keeps_scores_and_removes_dcls_layers(tiny_dcls_model):
     assert not any(isinstance(m, Dcls2d) for m in folded.model.modules())
     assert folded.folded_layers == sum(isinstance(m, Dcls2d) for m in tiny_dcls_model.modules()) == 4
     torch.testing.assert_close(folded(x), unfolded(x), rtol=0, atol=1e-6)
-    assert fold_dcls_layers(folded.model) == 0
+    assert list(dcls_layers(folded.model)) == []
     assert AudioTagger(copy.deepcopy(tiny_dcls_model), "cpu").folded_layers == 4  # auto: fold on the CPU
 
 

@@ -20,7 +20,7 @@ from .checkpoint import (
     to_model_state_dict,
     to_upstream_state_dict,
 )
-from .dclsify import dcls_position_parameters, dclsify, fold_dcls, is_depthwise_conv, tied_state_keys
+from .dclsify import dcls_layers, dcls_position_parameters, dclsify, fold_dcls, is_depthwise_conv, tied_state_keys
 from .fastvit_audio import reparameterize_fastvit
 from .param_count import (
     PAPER_TABLE_MILLIONS,
@@ -34,7 +34,7 @@ from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
 
 __all__ = [
     "create_model", "list_models", "describe_models", "get_spec", "ModelSpec", "MODEL_SPECS", "DCLS_DEFAULTS",
-    "dclsify", "fold_dcls", "is_depthwise_conv", "tied_state_keys", "dcls_position_parameters",
+    "dclsify", "dcls_layers", "fold_dcls", "is_depthwise_conv", "tied_state_keys", "dcls_position_parameters",
     "reparameterize_fastvit",
     "load_checkpoint", "save_upstream_checkpoint", "infer_model_name", "layout_of", "read_checkpoint",
     "extract_state_dict", "to_model_state_dict", "to_upstream_state_dict", "load_state_dict_checked",

@@ -20,9 +20,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from dcls_core import Dcls2d
+from dcls_core import Dcls1d, Dcls2_1d, Dcls2d, Dcls2dK1d, Dcls3_1d, Dcls3d
 
-_DCLS_LAYERS = (Dcls2d,)
+_DCLS_LAYERS = (Dcls1d, Dcls2d, Dcls3d, Dcls2_1d, Dcls3_1d, Dcls2dK1d)
 
 
 def is_depthwise_conv(module: nn.Module, only_kernel_size: int | None = None) -> bool:
@@ -114,8 +114,10 @@ def fold_dcls(model: nn.Module) -> nn.Module:
     """Replace every DCLS layer by the plain convolution holding its current dense kernel.
 
     For inference only (positions stop being learnable; the kernel is no longer rebuilt each
-    forward). In place; returns ``model``.
+    forward). In place; returns ``model``. A bare DCLS layer: call its ``fold()`` instead.
     """
+    if isinstance(model, _DCLS_LAYERS):
+        raise TypeError("fold_dcls: pass the model holding the DCLS layers; call layer.fold() on a bare layer")
     for name, layer in list(dcls_layers(model)):
         parent_name, _, child_name = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child_name, layer.fold())
