@@ -97,6 +97,7 @@ class AudioTaggingModule(L.LightningModule):
         self.val_metrics = AudioSetMetrics(num_classes)
         self.val_metrics_ema = AudioSetMetrics(num_classes) if ema_decay is not None else None
         self._mixup_generator = torch.Generator()
+        self._step_losses: list[tuple[torch.Tensor, int]] = []  # this step's losses, checked before the update
         if compile:
             self.net.compile()
 
@@ -158,15 +159,25 @@ class AudioTaggingModule(L.LightningModule):
             x, target = mixup(x, target, hp.mixup_alpha, hp.label_smoothing, self._mixup_generator)
         logits = self.net(x.contiguous(memory_format=self.memory_format))
         loss = F.binary_cross_entropy_with_logits(logits.float(), target)
-        if self.trainer.precision != "16-mixed" and not torch.isfinite(loss):
-            # fp16 loss scaling skips such steps itself; anywhere else the run must stop
-            # before the bad gradients reach the weights.
+        if self.trainer.precision != "16-mixed":
+            # fp16 loss scaling skips such steps itself; anywhere else the run must stop before
+            # the bad gradients reach the weights. Checked in on_before_optimizer_step, after
+            # backward is queued, so the host does not wait for the forward pass here.
+            self._step_losses.append((loss.detach(), batch_idx))
+        self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        losses, self._step_losses = self._step_losses, []
+        if not losses:
+            return
+        finite = torch.isfinite(torch.stack([loss for loss, _ in losses]))
+        if not bool(finite.all()):
+            loss, batch_idx = losses[int((~finite).nonzero()[0])]
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step} "
                 f"(epoch {self.current_epoch}, batch {batch_idx})"
             )
-        self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
-        return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

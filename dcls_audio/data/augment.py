@@ -52,6 +52,23 @@ def random_roll(x: torch.Tensor, generator: torch.Generator | None = None) -> to
     return out
 
 
+def _to_device(device: torch.device | str, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Small CPU tensors (the per-batch random draws) on ``device`` through one asynchronous
+    pinned copy, so the host does not wait for the GPU work already queued."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return tensors
+    packed = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+    if device.type == "cuda":
+        packed = packed.pin_memory()
+    packed = packed.to(device, non_blocking=True)
+    out, start = [], 0
+    for t in tensors:
+        out.append(packed[start: start + t.numel()].view(t.shape).to(t.dtype))
+        start += t.numel()
+    return tuple(out)
+
+
 def speed_perturb(
     x: torch.Tensor,
     rates: tuple[float, float] = (0.5, 1.5),
@@ -72,11 +89,12 @@ def speed_perturb(
     if chosen.numel() == 0:
         return x
     device = x.device
-    rows = chosen.to(device)
-    stretched = offset[chosen].to(device)[:, None] + torch.arange(length, device=device)[None, :]
-    step = (1.0 / rate[chosen]).float().to(device)[:, None]
-    source = stretched.float().mul_(step).round_().long().clamp_(0, length - 1)
-    outside = (stretched < 0) | (stretched >= new_length[chosen].to(device)[:, None])
+    rows, start, step, end = _to_device(
+        device, chosen, offset[chosen], (1.0 / rate[chosen]).float(), new_length[chosen]
+    )
+    stretched = start[:, None] + torch.arange(length, device=device)[None, :]
+    source = stretched.float().mul_(step[:, None]).round_().long().clamp_(0, length - 1)
+    outside = (stretched < 0) | (stretched >= end[:, None])
     out = x.clone()
     out[rows] = x[rows].gather(1, source).masked_fill_(outside, 0)
     return out
@@ -123,13 +141,16 @@ def sample_erase_boxes(
 
 def erase_mask(boxes: EraseBoxes, height: int, width: int, device: torch.device | str) -> torch.Tensor:
     """Boolean mask (B, height, width), True inside each applied box."""
+    top, box_h, left, box_w, apply = _to_device(
+        device, boxes.top, boxes.height, boxes.left, boxes.width, boxes.apply
+    )
+
     def span(start, size, extent):
         pos = torch.arange(extent, device=device)[None, :]
-        start = start.to(device)[:, None]
-        return (pos >= start) & (pos < start + size.to(device)[:, None])
+        return (pos >= start[:, None]) & (pos < (start + size)[:, None])
 
-    rows = span(boxes.top, boxes.height, height) & boxes.apply.to(device)[:, None]
-    cols = span(boxes.left, boxes.width, width)
+    rows = span(top, box_h, height) & apply[:, None]
+    cols = span(left, box_w, width)
     return rows[:, :, None] & cols[:, None, :]
 
 
@@ -190,6 +211,7 @@ def mixup(
         )
     lam, perm = sample_mixup(x.shape[0], alpha, generator)
     y = smooth_targets(target.float(), label_smoothing)
-    x_mixed = x * lam + x[perm.to(x.device)] * (1.0 - lam)
-    y_mixed = y * lam + y[perm.to(y.device)] * (1.0 - lam)
-    return x_mixed, y_mixed
+    if lam == 1.0:  # nothing to mix (alpha 0: smoothing only)
+        return x, y
+    (perm,) = _to_device(x.device, perm)
+    return x * lam + x[perm] * (1.0 - lam), y * lam + y[perm.to(y.device)] * (1.0 - lam)
