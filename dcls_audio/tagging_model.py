@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from dcls_audio.data.classes import load_class_names, resolve_class_names
+from dcls_audio.data.classes import display_names, load_class_names, resolve_class_names
 from dcls_audio.models import (
     CheckpointError,
     create_model,
@@ -96,7 +96,7 @@ def load_tagging_model(
 
     stored = labels_from_checkpoint(obj)
     if class_csv is not None:
-        labels = [c.display_name for c in load_class_names(class_csv)]
+        labels = display_names(load_class_names(class_csv))
         source = str(class_csv)
         if len(labels) != num_classes:
             raise ValueError(f"class CSV {class_csv} lists {len(labels)} classes but the model has {num_classes} outputs")
@@ -105,6 +105,6 @@ def load_tagging_model(
             raise CheckpointError(f"{file}: stores {len(stored)} class names for a model with {num_classes} outputs")
         labels, source = stored, "checkpoint"
     else:
-        labels = [c.display_name for c in resolve_class_names(num_classes)]
+        labels = display_names(resolve_class_names(num_classes))
         source = "AudioSet class CSV" if num_classes == 527 else "generic names"
     return TaggingModel(model.eval(), labels, name, file, source)

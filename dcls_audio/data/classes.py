@@ -105,3 +105,13 @@ def resolve_class_names(
 def mid_to_index(classes: Sequence[ClassInfo]) -> dict[str, int]:
     """Map each non-empty mid to its class index."""
     return {c.mid: c.index for c in classes if c.mid}
+
+
+def display_names(classes: Sequence[ClassInfo]) -> list[str]:
+    """The display names of ``classes``, in order."""
+    return [c.display_name for c in classes]
+
+
+def mids(classes: Sequence[ClassInfo]) -> list[str]:
+    """The machine ids of ``classes``, in order."""
+    return [c.mid for c in classes]

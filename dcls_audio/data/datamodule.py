@@ -22,9 +22,9 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from .classes import ClassInfo, resolve_class_names
+from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .constants import CLIP_SAMPLES
-from .hdf5_dataset import AudioSetHDF5, PathLike, as_path_list, check_files_exist, read_num_classes
+from .hdf5_dataset import AudioSetHDF5, PathLike, as_path_list, check_files_exist, common_num_classes
 from .samplers import BalancedSampler, EvalShardSampler, UniformSampler, balanced_clip_weights
 
 log = logging.getLogger(__name__)
@@ -109,18 +109,10 @@ class AudioSetDataModule(L.LightningDataModule):
     def classes(self) -> list[ClassInfo]:
         """Class list of the data; every split's files must agree on the class count."""
         if self._classes is None:
-            counts = {}
-            for split in _SPLITS:
-                for path in self.files[split]:
-                    counts[path] = read_num_classes(path, self.clip_samples)
-            first, num_classes = next(iter(counts.items()))
-            for path, count in counts.items():
-                if count != num_classes:
-                    raise ValueError(
-                        f"{path}: dataset 'target' has {count} classes but {first} has {num_classes}"
-                    )
+            paths = [path for split in _SPLITS for path in self.files[split]]
+            num_classes = common_num_classes(paths, self.clip_samples)
             self._classes = resolve_class_names(
-                num_classes, self.class_csv, data_source=f"{first}: dataset 'target'"
+                num_classes, self.class_csv, data_source=f"{paths[0]}: dataset 'target'"
             )
         return self._classes
 
@@ -128,13 +120,8 @@ class AudioSetDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def class_names(self) -> list[str]:
-        return [c.display_name for c in self.classes]
-
-    @property
-    def class_mids(self) -> list[str]:
-        return [c.mid for c in self.classes]
+    class_names = property(lambda self: display_names(self.classes))
+    class_mids = property(lambda self: mids(self.classes))
 
     # ------------------------------------------------------------------ setup
     def _rank_and_world(self) -> tuple[int, int]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .classes import ClassInfo, resolve_class_names
+from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .constants import CLIP_SAMPLES
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,21 @@ def read_num_classes(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> int:
     return inspect_file(path, clip_samples)[1]
 
 
+def common_num_classes(paths: Sequence[PathLike], clip_samples: int = CLIP_SAMPLES) -> int:
+    """The class count shared by all the (validated) files; a ValueError naming the first file
+    that disagrees otherwise."""
+    num_classes, first = None, None
+    for path in paths:
+        count = read_num_classes(path, clip_samples)
+        if num_classes is None:
+            num_classes, first = count, path
+        elif count != num_classes:
+            raise ValueError(f"{path}: dataset 'target' has {count} classes but {first} has {num_classes}")
+    if num_classes is None:
+        raise ValueError("no HDF5 files given")
+    return num_classes
+
+
 def create_layout(
     h5: h5py.File,
     rows: int,
@@ -163,16 +178,9 @@ class AudioSetHDF5(Dataset):
         if not self.files:
             raise ValueError("AudioSetHDF5: no HDF5 files given")
         self.clip_samples = clip_samples
-        num_classes = None
+        num_classes = common_num_classes(self.files, clip_samples)
         names_per_file, rows_per_file, dropped_per_file = [], [], []
         for path in self.files:
-            _, classes = inspect_file(path, clip_samples)
-            if num_classes is None:
-                num_classes, first = classes, path
-            elif classes != num_classes:
-                raise ValueError(
-                    f"{path}: dataset 'target' has {classes} classes but {first} has {num_classes}"
-                )
             with h5py.File(path, "r") as h5:
                 names = h5["audio_name"][()]
             valid = np.flatnonzero(names != b"").astype(np.int64)
@@ -203,13 +211,8 @@ class AudioSetHDF5(Dataset):
         """Rows skipped because their ``audio_name`` is empty (all files)."""
         return sum(self.dropped_per_file)
 
-    @property
-    def class_names(self) -> list[str]:
-        return [c.display_name for c in self.classes]
-
-    @property
-    def class_mids(self) -> list[str]:
-        return [c.mid for c in self.classes]
+    class_names = property(lambda self: display_names(self.classes))
+    class_mids = property(lambda self: mids(self.classes))
 
     def locate(self, index: int) -> tuple[int, int]:
         """Global valid-row index -> (file number, row in that file)."""

@@ -131,11 +131,6 @@ class BalancedSampler(_ShardedTrainSampler):
         super().__init__(len(weights), num_replicas, rank, seed, samples_per_epoch, drop_last)
         self.probabilities = weights / weights.sum()
 
-    @classmethod
-    def from_dataset(cls, dataset, prior: float = 0.0, **kwargs) -> "BalancedSampler":
-        """Weights from a dataset with ``iter_targets()`` (e.g. :class:`AudioSetHDF5`)."""
-        return cls(balanced_clip_weights(dataset.iter_targets(), prior), **kwargs)
-
     def epoch_order(self) -> np.ndarray:
         rng = _rng(self.seed, self.epoch)
         return rng.choice(self.num_items, size=self.epoch_total, replace=True, p=self.probabilities)
