@@ -79,7 +79,7 @@ class DataConfig:
 
 
 @dataclass
-class AugmentConfig:
+class AugmentSection:
     front_end: bool = _f(True, "roll, speed perturbation and random erasing in training")
     mixup_alpha: float = _f(0.8, "batch mixup alpha; 0 disables mixup")
     label_smoothing: float = _f(0.1, "label smoothing of the training targets")
@@ -145,7 +145,7 @@ class RunConfig:
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentSection = field(default_factory=AugmentSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +31,7 @@ from torch import nn
 from .data import AudioSetDataModule, ClassInfo, LogMelFrontEnd
 from .metrics import AudioSetMetrics, TaggingMetrics
 from .models import load_checkpoint
+from .output_dirs import ensure_writable_dir
 
 __all__ = ["EvaluationModule", "evaluate", "format_metrics", "write_outputs"]
 
@@ -75,15 +75,6 @@ class EvaluationModule(L.LightningModule):
             write_outputs(self, self.output_dir)
 
 
-def _check_output_dir(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise OSError(err.errno, f"--output-dir: cannot write to {output_dir}: {err.strerror or err}") from None
-
-
 def evaluate(
     checkpoint: str,
     data_files: Sequence[str],
@@ -108,7 +99,7 @@ def evaluate(
     """
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
-        _check_output_dir(out)
+        ensure_writable_dir(out, "--output-dir")
     net = load_checkpoint(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle).eval()
     dm = AudioSetDataModule(
         test_files=list(data_files), class_csv=class_csv, batch_size=batch_size,

@@ -21,7 +21,7 @@ from torch import nn
 
 from .data import LogMelFrontEnd, mixup
 from .ema import make_ema, update_ema
-from .metrics import AudioSetMetrics, TaggingMetrics
+from .metrics import AudioSetMetrics
 from .models import CheckpointMismatchError, create_model, load_checkpoint
 from .optim import build_optimizer, is_position_param, lr_lambda
 
@@ -203,7 +203,7 @@ class AudioTaggingModule(L.LightningModule):
         if self.val_metrics_ema is not None:
             self._log_metrics(self.val_metrics_ema, "val", "_ema")
 
-    def _log_metrics(self, metric: AudioSetMetrics, stage: str, suffix: str) -> TaggingMetrics:
+    def _log_metrics(self, metric: AudioSetMetrics, stage: str, suffix: str) -> None:
         result = metric.compute()  # gathered over ranks: the same numbers on every rank
         metric.reset()
         values = {
@@ -217,7 +217,6 @@ class AudioTaggingModule(L.LightningModule):
             {f"{stage}/{k}{suffix}": v for k, v in values.items()},
             prog_bar=False, sync_dist=False, rank_zero_only=False,
         )
-        return result
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self) -> dict[str, Any]:

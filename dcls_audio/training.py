@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +33,7 @@ from .config import ConfigError, TrainConfig, dump_config
 from .data import AudioSetDataModule, ensure_demo_data
 from .lit_module import AudioTaggingModule, NonFiniteLossError
 from .optim import scaled_lr
+from .output_dirs import ensure_writable_dir
 
 __all__ = [
     "TrainResult", "TrainingStopped", "build_datamodule", "build_module", "print_summary",
@@ -72,15 +72,6 @@ def _say(message: str) -> None:
 def _versions(root: Path) -> list[Path]:
     found = [p for p in root.glob("version_*") if p.is_dir() and p.name[8:].isdigit()]
     return sorted(found, key=lambda p: int(p.name[8:]))
-
-
-def _check_writable(directory: Path, what: str) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"{what}: cannot write to {directory}: {err.strerror or err}") from None
 
 
 def resolve_run_dir(
@@ -314,7 +305,7 @@ def train(
     ``callbacks``: extra Lightning callbacks for this run.
 
     Raises:
-        ConfigError / FileNotFoundError / ValueError: bad config, data or output dir (before
+        ConfigError / FileNotFoundError / ValueError / OSError: bad config, data or output dir (before
             any training work).
         TrainingStopped: non-finite loss (the last good checkpoint is kept).
         OSError: a checkpoint or log could not be written (disk full, permissions).
@@ -327,7 +318,7 @@ def train(
         )
     auto_resume = cfg.run.auto_resume and not cfg.trainer.fast_dev_run
     run_dir, resume_from = resolve_run_dir(cfg.run.output_dir, cfg.run.name, auto_resume, resume)
-    _check_writable(run_dir, "run.output_dir")
+    ensure_writable_dir(run_dir, "run.output_dir")
     ckpt_dir = run_dir / "checkpoints"
 
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
