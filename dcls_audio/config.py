@@ -185,7 +185,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against type ``tp``; return it (ints widened to float, str to float)."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
+        # Exact kinds first: typing caches unions regardless of member order, so ``int | float``
+        # may come back as (float, int) and would turn 5 batches into 5.0 (a fraction).
+        exact_first = {type(None): 0, bool: 1, int: 2}
+        for option in sorted(typing.get_args(tp), key=lambda o: exact_first.get(o, 3)):
             try:
                 return _coerce(value, option, key)
             except ConfigError:
