@@ -123,15 +123,6 @@ def create_model(
     return model
 
 
-def spec_of(model: nn.Module) -> ModelSpec:
-    """The spec a model was created from (``model.model_name``)."""
-    name = getattr(model, "model_name", None)
-    if name is None:
-        raise ValueError(
-            f"{type(model).__name__} was not built by dcls_audio.models.create_model (no model_name attribute)"
-        )
-    return get_spec(name)
-
 
 def describe_models() -> list[dict[str, Any]]:
     """One row per model: ``model``, ``description``, ``dcls``, ``released`` (URL or None)."""
