@@ -49,10 +49,15 @@ def window_starts(num_samples: int, window: int = CLIP_SAMPLES, hop: int = CLIP_
     return [k * hop for k in range(count)] + [last]
 
 
-def cut_windows(waveform: torch.Tensor, starts: Sequence[int], window: int = CLIP_SAMPLES) -> torch.Tensor:
-    """Windows of a mono waveform (S,) -> (len(starts), window), zero-padded past the end."""
-    out = waveform.new_zeros(len(starts), window)
-    for row, start in enumerate(starts):
+def cut_windows(
+    sources: Sequence[tuple[torch.Tensor, int]], window: int = CLIP_SAMPLES, pin_memory: bool = False
+) -> torch.Tensor:
+    """Windows ``(waveform (S,), start)`` -> (len(sources), window), zero-padded past each end.
+
+    ``pin_memory`` allocates the batch in pinned memory so a copy to the GPU can overlap.
+    """
+    out = torch.zeros(len(sources), window, pin_memory=pin_memory)
+    for row, (waveform, start) in enumerate(sources):
         piece = waveform[start : start + window]
         out[row, : piece.shape[0]] = piece
     return out
@@ -282,11 +287,8 @@ def tag_files(
     queue: list[tuple[_Pending, int]] = []  # windows waiting for a batch: (file, window index)
 
     def run_batch(items: list[tuple[_Pending, int]]) -> None:
-        batch = torch.zeros(len(items), CLIP_SAMPLES)
-        for row, (pending, i) in enumerate(items):
-            piece = pending.decoded.waveform[pending.starts[i] : pending.starts[i] + CLIP_SAMPLES]  # type: ignore[union-attr]
-            batch[row, : piece.shape[0]] = piece
-        probs = tagger(batch)
+        sources = [(pending.decoded.waveform, pending.starts[i]) for pending, i in items]  # type: ignore[union-attr]
+        probs = tagger(cut_windows(sources, pin_memory=tagger.device.type == "cuda"))
         for (pending, i), row in zip(items, probs):
             pending.scores[i] = row
             pending.remaining -= 1

@@ -69,7 +69,7 @@ def test_window_starts_rejects_bad_values(bad):
 
 def test_cut_windows_pads_with_zeros():
     wave = torch.arange(1, 26, dtype=torch.float32)
-    out = cut_windows(wave, [0, 15, 20], window=10)
+    out = cut_windows([(wave, s) for s in (0, 15, 20)], window=10)
     assert torch.equal(out[0], wave[:10])
     assert torch.equal(out[1], wave[15:25])
     assert torch.equal(out[2], torch.cat([wave[20:], torch.zeros(5)]))
@@ -192,7 +192,7 @@ def test_tag_files_batches_across_files_in_order(tmp_path, tiny_dcls_model):
     # each window alone through the tagger gives the same scores
     first = runs[3][0]
     wave = decode_file(paths[0]).waveform
-    alone = tagger(cut_windows(wave, window_starts(wave.shape[0], W, 5 * SR)))
+    alone = tagger(cut_windows([(wave, s) for s in window_starts(wave.shape[0], W, 5 * SR)]))
     torch.testing.assert_close(first.window_scores, alone, rtol=0, atol=1e-6)
     torch.testing.assert_close(first.scores, alone.max(dim=0).values)
     mean = list(tag_files(tagger, paths[:1], aggregate="mean"))[0]
