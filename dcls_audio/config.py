@@ -76,6 +76,8 @@ class DataConfig:
     pin_memory: bool = _f(True, "pin host memory of batches")
     persistent_workers: bool = _f(True, "keep workers alive between epochs")
     sampler: Literal["uniform", "balanced"] = _f("uniform", "training sampler")
+    samples_per_epoch: Optional[int] = _f(None, "clips drawn per epoch (all ranks); null: the train set size")
+    balance_prior: float = _f(0.0, "balanced sampler: clip weight = sum over labels of 1/(count + prior)")
 
 
 @dataclass

@@ -210,6 +210,8 @@ def build_datamodule(cfg: TrainConfig) -> tuple[AudioSetDataModule, list[str]]:
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
         sampler=data.sampler,
+        samples_per_epoch=data.samples_per_epoch,
+        balance_prior=data.balance_prior,
         seed=cfg.run.seed,
     )
     dm.setup("fit")  # opens and checks every file now

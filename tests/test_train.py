@@ -289,3 +289,23 @@ def test_resuming_a_run_of_another_network_is_refused(tiny_data, tmp_path, capsy
         args += [f"--{key}", value]
     assert cli.main(args) == 2
     assert "cannot resume" in capsys.readouterr().err
+
+
+def test_balanced_sampler_settings_reach_the_train_sampler(tiny_data):
+    from dcls_audio.data import BalancedSampler
+    from dcls_audio.training import build_datamodule
+
+    train_h5, val_h5 = tiny_data
+    cfg = load_config("demo", overrides={
+        "data.train_files": f"[{train_h5}]", "data.val_files": f"[{val_h5}]",
+        "data.sampler": "balanced", "data.samples_per_epoch": "20", "data.balance_prior": "2.0",
+    })
+    dm, _ = build_datamodule(cfg)
+    dm.setup("fit")
+    sampler = dm.train_sampler()
+    assert isinstance(sampler, BalancedSampler)
+    assert len(list(iter(sampler))) == 20
+    # labels 0, 1, 2 occur 3, 3, 2 times: with prior 2 a class-2 clip weighs 1/(2+2), the others 1/(3+2)
+    p = sampler.probabilities
+    assert p.shape == (8,) and p[2] == p[5] and p[0] == p[1]
+    assert np.isclose(p[2] / p[0], (1 / 4) / (1 / 5))
