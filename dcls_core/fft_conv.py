@@ -4,18 +4,20 @@
 stride, zero or ``padding_mode`` padding, no dilation) with ``torch.fft`` on any device.
 
 Each spatial axis is transformed at a size ``L >= max(size + padding, out_size)`` with only
-the factors 2, 3, 5 and 7. The kernel is placed circularly (tap ``i`` at ``(padding - i) mod
-L``, taps that share a slot are summed), so the circular convolution of the unpadded input
-equals the zero-padded correlation on every output that is kept; ``L`` need not exceed the
-kernel. The work runs in float32 (float64 for float64 inputs); half-precision inputs are
-read and the output written in their dtype.
+the factors 2, 3, 5 and 7 (on CUDA the cheapest for cuFFT, :mod:`dcls_core.fft_sizes`). The
+kernel is placed circularly (tap ``i`` at ``(padding - i) mod L``, taps that share a slot are
+summed), so the circular convolution of the unpadded input equals the zero-padded
+correlation on every output that is kept; ``L`` need not exceed the kernel. The work runs in
+float32 (float64 for float64 inputs); half-precision inputs are read and the output written
+in their dtype. The element-wise passes (pad and cast, spectrum products, crop, cast and
+bias, the depthwise backward) are Triton kernels on CUDA (:mod:`dcls_core.spectral_ops`).
 
 Memory: for depthwise-like kernels the forward pass and the backward pass run over the batch
 in chunks (at most 8) whose spectra stay under half the input's size or 48 MiB, whichever is
-more; products are taken in
-place, and the backward pass recomputes the input's spectrum instead of keeping it, so the
-extra memory over ``F.conv`` is a few chunk spectra. Each chunk costs about a dozen kernel
-launches, so more, smaller chunks trade time for memory (measured in the notes).
+more; products are taken in place, and the backward pass recomputes the input's spectrum
+instead of keeping it, so the extra memory over ``F.conv`` is a few chunk spectra. Each chunk
+costs about ten kernel launches, so more, smaller chunks trade time for memory (measured in
+the notes).
 Gradients (derived in the spatial domain, no complex autograd):
 
     dx = irfft(dY * conj(G))[:H],   dg = irfft(sum_n dY * conj(X)),   db = sum(dy)
@@ -32,28 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import spectral_ops
+from .fft_sizes import FFT_PRIMES, fast_fft_size, transform_sizes  # noqa: F401 (re-exported)
 from .functional import reversed_padding_repeated_twice
 
-FFT_PRIMES = (2, 3, 5, 7)
 MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs ~12 launches)
 MIN_CHUNK_BYTES = 48 * 2**20    # one spectrum of one chunk: at least this many bytes...
 CHUNK_FRACTION_OF_INPUT = 2     # ...or half the input's size, if that is more
 FORCE_CHUNKS: Optional[int] = None  # benchmarks: this many chunks regardless
-
-
-def fast_fft_size(n: int) -> int:
-    """Smallest ``m >= n`` whose prime factors are all in (2, 3, 5, 7)."""
-    if n < 1:
-        raise ValueError(f"fast_fft_size: n must be >= 1, got {n}")
-    m = n
-    while True:
-        rest = m
-        for p in FFT_PRIMES:
-            while rest % p == 0:
-                rest //= p
-        if rest == 1:
-            return m
-        m += 1
 
 
 def placed_kernel(kernel: Tensor, sizes: Sequence[int], padding: Sequence[int]) -> Tensor:
@@ -107,7 +95,7 @@ def _mix(a_f: Tensor, b_f: Tensor, groups: int, transpose: bool) -> Tensor:
     c_out, cin_g = b_f.shape[:2]
     cout_g = c_out // groups
     if cin_g == 1 and cout_g == 1:
-        return a_f.mul_((b_f.conj() if transpose else b_f).reshape(c_out, *freq))
+        return spectral_ops.spectral_mul_(a_f, b_f.reshape(c_out, *freq), conj=transpose)
     b_g = b_f.reshape(groups, cout_g, cin_g, -1)
     if transpose:
         a_g = a_f.reshape(n, groups, cout_g, -1)
@@ -124,8 +112,6 @@ def _kernel_grad(dy_f: Tensor, x_f: Tensor, groups: int, c_out: int) -> Tensor:
     freq = dy_f.shape[2:]
     cin_g = x_f.shape[1] // groups
     cout_g = c_out // groups
-    if cin_g == 1 and cout_g == 1:
-        return torch.linalg.vecdot(x_f, dy_f, dim=0).reshape(c_out, 1, *freq)
     out = torch.einsum("ngof,ngcf->gocf", dy_f.reshape(n, groups, cout_g, -1), x_f.reshape(n, groups, cin_g, -1).conj())
     return out.reshape(c_out, cin_g, *freq)
 
@@ -150,11 +136,17 @@ def _forward_impl(
     out_shape = [-(-o // s) for o, s in zip(out_full, stride)]
     y = torch.empty((x.shape[0], c_out, *out_shape), device=x.device, dtype=_dtype_of(out_dtype))
     chunk = _chunk_size(x, g, g_f.shape[2:], g_f.element_size())
+    strided = any(s != 1 for s in stride)
     for s in range(0, x.shape[0], chunk):
-        y_f = _mix(torch.fft.rfftn(x[s: s + chunk].to(work), s=sizes, dim=dims), g_f, groups, transpose=False)
-        y[s: s + chunk] = _crop(torch.fft.irfftn(y_f, s=sizes, dim=dims), out_full, stride)
+        y_f = _mix(torch.fft.rfftn(spectral_ops.padded(x[s: s + chunk], sizes, work), dim=dims), g_f, groups, transpose=False)
+        full = torch.fft.irfftn(y_f, s=sizes, dim=dims)
         del y_f
-    if bias is not None:
+        if strided:
+            y[s: s + chunk] = _crop(full, out_full, stride)
+        else:
+            spectral_ops.crop_into(y[s: s + chunk], full, bias)
+        del full
+    if bias is not None and strided:
         y += bias.reshape(c_out, *([1] * ndim)).to(y.dtype)
     return y
 
@@ -166,30 +158,33 @@ def _backward_impl(
     ndim = len(sizes)
     dims = tuple(range(-ndim, 0))
     work = g.dtype
-    c_out = g.shape[0]
+    c_out, cin_g = g.shape[:2]
+    depthwise = cin_g == 1 and c_out == groups
     g_f = torch.fft.rfftn(g, dim=dims)
-    spatial = tuple(slice(0, n) for n in x.shape[2:])
     dx = torch.empty_like(x) if need_x else x.new_empty(0)
     dg_f = torch.zeros_like(g_f) if need_g else None
     chunk = _chunk_size(x, g, g_f.shape[2:], g_f.element_size())
     strided = any(s != 1 for s in stride)
     for s in range(0, x.shape[0], chunk):
-        dy_c = dy[s: s + chunk].to(work)
+        dy_c = dy[s: s + chunk]
         if strided:  # scatter the strided gradient onto the full grid
-            up = dy_c.new_zeros((dy_c.shape[0], c_out, *sizes))
+            up = dy_c.new_zeros((dy_c.shape[0], c_out, *sizes), dtype=work)
             _crop(up, out_full, stride).copy_(dy_c)
-            dy_c = up
-        dy_f = torch.fft.rfftn(dy_c, s=sizes, dim=dims)
-        del dy_c
-        if need_g:
-            dg_f += _kernel_grad(dy_f, torch.fft.rfftn(x[s: s + chunk].to(work), s=sizes, dim=dims), groups, c_out)
-        if need_x:
-            dx_f = _mix(dy_f, g_f, groups, transpose=True)
-            del dy_f
-            dx[s: s + chunk] = torch.fft.irfftn(dx_f, s=sizes, dim=dims)[(Ellipsis, *spatial)]
-            del dx_f
         else:
-            del dy_f
+            up = spectral_ops.padded(dy_c, sizes, work)
+        dy_f = torch.fft.rfftn(up, dim=dims)
+        del up, dy_c
+        x_f = torch.fft.rfftn(spectral_ops.padded(x[s: s + chunk], sizes, work), dim=dims) if need_g else None
+        if depthwise:
+            dx_f = spectral_ops.backward_mix_(dy_f, x_f, g_f, dg_f, need_x, need_g)
+        else:
+            if need_g:
+                dg_f += _kernel_grad(dy_f, x_f, groups, c_out)
+            dx_f = _mix(dy_f, g_f, groups, transpose=True) if need_x else None
+        del dy_f, x_f
+        if need_x:
+            spectral_ops.crop_into(dx[s: s + chunk], torch.fft.irfftn(dx_f, s=sizes, dim=dims))
+        del dx_f
     dg = torch.fft.irfftn(dg_f, s=sizes, dim=dims) if need_g else g.new_empty(0)
     return dx, dg
 
@@ -323,7 +318,7 @@ def fft_conv_nd(
         out_full = [s + 2 * p - k + 1 for s, p, k in zip(spatial, padding, ksize)]
         if min(out_full) < 1:
             raise ValueError(f"fft_conv_nd: kernel {ksize} larger than padded input {spatial} + 2 x {padding}")
-        sizes = [fast_fft_size(max(s + p, o)) for s, p, o in zip(spatial, padding, out_full)]
+        sizes = transform_sizes([max(s + p, o) for s, p, o in zip(spatial, padding, out_full)], input.device.type)
         g = placed_kernel(kernel.to(work), sizes, padding)
         dtype_name = str(out_dtype).replace("torch.", "")
         args = (input, g, bias, sizes, out_full, list(stride), int(groups), dtype_name)

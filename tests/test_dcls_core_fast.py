@@ -91,6 +91,32 @@ def test_fast_fft_size_is_smallest_7_smooth():
         fast_fft_size(0)
 
 
+def test_transform_sizes_cost_model_and_exactness(monkeypatch):
+    """On CUDA an axis may grow to a cheaper 7-smooth size (64x62 + 11: 75x75 -> 81x81, since
+    cuFFT's 75 costs 1.8x); any size >= the minimum is exact, checked here in float64 by
+    forcing the CUDA choice on the CPU."""
+    from dcls_core import fft_conv, fft_sizes
+
+    assert fft_sizes.transform_sizes([75, 73], "cpu") == [75, 75]
+    assert fft_sizes.transform_sizes([75, 73], "cuda") == [81, 81]
+    for minimal in ([19, 18], [43, 42], [27, 26], [75, 73], [9], [2011], [16, 16, 16]):
+        chosen = fft_sizes.transform_sizes(minimal, "cuda")
+        assert all(m <= L <= fft_sizes.MAX_GROWTH * m or L == fft_sizes.fast_fft_size(m) for m, L in zip(minimal, chosen))
+        assert all(fft_sizes.fast_fft_size(L) == L for L in chosen)
+        smallest = [fft_sizes.fast_fft_size(m) for m in minimal]
+        assert fft_sizes.modelled_cost(chosen) <= fft_sizes.modelled_cost(smallest)
+    monkeypatch.setattr(fft_conv, "transform_sizes", lambda minimal, device_type: fft_sizes.transform_sizes(minimal, "cuda"))
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 64, 62, dtype=torch.float64, generator=g, requires_grad=True)
+    k = torch.randn(3, 1, 23, 23, dtype=torch.float64, generator=g, requires_grad=True)
+    want = F.conv2d(x, k, padding=11, groups=3)
+    got = fft_conv.fft_conv_nd(x, k, None, (1, 1), (11, 11), 3)
+    dy = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    for a, b in zip(torch.autograd.grad(got, (x, k), dy), torch.autograd.grad(want, (x, k), dy)):
+        assert rel_err(a, b) < 1e-12
+    assert rel_err(got, want) < 1e-12
+
+
 FFT_GRID = [
     # ndim, cin, cout, groups, kernel, padding, stride, padding_mode
     (1, 4, 6, 1, (7,), (3,), (1,), "zeros"),
@@ -385,6 +411,94 @@ def test_triton_construction_under_interpreter():
     assert worst < 2e-6
 
 
+SPECTRAL_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np
+    import triton.runtime.interpreter as interp
+    _orig = interp._patch_lang_tensor
+    def _patched(tensor, scope):
+        _orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+    interp._patch_lang_tensor = _patched
+
+    import torch
+    from dcls_core import spectral_ops as so
+    from dcls_core.fft_conv import fft_conv_nd
+    so._triton_ok = lambda t, ndim: ndim <= 2 and not so.FORCE_TORCH   # the interpreter runs on the CPU
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    torch.manual_seed(0)
+    worst = 0.0
+    # the passes one by one: any strides and dtypes in, 1-D and 2-D planes
+    x = torch.randn(3, 5, 9, 13).to(torch.bfloat16).transpose(2, 3)          # strided, bf16
+    got = so.padded(x, (17, 12), torch.float32)
+    with so.torch_only():
+        want = so.padded(x, (17, 12), torch.float32)
+    worst = max(worst, rel(got, want))
+    x1 = torch.randn(2, 4, 11)
+    got = so.padded(x1, (16,), torch.float32)
+    with so.torch_only():
+        worst = max(worst, rel(got, so.padded(x1, (16,), torch.float32)))
+    full = torch.randn(3, 5, 17, 12)
+    bias = torch.randn(5)
+    for b in (None, bias):
+        for dtype in (torch.float32, torch.float16):
+            d1 = torch.empty(3, 5, 13, 9, dtype=dtype)
+            d2 = torch.empty_like(d1)
+            so.crop_into(d1, full, b)
+            with so.torch_only():
+                so.crop_into(d2, full, b)
+            if dtype == torch.float32:
+                worst = max(worst, rel(d1, d2))
+            else:  # the kernel adds the bias before rounding, torch after: compare to exact
+                exact = full[..., :13, :9].double() + (0 if b is None else b.double()[:, None, None])
+                assert rel(d1, exact) <= rel(d2, exact) + 1e-7 and rel(d1, exact) < 5e-4
+    a = torch.randn(4, 5, 6, 7, dtype=torch.complex64)
+    g = torch.randn(5, 6, 7, dtype=torch.complex64)
+    for conj in (False, True):
+        got = so.spectral_mul_(a.clone(), g, conj)
+        with so.torch_only():
+            worst = max(worst, rel(torch.view_as_real(got), torch.view_as_real(so.spectral_mul_(a.clone(), g, conj))))
+    xf = torch.randn(4, 5, 6, 7, dtype=torch.complex64)
+    gf = torch.randn(5, 1, 6, 7, dtype=torch.complex64)
+    for need_x, need_g in ((True, True), (True, False), (False, True)):
+        dg1 = torch.randn(5, 1, 6, 7, dtype=torch.complex64)
+        dg2 = dg1.clone()
+        d1 = so.backward_mix_(a.clone(), xf if need_g else None, gf, dg1 if need_g else None, need_x, need_g)
+        with so.torch_only():
+            d2 = so.backward_mix_(a.clone(), xf if need_g else None, gf, dg2 if need_g else None, need_x, need_g)
+        worst = max(worst, rel(torch.view_as_real(d1), torch.view_as_real(d2)), rel(torch.view_as_real(dg1), torch.view_as_real(dg2)))
+    # the whole convolution, forward and gradients, against F.conv2d in float64
+    x = torch.randn(3, 4, 10, 9, dtype=torch.float64)
+    k = torch.randn(4, 1, 7, 5, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    xr, kr, br = (t.clone().requires_grad_() for t in (x, k, b))
+    ref = torch.nn.functional.conv2d(xr, kr, br, padding=(3, 2), groups=4)
+    dy = torch.randn_like(ref)
+    rg = torch.autograd.grad(ref, (xr, kr, br), dy)
+    xf32, kf32, bf32 = (t.float().requires_grad_() for t in (x, k, b))
+    out = fft_conv_nd(xf32, kf32, bf32, (1, 1), (3, 2), 4)
+    og = torch.autograd.grad(out, (xf32, kf32, bf32), dy.float())
+    worst = max([worst, rel(out, ref)] + [rel(a, r) for a, r in zip(og, rg)])
+    print("WORST", worst)
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_spectral_kernels_under_interpreter():
+    """The FFT convolution's Triton passes (pad+cast, crop+cast+bias, spectrum product, fused
+    depthwise backward), run on the CPU by Triton's interpreter, equal their torch versions;
+    the whole depthwise convolution through them equals F.conv2d (float64)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", SPECTRAL_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    worst = float(proc.stdout.split("WORST")[-1])
+    assert worst < 2e-6
+
+
 # -- CUDA ------------------------------------------------------------------------------------------
 FFT_SHAPES = [
     # N, C, H, W, kH, kW, ph, pw
@@ -398,7 +512,12 @@ FFT_SHAPES = [
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape", FFT_SHAPES)
 @pytest.mark.parametrize("mode", ["fp32", "bf16", "fp16"])
-def test_fft_depthwise_equals_float64_cuda(shape, mode):
+@pytest.mark.parametrize("passes", ["triton", "torch"])
+def test_fft_depthwise_equals_float64_cuda(shape, mode, passes, monkeypatch):
+    """Both implementations of the element-wise passes (Triton kernels, torch operations)."""
+    from dcls_core import spectral_ops
+
+    monkeypatch.setattr(spectral_ops, "FORCE_TORCH", passes == "torch")
     N, C, H, W, KH, KW, ph, pw = shape
     g = torch.Generator().manual_seed(3)
     x = torch.randn(N, C, H, W, dtype=torch.float64, generator=g)

@@ -1,0 +1,128 @@
+"""The element-wise passes of the FFT convolution, in two implementations side by side.
+
+* Triton kernels (:mod:`dcls_core.triton_spectral_kernels`): CUDA, float32 work (complex64
+  spectra), one or two spatial axes. Padding and the dtype cast are one pass, so are the
+  crop, the cast and the bias; the depthwise backward computes the kernel gradient and the
+  input gradient's spectrum in one pass without the ``(N, C, F)`` product tensor.
+* torch operations: everywhere else (CPU, float64, 3-D), and the reference for the kernels.
+
+``FORCE_TORCH = True`` (or :func:`torch_only`) makes every call take the torch operations.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+FORCE_TORCH = False
+_BLOCK = 1024      # elements per program (pad / crop / products)
+_MIX_BLOCK = 128   # (channel, frequency) slots per program of the depthwise backward
+
+
+@contextlib.contextmanager
+def torch_only() -> Iterator[None]:
+    """Within the block every pass runs as torch operations (tests, benchmarks)."""
+    global FORCE_TORCH
+    saved, FORCE_TORCH = FORCE_TORCH, True
+    try:
+        yield
+    finally:
+        FORCE_TORCH = saved
+
+
+def _kernels():
+    from . import triton_spectral_kernels
+
+    return triton_spectral_kernels
+
+
+def _triton_ok(t: Tensor, ndim: int) -> bool:
+    if FORCE_TORCH or not t.is_cuda or ndim > 2:
+        return False
+    from .triton_construct import _triton_importable
+
+    return _triton_importable()
+
+
+def _planes(shape: Sequence[int], ndim: int) -> tuple[int, int]:
+    """``(rows, cols)`` of the last ``ndim`` (1 or 2) axes."""
+    return (1, shape[-1]) if ndim == 1 else (shape[-2], shape[-1])
+
+
+def _strides4(t: Tensor, ndim: int) -> tuple[int, int, int, int]:
+    s = t.stride()
+    return (s[0], s[1], 0, s[2]) if ndim == 1 else tuple(s)  # type: ignore[return-value]
+
+
+def padded(x: Tensor, sizes: Sequence[int], work: torch.dtype) -> Tensor:
+    """``x (n, C, *spatial)`` (any dtype, any strides) zero-padded at the end of each spatial
+    axis to ``sizes``, as a contiguous ``work``-dtype tensor ``(n, C, *sizes)``."""
+    ndim = len(sizes)
+    n, c = x.shape[:2]
+    out = x.new_empty((n, c, *sizes), dtype=work) if work == torch.float32 and _triton_ok(x, ndim) else None
+    if out is None or out.numel() == 0:
+        out = x.new_zeros((n, c, *sizes), dtype=work)
+        out[(Ellipsis, *(slice(0, s) for s in x.shape[2:]))] = x
+        return out
+    H, W = _planes(x.shape, ndim)
+    LH, LW = _planes(sizes, ndim)
+    total = out.numel()
+    _kernels().pad_cast[(-(-total // _BLOCK),)](x, out, total, c, H, W, LH, LW, *_strides4(x, ndim), BLOCK=_BLOCK)
+    return out
+
+
+def crop_into(dst: Tensor, full: Tensor, bias: Optional[Tensor] = None) -> None:
+    """``dst (n, C, *out) = full[..., :out] (+ bias per channel)`` in ``dst``'s dtype;
+    ``full (n, C, *sizes)`` is a contiguous float transform output."""
+    ndim = dst.dim() - 2
+    c = dst.shape[1]
+    if full.dtype != torch.float32 or not _triton_ok(full, ndim) or dst.numel() == 0:
+        dst.copy_(full[(Ellipsis, *(slice(0, s) for s in dst.shape[2:]))])
+        if bias is not None:
+            dst += bias.reshape(c, *([1] * ndim)).to(dst.dtype)
+        return
+    H, W = _planes(dst.shape, ndim)
+    LH, LW = _planes(full.shape, ndim)
+    total = dst.numel()
+    _kernels().crop_cast[(-(-total // _BLOCK),)](
+        full, dst, bias if bias is not None else full, total, c, H, W, LH, LW, *_strides4(dst, ndim),
+        HAS_BIAS=bias is not None, BLOCK=_BLOCK,
+    )
+
+
+def spectral_mul_(a_f: Tensor, b_f: Tensor, conj: bool) -> Tensor:
+    """In place ``a_f (n, C, *F) *= b_f (C, *F)`` (its conjugate with ``conj``); returns ``a_f``."""
+    if a_f.dtype != torch.complex64 or not _triton_ok(a_f, 2) or not (a_f.is_contiguous() and b_f.is_contiguous()):
+        return a_f.mul_((b_f.conj() if conj else b_f).reshape(a_f.shape[1:]))
+    total, per_sample = a_f.numel(), b_f.numel()
+    _kernels().spectral_mul[(-(-total // _BLOCK),)](
+        torch.view_as_real(a_f), torch.view_as_real(b_f), total, per_sample, CONJ=conj, BLOCK=_BLOCK
+    )
+    return a_f
+
+
+def backward_mix_(dy_f: Tensor, x_f: Optional[Tensor], g_f: Tensor, dg_f: Optional[Tensor], need_x: bool, need_g: bool) -> Tensor:
+    """Depthwise backward in the frequency domain: ``dg_f += sum_n dy_f * conj(x_f)`` (with
+    ``need_g``) and, in place, ``dy_f *= conj(g_f)`` (with ``need_x``). ``dy_f, x_f (n, C,
+    *F)``; ``g_f, dg_f (C, 1, *F)``. Returns ``dy_f`` (the input gradient's spectrum)."""
+    tensors = [t for t in (dy_f, x_f, g_f, dg_f) if t is not None]
+    fused = (
+        all(t.dtype == torch.complex64 and t.is_contiguous() for t in tensors)
+        and _triton_ok(dy_f, 2)
+    )
+    if not fused:
+        if need_g:
+            dg_f += torch.linalg.vecdot(x_f, dy_f, dim=0).reshape(dg_f.shape)
+        if need_x:
+            dy_f.mul_(g_f.conj().reshape(dy_f.shape[1:]))
+        return dy_f
+    per_sample = g_f.numel()
+    dummy = torch.view_as_real(dy_f)
+    _kernels().backward_mix[(-(-per_sample // _MIX_BLOCK),)](
+        dummy, torch.view_as_real(x_f) if need_g else dummy, torch.view_as_real(g_f),
+        torch.view_as_real(dg_f) if need_g else dummy, dy_f.shape[0], per_sample,
+        NEED_X=need_x, NEED_G=need_g, BLOCK=_MIX_BLOCK,
+    )
+    return dy_f

@@ -1,0 +1,96 @@
+"""Triton kernels of the FFT convolution's element-wise passes (imported on first use).
+
+Complex tensors are read as interleaved float32 pairs. Planes are ``(rows, cols)`` images of
+one (sample, channel); ``pad_cast`` and ``crop_cast`` move them between an input-sized tensor
+of any dtype and strides and a contiguous zero-padded float32 transform buffer.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def pad_cast(src_ptr, dst_ptr, total, C, H, W, LH, LW, s_n, s_c, s_h, s_w, BLOCK: tl.constexpr):
+    """``dst[p, h, w] = src[n, c, h, w]`` inside ``H x W``, 0 elsewhere; ``dst (N*C, LH, LW)``
+    contiguous, one element per lane (small planes waste no lanes)."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < total
+    w = i % LW
+    t = i // LW
+    h = t % LH
+    plane = t // LH
+    n = plane // C
+    c = plane % C
+    inside = ok & (h < H) & (w < W)
+    v = tl.load(src_ptr + n * s_n + c * s_c + h * s_h + w * s_w, mask=inside, other=0.0)
+    tl.store(dst_ptr + i, v.to(tl.float32), mask=ok)
+
+
+@triton.jit
+def crop_cast(
+    src_ptr, dst_ptr, bias_ptr, total, C, H, W, LH, LW, d_n, d_c, d_h, d_w,
+    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """``dst[n, c, h, w] = src[p, h, w] (+ bias[c])`` for ``h < H, w < W``, in dst's dtype;
+    ``src (N*C, LH, LW)`` contiguous float32, ``dst`` any strides."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < total
+    w = i % W
+    t = i // W
+    h = t % H
+    plane = t // H
+    n = plane // C
+    c = plane % C
+    v = tl.load(src_ptr + plane * LH * LW + h * LW + w, mask=ok, other=0.0)
+    if HAS_BIAS:
+        v = v + tl.load(bias_ptr + c, mask=ok, other=0.0).to(tl.float32)
+    tl.store(dst_ptr + n * d_n + c * d_c + h * d_h + w * d_w, v.to(dst_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def spectral_mul(a_ptr, b_ptr, total, CF, CONJ: tl.constexpr, BLOCK: tl.constexpr):
+    """In place ``a[n, q] *= b[q]`` (``conj(b[q])`` with CONJ); ``a (N, CF)``, ``b (CF)`` complex."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = i < total
+    q = i % CF
+    ar = tl.load(a_ptr + 2 * i, mask=ok, other=0.0)
+    ai = tl.load(a_ptr + 2 * i + 1, mask=ok, other=0.0)
+    br = tl.load(b_ptr + 2 * q, mask=ok, other=0.0)
+    bi = tl.load(b_ptr + 2 * q + 1, mask=ok, other=0.0)
+    if CONJ:
+        bi = -bi
+    tl.store(a_ptr + 2 * i, ar * br - ai * bi, mask=ok)
+    tl.store(a_ptr + 2 * i + 1, ar * bi + ai * br, mask=ok)
+
+
+@triton.jit
+def backward_mix(
+    dy_ptr, x_ptr, g_ptr, dg_ptr, N, CF,
+    NEED_X: tl.constexpr, NEED_G: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Depthwise backward in the frequency domain, one pass over the chunk.
+
+    ``dg[q] += sum_n dY[n, q] conj(X[n, q])`` (NEED_G) and, in place, ``dY[n, q] *=
+    conj(G[q])`` (NEED_X); ``dY, X (N, CF)``, ``G, dg (CF)`` complex. Each program owns a
+    block of ``q``: no atomics, the sum runs over ``n`` in order (deterministic).
+    """
+    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = q < CF
+    gr = tl.load(g_ptr + 2 * q, mask=ok, other=0.0)
+    gi = tl.load(g_ptr + 2 * q + 1, mask=ok, other=0.0)
+    acc_r = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_i = tl.zeros([BLOCK], dtype=tl.float32)
+    for n in range(0, N):
+        off = n * CF + q
+        yr = tl.load(dy_ptr + 2 * off, mask=ok, other=0.0)
+        yi = tl.load(dy_ptr + 2 * off + 1, mask=ok, other=0.0)
+        if NEED_G:
+            xr = tl.load(x_ptr + 2 * off, mask=ok, other=0.0)
+            xi = tl.load(x_ptr + 2 * off + 1, mask=ok, other=0.0)
+            acc_r += yr * xr + yi * xi
+            acc_i += yi * xr - yr * xi
+        if NEED_X:
+            tl.store(dy_ptr + 2 * off, yr * gr + yi * gi, mask=ok)
+            tl.store(dy_ptr + 2 * off + 1, yi * gr - yr * gi, mask=ok)
+    if NEED_G:
+        tl.store(dg_ptr + 2 * q, tl.load(dg_ptr + 2 * q, mask=ok, other=0.0) + acc_r, mask=ok)
+        tl.store(dg_ptr + 2 * q + 1, tl.load(dg_ptr + 2 * q + 1, mask=ok, other=0.0) + acc_i, mask=ok)
