@@ -76,6 +76,38 @@ class StepTimer(L.Callback):
             trainer.should_stop = True
 
 
+class StepProfiler(L.Callback):
+    """Profiles ``steps`` training steps from step ``start`` with ``torch.profiler`` and prints
+    the operators with the most host time, the most device time, and the host syncs."""
+
+    def __init__(self, start: int, steps: int) -> None:
+        self.start, self.steps = start, steps
+        self.prof = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.start and self.prof is None:
+            acts = [torch.profiler.ProfilerActivity.CPU]
+            if pl_module.device.type == "cuda":
+                acts.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=acts)
+            self.prof.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.prof is not None and trainer.global_step == self.start + self.steps:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.prof.__exit__(None, None, None)
+            events = self.prof.key_averages()
+            print(f"== profile of {self.steps} steps: top host time")
+            print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
+            if pl_module.device.type == "cuda":
+                print(f"== top device time")
+                print(events.table(sort_by="self_device_time_total", row_limit=20, max_name_column_width=60))
+            syncs = {e.key: e.count for e in events if "Synchronize" in e.key or "DtoH" in e.key or e.key == "aten::item"}
+            print(f"== host syncs and device-to-host copies: {syncs}")
+            self.prof = None
+
+
 def run_one(name: str, args: argparse.Namespace) -> dict:
     kwargs = {"drop_path_rate": 0.1, **(TINY if args.tiny else {})}
     if "dcls" in name and args.tiny:
@@ -83,22 +115,28 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     module = AudioTaggingModule(
         name, 527, model_kwargs=kwargs, lr=1e-3, warmup_steps=10, ema_decay=0.9999 if args.ema else None,
-        channels_last=args.channels_last, compile=args.compile,
+        channels_last=args.channels_last, compile=args.compile or args.compile_mode != "default",
+        compile_mode=args.compile_mode,
     )
+    if args.no_loss_check:  # what the per-step host check of the loss costs
+        module.on_before_optimizer_step = lambda optimizer: module._step_losses.clear()
     total = args.warmup + args.steps
     loader = DataLoader(SyntheticClips(total * args.batch_size), batch_size=args.batch_size,
                         num_workers=args.num_workers, pin_memory=args.device != "cpu", drop_last=True)
     timer = StepTimer(args.warmup, args.steps)
+    callbacks = [timer] + ([StepProfiler(args.warmup, args.profile_steps)] if args.profile_steps else [])
     trainer = L.Trainer(
         accelerator=args.device, devices=1, precision=args.precision, max_steps=total + 1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, callbacks=[timer],
+        logger=False, enable_checkpointing=False, enable_progress_bar=args.progress_bar, enable_model_summary=False,
+        limit_val_batches=0, callbacks=callbacks,
     )
     trainer.fit(module, train_dataloaders=loader)
     samples_per_s = args.steps * args.batch_size / timer.seconds
     return {
         "model": name, "precision": args.precision, "batch_size": args.batch_size,
-        "channels_last": args.channels_last, "compile": args.compile, "ema": args.ema,
+        "channels_last": args.channels_last, "compile": args.compile or args.compile_mode != "default",
+        "compile_mode": args.compile_mode, "ema": args.ema, "loss_check": not args.no_loss_check,
+        "progress_bar": args.progress_bar,
         "timed_steps": args.steps, "seconds": timer.seconds, "samples_per_s": samples_per_s,
         "step_ms": 1000 * timer.seconds / args.steps, "peak_memory_gib": timer.peak_bytes / 2**30,
         "parameters": sum(p.numel() for p in module.net.parameters()),
@@ -115,6 +153,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default",
+                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                        help="torch.compile mode (implies --compile unless default)")
+    parser.add_argument("--no-loss-check", action="store_true",
+                        help="skip the per-step non-finite loss check (measures what it costs)")
+    parser.add_argument("--progress-bar", action="store_true", help="show Lightning's progress bar, as training does")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="profile this many steps before the timed ones (they are timed too) and print "
+                        "the top host and device operators")
     parser.add_argument("--ema", action="store_true", help="also update an EMA copy each step")
     parser.add_argument("--tiny", action="store_true", help="tiny architecture (a CPU smoke run)")
     parser.add_argument("--num-workers", type=int, default=4)

@@ -64,6 +64,8 @@ class ModelConfig:
     clamp_positions: bool = _f(False, "clamp DCLS positions to the kernel after each step")
     channels_last: bool = _f(False, "channels_last memory format for the backbone")
     compile: bool = _f(False, "torch.compile the backbone")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = _f(
+        "default", "torch.compile mode (reduce-overhead: CUDA graphs)")
 
 
 @dataclass

@@ -49,6 +49,8 @@ class AudioTaggingModule(L.LightningModule):
         freeze_positions: DCLS ``P`` / ``SIG`` are not trained.
         clamp_positions: call ``clamp_parameters()`` on layers that have it after each step.
         channels_last, compile: speed switches for the backbone.
+        compile_mode: ``torch.compile`` mode (``"reduce-overhead"`` replays CUDA graphs,
+            ``"max-autotune"`` also tunes kernels).
         init_checkpoint, init_checkpoint_ema: provenance of fine-tuning (the weights are
             loaded by :meth:`load_initial_weights`, not here).
         seed: base seed of the augmentation generators (offset by rank and step).
@@ -78,6 +80,7 @@ class AudioTaggingModule(L.LightningModule):
         clamp_positions: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        compile_mode: str = "default",
         init_checkpoint: str | None = None,
         init_checkpoint_ema: bool = False,
         seed: int = 0,
@@ -99,7 +102,7 @@ class AudioTaggingModule(L.LightningModule):
         self._mixup_generator = torch.Generator()
         self._step_losses: list[tuple[torch.Tensor, int]] = []  # this step's losses, checked before the update
         if compile:
-            self.net.compile()
+            self.net.compile(mode=compile_mode)
 
     # ------------------------------------------------------------------ weights
     def _freeze_positions(self) -> None:

@@ -275,7 +275,7 @@ def build_module(cfg: TrainConfig, num_classes: int, class_names: list[str], cla
         mixup_alpha=cfg.augment.mixup_alpha, label_smoothing=cfg.augment.label_smoothing,
         ema_decay=cfg.ema.decay if cfg.ema.enabled else None,
         freeze_positions=m.freeze_positions, clamp_positions=m.clamp_positions,
-        channels_last=m.channels_last, compile=m.compile,
+        channels_last=m.channels_last, compile=m.compile, compile_mode=m.compile_mode,
         init_checkpoint=m.init_checkpoint, init_checkpoint_ema=m.init_checkpoint_ema,
         seed=cfg.run.seed,
     )
