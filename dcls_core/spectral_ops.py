@@ -17,8 +17,15 @@ import torch
 from torch import Tensor
 
 FORCE_TORCH = False
-_BLOCK = 1024      # elements per program (pad / crop / products)
+_TILE = 1024       # elements per program of pad / crop: rows x a power-of-2 of columns
+_BLOCK = 1024      # complex elements per program of the spectrum product
 _MIX_BLOCK = 128   # (channel, frequency) slots per program of the depthwise backward
+
+
+def _tile(cols: int) -> tuple[int, int]:
+    """``(rows, cols)`` of a pad/crop program for planes ``cols`` wide."""
+    bw = min(128, max(16, 1 << (cols - 1).bit_length()))
+    return _TILE // bw, bw
 
 
 @contextlib.contextmanager
@@ -68,8 +75,9 @@ def padded(x: Tensor, sizes: Sequence[int], work: torch.dtype) -> Tensor:
         return out
     H, W = _planes(x.shape, ndim)
     LH, LW = _planes(sizes, ndim)
-    total = out.numel()
-    _kernels().pad_cast[(-(-total // _BLOCK),)](x, out, total, c, H, W, LH, LW, *_strides4(x, ndim), BLOCK=_BLOCK)
+    rows = n * c * LH
+    rb, bw = _tile(LW)
+    _kernels().pad_cast[(-(-rows // rb),)](x, out, rows, c, H, W, LH, LW, *_strides4(x, ndim), RB=rb, BW=bw)
     return out
 
 
@@ -85,10 +93,11 @@ def crop_into(dst: Tensor, full: Tensor, bias: Optional[Tensor] = None) -> None:
         return
     H, W = _planes(dst.shape, ndim)
     LH, LW = _planes(full.shape, ndim)
-    total = dst.numel()
-    _kernels().crop_cast[(-(-total // _BLOCK),)](
-        full, dst, bias if bias is not None else full, total, c, H, W, LH, LW, *_strides4(dst, ndim),
-        HAS_BIAS=bias is not None, BLOCK=_BLOCK,
+    rows = dst.shape[0] * c * H
+    rb, bw = _tile(W)
+    _kernels().crop_cast[(-(-rows // rb),)](
+        full, dst, bias if bias is not None else full, rows, c, H, W, LH, LW, *_strides4(dst, ndim),
+        HAS_BIAS=bias is not None, RB=rb, BW=bw,
     )
 
 
@@ -96,9 +105,9 @@ def spectral_mul_(a_f: Tensor, b_f: Tensor, conj: bool) -> Tensor:
     """In place ``a_f (n, C, *F) *= b_f (C, *F)`` (its conjugate with ``conj``); returns ``a_f``."""
     if a_f.dtype != torch.complex64 or not _triton_ok(a_f, 2) or not (a_f.is_contiguous() and b_f.is_contiguous()):
         return a_f.mul_((b_f.conj() if conj else b_f).reshape(a_f.shape[1:]))
-    total, per_sample = a_f.numel(), b_f.numel()
-    _kernels().spectral_mul[(-(-total // _BLOCK),)](
-        torch.view_as_real(a_f), torch.view_as_real(b_f), total, per_sample, CONJ=conj, BLOCK=_BLOCK
+    per_sample = b_f.numel()
+    _kernels().spectral_mul[(a_f.shape[0], -(-per_sample // _BLOCK))](
+        torch.view_as_real(a_f), torch.view_as_real(b_f), per_sample, CONJ=conj, BLOCK=_BLOCK
     )
     return a_f
 

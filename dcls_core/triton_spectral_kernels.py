@@ -9,49 +9,58 @@ import triton.language as tl
 
 
 @triton.jit
-def pad_cast(src_ptr, dst_ptr, total, C, H, W, LH, LW, s_n, s_c, s_h, s_w, BLOCK: tl.constexpr):
+def pad_cast(src_ptr, dst_ptr, rows, C, H, W, LH, LW, s_n, s_c, s_h, s_w, RB: tl.constexpr, BW: tl.constexpr):
     """``dst[p, h, w] = src[n, c, h, w]`` inside ``H x W``, 0 elsewhere; ``dst (N*C, LH, LW)``
-    contiguous, one element per lane (small planes waste no lanes)."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < total
-    w = i % LW
-    t = i // LW
-    h = t % LH
-    plane = t // LH
-    n = plane // C
-    c = plane % C
-    inside = ok & (h < H) & (w < W)
-    v = tl.load(src_ptr + n * s_n + c * s_c + h * s_h + w * s_w, mask=inside, other=0.0)
-    tl.store(dst_ptr + i, v.to(tl.float32), mask=ok)
+    contiguous. A program writes ``RB`` rows (``rows = N*C*LH``) of ``BW``-column steps."""
+    r = tl.program_id(0) * RB + tl.arange(0, RB)
+    h = r % LH
+    plane = r // LH
+    n = (plane // C).to(tl.int64)
+    c = (plane % C).to(tl.int64)
+    src_row = n * s_n + c * s_c + h.to(tl.int64) * s_h
+    dst_row = r.to(tl.int64) * LW
+    row_ok = r < rows
+    row_in = row_ok & (h < H)
+    for w0 in range(0, LW, BW):
+        w = w0 + tl.arange(0, BW)
+        v = tl.load(src_ptr + src_row[:, None] + w[None, :] * s_w, mask=row_in[:, None] & (w < W)[None, :], other=0.0)
+        tl.store(dst_ptr + dst_row[:, None] + w[None, :], v.to(tl.float32), mask=row_ok[:, None] & (w < LW)[None, :])
 
 
 @triton.jit
 def crop_cast(
-    src_ptr, dst_ptr, bias_ptr, total, C, H, W, LH, LW, d_n, d_c, d_h, d_w,
-    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+    src_ptr, dst_ptr, bias_ptr, rows, C, H, W, LH, LW, d_n, d_c, d_h, d_w,
+    HAS_BIAS: tl.constexpr, RB: tl.constexpr, BW: tl.constexpr,
 ):
     """``dst[n, c, h, w] = src[p, h, w] (+ bias[c])`` for ``h < H, w < W``, in dst's dtype;
-    ``src (N*C, LH, LW)`` contiguous float32, ``dst`` any strides."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < total
-    w = i % W
-    t = i // W
-    h = t % H
-    plane = t // H
-    n = plane // C
-    c = plane % C
-    v = tl.load(src_ptr + plane * LH * LW + h * LW + w, mask=ok, other=0.0)
+    ``src (N*C, LH, LW)`` contiguous float32, ``dst`` any strides. ``rows = N*C*H``."""
+    r = tl.program_id(0) * RB + tl.arange(0, RB)
+    h = r % H
+    plane = r // H
+    c32 = plane % C
+    n = (plane // C).to(tl.int64)
+    c = c32.to(tl.int64)
+    src_row = plane.to(tl.int64) * LH * LW + h.to(tl.int64) * LW
+    dst_row = n * d_n + c * d_c + h.to(tl.int64) * d_h
+    row_ok = r < rows
     if HAS_BIAS:
-        v = v + tl.load(bias_ptr + c, mask=ok, other=0.0).to(tl.float32)
-    tl.store(dst_ptr + n * d_n + c * d_c + h * d_h + w * d_w, v.to(dst_ptr.dtype.element_ty), mask=ok)
+        b = tl.load(bias_ptr + c32, mask=row_ok, other=0.0).to(tl.float32)
+    for w0 in range(0, W, BW):
+        w = w0 + tl.arange(0, BW)
+        m = row_ok[:, None] & (w < W)[None, :]
+        v = tl.load(src_ptr + src_row[:, None] + w[None, :], mask=m, other=0.0)
+        if HAS_BIAS:
+            v = v + b[:, None]
+        tl.store(dst_ptr + dst_row[:, None] + w[None, :] * d_w, v.to(dst_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def spectral_mul(a_ptr, b_ptr, total, CF, CONJ: tl.constexpr, BLOCK: tl.constexpr):
-    """In place ``a[n, q] *= b[q]`` (``conj(b[q])`` with CONJ); ``a (N, CF)``, ``b (CF)`` complex."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = i < total
-    q = i % CF
+def spectral_mul(a_ptr, b_ptr, CF, CONJ: tl.constexpr, BLOCK: tl.constexpr):
+    """In place ``a[n, q] *= b[q]`` (``conj(b[q])`` with CONJ); ``a (N, CF)``, ``b (CF)``
+    complex; grid ``(N, cdiv(CF, BLOCK))``."""
+    q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = q < CF
+    i = tl.program_id(0).to(tl.int64) * CF + q
     ar = tl.load(a_ptr + 2 * i, mask=ok, other=0.0)
     ai = tl.load(a_ptr + 2 * i + 1, mask=ok, other=0.0)
     br = tl.load(b_ptr + 2 * q, mask=ok, other=0.0)
@@ -73,14 +82,15 @@ def backward_mix(
     conj(G[q])`` (NEED_X); ``dY, X (N, CF)``, ``G, dg (CF)`` complex. Each program owns a
     block of ``q``: no atomics, the sum runs over ``n`` in order (deterministic).
     """
-    q = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = q < CF
     gr = tl.load(g_ptr + 2 * q, mask=ok, other=0.0)
     gi = tl.load(g_ptr + 2 * q + 1, mask=ok, other=0.0)
+    q64 = q.to(tl.int64)
     acc_r = tl.zeros([BLOCK], dtype=tl.float32)
     acc_i = tl.zeros([BLOCK], dtype=tl.float32)
     for n in range(0, N):
-        off = n * CF + q
+        off = n * CF + q64
         yr = tl.load(dy_ptr + 2 * off, mask=ok, other=0.0)
         yi = tl.load(dy_ptr + 2 * off + 1, mask=ok, other=0.0)
         if NEED_G:
