@@ -13,11 +13,12 @@ in their dtype. The element-wise passes (pad and cast, spectrum products, crop, 
 bias, the depthwise backward) are Triton kernels on CUDA (:mod:`dcls_core.spectral_ops`).
 
 Memory: for depthwise-like kernels the forward pass and the backward pass run over the batch
-in chunks (at most 8) whose spectra stay under half the input's size or 48 MiB, whichever is
-more; products are taken in place, and the backward pass recomputes the input's spectrum
-instead of keeping it, so the extra memory over ``F.conv`` is a few chunk spectra. Each chunk
-costs about ten kernel launches, so more, smaller chunks trade time for memory (measured in
-the notes).
+in chunks (at most 8) whose spectra stay under the input's size (float32) or 48 MiB, whichever
+is more; ``DCLS_FFT_CHUNKS=n`` forces ``n`` chunks (8 at the first ConvNeXt-T stage come close
+to the memory of a direct convolution, at about twice the time). Products are taken in place
+and the backward pass recomputes the input's spectrum instead of keeping it, so the extra
+memory over ``F.conv`` is a few chunk spectra. Each chunk costs about ten kernel launches, so
+more, smaller chunks trade time for memory (measured in ``benchmarks/NOTES_layers.md``).
 Gradients (derived in the spatial domain, no complex autograd):
 
     dx = irfft(dY * conj(G))[:H],   dg = irfft(sum_n dY * conj(X)),   db = sum(dy)
@@ -28,6 +29,7 @@ Eagerly this is an ``autograd.Function``; under ``torch.compile`` the same passe
 from __future__ import annotations
 
 import math
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -39,9 +41,10 @@ from .fft_sizes import FFT_PRIMES, fast_fft_size, transform_sizes  # noqa: F401 
 from .functional import reversed_padding_repeated_twice
 
 MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs ~12 launches)
-MIN_CHUNK_BYTES = 48 * 2**20    # one spectrum of one chunk: at least this many bytes...
-CHUNK_FRACTION_OF_INPUT = 2     # ...or half the input's size, if that is more
-FORCE_CHUNKS: Optional[int] = None  # benchmarks: this many chunks regardless
+MIN_CHUNK_BYTES = 48 * 2**20    # one spectrum of one chunk: at least this many bytes, or the
+                                # input's size in the work dtype if that is more
+CHUNKS_ENV = "DCLS_FFT_CHUNKS"  # this many chunks per pass: more save memory, fewer save launches
+FORCE_CHUNKS: Optional[int] = None  # benchmarks and tests: as the environment variable
 
 
 def placed_kernel(kernel: Tensor, sizes: Sequence[int], padding: Sequence[int]) -> Tensor:
@@ -72,15 +75,25 @@ def _chunk_size(x: Tensor, g: Tensor, freq: Sequence[int], complex_bytes: int) -
     """Samples per chunk. Channel-mixing kernels run in one pass: each chunk would re-read
     the whole kernel spectrum (``C_out x C_in/g x F``), which costs more than it saves."""
     batch = x.shape[0]
-    if FORCE_CHUNKS is not None:
-        return max(1, -(-batch // FORCE_CHUNKS))
+    forced = FORCE_CHUNKS if FORCE_CHUNKS is not None else _env_chunks()
+    if forced is not None:
+        return max(1, -(-batch // forced))
     if g.shape[1] > 1:
         return batch
     channels = max(x.shape[1], g.shape[0])
     per_sample = channels * math.prod(freq) * complex_bytes
-    budget = max(MIN_CHUNK_BYTES, x.numel() * x.element_size() // CHUNK_FRACTION_OF_INPUT)
+    budget = max(MIN_CHUNK_BYTES, x.numel() * g.element_size())
     chunk = max(1, budget // max(per_sample, 1), -(-batch // MAX_CHUNKS))
     return int(min(batch, chunk))
+
+
+def _env_chunks() -> Optional[int]:
+    value = os.environ.get(CHUNKS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{CHUNKS_ENV} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _mix(a_f: Tensor, b_f: Tensor, groups: int, transpose: bool) -> Tensor:

@@ -173,8 +173,16 @@ def test_fft_conv_in_batch_chunks_equals_conv(monkeypatch, index):
     """One sample per chunk (forward and backward loops) gives the same result."""
     from dcls_core.fft_conv import _chunk_size
 
-    assert _chunk_size(torch.zeros(64, 96, 64, 62), torch.zeros(96, 1, 75, 75), (75, 38), 8) == 22  # 48 MiB / 2.2 MB
-    assert _chunk_size(torch.zeros(64, 96, 64, 62), torch.zeros(96, 2, 75, 75), (75, 38), 8) == 64  # mixing: one pass
+    x_shape = torch.zeros(64, 96, 64, 62)
+    assert _chunk_size(x_shape, torch.zeros(96, 1, 81, 81), (81, 41), 8) == 38  # input 97.5 MB / 2.55 MB per sample
+    assert _chunk_size(x_shape[:, :, :8, :8], torch.zeros(96, 1, 27, 27), (27, 14), 8) == 64  # 48 MiB floor
+    assert _chunk_size(x_shape, torch.zeros(96, 2, 81, 81), (81, 41), 8) == 64  # mixing: one pass
+    monkeypatch.setenv("DCLS_FFT_CHUNKS", "8")
+    assert _chunk_size(x_shape, torch.zeros(96, 1, 81, 81), (81, 41), 8) == 8
+    monkeypatch.setenv("DCLS_FFT_CHUNKS", "zero")
+    with pytest.raises(ValueError, match="DCLS_FFT_CHUNKS must be a positive integer"):
+        _chunk_size(x_shape, torch.zeros(96, 1, 81, 81), (81, 41), 8)
+    monkeypatch.delenv("DCLS_FFT_CHUNKS")
     from dcls_core import fft_conv
 
     monkeypatch.setattr(fft_conv, "FORCE_CHUNKS", 3)
