@@ -55,12 +55,24 @@ def test_overrides_are_parsed_as_the_field_type():
     assert cfg.data.train_files == ["a.h5"] and cfg.model.num_classes is None and cfg.ema.enabled
 
 
+def test_compile_mode_reaches_the_module():
+    from dcls_audio.training import build_module
+
+    cfg = load_config("demo", {"model.compile": "true", "model.compile_mode": "reduce-overhead"})
+    module = build_module(cfg, 3, ["a", "b", "c"], ["/m/a", "/m/b", "/m/c"], 1e-3)
+    assert module.hparams.compile and module.hparams.compile_mode == "reduce-overhead"
+    assert module.net._compiled_call_impl is not None  # nn.Module.compile() took it (compiles lazily)
+    plain = build_module(load_config("demo"), 3, ["a", "b", "c"], ["/m/a", "/m/b", "/m/c"], 1e-3)
+    assert plain.net._compiled_call_impl is None and plain.hparams.compile_mode == "default"
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("trainer.max_epoch", "3", "unknown config key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)"),
     ("trainer.max_epochs", "three", "trainer.max_epochs: expected int"),
     ("data.sampler", "random", "data.sampler: 'random' is not one of uniform, balanced"),
     ("model.depths", "[1, x]", "model.depths"),
     ("ema.enabled", "3", "ema.enabled: expected bool"),
+    ("model.compile_mode", "fast", "model.compile_mode: 'fast' is not one of default, reduce-overhead"),
     ("optim.min_lr", "1.0", "optim.min_lr must be in [0, optim.lr]"),
     ("nosection.key", "1", "unknown config key 'nosection.key'"),
 ])
