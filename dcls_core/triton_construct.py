@@ -46,15 +46,20 @@ def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool) -> dict
     )
 
 
+def _flat_params(weight: Tensor, P: Tensor, SIG: Optional[Tensor], n: int, version: str):
+    """``(count, Q, weight, P (n, Q, count), SIG (n, Q, count) or P, row_h, row_w)`` as the
+    kernels read them (``Q`` kernel slots of ``count`` elements)."""
+    count = weight.shape[-1]
+    Q = weight.numel() // count
+    p = P.contiguous().reshape(n, Q, count)
+    s = SIG.contiguous().reshape(n, Q, count) if SIG is not None else p
+    return (count, Q, weight.contiguous(), p, s, *_axis_rows(n, version))
+
+
 def launch_forward(weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: Sequence[int], version: str) -> Tensor:
     """Run the forward kernel: ``(*prefix, *sizes)`` float32 kernel."""
     fwd, _ = _kernels()
-    n, count = len(sizes), weight.shape[-1]
-    Q = weight.numel() // count
-    w = weight.contiguous()
-    p = P.contiguous().reshape(n, Q, count)
-    s = SIG.contiguous().reshape(n, Q, count) if SIG is not None else p
-    rh, rw = _axis_rows(n, version)
+    count, Q, w, p, s, rh, rw = _flat_params(weight, P, SIG, len(sizes), version)
     kernel = torch.empty((*weight.shape[:-1], *sizes), device=weight.device, dtype=torch.float32)
     fwd[(Q,)](w, p[rh], p[rw], s[rh], s[rw], kernel, count, **_meta(count, sizes, version, SIG is not None))
     return kernel
@@ -65,12 +70,8 @@ def launch_backward(
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """Run the backward kernel: gradients of ``weight``, ``P`` and ``SIG`` (None without SIG)."""
     _, bwd = _kernels()
-    n, count = len(sizes), weight.shape[-1]
-    Q = weight.numel() // count
-    w = weight.contiguous()
-    p = P.contiguous().reshape(n, Q, count)
-    s = SIG.contiguous().reshape(n, Q, count) if SIG is not None else p
-    rh, rw = _axis_rows(n, version)
+    n = len(sizes)
+    count, Q, w, p, s, rh, rw = _flat_params(weight, P, SIG, n, version)
     dw = torch.empty(weight.shape, device=w.device, dtype=torch.float32)
     dP = torch.empty((n, Q, count), device=w.device, dtype=torch.float32)
     dS = torch.empty((n, Q, count), device=w.device, dtype=torch.float32) if SIG is not None else dP

@@ -83,6 +83,18 @@ def _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC: tl.constexpr
 
 
 @triton.jit
+def _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH: tl.constexpr, KW: tl.constexpr, VERSION: tl.constexpr, NAX: tl.constexpr):
+    """Per-element interpolation factors ``fy (BMC, BKH)`` and ``fx (BMC, BKW)``, zero
+    outside the kernel and the element count; one learned axis: ``fy`` is a unit first row."""
+    if NAX == 2:
+        fy = tl.where(m_ok[:, None] & (a < KH)[None, :], _factor(a.to(tl.float32), p_h, s_h, KH, VERSION), 0.0)
+    else:
+        fy = tl.where(m_ok[:, None] & (a == 0)[None, :], 1.0, 0.0)
+    fx = tl.where(m_ok[:, None] & (b < KW)[None, :], _factor(b.to(tl.float32), p_w, s_w, KW, VERSION), 0.0)
+    return fy, fx
+
+
+@triton.jit
 def construct_fwd(
     w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, k_ptr, Mc,
     KH: tl.constexpr, KW: tl.constexpr,
@@ -93,11 +105,7 @@ def construct_fwd(
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
     a = tl.arange(0, BKH)
     b = tl.arange(0, BKW)
-    if NAX == 2:
-        fy = tl.where(m_ok[:, None] & (a < KH)[None, :], _factor(a.to(tl.float32), p_h, s_h, KH, VERSION), 0.0)
-    else:  # one learned axis: a unit factor on the single row
-        fy = tl.where(m_ok[:, None] & (a == 0)[None, :], 1.0, 0.0)
-    fx = tl.where(m_ok[:, None] & (b < KW)[None, :], _factor(b.to(tl.float32), p_w, s_w, KW, VERSION), 0.0)
+    fy, fx = _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH, KW, VERSION, NAX)
     if VERSION == 0:
         ws = w
     else:
@@ -123,11 +131,7 @@ def construct_bwd(
     gb = b.to(tl.float32)
     y_ok = m_ok[:, None] & (a < KH)[None, :]
     x_ok = m_ok[:, None] & (b < KW)[None, :]
-    if NAX == 2:
-        fy = tl.where(y_ok, _factor(ga, p_h, s_h, KH, VERSION), 0.0)
-    else:
-        fy = tl.where(m_ok[:, None] & (a == 0)[None, :], 1.0, 0.0)
-    fx = tl.where(x_ok, _factor(gb, p_w, s_w, KW, VERSION), 0.0)
+    fy, fx = _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH, KW, VERSION, NAX)
     g_mask = (a < KH)[:, None] & (b < KW)[None, :]
     g = tl.load(g_ptr + q * (KH * KW) + a[:, None] * KW + b[None, :], mask=g_mask, other=0.0)
     h1 = tl.trans(tl.dot(g, tl.trans(fx), input_precision="ieee"))           # (BMC, BKH)
