@@ -33,7 +33,7 @@ from .config import ConfigError, TrainConfig, dump_config
 from .data import AudioSetDataModule, ensure_demo_data
 from .lit_module import AudioTaggingModule, NonFiniteLossError
 from .optim import scaled_lr
-from .output_dirs import ensure_writable_dir
+from .output_dirs import atomic_output, ensure_writable_dir
 
 __all__ = [
     "TrainResult", "TrainingStopped", "build_datamodule", "build_module", "print_summary",
@@ -116,16 +116,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        except BaseException as err:
-            tmp.unlink(missing_ok=True)
-            if isinstance(err, OSError):
-                raise OSError(err.errno, f"cannot write checkpoint {path}: {err.strerror or err}") from err
-            raise
+            with atomic_output(path) as tmp:
+                torch.save(checkpoint, tmp)
+        except OSError as err:
+            raise OSError(err.errno, f"cannot write checkpoint {path}: {err.strerror or err}") from err
 
 
 class StopOnSignal(Callback):

@@ -1,6 +1,7 @@
 """`dcls-audio pack`: round trip of generated files through the HDF5 layout."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,9 @@ def test_pack_round_trip(folder):
     assert [p.name for p, _ in report.unlabelled] == ["nolabel0000.wav"]
     assert report.unknown_mids == {"/m/unknown": 1}
     assert list(out.parent.iterdir()) == [out]  # the temporary file is gone
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as a new file, not mkstemp's 0600
 
     ds = AudioSetHDF5(out)
     items = {ds[i]["audio_name"]: ds[i] for i in range(len(ds))}

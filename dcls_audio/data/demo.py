@@ -7,8 +7,8 @@ indices (527 columns), so models, metrics and class names work exactly as on Aud
 
 Generation is deterministic: clip k of a split is drawn from ``numpy.random.default_rng([seed,
 split, k])``. :func:`ensure_demo_data` writes ``demo_train.h5`` and ``demo_eval.h5`` once and
-reuses them while their ``demo_version`` attribute matches :data:`DEMO_VERSION` and their
-settings match.
+reuses them while their ``demo_settings`` attribute (:data:`DEMO_VERSION`, split, seed,
+clip length) matches.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,6 +26,7 @@ import scipy.fft
 from .classes import ClassInfo, load_class_names
 from .constants import AUDIOSET_NUM_CLASSES, CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_layout
+from ..output_dirs import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +239,7 @@ def write_demo_split(path: Path, split: str, seed: int = 0, clip_samples: int = 
     rows = split_size(split)
     names = np.zeros(rows, dtype="S20")
     targets = np.zeros((rows, AUDIOSET_NUM_CLASSES), dtype=bool)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             names_ds, waves, targets_ds = create_layout(h5, rows, AUDIOSET_NUM_CLASSES, clip_samples)
             for row, (name, wave, labels) in enumerate(iter_demo_clips(split, seed, clip_samples)):
@@ -251,12 +249,6 @@ def write_demo_split(path: Path, split: str, seed: int = 0, clip_samples: int = 
             names_ds[:], targets_ds[:] = names, targets
             h5.attrs["demo_settings"] = _settings(split, seed, clip_samples)
             h5.attrs["sample_rate"] = SAMPLE_RATE
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -12,7 +12,6 @@ import csv
 import multiprocessing
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -26,6 +25,7 @@ from .audio_io import AudioReadError, float_to_int16, load_audio, pad_or_trim
 from .classes import load_class_names, mid_to_index
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_layout
+from ..output_dirs import atomic_output
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 _TIME_SUFFIX = re.compile(r"^(.+?)(?:_\d+(?:\.\d+)?){1,2}$")
@@ -188,12 +188,8 @@ def pack_folder(
     if not planned:
         raise ValueError(f"no audio file under {audio_dir} matches a labelled YTID in {labels_csv}\n{report.summary()}")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     name_width = max(20, max(len(ytid.encode()) for _, ytid, _ in planned))
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(output) as tmp:
         with h5py.File(tmp, "w") as h5:
             names, waves, targets = create_layout(
                 h5, len(planned), len(classes), clip_samples, name_width, resizable=True
@@ -218,9 +214,6 @@ def pack_folder(
                 ds.resize(report.packed, axis=0)
         if report.packed == 0:
             raise ValueError(f"no audio file under {audio_dir} could be decoded\n{report.summary()}")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     return report
 
 

@@ -35,6 +35,7 @@ from .dclsify import tied_state_keys
 from .layout import UpstreamLayout
 from .registry import MODEL_SPECS, create_model, get_spec, list_models
 from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
+from ..output_dirs import atomic_output
 
 #: Globals a checkpoint may reference besides tensors and plain containers.
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
@@ -388,8 +389,6 @@ def save_upstream_checkpoint(
         checkpoint["scaler"] = scaler
     checkpoint["args"] = argparse.Namespace(**fields)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(checkpoint, tmp)
     return path
