@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dcls_core.fft_conv import FFT_PRIMES, fast_fft_size  # noqa: E402
+from dcls_core.fft_sizes import FFT_PRIMES, fast_fft_size  # noqa: E402
 
 STAGES = [(96, 64, 62), (192, 32, 31), (384, 16, 15), (768, 8, 7)]
 

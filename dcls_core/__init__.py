@@ -5,13 +5,13 @@ Modules with the parameter layout of ``dcls`` 0.1.1, a functional ``construct_ke
 (``DCLS_IMPL=reference|fast|auto``).
 """
 from .dispatch import current_impl
-from .functional import conv_nd, dcls_conv, dcls_conv1d, dcls_conv2d, dcls_conv3d, reference_dcls_conv
+from .functional import conv_nd, dcls_conv, dcls_conv1d, dcls_conv2d, dcls_conv3d
 from .kernel import VERSIONS, axis_factor, construct_kernel, position_axes
 from .modules import Dcls1d, Dcls2_1d, Dcls2d, Dcls2dK1d, Dcls3_1d, Dcls3d
 
 __all__ = [
     "Dcls1d", "Dcls2d", "Dcls3d", "Dcls2_1d", "Dcls3_1d", "Dcls2dK1d",
     "construct_kernel", "axis_factor", "position_axes", "VERSIONS",
-    "dcls_conv", "dcls_conv1d", "dcls_conv2d", "dcls_conv3d", "reference_dcls_conv", "conv_nd",
+    "dcls_conv", "dcls_conv1d", "dcls_conv2d", "dcls_conv3d", "conv_nd",
     "current_impl",
 ]

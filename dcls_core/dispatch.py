@@ -29,6 +29,9 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from torch import Tensor
 
+from . import triton_construct
+from .kernel import construct_kernel
+
 IMPLS = ("auto", "reference", "fast")
 ENV_VAR = "DCLS_IMPL"
 
@@ -77,12 +80,8 @@ def select_construct(
     version: str,
 ) -> tuple[str, Callable[..., Tensor]]:
     """``(name, fn)``; ``fn(weight, P, SIG, dilated_kernel_size, version)`` builds the kernel."""
-    from .kernel import construct_kernel
-
     wanted = _forced["construct"]
     if wanted != "reference" and (current_impl() != "reference" or wanted == "triton") and weight.is_cuda:
-        from . import triton_construct
-
         # kernel_count 1 (learnable delays): one tiny program per (out, in) pair loses to einsum
         if triton_construct.supports(weight, P, SIG, dilated_kernel_size, version) and (
             weight.shape[-1] >= FUSED_MIN_COUNT or wanted == "triton"

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import spectral_ops
-from .fft_sizes import FFT_PRIMES, fast_fft_size, transform_sizes  # noqa: F401 (re-exported)
-from .functional import reversed_padding_repeated_twice
+from .fft_sizes import transform_sizes
+from .functional import apply_padding_mode
 
-MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs ~12 launches)
+MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs about ten launches)
 MIN_CHUNK_BYTES = 48 * 2**20    # one spectrum of one chunk: at least this many bytes, or the
                                 # input's size in the work dtype if that is more
 CHUNKS_ENV = "DCLS_FFT_CHUNKS"  # this many chunks per pass: more save memory, fewer save launches
@@ -101,14 +101,15 @@ def _mix(a_f: Tensor, b_f: Tensor, groups: int, transpose: bool) -> Tensor:
 
     Forward (``transpose=False``): ``Y[n, g, o] = sum_c X[n, g, c] B[g, o, c]``.
     Input gradient (``True``): ``dX[n, g, c] = sum_o dY[n, g, o] conj(B[g, o, c])``.
-    Depthwise kernels multiply ``a_f`` in place (and return it).
+    Depthwise kernels in the forward direction multiply ``a_f`` in place (and return it);
+    the depthwise backward runs in :func:`dcls_core.spectral_ops.backward_mix_`.
     """
     n = a_f.shape[0]
     freq = a_f.shape[2:]
     c_out, cin_g = b_f.shape[:2]
     cout_g = c_out // groups
-    if cin_g == 1 and cout_g == 1:
-        return spectral_ops.spectral_mul_(a_f, b_f.reshape(c_out, *freq), conj=transpose)
+    if cin_g == 1 and cout_g == 1 and not transpose:
+        return spectral_ops.spectral_mul_(a_f, b_f.reshape(c_out, *freq))
     b_g = b_f.reshape(groups, cout_g, cin_g, -1)
     if transpose:
         a_g = a_f.reshape(n, groups, cout_g, -1)
@@ -316,9 +317,7 @@ def fft_conv_nd(
     if torch.is_autocast_enabled(input.device.type):
         out_dtype = torch.get_autocast_dtype(input.device.type)
     with torch.autocast(input.device.type, enabled=False):
-        if padding_mode != "zeros":
-            input = F.pad(input, reversed_padding_repeated_twice(padding), mode=padding_mode)
-            padding = (0,) * ndim
+        input, padding = apply_padding_mode(input, padding, padding_mode)
         work = torch.float64 if input.dtype == torch.float64 else torch.float32
         c_in = input.shape[1]
         c_out, cin_g = kernel.shape[:2]

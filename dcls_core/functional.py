@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dispatch import build_kernel, select_conv
-from .kernel import construct_kernel
 
 IntOrTuple = Union[int, Sequence[int]]
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -42,6 +41,14 @@ def reversed_padding_repeated_twice(padding: Sequence[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def apply_padding_mode(input: Tensor, padding: Sequence[int], padding_mode: str) -> tuple[Tensor, tuple[int, ...]]:
+    """``(input, padding)`` for a zero-padded convolution: a non-``zeros`` ``padding_mode`` pads
+    ``input`` explicitly (as ``nn.ConvNd`` does) and leaves no implicit padding."""
+    if padding_mode == "zeros":
+        return input, tuple(padding)
+    return F.pad(input, reversed_padding_repeated_twice(padding), mode=padding_mode), (0,) * len(padding)
+
+
 def conv_nd(
     input: Tensor,
     kernel: Tensor,
@@ -56,12 +63,8 @@ def conv_nd(
     ``input`` is ``(N, C_in, *spatial)`` or unbatched; ``kernel`` is
     ``(C_out, C_in/groups, *kernel)``; the number of kernel axes picks conv1d/2d/3d.
     """
-    ndim = kernel.dim() - 2
-    conv = _CONV[ndim]
-    if padding_mode != "zeros":
-        input = F.pad(input, reversed_padding_repeated_twice(padding), mode=padding_mode)
-        padding = (0,) * ndim
-    return conv(input, kernel, bias, tuple(stride), tuple(padding), 1, groups)
+    input, padding = apply_padding_mode(input, padding, padding_mode)
+    return _CONV[kernel.dim() - 2](input, kernel, bias, tuple(stride), padding, 1, groups)
 
 
 def dcls_conv(
@@ -94,24 +97,6 @@ def conv_with_kernel(
     """:func:`conv_nd` through the convolution the dispatcher selects (FFT or ``F.conv``)."""
     _, conv = select_conv(input, kernel, stride, padding, groups, padding_mode)
     return conv(input, kernel, bias, tuple(stride), tuple(padding), groups, padding_mode)
-
-
-def reference_dcls_conv(
-    input: Tensor,
-    weight: Tensor,
-    P: Tensor,
-    SIG: Optional[Tensor],
-    bias: Optional[Tensor],
-    dilated_kernel_size: Sequence[int],
-    stride: Sequence[int],
-    padding: Sequence[int],
-    groups: int = 1,
-    padding_mode: str = "zeros",
-    version: str = "gauss",
-) -> Tensor:
-    """Reference path: :func:`construct_kernel` then the plain convolution."""
-    kernel = construct_kernel(weight, P, SIG, dilated_kernel_size, version)
-    return conv_nd(input, kernel, bias, stride, padding, groups, padding_mode)
 
 
 def _functional(ndim: int):

@@ -84,7 +84,6 @@ def construct_kernel(
     SIG: Optional[Tensor],
     dilated_kernel_size: Sequence[int],
     version: str = "gauss",
-    axes: Optional[Sequence[int]] = None,
 ) -> Tensor:
     """Build the dense DCLS kernel.
 
@@ -94,8 +93,8 @@ def construct_kernel(
         P: ``(n, *prefix, count)`` positions, one row per learned axis.
         SIG: like ``P`` for ``max``/``gauss``, else None.
         dilated_kernel_size: ``n`` sizes of the learned kernel axes, in kernel-axis order.
-        version: ``v0``, ``v1``, ``max`` or ``gauss``.
-        axes: kernel axis of each ``P[i]``; default :func:`position_axes`.
+        version: ``v0``, ``v1``, ``max`` or ``gauss`` (which kernel axis each ``P[i]`` moves
+            along: :func:`position_axes`).
 
     Returns:
         ``(*prefix, *dilated_kernel_size)`` dense kernel in the dtype of ``weight``.
@@ -110,7 +109,7 @@ def construct_kernel(
         )
     if version in SIGMA_VERSIONS and (SIG is None or SIG.shape != P.shape):
         raise ValueError(f"version {version!r} needs SIG of shape {tuple(P.shape)}")
-    axes = tuple(axes) if axes is not None else position_axes(n, version)
+    axes = position_axes(n, version)
     device_type = weight.device.type
     with torch.autocast(device_type=device_type, enabled=False):
         factors = [

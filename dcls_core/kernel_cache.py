@@ -34,7 +34,3 @@ class KernelCache:
             self.key = key
             self.builds += 1
         return self.kernel
-
-    def clear(self) -> None:
-        self.key = None
-        self.kernel = None

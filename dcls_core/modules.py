@@ -9,7 +9,7 @@ reused until a parameter changes (:mod:`dcls_core.kernel_cache`).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import Tensor, nn

@@ -1,10 +1,12 @@
 """The element-wise passes of the FFT convolution, in two implementations side by side.
 
 * Triton kernels (:mod:`dcls_core.triton_spectral_kernels`): CUDA, float32 work (complex64
-  spectra), one or two spatial axes. Padding and the dtype cast are one pass, so are the
-  crop, the cast and the bias; the depthwise backward computes the kernel gradient and the
-  input gradient's spectrum in one pass without the ``(N, C, F)`` product tensor.
-* torch operations: everywhere else (CPU, float64, 3-D), and the reference for the kernels.
+  spectra). Padding and the dtype cast are one pass, so are the crop, the cast and the bias
+  (one or two spatial axes); the spectrum product and the depthwise backward (kernel gradient
+  and the input gradient's spectrum in one pass, without the ``(N, C, F)`` product tensor)
+  take any number of axes.
+* torch operations: everywhere else (CPU, float64, 3-D pad/crop), and the reference for the
+  kernels (the same arithmetic: the bias is added before the cast to the output dtype).
 
 ``FORCE_TORCH = True`` (or :func:`torch_only`) makes every call take the torch operations.
 """
@@ -45,8 +47,8 @@ def _kernels():
     return triton_spectral_kernels
 
 
-def _triton_ok(t: Tensor, ndim: int) -> bool:
-    if FORCE_TORCH or not t.is_cuda or ndim > 2:
+def _triton_ok(t: Tensor) -> bool:
+    if FORCE_TORCH or not t.is_cuda:
         return False
     from .triton_construct import _triton_importable
 
@@ -68,7 +70,7 @@ def padded(x: Tensor, sizes: Sequence[int], work: torch.dtype) -> Tensor:
     axis to ``sizes``, as a contiguous ``work``-dtype tensor ``(n, C, *sizes)``."""
     ndim = len(sizes)
     n, c = x.shape[:2]
-    out = x.new_empty((n, c, *sizes), dtype=work) if work == torch.float32 and _triton_ok(x, ndim) else None
+    out = x.new_empty((n, c, *sizes), dtype=work) if work == torch.float32 and ndim <= 2 and _triton_ok(x) else None
     if out is None or out.numel() == 0:
         out = x.new_zeros((n, c, *sizes), dtype=work)
         out[(Ellipsis, *(slice(0, s) for s in x.shape[2:]))] = x
@@ -86,28 +88,27 @@ def crop_into(dst: Tensor, full: Tensor, bias: Optional[Tensor] = None) -> None:
     ``full (n, C, *sizes)`` is a contiguous float transform output."""
     ndim = dst.dim() - 2
     c = dst.shape[1]
-    if full.dtype != torch.float32 or not _triton_ok(full, ndim) or dst.numel() == 0:
-        dst.copy_(full[(Ellipsis, *(slice(0, s) for s in dst.shape[2:]))])
-        if bias is not None:
-            dst += bias.reshape(c, *([1] * ndim)).to(dst.dtype)
+    if full.dtype != torch.float32 or ndim > 2 or not _triton_ok(full) or dst.numel() == 0:
+        src = full[(Ellipsis, *(slice(0, s) for s in dst.shape[2:]))]
+        dst.copy_(src if bias is None else src + bias.reshape(c, *([1] * ndim)).to(src.dtype))
         return
     H, W = _planes(dst.shape, ndim)
     LH, LW = _planes(full.shape, ndim)
     rows = dst.shape[0] * c * H
     rb, bw = _tile(W)
     _kernels().crop_cast[(-(-rows // rb),)](
-        full, dst, bias if bias is not None else full, rows, c, H, W, LH, LW, *_strides4(dst, ndim),
+        full, dst, bias.contiguous() if bias is not None else full, rows, c, H, W, LH, LW, *_strides4(dst, ndim),
         HAS_BIAS=bias is not None, RB=rb, BW=bw,
     )
 
 
-def spectral_mul_(a_f: Tensor, b_f: Tensor, conj: bool) -> Tensor:
-    """In place ``a_f (n, C, *F) *= b_f (C, *F)`` (its conjugate with ``conj``); returns ``a_f``."""
-    if a_f.dtype != torch.complex64 or not _triton_ok(a_f, 2) or not (a_f.is_contiguous() and b_f.is_contiguous()):
-        return a_f.mul_((b_f.conj() if conj else b_f).reshape(a_f.shape[1:]))
+def spectral_mul_(a_f: Tensor, b_f: Tensor) -> Tensor:
+    """In place ``a_f (n, C, *F) *= b_f (C, *F)``; returns ``a_f``."""
+    if a_f.dtype != torch.complex64 or not _triton_ok(a_f) or not (a_f.is_contiguous() and b_f.is_contiguous()):
+        return a_f.mul_(b_f.reshape(a_f.shape[1:]))
     per_sample = b_f.numel()
     _kernels().spectral_mul[(a_f.shape[0], -(-per_sample // _BLOCK))](
-        torch.view_as_real(a_f), torch.view_as_real(b_f), per_sample, CONJ=conj, BLOCK=_BLOCK
+        torch.view_as_real(a_f), torch.view_as_real(b_f), per_sample, BLOCK=_BLOCK
     )
     return a_f
 
@@ -119,7 +120,7 @@ def backward_mix_(dy_f: Tensor, x_f: Optional[Tensor], g_f: Tensor, dg_f: Option
     tensors = [t for t in (dy_f, x_f, g_f, dg_f) if t is not None]
     fused = (
         all(t.dtype == torch.complex64 and t.is_contiguous() for t in tensors)
-        and _triton_ok(dy_f, 2)
+        and _triton_ok(dy_f)
     )
     if not fused:
         if need_g:

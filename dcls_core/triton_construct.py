@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .kernel import SIGMA_VERSIONS, VERSIONS
+from .kernel import SIGMA_VERSIONS, VERSIONS, position_axes
 
 VERSION_CODES = {"v0": 0, "v1": 1, "max": 2, "gauss": 3}
 MAX_COUNT = 256
@@ -32,10 +32,9 @@ def _kernels():
 
 
 def _axis_rows(n: int, version: str) -> Tuple[int, int]:
-    """Rows of ``P`` for (height, width): see :func:`dcls_core.kernel.position_axes`."""
-    if n == 1:
-        return 0, 0
-    return (0, 1) if version == "v0" else (1, 0)
+    """Rows of ``P`` that move along the (height, width) kernel axes (the same row for one axis)."""
+    axes = position_axes(n, version)
+    return axes.index(0), axes.index(n - 1)
 
 
 def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool) -> dict:
@@ -82,20 +81,29 @@ def launch_backward(
     return dw, dP.reshape(P.shape), (dS.reshape(P.shape) if SIG is not None else None)
 
 
+def _save_context(ctx, weight, P, SIG, sizes, version) -> None:
+    ctx.save_for_backward(weight, P, SIG)
+    ctx.sizes, ctx.version, ctx.has_sig = sizes, version, SIG is not None
+
+
+def _gradients(ctx, grad, backward_impl) -> tuple:
+    """Gradients of (weight, P, SIG) through ``backward_impl`` (eager launch or custom op)."""
+    weight, P, SIG = ctx.saved_tensors
+    dw, dP, dS = backward_impl(grad, weight, P, SIG if ctx.has_sig else None, ctx.sizes, ctx.version)
+    return dw, dP, (dS if ctx.has_sig else None), None, None
+
+
 class _Construct(torch.autograd.Function):
     """Eager path: an autograd.Function (cheaper to call than the custom ops below)."""
 
     @staticmethod
     def forward(ctx, weight, P, SIG, sizes, version):
-        ctx.save_for_backward(weight, P, SIG)
-        ctx.sizes, ctx.version, ctx.has_sig = sizes, version, SIG is not None
+        _save_context(ctx, weight, P, SIG, sizes, version)
         return launch_forward(weight, P, SIG, sizes, version)
 
     @staticmethod
     def backward(ctx, grad):
-        weight, P, SIG = ctx.saved_tensors
-        dw, dP, dS = launch_backward(grad, weight, P, SIG if ctx.has_sig else None, ctx.sizes, ctx.version)
-        return dw, dP, dS, None, None
+        return _gradients(ctx, grad, launch_backward)
 
 
 # Under torch.compile the same kernels run as custom ops, opaque to the compiler.
@@ -123,15 +131,11 @@ def _(grad, weight, P, SIG, sizes, version):
 
 
 def _setup_context(ctx, inputs, output):
-    weight, P, SIG, sizes, version = inputs
-    ctx.save_for_backward(weight, P, SIG)
-    ctx.sizes, ctx.version, ctx.has_sig = sizes, version, SIG is not None
+    _save_context(ctx, *inputs)
 
 
 def _backward(ctx, grad):
-    weight, P, SIG = ctx.saved_tensors
-    dw, dP, dS = _construct_backward_op(grad, weight, P, SIG if ctx.has_sig else None, ctx.sizes, ctx.version)
-    return dw, dP, (dS if ctx.has_sig else None), None, None
+    return _gradients(ctx, grad, _construct_backward_op)
 
 
 _construct_op.register_autograd(_backward, setup_context=_setup_context)

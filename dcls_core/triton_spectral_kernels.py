@@ -55,9 +55,8 @@ def crop_cast(
 
 
 @triton.jit
-def spectral_mul(a_ptr, b_ptr, CF, CONJ: tl.constexpr, BLOCK: tl.constexpr):
-    """In place ``a[n, q] *= b[q]`` (``conj(b[q])`` with CONJ); ``a (N, CF)``, ``b (CF)``
-    complex; grid ``(N, cdiv(CF, BLOCK))``."""
+def spectral_mul(a_ptr, b_ptr, CF, BLOCK: tl.constexpr):
+    """In place ``a[n, q] *= b[q]``; ``a (N, CF)``, ``b (CF)`` complex; grid ``(N, cdiv(CF, BLOCK))``."""
     q = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = q < CF
     i = tl.program_id(0).to(tl.int64) * CF + q
@@ -65,8 +64,6 @@ def spectral_mul(a_ptr, b_ptr, CF, CONJ: tl.constexpr, BLOCK: tl.constexpr):
     ai = tl.load(a_ptr + 2 * i + 1, mask=ok, other=0.0)
     br = tl.load(b_ptr + 2 * q, mask=ok, other=0.0)
     bi = tl.load(b_ptr + 2 * q + 1, mask=ok, other=0.0)
-    if CONJ:
-        bi = -bi
     tl.store(a_ptr + 2 * i, ar * br - ai * bi, mask=ok)
     tl.store(a_ptr + 2 * i + 1, ar * bi + ai * br, mask=ok)
 
@@ -86,11 +83,10 @@ def backward_mix(
     ok = q < CF
     gr = tl.load(g_ptr + 2 * q, mask=ok, other=0.0)
     gi = tl.load(g_ptr + 2 * q + 1, mask=ok, other=0.0)
-    q64 = q.to(tl.int64)
+    off = q.to(tl.int64)  # (n, q) offset, advanced by CF per sample in 64-bit
     acc_r = tl.zeros([BLOCK], dtype=tl.float32)
     acc_i = tl.zeros([BLOCK], dtype=tl.float32)
     for n in range(0, N):
-        off = n * CF + q64
         yr = tl.load(dy_ptr + 2 * off, mask=ok, other=0.0)
         yi = tl.load(dy_ptr + 2 * off + 1, mask=ok, other=0.0)
         if NEED_G:
@@ -101,6 +97,7 @@ def backward_mix(
         if NEED_X:
             tl.store(dy_ptr + 2 * off, yr * gr + yi * gi, mask=ok)
             tl.store(dy_ptr + 2 * off + 1, yi * gr - yr * gi, mask=ok)
+        off += CF
     if NEED_G:
         tl.store(dg_ptr + 2 * q, tl.load(dg_ptr + 2 * q, mask=ok, other=0.0) + acc_r, mask=ok)
         tl.store(dg_ptr + 2 * q + 1, tl.load(dg_ptr + 2 * q + 1, mask=ok, other=0.0) + acc_i, mask=ok)

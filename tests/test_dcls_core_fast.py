@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 import dcls_core
 from dcls_core import dispatch
-from dcls_core.fft_conv import fast_fft_size, fft_conv_nd
+from dcls_core.fft_conv import fft_conv_nd
+from dcls_core.fft_sizes import fast_fft_size
 from dcls_core.functional import conv_nd
 from dcls_core.kernel import construct_kernel
 
@@ -432,7 +433,7 @@ SPECTRAL_SCRIPT = textwrap.dedent(
     import torch
     from dcls_core import spectral_ops as so
     from dcls_core.fft_conv import fft_conv_nd
-    so._triton_ok = lambda t, ndim: ndim <= 2 and not so.FORCE_TORCH   # the interpreter runs on the CPU
+    so._triton_ok = lambda t: not so.FORCE_TORCH   # the interpreter runs on the CPU
 
     def rel(a, b):
         return ((a.double() - b.double()).norm() / b.double().norm()).item()
@@ -458,17 +459,12 @@ SPECTRAL_SCRIPT = textwrap.dedent(
             so.crop_into(d1, full, b)
             with so.torch_only():
                 so.crop_into(d2, full, b)
-            if dtype == torch.float32:
-                worst = max(worst, rel(d1, d2))
-            else:  # the kernel adds the bias before rounding, torch after: compare to exact
-                exact = full[..., :13, :9].double() + (0 if b is None else b.double()[:, None, None])
-                assert rel(d1, exact) <= rel(d2, exact) + 1e-7 and rel(d1, exact) < 5e-4
+            worst = max(worst, rel(d1, d2))
     a = torch.randn(4, 5, 6, 7, dtype=torch.complex64)
     g = torch.randn(5, 6, 7, dtype=torch.complex64)
-    for conj in (False, True):
-        got = so.spectral_mul_(a.clone(), g, conj)
-        with so.torch_only():
-            worst = max(worst, rel(torch.view_as_real(got), torch.view_as_real(so.spectral_mul_(a.clone(), g, conj))))
+    got = so.spectral_mul_(a.clone(), g)
+    with so.torch_only():
+        worst = max(worst, rel(torch.view_as_real(got), torch.view_as_real(so.spectral_mul_(a.clone(), g))))
     xf = torch.randn(4, 5, 6, 7, dtype=torch.complex64)
     gf = torch.randn(5, 1, 6, 7, dtype=torch.complex64)
     for need_x, need_g in ((True, True), (True, False), (False, True)):

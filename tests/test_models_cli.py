@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from cli import main
 from dcls_audio.models import RELEASED_CHECKPOINTS, UPSTREAM_PARAM_COUNTS, list_models
