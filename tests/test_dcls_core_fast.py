@@ -368,9 +368,10 @@ def test_torch_compile_matches_eager_cpu(monkeypatch, impl):
 
 
 # -- Triton kernels under Triton's interpreter (CPU) -------------------------------------------
-INTERPRETER_SCRIPT = textwrap.dedent(
+INTERPRETER_PRELUDE = textwrap.dedent(
     """
     import numpy as np
+    import torch
     import triton.runtime.interpreter as interp
     # Triton's interpreter turns 1-element scalar arrays into loop bounds with int(), which
     # recent numpy refuses; read the element instead (this only affects interpreted runs).
@@ -380,12 +381,31 @@ INTERPRETER_SCRIPT = textwrap.dedent(
         scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
     interp._patch_lang_tensor = _patched
 
+    def rel(a, b):
+        a, b = a.double(), b.double()
+        assert torch.isfinite(a).all(), "non-finite values"
+        return ((a - b).norm() / b.norm()).item()
+
+    torch.manual_seed(0)
+    worst = 0.0
+    """
+)
+
+
+def _worst_error_under_interpreter(body: str) -> float:
+    """Run ``body`` (after :data:`INTERPRETER_PRELUDE`) with ``TRITON_INTERPRET=1`` in a fresh
+    process; it accumulates ``worst``, which is returned."""
+    script = INTERPRETER_PRELUDE + textwrap.dedent(body) + '\nprint("WORST", worst)\n'
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return float(proc.stdout.split("WORST")[-1])
+
+
+CONSTRUCTION_SCRIPT = """
     import torch
     from dcls_core import triton_construct as tc
     from dcls_core.kernel import construct_kernel
-
-    def rel(a, b):
-        return ((a.double() - b).norm() / b.norm()).item()
 
     torch.manual_seed(0)
     worst = 0.0
@@ -404,39 +424,30 @@ INTERPRETER_SCRIPT = textwrap.dedent(
             got = tc.launch_forward(pf[0], pf[1], S32, sizes, version)
             gg = [t for t in tc.launch_backward(G.float(), pf[0], pf[1], S32, sizes, version) if t is not None]
             worst = max([worst, rel(got, want.detach())] + [rel(a, r) for a, r in zip(gg, gw)])
-    print("WORST", worst)
-    """
-)
+"""
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_triton_construction_under_interpreter():
     """The fused construction kernels (1 and 2 learned axes, every version, forward and
     backward), run on the CPU by Triton's interpreter against the float64 reference."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = float(proc.stdout.split("WORST")[-1])
-    assert worst < 2e-6
+    assert _worst_error_under_interpreter(CONSTRUCTION_SCRIPT) < 2e-6
 
 
-SPECTRAL_SCRIPT = textwrap.dedent(
-    """
-    import numpy as np
-    import triton.runtime.interpreter as interp
-    _orig = interp._patch_lang_tensor
-    def _patched(tensor, scope):
-        _orig(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-    interp._patch_lang_tensor = _patched
-
+SPECTRAL_SCRIPT = """
     import torch
     from dcls_core import spectral_ops as so
     from dcls_core.fft_conv import fft_conv_nd
+    import dcls_core.triton_spectral_kernels as kernels
     so._triton_ok = lambda t: not so.FORCE_TORCH   # the interpreter runs on the CPU
+    launched = set()
 
-    def rel(a, b):
-        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+    class _Counting:  # which kernels the Triton side really ran
+        def __getattr__(self, name):
+            launched.add(name)
+            return getattr(kernels, name)
+
+    so._kernels = _Counting
 
     torch.manual_seed(0)
     worst = 0.0
@@ -486,21 +497,17 @@ SPECTRAL_SCRIPT = textwrap.dedent(
     out = fft_conv_nd(xf32, kf32, bf32, (1, 1), (3, 2), 4)
     og = torch.autograd.grad(out, (xf32, kf32, bf32), dy.float())
     worst = max([worst, rel(out, ref)] + [rel(a, r) for a, r in zip(og, rg)])
-    print("WORST", worst)
-    """
-)
+    assert launched == {"pad_cast", "crop_cast", "spectral_mul", "backward_mix"}, launched
+"""
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_spectral_kernels_under_interpreter():
     """The FFT convolution's Triton passes (pad+cast, crop+cast+bias, spectrum product, fused
-    depthwise backward), run on the CPU by Triton's interpreter, equal their torch versions;
-    the whole depthwise convolution through them equals F.conv2d (float64)."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", SPECTRAL_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = float(proc.stdout.split("WORST")[-1])
-    assert worst < 2e-6
+    depthwise backward; each one checked to have run), on the CPU under Triton's interpreter,
+    equal their torch versions; the whole depthwise convolution through them equals F.conv2d
+    (float64)."""
+    assert _worst_error_under_interpreter(SPECTRAL_SCRIPT) < 2e-6
 
 
 # -- CUDA ------------------------------------------------------------------------------------------
