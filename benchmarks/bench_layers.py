@@ -257,7 +257,6 @@ def construction_memory(device) -> list[dict]:
         rows.append({"case": "construct 256x256x26 -> 23x23", "dtype": "fp32", "impl": impl, "note": f"dense kernel {dense_mib:.1f} MiB", **r})
         _print_row(rows[-1])
     if theirs is not None:
-        ours_params = (ours.weight, ours.P, ours.SIG)
         try:
             def step():
                 k = their_build()
@@ -267,7 +266,6 @@ def construction_memory(device) -> list[dict]:
             r = {"ms": None, "peak_mib": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
         rows.append({"case": "construct 256x256x26 -> 23x23", "dtype": "fp32", "impl": "dcls-0.1.1", "note": f"dense kernel {dense_mib:.1f} MiB", **r})
         _print_row(rows[-1])
-        del ours_params
     return rows
 
 
@@ -283,9 +281,8 @@ def _print_row(r: dict) -> None:
     if _PARTIAL["path"] is not None:  # keep what was measured if the run is cut short
         _PARTIAL["rows"].append(r)
         _PARTIAL["path"].write_text(json.dumps({"partial": True, "rows": _PARTIAL["rows"]}, indent=1))
-    extra = f" err={r['rel_err']:.1e}" if r.get("rel_err") is not None else ""
     err = f"  ERROR {r['error']}" if r.get("error") else ""
-    print(f"{r['case'][:46]:<46} {r['dtype']:>5} {r['impl'][:22]:<22} {_fmt(r.get('ms'), 9)} ms {_fmt(r.get('peak_mib'), 9, 1)} MiB  {r.get('note', '')}{extra}{err}", flush=True)
+    print(f"{r['case'][:46]:<46} {r['dtype']:>5} {r['impl'][:22]:<22} {_fmt(r.get('ms'), 9)} ms {_fmt(r.get('peak_mib'), 9, 1)} MiB  {r.get('note', '')}{err}", flush=True)
 
 
 def stage_summary(rows: list[dict]) -> list[dict]:

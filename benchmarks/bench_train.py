@@ -14,6 +14,7 @@ at both ends). Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import sys
@@ -109,14 +110,17 @@ class StepProfiler(L.Callback):
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
+    if args.device == "cuda":  # each model's peak is its own
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     kwargs = {"drop_path_rate": 0.1, **(TINY if args.tiny else {})}
     if "dcls" in name and args.tiny:
         kwargs.update(kernel_count=8, dilated_kernel_size=9)
     torch.manual_seed(0)
     module = AudioTaggingModule(
         name, 527, model_kwargs=kwargs, lr=1e-3, warmup_steps=10, ema_decay=0.9999 if args.ema else None,
-        channels_last=args.channels_last, compile=args.compile or args.compile_mode != "default",
-        compile_mode=args.compile_mode,
+        channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
     )
     if args.no_loss_check:  # what the per-step host check of the loss costs
         module.on_before_optimizer_step = lambda optimizer: module._step_losses.clear()
@@ -124,7 +128,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     loader = DataLoader(SyntheticClips(total * args.batch_size), batch_size=args.batch_size,
                         num_workers=args.num_workers, pin_memory=args.device != "cpu", drop_last=True)
     timer = StepTimer(args.warmup, args.steps)
-    callbacks = [timer] + ([StepProfiler(args.warmup, args.profile_steps)] if args.profile_steps else [])
+    profiler = [StepProfiler(args.warmup - args.profile_steps, args.profile_steps)] if args.profile_steps else []
+    callbacks = [timer, *profiler]
     trainer = L.Trainer(
         accelerator=args.device, devices=1, precision=args.precision, max_steps=total + 1,
         logger=False, enable_checkpointing=False, enable_progress_bar=args.progress_bar, enable_model_summary=False,
@@ -134,7 +139,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     samples_per_s = args.steps * args.batch_size / timer.seconds
     return {
         "model": name, "precision": args.precision, "batch_size": args.batch_size,
-        "channels_last": args.channels_last, "compile": args.compile or args.compile_mode != "default",
+        "channels_last": args.channels_last, "compile": args.compile,
         "compile_mode": args.compile_mode, "ema": args.ema, "loss_check": not args.no_loss_check,
         "progress_bar": args.progress_bar,
         "timed_steps": args.steps, "seconds": timer.seconds, "samples_per_s": samples_per_s,
@@ -160,13 +165,16 @@ def main() -> None:
                         help="skip the per-step non-finite loss check (measures what it costs)")
     parser.add_argument("--progress-bar", action="store_true", help="show Lightning's progress bar, as training does")
     parser.add_argument("--profile-steps", type=int, default=0,
-                        help="profile this many steps before the timed ones (they are timed too) and print "
+                        help="profile the last this many warm-up steps (before the timed ones) and print "
                         "the top host and device operators")
     parser.add_argument("--ema", action="store_true", help="also update an EMA copy each step")
     parser.add_argument("--tiny", action="store_true", help="tiny architecture (a CPU smoke run)")
     parser.add_argument("--num-workers", type=int, default=4)
     parser.add_argument("--json", default="bench_train.json", help="where to write the results")
     args = parser.parse_args()
+    args.compile = args.compile or args.compile_mode != "default"
+    if args.profile_steps > args.warmup:
+        parser.error("--profile-steps must not exceed --warmup (the profiled steps are warm-up steps)")
     if args.device == "cpu" and args.precision == "16-mixed":
         parser.error("16-mixed needs CUDA")
     rows = [run_one(name, args) for name in args.models]

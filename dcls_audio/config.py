@@ -65,7 +65,7 @@ class ModelConfig:
     channels_last: bool = _f(False, "channels_last memory format for the backbone")
     compile: bool = _f(False, "torch.compile the backbone")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = _f(
-        "default", "torch.compile mode (reduce-overhead: CUDA graphs)")
+        "default", "torch.compile mode, with model.compile: true (reduce-overhead: CUDA graphs)")
 
 
 @dataclass
@@ -347,6 +347,8 @@ def _validate(cfg: TrainConfig) -> None:
          "data.val_files given without data.train_files (both empty: demo data)"),
         (cfg.model.num_classes is None or cfg.model.num_classes >= 1,
          "model.num_classes must be >= 1 or null"),
+        (cfg.model.compile or cfg.model.compile_mode == "default",
+         f"model.compile_mode {cfg.model.compile_mode} needs model.compile: true"),
     ]
     for ok, message in checks:
         if not ok:

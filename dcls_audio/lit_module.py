@@ -49,8 +49,8 @@ class AudioTaggingModule(L.LightningModule):
         freeze_positions: DCLS ``P`` / ``SIG`` are not trained.
         clamp_positions: call ``clamp_parameters()`` on layers that have it after each step.
         channels_last, compile: speed switches for the backbone.
-        compile_mode: ``torch.compile`` mode (``"reduce-overhead"`` replays CUDA graphs,
-            ``"max-autotune"`` also tunes kernels).
+        compile_mode: ``torch.compile`` mode with ``compile`` (``"reduce-overhead"`` replays
+            CUDA graphs, ``"max-autotune"`` also tunes kernels).
         init_checkpoint, init_checkpoint_ema: provenance of fine-tuning (the weights are
             loaded by :meth:`load_initial_weights`, not here).
         seed: base seed of the augmentation generators (offset by rank and step).
@@ -86,6 +86,8 @@ class AudioTaggingModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if compile_mode != "default" and not compile:
+            raise ValueError(f"compile_mode={compile_mode!r} needs compile=True")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.save_hyperparameters()

@@ -258,7 +258,8 @@ class AudioSetMetrics(Metric):
                 f"targets {tuple(targets.shape)} and indices {tuple(indices.shape)} do not match "
                 f"scores {tuple(scores.shape)}"
             )
-        self.scores.append(scores.detach().float())
+        # an owned copy: a compiled model replaying CUDA graphs reuses its output buffers
+        self.scores.append(scores.detach().to(torch.float32, copy=True))
         self.targets.append((targets > 0.5).to(torch.uint8))
         self.indices.append(indices.detach().long())
 

@@ -73,6 +73,7 @@ def test_compile_mode_reaches_the_module():
     ("model.depths", "[1, x]", "model.depths"),
     ("ema.enabled", "3", "ema.enabled: expected bool"),
     ("model.compile_mode", "fast", "model.compile_mode: 'fast' is not one of default, reduce-overhead"),
+    ("model.compile_mode", "reduce-overhead", "model.compile_mode reduce-overhead needs model.compile: true"),
     ("optim.min_lr", "1.0", "optim.min_lr must be in [0, optim.lr]"),
     ("nosection.key", "1", "unknown config key 'nosection.key'"),
 ])
