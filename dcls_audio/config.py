@@ -134,6 +134,8 @@ class TrainerConfig:
     fast_dev_run: Union[bool, int] = _f(False, "run n (true: 1) batches of train/val as a test")
     deterministic: bool = _f(False, "deterministic algorithms")
     enable_progress_bar: bool = _f(True, "show a progress bar")
+    progress_bar_refresh_rate: int = _f(
+        10, "update the progress bar every n batches (each update waits for the device to report the loss)")
 
 
 @dataclass
@@ -340,6 +342,7 @@ def _validate(cfg: TrainConfig) -> None:
         (0 <= cfg.augment.label_smoothing < 1, "augment.label_smoothing must be in [0, 1)"),
         (0 < cfg.ema.decay < 1, "ema.decay must be in (0, 1)"),
         (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches must be >= 1"),
+        (cfg.trainer.progress_bar_refresh_rate >= 1, "trainer.progress_bar_refresh_rate must be >= 1"),
         (cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0,
          "trainer.max_epochs must be >= 1 (or set trainer.max_steps)"),
         (cfg.run.checkpoint_every_n_steps >= 0, "run.checkpoint_every_n_steps must be >= 0"),

@@ -98,7 +98,9 @@ class AudioTaggingModule(L.LightningModule):
             self._freeze_positions()
         self.net.to(memory_format=self.memory_format)
         self.ema_net = make_ema(self.net) if ema_decay is not None else None
-        self._clampable = [m for m in self.net.modules() if hasattr(m, "clamp_parameters")]
+        # one layer per distinct P: layers of a stage may share their positions
+        owners = {id(m.P): m for m in self.net.modules() if hasattr(m, "clamp_parameters")} if clamp_positions else {}
+        self._clampable = list(owners.values())
         self.val_metrics = AudioSetMetrics(num_classes)
         self.val_metrics_ema = AudioSetMetrics(num_classes) if ema_decay is not None else None
         self._mixup_generator = torch.Generator()

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -215,6 +215,7 @@ def build_datamodule(cfg: TrainConfig) -> tuple[AudioSetDataModule, list[str]]:
 
 def _trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     kwargs = dict(vars(cfg.trainer))
+    del kwargs["progress_bar_refresh_rate"]  # a callback's setting (see _callbacks)
     for key in ("limit_train_batches", "limit_val_batches", "val_check_interval", "gradient_clip_val"):
         if kwargs[key] is None:
             del kwargs[key]
@@ -228,11 +229,15 @@ def _last_checkpoint(ckpt_dir: Path, **trigger: Any) -> ModelCheckpoint:
 
 
 def _callbacks(cfg: TrainConfig, ckpt_dir: Path, has_val: bool) -> tuple[list[Callback], ModelCheckpoint | None]:
-    """``last.ckpt`` at each epoch end (after its validation) and every n steps; best by val/mAP."""
+    """``last.ckpt`` at each epoch end (after its validation) and every n steps; best by val/mAP;
+    the progress bar (updated every ``trainer.progress_bar_refresh_rate`` batches: reading the
+    loss for it waits for the device)."""
     callbacks: list[Callback] = [
         _last_checkpoint(ckpt_dir, save_on_train_epoch_end=True),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.progress_bar_refresh_rate))
     if cfg.run.checkpoint_every_n_steps:
         callbacks.append(_last_checkpoint(ckpt_dir, every_n_train_steps=cfg.run.checkpoint_every_n_steps))
     best = None

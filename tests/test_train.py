@@ -309,3 +309,16 @@ def test_balanced_sampler_settings_reach_the_train_sampler(tiny_data):
     p = sampler.probabilities
     assert p.shape == (8,) and p[2] == p[5] and p[0] == p[1]
     assert np.isclose(p[2] / p[0], (1 / 4) / (1 / 5))
+
+
+def test_progress_bar_reads_the_loss_every_n_batches(tmp_path):
+    """The bar reads the logged loss (a device sync) only when it refreshes."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from dcls_audio.training import _callbacks
+
+    cfg = load_config("demo", {"trainer.progress_bar_refresh_rate": "25"})
+    bars = [c for c in _callbacks(cfg, tmp_path, has_val=False)[0] if isinstance(c, TQDMProgressBar)]
+    assert len(bars) == 1 and bars[0].refresh_rate == 25
+    cfg = load_config("demo", {"trainer.enable_progress_bar": "false"})
+    assert not any(isinstance(c, TQDMProgressBar) for c in _callbacks(cfg, tmp_path, has_val=False)[0])
