@@ -199,8 +199,6 @@ def decode_file(path: str | Path) -> _Decoded | FileFailure:
             reason = "no such file"
         reason = re.sub(r"^Error opening '.*?': ", "", reason)  # libsndfile repeats the path
         return FileFailure(name, reason)
-    if waveform.numel() == 0:
-        return FileFailure(name, "it holds no samples")
     if not bool(torch.isfinite(waveform).all()):
         return FileFailure(name, "it holds NaN or infinite samples")
     return _Decoded(name, sample_rate, waveform)
@@ -223,7 +221,7 @@ def _as_is(item):
 
 def _decoded_files(paths: Sequence[str | Path], num_workers: int) -> Iterator[_Decoded | FileFailure]:
     """Decoded files in order; ``num_workers`` > 0 decodes ahead in worker processes."""
-    if num_workers <= 0:
+    if num_workers <= 0 or not paths:
         return (decode_file(p) for p in paths)
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(paths), batch_size=None, shuffle=False, num_workers=min(num_workers, len(paths)),
@@ -279,9 +277,9 @@ def tag_files(
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    hop = round(hop_s * SAMPLE_RATE)
-    if not math.isfinite(hop_s) or hop < 1:
+    if not math.isfinite(hop_s) or round(hop_s * SAMPLE_RATE) < 1:
         raise ValueError(f"hop must be a positive number of seconds, got {hop_s}")
+    hop = round(hop_s * SAMPLE_RATE)
 
     in_flight: deque[_Pending] = deque()
     queue: list[tuple[_Pending, int]] = []  # windows waiting for a batch: (file, window index)

@@ -197,6 +197,10 @@ def test_tag_files_batches_across_files_in_order(tmp_path, tiny_dcls_model):
     torch.testing.assert_close(first.scores, alone.max(dim=0).values)
     mean = list(tag_files(tagger, paths[:1], aggregate="mean"))[0]
     torch.testing.assert_close(mean.scores, alone.mean(dim=0), rtol=0, atol=1e-6)
+    assert list(tag_files(tagger, [], num_workers=2)) == []  # nothing to decode: no worker pool
+    for hop in (float("inf"), float("nan"), 0.0, 1e-6):
+        with pytest.raises(ValueError, match="hop must be a positive number of seconds"):
+            list(tag_files(tagger, paths[:1], hop_s=hop))
 
 
 def test_half_precision_needs_cuda():
