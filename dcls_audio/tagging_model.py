@@ -14,15 +14,13 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from dcls_audio.data.classes import display_names, load_class_names, resolve_class_names
+from dcls_audio.data.classes import display_names, resolve_class_names
+from dcls_audio.data.constants import AUDIOSET_NUM_CLASSES
 from dcls_audio.models import (
     CheckpointError,
-    create_model,
+    build_loaded_model,
     extract_state_dict,
     get_spec,
-    infer_model_name,
-    list_models,
-    load_state_dict_checked,
     read_checkpoint,
     resolve_checkpoint_path,
 )
@@ -84,27 +82,16 @@ def load_tagging_model(
     file = resolve_checkpoint_path(checkpoint)
     obj = read_checkpoint(file, allow_pickle=allow_pickle)
     contents = extract_state_dict(obj, use_ema=use_ema, source=str(file))
-    name = model_name or contents.model_name or infer_model_name(contents.state_dict)
-    if name is None:
-        raise CheckpointError(
-            f"{file}: cannot tell which model this checkpoint is for; pass --model with one of {', '.join(list_models())}"
-        )
-    saved_kwargs = contents.model_kwargs if contents.model_name in (None, name) else {}
-    model = create_model(name, **saved_kwargs)
-    load_state_dict_checked(model, contents.state_dict, str(file))
+    model, name = build_loaded_model(contents, model_name, str(file), how_to_name="pass --model with one of")
     num_classes = _output_classes(model)
 
     stored = labels_from_checkpoint(obj)
-    if class_csv is not None:
-        labels = display_names(load_class_names(class_csv))
-        source = str(class_csv)
-        if len(labels) != num_classes:
-            raise ValueError(f"class CSV {class_csv} lists {len(labels)} classes but the model has {num_classes} outputs")
-    elif stored is not None:
+    if stored is not None and class_csv is None:
         if len(stored) != num_classes:
             raise CheckpointError(f"{file}: stores {len(stored)} class names for a model with {num_classes} outputs")
         labels, source = stored, "checkpoint"
     else:
-        labels = display_names(resolve_class_names(num_classes))
-        source = "AudioSet class CSV" if num_classes == 527 else "generic names"
+        labels = display_names(resolve_class_names(num_classes, class_csv, data_source="the model"))
+        source = str(class_csv) if class_csv is not None else (
+            "AudioSet class CSV" if num_classes == AUDIOSET_NUM_CLASSES else "generic names")
     return TaggingModel(model.eval(), labels, name, file, source)
