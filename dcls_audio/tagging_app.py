@@ -7,7 +7,6 @@ are still tagged and the exit code is 1.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import sys
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from .inference import AGGREGATIONS, PRECISIONS, AudioTagger, FileFailure, resolve_device, tag_files
 from .input_files import expand_inputs
 from .tagging_model import load_tagging_model
-from .tagging_output import CSV_COLUMNS, FORMATS, csv_rows, file_record, format_table, write_json
+from .tagging_output import FORMATS, csv_rows, csv_writer, file_record, format_table, write_json
 
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_SETUP_ERROR = 0, 1, 2
 
@@ -115,10 +114,7 @@ def run_infer(
         return fail(f"--output: cannot write {output}: {exc.strerror or exc}")
     try:
         records = []
-        writer = None
-        if fmt == "csv":
-            writer = csv.DictWriter(sink, fieldnames=CSV_COLUMNS, lineterminator="\n")
-            writer.writeheader()
+        writer = csv_writer(sink) if fmt == "csv" else None
         results = tag_files(tagger, files, hop_s=hop_s, aggregate=aggregate, batch_size=batch_size, num_workers=workers)
         for result in results:
             bar.update(1)

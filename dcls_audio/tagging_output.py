@@ -68,10 +68,16 @@ def csv_rows(record: dict[str, Any]) -> Iterable[dict[str, Any]]:
             yield {**common, "scope": scope, "window": window, "start_s": start, "end_s": end, "rank": rank, **entry}
 
 
-def write_csv(records: Iterable[dict[str, Any]], stream: TextIO) -> None:
-    """The records as CSV with the header :data:`CSV_COLUMNS`."""
+def csv_writer(stream: TextIO) -> csv.DictWriter:
+    """A writer of :func:`csv_rows` rows on ``stream``; the header :data:`CSV_COLUMNS` is written."""
     writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
+    return writer
+
+
+def write_csv(records: Iterable[dict[str, Any]], stream: TextIO) -> None:
+    """The records as CSV with the header :data:`CSV_COLUMNS`."""
+    writer = csv_writer(stream)
     for record in records:
         writer.writerows(csv_rows(record))
 
