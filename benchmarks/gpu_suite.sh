@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
-#   part: tests | train | data | infer | all (default)
+#   part: tests | layers | train | data | infer | all (default)
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -14,8 +14,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 if [[ $part == tests || $part == all ]]; then
   timeout 200 python3 -m pytest -q -m cuda tests/ 2>&1 | tail -25 | tee "$OUT/cuda_tests.log"
 fi
+if [[ $part == layers || $part == all ]]; then
+  timeout 300 python3 benchmarks/bench_layers.py --out "$OUT/bench_layers.json" 2>&1 | grep -A6 "stage sums" | tee "$OUT/bench_layers.log"
+  timeout 150 python3 benchmarks/profile_layers.py --json "$OUT/profile_layers.json" 2>&1 | grep "^sum" | tee "$OUT/profile_layers.log"
+fi
 if [[ $part == train || $part == all ]]; then
   timeout 240 python3 benchmarks/bench_train.py --steps 120 --warmup 20 --json "$OUT/bench_train.json" 2>&1 | tail -15 | tee "$OUT/bench_train.log"
+  timeout 300 python3 benchmarks/bench_train.py --compile-mode reduce-overhead --steps 120 --warmup 20 --json "$OUT/bench_train_ro.json" 2>&1 | tail -6 | tee "$OUT/bench_train_ro.log"
 fi
 if [[ $part == data || $part == all ]]; then
   timeout 120 python3 benchmarks/bench_data.py --clips 2048 --seconds 6 --workers 0,4,8,16 --out "$OUT/bench_data.json" 2>&1 | tail -12 | tee "$OUT/bench_data.log"

@@ -54,6 +54,7 @@ def main() -> None:
                 module._spectrogram(wave)
 
         def fwd_bwd():
+            opt.zero_grad(set_to_none=True)  # as a training step: backward writes fresh gradients
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(module.net(spec.detach()), target)
             loss.backward()
