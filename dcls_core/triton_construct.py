@@ -37,12 +37,30 @@ def _axis_rows(n: int, version: str) -> Tuple[int, int]:
     return axes.index(0), axes.index(n - 1)
 
 
-def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool) -> dict:
-    KH, KW = (1, sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
-    return dict(
+Placement = Tuple[Sequence[int], Sequence[int]]  # (transform sizes, paddings) per learned axis
+
+
+def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool, placement: Optional[Placement] = None) -> dict:
+    KH, KW = _pair(sizes, 1)
+    meta = dict(
         KH=KH, KW=KW, BMC=max(16, _next_pow2(count)), BKH=max(16, _next_pow2(KH)), BKW=max(16, _next_pow2(KW)),
-        VERSION=VERSION_CODES[version], HAS_SIG=has_sig, NAX=len(sizes), num_warps=2,
+        VERSION=VERSION_CODES[version], HAS_SIG=has_sig, NAX=len(sizes), PLACED=placement is not None,
+        LH=1, LW=1, BLH=16, BLW=16, num_warps=2,
     )
+    if placement is not None:
+        LH, LW = _pair(placement[0], 1)
+        meta.update(LH=LH, LW=LW, BLH=max(16, _next_pow2(LH)), BLW=max(16, _next_pow2(LW)))
+        meta["num_warps"] = 8 if meta["BLH"] * meta["BLW"] >= 4096 else 4
+    return meta
+
+
+def _pair(values: Sequence[int], unit: int) -> Tuple[int, int]:
+    """(height, width) values of one or two axes; one axis: ``unit`` for the height."""
+    return (unit, int(values[0])) if len(values) == 1 else (int(values[0]), int(values[1]))
+
+
+def _pads(placement: Optional[Placement]) -> Tuple[int, int]:
+    return (0, 0) if placement is None else _pair(placement[1], 0)
 
 
 def _flat_params(weight: Tensor, P: Tensor, SIG: Optional[Tensor], n: int, version: str):
@@ -55,19 +73,27 @@ def _flat_params(weight: Tensor, P: Tensor, SIG: Optional[Tensor], n: int, versi
     return (count, Q, weight.contiguous(), p, s, *_axis_rows(n, version))
 
 
-def launch_forward(weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: Sequence[int], version: str) -> Tensor:
-    """Run the forward kernel: ``(*prefix, *sizes)`` float32 kernel."""
+def launch_forward(
+    weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: Sequence[int], version: str,
+    placement: Optional[Placement] = None,
+) -> Tensor:
+    """Run the forward kernel: the ``(*prefix, *sizes)`` float32 kernel or, with ``placement =
+    (L, padding)``, its circular ``(*prefix, *L)`` plane for the FFT convolution (tap ``i`` at
+    ``(padding - i) mod L`` per axis, as :func:`dcls_core.fft_conv.placed_kernel`)."""
     fwd, _ = _kernels()
     count, Q, w, p, s, rh, rw = _flat_params(weight, P, SIG, len(sizes), version)
-    kernel = torch.empty((*weight.shape[:-1], *sizes), device=weight.device, dtype=torch.float32)
-    fwd[(Q,)](w, p[rh], p[rw], s[rh], s[rw], kernel, count, **_meta(count, sizes, version, SIG is not None))
+    shape = sizes if placement is None else placement[0]
+    kernel = torch.empty((*weight.shape[:-1], *shape), device=weight.device, dtype=torch.float32)
+    fwd[(Q,)](w, p[rh], p[rw], s[rh], s[rw], kernel, count, *_pads(placement), **_meta(count, sizes, version, SIG is not None, placement))
     return kernel
 
 
 def launch_backward(
-    grad: Tensor, weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: Sequence[int], version: str
+    grad: Tensor, weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: Sequence[int], version: str,
+    placement: Optional[Placement] = None,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Run the backward kernel: gradients of ``weight``, ``P`` and ``SIG`` (None without SIG)."""
+    """Run the backward kernel: gradients of ``weight``, ``P`` and ``SIG`` (None without SIG);
+    ``grad`` is that of the kernel, or of its placed plane with ``placement``."""
     _, bwd = _kernels()
     n = len(sizes)
     count, Q, w, p, s, rh, rw = _flat_params(weight, P, SIG, n, version)
@@ -76,7 +102,7 @@ def launch_backward(
     dS = torch.empty((n, Q, count), device=w.device, dtype=torch.float32) if SIG is not None else dP
     bwd[(Q,)](
         w, p[rh], p[rw], s[rh], s[rw], grad.contiguous().float(),
-        dw, dP[rh], dP[rw], dS[rh], dS[rw], count, **_meta(count, sizes, version, SIG is not None),
+        dw, dP[rh], dP[rw], dS[rh], dS[rw], count, *_pads(placement), **_meta(count, sizes, version, SIG is not None, placement),
     )
     return dw, dP.reshape(P.shape), (dS.reshape(P.shape) if SIG is not None else None)
 
@@ -139,6 +165,11 @@ def _backward(ctx, grad):
 
 
 _construct_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def places(sizes: Sequence[int]) -> bool:
+    """True if the kernels can write the placed plane of these transform sizes (one register block)."""
+    return max(sizes) <= MAX_SIZE
 
 
 def supports(weight: Tensor, P: Tensor, SIG: Optional[Tensor], dilated_kernel_size: Sequence[int], version: str) -> bool:

@@ -1,4 +1,9 @@
-"""Triton kernels of :mod:`dcls_core.triton_construct` (imports Triton; load lazily)."""
+"""Triton kernels of :mod:`dcls_core.triton_construct` (imports Triton; load lazily).
+
+With ``PLACED`` the kernel is written (and its gradient read) as the circular ``(LH, LW)``
+plane of the FFT convolution: tap ``a`` of an axis at slot ``(pad - a) mod L``, taps that share
+a slot summed (``placed = Mh^T ker Mw`` with 0/1 placement matrices).
+"""
 import triton
 import triton.language as tl
 
@@ -95,11 +100,20 @@ def _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH: tl.constexpr, KW: tl.const
 
 
 @triton.jit
+def _placement(a, KH: tl.constexpr, LH: tl.constexpr, PH, BLH: tl.constexpr):
+    """0/1 matrix ``(BKH, BLH)``: 1 where tap ``a < KH`` lands on slot ``u = (PH - a) mod LH``."""
+    u = tl.arange(0, BLH)
+    slot = (PH + LH * KH - a) % LH
+    return tl.where((a < KH)[:, None] & (u < LH)[None, :] & (slot[:, None] == u[None, :]), 1.0, 0.0)
+
+
+@triton.jit
 def construct_fwd(
-    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, k_ptr, Mc,
+    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, k_ptr, Mc, PH, PW,
     KH: tl.constexpr, KW: tl.constexpr,
     BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
     VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
+    PLACED: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr, BLH: tl.constexpr, BLW: tl.constexpr,
 ):
     q = tl.program_id(0)
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
@@ -111,17 +125,27 @@ def construct_fwd(
     else:
         ws = w / (tl.sum(fx, 1) * tl.sum(fy, 1) + EPS)
     ker = tl.dot(tl.trans(fy * ws[:, None]), fx, input_precision="ieee")
-    mask = (a < KH)[:, None] & (b < KW)[None, :]
-    tl.store(k_ptr + q * (KH * KW) + a[:, None] * KW + b[None, :], ker, mask=mask)
+    if PLACED:
+        mh = _placement(a, KH, LH, PH, BLH)
+        mw = _placement(b, KW, LW, PW, BLW)
+        plane = tl.dot(tl.dot(tl.trans(mh), ker, input_precision="ieee"), mw, input_precision="ieee")
+        u = tl.arange(0, BLH)
+        v = tl.arange(0, BLW)
+        mask = (u < LH)[:, None] & (v < LW)[None, :]
+        tl.store(k_ptr + q * (LH * LW) + u[:, None] * LW + v[None, :], plane, mask=mask)
+    else:
+        mask = (a < KH)[:, None] & (b < KW)[None, :]
+        tl.store(k_ptr + q * (KH * KW) + a[:, None] * KW + b[None, :], ker, mask=mask)
 
 
 @triton.jit
 def construct_bwd(
     w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, g_ptr,
-    dw_ptr, dph_ptr, dpw_ptr, dsh_ptr, dsw_ptr, Mc,
+    dw_ptr, dph_ptr, dpw_ptr, dsh_ptr, dsw_ptr, Mc, PH, PW,
     KH: tl.constexpr, KW: tl.constexpr,
     BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
     VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
+    PLACED: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr, BLH: tl.constexpr, BLW: tl.constexpr,
 ):
     q = tl.program_id(0)
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
@@ -132,8 +156,17 @@ def construct_bwd(
     y_ok = m_ok[:, None] & (a < KH)[None, :]
     x_ok = m_ok[:, None] & (b < KW)[None, :]
     fy, fx = _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH, KW, VERSION, NAX)
-    g_mask = (a < KH)[:, None] & (b < KW)[None, :]
-    g = tl.load(g_ptr + q * (KH * KW) + a[:, None] * KW + b[None, :], mask=g_mask, other=0.0)
+    if PLACED:  # gradient of the placed plane -> gradient of the kernel: Mh dG Mw^T
+        u = tl.arange(0, BLH)
+        v = tl.arange(0, BLW)
+        p_mask = (u < LH)[:, None] & (v < LW)[None, :]
+        dplane = tl.load(g_ptr + q * (LH * LW) + u[:, None] * LW + v[None, :], mask=p_mask, other=0.0)
+        mh = _placement(a, KH, LH, PH, BLH)
+        mw = _placement(b, KW, LW, PW, BLW)
+        g = tl.dot(tl.dot(mh, dplane, input_precision="ieee"), tl.trans(mw), input_precision="ieee")
+    else:
+        g_mask = (a < KH)[:, None] & (b < KW)[None, :]
+        g = tl.load(g_ptr + q * (KH * KW) + a[:, None] * KW + b[None, :], mask=g_mask, other=0.0)
     h1 = tl.trans(tl.dot(g, tl.trans(fx), input_precision="ieee"))           # (BMC, BKH)
     h2 = tl.trans(tl.dot(tl.trans(g), tl.trans(fy), input_precision="ieee"))  # (BMC, BKW)
     dws = tl.sum(fy * h1, 1)
