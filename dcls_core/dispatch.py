@@ -19,6 +19,10 @@ on CUDA the fused construction, and the FFT for stride-1 convolutions with
   cuDNN's implicit GEMM measured as fast or faster);
 
 and the reference everywhere else (small kernels, strides, tiny problems, the CPU).
+
+Where both fast paths apply to a 1-D or 2-D DCLS layer while gradients are recorded (eager
+training), :func:`select_fused` sends the whole layer through :mod:`dcls_core.fused_fft`
+(one autograd node, fewer launches); ``forced(fused=False)`` keeps the two steps apart.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ import math
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from . import triton_construct
@@ -42,7 +47,7 @@ FUSED_MIN_COUNT = 2           # fused construction from this kernel_count up
 
 CONSTRUCTIONS = ("reference", "triton")
 CONVS = ("reference", "fft")
-_forced: dict[str, Optional[str]] = {"construct": None, "conv": None}
+_forced: dict[str, Optional[str]] = {"construct": None, "conv": None, "fused": None}
 
 ConvFn = Callable[..., Tensor]
 
@@ -56,15 +61,16 @@ def current_impl() -> str:
 
 
 @contextlib.contextmanager
-def forced(construct: Optional[str] = None, conv: Optional[str] = None) -> Iterator[None]:
+def forced(construct: Optional[str] = None, conv: Optional[str] = None, fused: Optional[bool] = None) -> Iterator[None]:
     """Within the block, use the named construction / convolution where it applies
-    (benchmarks and tests; a construction that does not apply falls back to the reference)."""
+    (benchmarks and tests; a construction that does not apply falls back to the reference);
+    ``fused=False`` never takes the fused layer path."""
     if construct is not None and construct not in CONSTRUCTIONS:
         raise ValueError(f"construct must be one of {CONSTRUCTIONS}, got {construct!r}")
     if conv is not None and conv not in CONVS:
         raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
     saved = dict(_forced)
-    _forced.update(construct=construct, conv=conv)
+    _forced.update(construct=construct, conv=conv, fused=None if fused is None else ("yes" if fused else "no"))
     try:
         yield
     finally:
@@ -109,16 +115,16 @@ def _reference(input, kernel, bias, stride, padding, groups, padding_mode):
     return conv_nd(input, kernel, bias, stride, padding, groups, padding_mode)
 
 
-def fft_pays(input: Tensor, kernel: Tensor, stride: Sequence[int]) -> bool:
+def fft_pays(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int]) -> bool:
     """The ``auto`` rule for the FFT on CUDA (see the module docstring)."""
-    ndim = kernel.dim() - 2
+    ndim = len(kernel_shape) - 2
     if any(s != 1 for s in stride):
         return False
-    taps = math.prod(kernel.shape[2:])
-    outputs = (input.numel() // max(1, input.shape[-ndim - 1])) * kernel.shape[0]
+    taps = math.prod(kernel_shape[2:])
+    outputs = (input.numel() // max(1, input.shape[-ndim - 1])) * kernel_shape[0]
     if outputs < FFT_MIN_OUTPUTS:
         return False
-    if kernel.shape[1] == 1:
+    if kernel_shape[1] == 1:
         return taps >= FFT_MIN_TAPS_DEPTHWISE
     return taps >= FFT_MIN_TAPS_DENSE and ndim < 3
 
@@ -133,14 +139,47 @@ def select_conv(
 ) -> tuple[str, ConvFn]:
     """``(name, fn)``: the convolution for this call; ``fn(input, kernel, bias, stride,
     padding, groups, padding_mode)`` equals :func:`dcls_core.functional.conv_nd`."""
+    name = _conv_name(input, kernel.shape, stride)
+    return name, _fft if name == "fft" else _reference
+
+
+def _conv_name(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int]) -> str:
     wanted = _forced["conv"]
     if wanted is not None:
-        return wanted, _fft if wanted == "fft" else _reference
+        return wanted
     impl = current_impl()
     if impl == "reference":
-        return "reference", _reference
-    if impl == "fast":
-        return "fft", _fft
-    if input.is_cuda and fft_pays(input, kernel, stride):
-        return "fft", _fft
-    return "reference", _reference
+        return "reference"
+    if impl == "fast" or (input.is_cuda and fft_pays(input, kernel_shape, stride)):
+        return "fft"
+    return "reference"
+
+
+# -- the whole layer ---------------------------------------------------------------------
+def select_fused(
+    input: Tensor,
+    weight: Tensor,
+    P: Tensor,
+    SIG: Optional[Tensor],
+    dilated_kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    padding_mode: str,
+    version: str,
+) -> bool:
+    """True if :func:`dcls_core.fused_fft.fused_dcls_fft` runs this layer call: gradients are
+    recorded, not compiling, stride 1, the fused construction and the FFT are selected, and
+    the transform planes fit the construction's register block."""
+    if _forced["fused"] == "no" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return False
+    ndim = len(dilated_kernel_size)
+    if ndim > 2 or any(s != 1 for s in stride) or input.dim() < ndim + 1:
+        return False
+    if select_construct(weight, P, SIG, dilated_kernel_size, version)[0] != "triton":
+        return False
+    if _conv_name(input, (*weight.shape[:2], *dilated_kernel_size), stride) != "fft":
+        return False
+    from .fft_conv import transform_sizes_for
+
+    sizes = transform_sizes_for(input.shape[-ndim:], padding, dilated_kernel_size, padding_mode, input.device.type)
+    return triton_construct.places(sizes)

@@ -12,13 +12,14 @@ float32 (float64 for float64 inputs); half-precision inputs are read and the out
 in their dtype. The element-wise passes (pad and cast, spectrum products, crop, cast and
 bias, the depthwise backward) are Triton kernels on CUDA (:mod:`dcls_core.spectral_ops`).
 
-Memory: for depthwise-like kernels the forward pass and the backward pass run over the batch
-in chunks (at most 8) whose spectra stay under the input's size (float32) or 48 MiB, whichever
-is more; ``DCLS_FFT_CHUNKS=n`` forces ``n`` chunks (8 at the first ConvNeXt-T stage come close
-to the memory of a direct convolution, at about twice the time). Products are taken in place
-and the backward pass recomputes the input's spectrum instead of keeping it, so the extra
-memory over ``F.conv`` is a few chunk spectra. Each chunk costs about ten kernel launches, so
-more, smaller chunks trade time for memory (measured in ``benchmarks/NOTES_layers.md``).
+Memory: for depthwise-like kernels the forward and the backward pass run over the batch in
+equal chunks (at most 8) whose spectra stay under ``CHUNK_BYTES`` (128 MiB) each;
+``DCLS_FFT_CHUNKS=n`` forces ``n`` chunks. Products are taken in place and the backward pass
+recomputes the input's spectrum instead of keeping it, so a pass needs about three chunk
+spectra beyond ``F.conv``'s memory. Every chunk costs a dozen launches (about 0.5-0.8 ms on
+the H100 machine of ``benchmarks/NOTES_layers.md``): more, smaller chunks trade time for
+memory (8 chunks at the first ConvNeXt-T stage come close to a direct convolution's memory
+at about three times the time).
 Gradients (derived in the spatial domain, no complex autograd):
 
     dx = irfft(dY * conj(G))[:H],   dg = irfft(sum_n dY * conj(X)),   db = sum(dy)
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +41,8 @@ from . import spectral_ops
 from .fft_sizes import transform_sizes
 from .functional import apply_padding_mode
 
-MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs about ten launches)
-MIN_CHUNK_BYTES = 48 * 2**20    # one spectrum of one chunk: at least this many bytes, or the
-                                # input's size in the work dtype if that is more
+MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs a dozen launches)
+CHUNK_BYTES = 128 * 2**20       # one chunk's spectrum at most (unless MAX_CHUNKS are reached)
 CHUNKS_ENV = "DCLS_FFT_CHUNKS"  # this many chunks per pass: more save memory, fewer save launches
 FORCE_CHUNKS: Optional[int] = None  # benchmarks and tests: as the environment variable
 
@@ -71,20 +71,19 @@ def placed_kernel(kernel: Tensor, sizes: Sequence[int], padding: Sequence[int]) 
     return g.roll(shifts, dims)
 
 
-def _chunk_size(x: Tensor, g: Tensor, freq: Sequence[int], complex_bytes: int) -> int:
-    """Samples per chunk. Channel-mixing kernels run in one pass: each chunk would re-read
-    the whole kernel spectrum (``C_out x C_in/g x F``), which costs more than it saves."""
+def _chunk_size(x: Tensor, g_f: Tensor) -> int:
+    """Samples per chunk for the kernel spectrum ``g_f (C_out, C_in/g, *F)``: the batch in
+    equal chunks with spectra under ``CHUNK_BYTES``. Channel-mixing kernels run in one pass:
+    each chunk would re-read the whole kernel spectrum, which costs more than it saves."""
     batch = x.shape[0]
     forced = FORCE_CHUNKS if FORCE_CHUNKS is not None else _env_chunks()
     if forced is not None:
         return max(1, -(-batch // forced))
-    if g.shape[1] > 1:
+    if g_f.shape[1] > 1:
         return batch
-    channels = max(x.shape[1], g.shape[0])
-    per_sample = channels * math.prod(freq) * complex_bytes
-    budget = max(MIN_CHUNK_BYTES, x.numel() * g.element_size())
-    chunk = max(1, budget // max(per_sample, 1), -(-batch // MAX_CHUNKS))
-    return int(min(batch, chunk))
+    per_sample = max(x.shape[1], g_f.shape[0]) * math.prod(g_f.shape[2:]) * g_f.element_size()
+    chunks = min(MAX_CHUNKS, max(1, -(-per_sample * batch // CHUNK_BYTES)))
+    return -(-batch // chunks)
 
 
 def _env_chunks() -> Optional[int]:
@@ -138,22 +137,29 @@ def _dtype_of(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _forward_impl(
-    x: Tensor, g: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
-    stride: List[int], groups: int, out_dtype: str,
+def kernel_spectrum(g: Tensor) -> Tensor:
+    """``rfftn`` of the placed kernel ``g (C_out, C_in/g, *L)`` over its spatial axes, scaled
+    by ``1 / prod(L)``: the inverse transforms of the products then need no normalisation."""
+    ndim = g.dim() - 2
+    return torch.fft.rfftn(g, dim=tuple(range(-ndim, 0)), norm="forward")
+
+
+def forward_spectral(
+    x: Tensor, g_f: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
+    stride: List[int], groups: int, out_dtype: torch.dtype,
 ) -> Tensor:
+    """Forward pass with the kernel's (scaled) spectrum ``g_f`` (:func:`kernel_spectrum`)."""
     ndim = len(sizes)
     dims = tuple(range(-ndim, 0))
-    work = g.dtype
-    g_f = torch.fft.rfftn(g, dim=dims)
-    c_out = g.shape[0]
+    work = torch.float64 if g_f.dtype == torch.complex128 else torch.float32
+    c_out = g_f.shape[0]
     out_shape = [-(-o // s) for o, s in zip(out_full, stride)]
-    y = torch.empty((x.shape[0], c_out, *out_shape), device=x.device, dtype=_dtype_of(out_dtype))
-    chunk = _chunk_size(x, g, g_f.shape[2:], g_f.element_size())
+    y = torch.empty((x.shape[0], c_out, *out_shape), device=x.device, dtype=out_dtype)
+    chunk = _chunk_size(x, g_f)
     strided = any(s != 1 for s in stride)
     for s in range(0, x.shape[0], chunk):
         y_f = _mix(torch.fft.rfftn(spectral_ops.padded(x[s: s + chunk], sizes, work), dim=dims), g_f, groups, transpose=False)
-        full = torch.fft.irfftn(y_f, s=sizes, dim=dims)
+        full = torch.fft.irfftn(y_f, s=sizes, dim=dims, norm="forward")
         del y_f
         if strided:
             y[s: s + chunk] = _crop(full, out_full, stride)
@@ -165,19 +171,21 @@ def _forward_impl(
     return y
 
 
-def _backward_impl(
-    dy: Tensor, x: Tensor, g: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
+def backward_spectral(
+    dy: Tensor, x: Tensor, g_f: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
     groups: int, need_x: bool, need_g: bool,
 ) -> Tuple[Tensor, Tensor]:
+    """``(dx, dg)``: gradients of the input and of the placed kernel (``(C_out, C_in/g, *L)``)
+    from the kernel's scaled spectrum ``g_f``; an empty tensor for each one not needed."""
     ndim = len(sizes)
     dims = tuple(range(-ndim, 0))
-    work = g.dtype
-    c_out, cin_g = g.shape[:2]
+    work = torch.float64 if g_f.dtype == torch.complex128 else torch.float32
+    c_out, cin_g = g_f.shape[:2]
     depthwise = cin_g == 1 and c_out == groups
-    g_f = torch.fft.rfftn(g, dim=dims)
     dx = torch.empty_like(x) if need_x else x.new_empty(0)
-    dg_f = torch.zeros_like(g_f) if need_g else None
-    chunk = _chunk_size(x, g, g_f.shape[2:], g_f.element_size())
+    # depthwise: the first chunk writes dg_f, scaled by 1 / prod(L) (no normalisation pass)
+    dg_f = (torch.empty_like if depthwise else torch.zeros_like)(g_f) if need_g else None
+    chunk = _chunk_size(x, g_f)
     strided = any(s != 1 for s in stride)
     for s in range(0, x.shape[0], chunk):
         dy_c = dy[s: s + chunk]
@@ -190,20 +198,36 @@ def _backward_impl(
         del up, dy_c
         x_f = torch.fft.rfftn(spectral_ops.padded(x[s: s + chunk], sizes, work), dim=dims) if need_g else None
         if depthwise:
-            dx_f = spectral_ops.backward_mix_(dy_f, x_f, g_f, dg_f, need_x, need_g)
+            dx_f = spectral_ops.backward_mix_(dy_f, x_f, g_f, dg_f, need_x, need_g, accumulate=s > 0, scale=1 / math.prod(sizes))
         else:
             if need_g:
                 dg_f += _kernel_grad(dy_f, x_f, groups, c_out)
             dx_f = _mix(dy_f, g_f, groups, transpose=True) if need_x else None
         del dy_f, x_f
         if need_x:
-            spectral_ops.crop_into(dx[s: s + chunk], torch.fft.irfftn(dx_f, s=sizes, dim=dims))
+            spectral_ops.crop_into(dx[s: s + chunk], torch.fft.irfftn(dx_f, s=sizes, dim=dims, norm="forward"))
         del dx_f
-    dg = torch.fft.irfftn(dg_f, s=sizes, dim=dims) if need_g else g.new_empty(0)
+    dg = torch.fft.irfftn(dg_f, s=sizes, dim=dims, norm="forward" if depthwise else "backward") if need_g else g_f.new_empty(0, dtype=work)
     return dx, dg
 
 
-def _bias_grad(dy: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
+def _forward_impl(
+    x: Tensor, g: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
+    stride: List[int], groups: int, out_dtype: str,
+) -> Tensor:
+    return forward_spectral(x, kernel_spectrum(g), bias, sizes, out_full, stride, groups, _dtype_of(out_dtype))
+
+
+def _backward_impl(
+    dy: Tensor, x: Tensor, g: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
+    groups: int, need_x: bool, need_g: bool,
+) -> Tuple[Tensor, Tensor]:
+    dx, dg = backward_spectral(dy, x, kernel_spectrum(g), sizes, out_full, stride, groups, need_x, need_g)
+    return dx, (dg if need_g else g.new_empty(0))
+
+
+def bias_grad(dy: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
+    """Bias gradient ``(C_out,)`` in ``dtype`` from ``dy (N, C_out, *ndim spatial)``."""
     return dy.sum((0, *range(2, 2 + ndim)), dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
 
 
@@ -223,7 +247,7 @@ def _gradients(ctx, dy: Tensor, backward_impl) -> tuple:
         dx, dg = backward_impl(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
         dx, dg = (dx if need_x else None), (dg if need_g else None)
     if need_b and ctx.bias_dtype is not None:
-        db = _bias_grad(dy, len(sizes), ctx.bias_dtype)
+        db = bias_grad(dy, len(sizes), ctx.bias_dtype)
     return dx, dg, db, None, None, None, None, None
 
 
@@ -279,6 +303,62 @@ def _backward(ctx, dy):
 _fft_conv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class FFTGeometry(NamedTuple):
+    """What the FFT passes need to know about one call (see :func:`fft_geometry`)."""
+
+    input: Tensor            # (N, C_in, *spatial), explicitly padded for non-zeros padding modes
+    padding: Tuple[int, ...]  # the implicit zero padding left
+    out_full: List[int]      # stride-1 output size per axis
+    sizes: List[int]         # transform size per axis
+    out_dtype: torch.dtype   # the input's dtype, or the autocast dtype
+    unbatched: bool
+
+
+def fft_geometry(
+    input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int], groups: int,
+    padding_mode: str, owner: str = "fft_conv_nd",
+) -> FFTGeometry:
+    """Check the arguments of an FFT convolution with a ``(C_out, C_in/groups, *kernel)`` kernel
+    and derive its sizes; errors name ``owner``."""
+    ndim = len(kernel_shape) - 2
+    if ndim < 1:
+        raise ValueError(f"{owner}: kernel must be (C_out, C_in/groups, *kernel), got {tuple(kernel_shape)}")
+    unbatched = input.dim() == ndim + 1
+    if unbatched:
+        input = input.unsqueeze(0)
+    if input.dim() != ndim + 2:
+        raise ValueError(f"{owner}: input must have {ndim + 1} or {ndim + 2} dims, got {tuple(input.shape)}")
+    stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
+    if len(stride) != ndim or len(padding) != ndim:
+        raise ValueError(f"{owner}: stride {stride} and padding {padding} must have {ndim} entries")
+    out_dtype = input.dtype
+    if torch.is_autocast_enabled(input.device.type):
+        out_dtype = torch.get_autocast_dtype(input.device.type)
+    input, padding = apply_padding_mode(input, padding, padding_mode)
+    c_in = input.shape[1]
+    c_out, cin_g = kernel_shape[:2]
+    if c_in != cin_g * groups or c_out % groups:
+        raise ValueError(f"{owner}: input channels {c_in}, kernel {tuple(kernel_shape)} and groups {groups} do not match")
+    spatial = tuple(input.shape[2:])
+    ksize = tuple(kernel_shape[2:])
+    out_full = [s + 2 * p - k + 1 for s, p, k in zip(spatial, padding, ksize)]
+    if min(out_full) < 1:
+        raise ValueError(f"{owner}: kernel {ksize} larger than padded input {spatial} + 2 x {padding}")
+    sizes = transform_sizes_for(spatial, padding, ksize, "zeros", input.device.type)
+    return FFTGeometry(input, padding, out_full, sizes, out_dtype, unbatched)
+
+
+def transform_sizes_for(
+    spatial: Sequence[int], padding: Sequence[int], ksize: Sequence[int], padding_mode: str, device_type: str
+) -> List[int]:
+    """Transform size per axis of a stride-1 convolution of an input of size ``spatial``:
+    at least ``max(size + padding, output size)`` (non-``zeros`` modes pad explicitly first)."""
+    if padding_mode != "zeros":
+        spatial, padding = [s + 2 * p for s, p in zip(spatial, padding)], [0] * len(padding)
+    minimal = [max(s + p, s + 2 * p - k + 1) for s, p, k in zip(spatial, padding, ksize)]
+    return list(transform_sizes(minimal, device_type))
+
+
 def fft_conv_nd(
     input: Tensor,
     kernel: Tensor,
@@ -302,37 +382,11 @@ def fft_conv_nd(
         ``(N, C_out, *out)`` (unbatched if the input was), in the dtype of ``input`` (under
         autocast: the autocast dtype).
     """
-    ndim = kernel.dim() - 2
-    if ndim < 1:
-        raise ValueError(f"fft_conv_nd: kernel must be (C_out, C_in/groups, *kernel), got {tuple(kernel.shape)}")
-    unbatched = input.dim() == ndim + 1
-    if unbatched:
-        input = input.unsqueeze(0)
-    if input.dim() != ndim + 2:
-        raise ValueError(f"fft_conv_nd: input must have {ndim + 1} or {ndim + 2} dims, got {tuple(input.shape)}")
-    stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
-    if len(stride) != ndim or len(padding) != ndim:
-        raise ValueError(f"fft_conv_nd: stride {stride} and padding {padding} must have {ndim} entries")
-    out_dtype = input.dtype
-    if torch.is_autocast_enabled(input.device.type):
-        out_dtype = torch.get_autocast_dtype(input.device.type)
-    with torch.autocast(input.device.type, enabled=False):
-        input, padding = apply_padding_mode(input, padding, padding_mode)
-        work = torch.float64 if input.dtype == torch.float64 else torch.float32
-        c_in = input.shape[1]
-        c_out, cin_g = kernel.shape[:2]
-        if c_in != cin_g * groups or c_out % groups:
-            raise ValueError(
-                f"fft_conv_nd: input channels {c_in}, kernel {tuple(kernel.shape)} and groups {groups} do not match"
-            )
-        spatial = tuple(input.shape[2:])
-        ksize = tuple(kernel.shape[2:])
-        out_full = [s + 2 * p - k + 1 for s, p, k in zip(spatial, padding, ksize)]
-        if min(out_full) < 1:
-            raise ValueError(f"fft_conv_nd: kernel {ksize} larger than padded input {spatial} + 2 x {padding}")
-        sizes = transform_sizes([max(s + p, o) for s, p, o in zip(spatial, padding, out_full)], input.device.type)
-        g = placed_kernel(kernel.to(work), sizes, padding)
-        dtype_name = str(out_dtype).replace("torch.", "")
-        args = (input, g, bias, sizes, out_full, list(stride), int(groups), dtype_name)
+    geo = fft_geometry(input, kernel.shape, stride, padding, groups, padding_mode)
+    with torch.autocast(geo.input.device.type, enabled=False):
+        work = torch.float64 if geo.input.dtype == torch.float64 else torch.float32
+        g = placed_kernel(kernel.to(work), geo.sizes, geo.padding)
+        dtype_name = str(geo.out_dtype).replace("torch.", "")
+        args = (geo.input, g, bias, geo.sizes, geo.out_full, [int(v) for v in stride], int(groups), dtype_name)
         y = _fft_conv_op(*args) if torch.compiler.is_compiling() else _FFTConv.apply(*args)
-    return y.squeeze(0) if unbatched else y
+    return y.squeeze(0) if geo.unbatched else y

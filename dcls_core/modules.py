@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn import init
 
 from .dispatch import build_kernel
-from .functional import PADDING_MODES, conv_with_kernel, ntuple
+from .functional import PADDING_MODES, conv_with_kernel, dcls_conv, ntuple
 from .kernel import SIGMA_VERSIONS, VERSIONS, position_axes
 from .kernel_cache import KernelCache
 
@@ -223,6 +223,13 @@ class _DclsNd(_DclsBase):
         super().__init__(
             in_channels, out_channels, kernel_count, stride, padding, dilated_kernel_size,
             groups, bias, padding_mode, version, device=device, dtype=dtype,
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input(input)
+        return dcls_conv(
+            input, self.weight, self.P, self.SIG, self.bias, self.dilated_kernel_size, self.stride, self.padding,
+            self.groups, self.padding_mode, self.version, dense_kernel=self.dense_kernel,
         )
 
 

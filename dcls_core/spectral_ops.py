@@ -18,6 +18,8 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .triton_construct import _triton_importable
+
 FORCE_TORCH = False
 _TILE = 1024       # elements per program of pad / crop: rows x a power-of-2 of columns
 _BLOCK = 1024      # complex elements per program of the spectrum product
@@ -41,18 +43,19 @@ def torch_only() -> Iterator[None]:
         FORCE_TORCH = saved
 
 
-def _kernels():
-    from . import triton_spectral_kernels
+_KERNELS: list = []   # the Triton kernel module, imported on first use
 
-    return triton_spectral_kernels
+
+def _kernels():
+    if not _KERNELS:
+        from . import triton_spectral_kernels
+
+        _KERNELS.append(triton_spectral_kernels)
+    return _KERNELS[0]
 
 
 def _triton_ok(t: Tensor) -> bool:
-    if FORCE_TORCH or not t.is_cuda:
-        return False
-    from .triton_construct import _triton_importable
-
-    return _triton_importable()
+    return not FORCE_TORCH and t.is_cuda and _triton_importable()
 
 
 def _planes(shape: Sequence[int], ndim: int) -> tuple[int, int]:
@@ -113,10 +116,14 @@ def spectral_mul_(a_f: Tensor, b_f: Tensor) -> Tensor:
     return a_f
 
 
-def backward_mix_(dy_f: Tensor, x_f: Optional[Tensor], g_f: Tensor, dg_f: Optional[Tensor], need_x: bool, need_g: bool) -> Tensor:
-    """Depthwise backward in the frequency domain: ``dg_f += sum_n dy_f * conj(x_f)`` (with
-    ``need_g``) and, in place, ``dy_f *= conj(g_f)`` (with ``need_x``). ``dy_f, x_f (n, C,
-    *F)``; ``g_f, dg_f (C, 1, *F)``. Returns ``dy_f`` (the input gradient's spectrum)."""
+def backward_mix_(
+    dy_f: Tensor, x_f: Optional[Tensor], g_f: Tensor, dg_f: Optional[Tensor], need_x: bool, need_g: bool,
+    accumulate: bool = True, scale: float = 1.0,
+) -> Tensor:
+    """Depthwise backward in the frequency domain: ``dg_f += scale * sum_n dy_f * conj(x_f)``
+    (with ``need_g``; ``=`` instead of ``+=`` without ``accumulate``) and, in place, ``dy_f *=
+    conj(g_f)`` (with ``need_x``). ``dy_f, x_f (n, C, *F)``; ``g_f, dg_f (C, 1, *F)``.
+    Returns ``dy_f`` (the input gradient's spectrum)."""
     tensors = [t for t in (dy_f, x_f, g_f, dg_f) if t is not None]
     fused = (
         all(t.dtype == torch.complex64 and t.is_contiguous() for t in tensors)
@@ -124,7 +131,13 @@ def backward_mix_(dy_f: Tensor, x_f: Optional[Tensor], g_f: Tensor, dg_f: Option
     )
     if not fused:
         if need_g:
-            dg_f += torch.linalg.vecdot(x_f, dy_f, dim=0).reshape(dg_f.shape)
+            part = torch.linalg.vecdot(x_f, dy_f, dim=0).reshape(dg_f.shape)
+            if scale != 1.0:
+                part = part * scale
+            if accumulate:
+                dg_f += part
+            else:
+                dg_f.copy_(part)
         if need_x:
             dy_f.mul_(g_f.conj().reshape(dy_f.shape[1:]))
         return dy_f
@@ -132,7 +145,7 @@ def backward_mix_(dy_f: Tensor, x_f: Optional[Tensor], g_f: Tensor, dg_f: Option
     dummy = torch.view_as_real(dy_f)
     _kernels().backward_mix[(-(-per_sample // _MIX_BLOCK),)](
         dummy, torch.view_as_real(x_f) if need_g else dummy, torch.view_as_real(g_f),
-        torch.view_as_real(dg_f) if need_g else dummy, dy_f.shape[0], per_sample,
-        NEED_X=need_x, NEED_G=need_g, BLOCK=_MIX_BLOCK,
+        torch.view_as_real(dg_f) if need_g else dummy, dy_f.shape[0], per_sample, float(scale),
+        NEED_X=need_x, NEED_G=need_g, ACCUMULATE=accumulate, BLOCK=_MIX_BLOCK,
     )
     return dy_f

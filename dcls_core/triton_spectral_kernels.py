@@ -70,13 +70,13 @@ def spectral_mul(a_ptr, b_ptr, CF, BLOCK: tl.constexpr):
 
 @triton.jit
 def backward_mix(
-    dy_ptr, x_ptr, g_ptr, dg_ptr, N, CF,
-    NEED_X: tl.constexpr, NEED_G: tl.constexpr, BLOCK: tl.constexpr,
+    dy_ptr, x_ptr, g_ptr, dg_ptr, N, CF, scale,
+    NEED_X: tl.constexpr, NEED_G: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Depthwise backward in the frequency domain, one pass over the chunk.
 
-    ``dg[q] += sum_n dY[n, q] conj(X[n, q])`` (NEED_G) and, in place, ``dY[n, q] *=
-    conj(G[q])`` (NEED_X); ``dY, X (N, CF)``, ``G, dg (CF)`` complex. Each program owns a
+    ``dg[q] += scale * sum_n dY[n, q] conj(X[n, q])`` (NEED_G; ``=`` without ACCUMULATE) and,
+    in place, ``dY[n, q] *= conj(G[q])`` (NEED_X); ``dY, X (N, CF)``, ``G, dg (CF)`` complex. Each program owns a
     block of ``q``: no atomics, the sum runs over ``n`` in order (deterministic).
     """
     q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -99,5 +99,10 @@ def backward_mix(
             tl.store(dy_ptr + 2 * off + 1, yi * gr - yr * gi, mask=ok)
         off += CF
     if NEED_G:
-        tl.store(dg_ptr + 2 * q, tl.load(dg_ptr + 2 * q, mask=ok, other=0.0) + acc_r, mask=ok)
-        tl.store(dg_ptr + 2 * q + 1, tl.load(dg_ptr + 2 * q + 1, mask=ok, other=0.0) + acc_i, mask=ok)
+        acc_r = acc_r * scale
+        acc_i = acc_i * scale
+        if ACCUMULATE:
+            acc_r += tl.load(dg_ptr + 2 * q, mask=ok, other=0.0)
+            acc_i += tl.load(dg_ptr + 2 * q + 1, mask=ok, other=0.0)
+        tl.store(dg_ptr + 2 * q, acc_r, mask=ok)
+        tl.store(dg_ptr + 2 * q + 1, acc_i, mask=ok)

@@ -175,14 +175,15 @@ def test_fft_conv_in_batch_chunks_equals_conv(monkeypatch, index):
     from dcls_core.fft_conv import _chunk_size
 
     x_shape = torch.zeros(64, 96, 64, 62)
-    assert _chunk_size(x_shape, torch.zeros(96, 1, 81, 81), (81, 41), 8) == 38  # input 97.5 MB / 2.55 MB per sample
-    assert _chunk_size(x_shape[:, :, :8, :8], torch.zeros(96, 1, 27, 27), (27, 14), 8) == 64  # 48 MiB floor
-    assert _chunk_size(x_shape, torch.zeros(96, 2, 81, 81), (81, 41), 8) == 64  # mixing: one pass
+    assert _chunk_size(x_shape, torch.zeros(96, 1, 81, 41, dtype=torch.complex64)) == 32  # 163 MB spectrum: 2 chunks
+    assert _chunk_size(x_shape[:, :, :8, :8], torch.zeros(96, 1, 27, 14, dtype=torch.complex64)) == 64  # 19 MB: one
+    assert _chunk_size(torch.zeros(1, 96, 64, 62).expand(256, -1, -1, -1), torch.zeros(96, 1, 81, 41, dtype=torch.complex64)) == 52  # 5 even
+    assert _chunk_size(x_shape, torch.zeros(96, 2, 81, 41, dtype=torch.complex64)) == 64  # mixing: one pass
     monkeypatch.setenv("DCLS_FFT_CHUNKS", "8")
-    assert _chunk_size(x_shape, torch.zeros(96, 1, 81, 81), (81, 41), 8) == 8
+    assert _chunk_size(x_shape, torch.zeros(96, 1, 81, 41, dtype=torch.complex64)) == 8
     monkeypatch.setenv("DCLS_FFT_CHUNKS", "zero")
     with pytest.raises(ValueError, match="DCLS_FFT_CHUNKS must be a positive integer"):
-        _chunk_size(x_shape, torch.zeros(96, 1, 81, 81), (81, 41), 8)
+        _chunk_size(x_shape, torch.zeros(96, 1, 81, 41, dtype=torch.complex64))
     monkeypatch.delenv("DCLS_FFT_CHUNKS")
     from dcls_core import fft_conv
 
@@ -209,6 +210,7 @@ def test_dispatcher_choices_on_cpu(monkeypatch):
         monkeypatch.setenv("DCLS_IMPL", impl)
         assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == conv
         assert dispatch.select_construct(w, P, None, (5, 5), "v1")[0] == "reference"  # Triton needs CUDA
+        assert not dispatch.select_fused(x, w, P, None, (5, 5), (1, 1), (2, 2), "zeros", "v1")
     monkeypatch.setenv("DCLS_IMPL", "reference")
     with dispatch.forced(conv="fft"):
         assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "fft"
@@ -478,13 +480,18 @@ SPECTRAL_SCRIPT = """
         worst = max(worst, rel(torch.view_as_real(got), torch.view_as_real(so.spectral_mul_(a.clone(), g))))
     xf = torch.randn(4, 5, 6, 7, dtype=torch.complex64)
     gf = torch.randn(5, 1, 6, 7, dtype=torch.complex64)
-    for need_x, need_g in ((True, True), (True, False), (False, True)):
+    for need_x, need_g, acc, scale in ((True, True, True, 1.0), (True, False, True, 1.0), (False, True, True, 0.3), (True, True, False, 0.25)):
         dg1 = torch.randn(5, 1, 6, 7, dtype=torch.complex64)
         dg2 = dg1.clone()
-        d1 = so.backward_mix_(a.clone(), xf if need_g else None, gf, dg1 if need_g else None, need_x, need_g)
+        d1 = so.backward_mix_(a.clone(), xf if need_g else None, gf, dg1 if need_g else None, need_x, need_g, acc, scale)
         with so.torch_only():
-            d2 = so.backward_mix_(a.clone(), xf if need_g else None, gf, dg2 if need_g else None, need_x, need_g)
+            d2 = so.backward_mix_(a.clone(), xf if need_g else None, gf, dg2 if need_g else None, need_x, need_g, acc, scale)
         worst = max(worst, rel(torch.view_as_real(d1), torch.view_as_real(d2)), rel(torch.view_as_real(dg1), torch.view_as_real(dg2)))
+    dg1 = torch.randn(5, 1, 6, 7, dtype=torch.complex64)  # without accumulate the old value is not read
+    so.backward_mix_(a.clone(), xf, gf, dg1, True, True, False, 0.5)
+    dg2 = torch.full_like(dg1, float("nan"))
+    so.backward_mix_(a.clone(), xf, gf, dg2, True, True, False, 0.5)
+    worst = max(worst, rel(torch.view_as_real(dg2), torch.view_as_real(dg1)))
     # the whole convolution, forward and gradients, against F.conv2d in float64
     x = torch.randn(3, 4, 10, 9, dtype=torch.float64)
     k = torch.randn(4, 1, 7, 5, dtype=torch.float64)
@@ -508,6 +515,61 @@ def test_spectral_kernels_under_interpreter():
     equal their torch versions; the whole depthwise convolution through them equals F.conv2d
     (float64)."""
     assert _worst_error_under_interpreter(SPECTRAL_SCRIPT) < 2e-6
+
+
+FUSED_SCRIPT = """
+    import torch
+    from dcls_core import spectral_ops as so
+    from dcls_core import fused_fft, fft_conv
+    from dcls_core.functional import dcls_conv
+    import dcls_core.triton_construct as tc
+    so._triton_ok = lambda t: not so.FORCE_TORCH   # the interpreter runs on the CPU
+    ran = []
+    real_kernels = tc._kernels
+    tc._kernels = lambda: (ran.append(1), real_kernels())[1]
+
+    torch.manual_seed(0)
+    worst = 0.0
+    cases = [  # input shape, dilated size, padding, groups, padding mode, chunks
+        ((3, 4, 10, 9), (7, 5), (3, 2), 4, "zeros", None),
+        ((2, 4, 6, 5), (9, 9), (4, 4), 4, "zeros", 2),          # transform smaller than the kernel
+        ((2, 4, 7, 8), (5, 3), (2, 1), 2, "circular", None),    # two input channels per group
+        ((4, 11), (9,), (4,), 4, "zeros", None),                # unbatched 1-D
+        ((3, 6, 17), (7,), (3,), 3, "reflect", 3),
+    ]
+    for version in ("v0", "v1", "max", "gauss"):
+        for shape, dks, pad, groups, mode, chunks in cases:
+            fft_conv.FORCE_CHUNKS = chunks
+            n = len(dks)
+            cin = shape[-n - 1]
+            cout = cin
+            w = torch.randn(cout, cin // groups, 4, dtype=torch.float64)
+            P = (torch.rand(n, cout, cin // groups, 4, dtype=torch.float64) - 0.5) * (min(dks) - 1)
+            S = torch.rand(n, cout, cin // groups, 4, dtype=torch.float64) - 0.5 if version in ("max", "gauss") else None
+            b = torch.randn(cout, dtype=torch.float64)
+            x = torch.randn(*shape, dtype=torch.float64)
+            leaves = [t.requires_grad_() for t in (x, w, P, S, b) if t is not None]
+            want = dcls_conv(x, w, P, S, b, dks, (1,) * n, pad, groups, mode, version)
+            dy = torch.randn_like(want)
+            want_grads = torch.autograd.grad(want, leaves, dy)
+            f32 = [t.detach().float().requires_grad_() for t in leaves]
+            x32, w32, P32 = f32[:3]
+            S32 = f32[3] if S is not None else None
+            b32 = f32[-1]
+            got = fused_fft.fused_dcls_fft(x32, w32, P32, S32, b32, dks, pad, groups, mode, version)
+            grads = torch.autograd.grad(got, f32, dy.float())
+            worst = max([worst, rel(got, want)] + [rel(a, r) for a, r in zip(grads, want_grads)])
+    assert ran, "the Triton construction did not run"
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_fused_layer_under_interpreter():
+    """The fused layer path (placed construction + FFT in one autograd node, saved kernel
+    spectrum), run on the CPU under Triton's interpreter, equals construction + F.conv in
+    float64: forward and the gradients of input, weight, positions, sigmas and bias, 1-D and
+    2-D, every version, transforms smaller than the kernel, padding modes, batch chunks."""
+    assert _worst_error_under_interpreter(FUSED_SCRIPT) < 5e-6
 
 
 # -- CUDA ------------------------------------------------------------------------------------------
@@ -591,6 +653,28 @@ def test_dcls2d_depthwise_fast_equals_float64(monkeypatch, version, mode):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("version", ["v0", "gauss"])
+@pytest.mark.parametrize("mode", ["fp32", "bf16"])
+@pytest.mark.parametrize("name,channels,spatial,impl", [
+    ("Dcls2d", 32, (24, 21), "auto"),
+    ("Dcls2d", 16, (6, 5), "fast"),     # transform smaller than the 23x23 kernel (taps share slots)
+    ("Dcls1d", 16, (40,), "fast"),
+])
+def test_fused_layer_equals_float64_cuda(monkeypatch, version, mode, name, channels, spatial, impl):
+    """The fused layer path (placed construction + FFT in one autograd node) is selected and
+    equals the float64 reference, every gradient."""
+    torch.manual_seed(0)
+    ndim = len(spatial)
+    layer = randomise(getattr(dcls_core, name)(channels, channels, kernel_count=26, dilated_kernel_size=23, padding=11,
+                                               groups=channels, version=version))
+    x = torch.randn(8, channels, *spatial)
+    monkeypatch.setenv("DCLS_IMPL", impl)
+    lc = copy.deepcopy(layer).cuda()
+    assert dispatch.select_fused(x.cuda(), lc.weight, lc.P, lc.SIG, (23,) * ndim, (1,) * ndim, (11,) * ndim, "zeros", version)
+    compare_to_fp64(monkeypatch, layer, x, impl, TOL[mode], AUTOCAST.get(mode), device="cuda")
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("name,kwargs,dims,version,groups", [
     (n, kw, d, v, g) for n, kw, d, vs in LAYERS for v in vs[-1:] for g in (1, "dw")
 ])
@@ -627,7 +711,17 @@ def test_dispatcher_choices_on_cuda(monkeypatch):
     assert dispatch.select_construct(w, torch.randn(1, 96, 1, 26, device="cuda"), None, (23,), "v1")[0] == "triton"
     assert dispatch.select_construct(w, torch.randn(3, 96, 1, 26, device="cuda"), None, (5, 5, 5), "v1")[0] == "reference"
     assert dispatch.select_construct(w.double(), torch.randn(2, 96, 1, 26, device="cuda").double(), None, (23, 23), "v1")[0] == "reference"
+    wc, Pc = torch.randn(96, 1, 26, device="cuda"), torch.randn(2, 96, 1, 26, device="cuda")
+    assert dispatch.select_fused(x, wc, Pc, None, (23, 23), (1, 1), (11, 11), "zeros", "v1")
+    assert not dispatch.select_fused(x, wc, Pc, None, (23, 23), (2, 2), (11, 11), "zeros", "v1")  # stride
+    assert not dispatch.select_fused(torch.randn(2, 96, 200, 200, device="cuda"), wc, Pc, None, (23, 23), (1, 1),
+                                     (11, 11), "zeros", "v1")  # planes over one register block
+    with torch.no_grad():
+        assert not dispatch.select_fused(x, wc, Pc, None, (23, 23), (1, 1), (11, 11), "zeros", "v1")
+    with dispatch.forced(fused=False):
+        assert not dispatch.select_fused(x, wc, Pc, None, (23, 23), (1, 1), (11, 11), "zeros", "v1")
     monkeypatch.setenv("DCLS_IMPL", "reference")
+    assert not dispatch.select_fused(x, wc, Pc, None, (23, 23), (1, 1), (11, 11), "zeros", "v1")
     assert conv(torch.randn(96, 1, 23, 23, device="cuda")) == "reference"
     assert dispatch.select_construct(w, torch.randn(2, 96, 1, 26, device="cuda"), None, (23, 23), "v1")[0] == "reference"
 
