@@ -108,6 +108,10 @@ def measure(step: Callable[[], None], device: torch.device, context: Callable = 
 
 
 def _chosen_conv(module: nn.Module, x: torch.Tensor, dtype) -> str:
+    plain = module.learned_dims == module.conv_dims and not module.dense_dims
+    if plain and dispatch.select_fused(x, module.weight, module.P, module.SIG, module.dilated_kernel_size, module.stride,
+                                       module.padding, module.padding_mode, module.version):
+        return "fused triton+fft"
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         kernel = module.construct_kernel()
         name, _ = dispatch.select_conv(x, kernel, module.stride, module.padding, module.groups, module.padding_mode)
@@ -177,8 +181,10 @@ def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape
             if not chosen.endswith("fft"):
                 add("fast-fft", ours, lambda: dispatch.forced(conv="fft"))
             add("fast-refconstruct", ours, lambda: dispatch.forced(construct="reference"))
+            if chosen.startswith("fused"):
+                add("fast-unfused", ours, lambda: dispatch.forced(fused=False), note="construction and FFT apart")
             if chosen.endswith("fft") and fft_chunk_variants:
-                for chunks in (1, 2, 4, 8):
+                for chunks in (1, 2, 4, 8, 16):
                     add(f"fft-{chunks}-chunks", ours, lambda c=chunks: _fft_chunks(c), note=f"batch in {chunks} chunks")
         for impl, module in (extra_rows or {}).items():
             add(impl, module)

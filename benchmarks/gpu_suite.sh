@@ -17,6 +17,7 @@ fi
 if [[ $part == layers || $part == all ]]; then
   timeout 300 python3 benchmarks/bench_layers.py --out "$OUT/bench_layers.json" 2>&1 | grep -A6 "stage sums" | tee "$OUT/bench_layers.log"
   timeout 150 python3 benchmarks/profile_layers.py --json "$OUT/profile_layers.json" 2>&1 | grep "^sum" | tee "$OUT/profile_layers.log"
+  timeout 90 python3 benchmarks/profile_host.py --json "$OUT/profile_host.json" 2>&1 | grep "ms/step" | tee "$OUT/profile_host.log"
 fi
 if [[ $part == train || $part == all ]]; then
   timeout 240 python3 benchmarks/bench_train.py --steps 120 --warmup 20 --json "$OUT/bench_train.json" 2>&1 | tail -15 | tee "$OUT/bench_train.log"
