@@ -70,7 +70,7 @@ def forced(construct: Optional[str] = None, conv: Optional[str] = None, fused: O
     if conv is not None and conv not in CONVS:
         raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
     saved = dict(_forced)
-    _forced.update(construct=construct, conv=conv, fused=None if fused is None else ("yes" if fused else "no"))
+    _forced.update(construct=construct, conv=conv, fused="off" if fused is False else None)
     try:
         yield
     finally:
@@ -170,7 +170,7 @@ def select_fused(
     """True if :func:`dcls_core.fused_fft.fused_dcls_fft` runs this layer call: gradients are
     recorded, not compiling, stride 1, the fused construction and the FFT are selected, and
     the transform planes fit the construction's register block."""
-    if _forced["fused"] == "no" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if _forced["fused"] == "off" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     ndim = len(dilated_kernel_size)
     if ndim > 2 or any(s != 1 for s in stride) or input.dim() < ndim + 1:
