@@ -64,13 +64,15 @@ def current_impl() -> str:
 def forced(construct: Optional[str] = None, conv: Optional[str] = None, fused: Optional[bool] = None) -> Iterator[None]:
     """Within the block, use the named construction / convolution where it applies
     (benchmarks and tests; a construction that does not apply falls back to the reference);
-    ``fused=False`` never takes the fused layer path."""
+    ``fused=False`` never takes the fused layer path. Choices an enclosing block forced and
+    this one does not name stay forced."""
     if construct is not None and construct not in CONSTRUCTIONS:
         raise ValueError(f"construct must be one of {CONSTRUCTIONS}, got {construct!r}")
     if conv is not None and conv not in CONVS:
         raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
     saved = dict(_forced)
-    _forced.update(construct=construct, conv=conv, fused="off" if fused is False else None)
+    wanted = {"construct": construct, "conv": conv, "fused": "off" if fused is False else None}
+    _forced.update({k: v for k, v in wanted.items() if v is not None})  # nested blocks keep the rest
     try:
         yield
     finally:

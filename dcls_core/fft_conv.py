@@ -36,6 +36,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import spectral_ops
 from .fft_sizes import transform_sizes
@@ -80,10 +81,10 @@ def _chunk_size(x: Tensor, g_f: Tensor) -> int:
     if forced is not None:
         return max(1, -(-batch // forced))
     if g_f.shape[1] > 1:
-        return batch
+        return max(1, batch)  # (an empty batch still takes one, empty, pass)
     per_sample = max(x.shape[1], g_f.shape[0]) * math.prod(g_f.shape[2:]) * g_f.element_size()
     chunks = min(MAX_CHUNKS, max(1, -(-per_sample * batch // CHUNK_BYTES)))
-    return -(-batch // chunks)
+    return max(1, -(-batch // chunks))
 
 
 def _env_chunks() -> Optional[int]:
@@ -184,7 +185,7 @@ def backward_spectral(
     depthwise = cin_g == 1 and c_out == groups
     dx = torch.empty_like(x) if need_x else x.new_empty(0)
     # depthwise: the first chunk writes dg_f, scaled by 1 / prod(L) (no normalisation pass)
-    dg_f = (torch.empty_like if depthwise else torch.zeros_like)(g_f) if need_g else None
+    dg_f = torch.empty_like(g_f) if need_g and depthwise and x.shape[0] else None
     chunk = _chunk_size(x, g_f)
     strided = any(s != 1 for s in stride)
     for s in range(0, x.shape[0], chunk):
@@ -201,13 +202,18 @@ def backward_spectral(
             dx_f = spectral_ops.backward_mix_(dy_f, x_f, g_f, dg_f, need_x, need_g, accumulate=s > 0, scale=1 / math.prod(sizes))
         else:
             if need_g:
-                dg_f += _kernel_grad(dy_f, x_f, groups, c_out)
+                part = _kernel_grad(dy_f, x_f, groups, c_out)
+                dg_f = part if dg_f is None else dg_f.add_(part)
             dx_f = _mix(dy_f, g_f, groups, transpose=True) if need_x else None
         del dy_f, x_f
         if need_x:
             spectral_ops.crop_into(dx[s: s + chunk], torch.fft.irfftn(dx_f, s=sizes, dim=dims, norm="forward"))
         del dx_f
-    dg = torch.fft.irfftn(dg_f, s=sizes, dim=dims, norm="forward" if depthwise else "backward") if need_g else g_f.new_empty(0, dtype=work)
+    if not need_g:
+        return dx, g_f.new_empty(0, dtype=work)
+    if dg_f is None:  # an empty batch: no chunk ran
+        dg_f = torch.zeros_like(g_f)
+    dg = torch.fft.irfftn(dg_f, s=sizes, dim=dims, norm="forward" if depthwise else "backward")
     return dx, dg
 
 
@@ -222,8 +228,7 @@ def _backward_impl(
     dy: Tensor, x: Tensor, g: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
     groups: int, need_x: bool, need_g: bool,
 ) -> Tuple[Tensor, Tensor]:
-    dx, dg = backward_spectral(dy, x, kernel_spectrum(g), sizes, out_full, stride, groups, need_x, need_g)
-    return dx, (dg if need_g else g.new_empty(0))
+    return backward_spectral(dy, x, kernel_spectrum(g), sizes, out_full, stride, groups, need_x, need_g)
 
 
 def bias_grad(dy: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
@@ -260,6 +265,7 @@ class _FFTConv(torch.autograd.Function):
         return _forward_impl(x, g, bias, sizes, out_full, stride, groups, out_dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         return _gradients(ctx, dy, _backward_impl)
 

@@ -7,7 +7,7 @@ construction, FFT convolution).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -79,19 +79,17 @@ def dcls_conv(
     groups: int = 1,
     padding_mode: str = "zeros",
     version: str = "gauss",
-    dense_kernel: Optional[Callable[[], Tensor]] = None,
 ) -> Tensor:
     """DCLS convolution over ``len(dilated_kernel_size)`` spatial axes (all learned).
 
     The whole layer goes through :mod:`dcls_core.fused_fft` where the dispatcher selects it
-    (:func:`dcls_core.dispatch.select_fused`); otherwise the dense kernel is built (by
-    ``dense_kernel()`` if given, e.g. a module's cached kernel) and convolved.
+    (:func:`dcls_core.dispatch.select_fused`); otherwise the dense kernel is built and convolved.
     """
     if select_fused(input, weight, P, SIG, dilated_kernel_size, stride, padding, padding_mode, version):
         from .fused_fft import fused_dcls_fft
 
         return fused_dcls_fft(input, weight, P, SIG, bias, dilated_kernel_size, padding, groups, padding_mode, version)
-    kernel = dense_kernel() if dense_kernel is not None else build_kernel(weight, P, SIG, tuple(dilated_kernel_size), version)
+    kernel = build_kernel(weight, P, SIG, tuple(dilated_kernel_size), version)
     return conv_with_kernel(input, kernel, bias, stride, padding, groups, padding_mode)
 
 

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from . import triton_construct
 from .fft_conv import backward_spectral, bias_grad, fft_geometry, forward_spectral, kernel_spectrum
@@ -42,6 +43,7 @@ class _DclsFFT(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         x, weight, P, SIG, g_f = ctx.saved_tensors
         ksize, sizes, padding, out_full, groups, version = ctx.args

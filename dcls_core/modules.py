@@ -141,11 +141,17 @@ class _DclsBase(nn.Module):
         """:meth:`construct_kernel`, cached in eval mode under ``no_grad``.
 
         The cache is keyed on the parameters' identity, storage, version counter, device and
-        dtype, so an optimizer step, ``load_state_dict`` or a move rebuilds it.
+        dtype, so an optimizer step, ``load_state_dict`` or a move rebuilds it. Writes through
+        ``param.data`` bypass the version counter and are not seen: change parameters in place
+        under ``torch.no_grad()`` instead.
         """
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if not self._kernel_cacheable():
             return self.construct_kernel()
         return self._kernel_cache.get((self.weight, self.P, self.SIG), self.construct_kernel)
+
+    def _kernel_cacheable(self) -> bool:
+        """Eval mode under ``no_grad``, not compiling: :meth:`dense_kernel` reuses its kernel."""
+        return not (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling())
 
     def _arrange_kernel(self, kernel: Tensor) -> Tensor:
         return kernel
@@ -226,10 +232,12 @@ class _DclsNd(_DclsBase):
         )
 
     def forward(self, input: Tensor) -> Tensor:
+        if self._kernel_cacheable():  # the cached dense kernel
+            return super().forward(input)
         self._check_input(input)
         return dcls_conv(
             input, self.weight, self.P, self.SIG, self.bias, self.dilated_kernel_size, self.stride, self.padding,
-            self.groups, self.padding_mode, self.version, dense_kernel=self.dense_kernel,
+            self.groups, self.padding_mode, self.version,
         )
 
 

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .kernel import SIGMA_VERSIONS, VERSIONS, position_axes
 
@@ -109,14 +110,14 @@ def launch_backward(
 
 def _save_context(ctx, weight, P, SIG, sizes, version) -> None:
     ctx.save_for_backward(weight, P, SIG)
-    ctx.sizes, ctx.version, ctx.has_sig = sizes, version, SIG is not None
+    ctx.sizes, ctx.version = sizes, version
 
 
 def _gradients(ctx, grad, backward_impl) -> tuple:
     """Gradients of (weight, P, SIG) through ``backward_impl`` (eager launch or custom op)."""
     weight, P, SIG = ctx.saved_tensors
-    dw, dP, dS = backward_impl(grad, weight, P, SIG if ctx.has_sig else None, ctx.sizes, ctx.version)
-    return dw, dP, (dS if ctx.has_sig else None), None, None
+    dw, dP, dS = backward_impl(grad, weight, P, SIG, ctx.sizes, ctx.version)
+    return dw, dP, (dS if SIG is not None else None), None, None
 
 
 class _Construct(torch.autograd.Function):
@@ -128,6 +129,7 @@ class _Construct(torch.autograd.Function):
         return launch_forward(weight, P, SIG, sizes, version)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         return _gradients(ctx, grad, launch_backward)
 

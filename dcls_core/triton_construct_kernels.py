@@ -115,7 +115,7 @@ def construct_fwd(
     VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
     PLACED: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr, BLH: tl.constexpr, BLW: tl.constexpr,
 ):
-    q = tl.program_id(0)
+    q = tl.program_id(0).to(tl.int64)  # q * plane size can pass 2**31
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
     a = tl.arange(0, BKH)
     b = tl.arange(0, BKW)
@@ -147,7 +147,7 @@ def construct_bwd(
     VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
     PLACED: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr, BLH: tl.constexpr, BLW: tl.constexpr,
 ):
-    q = tl.program_id(0)
+    q = tl.program_id(0).to(tl.int64)  # q * plane size can pass 2**31
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
     a = tl.arange(0, BKH)
     b = tl.arange(0, BKW)

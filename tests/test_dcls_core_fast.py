@@ -169,6 +169,23 @@ def test_fft_conv_argument_errors():
         fft_conv_nd(torch.randn(1, 1, 4), torch.randn(1, 1, 9), None, (1,), (0,), 1)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_fft_conv_empty_batch_and_no_double_backward(groups):
+    """An empty batch gives F.conv's empty output and zero kernel gradient; a second
+    derivative raises instead of silently returning a wrong one."""
+    k = torch.randn(3, 3 // groups, 5, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(0, 3, 8, 9, dtype=torch.float64, requires_grad=True)
+    got = fft_conv_nd(x, k, None, (1, 1), (2, 2), groups)
+    want = F.conv2d(x, k, None, padding=(2, 2), groups=groups)
+    assert got.shape == want.shape
+    (gk,) = torch.autograd.grad(got.sum(), k)
+    assert torch.equal(gk, torch.zeros_like(k))
+    x = torch.randn(2, 3, 8, 9, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(fft_conv_nd(x, k, None, (1, 1), (2, 2), groups).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+
+
 @pytest.mark.parametrize("index", [1, 4, 6, 9])
 def test_fft_conv_in_batch_chunks_equals_conv(monkeypatch, index):
     """One sample per chunk (forward and backward loops) gives the same result."""
@@ -215,6 +232,8 @@ def test_dispatcher_choices_on_cpu(monkeypatch):
     with dispatch.forced(conv="fft"):
         assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "fft"
     assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "reference"
+    with dispatch.forced(conv="fft"), dispatch.forced(construct="reference"):  # nested: the outer choice stays
+        assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "fft"
     with pytest.raises(ValueError, match="conv must be one of"):
         with dispatch.forced(conv="winograd"):
             pass
