@@ -292,35 +292,35 @@ def _print_row(r: dict) -> None:
 
 
 def stage_summary(rows: list[dict]) -> list[dict]:
-    """Sums over the four stage shapes per (version, dtype, impl), with the target ratios."""
+    """Sums over the four stage shapes per (dtype, version, impl) for every impl measured at all
+    four, with the target ratios and each impl's largest stage peak."""
+    stage_rows = [r for r in rows if r["case"].startswith("stage ")]
+    versions = list(dict.fromkeys(r["case"].rsplit(" ", 1)[1] for r in stage_rows))
+    impls = list(dict.fromkeys(r["impl"] for r in stage_rows))
     out = []
     for dname in DTYPES:
-        for version in ("gauss", "v0"):
+        for version in versions:
             sums: dict[str, float] = {}
-            for impl in ("dcls-0.1.1", "ours-reference", "ours-fast", "fast-refconstruct", "fft-1-chunks", "fft-2-chunks", "fft-4-chunks", "fft-8-chunks", "conv7x7", "conv23x23"):
-                vals = []
-                for C, H, W in STAGES:
-                    for r in rows:
-                        case_ok = r["case"] == f"stage C={C}@{H}x{W} {version}" or (impl.startswith("conv") and r["case"].startswith(f"stage C={C}@{H}x{W} "))
-                        if case_ok and r["dtype"] == dname and r["impl"] == impl and r.get("ms") is not None:
-                            vals.append(r["ms"])
-                            break
-                if len(vals) == len(STAGES):
-                    sums[impl] = sum(vals)
-            if "ours-fast" in sums:
-                entry = {"dtype": dname, "version": version, **{k: round(v, 3) for k, v in sums.items()}}
-                if "dcls-0.1.1" in sums:
-                    entry["speedup_vs_0.1.1"] = round(sums["dcls-0.1.1"] / sums["ours-fast"], 2)
-                if "conv7x7" in sums:
-                    entry["ratio_to_conv7x7"] = round(sums["ours-fast"] / sums["conv7x7"], 2)
-                peaks = {}
-                for impl in ("dcls-0.1.1", "ours-fast", "fft-1-chunks", "fft-2-chunks", "fft-4-chunks", "fft-8-chunks"):
-                    vals = [r["peak_mib"] for r in rows if r["impl"] == impl and r["dtype"] == dname and r["case"].startswith("stage") and r["case"].endswith(version) and r.get("peak_mib") is not None]
-                    if vals:
-                        peaks[impl] = max(vals)
-                for impl, v in peaks.items():
-                    entry[f"max_peak_mib[{impl}]"] = v
-                out.append(entry)
+            peaks: dict[str, float] = {}
+            for impl in impls:  # plain convolutions are measured once, under the first version
+                mine = [r for r in stage_rows if r["dtype"] == dname and r["impl"] == impl
+                        and (impl.startswith("conv") or r["case"].endswith(f" {version}"))]
+                ms = [next((r["ms"] for r in mine if r["case"].startswith(f"stage C={C}@{H}x{W} ") and r.get("ms") is not None), None)
+                      for C, H, W in STAGES]
+                if None not in ms:
+                    sums[impl] = sum(ms)
+                mib = [r["peak_mib"] for r in mine if r.get("peak_mib") is not None]
+                if mib and not impl.startswith("conv"):
+                    peaks[impl] = max(mib)
+            if "ours-fast" not in sums:
+                continue
+            entry = {"dtype": dname, "version": version, **{k: round(v, 3) for k, v in sums.items()}}
+            if "dcls-0.1.1" in sums:
+                entry["speedup_vs_0.1.1"] = round(sums["dcls-0.1.1"] / sums["ours-fast"], 2)
+            if "conv7x7" in sums:
+                entry["ratio_to_conv7x7"] = round(sums["ours-fast"] / sums["conv7x7"], 2)
+            entry.update({f"max_peak_mib[{impl}]": v for impl, v in peaks.items()})
+            out.append(entry)
     return out
 
 

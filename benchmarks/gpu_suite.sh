@@ -12,7 +12,8 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 part=${1:-all}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 if [[ $part == tests || $part == all ]]; then
-  timeout 200 python3 -m pytest -q -m cuda tests/ 2>&1 | tail -25 | tee "$OUT/cuda_tests.log"
+  timeout 400 python3 -m pytest -q -m cuda tests/ 2>&1 | tail -25 | tee "$OUT/cuda_tests.log"
+  echo "pytest exit status ${PIPESTATUS[0]} (124: timed out)" | tee -a "$OUT/cuda_tests.log"
 fi
 if [[ $part == layers || $part == all ]]; then
   timeout 300 python3 benchmarks/bench_layers.py --out "$OUT/bench_layers.json" 2>&1 | grep -A6 "stage sums" | tee "$OUT/bench_layers.log"

@@ -4,8 +4,10 @@ For each ConvNeXt-T audio stage shape (batch 64, depthwise, 23x23 kernel, paddin
 pair of transform sizes ``(L_h, L_w)`` with only the factors 2, 3, 5, 7 between the smallest
 exact size (``size + padding``) and ``--slack`` times it is timed on the FFT convolution's
 forward pass (``rfft2 -> product -> irfft2 -> crop``, float32) and its backward pass
-(gradients of the input and the kernel). Prints the fastest pairs per stage next to the
-smallest one and writes JSON; :data:`dcls_core.fft_conv` picks sizes by these numbers.
+(gradients of the input and the kernel), with plain torch element-wise operations around the
+same transforms (not the Triton passes of :mod:`dcls_core.spectral_ops`). Prints the fastest
+pairs per stage next to the smallest one and writes JSON. :mod:`dcls_core.fft_sizes` chooses
+sizes from the ``--table`` costs (``COST_NS``), checked against these sweeps.
 
     python benchmarks/sweep_fft_sizes.py --json sweep_fft_sizes.json
     python benchmarks/sweep_fft_sizes.py --table --json fft_costs.json   # per-size cost table
