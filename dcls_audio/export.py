@@ -28,11 +28,13 @@ from dcls_audio.data import CLIP_SAMPLES, SAMPLE_RATE, LogMelFrontEnd
 from dcls_audio.models import dcls_layers, fold_dcls
 
 from .export_frontend import ConvLogMel
+from .output_dirs import atomic_output
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "dcls_audio"
 LOGMEL_SHAPE = (1, 128, 1001)
 DEFAULT_OPSET = 17
+ONNX_EXTRA_MODULES = ("onnx", "onnxruntime")  # what pip install 'dcls-audio[onnx]' brings
 
 
 class ExportedTagger(nn.Module):
@@ -183,10 +185,11 @@ def export_model(
     module = build_exported_tagger(model, fmt, with_frontend, logits)
     meta = export_metadata(model_name or getattr(model, "model_name", None), with_frontend, logits, labels, fmt)
     example = example_input(with_frontend)
-    if fmt == "onnx":
-        _export_onnx(module, example, output, meta, opset)
-    else:
-        _export_torchscript(module, example, output, meta)
+    with atomic_output(output) as tmp:  # an interrupted export leaves no half-written file
+        if fmt == "onnx":
+            _export_onnx(module, example, tmp, meta, opset)
+        else:
+            _export_torchscript(module, example, tmp, meta)
     report = ExportReport(output, fmt, with_frontend, folded_layers=len(list(dcls_layers(model))))
     if check:
         probe = example_input(with_frontend, batch=3, seed=1)  # another batch size than traced
@@ -210,6 +213,15 @@ def read_metadata(path: str | Path, fmt: str) -> dict[str, Any]:
     extra = {f"{METADATA_KEY}.json": ""}
     _load_torchscript(path, extra)
     return json.loads(extra[f"{METADATA_KEY}.json"])
+
+
+def missing_module_message(exc: ImportError, fmt: str) -> str:
+    """The error line for a failed import: the onnx extra's install hint when one of its modules
+    is missing, else the import error itself (it names the module)."""
+    root = (exc.name or "").split(".")[0]
+    if root in ONNX_EXTRA_MODULES:
+        return f"{fmt} export needs {root}: pip install 'dcls-audio[onnx]'"
+    return str(exc) or f"cannot import {exc.name or 'a required module'}"
 
 
 def run_export(
@@ -247,7 +259,7 @@ def run_export(
         print(f"dcls-audio export: error: {exc}", file=stderr)
         return 2
     except ImportError as exc:
-        print(f"dcls-audio export: error: {fmt} export needs {exc.name or exc}: pip install 'dcls-audio[onnx]'", file=stderr)
+        print(f"dcls-audio export: error: {missing_module_message(exc, fmt)}", file=stderr)
         return 2
     what = "waveform (B, 320000) at 32 kHz" if with_frontend else "log-mel (B, 1, 128, 1001)"
     print(

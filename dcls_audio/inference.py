@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from dcls_audio.data import CLIP_SAMPLES, SAMPLE_RATE, LogMelFrontEnd, load_audio
+from dcls_audio.data import CLIP_SAMPLES, SAMPLE_RATE, AudioReadError, LogMelFrontEnd, load_audio
 from dcls_audio.models import dcls_layers, fold_dcls
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,6 +31,21 @@ DEFAULT_HOP_S = 5.0
 
 
 # -- windows ---------------------------------------------------------------------------------
+def hop_samples(hop_s: float, what: str = "hop") -> int:
+    """The step between window starts, ``hop_s`` seconds, in samples at 32 kHz (at least 1).
+
+    Raises ValueError naming ``what`` (the argument or option) for a hop that is not a finite
+    number of seconds or rounds to less than one sample.
+    """
+    samples = round(hop_s * SAMPLE_RATE) if math.isfinite(hop_s) else 0
+    if samples < 1:
+        raise ValueError(
+            f"{what} must be a positive number of seconds of at least one sample "
+            f"(1/{SAMPLE_RATE} s), got {hop_s}"
+        )
+    return samples
+
+
 def window_starts(num_samples: int, window: int = CLIP_SAMPLES, hop: int = CLIP_SAMPLES // 2) -> list[int]:
     """First sample of each window over a signal of ``num_samples`` samples.
 
@@ -190,15 +205,12 @@ def decode_file(path: str | Path) -> _Decoded | FileFailure:
     name = str(path)
     try:
         waveform, sample_rate = load_audio(path, target_sr=SAMPLE_RATE)
+    except FileNotFoundError:
+        return FileFailure(name, "no such file")
+    except AudioReadError as exc:
+        return FileFailure(name, _one_line(exc.reason) or "unreadable")
     except Exception as exc:  # every decoding problem is reported per file, never fatal
-        reason = _one_line(str(exc)) or type(exc).__name__
-        prefix = f"cannot decode audio file {name}: "
-        if reason.startswith(prefix):
-            reason = reason[len(prefix) :]
-        elif reason.startswith(f"audio file not found: {name}"):
-            reason = "no such file"
-        reason = re.sub(r"^Error opening '.*?': ", "", reason)  # libsndfile repeats the path
-        return FileFailure(name, reason)
+        return FileFailure(name, _one_line(str(exc)) or type(exc).__name__)
     if not bool(torch.isfinite(waveform).all()):
         return FileFailure(name, "it holds NaN or infinite samples")
     return _Decoded(name, sample_rate, waveform)
@@ -271,16 +283,21 @@ def tag_files(
 
     Windows of consecutive files share batches of ``batch_size``; ``hop_s`` is the step between
     window starts in seconds; ``aggregate`` (max, mean) combines window scores into file
-    scores; ``num_workers`` > 0 decodes files in that many worker processes.
+    scores; ``num_workers`` > 0 decodes files in that many worker processes. The arguments
+    are checked here (ValueError), before any file is read.
     """
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not math.isfinite(hop_s) or round(hop_s * SAMPLE_RATE) < 1:
-        raise ValueError(f"hop must be a positive number of seconds, got {hop_s}")
-    hop = round(hop_s * SAMPLE_RATE)
+    hop = hop_samples(hop_s)
+    return _tag_stream(tagger, paths, hop, aggregate, batch_size, num_workers)
 
+
+def _tag_stream(
+    tagger: AudioTagger, paths: Sequence[str | Path], hop: int, aggregate: str, batch_size: int, num_workers: int
+) -> Iterator[FileTags | FileFailure]:
+    """The generator behind :func:`tag_files`, on checked arguments (``hop`` in samples)."""
     in_flight: deque[_Pending] = deque()
     queue: list[tuple[_Pending, int]] = []  # windows waiting for a batch: (file, window index)
 

@@ -7,7 +7,6 @@ are still tagged and the exit code is 1.
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Sequence, TextIO
 
 from tqdm import tqdm
 
-from .inference import AGGREGATIONS, PRECISIONS, AudioTagger, FileFailure, resolve_device, tag_files
+from .inference import AGGREGATIONS, PRECISIONS, AudioTagger, FileFailure, hop_samples, resolve_device, tag_files
 from .input_files import expand_inputs
 from .tagging_model import load_tagging_model
 from .tagging_output import FORMATS, csv_rows, csv_writer, file_record, format_table, write_json
@@ -28,8 +27,10 @@ class SetupError(ValueError):
 
 
 def _check_options(hop_s: float, aggregate: str, top_k: int, batch_size: int, fmt: str, precision: str) -> None:
-    if not (math.isfinite(hop_s) and hop_s > 0):
-        raise SetupError(f"--hop must be a positive number of seconds, got {hop_s}")
+    try:
+        hop_samples(hop_s, what="--hop")
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
     if aggregate not in AGGREGATIONS:
         raise SetupError(f"--aggregate must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
     if top_k < 1:

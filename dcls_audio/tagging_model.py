@@ -82,7 +82,7 @@ def load_tagging_model(
     file = resolve_checkpoint_path(checkpoint)
     obj = read_checkpoint(file, allow_pickle=allow_pickle)
     contents = extract_state_dict(obj, use_ema=use_ema, source=str(file))
-    model, name = build_loaded_model(contents, model_name, str(file), how_to_name="pass --model with one of")
+    model = build_loaded_model(contents, model_name, str(file))
     num_classes = _output_classes(model)
 
     stored = labels_from_checkpoint(obj)
@@ -94,4 +94,4 @@ def load_tagging_model(
         labels = display_names(resolve_class_names(num_classes, class_csv, data_source="the model"))
         source = str(class_csv) if class_csv is not None else (
             "AudioSet class CSV" if num_classes == AUDIOSET_NUM_CLASSES else "generic names")
-    return TaggingModel(model.eval(), labels, name, file, source)
+    return TaggingModel(model.eval(), labels, model.model_name, file, source)

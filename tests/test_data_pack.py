@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -54,6 +55,10 @@ def test_pack_round_trip(folder):
     assert report.packed == 3
     assert sorted(p.name for p, _ in report.unreadable) == ["Ytrunc000000_10_20.wav", "corrupt0000.ogg"]
     assert "truncated" in dict((p.name, why) for p, why in report.unreadable)["Ytrunc000000_10_20.wav"]
+    for path, why in report.unreadable:  # the reason alone: the report names the file
+        assert path.name not in why and not why.startswith(("cannot decode", "Error opening")), why
+    listed = [line for line in report.summary().splitlines() if "corrupt0000.ogg" in line]
+    assert len(listed) == 1 and listed[0].count("corrupt0000.ogg") == 1
     assert [p.name for p, _ in report.unlabelled] == ["nolabel0000.wav"]
     assert report.unknown_mids == {"/m/unknown": 1}
     assert list(out.parent.iterdir()) == [out]  # the temporary file is gone
@@ -141,8 +146,13 @@ def test_load_audio_errors(tmp_path):
         load_audio(tmp_path / "missing.wav")
     junk = tmp_path / "junk.flac"
     junk.write_bytes(b"fLaC" + b"\x00" * 100)
-    with pytest.raises(AudioReadError, match="junk.flac"):
+    with pytest.raises(AudioReadError, match="junk.flac") as info:
         load_audio(junk)
+    err = info.value
+    assert err.path == junk and err.reason and str(err) == f"cannot decode audio file {junk}: {err.reason}"
+    assert "junk.flac" not in err.reason and "Error opening" not in err.reason  # the path once, in str()
+    again = pickle.loads(pickle.dumps(err))  # crosses worker processes
+    assert type(again) is AudioReadError and (again.path, again.reason, str(again)) == (err.path, err.reason, str(err))
     sf.write(tmp_path / "ok.wav", sine(440, 0.5, 48000, 0.5), 48000)
     wave, sr = load_audio(tmp_path / "ok.wav")
     assert sr == 48000 and wave.dtype == torch.float32 and wave.shape == (16000,)

@@ -7,11 +7,13 @@ upstream logits stored in ../shared/upstream.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
 import cli
+from dcls_audio import export, tagging_model
 from dcls_audio.data import LogMelFrontEnd
 from dcls_audio.export import export_model, read_metadata, run_exported
 from dcls_audio.export_frontend import ConvLogMel, dft_basis
@@ -144,3 +146,49 @@ def test_cli_export_our_checkpoint(tmp_path, capsys, tiny_model):
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     rc = cli.main(["export", "-c", str(tmp_path / "none.ckpt"), "-f", "onnx", "-o", str(out)])
     assert rc == 2 and "none.ckpt" in capsys.readouterr().err
+
+
+def test_export_writes_the_file_only_when_complete(tmp_path, tiny_model, monkeypatch):
+    path = tmp_path / "model.pt"
+    export_model(tiny_model, path, "torchscript", with_frontend=False, check=False)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as a new file, not mkstemp's 0600
+    before = path.read_bytes()
+
+    def interrupted(module, example, out, meta):
+        out.write_bytes(b"half a model")
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(export, "_export_torchscript", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        export_model(tiny_model, path, "torchscript", with_frontend=False, check=False)
+    assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == before  # the old file, untouched
+
+
+def test_onnx_export_interrupted_while_adding_metadata_leaves_no_file(tmp_path, tiny_model, monkeypatch):
+    onnx = pytest.importorskip("onnx")
+
+    def interrupted(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(onnx, "save", interrupted)  # after torch.onnx.export wrote the graph
+    with pytest.raises(RuntimeError, match="interrupted"):
+        export_model(tiny_model, tmp_path / "model.onnx", "onnx", with_frontend=False, check=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("missing, expected", [
+    ("onnx", "error: onnx export needs onnx: pip install 'dcls-audio[onnx]'"),
+    ("onnxruntime.capi", "error: onnx export needs onnxruntime: pip install 'dcls-audio[onnx]'"),
+    ("h5py", "error: No module named 'h5py'"),
+])
+def test_cli_export_names_the_missing_module(tmp_path, capsys, monkeypatch, missing, expected):
+    def fail(*args, **kwargs):
+        raise ModuleNotFoundError(f"No module named '{missing}'", name=missing)
+
+    monkeypatch.setattr(tagging_model, "load_tagging_model", fail)
+    rc = cli.main(["export", "-c", str(tmp_path / "any.ckpt"), "-f", "onnx", "-o", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.splitlines() == [f"dcls-audio export: {expected}"]

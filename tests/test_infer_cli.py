@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,24 @@ def class_names() -> list[str]:
     return [r["display_name"] for r in rows]
 
 
+# A tqdm bar as the app draws it (no description, unit "file"), e.g.
+# " 50%|█████     | 2/4 [00:00<00:00,  5.51file/s]"; stderr is split at "\r" and "\n".
+PROGRESS_LINE = re.compile(r" *\d{1,3}%\|[^|]*\| \d+/\d+ \[[\d:]+<[\d:?]+, +(\?|\d+(\.\d+)?)(file/s|s/file)\] *")
+
+
+def test_progress_line_pattern():
+    assert PROGRESS_LINE.fullmatch("  0%|          | 0/4 [00:00<?, ?file/s]")
+    assert PROGRESS_LINE.fullmatch(" 50%|█████     | 2/4 [00:00<00:00,  5.51file/s]  ")
+    assert PROGRESS_LINE.fullmatch("100%|██████████| 4/4 [01:02<00:00, 12.34s/file]")
+    assert not PROGRESS_LINE.fullmatch("Traceback (most recent call last):")
+    assert not PROGRESS_LINE.fullmatch("UserWarning: 50%|x| 2/4 [00:00<00:00,  5.51file/s]")
+
+
+def _stderr_errors(err: str) -> list[str]:
+    """The stderr lines that are not progress-bar lines (blank ones dropped)."""
+    return [line for line in err.splitlines() if line.strip() and not PROGRESS_LINE.fullmatch(line)]
+
+
 def _check_top(top: list[dict], expected: torch.Tensor, k: int, class_names: list[str]) -> None:
     """Listed entries are the k best classes of ``expected``, with its scores and the CSV's names."""
     assert len(top) == k
@@ -118,8 +137,10 @@ def test_json_output_windows_scores_labels(tmp_path, capsys, checkpoint, audio_d
                    "--progress", "--batch-size", "4"])
     captured = capsys.readouterr()
     assert rc == 1  # the corrupt file
-    errors = [line for line in captured.err.splitlines() if "error" in line]
-    assert len(errors) == 1 and errors[0].startswith("error: ") and str(audio_dir / "corrupt.wav") in errors[0]
+    errors = _stderr_errors(captured.err)  # anything but progress-bar lines
+    corrupt = str(audio_dir / "corrupt.wav")
+    assert len(errors) == 1 and errors[0].startswith(f"error: {corrupt}: ")
+    assert errors[0].count(corrupt) == 1 and "cannot decode" not in errors[0]  # the path once, the reason
     assert "4/4" in captured.err  # the progress bar went to stderr
     assert captured.out == ""
 
@@ -192,6 +213,20 @@ def test_missing_checkpoint_and_unknown_model_fail_before_work(tmp_path, capsys,
     with pytest.raises(SystemExit):
         cli.main(["infer", str(audio_dir / "short_8k.wav")])  # no checkpoint at all
     assert "give a checkpoint" in capsys.readouterr().err
+
+
+def test_tiny_hop_is_an_option_error(tmp_path, capsys, checkpoint, audio_dir):
+    out = tmp_path / "tags.json"
+    out.write_text("keep me")
+    rc = cli.main(["infer", "-c", str(checkpoint), str(audio_dir / "short_8k.wav"), "--hop", "1e-6",
+                   "--format", "json", "--output", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err  # one error line, no traceback
+    assert lines[0].startswith("dcls-audio infer: error: --hop must be a positive number of seconds")
+    assert "1e-06" in lines[0]
+    assert out.read_text() == "keep me"  # rejected before --output is opened
 
 
 def test_labels_stored_in_our_checkpoint(tmp_path, capsys, audio_dir):

@@ -19,6 +19,7 @@ from dcls_audio.inference import (
     check_precision,
     cut_windows,
     decode_file,
+    hop_samples,
     tag_files,
     top_k,
     window_starts,
@@ -117,7 +118,10 @@ def test_decode_failures_are_one_line_naming_the_reason(tmp_path):
         result = decode_file(path)
         assert isinstance(result, FileFailure), path
         assert result.file == str(path) and result.reason and "\n" not in result.message()
+        assert path.name not in result.reason and not result.reason.startswith(("cannot decode", "Error opening"))
     assert "NaN" in decode_file(nan).reason
+    assert decode_file(no_frames).reason == "it holds no samples"
+    assert decode_file(tmp_path / "missing.wav").reason == "no such file"
 
 
 @pytest.mark.parametrize("ext, subtype", [("wav", "PCM_24"), ("flac", None), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III")])
@@ -200,7 +204,21 @@ def test_tag_files_batches_across_files_in_order(tmp_path, tiny_dcls_model):
     assert list(tag_files(tagger, [], num_workers=2)) == []  # nothing to decode: no worker pool
     for hop in (float("inf"), float("nan"), 0.0, 1e-6):
         with pytest.raises(ValueError, match="hop must be a positive number of seconds"):
-            list(tag_files(tagger, paths[:1], hop_s=hop))
+            tag_files(tagger, paths[:1], hop_s=hop)  # at the call, before the generator runs
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        tag_files(tagger, paths[:1], aggregate="median")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        tag_files(tagger, paths[:1], batch_size=0)
+
+
+def test_hop_samples():
+    assert hop_samples(5.0) == 5 * SR
+    assert hop_samples(1 / SR) == 1 and hop_samples(0.6 / SR) == 1
+    for hop in (float("inf"), float("-inf"), float("nan"), 0.0, -1.0, 1e-6, 0.4 / SR):
+        with pytest.raises(ValueError, match=r"^--hop must be a positive number of seconds of at least one sample"):
+            hop_samples(hop, what="--hop")
+    with pytest.raises(ValueError, match=r"^hop must .*got 1e-06$"):
+        hop_samples(1e-6)
 
 
 def test_half_precision_needs_cuda():

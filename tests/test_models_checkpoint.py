@@ -10,7 +10,9 @@ from dcls_audio.models import (
     CheckpointError,
     CheckpointMismatchError,
     UnsafeCheckpointError,
+    build_loaded_model,
     create_model,
+    extract_state_dict,
     infer_model_name,
     list_models,
     load_checkpoint,
@@ -275,8 +277,20 @@ def test_unreadable_or_foreign_files_are_reported(tmp_path):
     with pytest.raises(CheckpointError, match=r"other\.pth: unrecognised checkpoint layout.*weights"):
         load_checkpoint(model, tmp_path / "other.pth")
     torch.save({"model": {"x": torch.zeros(1)}}, tmp_path / "unknown.pth")
-    with pytest.raises(CheckpointError, match="cannot tell which model"):
+    with pytest.raises(CheckpointError, match="cannot tell which model") as info:
         load_checkpoint(None, tmp_path / "unknown.pth")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'unknown.pth'}: ")
+    assert "model name argument" in message and "--model" in message  # fits both callers
+    assert message.endswith("one of: " + ", ".join(list_models()))
+
+
+def test_build_loaded_model_returns_the_named_model():
+    source = randomize(tiny("convnext_audio_tiny"))
+    contents = extract_state_dict(source.state_dict(), source="plain.pt")  # no name saved: inferred
+    model = build_loaded_model(contents, None, "plain.pt", **TINY["convnext"], num_classes=10)
+    assert isinstance(model, torch.nn.Module) and model.model_name == "convnext_audio_tiny"
+    assert_same_state(source, model)
 
 
 # ----------------------------------------------------------------------------- create_model

@@ -13,7 +13,26 @@ from .constants import INT16_SCALE, SAMPLE_RATE
 
 
 class AudioReadError(ValueError):
-    """An audio file exists but cannot be decoded (corrupt, truncated, unsupported)."""
+    """An audio file exists but cannot be decoded (corrupt, truncated, unsupported).
+
+    ``path``: the file; ``reason``: why, without the path. The message is
+    ``cannot decode audio file <path>: <reason>``.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot decode audio file {path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
+def _decoder_reason(exc: Exception) -> str:
+    """What went wrong, without libsndfile's "Error opening '<path>': " prefix."""
+    if isinstance(exc, sf.LibsndfileError) and exc.prefix.startswith("Error opening "):
+        return exc.error_string
+    return str(exc)
 
 
 # libsndfile notes a data chunk shorter than its header as "data : <size> (should be <n>)".
@@ -28,8 +47,7 @@ def _check_not_truncated(path: Path, info: sf._SoundFileInfo) -> None:
     declared, actual = int(match.group(1)), int(match.group(2))
     if 0 < declared < 0xFFFFFFF0 and actual < declared:
         raise AudioReadError(
-            f"cannot decode audio file {path}: truncated (data chunk holds {actual} of the "
-            f"{declared} bytes its header declares)"
+            path, f"truncated (data chunk holds {actual} of the {declared} bytes its header declares)"
         )
 
 
@@ -51,9 +69,9 @@ def load_audio(path: str | Path, target_sr: int = SAMPLE_RATE) -> tuple[torch.Te
     except AudioReadError:
         raise
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        raise AudioReadError(f"cannot decode audio file {path}: {exc}") from exc
+        raise AudioReadError(path, _decoder_reason(exc)) from exc
     if data.shape[0] == 0:
-        raise AudioReadError(f"cannot decode audio file {path}: it holds no samples")
+        raise AudioReadError(path, "it holds no samples")
     mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)))
     if sr != target_sr:
         mono = AF.resample(mono, orig_freq=int(sr), new_freq=int(target_sr))

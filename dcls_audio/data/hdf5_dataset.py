@@ -103,23 +103,15 @@ def inspect_file(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> tuple[int,
         return rows, int(target.shape[1])
 
 
-def read_num_classes(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> int:
-    """Number of target columns of a validated file."""
-    return inspect_file(path, clip_samples)[1]
-
-
 def common_num_classes(paths: Sequence[PathLike], clip_samples: int = CLIP_SAMPLES) -> int:
     """The class count shared by all the (validated) files; a ValueError naming the first file
-    that disagrees otherwise."""
-    num_classes, first = None, None
-    for path in paths:
-        count = read_num_classes(path, clip_samples)
-        if num_classes is None:
-            num_classes, first = count, path
-        elif count != num_classes:
+    that disagrees otherwise. ``paths`` must not be empty (the callers check)."""
+    first = paths[0]
+    num_classes = inspect_file(first, clip_samples)[1]
+    for path in paths[1:]:
+        count = inspect_file(path, clip_samples)[1]
+        if count != num_classes:
             raise ValueError(f"{path}: dataset 'target' has {count} classes but {first} has {num_classes}")
-    if num_classes is None:
-        raise ValueError("no HDF5 files given")
     return num_classes
 
 

@@ -111,11 +111,14 @@ def decode_clip(path: Path, clip_samples: int = CLIP_SAMPLES) -> np.ndarray:
 
 
 def _decode_or_error(job: tuple[Path, int]) -> tuple[np.ndarray | None, str]:
+    """The clip, or ``None`` and why it cannot be decoded (the report names the file)."""
     path, clip_samples = job
     try:
         return decode_clip(path, clip_samples), ""
-    except (AudioReadError, OSError) as exc:
-        return None, str(exc)
+    except AudioReadError as exc:
+        return None, exc.reason
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
 
 
 def _init_worker() -> None:

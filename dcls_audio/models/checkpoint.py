@@ -335,26 +335,25 @@ def load_checkpoint(
         if model_kwargs:
             raise ValueError(f"load_checkpoint: {sorted(model_kwargs)} only apply when the model is built by name")
         return load_state_dict_checked(model_or_name, contents.state_dict, str(file))
-    return build_loaded_model(contents, model_or_name, str(file), **model_kwargs)[0]
+    return build_loaded_model(contents, model_or_name, str(file), **model_kwargs)
 
 
-def build_loaded_model(
-    contents: CheckpointContents, name: str | None, source: str, how_to_name: str = "pass one of", **model_kwargs: Any
-) -> tuple[nn.Module, str]:
-    """``(model, name)``: the model ``contents`` hold, built and loaded.
+def build_loaded_model(contents: CheckpointContents, name: str | None, source: str, **model_kwargs: Any) -> nn.Module:
+    """The model ``contents`` hold, built and loaded (its ``model_name`` says which it is).
 
     The name is ``name``, else the one the checkpoint saved, else :func:`infer_model_name`;
     the checkpoint's saved constructor arguments apply when they are for that name, and
-    ``model_kwargs`` override them. ``how_to_name`` ends the error when no name is found.
+    ``model_kwargs`` override them.
     """
     name = name or contents.model_name or infer_model_name(contents.state_dict)
     if name is None:
         raise CheckpointError(
-            f"{source}: cannot tell which model this checkpoint is for; {how_to_name} {', '.join(list_models())}"
+            f"{source}: cannot tell which model this checkpoint is for; name it (the model name "
+            f"argument, or --model on the command line), one of: {', '.join(list_models())}"
         )
     saved = contents.model_kwargs if contents.model_name in (None, name) else {}
     model = create_model(name, **{**saved, **model_kwargs})
-    return load_state_dict_checked(model, contents.state_dict, source), name
+    return load_state_dict_checked(model, contents.state_dict, source)
 
 
 # ----------------------------------------------------------------------------- writing
