@@ -31,7 +31,7 @@ from torch import nn
 from .data import AudioSetDataModule, ClassInfo, LogMelFrontEnd
 from .metrics import AudioSetMetrics, TaggingMetrics
 from .models import load_checkpoint
-from .output_dirs import ensure_writable_dir
+from .output_dirs import atomic_output, ensure_writable_dir
 
 __all__ = ["EvaluationModule", "evaluate", "format_metrics", "write_outputs"]
 
@@ -132,26 +132,33 @@ def _json_number(value: Any) -> Any:
 
 
 def write_outputs(module: EvaluationModule, output_dir: Path) -> None:
-    """Write ``metrics.json``, ``per_class.csv`` and ``predictions.npz`` (module docstring)."""
-    result, classes = module.result, module.classes
-    summary = {k: _json_number(v) for k, v in result.summary().items()}
-    (output_dir / "metrics.json").write_text(json.dumps({**summary, **module.info}, indent=2) + "\n")
-    with open(output_dir / "per_class.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["index", "mid", "display_name", "AP", "AUC", "d_prime", "positives"])
-        for c, info_c in enumerate(classes):
-            row = [result.ap[c].item(), result.auc[c].item(), result.class_d_prime[c].item()]
-            writer.writerow([info_c.index, info_c.mid, info_c.display_name,
-                             *("" if math.isnan(v) else f"{v:.6f}" for v in row),
-                             int(result.positives[c])])
-    np.savez_compressed(
-        output_dir / "predictions.npz",
-        audio_name=np.array(module.audio_names, dtype=str),
-        scores=torch.sigmoid(module.logits.float()).numpy(),
-        target=module.targets.numpy().astype(np.uint8),
-        index=module.indices.numpy(),
-        logits=module.logits.float().numpy(),
-    )
+    """Write ``metrics.json``, ``per_class.csv`` and ``predictions.npz`` (module docstring).
+
+    Each file is written to a temporary file and renamed: a reader never sees half of one.
+    """
+    summary = {k: _json_number(v) for k, v in module.result.summary().items()}
+    with atomic_output(output_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({**summary, **module.info}, indent=2) + "\n")
+    with atomic_output(output_dir / "per_class.csv") as tmp, open(tmp, "w", newline="") as fh:
+        _write_per_class(csv.writer(fh), module.result, module.classes)
+    with atomic_output(output_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(  # a file object: a path without ".npz" would get the suffix added
+            fh,
+            audio_name=np.array(module.audio_names, dtype=str),
+            scores=torch.sigmoid(module.logits.float()).numpy(),
+            target=module.targets.numpy().astype(np.uint8),
+            index=module.indices.numpy(),
+            logits=module.logits.float().numpy(),
+        )
+
+
+def _write_per_class(writer: Any, result: TaggingMetrics, classes: list[ClassInfo]) -> None:
+    """The rows of ``per_class.csv``: a header, then one row per class (empty AP/AUC where NaN)."""
+    writer.writerow(["index", "mid", "display_name", "AP", "AUC", "d_prime", "positives"])
+    columns = zip(result.ap.tolist(), result.auc.tolist(), result.class_d_prime.tolist())
+    for info_c, values, positives in zip(classes, columns, result.positives.tolist(), strict=True):
+        writer.writerow([info_c.index, info_c.mid, info_c.display_name,
+                         *("" if math.isnan(v) else f"{v:.6f}" for v in values), positives])
 
 
 def format_metrics(result: TaggingMetrics) -> str:

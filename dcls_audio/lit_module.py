@@ -27,6 +27,9 @@ from .optim import build_optimizer, is_position_param, lr_lambda
 
 __all__ = ["AudioTaggingModule", "NonFiniteLossError"]
 
+#: ``torch.compile`` modes that replay CUDA graphs (a replay overwrites the last one's outputs)
+_CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf (outside fp16 loss scaling)."""
@@ -105,6 +108,7 @@ class AudioTaggingModule(L.LightningModule):
         self.val_metrics_ema = AudioSetMetrics(num_classes) if ema_decay is not None else None
         self._mixup_generator = torch.Generator()
         self._step_losses: list[tuple[torch.Tensor, int]] = []  # this step's losses, checked before the update
+        self._reused_outputs = compile and compile_mode in _CUDA_GRAPH_MODES
         if compile:
             self.net.compile(mode=compile_mode)
 
@@ -199,6 +203,8 @@ class AudioTaggingModule(L.LightningModule):
         x = self._spectrogram(batch["waveform"])
         target, index = batch["target"], batch["index"]
         logits = self.net(x)
+        if self._reused_outputs:  # the metric keeps the logits; the next replay overwrites its buffer
+            logits = logits.to(torch.float32, copy=True)
         loss = F.binary_cross_entropy_with_logits(logits.float(), target.float())
         self.log("val/loss", loss, sync_dist=True, batch_size=target.shape[0])
         self.val_metrics.update(logits, target, index)

@@ -235,7 +235,8 @@ class AudioSetMetrics(Metric):
     """Accumulates (scores, targets, clip indices); ``compute()`` -> :class:`TaggingMetrics`.
 
     ``update(scores (B, C), targets (B, C) 0/1, indices (B,))``. Scores may be logits: every
-    metric here depends on the ranking only. After ``compute()``, ``gathered()`` returns the
+    metric here depends on the ranking only. Float32 scores are kept without a copy: pass
+    scores that nothing overwrites later. After ``compute()``, ``gathered()`` returns the
     de-duplicated (indices, scores, targets) the numbers were computed from.
     """
 
@@ -258,8 +259,7 @@ class AudioSetMetrics(Metric):
                 f"targets {tuple(targets.shape)} and indices {tuple(indices.shape)} do not match "
                 f"scores {tuple(scores.shape)}"
             )
-        # an owned copy: a compiled model replaying CUDA graphs reuses its output buffers
-        self.scores.append(scores.detach().to(torch.float32, copy=True))
+        self.scores.append(scores.detach().float())
         self.targets.append((targets > 0.5).to(torch.uint8))
         self.indices.append(indices.detach().long())
 

@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from .config import ConfigError, TrainConfig, dump_config
 from .data import AudioSetDataModule, ensure_demo_data
 from .lit_module import AudioTaggingModule, NonFiniteLossError
+from .models.checkpoint import shorten_keys
 from .optim import scaled_lr
 from .output_dirs import atomic_output, ensure_writable_dir
 
@@ -130,7 +131,8 @@ class StopOnSignal(Callback):
     current training batch (the weights and loop counters agree there); a signal that arrives
     during validation waits until the validation ends, so validation metrics are never
     computed from part of the set. This callback then saves the checkpoint. A second SIGINT
-    raises KeyboardInterrupt at once.
+    raises KeyboardInterrupt at once. Lightning's handler runs at most once per process: under
+    DDP rank 0 also sends SIGTERM to the other ranks, which may have had a signal of their own.
     """
 
     def __init__(self, checkpoint_path: Path) -> None:
@@ -138,8 +140,10 @@ class StopOnSignal(Callback):
         self._lightning_sigterm: Any = None
         self._previous: dict[int, Any] = {}
         self._deferred = False
+        self._forwarded = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._deferred = self._forwarded = False
         self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
         try:
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -161,6 +165,11 @@ class StopOnSignal(Callback):
         return handler
 
     def _forward(self, frame: Any) -> None:
+        """Hand the stop to Lightning's SIGTERM handler, once: a second call would start its
+        stop (and, on rank 0, its signals to the other ranks) again."""
+        if self._forwarded:
+            return
+        self._forwarded = True
         if callable(self._lightning_sigterm):
             self._lightning_sigterm(signal.SIGTERM, frame)
 
@@ -291,11 +300,23 @@ def _check_resumable(path: Path, module: AudioTaggingModule) -> None:
     ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if shapes != ours:
         held = (saved.get("hyper_parameters") or {}).get("model_name", "another network")
+        differences = "".join(f"\n  {line}" for line in _state_differences(shapes, ours))
         raise ConfigError(
             f"cannot resume from {path}: it holds {held} with other tensors than the config's "
-            f"{module.hparams.model_name} builds; start a new run (--run.name NAME or "
-            "--run.auto_resume false) or fine-tune from it with --model.init_checkpoint"
+            f"{module.hparams.model_name} builds:{differences}\n"
+            "Start a new run (--run.name NAME or --run.auto_resume false) or fine-tune from it "
+            "with --model.init_checkpoint"
         )
+
+
+def _state_differences(saved: dict[str, tuple[int, ...]], ours: dict[str, tuple[int, ...]]) -> list[str]:
+    """The missing, unexpected and other-shape keys of a checkpoint's state dict, each list shortened."""
+    missing = [k for k in ours if k not in saved]
+    unexpected = [k for k in saved if k not in ours]
+    reshaped = [f"{k} {saved[k]} vs {ours[k]}" for k in ours if k in saved and saved[k] != ours[k]]
+    named = (("missing keys", missing), ("unexpected keys", unexpected),
+             ("other shapes, checkpoint vs config", reshaped))
+    return [f"{what} ({len(keys)}): {shorten_keys(keys)}" for what, keys in named if keys]
 
 
 # ----------------------------------------------------------------------------- train

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,3 +45,38 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+SAMPLE_RATE, CLIP_SAMPLES = 32000, 320000
+
+
+def tone_clips(labels: list[list[int]], num_classes: int = 527, seed: int = 0, base_hz: float = 200.0,
+               step_hz: float = 37.0, random_phase: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """int16 (N, 10 s) clips of faint noise plus a tone at ``base_hz + step_hz * c`` for each
+    label ``c`` (at a random phase when asked), and their bool (N, C) targets."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(CLIP_SAMPLES) / SAMPLE_RATE
+    waves = (0.01 * rng.standard_normal((len(labels), CLIP_SAMPLES))).astype(np.float32)
+    targets = np.zeros((len(labels), num_classes), bool)
+    for i, clip in enumerate(labels):
+        for c in clip:
+            phase = rng.uniform(0, 6) if random_phase else 0.0
+            waves[i] += 0.3 * np.sin(2 * np.pi * (base_hz + step_hz * c) * t + phase)
+            targets[i, c] = True
+    return np.round(np.clip(waves, -1, 1) * 32767).astype(np.int16), targets
+
+
+def write_tone_h5(path: Path, labels: list[list[int]], num_classes: int = 527, seed: int = 0,
+                  name_format: str = "clip{:03d}", **tones) -> Path:
+    """A PANNs-layout file of :func:`tone_clips` (``tones``: its keyword arguments)."""
+    from dcls_audio.data.hdf5_dataset import write_hdf5  # here: the dcls_core tests need no dcls_audio
+
+    waves, targets = tone_clips(labels, num_classes, seed, **tones)
+    names = [name_format.format(i) for i in range(len(labels))]
+    return write_hdf5(path, names, waves, targets)
+
+
+@pytest.fixture(scope="session")
+def tone_h5() -> Callable[..., Path]:
+    """:func:`write_tone_h5`, for tests and fixtures that write tiny HDF5 files."""
+    return write_tone_h5

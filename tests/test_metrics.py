@@ -8,7 +8,9 @@ import pytest
 import torch
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import nn
 
+from dcls_audio.lit_module import AudioTaggingModule
 from dcls_audio.metrics import (
     AudioSetMetrics,
     average_precision,
@@ -105,11 +107,8 @@ def test_metric_accumulates_batches_and_drops_duplicate_clips():
     metric = AudioSetMetrics(24)
     order = torch.randperm(101, generator=torch.Generator().manual_seed(0))
     padded = torch.cat([order, order[:5]])  # a padding sampler repeats clips
-    buffer = torch.empty(16, 24)  # one output buffer reused by every batch, as CUDA graph replays do
     for chunk in padded.split(16):
-        batch = buffer[: len(chunk)]
-        batch.copy_(scores[chunk])
-        metric.update(batch, targets[chunk], chunk)
+        metric.update(scores[chunk], targets[chunk], chunk)
     result = metric.compute()
     reference = tagging_metrics(scores, targets)
     assert result.num_clips == 101
@@ -121,3 +120,33 @@ def test_metric_accumulates_batches_and_drops_duplicate_clips():
     metric.reset()
     with pytest.raises(RuntimeError):
         metric.compute()
+
+
+class _ReplayedOutputs(nn.Module):
+    """Returns the next rows of ``scores`` in one output buffer reused by every call, as a
+    compiled model replaying CUDA graphs does."""
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        super().__init__()
+        self.scores, self.row = scores, 0
+        self.buffer = torch.empty(16, scores.shape[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.buffer[: x.shape[0]]
+        out.copy_(self.scores[self.row : self.row + x.shape[0]])
+        self.row += x.shape[0]
+        return out
+
+
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
+def test_validation_keeps_its_own_logits_when_cuda_graph_replays_reuse_the_output():
+    scores, targets = _scores_and_targets(n=40)
+    module = AudioTaggingModule("convnext_audio_tiny", 24, model_kwargs=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
+                                compile=True, compile_mode="reduce-overhead").eval()
+    module.net = _ReplayedOutputs(scores)
+    for i, chunk in enumerate(torch.arange(40).split(16)):
+        batch = {"waveform": torch.zeros(len(chunk), 3200, dtype=torch.int16), "target": targets[chunk], "index": chunk}
+        module.validation_step(batch, i)
+    result = module.val_metrics.compute()
+    torch.testing.assert_close(module.val_metrics.gathered()[1], scores)
+    assert result.mAP == pytest.approx(tagging_metrics(scores, targets).mAP, abs=1e-12)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import signal
 from pathlib import Path
 
@@ -22,33 +21,12 @@ CONFIGS = [
     "demo", "convnext_audio_tiny", "convnext_dcls_audio_tiny", "fastvit_audio_sa24",
     "fastvit_dcls_audio_sa24", "convformer_audio_s18", "convformer_dcls_audio_s18",
 ]
-SR, CLIP = 32000, 320000
-
-
-def write_h5(path: Path, labels: list[list[int]], num_classes: int = 527, seed: int = 0) -> Path:
-    """A PANNs-layout file whose clips are tones at a class-dependent pitch."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(CLIP) / SR
-    with h5py.File(path, "w") as h5:
-        h5["audio_name"] = np.array([f"clip{i:03d}".encode() for i in range(len(labels))], dtype="S20")
-        waves = np.zeros((len(labels), CLIP), np.float32)
-        targets = np.zeros((len(labels), num_classes), bool)
-        for i, clip in enumerate(labels):
-            waves[i] = 0.01 * rng.standard_normal(CLIP)
-            for c in clip:
-                waves[i] += 0.3 * np.sin(2 * np.pi * (200 + 37 * c) * t)
-                targets[i, c] = True
-        h5["waveform"] = np.round(np.clip(waves, -1, 1) * 32767).astype(np.int16)
-        h5["target"] = targets
-    return path
-
-
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
+def tiny_data(tmp_path_factory, tone_h5) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("h5")
     train_labels = [[i % 3] for i in range(8)]
     val_labels = [[0], [1], [2], [0, 1], [2]]  # 5 clips
-    return write_h5(root / "train.h5", train_labels), write_h5(root / "val.h5", val_labels, seed=1)
+    return tone_h5(root / "train.h5", train_labels), tone_h5(root / "val.h5", val_labels, seed=1)
 
 
 #: the non-parametrised runs use a tiny DCLS ConvNeXt (whatever the demo config's model is)
@@ -225,20 +203,50 @@ def test_bad_inputs_fail_before_any_work(tiny_data, tmp_path, capsys):
     assert "model.num_classes is 10 but the data has 527 classes" in capsys.readouterr().err
 
 
+class _InfGradientAt(L.Callback):
+    """Makes one gradient inf right after the backward of step ``step`` (before the GradScaler
+    unscales and checks the gradients) and records, per batch, whether the step changed the
+    network's parameters and the loss scale before and after it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.changed: dict[int, bool] = {}
+        self.scales: dict[int, tuple[float, float]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._params = [p.detach().clone() for p in pl_module.net.parameters()]
+        self._scale = trainer.precision_plugin.scaler.get_scale()
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            grad = next(p.grad for p in pl_module.net.parameters() if p.grad is not None)
+            grad.fill_(float("inf"))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        params = list(pl_module.net.parameters())
+        self.changed[batch_idx] = any(not torch.equal(a, b) for a, b in zip(self._params, params))
+        self.scales[batch_idx] = (self._scale, trainer.precision_plugin.scaler.get_scale())
+
+
 @pytest.mark.cuda
 def test_fp16_loss_scaling_skips_a_non_finite_step(tiny_data, tmp_path):
-    class _InfLossOnce(L.Callback):
-        def on_before_backward(self, trainer, pl_module, loss) -> None:
-            if trainer.global_step == 1:
-                loss.data.fill_(float("inf"))
-
     overrides = {**tiny_overrides("demo", tiny_data, tmp_path), "trainer.accelerator": "gpu",
                  "trainer.precision": "16-mixed", "trainer.max_steps": "3"}
-    result = train(load_config("demo", overrides), callbacks=[_InfLossOnce()])
-    assert not result.interrupted
-    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-    assert math.isfinite(float(result.global_step))
+    poison = _InfGradientAt(1)
+    result = train(load_config("demo", overrides), callbacks=[poison])
+    assert not result.interrupted and sorted(poison.changed) == [0, 1, 2]
+    before, after = poison.scales[1]
+    assert not poison.changed[1] and after == before / 2  # the inf step: skipped, the scale halved
+    assert poison.scales[2][0] == after
+    for i in (0, 2):  # the others stepped (unless fp16 overflowed by itself: then skipped the same way)
+        assert poison.changed[i] == (poison.scales[i][1] == poison.scales[i][0]), i
+    taken = sum(poison.changed.values())
+    assert taken >= 1
+    saved = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    # Lightning counts skipped steps in global_step; the optimizer's own count leaves them out
+    steps = {float(s["step"]) for s in saved["optimizer_states"][0]["state"].values()}
+    assert steps == {float(taken)} and result.global_step == 3
 
 
 def test_run_directory_choice(tmp_path):
@@ -288,7 +296,63 @@ def test_resuming_a_run_of_another_network_is_refused(tiny_data, tmp_path, capsy
                        "model.dilated_kernel_size": "null"}.items():
         args += [f"--{key}", value]
     assert cli.main(args) == 2
-    assert "cannot resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot resume" in err
+    assert "unexpected keys (8): net.stages.0.blocks.0.conv_dw.P" in err  # DCLS positions
+    assert "net.stages.0.blocks.0.conv_dw.weight (8, 1, 4) vs (8, 1, 7, 7)" in err
+
+
+def test_refused_resume_lists_missing_unexpected_and_reshaped_keys(tmp_path):
+    from dcls_audio.config import ConfigError
+    from dcls_audio.training import _check_resumable, build_module
+
+    cfg = load_config("demo", {"model.depths": "[1, 1, 1, 1]", "model.dims": "[8, 16, 32, 64]"})
+    module = build_module(cfg, 5, [f"c{i}" for i in range(5)], [f"/m/{i}" for i in range(5)], 1e-3)
+    state = dict(module.state_dict())
+    missing = next(iter(state))
+    del state[missing]
+    state["net.extra.weight"] = torch.zeros(2)
+    state["net.head.fc.weight"] = torch.zeros(7, state["net.head.fc.weight"].shape[1])
+    extras = {f"net.more.{i}": torch.zeros(1) for i in range(20)}  # shortened in the message
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {**state, **extras}, "hyper_parameters": {"model_name": "other_net"}}, path)
+    with pytest.raises(ConfigError) as info:
+        _check_resumable(path, module)
+    message = str(info.value)
+    assert "it holds other_net" in message and f"missing keys (1): {missing}" in message
+    assert "unexpected keys (21): net.extra.weight, net.more.0" in message and "(9 more)" in message
+    assert f"net.head.fc.weight (7, {state['net.head.fc.weight'].shape[1]}) vs (5, " in message
+
+
+def test_stop_signal_reaches_lightnings_handler_once_per_process(tmp_path):
+    """Under DDP a rank can get SIGTERM twice (its own and rank 0's); Lightning's handler,
+    which on rank 0 signals the other ranks, must run once."""
+    from types import SimpleNamespace
+
+    from dcls_audio.training import StopOnSignal
+
+    calls = []
+    trainer = SimpleNamespace(validating=False)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        stopper = StopOnSignal(tmp_path / "last.ckpt")
+        stopper.on_train_start(trainer, None)  # wraps the handler installed above
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+        assert calls == [signal.SIGTERM]
+        stopper.teardown(trainer, None, "fit")
+
+        calls.clear()  # the same in a new fit, with the first signal during validation
+        stopper.on_train_start(SimpleNamespace(validating=True), None)
+        signal.raise_signal(signal.SIGTERM)
+        assert calls == []
+        stopper.on_validation_end(trainer, None)
+        signal.raise_signal(signal.SIGTERM)
+        stopper.on_validation_end(trainer, None)
+        assert calls == [signal.SIGTERM]
+        stopper.teardown(trainer, None, "fit")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_balanced_sampler_settings_reach_the_train_sampler(tiny_data):

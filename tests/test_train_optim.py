@@ -1,10 +1,12 @@
 """Optimizer groups, the warm-up cosine schedule, EMA, fine-tuning and frozen positions."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
+from torch import nn
 
 from dcls_audio.ema import make_ema, update_ema
 from dcls_audio.lit_module import AudioTaggingModule
@@ -103,6 +105,55 @@ def test_ema_update_matches_the_formula_and_keeps_shared_positions():
             torch.testing.assert_close(after[key], 0.9 * old + 0.1 * current[key])
     layers = [m for m in ema.modules() if hasattr(m, "P")]
     assert layers[0].P is layers[1].P  # tie preserved in the copy
+
+
+def _plain_ema_update(ema, net, decay):
+    """The reference: walk both modules and update tensor by tensor."""
+    with torch.no_grad():
+        for e, n in zip([*ema.parameters(), *ema.buffers()], [*net.parameters(), *net.buffers()], strict=True):
+            if e.is_floating_point():
+                e.lerp_(n.to(e.dtype), 1.0 - decay)
+            else:
+                e.copy_(n)
+
+
+def _train_a_little(net, generator):
+    """Moves every weight, the batch-norm statistics and its integer step counter."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=generator, dtype=p.dtype))
+        net["bn"].train()(torch.randn(8, 4, generator=generator, dtype=net["bn"].weight.dtype))
+
+
+def _assert_same_state(ema, reference):
+    for (key, value), expected in zip(ema.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert value.dtype == expected.dtype and torch.equal(value, expected), key
+
+
+def test_cached_ema_update_equals_a_plain_update_across_moves_and_loads():
+    net = nn.ModuleDict({"dcls": _tiny_net(num_classes=5), "bn": nn.BatchNorm1d(4)})
+    ema, reference = make_ema(net), make_ema(net)
+    g = torch.Generator().manual_seed(0)
+
+    def step(net, decay=0.9):
+        _train_a_little(net, g)
+        update_ema(ema, net, decay)
+        _plain_ema_update(reference, net, decay)
+        _assert_same_state(ema, reference)
+
+    for decay in (0.9, 0.5, 0.99):  # the pairs are collected once and reused
+        step(net, decay)
+    assert int(ema["bn"].num_batches_tracked) == 3
+    ema.double()  # new storage for the EMA: a float64 EMA of a float32 network
+    reference.double()
+    step(net)
+    net.double()  # new storage for the network too
+    step(net)
+    ema.load_state_dict(net.state_dict())  # copied in place: the pairs stay valid
+    reference.load_state_dict(net.state_dict())
+    step(net)
+    other = copy.deepcopy(net)  # another network: the pairs follow it
+    step(other)
 
 
 def test_finetune_with_a_new_head_from_a_state_dict_and_an_upstream_pth(tmp_path):

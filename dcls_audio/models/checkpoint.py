@@ -242,7 +242,8 @@ def layout_of(model: nn.Module) -> UpstreamLayout:
     return get_spec(name).layout(model)
 
 
-def _shorten(keys: list[str]) -> str:
+def shorten_keys(keys: list[str]) -> str:
+    """The first few state-dict keys, comma-separated, and how many more there are."""
     more = f", ... ({len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
     return ", ".join(keys[:_SHOW]) + more
 
@@ -276,9 +277,9 @@ def to_model_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], sour
         suggested = infer_model_name(state)
         lines = [f"{source}: checkpoint does not fit {name} ({'upstream' if upstream else 'our'} key names)"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_shorten(missing)}")
+            lines.append(f"  missing keys ({len(missing)}): {shorten_keys(missing)}")
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_shorten(unexpected)}")
+            lines.append(f"  unexpected keys ({len(unexpected)}): {shorten_keys(unexpected)}")
         for key, have, want in mismatched[:_SHOW_SIZES]:
             lines.append(f"  size mismatch for {key}: checkpoint {have}, model {want}")
         if len(mismatched) > _SHOW_SIZES:
