@@ -238,6 +238,20 @@ def _add_train_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _devices(value: str) -> int | list[int] | str:
+    """``--devices``: a count (``2``), device indices (``0,1``) or ``auto``."""
+    value = value.strip()
+    if value == "auto":
+        return value
+    if "," in value:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if parts and all(p.isdigit() for p in parts):
+            return [int(p) for p in parts]
+    elif value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a device count, indices like 0,1 or auto, got {value!r}")
+
+
 def _add_eval_parser(subparsers) -> None:
     """``dcls-audio eval``: AudioSet metrics of a checkpoint on HDF5 files (see dcls_audio.evaluation)."""
     parser = subparsers.add_parser(
@@ -257,7 +271,7 @@ def _add_eval_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="clips per device and batch")
     parser.add_argument("--num-workers", type=int, default=2, help="data loader workers per device")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
-    parser.add_argument("--devices", default="1", help="device count, list (0,1) or auto")
+    parser.add_argument("--devices", default=1, type=_devices, help="device count, list (0,1) or auto")
     parser.add_argument("--strategy", default="auto", help="auto, ddp, ...")
     parser.add_argument("--precision", default="32", choices=("32", "bf16-mixed", "16-mixed"),
                         help="numeric precision of the backbone")
@@ -265,16 +279,11 @@ def _add_eval_parser(subparsers) -> None:
     def run(args: argparse.Namespace) -> int:
         from dcls_audio.evaluation import evaluate, format_metrics
 
-        devices = args.devices
-        if devices.isdigit():
-            devices = int(devices)
-        elif "," in devices:
-            devices = [int(d) for d in devices.split(",") if d]
         try:
             result, out, is_main = evaluate(
                 args.checkpoint, args.data, args.output_dir, model_name=args.model_name, use_ema=args.use_ema,
                 allow_pickle=args.allow_pickle, class_csv=args.class_csv, batch_size=args.batch_size,
-                num_workers=args.num_workers, accelerator=args.accelerator, devices=devices,
+                num_workers=args.num_workers, accelerator=args.accelerator, devices=args.devices,
                 strategy=args.strategy, precision=args.precision,
             )
         except (ValueError, OSError) as err:  # checkpoint, data or output-directory problems

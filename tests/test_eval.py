@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import lightning as L
@@ -14,36 +15,25 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 import cli
 from dcls_audio.config import load_config
-from dcls_audio.data import AudioSetDataModule, LogMelFrontEnd, load_class_names
-from dcls_audio.evaluation import EvaluationModule
+from dcls_audio.data import AudioSetDataModule, ClassInfo, LogMelFrontEnd, load_class_names
+from dcls_audio.evaluation import EvaluationModule, write_outputs
+from dcls_audio.metrics import tagging_metrics
 from dcls_audio.models import create_model, load_checkpoint, save_upstream_checkpoint
 from dcls_audio.training import train
 
-CLIP = 320000
 
-
-def write_h5(path: Path, labels: list[list[int]], num_classes: int = 527, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    t = np.arange(CLIP) / 32000
-    waves = 0.01 * rng.standard_normal((len(labels), CLIP))
-    targets = np.zeros((len(labels), num_classes), bool)
-    for i, clip in enumerate(labels):
-        for c in clip:
-            waves[i] += 0.3 * np.sin(2 * np.pi * (150 + 40 * c) * t + rng.uniform(0, 6))
-            targets[i, c] = True
-    with h5py.File(path, "w") as h5:
-        h5["audio_name"] = np.array([f"Y{i:04d}".encode() for i in range(len(labels))], dtype="S20")
-        h5["waveform"] = np.round(np.clip(waves, -1, 1) * 32767).astype(np.int16)
-        h5["target"] = targets
-    return path
+def _eval_h5(tone_h5, path: Path, labels: list[list[int]], num_classes: int = 527, seed: int = 0) -> Path:
+    """Tones at 150 + 40 c Hz, each at a random phase, in clips named Y0000, Y0001, ..."""
+    return tone_h5(path, labels, num_classes, seed, name_format="Y{:04d}", base_hz=150.0, step_hz=40.0,
+                   random_phase=True)
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tone_h5):
     root = tmp_path_factory.mktemp("eval")
     labels = [[0], [1], [2], [0, 1], [2], [1], [0]]  # 7 clips: not divisible by 2
-    eval_h5 = write_h5(root / "eval.h5", labels)
-    train_h5 = write_h5(root / "train.h5", [[i % 3] for i in range(4)], seed=1)
+    eval_h5 = _eval_h5(tone_h5, root / "eval.h5", labels)
+    train_h5 = _eval_h5(tone_h5, root / "train.h5", [[i % 3] for i in range(4)], seed=1)
     cfg = load_config("demo", {
         "model.name": "convnext_dcls_audio_tiny", "model.depths": "[1, 1, 1, 1]", "model.dims": "[8, 16, 32, 64]", "model.kernel_count": "4",
         "model.dilated_kernel_size": "5", "data.train_files": str(train_h5), "data.val_files": str(eval_h5),
@@ -72,6 +62,7 @@ def test_eval_outputs_and_schema(files, tmp_path, capsys):
     for word in ("mAP", "mAUC", "d-prime", "clips    7", "3 scored of 527"):
         assert word in printed
 
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_class.csv", "predictions.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"mAP", "mAUC", "d_prime", "num_clips", "num_classes_scored"} <= set(metrics)
     assert metrics["num_clips"] == 7 and metrics["num_classes_scored"] == 3
@@ -106,6 +97,37 @@ def test_eval_outputs_and_schema(files, tmp_path, capsys):
     assert rows[5]["AP"] == "" and float(rows[1]["AP"]) == pytest.approx(ap[1], abs=1e-6)
 
 
+def _written_module(n: int = 6, num_classes: int = 3):
+    g = torch.Generator().manual_seed(0)
+    targets = (torch.arange(n)[:, None] % num_classes == torch.arange(num_classes)).to(torch.uint8)
+    logits = torch.randn(n, num_classes, generator=g) + 2 * targets
+    return SimpleNamespace(
+        result=tagging_metrics(logits, targets.float()), info={"checkpoint": "x.ckpt"},
+        classes=[ClassInfo(c, f"/m/{c}", f"class {c}") for c in range(num_classes)],
+        audio_names=[f"Y{i}" for i in range(n)], logits=logits, targets=targets, indices=torch.arange(n),
+    )
+
+
+def test_outputs_replace_old_files_whole_or_not_at_all(tmp_path, monkeypatch):
+    module = _written_module()
+    write_outputs(module, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "per_class.csv").read_text().splitlines()))
+    assert [r["positives"] for r in rows] == ["2", "2", "2"]
+    assert float(rows[1]["AUC"]) == pytest.approx(module.result.auc[1].item(), abs=1e-6)
+    np.testing.assert_array_equal(np.load(tmp_path / "predictions.npz")["logits"], module.logits.numpy())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def half_written(file, **arrays) -> None:  # as a full disk would
+        (file.write if hasattr(file, "write") else Path(file).write_bytes)(b"PK half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", half_written)
+    with pytest.raises(OSError, match="No space"):
+        write_outputs(module, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temporary file left
+    assert (tmp_path / "predictions.npz").read_bytes() == before["predictions.npz"]
+
+
 def test_eval_of_an_upstream_pth_with_ema_choice(files, tmp_path, capsys):
     torch.manual_seed(0)
     net = create_model("convnext_audio_tiny")
@@ -119,7 +141,7 @@ def test_eval_of_an_upstream_pth_with_ema_choice(files, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["model"] == "convnext_audio_tiny"
 
 
-def test_eval_errors_before_scoring(files, tmp_path, capsys):
+def test_eval_errors_before_scoring(files, tmp_path, capsys, tone_h5):
     def run(*extra: str) -> int:
         return cli.main(["eval", "--accelerator", "cpu", "--num-workers", "0", *extra])
 
@@ -127,13 +149,27 @@ def test_eval_errors_before_scoring(files, tmp_path, capsys):
     assert "nothing.ckpt" in capsys.readouterr().err
     assert run("-c", str(files["ckpt"]), "-d", str(tmp_path / "missing.h5")) == 2
     assert "missing.h5" in capsys.readouterr().err
-    other = write_h5(tmp_path / "ten.h5", [[1], [2]], num_classes=10)
+    other = _eval_h5(tone_h5, tmp_path / "ten.h5", [[1], [2]], num_classes=10)
     assert run("-c", str(files["ckpt"]), "-d", str(other)) == 2
     assert "527 classes" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert run("-c", str(files["ckpt"]), "-d", str(files["eval"]), "-o", str(blocker / "out")) == 2
     assert "cannot write" in capsys.readouterr().err
+    for bad in ("abc", "0", "1,x"):
+        with pytest.raises(SystemExit) as exit_info:
+            run("-c", str(files["ckpt"]), "-d", str(files["eval"]), "--devices", bad)
+        assert exit_info.value.code == 2
+        assert "argument --devices" in capsys.readouterr().err
+
+
+def test_devices_option_values():
+    parser = cli.build_parser()
+
+    def devices(value: str):
+        return parser.parse_args(["eval", "-c", "x.ckpt", "-d", "x.h5", "--devices", value]).devices
+
+    assert devices("2") == 2 and devices("0,1") == [0, 1] and devices("auto") == "auto" and devices("3,") == [3]
 
 
 def test_two_process_ddp_eval_equals_one_process(files, tmp_path):
