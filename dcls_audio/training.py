@@ -6,7 +6,9 @@ on SIGINT/SIGTERM), ``checkpoints/best-*.ckpt`` (best ``val/mAP``; ``best-ema-*`
 ``val/mAP_ema``), ``tensorboard/`` logs, ``csv/version_K/metrics.csv`` (one per start or
 resume), and ``finished`` once training ended.
 Starting again with the same name continues the newest unfinished version from its
-``last.ckpt`` (``run.auto_resume``); ``resume=PATH`` continues any checkpoint.
+``last.ckpt`` (``run.auto_resume``); ``resume=PATH`` continues any checkpoint. A checkpoint
+taken inside an epoch continues that epoch's clip order after the batches it had trained on
+(the train sampler asks the trainer's progress when the epoch's iteration starts).
 
 Checkpoints are written to a temporary file and renamed, so a run killed at any moment keeps
 its previous checkpoint intact. A first SIGINT (Ctrl-C) or a SIGTERM stops at the end of the

@@ -91,6 +91,25 @@ def test_eval_shards_cover_every_clip_exactly_once(n, world):
     assert [len(EvalShardSampler(n, world, r)) for r in range(world)] == list(map(len, shards))
 
 
+@pytest.mark.parametrize("kind", ["uniform", "balanced"])
+def test_resumed_epoch_continues_after_the_draws_used(kind):
+    """With ``progress`` saying (epoch e, k draws used), iterating epoch e yields that rank's
+    order from draw k on; other epochs are whole."""
+    def make(rank):
+        if kind == "uniform":
+            return UniformSampler(20, num_replicas=2, rank=rank, seed=3)
+        return BalancedSampler(np.linspace(1, 2, 20), num_replicas=2, rank=rank, seed=3)
+
+    for rank in (0, 1):
+        plain, resumed = make(rank), make(rank)
+        resumed.progress = lambda: (1, 4)
+        for epoch in (0, 1, 2):
+            plain.set_epoch(epoch)
+            resumed.set_epoch(epoch)
+            full = list(plain)
+            assert list(resumed) == (full[4:] if epoch == 1 else full)
+
+
 def test_sampler_errors():
     with pytest.raises(ValueError, match="empty"):
         UniformSampler(0)

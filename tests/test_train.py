@@ -72,6 +72,49 @@ class _RecordStart(L.Callback):
         self.start_step = trainer.global_step
 
 
+class _RecordBatches(L.Callback):
+    """(epoch, batch index, clip indices) of every training batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, list[int]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append((trainer.current_epoch, batch_idx, batch["index"].tolist()))
+
+
+def test_a_run_resumed_mid_epoch_sees_the_clips_an_uninterrupted_run_sees(tiny_data, tmp_path):
+    """Resuming inside an epoch continues its clip order where the checkpoint left it: no clip
+    of that epoch is seen twice and none is skipped."""
+    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT, "trainer.max_epochs": "2",
+                 "run.checkpoint_every_n_steps": "0"}
+    whole = _RecordBatches()
+    train(load_config("demo", {**overrides, "run.name": "whole"}), callbacks=[whole])
+    assert len(whole.seen) == 8 and whole.seen[0][2] != whole.seen[4][2]
+    cfg = load_config("demo", {**overrides, "run.name": "parts"})
+    before, after = _RecordBatches(), _RecordBatches()
+    first = train(cfg, callbacks=[_RaiseSignalAt(3, signal.SIGINT), before])  # stops after batch 3 of epoch 0
+    assert first.interrupted and len(before.seen) == 3
+    second = train(cfg, callbacks=[after])
+    assert second.global_step == 8
+    assert before.seen + after.seen == whole.seen
+    # a crash in step 4 after the every-2-steps checkpoint of step 2: step 3's batch is redone
+    cfg = load_config("demo", {**overrides, "run.name": "crash", "run.checkpoint_every_n_steps": "2"})
+    before, after = _RecordBatches(), _RecordBatches()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, callbacks=[before, _CrashAt(3)])
+    train(cfg, callbacks=[after])
+    assert before.seen[:2] + after.seen == whole.seen
+
+
+class _CrashAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
     with open(path) as fh:
         return list(csv.DictReader(fh))

@@ -175,7 +175,18 @@ class AudioSetDataModule(L.LightningDataModule):
         return UniformSampler(len(dataset), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("train"), self.train_sampler(), self.batch_size, drop_last=True)
+        sampler = self.train_sampler()
+        sampler.progress = self._train_progress
+        return self._loader(self._dataset("train"), sampler, self.batch_size, drop_last=True)
+
+    def _train_progress(self) -> tuple[int, int]:
+        """(epoch, clips of it this rank already trained on): the batches Lightning counts as
+        done in the current epoch, non-zero when a run resumes from a checkpoint inside it."""
+        trainer = self.trainer
+        if trainer is None:
+            return -1, 0
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return trainer.current_epoch, done * self.batch_size
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._dataset(split)

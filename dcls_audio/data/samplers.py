@@ -13,12 +13,13 @@ touch ``torch.distributed``.
 Training samplers generate one epoch order from ``numpy.random.default_rng([seed, epoch])``
 (identical on all ranks) and give rank r the positions r, r + W, r + 2W, ... of it, so the ranks
 get disjoint, equally long shares (``drop_last=True`` cuts the order to a multiple of W;
-``drop_last=False`` pads it by wrapping around).
+``drop_last=False`` pads it by wrapping around). Their ``progress`` hook (set by the DataModule)
+lets a run resumed inside an epoch continue that epoch's order where its checkpoint left it.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from torch.utils.data import DistributedSampler
@@ -58,6 +59,9 @@ class _ShardedTrainSampler(DistributedSampler):
                 f"{num_replicas} ranks with drop_last=True"
             )
         self.total_size = self.num_samples * num_replicas
+        # () -> (epoch, this rank's draws of it already trained on), asked when an iteration
+        # starts; a run resumed inside an epoch continues that epoch's order after them
+        self.progress: Callable[[], tuple[int, int]] | None = None
 
     def epoch_order(self) -> np.ndarray:
         """All ranks' draws of the current epoch, (epoch_total,) int64."""
@@ -68,6 +72,10 @@ class _ShardedTrainSampler(DistributedSampler):
         if self.total_size > len(order):
             order = np.resize(order, self.total_size)  # wrap around
         mine = order[self.rank:self.total_size:self.num_replicas]
+        if self.progress is not None:
+            epoch, used = self.progress()
+            if epoch == self.epoch and used > 0:
+                mine = mine[used:]
         return iter(mine.tolist())
 
     def __len__(self) -> int:
