@@ -25,7 +25,6 @@ from typing import Any, Sequence
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from .data import AudioSetDataModule, ClassInfo, LogMelFrontEnd
@@ -53,24 +52,18 @@ class EvaluationModule(L.LightningModule):
         self.classes = classes
         self.output_dir = output_dir
         self.info = info or {}
-        self._names: dict[int, str] = {}
         self.result: TaggingMetrics | None = None
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.net(self.front_end(batch["waveform"]))
         self.metric.update(logits, batch["target"], batch["index"])
-        self._names.update(zip(batch["index"].tolist(), batch["audio_name"]))
 
     def on_test_epoch_end(self) -> None:
         self.result = self.metric.compute()
         indices, logits, targets = self.metric.gathered()
-        names = self._names
-        if dist.is_available() and dist.is_initialized():
-            parts: list[dict[int, str]] = [{} for _ in range(dist.get_world_size())]
-            dist.all_gather_object(parts, names)
-            names = {k: v for part in parts for k, v in part.items()}
         self.indices, self.logits, self.targets = indices.cpu(), logits.cpu(), targets.cpu()
-        self.audio_names = [names[i] for i in self.indices.tolist()]
+        dataset = self.trainer.test_dataloaders.dataset  # every rank holds all the clip names
+        self.audio_names = [dataset.audio_name(i) for i in self.indices.tolist()]
         if self.output_dir is not None and self.trainer.is_global_zero:
             write_outputs(self, self.output_dir)
 
