@@ -3,7 +3,7 @@
 Two choices are made per call, by device, dtype and shape:
 
 * construction of the dense kernel: the fused Triton kernels (:mod:`dcls_core.triton_construct`:
-  CUDA, one or two learned axes, float32 parameters, ``kernel_count >= 2``) or the reference
+  CUDA, one to three learned axes, float32 parameters, ``kernel_count >= 2``) or the reference
   einsum (:mod:`dcls_core.kernel`);
 * the convolution with that kernel: the FFT convolution (:mod:`dcls_core.fft_conv`, any
   device) or the plain ``F.conv{n}d`` (``reference``).

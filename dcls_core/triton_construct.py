@@ -1,10 +1,10 @@
-"""Fused construction of DCLS kernels with one or two learned axes, one Triton launch each way.
+"""Fused construction of DCLS kernels with one to three learned axes, one Triton launch each way.
 
 Same function as :func:`dcls_core.kernel.construct_kernel`. Per kernel slot ``q`` (an
 ``(out, in/groups, *dense)`` index) the per-axis factors ``fy (count, kH)`` and ``fx (count,
 kW)`` are computed in registers and ``kernel = (ws * fy)^T @ fx`` with ``ws = weight /
 (sum fx * sum fy + 1e-7)`` (``v0``: ``ws = weight``); with one learned axis ``fy`` is a unit
-row. The backward launch recomputes the factors and writes the gradients of ``weight``, ``P``
+row; with three, each ``(kH, kW)`` plane ``d`` is that product with ``ws * fz[:, d]``. The backward launch recomputes the factors and writes the gradients of ``weight``, ``P``
 and ``SIG``, replacing the dozens of small kernels (and launches) of the autograd graph and
 their intermediates. float32 parameters on CUDA; Triton is imported on first use. Eagerly this is an
 ``autograd.Function``; under ``torch.compile`` the kernels run as ``torch.library`` custom ops.
@@ -32,23 +32,30 @@ def _kernels():
     return k.construct_fwd, k.construct_bwd
 
 
-def _axis_rows(n: int, version: str) -> Tuple[int, int]:
-    """Rows of ``P`` that move along the (height, width) kernel axes (the same row for one axis)."""
+def _axis_rows(n: int, version: str) -> Tuple[int, int, int]:
+    """Rows of ``P`` that move along the (height, width, depth) kernel axes; with one axis
+    the same row for height and width, with fewer than three the height row for depth."""
     axes = position_axes(n, version)
-    return axes.index(0), axes.index(n - 1)
+    if n == 3:
+        return axes.index(1), axes.index(2), axes.index(0)
+    return axes.index(0), axes.index(n - 1), axes.index(0)
 
 
 Placement = Tuple[Sequence[int], Sequence[int]]  # (transform sizes, paddings) per learned axis
 
 
 def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool, placement: Optional[Placement] = None) -> dict:
-    KH, KW = _pair(sizes, 1)
+    KD = int(sizes[0]) if len(sizes) == 3 else 1
+    KH, KW = _pair(sizes[-2:], 1)
     meta = dict(
+        KD=KD, BKD=max(16, _next_pow2(KD)),
         KH=KH, KW=KW, BMC=max(16, _next_pow2(count)), BKH=max(16, _next_pow2(KH)), BKW=max(16, _next_pow2(KW)),
         VERSION=VERSION_CODES[version], HAS_SIG=has_sig, NAX=len(sizes), PLACED=placement is not None,
         LH=1, LW=1, BLH=16, BLW=16, num_warps=2,
     )
     if placement is not None:
+        if len(sizes) > 2:
+            raise ValueError("placement: one or two learned axes only")
         LH, LW = _pair(placement[0], 1)
         meta.update(LH=LH, LW=LW, BLH=max(16, _next_pow2(LH)), BLW=max(16, _next_pow2(LW)))
         meta["num_warps"] = 8 if meta["BLH"] * meta["BLW"] >= 4096 else 4
@@ -65,8 +72,8 @@ def _pads(placement: Optional[Placement]) -> Tuple[int, int]:
 
 
 def _flat_params(weight: Tensor, P: Tensor, SIG: Optional[Tensor], n: int, version: str):
-    """``(count, Q, weight, P (n, Q, count), SIG (n, Q, count) or P, row_h, row_w)`` as the
-    kernels read them (``Q`` kernel slots of ``count`` elements)."""
+    """``(count, Q, weight, P (n, Q, count), SIG (n, Q, count) or P, row_h, row_w, row_d)`` as
+    the kernels read them (``Q`` kernel slots of ``count`` elements)."""
     count = weight.shape[-1]
     Q = weight.numel() // count
     p = P.contiguous().reshape(n, Q, count)
@@ -82,10 +89,13 @@ def launch_forward(
     (L, padding)``, its circular ``(*prefix, *L)`` plane for the FFT convolution (tap ``i`` at
     ``(padding - i) mod L`` per axis, as :func:`dcls_core.fft_conv.placed_kernel`)."""
     fwd, _ = _kernels()
-    count, Q, w, p, s, rh, rw = _flat_params(weight, P, SIG, len(sizes), version)
+    count, Q, w, p, s, rh, rw, rd = _flat_params(weight, P, SIG, len(sizes), version)
     shape = sizes if placement is None else placement[0]
     kernel = torch.empty((*weight.shape[:-1], *shape), device=weight.device, dtype=torch.float32)
-    fwd[(Q,)](w, p[rh], p[rw], s[rh], s[rw], kernel, count, *_pads(placement), **_meta(count, sizes, version, SIG is not None, placement))
+    fwd[(Q,)](
+        w, p[rh], p[rw], s[rh], s[rw], p[rd], s[rd], kernel, count, *_pads(placement),
+        **_meta(count, sizes, version, SIG is not None, placement),
+    )
     return kernel
 
 
@@ -97,13 +107,14 @@ def launch_backward(
     ``grad`` is that of the kernel, or of its placed plane with ``placement``."""
     _, bwd = _kernels()
     n = len(sizes)
-    count, Q, w, p, s, rh, rw = _flat_params(weight, P, SIG, n, version)
+    count, Q, w, p, s, rh, rw, rd = _flat_params(weight, P, SIG, n, version)
     dw = torch.empty(weight.shape, device=w.device, dtype=torch.float32)
     dP = torch.empty((n, Q, count), device=w.device, dtype=torch.float32)
     dS = torch.empty((n, Q, count), device=w.device, dtype=torch.float32) if SIG is not None else dP
     bwd[(Q,)](
-        w, p[rh], p[rw], s[rh], s[rw], grad.contiguous().float(),
-        dw, dP[rh], dP[rw], dS[rh], dS[rw], count, *_pads(placement), **_meta(count, sizes, version, SIG is not None, placement),
+        w, p[rh], p[rw], s[rh], s[rw], p[rd], s[rd], grad.contiguous().float(),
+        dw, dP[rh], dP[rw], dS[rh], dS[rw], dP[rd], dS[rd], count, *_pads(placement),
+        **_meta(count, sizes, version, SIG is not None, placement),
     )
     return dw, dP.reshape(P.shape), (dS.reshape(P.shape) if SIG is not None else None)
 
@@ -175,10 +186,10 @@ def places(sizes: Sequence[int]) -> bool:
 
 
 def supports(weight: Tensor, P: Tensor, SIG: Optional[Tensor], dilated_kernel_size: Sequence[int], version: str) -> bool:
-    """True if :func:`construct_kernel_fused` builds this kernel (1 or 2 learned axes, float32, CUDA)."""
+    """True if :func:`construct_kernel_fused` builds this kernel (1 to 3 learned axes, float32, CUDA)."""
     sizes = tuple(dilated_kernel_size)
     return (
-        len(sizes) in (1, 2)
+        len(sizes) in (1, 2, 3)
         and version in VERSIONS
         and weight.is_cuda
         and weight.dtype == P.dtype == torch.float32
@@ -206,7 +217,7 @@ def _triton_importable() -> bool:
 
 
 def construct_kernel_fused(weight: Tensor, P: Tensor, SIG: Optional[Tensor], dilated_kernel_size: Sequence[int], version: str) -> Tensor:
-    """:func:`dcls_core.kernel.construct_kernel` for one or two learned axes, fused (float32)."""
+    """:func:`dcls_core.kernel.construct_kernel` for one to three learned axes, fused (float32)."""
     if version in SIGMA_VERSIONS and SIG is None:
         raise ValueError(f"version {version!r} needs SIG")
     args = (weight, P, SIG if version in SIGMA_VERSIONS else None, [int(s) for s in dilated_kernel_size], version)

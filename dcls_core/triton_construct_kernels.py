@@ -90,13 +90,34 @@ def _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC: tl.constexpr
 @triton.jit
 def _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH: tl.constexpr, KW: tl.constexpr, VERSION: tl.constexpr, NAX: tl.constexpr):
     """Per-element interpolation factors ``fy (BMC, BKH)`` and ``fx (BMC, BKW)``, zero
-    outside the kernel and the element count; one learned axis: ``fy`` is a unit first row."""
-    if NAX == 2:
+    outside the kernel and the element count; one learned axis: ``fy`` is a unit first row.
+    (With three axes these are the two last ones; the first is :func:`_depth_factors`.)"""
+    if NAX >= 2:
         fy = tl.where(m_ok[:, None] & (a < KH)[None, :], _factor(a.to(tl.float32), p_h, s_h, KH, VERSION), 0.0)
     else:
         fy = tl.where(m_ok[:, None] & (a == 0)[None, :], 1.0, 0.0)
     fx = tl.where(m_ok[:, None] & (b < KW)[None, :], _factor(b.to(tl.float32), p_w, s_w, KW, VERSION), 0.0)
     return fy, fx
+
+
+@triton.jit
+def _depth_factors(m_ok, pd_ptr, sd_ptr, offs, KD: tl.constexpr, BKD: tl.constexpr, VERSION: tl.constexpr,
+                   HAS_SIG: tl.constexpr):
+    """First-axis factors ``fz (BMC, BKD)`` of a three-axis kernel, their grid and sums."""
+    c = tl.arange(0, BKD)
+    p_d = tl.load(pd_ptr + offs, mask=m_ok, other=0.0)
+    if HAS_SIG:
+        s_d = tl.load(sd_ptr + offs, mask=m_ok, other=0.0)
+    else:
+        s_d = p_d * 0.0
+    fz = tl.where(m_ok[:, None] & (c < KD)[None, :], _factor(c.to(tl.float32), p_d, s_d, KD, VERSION), 0.0)
+    return c, p_d, s_d, fz, tl.sum(fz, 1)
+
+
+@triton.jit
+def _column(f, c, d):
+    """``f[:, d]`` of a ``(BMC, BK)`` register block."""
+    return tl.sum(tl.where(c[None, :] == d, f, 0.0), 1)
 
 
 @triton.jit
@@ -109,8 +130,8 @@ def _placement(a, KH: tl.constexpr, LH: tl.constexpr, PH, BLH: tl.constexpr):
 
 @triton.jit
 def construct_fwd(
-    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, k_ptr, Mc, PH, PW,
-    KH: tl.constexpr, KW: tl.constexpr,
+    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, pd_ptr, sd_ptr, k_ptr, Mc, PH, PW,
+    KD: tl.constexpr, BKD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
     VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
     PLACED: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr, BLH: tl.constexpr, BLW: tl.constexpr,
@@ -120,6 +141,18 @@ def construct_fwd(
     a = tl.arange(0, BKH)
     b = tl.arange(0, BKW)
     fy, fx = _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH, KW, VERSION, NAX)
+    if NAX == 3:  # one (KH, KW) plane per first-axis tap
+        c, p_d, s_d, fz, sz = _depth_factors(m_ok, pd_ptr, sd_ptr, q * Mc + m, KD, BKD, VERSION, HAS_SIG)
+        if VERSION == 0:
+            ws = w
+        else:
+            ws = w / (tl.sum(fx, 1) * tl.sum(fy, 1) * sz + EPS)
+        mask = (a < KH)[:, None] & (b < KW)[None, :]
+        for d in range(KD):
+            wd = ws * _column(fz, c, d)
+            plane = tl.dot(tl.trans(fy * wd[:, None]), fx, input_precision="ieee")
+            tl.store(k_ptr + (q * KD + d) * (KH * KW) + a[:, None] * KW + b[None, :], plane, mask=mask)
+        return
     if VERSION == 0:
         ws = w
     else:
@@ -140,9 +173,9 @@ def construct_fwd(
 
 @triton.jit
 def construct_bwd(
-    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, g_ptr,
-    dw_ptr, dph_ptr, dpw_ptr, dsh_ptr, dsw_ptr, Mc, PH, PW,
-    KH: tl.constexpr, KW: tl.constexpr,
+    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, pd_ptr, sd_ptr, g_ptr,
+    dw_ptr, dph_ptr, dpw_ptr, dsh_ptr, dsw_ptr, dpd_ptr, dsd_ptr, Mc, PH, PW,
+    KD: tl.constexpr, BKD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
     VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
     PLACED: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr, BLH: tl.constexpr, BLW: tl.constexpr,
@@ -156,7 +189,9 @@ def construct_bwd(
     y_ok = m_ok[:, None] & (a < KH)[None, :]
     x_ok = m_ok[:, None] & (b < KW)[None, :]
     fy, fx = _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH, KW, VERSION, NAX)
-    if PLACED:  # gradient of the placed plane -> gradient of the kernel: Mh dG Mw^T
+    if NAX == 3:
+        pass  # planes loaded one by one below
+    elif PLACED:  # gradient of the placed plane -> gradient of the kernel: Mh dG Mw^T
         u = tl.arange(0, BLH)
         v = tl.arange(0, BLW)
         p_mask = (u < LH)[:, None] & (v < LW)[None, :]
@@ -167,33 +202,64 @@ def construct_bwd(
     else:
         g_mask = (a < KH)[:, None] & (b < KW)[None, :]
         g = tl.load(g_ptr + q * (KH * KW) + a[:, None] * KW + b[None, :], mask=g_mask, other=0.0)
-    h1 = tl.trans(tl.dot(g, tl.trans(fx), input_precision="ieee"))           # (BMC, BKH)
-    h2 = tl.trans(tl.dot(tl.trans(g), tl.trans(fy), input_precision="ieee"))  # (BMC, BKW)
-    dws = tl.sum(fy * h1, 1)
+    offs = q * Mc + m
+    if NAX == 3:  # sum the per-plane terms over the first axis's taps
+        c, p_d, s_d, fz, sz = _depth_factors(m_ok, pd_ptr, sd_ptr, offs, KD, BKD, VERSION, HAS_SIG)
+        g_mask = (a < KH)[:, None] & (b < KW)[None, :]
+        h1 = tl.zeros([BMC, BKH], dtype=tl.float32)   # sum_d fz[:, d] (G_d fx^T)^T
+        h2 = tl.zeros([BMC, BKW], dtype=tl.float32)   # sum_d fz[:, d] (G_d^T fy^T)^T
+        tz = tl.zeros([BMC, BKD], dtype=tl.float32)   # [m, d] = sum_ab G_d fy fx
+        for d in range(KD):
+            g = tl.load(g_ptr + (q * KD + d) * (KH * KW) + a[:, None] * KW + b[None, :], mask=g_mask, other=0.0)
+            h1_d = tl.trans(tl.dot(g, tl.trans(fx), input_precision="ieee"))
+            fz_d = _column(fz, c, d)[:, None]
+            h1 += fz_d * h1_d
+            h2 += fz_d * tl.trans(tl.dot(tl.trans(g), tl.trans(fy), input_precision="ieee"))
+            tz += tl.where(c[None, :] == d, tl.sum(fy * h1_d, 1)[:, None], 0.0)
+        dws = tl.sum(fz * tz, 1)
+    else:
+        h1 = tl.trans(tl.dot(g, tl.trans(fx), input_precision="ieee"))           # (BMC, BKH)
+        h2 = tl.trans(tl.dot(tl.trans(g), tl.trans(fy), input_precision="ieee"))  # (BMC, BKW)
+        dws = tl.sum(fy * h1, 1)
     if VERSION == 0:
         ws = w
         dw = dws
         dfy = ws[:, None] * h1
         dfx = ws[:, None] * h2
+        if NAX == 3:
+            dfz = ws[:, None] * tz
     else:
         sx = tl.sum(fx, 1)
         sy = tl.sum(fy, 1)
-        denom = sx * sy + EPS
+        if NAX == 3:
+            denom = sx * sy * sz + EPS
+        else:
+            denom = sx * sy + EPS
         ws = w / denom
         dw = dws / denom
         d_total = -dws * ws / denom
-        dfy = ws[:, None] * h1 + (d_total * sx)[:, None]
-        dfx = ws[:, None] * h2 + (d_total * sy)[:, None]
+        if NAX == 3:
+            dfy = ws[:, None] * h1 + (d_total * sx * sz)[:, None]
+            dfx = ws[:, None] * h2 + (d_total * sy * sz)[:, None]
+            dfz = ws[:, None] * tz + (d_total * sx * sy)[:, None]
+        else:
+            dfy = ws[:, None] * h1 + (d_total * sx)[:, None]
+            dfx = ws[:, None] * h2 + (d_total * sy)[:, None]
     dfy = tl.where(y_ok, dfy, 0.0)
     dfx = tl.where(x_ok, dfx, 0.0)
     dp_w, ds_w = _factor_grad(gb, p_w, s_w, dfx, KW, VERSION)
-    offs = q * Mc + m
     tl.store(dw_ptr + offs, dw, mask=m_ok)
     tl.store(dpw_ptr + offs, dp_w, mask=m_ok)
     if HAS_SIG:
         tl.store(dsw_ptr + offs, ds_w, mask=m_ok)
-    if NAX == 2:
+    if NAX >= 2:
         dp_h, ds_h = _factor_grad(ga, p_h, s_h, dfy, KH, VERSION)
         tl.store(dph_ptr + offs, dp_h, mask=m_ok)
         if HAS_SIG:
             tl.store(dsh_ptr + offs, ds_h, mask=m_ok)
+    if NAX == 3:
+        dfz = tl.where(m_ok[:, None] & (c < KD)[None, :], dfz, 0.0)
+        dp_d, ds_d = _factor_grad(c.to(tl.float32), p_d, s_d, dfz, KD, VERSION)
+        tl.store(dpd_ptr + offs, dp_d, mask=m_ok)
+        if HAS_SIG:
+            tl.store(dsd_ptr + offs, ds_d, mask=m_ok)

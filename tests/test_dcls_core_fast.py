@@ -431,7 +431,7 @@ CONSTRUCTION_SCRIPT = """
     torch.manual_seed(0)
     worst = 0.0
     for version in ("v0", "v1", "max", "gauss"):
-        for prefix, sizes in (((3, 2), (7, 6)), ((2, 2, 3), (9,))):
+        for prefix, sizes in (((3, 2), (7, 6)), ((2, 2, 3), (9,)), ((3, 2), (5, 7, 6)), ((2, 1), (9, 4, 17))):
             n = len(sizes)
             w = torch.randn(*prefix, 5, dtype=torch.float64)
             P = (torch.rand(n, *prefix, 5, dtype=torch.float64) - 0.5) * (min(sizes) - 1)
@@ -634,6 +634,7 @@ def test_fft_depthwise_equals_float64_cuda(shape, mode, passes, monkeypatch):
 @pytest.mark.parametrize("prefix,count,size", [
     ((96, 1), 26, (23, 23)), ((6, 4), 3, (7, 5)), ((2, 3), 40, (33, 17)),  # two learned axes
     ((8, 4), 1, (250,)), ((4, 2, 3, 3), 4, (23,)),                         # one (Dcls1d, Dcls3_1d)
+    ((8, 4), 8, (7, 7, 7)), ((16, 1), 16, (11, 9, 13)),                    # three (Dcls3d)
 ])
 def test_triton_construction_equals_float64(version, prefix, count, size):
     from dcls_core.triton_construct import construct_kernel_fused
@@ -728,7 +729,8 @@ def test_dispatcher_choices_on_cuda(monkeypatch):
     w = torch.randn(96, 1, 26, device="cuda")
     assert dispatch.select_construct(w, torch.randn(2, 96, 1, 26, device="cuda"), None, (23, 23), "v1")[0] == "triton"
     assert dispatch.select_construct(w, torch.randn(1, 96, 1, 26, device="cuda"), None, (23,), "v1")[0] == "triton"
-    assert dispatch.select_construct(w, torch.randn(3, 96, 1, 26, device="cuda"), None, (5, 5, 5), "v1")[0] == "reference"
+    assert dispatch.select_construct(w, torch.randn(3, 96, 1, 26, device="cuda"), None, (5, 5, 5), "v1")[0] == "triton"
+    assert dispatch.select_construct(w, torch.randn(4, 96, 1, 26, device="cuda"), None, (5,) * 4, "v1")[0] == "reference"
     assert dispatch.select_construct(w.double(), torch.randn(2, 96, 1, 26, device="cuda").double(), None, (23, 23), "v1")[0] == "reference"
     wc, Pc = torch.randn(96, 1, 26, device="cuda"), torch.randn(2, 96, 1, 26, device="cuda")
     assert dispatch.select_fused(x, wc, Pc, None, (23, 23), (1, 1), (11, 11), "zeros", "v1")
