@@ -5,24 +5,30 @@ Two choices are made per call, by device, dtype and shape:
 * construction of the dense kernel: the fused Triton kernels (:mod:`dcls_core.triton_construct`:
   CUDA, one to three learned axes, float32 parameters, ``kernel_count >= 2``) or the reference
   einsum (:mod:`dcls_core.kernel`);
-* the convolution with that kernel: the FFT convolution (:mod:`dcls_core.fft_conv`, any
-  device) or the plain ``F.conv{n}d`` (``reference``).
+* the convolution with that kernel: the direct depthwise convolution on the tensor cores
+  (:mod:`dcls_core.direct_conv`, CUDA, 2-D), the FFT convolution (:mod:`dcls_core.fft_conv`,
+  any device) or the plain ``F.conv{n}d`` (``reference``).
 
 ``DCLS_IMPL=reference`` forces the reference construction and ``F.conv``; ``DCLS_IMPL=fast``
-forces the fast paths wherever they apply (the FFT convolution for every call, also on the
-CPU); ``auto`` (default) takes what measured fastest on an H100 (``benchmarks/NOTES_layers.md``):
-on CUDA the fused construction, and the FFT for stride-1 convolutions with
+forces the fast paths wherever they apply (the direct convolution where the ``auto`` rule
+would take it, the FFT convolution for every other call, also on the CPU); ``auto`` (default)
+takes what measured fastest on an H100 (``benchmarks/NOTES_layers.md``): on CUDA the fused
+construction, and for stride-1 convolutions with
 
 * a depthwise-like kernel (one input channel per group) of at least ``FFT_MIN_TAPS_DEPTHWISE``
-  taps (cuDNN's large depthwise kernels run at a few TFLOP/s), or
+  taps (cuDNN's large depthwise kernels run at a few TFLOP/s): the direct convolution if it
+  applies (2-D, one channel per group) and may use the tensor cores (half precision, or
+  float32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default, as ``nn.Conv2d``
+  does), the FFT otherwise (strict float32, 1-D and 3-D);
 * a 1-D or 2-D channel-mixing kernel of at least ``FFT_MIN_TAPS_DENSE`` taps (for 3-D ones
-  cuDNN's implicit GEMM measured as fast or faster);
+  cuDNN's implicit GEMM measured as fast or faster): the FFT;
 
 and the reference everywhere else (small kernels, strides, tiny problems, the CPU).
 
-Where both fast paths apply to a 1-D or 2-D DCLS layer while gradients are recorded (eager
-training), :func:`select_fused` sends the whole layer through :mod:`dcls_core.fused_fft`
-(one autograd node, fewer launches); ``forced(fused=False)`` keeps the two steps apart.
+Where the fused construction and the FFT apply to a 1-D or 2-D DCLS layer while gradients are
+recorded (eager training), :func:`select_fused` sends the whole layer through
+:mod:`dcls_core.fused_fft` (one autograd node, fewer launches); ``forced(fused=False)`` keeps
+the two steps apart.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ FFT_MIN_OUTPUTS = 1 << 16     # N x C_out x output size below which launches dom
 FUSED_MIN_COUNT = 2           # fused construction from this kernel_count up
 
 CONSTRUCTIONS = ("reference", "triton")
-CONVS = ("reference", "fft")
+CONVS = ("reference", "fft", "direct")
 _forced: dict[str, Optional[str]] = {"construct": None, "conv": None, "fused": None}
 
 ConvFn = Callable[..., Tensor]
@@ -111,6 +117,12 @@ def _fft(input, kernel, bias, stride, padding, groups, padding_mode):
     return fft_conv_nd(input, kernel, bias, stride, padding, groups, padding_mode)
 
 
+def _direct(input, kernel, bias, stride, padding, groups, padding_mode):
+    from .direct_conv import direct_dw_conv2d
+
+    return direct_dw_conv2d(input, kernel, bias, stride, padding, groups, padding_mode)
+
+
 def _reference(input, kernel, bias, stride, padding, groups, padding_mode):
     from .functional import conv_nd
 
@@ -141,17 +153,35 @@ def select_conv(
 ) -> tuple[str, ConvFn]:
     """``(name, fn)``: the convolution for this call; ``fn(input, kernel, bias, stride,
     padding, groups, padding_mode)`` equals :func:`dcls_core.functional.conv_nd`."""
-    name = _conv_name(input, kernel.shape, stride)
-    return name, _fft if name == "fft" else _reference
+    name = _conv_name(input, kernel.shape, stride, groups)
+    return name, {"fft": _fft, "direct": _direct}.get(name, _reference)
 
 
-def _conv_name(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int]) -> str:
+def direct_pays(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
+    """The ``auto`` rule for the direct depthwise convolution on CUDA: where it applies, the FFT
+    would pay, and the products may run on the tensor cores (half precision, or float32 with
+    ``torch.backends.cudnn.allow_tf32``, as ``nn.Conv2d`` does)."""
+    from . import direct_conv
+
+    if not direct_conv.supports(input, kernel_shape, stride, groups) or not fft_pays(input, kernel_shape, stride):
+        return False
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else input.dtype
+    return dtype != torch.float32 or torch.backends.cudnn.allow_tf32
+
+
+def _conv_name(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> str:
     wanted = _forced["conv"]
+    if wanted == "direct":
+        from . import direct_conv
+
+        return "direct" if direct_conv.supports(input, kernel_shape, stride, groups) else "reference"
     if wanted is not None:
         return wanted
     impl = current_impl()
     if impl == "reference":
         return "reference"
+    if input.is_cuda and direct_pays(input, kernel_shape, stride, groups):
+        return "direct"
     if impl == "fast" or (input.is_cuda and fft_pays(input, kernel_shape, stride)):
         return "fft"
     return "reference"
@@ -179,7 +209,8 @@ def select_fused(
         return False
     if select_construct(weight, P, SIG, dilated_kernel_size, version)[0] != "triton":
         return False
-    if _conv_name(input, (*weight.shape[:2], *dilated_kernel_size), stride) != "fft":
+    groups = input.shape[-ndim - 1] // weight.shape[1]
+    if _conv_name(input, (*weight.shape[:2], *dilated_kernel_size), stride, groups) != "fft":
         return False
     from .fft_conv import transform_sizes_for
 

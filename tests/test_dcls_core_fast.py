@@ -660,7 +660,10 @@ def test_triton_construction_equals_float64(version, prefix, count, size):
 @pytest.mark.parametrize("version", ["v0", "v1", "max", "gauss"])
 @pytest.mark.parametrize("mode", ["fp32", "bf16", "fp16"])
 def test_dcls2d_depthwise_fast_equals_float64(monkeypatch, version, mode):
-    """The ConvNeXt DCLS layer (depthwise 23x23, 26 elements) on the auto path, every gradient."""
+    """The ConvNeXt DCLS layer (depthwise 23x23, 26 elements) on the auto path with the direct
+    convolution ruled out (strict float32 takes the FFT anyway), every gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(dispatch, "direct_pays", lambda *args: False)
     torch.manual_seed(0)
     layer = randomise(dcls_core.Dcls2d(32, 32, kernel_count=26, dilated_kernel_size=23, padding=11, groups=32, version=version))
     x = torch.randn(8, 32, 24, 21)
@@ -681,8 +684,9 @@ def test_dcls2d_depthwise_fast_equals_float64(monkeypatch, version, mode):
     ("Dcls1d", 16, (40,), "fast"),
 ])
 def test_fused_layer_equals_float64_cuda(monkeypatch, version, mode, name, channels, spatial, impl):
-    """The fused layer path (placed construction + FFT in one autograd node) is selected and
-    equals the float64 reference, every gradient."""
+    """The fused layer path (placed construction + FFT in one autograd node) is selected (the
+    direct convolution ruled out) and equals the float64 reference, every gradient."""
+    monkeypatch.setattr(dispatch, "direct_pays", lambda *args: False)
     torch.manual_seed(0)
     ndim = len(spatial)
     layer = randomise(getattr(dcls_core, name)(channels, channels, kernel_count=26, dilated_kernel_size=23, padding=11,
@@ -709,6 +713,8 @@ def test_other_layers_fast_equal_float64_cuda(monkeypatch, name, kwargs, dims, v
 
 @pytest.mark.cuda
 def test_dispatcher_choices_on_cuda(monkeypatch):
+    """The FFT rules, in strict float32 (TF32 off: no direct convolution)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setenv("DCLS_IMPL", "auto")
     x = torch.randn(8, 96, 64, 62, device="cuda")
 

@@ -1,0 +1,269 @@
+"""Direct depthwise 2-D convolution on the tensor cores: no transform, no workspace.
+
+``direct_dw_conv2d`` computes what ``F.conv2d(x, k, b, 1, padding, groups=C)`` computes for a
+depthwise kernel ``k (C, 1, kH, kW)`` with Triton kernels
+(:mod:`dcls_core.triton_direct_kernels`): every block of output rows is ``kH`` products of an
+input block with a banded (Toeplitz) matrix made from one kernel row. Forward, input gradient
+and kernel gradient each take one launch (plus the banded matrices, and the sum of the kernel
+gradient's per-block partial sums), and need no memory beyond their outputs and the banded
+matrices (``C x kH x 64 x 32`` values for a 23-wide kernel): where the FFT convolution keeps
+several transforms of batch chunks, this path keeps none.
+
+Precision follows ``nn.Conv2d``: float32 inputs run as TF32 on the tensor cores when
+``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default) and in full float32
+otherwise; half-precision inputs or autocast multiply in that dtype. Accumulation is float32.
+Under ``torch.compile`` the passes run as ``torch.library`` custom ops.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .functional import apply_padding_mode
+from .triton_construct import _triton_importable
+
+# tile settings measured best on an H100 (benchmarks/NOTES_layers.md, run 6)
+_BM = 32               # output rows (n, h) per program of the forward / input gradient
+_NUM_WARPS = 4
+_NUM_STAGES = 2
+_BM_GRAD = 32          # rows per step of the kernel gradient's reduction
+_GRAD_NUM_STAGES = 3
+_MIN_GRAD_PROGRAMS = 1024  # the kernel gradient splits its rows until this many programs run
+MAX_KW = 64            # widest kernel row (the banded block is at most 128 columns)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_KERNELS: list = []
+
+
+def _kernels():
+    if not _KERNELS:
+        from . import triton_direct_kernels
+
+        _KERNELS.append(triton_direct_kernels)
+    return _KERNELS[0]
+
+
+def supports(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
+    """True if :func:`direct_dw_conv2d` computes this call: CUDA (Triton), a 2-D depthwise
+    kernel ``(C, 1, kH, kW)`` with ``C == groups == C_in``, ``kW <= MAX_KW``, stride 1, a
+    float32 / bfloat16 / float16 input."""
+    return (
+        len(kernel_shape) == 4 and kernel_shape[1] == 1 and kernel_shape[0] == groups
+        and input.dim() in (3, 4) and input.shape[-3] == groups
+        and all(int(s) == 1 for s in stride) and kernel_shape[3] <= MAX_KW
+        and input.dtype in DTYPES and input.is_cuda and _triton_importable()
+    )
+
+
+def _dot_dtype(compute: torch.dtype) -> Tuple[str, str]:
+    """``(dtype name, input precision)`` of the tensor-core products for ``compute``."""
+    if compute in (torch.bfloat16, torch.float16):
+        return str(compute).replace("torch.", ""), "ieee"
+    return "float32", "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def _tiles(w_out: int, kw: int) -> Tuple[int, int]:
+    """``(BW, BJ)``: output columns per block and the banded block's input columns."""
+    bw = 32 if w_out > 16 else 16
+    bj = max(16, 1 << (bw + kw - 2).bit_length())
+    return bw, bj
+
+
+def _rows_reaching(k: int, pad: int, size_in: int, size_out: int) -> Tuple[int, int]:
+    """Kernel rows ``[lo, hi)`` that meet the input for some output row."""
+    return max(0, pad - size_out + 1), min(k, size_in + pad)
+
+
+def _conv(x: Tensor, k: Tensor, bias: Optional[Tensor], pad: Sequence[int], out_hw: Sequence[int],
+          out_dtype: torch.dtype, compute: torch.dtype, flip: bool) -> Tensor:
+    """``(N, C, *out_hw)`` correlation of ``x (N, C, H, W)`` with ``k (C, 1, kH, kW)``
+    (rotated by 180 degrees with ``flip``), zero padding ``pad``."""
+    n, c, h_in, w_in = x.shape
+    kh, kw = k.shape[-2:]
+    h_out, w_out = out_hw
+    y = torch.empty((n, c, h_out, w_out), device=x.device, dtype=out_dtype)
+    if y.numel() == 0:
+        return y.zero_()
+    dot, precision = _dot_dtype(compute)
+    bw, bj = _tiles(w_out, kw)
+    lo, hi = _rows_reaching(kh, pad[0], h_in, h_out)
+    m = n * h_out
+    import triton.language as tl
+
+    band = _banded(k, bw, bj, flip, compute)
+    _kernels().dw_conv2d[(-(-m // _BM), -(-w_out // bw), c)](
+        x, band, bias if bias is not None else band, y,
+        m, h_in, w_in, h_out, w_out, kh, kw, pad[0], pad[1], lo, hi, *x.stride(), *y.stride(),
+        HAS_BIAS=bias is not None, DOT_DTYPE=getattr(tl, dot), PRECISION=precision,
+        BM=_BM, BW=bw, BJ=bj, num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
+    )
+    return y
+
+
+def _banded(k: Tensor, bw: int, bj: int, flip: bool, compute: torch.dtype) -> Tensor:
+    """``(C, kH, BJ, BW)`` banded matrices ``T_i[u, v] = k[c, i, u - v]`` (0 outside the band)
+    of ``k (C, 1, kH, kW)`` (rotated by 180 degrees with ``flip``), in the products' dtype."""
+    c, _, kh, kw = k.shape
+    band = torch.empty((c, kh, bj, bw), device=k.device, dtype=compute)
+    _kernels().banded[(c * kh,)](k.contiguous(), band, kh, kw, FLIP=flip, BJ=bj, BW=bw)
+    return band
+
+
+def _kernel_grad(x: Tensor, dy: Tensor, kshape: Sequence[int], pad: Sequence[int], compute: torch.dtype) -> Tensor:
+    """``dk (C, 1, kH, kW)`` float32 from ``x (N, C, H, W)`` and ``dy (N, C, H_out, W_out)``."""
+    n, c, h_in, w_in = x.shape
+    kh, kw = kshape[-2:]
+    h_out, w_out = dy.shape[-2:]
+    m = n * h_out
+    if m == 0 or w_out == 0:
+        return torch.zeros((c, 1, kh, kw), device=x.device, dtype=torch.float32)
+    dot, precision = _dot_dtype(compute)
+    bw, bj = _tiles(w_out, kw)
+    col_blocks = -(-w_out // bw)
+    row_groups = -(-kh // 4)
+    programs = c * row_groups * col_blocks
+    steps = -(-m // _BM_GRAD)
+    splits = max(1, min(steps, -(-_MIN_GRAD_PROGRAMS // programs)))
+    rows_per_split = -(-steps // splits) * _BM_GRAD
+    splits = -(-m // rows_per_split)
+    part = torch.empty((splits * col_blocks, c, kh, kw), device=x.device, dtype=torch.float32)
+    lo, hi = _rows_reaching(kh, pad[0], h_in, h_out)
+    import triton.language as tl
+
+    args = (x, dy, part, m, c, h_in, w_in, h_out, w_out, kh, kw, pad[0], pad[1], lo, hi, rows_per_split,
+            *x.stride(), *dy.stride())
+    _kernels().dw_conv2d_kernel_grad[(c * row_groups, col_blocks, splits)](
+        *args, DOT_DTYPE=getattr(tl, dot), PRECISION=precision, BM=_BM_GRAD, BW=bw, BJ=bj,
+        BK=max(16, 1 << (kw - 1).bit_length()), num_warps=8 if dot == "float32" else 4, num_stages=_GRAD_NUM_STAGES,
+    )
+    return (part[0] if part.shape[0] == 1 else part.sum(0)).unsqueeze(1)
+
+
+def _compute_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def _forward_impl(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_dtype: str, compute: str) -> Tensor:
+    h_out = x.shape[2] + 2 * padding[0] - k.shape[2] + 1
+    w_out = x.shape[3] + 2 * padding[1] - k.shape[3] + 1
+    return _conv(x, k, bias, padding, (h_out, w_out), _compute_dtype(out_dtype), _compute_dtype(compute), flip=False)
+
+
+def _backward_impl(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], compute: str, need_x: bool, need_k: bool) -> Tuple[Tensor, Tensor]:
+    cd = _compute_dtype(compute)
+    kh, kw = k.shape[-2:]
+    dx = dk = x.new_empty(0)
+    if need_x:
+        dx = _conv(dy, k, None, (kh - 1 - padding[0], kw - 1 - padding[1]), x.shape[-2:], x.dtype, cd, flip=True)
+    if need_k:
+        dk = _kernel_grad(x, dy, k.shape, padding, cd).to(k.dtype)
+    return dx, dk
+
+
+def _gradients(ctx, dy: Tensor, backward_impl) -> tuple:
+    x, k = ctx.saved_tensors
+    padding, compute = ctx.args
+    need_x, need_k, need_b = ctx.needs_input_grad[:3]
+    dx = dk = db = None
+    if need_x or need_k:
+        dx, dk = backward_impl(dy, x, k, padding, compute, need_x, need_k)
+        dx, dk = (dx if need_x else None), (dk if need_k else None)
+    if need_b and ctx.bias_dtype is not None:
+        from .fft_conv import bias_grad
+
+        db = bias_grad(dy, 2, ctx.bias_dtype)
+    return dx, dk, db, None, None, None
+
+
+def _save(ctx, x, k, bias, padding, compute) -> None:
+    ctx.save_for_backward(x, k)
+    ctx.args = (padding, compute)
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+class _DirectDW(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, k, bias, padding, out_dtype, compute):
+        _save(ctx, x, k, bias, padding, compute)
+        return _forward_impl(x, k, bias, padding, out_dtype, compute)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        return _gradients(ctx, dy, _backward_impl)
+
+
+@torch.library.custom_op("dcls_core::direct_dw_conv2d", mutates_args=())
+def _direct_op(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_dtype: str, compute: str) -> Tensor:
+    return _forward_impl(x, k, bias, padding, out_dtype, compute)
+
+
+@_direct_op.register_fake
+def _(x, k, bias, padding, out_dtype, compute):
+    h_out = x.shape[2] + 2 * padding[0] - k.shape[2] + 1
+    w_out = x.shape[3] + 2 * padding[1] - k.shape[3] + 1
+    return x.new_empty((x.shape[0], x.shape[1], h_out, w_out), dtype=_compute_dtype(out_dtype))
+
+
+@torch.library.custom_op("dcls_core::direct_dw_conv2d_backward", mutates_args=())
+def _direct_backward_op(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], compute: str, need_x: bool, need_k: bool) -> Tuple[Tensor, Tensor]:
+    return _backward_impl(dy, x, k, padding, compute, need_x, need_k)
+
+
+@_direct_backward_op.register_fake
+def _(dy, x, k, padding, compute, need_x, need_k):
+    return (torch.empty_like(x) if need_x else x.new_empty(0)), (torch.empty_like(k) if need_k else k.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    _save(ctx, *inputs[:4], inputs[5])
+
+
+_direct_op.register_autograd(lambda ctx, dy: _gradients(ctx, dy, _direct_backward_op), setup_context=_setup_context)
+
+
+def direct_dw_conv2d(
+    input: Tensor,
+    kernel: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+    padding_mode: str = "zeros",
+) -> Tensor:
+    """``F.conv2d(input, kernel, bias, stride=1, padding, groups=C)`` for a depthwise kernel.
+
+    Args:
+        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``, any strides.
+        kernel: ``(C, 1, kH, kW)``; ``groups`` must be ``C`` and ``stride`` 1.
+        bias: ``(C,)`` or None.
+        padding: two ints; ``padding_mode`` as in ``nn.Conv2d``.
+
+    Returns:
+        ``(N, C, H_out, W_out)`` (unbatched if the input was) in the input's dtype (under
+        autocast: the autocast dtype).
+    """
+    if not supports(input, kernel.shape, stride, groups):
+        raise ValueError(
+            f"direct_dw_conv2d: needs a CUDA (N, C, H, W) input and a (C, 1, kH, kW) kernel with groups == C, "
+            f"kW <= {MAX_KW}, stride 1; got input {tuple(input.shape)} on {input.device}, kernel "
+            f"{tuple(kernel.shape)}, groups {groups}, stride {tuple(stride)}"
+        )
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    out_dtype = input.dtype
+    if torch.is_autocast_enabled(input.device.type):
+        out_dtype = torch.get_autocast_dtype(input.device.type)
+    input, pad = apply_padding_mode(input, padding, padding_mode)
+    kh, kw = kernel.shape[-2:]
+    if input.shape[2] + 2 * pad[0] < kh or input.shape[3] + 2 * pad[1] < kw:
+        raise ValueError(f"direct_dw_conv2d: kernel {(kh, kw)} larger than padded input {tuple(input.shape[2:])} + 2 x {pad}")
+    compute = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else input.dtype
+    names = str(out_dtype).replace("torch.", ""), str(compute).replace("torch.", "")
+    with torch.autocast(input.device.type, enabled=False):
+        args = (input, kernel, bias, [int(p) for p in pad], *names)
+        y = _direct_op(*args) if torch.compiler.is_compiling() else _DirectDW.apply(*args)
+    return y.squeeze(0) if unbatched else y
