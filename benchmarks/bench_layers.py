@@ -8,8 +8,10 @@ fast paths, and plain depthwise convolutions, on the ConvNeXt-T audio stage shap
 Each row: median ms of one forward + backward (gradients of the input and every parameter,
 ``torch.autograd.grad``; CUDA events through ``triton.testing.do_bench``) and the peak MiB
 allocated above the inputs during one such step. ``bf16`` runs under ``torch.autocast``.
-Rows of the fast path say which convolution the dispatcher chose. Runs on CPU too (slowly,
-with wall-clock times; use ``--cases`` to keep it short).
+Rows of the fast path say which convolution the dispatcher chose; unless ``--no-variants``,
+rows with the other fast convolutions forced follow (``fast-fft``, ``fast-direct``,
+``fast-refconstruct``, ``fast-unfused``, FFT chunk counts). Runs on CPU too (slowly, with
+wall-clock times; use ``--cases`` to keep it short).
 """
 from __future__ import annotations
 
@@ -109,14 +111,22 @@ def measure(step: Callable[[], None], device: torch.device, context: Callable = 
 
 def _chosen_conv(module: nn.Module, x: torch.Tensor, dtype) -> str:
     plain = module.learned_dims == module.conv_dims and not module.dense_dims
-    if plain and dispatch.select_fused(x, module.weight, module.P, module.SIG, module.dilated_kernel_size, module.stride,
-                                       module.padding, module.padding_mode, module.version):
-        return "fused triton+fft"
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        if plain and dispatch.select_fused(x, module.weight, module.P, module.SIG, module.dilated_kernel_size,
+                                           module.stride, module.padding, module.padding_mode, module.version):
+            return "fused triton+fft"
         kernel = module.construct_kernel()
         name, _ = dispatch.select_conv(x, kernel, module.stride, module.padding, module.groups, module.padding_mode)
     construct, _ = dispatch.select_construct(module.weight, module.P, module.SIG, module.dilated_kernel_size, module.version)
     return f"{construct}+{name}"
+
+
+def _direct_applies(module: nn.Module, x: torch.Tensor) -> bool:
+    from dcls_core import direct_conv
+
+    with torch.no_grad():
+        shape = module.construct_kernel().shape
+    return direct_conv.supports(x, shape, module.stride, module.groups)
 
 
 # -- cases ---------------------------------------------------------------------------------
@@ -180,6 +190,8 @@ def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape
             chosen = _chosen_conv(ours, x, dtype)
             if not chosen.endswith("fft"):
                 add("fast-fft", ours, lambda: dispatch.forced(conv="fft"))
+            if not chosen.endswith("direct") and _direct_applies(ours, x):
+                add("fast-direct", ours, lambda: dispatch.forced(conv="direct"))
             add("fast-refconstruct", ours, lambda: dispatch.forced(construct="reference"))
             if chosen.startswith("fused"):
                 add("fast-unfused", ours, lambda: dispatch.forced(fused=False), note="construction and FFT apart")
