@@ -9,17 +9,23 @@ Two choices are made per call, by device, dtype and shape:
   (:mod:`dcls_core.direct_conv`, CUDA, 2-D), the FFT convolution (:mod:`dcls_core.fft_conv`,
   any device) or the plain ``F.conv{n}d`` (``reference``).
 
+``DCLS_CONV=fft|direct|reference`` forces the convolution alone where it applies (``direct``
+elsewhere falls back to ``F.conv``), for instance the FFT, faster than the direct convolution
+at the ConvNeXt-T shapes but with more memory (``benchmarks/NOTES_layers.md``, run 6);
+:func:`forced` does the same within a block and takes precedence.
 ``DCLS_IMPL=reference`` forces the reference construction and ``F.conv``; ``DCLS_IMPL=fast``
 forces the fast paths wherever they apply (the direct convolution where the ``auto`` rule
 would take it, the FFT convolution for every other call, also on the CPU); ``auto`` (default)
-takes what measured fastest on an H100 (``benchmarks/NOTES_layers.md``): on CUDA the fused
+takes what measured best on an H100 (``benchmarks/NOTES_layers.md``): on CUDA the fused
 construction, and for stride-1 convolutions with
 
 * a depthwise-like kernel (one input channel per group) of at least ``FFT_MIN_TAPS_DEPTHWISE``
   taps (cuDNN's large depthwise kernels run at a few TFLOP/s): the direct convolution if it
   applies (2-D, one channel per group) and may use the tensor cores (half precision, or
   float32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default, as ``nn.Conv2d``
-  does), the FFT otherwise (strict float32, 1-D and 3-D);
+  does), the FFT otherwise (strict float32, 1-D and 3-D). The direct convolution takes
+  1.4-1.6x the FFT's time at the ConvNeXt-T stage shapes but needs no workspace: its peak
+  memory stays below ``dcls`` 0.1.1's, the FFT's reaches 1.7x it;
 * a 1-D or 2-D channel-mixing kernel of at least ``FFT_MIN_TAPS_DENSE`` taps (for 3-D ones
   cuDNN's implicit GEMM measured as fast or faster): the FFT;
 
@@ -45,6 +51,7 @@ from .kernel import construct_kernel
 
 IMPLS = ("auto", "reference", "fast")
 ENV_VAR = "DCLS_IMPL"
+CONV_ENV_VAR = "DCLS_CONV"   # auto | reference | fft | direct: the convolution, over DCLS_IMPL
 
 FFT_MIN_TAPS_DEPTHWISE = 81   # 9x9 and up (cuDNN 7x7 depthwise still beats the FFT)
 FFT_MIN_TAPS_DENSE = 240      # 1-D 250 taps: FFT 4x faster; 3x3x23 (207): cuDNN faster
@@ -83,6 +90,16 @@ def forced(construct: Optional[str] = None, conv: Optional[str] = None, fused: O
         yield
     finally:
         _forced.update(saved)
+
+
+def _conv_from_env() -> Optional[str]:
+    """The convolution named by ``$DCLS_CONV`` (None if unset or ``auto``)."""
+    value = os.environ.get(CONV_ENV_VAR, "auto").strip().lower() or "auto"
+    if value == "auto":
+        return None
+    if value not in CONVS:
+        raise ValueError(f"{CONV_ENV_VAR} must be one of {('auto', *CONVS)}, got {value!r}")
+    return value
 
 
 # -- construction ------------------------------------------------------------------------
@@ -170,7 +187,7 @@ def direct_pays(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int
 
 
 def _conv_name(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> str:
-    wanted = _forced["conv"]
+    wanted = _forced["conv"] or _conv_from_env()
     if wanted == "direct":
         from . import direct_conv
 

@@ -239,6 +239,31 @@ def test_dispatcher_choices_on_cpu(monkeypatch):
             pass
 
 
+def test_conv_environment_variable(monkeypatch):
+    """DCLS_CONV picks the convolution over DCLS_IMPL; forced() blocks win over it; a direct
+    convolution that does not apply (the CPU) falls back to F.conv; bad values are named."""
+    x = torch.randn(2, 4, 16, 16)
+    k = torch.randn(4, 1, 23, 23)
+
+    def conv():
+        return dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0]
+
+    monkeypatch.setenv("DCLS_IMPL", "reference")
+    monkeypatch.setenv("DCLS_CONV", "fft")
+    assert conv() == "fft"
+    with dispatch.forced(conv="reference"):
+        assert conv() == "reference"
+    monkeypatch.setenv("DCLS_CONV", "direct")
+    assert conv() == "reference"
+    monkeypatch.setenv("DCLS_CONV", "auto")
+    assert conv() == "reference"
+    monkeypatch.setenv("DCLS_IMPL", "fast")
+    assert conv() == "fft"
+    monkeypatch.setenv("DCLS_CONV", "winograd")
+    with pytest.raises(ValueError, match="DCLS_CONV must be one of"):
+        conv()
+
+
 LAYERS = [
     ("Dcls1d", dict(dilated_kernel_size=9, padding=4), 1, ("v0", "v1", "max", "gauss")),
     ("Dcls2d", dict(dilated_kernel_size=(7, 5), padding=(3, 1)), 2, ("v0", "v1", "max", "gauss")),
