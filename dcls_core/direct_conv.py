@@ -57,6 +57,13 @@ def supports(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], 
     )
 
 
+def _rows_contiguous(t: Tensor) -> Tensor:
+    """``t`` with contiguous rows: the kernels read rows of one channel, which channels_last
+    strides (a timm ConvNeXt block's permutes give them to the input and the output gradient)
+    scatter over the memory; one copy costs less than those reads."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def _dot_dtype(compute: torch.dtype) -> Tuple[str, str]:
     """``(dtype name, input precision)`` of the tensor-core products for ``compute``."""
     if compute in (torch.bfloat16, torch.float16):
@@ -154,6 +161,7 @@ def _forward_impl(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[in
 def _backward_impl(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], compute: str, need_x: bool, need_k: bool) -> Tuple[Tensor, Tensor]:
     cd = _compute_dtype(compute)
     kh, kw = k.shape[-2:]
+    dy = _rows_contiguous(dy)
     dx = dk = x.new_empty(0)
     if need_x:
         dx = _conv(dy, k, None, (kh - 1 - padding[0], kw - 1 - padding[1]), x.shape[-2:], x.dtype, cd, flip=True)
@@ -258,6 +266,7 @@ def direct_dw_conv2d(
     if torch.is_autocast_enabled(input.device.type):
         out_dtype = torch.get_autocast_dtype(input.device.type)
     input, pad = apply_padding_mode(input, padding, padding_mode)
+    input = _rows_contiguous(input)
     kh, kw = kernel.shape[-2:]
     if input.shape[2] + 2 * pad[0] < kh or input.shape[3] + 2 * pad[1] < kw:
         raise ValueError(f"direct_dw_conv2d: kernel {(kh, kw)} larger than padded input {tuple(input.shape[2:])} + 2 x {pad}")

@@ -40,7 +40,7 @@ DIRECT_SCRIPT = """
     cases = [  # N, C, H, W, kH, kW, pH, pW, padding mode, channels_last
         (2, 3, 9, 40, 7, 5, 3, 2, "zeros", False),     # two column blocks
         (3, 2, 5, 6, 9, 9, 4, 4, "zeros", False),      # kernel larger than the image
-        (1, 2, 7, 17, 3, 23, 1, 11, "zeros", True),    # wide kernel row, channels_last input
+        (1, 2, 7, 17, 3, 23, 1, 11, "zeros", True),    # wide kernel row, channels_last input and gradient
         (2, 2, 6, 5, 5, 3, 2, 1, "circular", False),
         (2, 3, 4, 9, 3, 3, 0, 0, "zeros", False),      # no padding
         (1, 2, 4, 5, 3, 3, 3, 2, "zeros", False),      # padding beyond kernel - 1
@@ -58,7 +58,8 @@ DIRECT_SCRIPT = """
         x32, k32, b32 = (t.detach().float().requires_grad_() for t in leaves)
         xin = x32.to(memory_format=torch.channels_last) if cl else x32
         got = dc.direct_dw_conv2d(xin, k32, b32, (1, 1), (ph, pw), C, mode)
-        grads = torch.autograd.grad(got, (x32, k32, b32), dy.float())
+        g = dy.float().to(memory_format=torch.channels_last) if cl else dy.float()  # as after a permute
+        grads = torch.autograd.grad(got, (x32, k32, b32), g)
         worst = max([worst, rel(got, want)] + [rel(a, r) for a, r in zip(grads, want_grads)])
     x = torch.randn(2, 3, 6, 5, requires_grad=True)   # only the input gradient: no kernel-gradient launch
     launched.clear()
