@@ -177,8 +177,13 @@ def main() -> None:
         parser.error("--profile-steps must not exceed --warmup (the profiled steps are warm-up steps)")
     if args.device == "cpu" and args.precision == "16-mixed":
         parser.error("16-mixed needs CUDA")
-    rows = [run_one(name, args) for name in args.models]
     device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.models:  # the JSON is rewritten after every model: a run cut short keeps what it measured
+        rows.append(run_one(name, args))
+        out.write_text(json.dumps({"device": device, "torch": torch.__version__, "results": rows}, indent=2) + "\n")
     header = f"{'model':<28} {'precision':<11} {'batch':>5} {'cl':>3} {'cmp':>4} {'samples/s':>10} {'step ms':>8} {'peak GiB':>9}"
     print(f"device: {device}, torch {torch.__version__}")
     print(header)
@@ -186,9 +191,6 @@ def main() -> None:
         print(f"{r['model']:<28} {r['precision']:<11} {r['batch_size']:>5} {'y' if r['channels_last'] else 'n':>3} "
               f"{'y' if r['compile'] else 'n':>4} {r['samples_per_s']:>10.1f} {r['step_ms']:>8.1f} "
               f"{r['peak_memory_gib']:>9.2f}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": device, "torch": torch.__version__, "results": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -61,6 +61,11 @@ DIRECT_SCRIPT = """
         g = dy.float().to(memory_format=torch.channels_last) if cl else dy.float()  # as after a permute
         grads = torch.autograd.grad(got, (x32, k32, b32), g)
         worst = max([worst, rel(got, want)] + [rel(a, r) for a, r in zip(grads, want_grads)])
+    x = torch.zeros(0, 3, 6, 5, requires_grad=True)   # an empty batch: empty output, zero kernel gradient
+    k = torch.randn(3, 1, 5, 5, requires_grad=True)
+    y = dc.direct_dw_conv2d(x, k, None, (1, 1), (2, 2), 3)
+    gx, gk = torch.autograd.grad(y, (x, k), torch.zeros_like(y))
+    assert y.shape == (0, 3, 6, 5) and gx.shape == x.shape and gk.shape == k.shape and not gk.any()
     x = torch.randn(2, 3, 6, 5, requires_grad=True)   # only the input gradient: no kernel-gradient launch
     launched.clear()
     y = dc.direct_dw_conv2d(x, torch.randn(3, 1, 5, 5), None, (1, 1), (2, 2), 3)
