@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .conv_autograd import conv_gradients, save_conv
 from .functional import apply_padding_mode
 from .triton_construct import _triton_importable
 
@@ -170,37 +171,16 @@ def _backward_impl(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], compute
     return dx, dk
 
 
-def _gradients(ctx, dy: Tensor, backward_impl) -> tuple:
-    x, k = ctx.saved_tensors
-    padding, compute = ctx.args
-    need_x, need_k, need_b = ctx.needs_input_grad[:3]
-    dx = dk = db = None
-    if need_x or need_k:
-        dx, dk = backward_impl(dy, x, k, padding, compute, need_x, need_k)
-        dx, dk = (dx if need_x else None), (dk if need_k else None)
-    if need_b and ctx.bias_dtype is not None:
-        from .fft_conv import bias_grad
-
-        db = bias_grad(dy, 2, ctx.bias_dtype)
-    return dx, dk, db, None, None, None
-
-
-def _save(ctx, x, k, bias, padding, compute) -> None:
-    ctx.save_for_backward(x, k)
-    ctx.args = (padding, compute)
-    ctx.bias_dtype = bias.dtype if bias is not None else None
-
-
 class _DirectDW(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, k, bias, padding, out_dtype, compute):
-        _save(ctx, x, k, bias, padding, compute)
+        save_conv(ctx, x, k, bias, (padding, compute), inputs=6)
         return _forward_impl(x, k, bias, padding, out_dtype, compute)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        return _gradients(ctx, dy, _backward_impl)
+        return conv_gradients(ctx, dy, _backward_impl)
 
 
 @torch.library.custom_op("dcls_core::direct_dw_conv2d", mutates_args=())
@@ -226,10 +206,11 @@ def _(dy, x, k, padding, compute, need_x, need_k):
 
 
 def _setup_context(ctx, inputs, output):
-    _save(ctx, *inputs[:4], inputs[5])
+    x, k, bias, padding, _, compute = inputs
+    save_conv(ctx, x, k, bias, (padding, compute), inputs=len(inputs))
 
 
-_direct_op.register_autograd(lambda ctx, dy: _gradients(ctx, dy, _direct_backward_op), setup_context=_setup_context)
+_direct_op.register_autograd(lambda ctx, dy: conv_gradients(ctx, dy, _direct_backward_op), setup_context=_setup_context)
 
 
 def direct_dw_conv2d(

@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import spectral_ops
+from .conv_autograd import conv_gradients, save_conv
 from .fft_sizes import transform_sizes
 from .functional import apply_padding_mode
 
@@ -231,43 +232,18 @@ def _backward_impl(
     return backward_spectral(dy, x, kernel_spectrum(g), sizes, out_full, stride, groups, need_x, need_g)
 
 
-def bias_grad(dy: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
-    """Bias gradient ``(C_out,)`` in ``dtype`` from ``dy (N, C_out, *ndim spatial)``."""
-    return dy.sum((0, *range(2, 2 + ndim)), dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
-
-
-def _save_context(ctx, x, g, bias, sizes, out_full, stride, groups) -> None:
-    ctx.save_for_backward(x, g)
-    ctx.args = (sizes, out_full, stride, groups)
-    ctx.bias_dtype = bias.dtype if bias is not None else None
-
-
-def _gradients(ctx, dy: Tensor, backward_impl) -> tuple:
-    """Gradients of (x, g, bias) through ``backward_impl`` (eager function or custom op)."""
-    x, g = ctx.saved_tensors
-    sizes, out_full, stride, groups = ctx.args
-    need_x, need_g, need_b = ctx.needs_input_grad[:3]
-    dx = dg = db = None
-    if need_x or need_g:
-        dx, dg = backward_impl(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
-        dx, dg = (dx if need_x else None), (dg if need_g else None)
-    if need_b and ctx.bias_dtype is not None:
-        db = bias_grad(dy, len(sizes), ctx.bias_dtype)
-    return dx, dg, db, None, None, None, None, None
-
-
 class _FFTConv(torch.autograd.Function):
     """Eager path: an autograd.Function (cheaper to call than the custom ops below)."""
 
     @staticmethod
     def forward(ctx, x, g, bias, sizes, out_full, stride, groups, out_dtype):
-        _save_context(ctx, x, g, bias, sizes, out_full, stride, groups)
+        save_conv(ctx, x, g, bias, (sizes, out_full, stride, groups), inputs=8)
         return _forward_impl(x, g, bias, sizes, out_full, stride, groups, out_dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        return _gradients(ctx, dy, _backward_impl)
+        return conv_gradients(ctx, dy, _backward_impl)
 
 
 # Under torch.compile the same computation runs as custom ops, opaque to the compiler.
@@ -299,14 +275,11 @@ def _(dy, x, g, sizes, out_full, stride, groups, need_x, need_g):
 
 
 def _setup_context(ctx, inputs, output):
-    _save_context(ctx, *inputs[:7])
+    x, g, bias, sizes, out_full, stride, groups, _ = inputs
+    save_conv(ctx, x, g, bias, (sizes, out_full, stride, groups), inputs=len(inputs))
 
 
-def _backward(ctx, dy):
-    return _gradients(ctx, dy, _fft_conv_backward_op)
-
-
-_fft_conv_op.register_autograd(_backward, setup_context=_setup_context)
+_fft_conv_op.register_autograd(lambda ctx, dy: conv_gradients(ctx, dy, _fft_conv_backward_op), setup_context=_setup_context)
 
 
 class FFTGeometry(NamedTuple):

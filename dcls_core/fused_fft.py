@@ -24,7 +24,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import triton_construct
-from .fft_conv import backward_spectral, bias_grad, fft_geometry, forward_spectral, kernel_spectrum
+from .conv_autograd import bias_grad
+from .fft_conv import backward_spectral, fft_geometry, forward_spectral, kernel_spectrum
 from .kernel import SIGMA_VERSIONS
 
 

@@ -61,6 +61,13 @@ DIRECT_SCRIPT = """
         g = dy.float().to(memory_format=torch.channels_last) if cl else dy.float()  # as after a permute
         grads = torch.autograd.grad(got, (x32, k32, b32), g)
         worst = max([worst, rel(got, want)] + [rel(a, r) for a, r in zip(grads, want_grads)])
+    # under torch.compile the custom ops (and their registered autograd) give the eager gradients
+    x, k, b = torch.randn(2, 3, 9, 20), torch.randn(3, 1, 5, 7), torch.randn(3)
+    leaves = [t.requires_grad_() for t in (x, k, b)]
+    loss = lambda x, k, b: dc.direct_dw_conv2d(x, k, b, (1, 1), (2, 3), 3).square().sum()
+    eager = torch.autograd.grad(loss(*leaves), leaves)
+    compiled = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(*leaves), leaves)
+    worst = max([worst] + [rel(c, e) for c, e in zip(compiled, eager)])
     x = torch.zeros(0, 3, 6, 5, requires_grad=True)   # an empty batch: empty output, zero kernel gradient
     k = torch.randn(3, 1, 5, 5, requires_grad=True)
     y = dc.direct_dw_conv2d(x, k, None, (1, 1), (2, 2), 3)
@@ -78,7 +85,8 @@ DIRECT_SCRIPT = """
 def test_direct_kernels_under_interpreter():
     """Forward, input and kernel gradient (and the bias gradient) of the direct kernels on the
     CPU under Triton's interpreter equal float64 F.conv2d: column and row blocks, kernels
-    larger than the image, padding modes, channels_last, split kernel-gradient rows."""
+    larger than the image, padding modes, channels_last, split kernel-gradient rows, the
+    custom ops under torch.compile."""
     assert _worst_error_under_interpreter(DIRECT_SCRIPT) < 2e-6
 
 
