@@ -18,13 +18,12 @@ def bias_grad(dy: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
     return dy.sum((0, *range(2, 2 + ndim)), dtype=torch.promote_types(dtype, torch.float32)).to(dtype)
 
 
-def save_conv(ctx, x: Tensor, kernel: Tensor, bias: Optional[Tensor], settings: Sequence, inputs: int) -> None:
+def save_conv(ctx, x: Tensor, kernel: Tensor, bias: Optional[Tensor], settings: Sequence) -> None:
     """Keep what :func:`conv_gradients` needs: ``x``, ``kernel``, the ``settings`` handed to
-    the backward implementation, the bias dtype and the forward's number of ``inputs``."""
+    the backward implementation and the bias dtype."""
     ctx.save_for_backward(x, kernel)
     ctx.args = tuple(settings)
     ctx.bias_dtype = bias.dtype if bias is not None else None
-    ctx.inputs = inputs
 
 
 def conv_gradients(ctx, dy: Tensor, backward_impl: Callable) -> tuple:
@@ -38,4 +37,4 @@ def conv_gradients(ctx, dy: Tensor, backward_impl: Callable) -> tuple:
         dx, dk = (dx if need_x else None), (dk if need_k else None)
     if need_b and ctx.bias_dtype is not None:
         db = bias_grad(dy, dy.dim() - 2, ctx.bias_dtype)
-    return (dx, dk, db) + (None,) * (ctx.inputs - 3)
+    return (dx, dk, db) + (None,) * (len(ctx.needs_input_grad) - 3)

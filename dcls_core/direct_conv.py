@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .conv_autograd import conv_gradients, save_conv
-from .functional import apply_padding_mode
+from .functional import conv_geometry, dtype_name
 from .triton_construct import _triton_importable
 
 # tile settings measured best on an H100 (benchmarks/NOTES_layers.md, run 6)
@@ -68,7 +68,7 @@ def _rows_contiguous(t: Tensor) -> Tensor:
 def _dot_dtype(compute: torch.dtype) -> Tuple[str, str]:
     """``(dtype name, input precision)`` of the tensor-core products for ``compute``."""
     if compute in (torch.bfloat16, torch.float16):
-        return str(compute).replace("torch.", ""), "ieee"
+        return dtype_name(compute), "ieee"
     return "float32", "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
 
 
@@ -149,33 +149,28 @@ def _kernel_grad(x: Tensor, dy: Tensor, kshape: Sequence[int], pad: Sequence[int
     return (part[0] if part.shape[0] == 1 else part.sum(0)).unsqueeze(1)
 
 
-def _compute_dtype(name: str) -> torch.dtype:
-    return getattr(torch, name)
+def _forward_impl(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_hw: List[int], dtype: str) -> Tensor:
+    d = getattr(torch, dtype)
+    return _conv(x, k, bias, padding, out_hw, d, d, flip=False)
 
 
-def _forward_impl(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_dtype: str, compute: str) -> Tensor:
-    h_out = x.shape[2] + 2 * padding[0] - k.shape[2] + 1
-    w_out = x.shape[3] + 2 * padding[1] - k.shape[3] + 1
-    return _conv(x, k, bias, padding, (h_out, w_out), _compute_dtype(out_dtype), _compute_dtype(compute), flip=False)
-
-
-def _backward_impl(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], compute: str, need_x: bool, need_k: bool) -> Tuple[Tensor, Tensor]:
-    cd = _compute_dtype(compute)
+def _backward_impl(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], dtype: str, need_x: bool, need_k: bool) -> Tuple[Tensor, Tensor]:
+    compute = getattr(torch, dtype)
     kh, kw = k.shape[-2:]
     dy = _rows_contiguous(dy)
-    dx = dk = x.new_empty(0)
+    dx, dk = x.new_empty(0), k.new_empty(0)
     if need_x:
-        dx = _conv(dy, k, None, (kh - 1 - padding[0], kw - 1 - padding[1]), x.shape[-2:], x.dtype, cd, flip=True)
+        dx = _conv(dy, k, None, (kh - 1 - padding[0], kw - 1 - padding[1]), x.shape[-2:], x.dtype, compute, flip=True)
     if need_k:
-        dk = _kernel_grad(x, dy, k.shape, padding, cd).to(k.dtype)
+        dk = _kernel_grad(x, dy, k.shape, padding, compute).to(k.dtype)
     return dx, dk
 
 
 class _DirectDW(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, k, bias, padding, out_dtype, compute):
-        save_conv(ctx, x, k, bias, (padding, compute), inputs=6)
-        return _forward_impl(x, k, bias, padding, out_dtype, compute)
+    def forward(ctx, x, k, bias, padding, out_hw, dtype):
+        save_conv(ctx, x, k, bias, (padding, dtype))
+        return _forward_impl(x, k, bias, padding, out_hw, dtype)
 
     @staticmethod
     @once_differentiable
@@ -184,30 +179,28 @@ class _DirectDW(torch.autograd.Function):
 
 
 @torch.library.custom_op("dcls_core::direct_dw_conv2d", mutates_args=())
-def _direct_op(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_dtype: str, compute: str) -> Tensor:
-    return _forward_impl(x, k, bias, padding, out_dtype, compute)
+def _direct_op(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_hw: List[int], dtype: str) -> Tensor:
+    return _forward_impl(x, k, bias, padding, out_hw, dtype)
 
 
 @_direct_op.register_fake
-def _(x, k, bias, padding, out_dtype, compute):
-    h_out = x.shape[2] + 2 * padding[0] - k.shape[2] + 1
-    w_out = x.shape[3] + 2 * padding[1] - k.shape[3] + 1
-    return x.new_empty((x.shape[0], x.shape[1], h_out, w_out), dtype=_compute_dtype(out_dtype))
+def _(x, k, bias, padding, out_hw, dtype):
+    return x.new_empty((x.shape[0], x.shape[1], *out_hw), dtype=getattr(torch, dtype))
 
 
 @torch.library.custom_op("dcls_core::direct_dw_conv2d_backward", mutates_args=())
-def _direct_backward_op(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], compute: str, need_x: bool, need_k: bool) -> Tuple[Tensor, Tensor]:
-    return _backward_impl(dy, x, k, padding, compute, need_x, need_k)
+def _direct_backward_op(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], dtype: str, need_x: bool, need_k: bool) -> Tuple[Tensor, Tensor]:
+    return _backward_impl(dy, x, k, padding, dtype, need_x, need_k)
 
 
 @_direct_backward_op.register_fake
-def _(dy, x, k, padding, compute, need_x, need_k):
+def _(dy, x, k, padding, dtype, need_x, need_k):
     return (torch.empty_like(x) if need_x else x.new_empty(0)), (torch.empty_like(k) if need_k else k.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
-    x, k, bias, padding, _, compute = inputs
-    save_conv(ctx, x, k, bias, (padding, compute), inputs=len(inputs))
+    x, k, bias, padding, _, dtype = inputs
+    save_conv(ctx, x, k, bias, (padding, dtype))
 
 
 _direct_op.register_autograd(lambda ctx, dy: conv_gradients(ctx, dy, _direct_backward_op), setup_context=_setup_context)
@@ -240,20 +233,10 @@ def direct_dw_conv2d(
             f"kW <= {MAX_KW}, stride 1; got input {tuple(input.shape)} on {input.device}, kernel "
             f"{tuple(kernel.shape)}, groups {groups}, stride {tuple(stride)}"
         )
-    unbatched = input.dim() == 3
-    if unbatched:
-        input = input.unsqueeze(0)
-    out_dtype = input.dtype
-    if torch.is_autocast_enabled(input.device.type):
-        out_dtype = torch.get_autocast_dtype(input.device.type)
-    input, pad = apply_padding_mode(input, padding, padding_mode)
-    input = _rows_contiguous(input)
-    kh, kw = kernel.shape[-2:]
-    if input.shape[2] + 2 * pad[0] < kh or input.shape[3] + 2 * pad[1] < kw:
-        raise ValueError(f"direct_dw_conv2d: kernel {(kh, kw)} larger than padded input {tuple(input.shape[2:])} + 2 x {pad}")
-    compute = out_dtype if out_dtype in (torch.bfloat16, torch.float16) else input.dtype
-    names = str(out_dtype).replace("torch.", ""), str(compute).replace("torch.", "")
-    with torch.autocast(input.device.type, enabled=False):
-        args = (input, kernel, bias, [int(p) for p in pad], *names)
+    geo = conv_geometry(input, kernel.shape, stride, padding, groups, padding_mode, "direct_dw_conv2d")
+    # products and result in the output dtype: autocast on CUDA is half precision, else the input's dtype
+    with torch.autocast(geo.input.device.type, enabled=False):
+        args = (_rows_contiguous(geo.input), kernel, bias if bias is None else bias.contiguous(), list(geo.padding),
+                geo.out_full, dtype_name(geo.out_dtype))
         y = _direct_op(*args) if torch.compiler.is_compiling() else _DirectDW.apply(*args)
-    return y.squeeze(0) if unbatched else y
+    return y.squeeze(0) if geo.unbatched else y

@@ -9,8 +9,8 @@ Two choices are made per call, by device, dtype and shape:
   (:mod:`dcls_core.direct_conv`, CUDA, 2-D), the FFT convolution (:mod:`dcls_core.fft_conv`,
   any device) or the plain ``F.conv{n}d`` (``reference``).
 
-``DCLS_CONV=fft|direct|reference`` forces the convolution alone where it applies (``direct``
-elsewhere falls back to ``F.conv``), for instance the FFT, faster than the direct convolution
+``DCLS_CONV=fft|direct|reference`` forces the convolution alone where it applies (where
+``direct`` does not, the rules below choose), for instance the FFT, faster than the direct convolution
 at the ConvNeXt-T shapes but with more memory (``benchmarks/NOTES_layers.md``, run 6);
 :func:`forced` does the same within a block and takes precedence.
 ``DCLS_IMPL=reference`` forces the reference construction and ``F.conv``; ``DCLS_IMPL=fast``
@@ -76,7 +76,8 @@ def current_impl() -> str:
 @contextlib.contextmanager
 def forced(construct: Optional[str] = None, conv: Optional[str] = None, fused: Optional[bool] = None) -> Iterator[None]:
     """Within the block, use the named construction / convolution where it applies
-    (benchmarks and tests; a construction that does not apply falls back to the reference);
+    (benchmarks and tests; a construction that does not apply falls back to the reference, a
+    direct convolution that does not apply to the ``auto`` rules);
     ``fused=False`` never takes the fused layer path. Choices an enclosing block forced and
     this one does not name stay forced."""
     if construct is not None and construct not in CONSTRUCTIONS:
@@ -191,8 +192,9 @@ def _conv_name(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int]
     if wanted == "direct":
         from . import direct_conv
 
-        return "direct" if direct_conv.supports(input, kernel_shape, stride, groups) else "reference"
-    if wanted is not None:
+        if direct_conv.supports(input, kernel_shape, stride, groups):
+            return "direct"
+    elif wanted is not None:
         return wanted
     impl = current_impl()
     if impl == "reference":

@@ -41,7 +41,7 @@ from torch.autograd.function import once_differentiable
 from . import spectral_ops
 from .conv_autograd import conv_gradients, save_conv
 from .fft_sizes import transform_sizes
-from .functional import apply_padding_mode
+from .functional import conv_geometry, dtype_name
 
 MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs a dozen launches)
 CHUNK_BYTES = 128 * 2**20       # one chunk's spectrum at most (unless MAX_CHUNKS are reached)
@@ -82,7 +82,7 @@ def _chunk_size(x: Tensor, g_f: Tensor) -> int:
     if forced is not None:
         return max(1, -(-batch // forced))
     if g_f.shape[1] > 1:
-        return max(1, batch)  # (an empty batch still takes one, empty, pass)
+        return max(1, batch)  # (at least 1: the step of the chunk loop)
     per_sample = max(x.shape[1], g_f.shape[0]) * math.prod(g_f.shape[2:]) * g_f.element_size()
     chunks = min(MAX_CHUNKS, max(1, -(-per_sample * batch // CHUNK_BYTES)))
     return max(1, -(-batch // chunks))
@@ -133,10 +133,6 @@ def _kernel_grad(dy_f: Tensor, x_f: Tensor, groups: int, c_out: int) -> Tensor:
 
 def _crop(t: Tensor, out_full: Sequence[int], stride: Sequence[int]) -> Tensor:
     return t[(Ellipsis, *(slice(0, o, s) for o, s in zip(out_full, stride)))]
-
-
-def _dtype_of(name: str) -> torch.dtype:
-    return getattr(torch, name)
 
 
 def kernel_spectrum(g: Tensor) -> Tensor:
@@ -222,7 +218,7 @@ def _forward_impl(
     x: Tensor, g: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
     stride: List[int], groups: int, out_dtype: str,
 ) -> Tensor:
-    return forward_spectral(x, kernel_spectrum(g), bias, sizes, out_full, stride, groups, _dtype_of(out_dtype))
+    return forward_spectral(x, kernel_spectrum(g), bias, sizes, out_full, stride, groups, getattr(torch, out_dtype))
 
 
 def _backward_impl(
@@ -237,7 +233,7 @@ class _FFTConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, g, bias, sizes, out_full, stride, groups, out_dtype):
-        save_conv(ctx, x, g, bias, (sizes, out_full, stride, groups), inputs=8)
+        save_conv(ctx, x, g, bias, (sizes, out_full, stride, groups))
         return _forward_impl(x, g, bias, sizes, out_full, stride, groups, out_dtype)
 
     @staticmethod
@@ -258,7 +254,7 @@ def _fft_conv_op(
 @_fft_conv_op.register_fake
 def _(x, g, bias, sizes, out_full, stride, groups, out_dtype):
     out_shape = [-(-o // s) for o, s in zip(out_full, stride)]
-    return x.new_empty((x.shape[0], g.shape[0], *out_shape), dtype=_dtype_of(out_dtype))
+    return x.new_empty((x.shape[0], g.shape[0], *out_shape), dtype=getattr(torch, out_dtype))
 
 
 @torch.library.custom_op("dcls_core::fft_conv_backward", mutates_args=())
@@ -276,7 +272,7 @@ def _(dy, x, g, sizes, out_full, stride, groups, need_x, need_g):
 
 def _setup_context(ctx, inputs, output):
     x, g, bias, sizes, out_full, stride, groups, _ = inputs
-    save_conv(ctx, x, g, bias, (sizes, out_full, stride, groups), inputs=len(inputs))
+    save_conv(ctx, x, g, bias, (sizes, out_full, stride, groups))
 
 
 _fft_conv_op.register_autograd(lambda ctx, dy: conv_gradients(ctx, dy, _fft_conv_backward_op), setup_context=_setup_context)
@@ -288,43 +284,19 @@ class FFTGeometry(NamedTuple):
     input: Tensor            # (N, C_in, *spatial), explicitly padded for non-zeros padding modes
     padding: Tuple[int, ...]  # the implicit zero padding left
     out_full: List[int]      # stride-1 output size per axis
-    sizes: List[int]         # transform size per axis
     out_dtype: torch.dtype   # the input's dtype, or the autocast dtype
     unbatched: bool
+    sizes: List[int]         # transform size per axis
 
 
 def fft_geometry(
     input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int], groups: int,
     padding_mode: str, owner: str = "fft_conv_nd",
 ) -> FFTGeometry:
-    """Check the arguments of an FFT convolution with a ``(C_out, C_in/groups, *kernel)`` kernel
-    and derive its sizes; errors name ``owner``."""
-    ndim = len(kernel_shape) - 2
-    if ndim < 1:
-        raise ValueError(f"{owner}: kernel must be (C_out, C_in/groups, *kernel), got {tuple(kernel_shape)}")
-    unbatched = input.dim() == ndim + 1
-    if unbatched:
-        input = input.unsqueeze(0)
-    if input.dim() != ndim + 2:
-        raise ValueError(f"{owner}: input must have {ndim + 1} or {ndim + 2} dims, got {tuple(input.shape)}")
-    stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
-    if len(stride) != ndim or len(padding) != ndim:
-        raise ValueError(f"{owner}: stride {stride} and padding {padding} must have {ndim} entries")
-    out_dtype = input.dtype
-    if torch.is_autocast_enabled(input.device.type):
-        out_dtype = torch.get_autocast_dtype(input.device.type)
-    input, padding = apply_padding_mode(input, padding, padding_mode)
-    c_in = input.shape[1]
-    c_out, cin_g = kernel_shape[:2]
-    if c_in != cin_g * groups or c_out % groups:
-        raise ValueError(f"{owner}: input channels {c_in}, kernel {tuple(kernel_shape)} and groups {groups} do not match")
-    spatial = tuple(input.shape[2:])
-    ksize = tuple(kernel_shape[2:])
-    out_full = [s + 2 * p - k + 1 for s, p, k in zip(spatial, padding, ksize)]
-    if min(out_full) < 1:
-        raise ValueError(f"{owner}: kernel {ksize} larger than padded input {spatial} + 2 x {padding}")
-    sizes = transform_sizes_for(spatial, padding, ksize, "zeros", input.device.type)
-    return FFTGeometry(input, padding, out_full, sizes, out_dtype, unbatched)
+    """:func:`dcls_core.functional.conv_geometry` and the transform sizes."""
+    geo = conv_geometry(input, kernel_shape, stride, padding, groups, padding_mode, owner)
+    sizes = transform_sizes_for(geo.input.shape[2:], geo.padding, kernel_shape[2:], "zeros", geo.input.device.type)
+    return FFTGeometry(*geo, sizes)
 
 
 def transform_sizes_for(
@@ -365,7 +337,6 @@ def fft_conv_nd(
     with torch.autocast(geo.input.device.type, enabled=False):
         work = torch.float64 if geo.input.dtype == torch.float64 else torch.float32
         g = placed_kernel(kernel.to(work), geo.sizes, geo.padding)
-        dtype_name = str(geo.out_dtype).replace("torch.", "")
-        args = (geo.input, g, bias, geo.sizes, geo.out_full, [int(v) for v in stride], int(groups), dtype_name)
+        args = (geo.input, g, bias, geo.sizes, geo.out_full, [int(v) for v in stride], int(groups), dtype_name(geo.out_dtype))
         y = _fft_conv_op(*args) if torch.compiler.is_compiling() else _FFTConv.apply(*args)
     return y.squeeze(0) if geo.unbatched else y

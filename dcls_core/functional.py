@@ -3,11 +3,11 @@
 ``dcls_conv{1,2,3}d`` take the module parameters and conv arguments as plain values. The
 dense-kernel construction and the convolution go through :mod:`dcls_core.dispatch`, which
 picks the reference path (plain torch, any device) or a fast path (fused Triton
-construction, FFT convolution).
+construction; direct depthwise or FFT convolution).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,54 @@ def apply_padding_mode(input: Tensor, padding: Sequence[int], padding_mode: str)
     if padding_mode == "zeros":
         return input, tuple(padding)
     return F.pad(input, reversed_padding_repeated_twice(padding), mode=padding_mode), (0,) * len(padding)
+
+
+class ConvGeometry(NamedTuple):
+    """One convolution call, checked (see :func:`conv_geometry`)."""
+
+    input: Tensor             # (N, C_in, *spatial), explicitly padded for non-zeros padding modes
+    padding: Tuple[int, ...]  # the implicit zero padding left
+    out_full: List[int]       # stride-1 output size per axis
+    out_dtype: torch.dtype    # the input's dtype, or the autocast dtype
+    unbatched: bool
+
+
+def conv_geometry(
+    input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int], groups: int,
+    padding_mode: str, owner: str,
+) -> ConvGeometry:
+    """Check the arguments of a convolution with a ``(C_out, C_in/groups, *kernel)`` kernel
+    (errors name ``owner``), add the batch axis to an unbatched input, apply a non-``zeros``
+    ``padding_mode`` and derive the output size and dtype."""
+    ndim = len(kernel_shape) - 2
+    if ndim < 1:
+        raise ValueError(f"{owner}: kernel must be (C_out, C_in/groups, *kernel), got {tuple(kernel_shape)}")
+    unbatched = input.dim() == ndim + 1
+    if unbatched:
+        input = input.unsqueeze(0)
+    if input.dim() != ndim + 2:
+        raise ValueError(f"{owner}: input must have {ndim + 1} or {ndim + 2} dims, got {tuple(input.shape)}")
+    stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
+    if len(stride) != ndim or len(padding) != ndim:
+        raise ValueError(f"{owner}: stride {stride} and padding {padding} must have {ndim} entries")
+    out_dtype = input.dtype
+    if torch.is_autocast_enabled(input.device.type):
+        out_dtype = torch.get_autocast_dtype(input.device.type)
+    input, padding = apply_padding_mode(input, padding, padding_mode)
+    c_in = input.shape[1]
+    c_out, cin_g = kernel_shape[:2]
+    if c_in != cin_g * groups or c_out % groups:
+        raise ValueError(f"{owner}: input channels {c_in}, kernel {tuple(kernel_shape)} and groups {groups} do not match")
+    ksize = tuple(kernel_shape[2:])
+    out_full = [s + 2 * p - k + 1 for s, p, k in zip(input.shape[2:], padding, ksize)]
+    if min(out_full) < 1:
+        raise ValueError(f"{owner}: kernel {ksize} larger than padded input {tuple(input.shape[2:])} + 2 x {padding}")
+    return ConvGeometry(input, padding, out_full, out_dtype, unbatched)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (custom ops take dtypes as strings)."""
+    return str(dtype).replace("torch.", "")
 
 
 def conv_nd(
@@ -102,7 +150,7 @@ def conv_with_kernel(
     groups: int,
     padding_mode: str = "zeros",
 ) -> Tensor:
-    """:func:`conv_nd` through the convolution the dispatcher selects (FFT or ``F.conv``)."""
+    """:func:`conv_nd` through the convolution the dispatcher selects (direct, FFT or ``F.conv``)."""
     _, conv = select_conv(input, kernel, stride, padding, groups, padding_mode)
     return conv(input, kernel, bias, tuple(stride), tuple(padding), groups, padding_mode)
 

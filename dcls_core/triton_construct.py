@@ -193,7 +193,7 @@ def supports(weight: Tensor, P: Tensor, SIG: Optional[Tensor], dilated_kernel_si
         and version in VERSIONS
         and weight.is_cuda
         and weight.dtype == P.dtype == torch.float32
-        and (SIG is None or SIG.dtype == torch.float32)
+        and (SIG.dtype == torch.float32 if SIG is not None else version not in SIGMA_VERSIONS)
         and P.shape[0] == len(sizes) and P.shape[1:] == weight.shape
         and weight.shape[-1] <= MAX_COUNT
         and max(sizes) <= MAX_SIZE

@@ -763,6 +763,11 @@ def test_dispatcher_choices_on_cuda(monkeypatch):
     assert dispatch.select_construct(w, torch.randn(3, 96, 1, 26, device="cuda"), None, (5, 5, 5), "v1")[0] == "triton"
     assert dispatch.select_construct(w, torch.randn(4, 96, 1, 26, device="cuda"), None, (5,) * 4, "v1")[0] == "reference"
     assert dispatch.select_construct(w.double(), torch.randn(2, 96, 1, 26, device="cuda").double(), None, (23, 23), "v1")[0] == "reference"
+    # a sigma version without SIG is not the fused construction's (which would use a default):
+    # the reference path raises
+    assert dispatch.select_construct(w, torch.randn(2, 96, 1, 26, device="cuda"), None, (23, 23), "gauss")[0] == "reference"
+    with pytest.raises(ValueError, match="SIG"):
+        dcls_core.dcls_conv2d(x, w, torch.randn(2, 96, 1, 26, device="cuda"), None, None, 23, 1, 11, 96, version="gauss")
     wc, Pc = torch.randn(96, 1, 26, device="cuda"), torch.randn(2, 96, 1, 26, device="cuda")
     assert dispatch.select_fused(x, wc, Pc, None, (23, 23), (1, 1), (11, 11), "zeros", "v1")
     assert not dispatch.select_fused(x, wc, Pc, None, (23, 23), (2, 2), (11, 11), "zeros", "v1")  # stride
