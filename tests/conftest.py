@@ -80,3 +80,11 @@ def write_tone_h5(path: Path, labels: list[list[int]], num_classes: int = 527, s
 def tone_h5() -> Callable[..., Path]:
     """:func:`write_tone_h5`, for tests and fixtures that write tiny HDF5 files."""
     return write_tone_h5
+
+
+@pytest.fixture(autouse=True)
+def _no_dcls_environment(monkeypatch):
+    """Every test starts without the user's DCLS_* switches (DCLS_CONV would otherwise route
+    even the float64 reference of the comparisons through a fast path)."""
+    for name in ("DCLS_IMPL", "DCLS_CONV", "DCLS_FFT_CHUNKS"):
+        monkeypatch.delenv(name, raising=False)

@@ -240,8 +240,8 @@ def test_dispatcher_choices_on_cpu(monkeypatch):
 
 
 def test_conv_environment_variable(monkeypatch):
-    """DCLS_CONV picks the convolution over DCLS_IMPL; forced() blocks win over it; a direct
-    convolution that does not apply (the CPU) falls back to F.conv; bad values are named."""
+    """DCLS_CONV picks the convolution over DCLS_IMPL; forced() blocks win over it; where a direct
+    convolution does not apply (the CPU) the DCLS_IMPL / auto rules choose; bad values are named."""
     x = torch.randn(2, 4, 16, 16)
     k = torch.randn(4, 1, 23, 23)
 
@@ -258,6 +258,8 @@ def test_conv_environment_variable(monkeypatch):
     monkeypatch.setenv("DCLS_CONV", "auto")
     assert conv() == "reference"
     monkeypatch.setenv("DCLS_IMPL", "fast")
+    assert conv() == "fft"
+    monkeypatch.setenv("DCLS_CONV", "direct")   # does not apply on the CPU: the auto rules choose
     assert conv() == "fft"
     monkeypatch.setenv("DCLS_CONV", "winograd")
     with pytest.raises(ValueError, match="DCLS_CONV must be one of"):
