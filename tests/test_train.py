@@ -82,11 +82,13 @@ class _RecordBatches(L.Callback):
         self.seen.append((trainer.current_epoch, batch_idx, batch["index"].tolist()))
 
 
-def test_a_run_resumed_mid_epoch_sees_the_clips_an_uninterrupted_run_sees(tiny_data, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_run_resumed_mid_epoch_sees_the_clips_an_uninterrupted_run_sees(tiny_data, tmp_path, workers):
     """Resuming inside an epoch continues its clip order where the checkpoint left it: no clip
-    of that epoch is seen twice and none is skipped."""
+    of that epoch is seen twice and none is skipped (also with loader workers, which read the
+    sampler as soon as the loader's iterator exists)."""
     overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT, "trainer.max_epochs": "2",
-                 "run.checkpoint_every_n_steps": "0"}
+                 "run.checkpoint_every_n_steps": "0", "data.num_workers": str(workers)}
     whole = _RecordBatches()
     train(load_config("demo", {**overrides, "run.name": "whole"}), callbacks=[whole])
     assert len(whole.seen) == 8 and whole.seen[0][2] != whole.seen[4][2]

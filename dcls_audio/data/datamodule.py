@@ -103,6 +103,7 @@ class AudioSetDataModule(L.LightningDataModule):
         self.datasets: dict[str, AudioSetHDF5] = {}
         self._classes: list[ClassInfo] | None = None
         self._balance_weights: np.ndarray | None = None
+        self._resume_position: tuple[int, int] | None = None   # (epoch, batches done) from a checkpoint
 
     # ------------------------------------------------------------------ classes
     @property
@@ -180,13 +181,27 @@ class AudioSetDataModule(L.LightningDataModule):
         return self._loader(self._dataset("train"), sampler, self.batch_size, drop_last=True)
 
     def _train_progress(self) -> tuple[int, int]:
-        """(epoch, clips of it this rank already trained on): the batches Lightning counts as
-        done in the current epoch, non-zero when a run resumes from a checkpoint inside it."""
+        """(epoch, clips of it this rank already trained on) of the checkpoint the run resumed
+        from ((-1, 0) if none). Read from the checkpoint (:meth:`load_state_dict`), not from
+        the trainer's loops: with loader workers the sampler is read when the loader's iterator
+        is made, which can come before Lightning restores its loops."""
+        if self._resume_position is None:
+            return -1, 0
+        epoch, batches = self._resume_position
+        return epoch, batches * self.batch_size
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the epoch and the batches of it trained so far."""
         trainer = self.trainer
         if trainer is None:
-            return -1, 0
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        return trainer.current_epoch, done * self.batch_size
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_position": [int(trainer.current_epoch), int(done)]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restored by Lightning before the loaders are built (see :meth:`_train_progress`)."""
+        position = state_dict.get("train_position")
+        self._resume_position = (int(position[0]), int(position[1])) if position else None
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self._dataset(split)
