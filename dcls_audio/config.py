@@ -329,6 +329,7 @@ def _validate(cfg: TrainConfig) -> None:
     checks = [
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (cfg.data.balance_prior >= 0, "data.balance_prior must be >= 0"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (0 <= cfg.optim.min_lr <= cfg.optim.lr, "optim.min_lr must be in [0, optim.lr]"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),

@@ -183,7 +183,11 @@ class AudioTaggingModule(L.LightningModule):
         if not losses:
             return
         finite = torch.isfinite(torch.stack([loss for loss, _ in losses]))
-        if not bool(finite.all()):
+        here = not bool(finite.all())
+        # every rank stops together: one raising alone would leave the others in their next all-reduce
+        if self.trainer.strategy.reduce_boolean_decision(here, all=False):
+            if not here:
+                raise NonFiniteLossError(f"training loss became non-finite on another rank at step {self.global_step}")
             loss, batch_idx = losses[int((~finite).nonzero()[0])]
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step} "

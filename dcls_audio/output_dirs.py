@@ -24,6 +24,10 @@ def ensure_writable_dir(directory: str | Path, what: str) -> Path:
     return directory
 
 
+_UMASK = os.umask(0)   # read once, at import: setting it per write would change it process-wide
+os.umask(_UMASK)       # for a moment, under the other threads' files
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block ends without an error the file
@@ -36,9 +40,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -91,7 +91,7 @@ def load_tagging_model(
             raise CheckpointError(f"{file}: stores {len(stored)} class names for a model with {num_classes} outputs")
         labels, source = stored, "checkpoint"
     else:
-        labels = display_names(resolve_class_names(num_classes, class_csv, data_source="the model"))
+        labels = display_names(resolve_class_names(num_classes, class_csv, data_source=f"the model in {file}"))
         source = str(class_csv) if class_csv is not None else (
             "AudioSet class CSV" if num_classes == AUDIOSET_NUM_CLASSES else "generic names")
     return TaggingModel(model.eval(), labels, model.model_name, file, source)

@@ -75,6 +75,7 @@ def test_compile_mode_reaches_the_module():
     ("model.compile_mode", "fast", "model.compile_mode: 'fast' is not one of default, reduce-overhead"),
     ("model.compile_mode", "reduce-overhead", "model.compile_mode reduce-overhead needs model.compile: true"),
     ("optim.min_lr", "1.0", "optim.min_lr must be in [0, optim.lr]"),
+    ("data.balance_prior", "-1", "data.balance_prior must be >= 0"),
     ("nosection.key", "1", "unknown config key 'nosection.key'"),
 ])
 def test_bad_overrides_name_the_key(key, value, message):

@@ -288,3 +288,15 @@ def test_cuda_auto_fold_keeps_dcls_layers(tiny_dcls_model):
     import copy
 
     assert AudioTagger(copy.deepcopy(tiny_dcls_model), "cuda").folded_layers == 0
+
+
+def test_class_csv_of_another_size_names_the_checkpoint(tmp_path):
+    from dcls_audio.tagging_model import load_tagging_model
+
+    ckpt = tmp_path / "tiny.pt"
+    model = create_model("convnext_audio_tiny")
+    torch.save({"model_name": "convnext_audio_tiny", "state_dict": model.state_dict()}, ckpt)
+    csv = tmp_path / "three.csv"
+    csv.write_text("index,mid,display_name\n0,/m/a,A\n1,/m/b,B\n2,/m/c,C\n")
+    with pytest.raises(ValueError, match=r"three\.csv lists 3 classes but the model in .*tiny\.pt has 527"):
+        load_tagging_model(ckpt, class_csv=csv)

@@ -200,6 +200,23 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
     assert not (last.parent.parent / "finished").exists()
 
 
+class _OtherRankNanAt(L.Callback):
+    """From ``step`` on, the strategy reports that some rank saw a non-finite loss."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            trainer.strategy.reduce_boolean_decision = lambda decision, all=True: True
+
+
+def test_a_nan_loss_on_another_rank_stops_this_rank_too(tiny_data, tmp_path):
+    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT}
+    with pytest.raises(TrainingStopped, match="non-finite on another rank at step 2"):
+        train(load_config("demo", overrides), callbacks=[_OtherRankNanAt(2)])
+
+
 class _CheckClamp(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, *args) -> None:
         with torch.no_grad():
