@@ -239,7 +239,8 @@ def _add_train_parser(subparsers) -> None:
 
 
 def _devices(value: str) -> int | list[int] | str:
-    """``--devices``: a count (``2``), device indices (``0,1``) or ``auto``."""
+    """``--devices``: a count (``2``, ``-1`` for all), device indices (``0,1``) or ``auto``, as
+    the trainer's ``devices`` takes them."""
     value = value.strip()
     if value == "auto":
         return value
@@ -247,9 +248,9 @@ def _devices(value: str) -> int | list[int] | str:
         parts = [p.strip() for p in value.split(",") if p.strip()]
         if parts and all(p.isdigit() for p in parts):
             return [int(p) for p in parts]
-    elif value.isdigit() and int(value) >= 1:
+    elif value == "-1" or (value.isdigit() and int(value) >= 1):
         return int(value)
-    raise argparse.ArgumentTypeError(f"expected a device count, indices like 0,1 or auto, got {value!r}")
+    raise argparse.ArgumentTypeError(f"expected a device count (-1: all), indices like 0,1 or auto, got {value!r}")
 
 
 def _add_eval_parser(subparsers) -> None:

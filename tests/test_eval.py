@@ -156,7 +156,7 @@ def test_eval_errors_before_scoring(files, tmp_path, capsys, tone_h5):
     blocker.write_text("")
     assert run("-c", str(files["ckpt"]), "-d", str(files["eval"]), "-o", str(blocker / "out")) == 2
     assert "cannot write" in capsys.readouterr().err
-    for bad in ("abc", "0", "1,x"):
+    for bad in ("abc", "0", "1,x", "-2"):
         with pytest.raises(SystemExit) as exit_info:
             run("-c", str(files["ckpt"]), "-d", str(files["eval"]), "--devices", bad)
         assert exit_info.value.code == 2
@@ -170,6 +170,7 @@ def test_devices_option_values():
         return parser.parse_args(["eval", "-c", "x.ckpt", "-d", "x.h5", "--devices", value]).devices
 
     assert devices("2") == 2 and devices("0,1") == [0, 1] and devices("auto") == "auto" and devices("3,") == [3]
+    assert devices("-1") == -1  # all devices, as the trainer takes it
 
 
 def test_two_process_ddp_eval_equals_one_process(files, tmp_path):
