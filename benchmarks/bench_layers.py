@@ -154,13 +154,15 @@ def _pair(name: str, cin: int, cout: int, kwargs: dict, device: torch.device, se
 
 
 @contextlib.contextmanager
-def _fft_chunks(chunks: int):
+def _fft_on(chunks: int):
+    """The FFT convolution, whatever the dispatcher would choose, with the batch in ``chunks``."""
     from dcls_core import fft_conv
 
     saved = fft_conv.FORCE_CHUNKS
     fft_conv.FORCE_CHUNKS = chunks
     try:
-        yield
+        with dispatch.forced(conv="fft"):
+            yield
     finally:
         fft_conv.FORCE_CHUNKS = saved
 
@@ -195,9 +197,9 @@ def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape
             add("fast-refconstruct", ours, lambda: dispatch.forced(construct="reference"))
             if chosen.startswith("fused"):
                 add("fast-unfused", ours, lambda: dispatch.forced(fused=False), note="construction and FFT apart")
-            if chosen.endswith("fft") and fft_chunk_variants:
+            if fft_chunk_variants:
                 for chunks in (1, 2, 4, 8, 16):
-                    add(f"fft-{chunks}-chunks", ours, lambda c=chunks: _fft_chunks(c), note=f"batch in {chunks} chunks")
+                    add(f"fft-{chunks}-chunks", ours, lambda c=chunks: _fft_on(c), note=f"FFT, batch in {chunks} chunks")
         for impl, module in (extra_rows or {}).items():
             add(impl, module)
     return rows
