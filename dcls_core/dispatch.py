@@ -25,7 +25,7 @@ construction, and for stride-1 convolutions with
   float32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default, as ``nn.Conv2d``
   does), the FFT otherwise (strict float32, 1-D and 3-D). The direct convolution takes
   1.4-1.6x the FFT's time at the ConvNeXt-T stage shapes but needs no workspace: its peak
-  memory stays below ``dcls`` 0.1.1's, the FFT's reaches 1.7x it;
+  memory stays below ``dcls`` 0.1.1's, the FFT's reaches 1.8x it;
 * a 1-D or 2-D channel-mixing kernel of at least ``FFT_MIN_TAPS_DENSE`` taps (for 3-D ones
   cuDNN's implicit GEMM measured as fast or faster): the FFT;
 
