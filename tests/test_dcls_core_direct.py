@@ -14,7 +14,10 @@ import torch.nn.functional as F
 
 import dcls_core
 from dcls_core import direct_conv, dispatch
-from test_dcls_core_fast import AUTOCAST, TOL, _compile_matches_eager, _worst_error_under_interpreter, compare_to_fp64, randomise, rel_err
+from dcls_testing import (
+    AUTOCAST, TOL, check_depthwise_against_float64, compare_to_fp64, compile_matches_eager, float64_depthwise_case,
+    randomise, rel_err, worst_error_under_interpreter,
+)
 
 # TF32 keeps 10 mantissa bits of each factor: relative errors of a few 1e-4
 TOL_DIRECT = {**TOL, "tf32": 3e-3}
@@ -87,7 +90,7 @@ def test_direct_kernels_under_interpreter():
     CPU under Triton's interpreter equal float64 F.conv2d: column and row blocks, kernels
     larger than the image, padding modes, channels_last, split kernel-gradient rows, the
     custom ops under torch.compile."""
-    assert _worst_error_under_interpreter(DIRECT_SCRIPT) < 2e-6
+    assert worst_error_under_interpreter(DIRECT_SCRIPT) < 2e-6
 
 
 def test_direct_supports_only_what_it_computes():
@@ -108,33 +111,13 @@ SHAPES = [
 MODES = ["fp32", "tf32", "bf16", "fp16"]
 
 
-def _float64_case(shape, seed=3):
-    N, C, H, W, KH, KW, ph, pw = shape
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(N, C, H, W, dtype=torch.float64, generator=g)
-    k = torch.randn(C, 1, KH, KW, dtype=torch.float64, generator=g) / (KH * KW) ** 0.5
-    b = torch.randn(C, dtype=torch.float64, generator=g)
-    leaves = [t.clone().requires_grad_() for t in (x, k, b)]
-    want = F.conv2d(*leaves, padding=(ph, pw), groups=C)
-    dy = torch.randn(want.shape, dtype=torch.float64, generator=g)
-    return (x, k, b), dy, want.detach(), torch.autograd.grad(want, leaves, dy)
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("mode", MODES)
 def test_direct_equals_float64_cuda(shape, mode, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", mode == "tf32")
-    (x, k, b), dy, want, want_grads = _float64_case(shape)
-    xc, kc, bc = (t.float().cuda().requires_grad_() for t in (x, k, b))
-    ph, pw = shape[-2:]
-    with torch.autocast("cuda", dtype=AUTOCAST.get(mode, torch.float32), enabled=mode in AUTOCAST):
-        got = direct_conv.direct_dw_conv2d(xc, kc, bc, (1, 1), (ph, pw), shape[1])
-    assert got.dtype == AUTOCAST.get(mode, torch.float32)
-    grads = torch.autograd.grad(got, (xc, kc, bc), dy.cuda().to(got.dtype))
-    errors = {"output": rel_err(got.cpu(), want)}
-    errors.update({n: rel_err(a.cpu(), r) for n, a, r in zip(("input", "kernel", "bias"), grads, want_grads)})
-    assert all(e < TOL_DIRECT[mode] for e in errors.values()), errors
+    errors = check_depthwise_against_float64(direct_conv.direct_dw_conv2d, shape, "fp32" if mode == "tf32" else mode,
+                                             TOL_DIRECT[mode])
     if mode == "tf32":  # the products did run in TF32: not as exact as full float32
         assert errors["output"] > TOL["fp32"], errors
 
@@ -143,7 +126,7 @@ def test_direct_equals_float64_cuda(shape, mode, monkeypatch):
 def test_direct_half_inputs_and_non_contiguous_cuda(monkeypatch):
     """bf16 tensors without autocast, a channels_last input and an expanded (stride 0) output
     gradient."""
-    (x, k, b), dy, want, want_grads = _float64_case(SHAPES[1])
+    (x, k, b), dy, want, want_grads = float64_depthwise_case(SHAPES[1])
     xc = x.to(torch.bfloat16).cuda().to(memory_format=torch.channels_last).requires_grad_()
     kc = k.to(torch.bfloat16).cuda().requires_grad_()
     got = direct_conv.direct_dw_conv2d(xc, kc, None, (1, 1), (11, 11), 16)
@@ -212,4 +195,4 @@ def test_torch_compile_direct_matches_eager_cuda(monkeypatch):
     with dispatch.forced(conv="direct"):
         x = torch.randn(4, 8, 48, 64, device="cuda")
         assert dispatch.select_conv(x, torch.randn(8, 1, 9, 9, device="cuda"), (1, 1), (4, 4), 8, "zeros")[0] == "direct"
-        _compile_matches_eager("cuda", "inductor")
+        compile_matches_eager("cuda", "inductor")

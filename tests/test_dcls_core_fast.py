@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,56 +20,10 @@ from dcls_core.fft_conv import fft_conv_nd
 from dcls_core.fft_sizes import fast_fft_size
 from dcls_core.functional import conv_nd
 from dcls_core.kernel import construct_kernel
-
-ROOT = Path(__file__).resolve().parents[1]
-# relative error by norm, per dtype of the result
-TOL = {"fp32": 2e-5, "bf16": 3e-2, "fp16": 8e-3}
-AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert got.shape == want.shape, f"shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert torch.isfinite(got).all(), "non-finite values"
-    return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300)).item()
-
-
-def run_layer(layer, x, grad_out, autocast_dtype=None):
-    """Output and gradients (input and every parameter) of one forward + backward."""
-    x = x.detach().clone().requires_grad_(True)
-    params = dict(layer.named_parameters())
-    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        out = layer(x)
-    grads = torch.autograd.grad(out, [x, *params.values()], grad_out.to(out.dtype))
-    return out.detach(), dict(zip(["input", *params], grads))
-
-
-def randomise(layer, seed=0):
-    """Fractional positions spread over the kernel, sigmas away from 0, non-zero bias."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for i, lim in enumerate(layer.position_limits()):
-            P_i = layer.P.select(0, i)
-            P_i.copy_((torch.rand(P_i.shape, generator=g) * 2 - 1) * max(lim - 0.6, 0.3))
-        if layer.SIG is not None:
-            layer.SIG.copy_(torch.rand(layer.SIG.shape, generator=g) * 0.6 + 0.1)
-        if layer.bias is not None:
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
-    return layer
-
-
-def compare_to_fp64(monkeypatch, layer, x, fast_impl, tol, autocast_dtype=None, device="cpu"):
-    """``layer`` on ``device`` with ``DCLS_IMPL=fast_impl`` vs its float64 reference copy on the CPU."""
-    ref = copy.deepcopy(layer).double().cpu()
-    monkeypatch.setenv("DCLS_IMPL", "reference")
-    grad_out = torch.randn(ref(x.double()).shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
-    want_out, want = run_layer(ref, x.double(), grad_out)
-    monkeypatch.setenv("DCLS_IMPL", fast_impl)
-    got_out, got = run_layer(layer.to(device), x.to(device), grad_out.float().to(device), autocast_dtype)
-    errors = {"output": rel_err(got_out.cpu(), want_out)}
-    errors.update({k: rel_err(got[k].cpu(), want[k]) for k in want})
-    bad = {k: e for k, e in errors.items() if not e <= tol}
-    assert not bad, f"rel errors above {tol}: {bad}"
-    return errors
+from dcls_testing import (
+    AUTOCAST, TOL, check_depthwise_against_float64, compare_to_fp64, compile_matches_eager, randomise,
+    rel_err, worst_error_under_interpreter,
+)
 
 
 # -- FFT convolution (CPU, float64 exact) ----------------------------------------------------
@@ -379,77 +328,14 @@ def test_shared_positions_invalidate_every_layer():
 
 
 # -- torch.compile ---------------------------------------------------------------------------------
-class _SmallNet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.dw = dcls_core.Dcls2d(8, 8, kernel_count=6, dilated_kernel_size=9, padding=4, groups=8)
-        self.mix = torch.nn.Conv2d(8, 8, 1)
-        self.delay = dcls_core.Dcls1d(8, 4, kernel_count=1, dilated_kernel_size=7, padding=3)
-
-    def forward(self, x):
-        y = self.mix(torch.nn.functional.gelu(self.dw(x)))
-        return self.delay(y.mean(2))
-
-
-def _compile_matches_eager(device, backend):
-    torch.manual_seed(0)
-    net = _SmallNet().to(device)
-    x = torch.randn(4, 8, 48, 64, device=device)
-    eager_out = net(x)
-    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(net.parameters()))
-    compiled = torch.compile(net, backend=backend)
-    out = compiled(x)
-    grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
-    assert rel_err(out, eager_out) < 1e-5
-    for g, e in zip(grads, eager_grads):
-        assert rel_err(g, e) < 1e-4
-    net.eval()
-    with torch.no_grad():
-        assert rel_err(compiled(x), net(x)) < 1e-5
-
-
 @pytest.mark.parametrize("impl", ["auto", "fast"])
 def test_torch_compile_matches_eager_cpu(monkeypatch, impl):
     monkeypatch.setenv("DCLS_IMPL", impl)  # fast: the FFT custom ops inside the compiled graph
     torch._dynamo.reset()
-    _compile_matches_eager("cpu", "aot_eager")
+    compile_matches_eager("cpu", "aot_eager")
 
 
 # -- Triton kernels under Triton's interpreter (CPU) -------------------------------------------
-INTERPRETER_PRELUDE = textwrap.dedent(
-    """
-    import numpy as np
-    import torch
-    import triton.runtime.interpreter as interp
-    # Triton's interpreter turns 1-element scalar arrays into loop bounds with int(), which
-    # recent numpy refuses; read the element instead (this only affects interpreted runs).
-    _orig = interp._patch_lang_tensor
-    def _patched(tensor, scope):
-        _orig(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-    interp._patch_lang_tensor = _patched
-
-    def rel(a, b):
-        a, b = a.double(), b.double()
-        assert torch.isfinite(a).all(), "non-finite values"
-        return ((a - b).norm() / b.norm()).item()
-
-    torch.manual_seed(0)
-    worst = 0.0
-    """
-)
-
-
-def _worst_error_under_interpreter(body: str) -> float:
-    """Run ``body`` (after :data:`INTERPRETER_PRELUDE`) with ``TRITON_INTERPRET=1`` in a fresh
-    process; it accumulates ``worst``, which is returned."""
-    script = INTERPRETER_PRELUDE + textwrap.dedent(body) + '\nprint("WORST", worst)\n'
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return float(proc.stdout.split("WORST")[-1])
-
-
 CONSTRUCTION_SCRIPT = """
     import torch
     from dcls_core import triton_construct as tc
@@ -479,7 +365,7 @@ CONSTRUCTION_SCRIPT = """
 def test_triton_construction_under_interpreter():
     """The fused construction kernels (1 and 2 learned axes, every version, forward and
     backward), run on the CPU by Triton's interpreter against the float64 reference."""
-    assert _worst_error_under_interpreter(CONSTRUCTION_SCRIPT) < 2e-6
+    assert worst_error_under_interpreter(CONSTRUCTION_SCRIPT) < 2e-6
 
 
 SPECTRAL_SCRIPT = """
@@ -560,7 +446,7 @@ def test_spectral_kernels_under_interpreter():
     depthwise backward; each one checked to have run), on the CPU under Triton's interpreter,
     equal their torch versions; the whole depthwise convolution through them equals F.conv2d
     (float64)."""
-    assert _worst_error_under_interpreter(SPECTRAL_SCRIPT) < 2e-6
+    assert worst_error_under_interpreter(SPECTRAL_SCRIPT) < 2e-6
 
 
 FUSED_SCRIPT = """
@@ -615,7 +501,7 @@ def test_fused_layer_under_interpreter():
     spectrum), run on the CPU under Triton's interpreter, equals construction + F.conv in
     float64: forward and the gradients of input, weight, positions, sigmas and bias, 1-D and
     2-D, every version, transforms smaller than the kernel, padding modes, batch chunks."""
-    assert _worst_error_under_interpreter(FUSED_SCRIPT) < 5e-6
+    assert worst_error_under_interpreter(FUSED_SCRIPT) < 5e-6
 
 
 # -- CUDA ------------------------------------------------------------------------------------------
@@ -637,23 +523,7 @@ def test_fft_depthwise_equals_float64_cuda(shape, mode, passes, monkeypatch):
     from dcls_core import spectral_ops
 
     monkeypatch.setattr(spectral_ops, "FORCE_TORCH", passes == "torch")
-    N, C, H, W, KH, KW, ph, pw = shape
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(N, C, H, W, dtype=torch.float64, generator=g)
-    k = torch.randn(C, 1, KH, KW, dtype=torch.float64, generator=g) / (KH * KW) ** 0.5
-    b = torch.randn(C, dtype=torch.float64, generator=g)
-    xr, kr, br = (t.clone().requires_grad_() for t in (x, k, b))
-    want = F.conv2d(xr, kr, br, padding=(ph, pw), groups=C)
-    dy = torch.randn(want.shape, dtype=torch.float64, generator=g)
-    want_grads = torch.autograd.grad(want, (xr, kr, br), dy)
-    xc, kc, bc = (t.float().cuda().requires_grad_() for t in (x, k, b))
-    with torch.autocast("cuda", dtype=AUTOCAST.get(mode, torch.float32), enabled=mode in AUTOCAST):
-        got = fft_conv_nd(xc, kc, bc, (1, 1), (ph, pw), C)
-    assert got.dtype == AUTOCAST.get(mode, torch.float32)
-    grads = torch.autograd.grad(got, (xc, kc, bc), dy.cuda().to(got.dtype))
-    errors = {"output": rel_err(got.cpu(), want.detach())}
-    errors.update({n: rel_err(a.cpu(), r) for n, a, r in zip(("input", "kernel", "bias"), grads, want_grads)})
-    assert all(e < TOL[mode] for e in errors.values()), errors
+    check_depthwise_against_float64(fft_conv_nd, shape, mode, TOL[mode])
 
 
 @pytest.mark.cuda
@@ -791,7 +661,7 @@ def test_torch_compile_matches_eager_cuda(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setenv("DCLS_IMPL", "auto")
     torch._dynamo.reset()
-    _compile_matches_eager("cuda", "inductor")
+    compile_matches_eager("cuda", "inductor")
 
 
 @pytest.mark.cuda
