@@ -12,25 +12,31 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import yaml
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = [
     "CONFIG_DIR",
     "ConfigError",
     "TrainConfig",
     "config_keys",
+    "config_names",
     "dump_config",
     "load_config",
     "resolve_config_path",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: the recipes shipped as package data (``dcls_audio/configs/*.yaml``), read through importlib.resources
+CONFIG_DIR = importlib.resources.files(__package__) / "configs"
 DEFAULT_CONFIG = "demo"
 
 
@@ -277,18 +283,25 @@ def _parse_override(key: str, text: Any) -> Any:
         raise
 
 
-def resolve_config_path(config: str | Path | None) -> Path:
-    """A config path, or a bare name of a file in ``configs/`` (``demo`` -> configs/demo.yaml)."""
+def config_names() -> list[str]:
+    """Names of the shipped recipes (``demo``, ``convnext_dcls_audio_tiny``, ...), sorted."""
+    return sorted(entry.name[: -len(".yaml")] for entry in CONFIG_DIR.iterdir() if entry.name.endswith(".yaml"))
+
+
+def resolve_config_path(config: str | Path | None) -> Path | Traversable:
+    """A config path, or a bare name of a shipped recipe (``demo`` -> ``dcls_audio/configs/demo.yaml``).
+
+    Raises:
+        ConfigError: neither a file nor a shipped name; the message lists the names.
+    """
     if config is None:
         config = DEFAULT_CONFIG
     path = Path(config)
     if path.is_file():
         return path
-    named = CONFIG_DIR / f"{config}.yaml"
-    if path.suffix == "" and named.is_file():
-        return named
-    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file '{config}' not found (names in {CONFIG_DIR}: {available})")
+    if path.suffix == "" and str(config) in config_names():
+        return CONFIG_DIR / f"{config}.yaml"
+    raise ConfigError(f"config file '{config}' not found (a path, or a shipped name: {', '.join(config_names())})")
 
 
 def load_config(

@@ -1,0 +1,8 @@
+"""``python -m dcls_audio ...`` runs the ``dcls-audio`` command."""
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,327 @@
+"""The ``dcls-audio`` command line: ``dcls-audio train | eval | infer | ...``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_checkpoint_args(parser: argparse.ArgumentParser, required: bool, labels_help: str) -> None:
+    """The checkpoint arguments shared by infer, export and eval."""
+    parser.add_argument("-c", "--checkpoint", required=required, metavar="C",
+                        help="upstream .pth, our Lightning .ckpt or a state_dict, or a model name whose "
+                             "<name>.pth sits in checkpoints/")
+    parser.add_argument("-m", "--model", dest="model_name", metavar="NAME",
+                        help="model name, needed only when the checkpoint does not tell")
+    parser.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read checkpoints that need the full unpickler (can run code from the file: "
+                             "trusted files only)")
+    parser.add_argument("--labels", dest="class_csv", metavar="CSV", help=labels_help)
+
+
+def _add_infer_parser(subparsers) -> None:
+    """``dcls-audio infer``: tag audio files with a checkpoint (see dcls_audio.tagging_app)."""
+    parser = subparsers.add_parser(
+        "infer",
+        help="tag audio files (any format, sample rate, length) with a checkpoint",
+        usage="dcls-audio infer [-h] [options] (--checkpoint C | CHECKPOINT) INPUT [INPUT ...]",
+        description=(
+            "Tag audio files with the top-k AudioSet classes. Each file is decoded (wav, flac, ogg, mp3), "
+            "mixed down to mono and resampled to 32 kHz, then cut into 10 s windows (a shorter file is "
+            "zero-padded; the last window ends with the file); file scores are the max (or mean) over windows. "
+            "A file that cannot be read gives one error line and a non-zero exit code; the others are still tagged."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="audio files, folders (searched recursively) and glob patterns; "
+                             "without --checkpoint the first argument is the checkpoint")
+    _add_checkpoint_args(parser, required=False, labels_help="class CSV (index,mid,display_name); default: names stored in the checkpoint, else the AudioSet classes")
+    parser.add_argument("--hop", dest="hop_s", type=float, default=5.0, metavar="SECONDS",
+                        help="step between 10 s window starts")
+    parser.add_argument("--aggregate", choices=("max", "mean"), default="max",
+                        help="how window scores make the file score")
+    parser.add_argument("-k", "--top-k", type=int, default=5, help="classes listed per file and window")
+    parser.add_argument("-f", "--format", dest="fmt", choices=("table", "json", "csv"), default="table",
+                        help="output format")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the output here instead of stdout")
+    parser.add_argument("--windows", dest="show_windows", action="store_true",
+                        help="table format: also one line per window")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="classifier precision (bf16/fp16 on CUDA only; the front end stays fp32)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per batch (across files)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="decoding processes (default: 0 on CPU, up to 4 on CUDA)")
+    parser.add_argument("--fold", action=argparse.BooleanOptionalAction, default=None,
+                        help="fold DCLS layers into dense convolutions (same scores); default: on CPU only, "
+                             "CUDA keeps the faster DCLS depthwise kernel")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar on stderr (default: for several files on a terminal)")
+
+    def run(args: argparse.Namespace) -> int:
+        from .tagging_app import run_infer
+
+        checkpoint, inputs = args.checkpoint, list(args.inputs)
+        if checkpoint is None:
+            if len(inputs) < 2:
+                parser.error("give a checkpoint (--checkpoint C, or as the first argument) and at least one INPUT")
+            checkpoint, inputs = inputs[0], inputs[1:]
+        return run_infer(
+            checkpoint, inputs, model_name=args.model_name, use_ema=args.use_ema, allow_pickle=args.allow_pickle,
+            class_csv=args.class_csv, hop_s=args.hop_s, aggregate=args.aggregate, top_k=args.top_k,
+            fmt=args.fmt, output=args.output, show_windows=args.show_windows, device=args.device,
+            precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
+            fold=args.fold, channels_last=args.channels_last, progress=args.progress,
+        )
+
+    parser.set_defaults(func=run)
+
+
+def _add_export_parser(subparsers) -> None:
+    """``dcls-audio export``: a checkpoint to ONNX or TorchScript (see dcls_audio.export)."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript (DCLS layers folded)",
+        description=(
+            "Export a checkpoint with its DCLS layers folded into dense convolutions. With the front end "
+            "the model takes (B, 320000) float32 waveforms at 32 kHz, without it (B, 1, 128, 1001) log-mels; "
+            "it returns (B, C) sigmoid scores (or logits). ONNX computes the STFT as a convolution with a DFT "
+            "basis. The exported file is checked against PyTorch on a probe batch."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_checkpoint_args(parser, required=True, labels_help="class CSV stored as the exported model's labels")
+    parser.add_argument("-f", "--format", dest="fmt", choices=("onnx", "torchscript"), required=True)
+    parser.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+    frontend = parser.add_mutually_exclusive_group()
+    frontend.add_argument("--with-frontend", dest="with_frontend", action="store_true", default=True,
+                          help="include the log-mel front end: waveform input")
+    frontend.add_argument("--no-frontend", dest="with_frontend", action="store_false",
+                          help="leave the front end out: log-mel input")
+    parser.add_argument("--logits", action="store_true", help="output logits instead of sigmoid scores")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                        help="compare the exported model with PyTorch on a probe batch (max |diff| <= 1e-4)")
+
+    def run(args: argparse.Namespace) -> int:
+        from .export import run_export
+
+        return run_export(
+            args.checkpoint, args.output, args.fmt, model_name=args.model_name, with_frontend=args.with_frontend,
+            logits=args.logits, use_ema=args.use_ema, allow_pickle=args.allow_pickle, class_csv=args.class_csv,
+            opset=args.opset, check=args.check,
+        )
+
+    parser.set_defaults(func=run)
+
+
+def _add_pack_parser(subparsers) -> None:
+    """``dcls-audio pack``: audio folder + AudioSet segments CSV -> PANNs HDF5 (see dcls_audio.data.pack)."""
+    parser = subparsers.add_parser(
+        "pack",
+        help="pack a folder of audio files and a segments CSV into a training HDF5 file",
+        description=(
+            "Pack audio files (wav, flac, ogg, mp3) into the PANNs HDF5 layout used for training: each file is "
+            "mixed down to mono, resampled to 32 kHz, padded/cut to 10 s and stored as int16. Labels come from a "
+            "CSV in AudioSet segments format (YTID, start_seconds, end_seconds, \"mid,mid\"; # starts a comment); "
+            "a file matches a YTID when its name is <YTID>, Y<YTID>, or either followed by _<start>[_<end>]. "
+            "Unreadable files and files without labels are listed and skipped. The output is written under a "
+            "temporary name and renamed when complete."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder searched recursively for audio files")
+    parser.add_argument("labels_csv", metavar="LABELS_CSV", help="AudioSet segments CSV")
+    parser.add_argument("output", metavar="OUTPUT", help="HDF5 file to write")
+    parser.add_argument("--class-csv", metavar="CSV",
+                        help="class list (index,mid,display_name) giving the target columns; default: AudioSet's 527")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    parser.add_argument("-j", "--workers", type=int, default=0, help="decoding processes (0: decode in this process)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from .data.pack import run_pack
+
+        return run_pack(args.audio_dir, args.labels_csv, args.output, class_csv=args.class_csv,
+                        overwrite=args.overwrite, num_workers=args.workers, progress=args.progress)
+
+    parser.set_defaults(func=run)
+
+
+def _add_models_parser(subparsers) -> None:
+    """``dcls-audio models``: the registered backbones, released files and parameter counts."""
+    parser = subparsers.add_parser(
+        "models",
+        help="list the backbones (names for --model), their released checkpoints and parameter counts",
+        description=(
+            "List the six backbones under their upstream DCLS-Audio names with the released checkpoint of each. "
+            "With --params each model is built and its parameter count (shared DCLS positions counted once) is "
+            "shown next to the upstream count and the count with a 1000-class head (the paper's table)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--params", action="store_true", help="build each model and count its parameters")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from .models import describe_models, format_parameter_table, parameter_table
+
+        rows = parameter_table() if args.params else describe_models()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif args.params:
+            print(format_parameter_table(rows))
+        else:
+            for row in rows:
+                print(f"{row['model']:<28} {row['description']:<38} {row['released'] or '(no released file)'}")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
+def _add_train_parser(subparsers) -> None:
+    """``dcls-audio train``: train a backbone from a YAML config (see dcls_audio.training)."""
+    from .config import DEFAULT_CONFIG, config_keys, config_names
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a backbone (default: a small DCLS model on the built-in demo data)",
+        usage="dcls-audio train [-h] [--config YAML] [--resume CKPT] [--print_config] [--section.key VALUE ...]",
+        description=(
+            f"Train from a YAML config (a path, or a shipped name: {', '.join(config_names())}; "
+            f"default: {DEFAULT_CONFIG}). Every config field can be set on the command line as --section.key VALUE "
+            "(values are YAML: 3, 1.0e-3, null, [1, 1, 3, 1]). Runs go to <run.output_dir>/<run.name>/version_N with "
+            "checkpoints (last.ckpt, best by val/mAP), TensorBoard and CSV logs; starting again continues the newest "
+            "unfinished run. Ctrl-C or SIGTERM stops after the current step and saves last.ckpt. Multi-GPU: "
+            "--trainer.devices 4 --trainer.strategy ddp."
+        ),
+        allow_abbrev=False,
+    )
+    parser.add_argument("-c", "--config", metavar="YAML", help="config file or shipped config name")
+    parser.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint")
+    parser.add_argument("--print_config", "--print-config", dest="print_config", action="store_true",
+                        help="print the resolved config (YAML) and exit")
+    fields = parser.add_argument_group("config fields")
+    for key, (type_name, help_text) in config_keys().items():
+        fields.add_argument(f"--{key}", dest=key, metavar=type_name.upper() if " " not in type_name else "VALUE",
+                            default=argparse.SUPPRESS, help=f"{help_text} [{type_name}]")
+
+    def run(args: argparse.Namespace) -> int:
+        from .config import ConfigError, dump_config, load_config
+
+        overrides = {k: v for k, v in vars(args).items() if "." in k}
+        try:
+            cfg = load_config(args.config, overrides)
+        except ConfigError as err:
+            print(f"dcls-audio train: error: {err}", file=sys.stderr)
+            return 2
+        if args.print_config:
+            print(dump_config(cfg), end="")
+            return 0
+        from .training import TrainingStopped, print_summary, train
+
+        try:
+            result = train(cfg, resume=args.resume)
+        except TrainingStopped as err:
+            print(f"dcls-audio train: {err}", file=sys.stderr)
+            return 1
+        except (ValueError, OSError) as err:  # config, data, checkpoint or output-directory problems
+            print(f"dcls-audio train: error: {err}", file=sys.stderr)
+            return 2
+        print_summary(result)
+        return 130 if result.interrupted else 0
+
+    parser.set_defaults(func=run)
+
+
+def _devices(value: str) -> int | list[int] | str:
+    """``--devices``: a count (``2``, ``-1`` for all), device indices (``0,1``) or ``auto``, as
+    the trainer's ``devices`` takes them."""
+    value = value.strip()
+    if value == "auto":
+        return value
+    if "," in value:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if parts and all(p.isdigit() for p in parts):
+            return [int(p) for p in parts]
+    elif value == "-1" or (value.isdigit() and int(value) >= 1):
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a device count (-1: all), indices like 0,1 or auto, got {value!r}")
+
+
+def _add_eval_parser(subparsers) -> None:
+    """``dcls-audio eval``: AudioSet metrics of a checkpoint on HDF5 files (see dcls_audio.evaluation)."""
+    parser = subparsers.add_parser(
+        "eval",
+        help="mAP, mAUC and d-prime of a checkpoint on AudioSet-format HDF5 files",
+        description=(
+            "Score every clip of the HDF5 file(s) with a checkpoint (ours, a released upstream .pth or a "
+            "state_dict) and print mAP, mAUC, d-prime and the numbers of clips and scored classes (classes "
+            "without positive or negative clips are left out of the means and counted). With --output-dir, "
+            "writes metrics.json, per_class.csv and predictions.npz there. Exact on any number of devices."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_checkpoint_args(parser, required=True, labels_help="class CSV (index,mid,display_name); default: AudioSet's")
+    parser.add_argument("-d", "--data", required=True, nargs="+", metavar="F.h5", help="HDF5 file(s) to score")
+    parser.add_argument("-o", "--output-dir", metavar="D", help="write metrics.json, per_class.csv, predictions.npz")
+    parser.add_argument("--batch-size", type=int, default=32, help="clips per device and batch")
+    parser.add_argument("--num-workers", type=int, default=2, help="data loader workers per device")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
+    parser.add_argument("--devices", default=1, type=_devices, help="device count, list (0,1) or auto")
+    parser.add_argument("--strategy", default="auto", help="auto, ddp, ...")
+    parser.add_argument("--precision", default="32", choices=("32", "bf16-mixed", "16-mixed"),
+                        help="numeric precision of the backbone")
+
+    def run(args: argparse.Namespace) -> int:
+        from .evaluation import evaluate, format_metrics
+
+        try:
+            result, out, is_main = evaluate(
+                args.checkpoint, args.data, args.output_dir, model_name=args.model_name, use_ema=args.use_ema,
+                allow_pickle=args.allow_pickle, class_csv=args.class_csv, batch_size=args.batch_size,
+                num_workers=args.num_workers, accelerator=args.accelerator, devices=args.devices,
+                strategy=args.strategy, precision=args.precision,
+            )
+        except (ValueError, OSError) as err:  # checkpoint, data or output-directory problems
+            print(f"dcls-audio eval: error: {err}", file=sys.stderr)
+            return 2
+        if is_main:
+            print(format_metrics(result))
+            if out is not None:
+                print(f"Wrote {out / 'metrics.json'}, {out / 'per_class.csv'}, {out / 'predictions.npz'}")
+        return 0
+
+    parser.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dcls-audio",
+        description="Audio tagging with Dilated Convolution with Learnable Spacings (DCLS).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_infer_parser(subparsers)
+    _add_export_parser(subparsers)
+    _add_pack_parser(subparsers)
+    _add_models_parser(subparsers)
+    _add_train_parser(subparsers)
+    _add_eval_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
