@@ -5,77 +5,35 @@ a file shorter than a window gives one zero-padded window; a longer one gives wi
 ``hop`` samples, the last one aligned to the end of the file. :class:`AudioTagger` turns a
 batch of windows into class probabilities (log-mel front end in fp32, classifier in the
 chosen precision, sigmoid). :func:`tag_files` streams files through it: files are decoded
-(optionally in worker processes), their windows are batched together across files, and one
+block by block (optionally in worker processes) and cut into windows as they are read, so
+memory does not grow with a file's length; windows are batched together across files, and one
 :class:`FileTags` (or :class:`FileFailure` for a file that cannot be decoded) is yielded
 per input, in input order.
 """
 from __future__ import annotations
 
 import contextlib
-import math
-import re
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from dcls_audio.data import CLIP_SAMPLES, SAMPLE_RATE, AudioReadError, LogMelFrontEnd, load_audio
-from dcls_audio.models import dcls_layers, fold_dcls
+from .data import CLIP_SAMPLES, SAMPLE_RATE, AudioReadError, LogMelFrontEnd, load_audio
+from .file_windows import FileEnd, FileFailure, Window, one_line, windows_per_file
+from .models import dcls_layers, fold_dcls
+from .windowing import cut_windows, hop_samples, window_starts
+
+__all__ = [
+    "AGGREGATIONS", "DEFAULT_HOP_S", "PRECISIONS", "AudioTagger", "FileFailure", "FileTags", "check_precision",
+    "cut_windows", "decode_file", "hop_samples", "resolve_device", "tag_files", "top_k", "window_starts",
+]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AGGREGATIONS = ("max", "mean")
 DEFAULT_HOP_S = 5.0
-
-
-# -- windows ---------------------------------------------------------------------------------
-def hop_samples(hop_s: float, what: str = "hop") -> int:
-    """The step between window starts, ``hop_s`` seconds, in samples at 32 kHz (at least 1).
-
-    Raises ValueError naming ``what`` (the argument or option) for a hop that is not a finite
-    number of seconds or rounds to less than one sample.
-    """
-    samples = round(hop_s * SAMPLE_RATE) if math.isfinite(hop_s) else 0
-    if samples < 1:
-        raise ValueError(
-            f"{what} must be a positive number of seconds of at least one sample "
-            f"(1/{SAMPLE_RATE} s), got {hop_s}"
-        )
-    return samples
-
-
-def window_starts(num_samples: int, window: int = CLIP_SAMPLES, hop: int = CLIP_SAMPLES // 2) -> list[int]:
-    """First sample of each window over a signal of ``num_samples`` samples.
-
-    ``num_samples <= window``: ``[0]`` (one window, zero-padded). Otherwise ``0, hop, 2 hop, ...``
-    while the window ends before the signal does, then ``num_samples - window``: the last
-    window is aligned to the end, so ``ceil((num_samples - window) / hop) + 1`` windows.
-    """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
-    if window < 1 or hop < 1:
-        raise ValueError(f"window and hop must be positive, got window={window}, hop={hop}")
-    if num_samples <= window:
-        return [0]
-    last = num_samples - window
-    count = math.ceil(last / hop)
-    return [k * hop for k in range(count)] + [last]
-
-
-def cut_windows(
-    sources: Sequence[tuple[torch.Tensor, int]], window: int = CLIP_SAMPLES, pin_memory: bool = False
-) -> torch.Tensor:
-    """Windows ``(waveform (S,), start)`` -> (len(sources), window), zero-padded past each end.
-
-    ``pin_memory`` allocates the batch in pinned memory so a copy to the GPU can overlap.
-    """
-    out = torch.zeros(len(sources), window, pin_memory=pin_memory)
-    for row, (waveform, start) in enumerate(sources):
-        piece = waveform[start : start + window]
-        out[row, : piece.shape[0]] = piece
-    return out
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -94,17 +52,6 @@ class FileTags:
     window_spans_s: list[tuple[float, float]]
     window_scores: torch.Tensor
     scores: torch.Tensor
-
-
-@dataclass
-class FileFailure:
-    """A file that could not be tagged, and why (one line)."""
-
-    file: str
-    reason: str
-
-    def message(self) -> str:
-        return f"{self.file}: {self.reason}"
 
 
 # -- the scoring engine ----------------------------------------------------------------------
@@ -196,75 +143,47 @@ class _Decoded:
     waveform: torch.Tensor  # (S,) float32 at 32 kHz
 
 
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
-
-
 def decode_file(path: str | Path) -> _Decoded | FileFailure:
-    """Decode one file to a mono 32 kHz waveform, or say in one line why it cannot be."""
+    """Decode one whole file to a mono 32 kHz waveform, or say in one line why it cannot be.
+
+    The samples are those :func:`tag_files` cuts its windows from; it streams them instead.
+    """
     name = str(path)
     try:
         waveform, sample_rate = load_audio(path, target_sr=SAMPLE_RATE)
     except FileNotFoundError:
         return FileFailure(name, "no such file")
     except AudioReadError as exc:
-        return FileFailure(name, _one_line(exc.reason) or "unreadable")
-    except Exception as exc:  # every decoding problem is reported per file, never fatal
-        return FileFailure(name, _one_line(str(exc)) or type(exc).__name__)
-    if not bool(torch.isfinite(waveform).all()):
-        return FileFailure(name, "it holds NaN or infinite samples")
+        return FileFailure(name, one_line(exc.reason) or "unreadable")
+    except Exception as exc:  # noqa: BLE001 - every decoding problem is reported per file, never fatal
+        return FileFailure(name, one_line(str(exc)) or type(exc).__name__)
     return _Decoded(name, sample_rate, waveform)
-
-
-class _DecodeDataset(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[str | Path]) -> None:
-        self.paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> _Decoded | FileFailure:
-        return decode_file(self.paths[index])
-
-
-def _as_is(item):
-    return item
-
-
-def _decoded_files(paths: Sequence[str | Path], num_workers: int) -> Iterator[_Decoded | FileFailure]:
-    """Decoded files in order; ``num_workers`` > 0 decodes ahead in worker processes."""
-    if num_workers <= 0 or not paths:
-        return (decode_file(p) for p in paths)
-    loader = torch.utils.data.DataLoader(
-        _DecodeDataset(paths), batch_size=None, shuffle=False, num_workers=min(num_workers, len(paths)),
-        collate_fn=_as_is, prefetch_factor=2,
-    )
-    return iter(loader)
 
 
 # -- streaming over files --------------------------------------------------------------------
 @dataclass
 class _Pending:
-    """A file in flight: its windows are scored as batches fill up."""
+    """A file in flight: its windows are scored as batches fill up; ``end`` once it is decoded."""
 
-    decoded: _Decoded | FileFailure
+    file: str
     starts: list[int] = field(default_factory=list)
     scores: list[torch.Tensor | None] = field(default_factory=list)
     remaining: int = 0
+    end: FileEnd | FileFailure | None = None
 
 
 def _finish(pending: _Pending, aggregate: str) -> FileTags | FileFailure:
-    decoded = pending.decoded
-    if isinstance(decoded, FileFailure):
-        return decoded
-    num_samples = decoded.waveform.shape[0]
+    end = pending.end
+    if isinstance(end, FileFailure):
+        return end
+    assert end is not None
     window_scores = torch.stack(pending.scores)  # type: ignore[arg-type]
     scores = window_scores.amax(dim=0) if aggregate == "max" else window_scores.mean(dim=0)
-    spans = [(s / SAMPLE_RATE, min(s + CLIP_SAMPLES, num_samples) / SAMPLE_RATE) for s in pending.starts]
+    spans = [(s / SAMPLE_RATE, min(s + CLIP_SAMPLES, end.num_samples) / SAMPLE_RATE) for s in pending.starts]
     return FileTags(
-        file=decoded.file,
-        duration_s=num_samples / SAMPLE_RATE,
-        sample_rate=decoded.sample_rate,
+        file=pending.file,
+        duration_s=end.num_samples / SAMPLE_RATE,
+        sample_rate=end.sample_rate,
         window_spans_s=spans,
         window_scores=window_scores,
         scores=scores,
@@ -281,10 +200,13 @@ def tag_files(
 ) -> Iterator[FileTags | FileFailure]:
     """Tag ``paths`` with ``tagger``; yields one result per path, in order, as soon as it is done.
 
-    Windows of consecutive files share batches of ``batch_size``; ``hop_s`` is the step between
-    window starts in seconds; ``aggregate`` (max, mean) combines window scores into file
-    scores; ``num_workers`` > 0 decodes files in that many worker processes. The arguments
-    are checked here (ValueError), before any file is read.
+    Files are decoded and cut into windows block by block (:mod:`dcls_audio.file_windows`), so
+    memory does not grow with a file's length: at most ``batch_size`` windows wait to be scored,
+    plus a window and a decoded block per file being read. Windows of consecutive files share
+    batches of ``batch_size``; ``hop_s`` is the step between window starts in seconds;
+    ``aggregate`` (max, mean) combines window scores into file scores; ``num_workers`` > 0
+    decodes files in that many worker processes. The arguments are checked here (ValueError),
+    before any file is read. ``tagger``: anything with a ``device`` and ``(B, S) -> (B, C)`` call.
     """
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
@@ -299,34 +221,50 @@ def _tag_stream(
 ) -> Iterator[FileTags | FileFailure]:
     """The generator behind :func:`tag_files`, on checked arguments (``hop`` in samples)."""
     in_flight: deque[_Pending] = deque()
-    queue: list[tuple[_Pending, int]] = []  # windows waiting for a batch: (file, window index)
+    queue: list[tuple[_Pending, int, torch.Tensor]] = []  # windows waiting for a batch: (file, index, samples)
+    pin = tagger.device.type == "cuda"
 
-    def run_batch(items: list[tuple[_Pending, int]]) -> None:
-        sources = [(pending.decoded.waveform, pending.starts[i]) for pending, i in items]  # type: ignore[union-attr]
-        probs = tagger(cut_windows(sources, pin_memory=tagger.device.type == "cuda"))
-        for (pending, i), row in zip(items, probs):
+    def run_batch(items: list[tuple[_Pending, int, torch.Tensor]]) -> None:
+        batch = torch.empty(len(items), CLIP_SAMPLES, pin_memory=pin)
+        for row, (_, _, samples) in enumerate(items):
+            batch[row] = samples
+        probs = tagger(batch)
+        for (pending, i, _), row in zip(items, probs):
             pending.scores[i] = row
             pending.remaining -= 1
 
     def completed() -> Iterator[FileTags | FileFailure]:
-        while in_flight and in_flight[0].remaining == 0:
+        while in_flight and in_flight[0].end is not None and in_flight[0].remaining == 0:
             yield _finish(in_flight.popleft(), aggregate)
 
-    for decoded in _decoded_files(paths, num_workers):
-        pending = _Pending(decoded)
-        if isinstance(decoded, _Decoded):
-            pending.starts = window_starts(decoded.waveform.shape[0], CLIP_SAMPLES, hop)
-            pending.scores = [None] * len(pending.starts)
-            pending.remaining = len(pending.starts)
-            queue.extend((pending, i) for i in range(len(pending.starts)))
-        in_flight.append(pending)
-        while len(queue) >= batch_size:
-            run_batch(queue[:batch_size])
-            del queue[:batch_size]
+    per_file = windows_per_file(paths, hop, num_workers)
+    try:
+        for path, events in zip(paths, per_file):
+            pending = _Pending(str(path))
+            in_flight.append(pending)
+            for event in events:
+                if isinstance(event, Window):
+                    pending.starts.append(event.start)
+                    pending.scores.append(None)
+                    pending.remaining += 1
+                    queue.append((pending, len(pending.starts) - 1, event.samples))
+                    if len(queue) >= batch_size:
+                        run_batch(queue[:batch_size])
+                        del queue[:batch_size]
+                        yield from completed()
+                else:
+                    pending.end = event
+                    if isinstance(event, FileFailure):  # its windows are not worth scoring
+                        queue[:] = [item for item in queue if item[0] is not pending]
+                        pending.remaining = 0
+            yield from completed()
+        if queue:
+            run_batch(queue)
         yield from completed()
-    if queue:
-        run_batch(queue)
-    yield from completed()
+    finally:
+        close = getattr(per_file, "close", None)
+        if close is not None:
+            close()
 
 
 def top_k(scores: torch.Tensor, k: int) -> list[tuple[int, float]]:

@@ -3,21 +3,38 @@
 Order of work: check the options, load the checkpoint (a missing file or an unknown model
 stops here, before any audio is read), expand the inputs, tag the files, write the output.
 A file that cannot be tagged gives one ``error: <file>: <reason>`` line on stderr; the others
-are still tagged and the exit code is 1.
+are still tagged and the exit code is 1. Files in folders or patterns without an audio
+extension are skipped with one ``note:`` line on stderr saying how many (not an error).
 """
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import TextIO
 
 from tqdm import tqdm
 
-from .inference import AGGREGATIONS, PRECISIONS, AudioTagger, FileFailure, hop_samples, resolve_device, tag_files
+from .inference import (
+    AGGREGATIONS,
+    PRECISIONS,
+    AudioTagger,
+    FileFailure,
+    hop_samples,
+    resolve_device,
+    tag_files,
+)
 from .input_files import expand_inputs
 from .tagging_model import load_tagging_model
-from .tagging_output import FORMATS, csv_rows, csv_writer, file_record, format_table, write_json
+from .tagging_output import (
+    FORMATS,
+    csv_rows,
+    csv_writer,
+    file_record,
+    format_table,
+    write_json,
+)
 
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_SETUP_ERROR = 0, 1, 2
 
@@ -99,6 +116,9 @@ def run_infer(
     for text, reason in expanded.problems:
         print(f"error: {text}: {reason}", file=stderr)
         failures += 1
+    note = expanded.skipped_note()
+    if note:
+        print(note, file=stderr)
     files = expanded.files
     if not files:
         print("dcls-audio infer: error: no audio file to tag", file=stderr)

@@ -119,16 +119,21 @@ def _stderr_errors(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.strip() and not PROGRESS_LINE.fullmatch(line)]
 
 
+# The app resamples with the plain-torch resampler (float64 filters), which equals torchaudio's
+# to a few 1e-6 on the samples; scores are written with 6 decimals.
+SCORE_ATOL = 1e-5
+
+
 def _check_top(top: list[dict], expected: torch.Tensor, k: int, class_names: list[str]) -> None:
     """Listed entries are the k best classes of ``expected``, with its scores and the CSV's names."""
     assert len(top) == k
     assert [set(e) for e in top] == [{"index", "label", "score"}] * k
     for e in top:
         assert e["label"] == class_names[e["index"]]
-        assert e["score"] == pytest.approx(float(expected[e["index"]]), abs=2e-6)
+        assert e["score"] == pytest.approx(float(expected[e["index"]]), abs=SCORE_ATOL)
     scores = [e["score"] for e in top]
     assert scores == sorted(scores, reverse=True)
-    np.testing.assert_allclose(scores, expected.topk(k).values.numpy(), atol=2e-6)
+    np.testing.assert_allclose(scores, expected.topk(k).values.numpy(), atol=SCORE_ATOL)
 
 
 def test_json_output_windows_scores_labels(tmp_path, capsys, checkpoint, audio_dir, reference, class_names):
@@ -230,7 +235,7 @@ def test_tiny_hop_is_an_option_error(tmp_path, capsys, checkpoint, audio_dir):
 
 
 def test_labels_stored_in_our_checkpoint(tmp_path, capsys, audio_dir):
-    kwargs = dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), kernel_count=4, dilated_kernel_size=7)
+    kwargs = {"depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16), "kernel_count": 4, "dilated_kernel_size": 7}
     torch.manual_seed(0)
     net = create_model("convnext_dcls_audio_tiny", num_classes=3, **kwargs)
     names = ["Alpha sound", "Beta sound", "Gamma sound"]
@@ -247,3 +252,108 @@ def test_labels_stored_in_our_checkpoint(tmp_path, capsys, audio_dir):
     with torch.inference_mode():
         expected = net.eval()(LogMelFrontEnd(augment=False).eval()(torch.zeros(1, 10 * SR)))[0].sigmoid()
     _check_top(record["top"], expected, 3, names)
+
+
+# -- containers libsndfile cannot read, decoded through FFmpeg (PyAV) ------------------------------
+def _scene(sr: int, seconds: float = 12.0) -> np.ndarray:
+    """(2, frames) float32: a tone, a chirp from 6 s and an amplitude-modulated 1 kHz tone on the right.
+
+    Written at any rate it is the same sound, so a 44.1 kHz and a 48 kHz file can be compared.
+    """
+    t = np.arange(round(seconds * sr)) / sr
+    left = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * (300 + 150 * (t - 6)) * (t - 6)) * (t >= 6)
+    right = 0.25 * np.sin(2 * np.pi * 1000 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.7 * t))
+    return np.stack([left, right]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def compressed_dir(tmp_path_factory) -> Path:
+    """12 s 44.1 kHz stereo as m4a (AAC) and WAV; as webm (Opus, 48 kHz) and WAV if libopus exists;
+    12 s of noise as another sound."""
+    from pyav_audio import encoder_available, write_with_pyav
+
+    folder = tmp_path_factory.mktemp("compressed")
+    write_with_pyav(folder / "phone.m4a", _scene(44100), 44100, "mp4", "aac")
+    sf.write(folder / "phone_source.wav", _scene(44100).T, 44100, subtype="FLOAT")
+    if encoder_available("libopus"):
+        write_with_pyav(folder / "browser.webm", _scene(48000), 48000, "webm", "libopus")
+        sf.write(folder / "browser_source.wav", _scene(48000).T, 48000, subtype="FLOAT")
+    noise = 0.1 * np.random.default_rng(3).standard_normal(12 * 44100)
+    sf.write(folder / "other.wav", noise.astype(np.float32), 44100, subtype="FLOAT")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small DCLS model in our checkpoint format (fast on the CPU), 16 classes."""
+    kwargs = {"depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16), "kernel_count": 4, "dilated_kernel_size": 7}
+    torch.manual_seed(1)
+    net = create_model("convnext_dcls_audio_tiny", num_classes=16, **kwargs)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.ckpt"
+    torch.save({
+        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+        "hyper_parameters": {"model_name": "convnext_dcls_audio_tiny", "num_classes": 16, "model_kwargs": kwargs,
+                             "class_names": [f"c{i}" for i in range(16)], "class_mids": [f"/c{i}" for i in range(16)]},
+    }, path)
+    return path
+
+
+# Lossy codecs change the samples by a few percent of their RMS. Window scores of a coded file
+# must stay within LOSSY_SCORE_ATOL of its source's, and much closer to them than to another sound's.
+LOSSY_SCORE_ATOL = 0.02
+
+
+def test_m4a_and_webm_tag_like_their_sources(capsys, tiny_checkpoint, compressed_dir):
+    names = sorted(p.name for p in compressed_dir.iterdir())
+    rc = cli.main(["infer", "-c", str(tiny_checkpoint), *(str(compressed_dir / n) for n in names),
+                   "--format", "json", "-k", "16", "--batch-size", "8"])
+    captured = capsys.readouterr()
+    assert rc == 0 and captured.err.strip() == ""
+    records = {Path(r["file"]).name: r for r in json.loads(captured.out)}
+    assert set(records) == set(names)
+
+    def window_scores(name: str) -> torch.Tensor:
+        windows = records[name]["windows"]
+        out = torch.zeros(len(windows), 16)
+        for row, w in enumerate(windows):
+            for e in w["top"]:
+                out[row, e["index"]] = e["score"]
+        return out
+
+    m4a = records["phone.m4a"]
+    assert m4a["sample_rate"] == 44100 and m4a["duration_s"] == pytest.approx(12.0, abs=0.02)
+    spans = [(w["start_s"], w["end_s"]) for w in m4a["windows"]]
+    assert len(spans) == 2  # 12 s: [0, 10] and the window aligned to the end
+    assert spans[0] == (0.0, 10.0) and spans[1] == (pytest.approx(m4a["duration_s"] - 10), m4a["duration_s"])
+    for coded, source in (("phone.m4a", "phone_source.wav"), ("browser.webm", "browser_source.wav")):
+        if coded not in records:
+            continue
+        got, want, other = window_scores(coded), window_scores(source), window_scores("other.wav")
+        assert got.shape == want.shape == (2, 16)
+        err = (got - want).abs().max()
+        assert 0 < err < LOSSY_SCORE_ATOL, (coded, err)  # decoded (not copied), and close
+        assert err < 0.2 * (other - want).abs().max(), (coded, err)
+    if "browser.webm" in records:
+        assert records["browser.webm"]["sample_rate"] == 48000
+        assert records["browser.webm"]["duration_s"] == pytest.approx(12.0, abs=0.02)
+
+
+def test_undecodable_container_among_good_files(tmp_path, capsys, tiny_checkpoint, compressed_dir):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "phone.m4a").write_bytes((compressed_dir / "phone.m4a").read_bytes())
+    (folder / "broken.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A " + b"garbage" * 40)
+    (folder / "notes.txt").write_text("not audio")
+    (folder / "cover.jpg").write_bytes(b"\xff\xd8\xff")
+    rc = cli.main(["infer", "-c", str(tiny_checkpoint), str(folder), "-k", "1"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    broken = str(folder / "broken.m4a")
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {broken}: ")
+    assert errors[0].count("broken.m4a") == 1  # the path once, then the reason
+    notes = [line for line in captured.err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "skipped 2 files without an audio extension" in notes[0]
+    assert len([line for line in captured.err.splitlines() if line.strip()]) == 2  # no traceback
+    assert f"{folder / 'phone.m4a'}  (" in captured.out and "2 windows" in captured.out
+    assert "broken.m4a" not in captured.out

@@ -1,81 +1,116 @@
-"""Decoding audio files to mono float waveforms at the model's sampling rate."""
+"""Decoding audio files to mono float waveforms at the model's sampling rate, whole or block by block.
+
+:class:`AudioStream` reads a file through :func:`~.audio_decode.open_audio` (libsndfile, else
+FFmpeg through PyAV), averages the channels and resamples to ``target_sr`` with
+:class:`~.stream_resample.StreamResampler`, one block at a time: memory does not grow with the
+file's length. :func:`load_audio` concatenates a stream, :func:`read_head` stops after the first
+samples. All three give the same samples for the same file.
+"""
 from __future__ import annotations
 
-import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
+from .audio_decode import AUDIO_EXTENSIONS, AudioReadError, AudioSource, open_audio
 from .constants import INT16_SCALE, SAMPLE_RATE
+from .stream_resample import StreamResampler
+
+__all__ = [
+    "AUDIO_EXTENSIONS", "AudioReadError", "AudioStream", "float_to_int16", "load_audio", "pad_or_trim", "read_head",
+]
 
 
-class AudioReadError(ValueError):
-    """An audio file exists but cannot be decoded (corrupt, truncated, unsupported).
+def mixdown(block: np.ndarray) -> np.ndarray:
+    """float32 (frames, channels) -> (frames,) channel mean."""
+    return np.ascontiguousarray(block.mean(axis=1, dtype=np.float32))
 
-    ``path``: the file; ``reason``: why, without the path. The message is
-    ``cannot decode audio file <path>: <reason>``.
+
+class AudioStream:
+    """A file as mono float32 blocks at ``target_sr``: iterate once for (k,) tensors.
+
+    ``sample_rate``: the file's own rate; after the iteration ends, ``num_samples``: the length
+    at ``target_sr`` (``ceil(frames * target_sr / sample_rate)``). Raises ``FileNotFoundError``
+    (missing path) and :class:`AudioReadError` (naming the file) when opening, and
+    :class:`AudioReadError` while iterating for a decoding error, NaN or infinite samples, or a
+    file without samples. ``backend``: see :func:`~.audio_decode.open_audio`.
     """
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"cannot decode audio file {path}: {reason}")
+    def __init__(self, path: str | Path, target_sr: int = SAMPLE_RATE, backend: str = "auto") -> None:
         self.path = Path(path)
-        self.reason = reason
+        self.target_sr = int(target_sr)
+        self._source: AudioSource = open_audio(self.path, backend)
+        self.sample_rate = self._source.sample_rate
+        self.backend = self._source.backend
+        self.num_samples: int | None = None
+        self._resampler = StreamResampler(self.sample_rate, self.target_sr)
 
-    def __reduce__(self):
-        return type(self), (self.path, self.reason)
+    @property
+    def buffered(self) -> int:
+        """Input samples the resampler holds now."""
+        return self._resampler.buffered
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        emitted = frames = 0
+        try:
+            for block in self._source.blocks():
+                if not np.isfinite(block).all():
+                    raise AudioReadError(self.path, "it holds NaN or infinite samples")
+                frames += block.shape[0]
+                out = self._resampler.push(mixdown(block))
+                if out.shape[0]:
+                    emitted += out.shape[0]
+                    yield out
+            if frames == 0:
+                raise AudioReadError(self.path, "it holds no samples")
+            out = self._resampler.finish()
+            if out.shape[0]:
+                emitted += out.shape[0]
+                yield out
+            self.num_samples = emitted
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the file (done when the iteration ends or stops early)."""
+        self._source.close()
 
 
-def _decoder_reason(exc: Exception) -> str:
-    """What went wrong, without libsndfile's "Error opening '<path>': " prefix."""
-    if isinstance(exc, sf.LibsndfileError) and exc.prefix.startswith("Error opening "):
-        return exc.error_string
-    return str(exc)
+def load_audio(path: str | Path, target_sr: int = SAMPLE_RATE, backend: str = "auto") -> tuple[torch.Tensor, int]:
+    """Decode ``path`` (any format of :data:`AUDIO_EXTENSIONS`) to a mono float32 waveform.
 
-
-# libsndfile notes a data chunk shorter than its header as "data : <size> (should be <n>)".
-# Streaming writers put 0 or 0xFFFFFFFF there on purpose; those files are complete.
-_SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-
-
-def _check_not_truncated(path: Path, info: sf._SoundFileInfo) -> None:
-    match = _SHORT_DATA_CHUNK.search(info.extra_info or "")
-    if match is None:
-        return
-    declared, actual = int(match.group(1)), int(match.group(2))
-    if 0 < declared < 0xFFFFFFF0 and actual < declared:
-        raise AudioReadError(
-            path, f"truncated (data chunk holds {actual} of the {declared} bytes its header declares)"
-        )
-
-
-def load_audio(path: str | Path, target_sr: int = SAMPLE_RATE) -> tuple[torch.Tensor, int]:
-    """Decode ``path`` (wav, flac, ogg, mp3, ... through soundfile) to a mono float32 waveform.
-
-    Channels are averaged, then the waveform is resampled to ``target_sr`` with
-    ``torchaudio.functional.resample``. Returns ``(waveform (S,), original_sample_rate)``.
-    Raises ``FileNotFoundError`` for a missing path and :class:`AudioReadError` (naming the
-    file) for anything soundfile cannot decode, including truncated WAV files.
+    Channels are averaged, then the waveform is resampled to ``target_sr`` (plain-torch
+    windowed sinc, equal to torchaudio's ``resample``). Returns ``(waveform (S,),
+    original_sample_rate)``. Raises ``FileNotFoundError`` for a missing path and
+    :class:`AudioReadError` (naming the file) for anything that cannot be decoded, including
+    truncated WAV files and NaN samples. The whole waveform is in memory: use
+    :class:`AudioStream` for long files.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
+    stream = AudioStream(path, target_sr, backend)
+    blocks = list(stream)
+    return torch.cat(blocks), stream.sample_rate
+
+
+def read_head(
+    path: str | Path, num_samples: int, target_sr: int = SAMPLE_RATE, backend: str = "auto"
+) -> tuple[torch.Tensor, int]:
+    """The first ``num_samples`` samples of :func:`load_audio` (fewer for a shorter file).
+
+    Reading stops as soon as they are decoded, so the cost does not depend on the file's length.
+    """
+    stream = AudioStream(path, target_sr, backend)
+    blocks, have = [], 0
     try:
-        info = sf.info(str(path))
-        _check_not_truncated(path, info)
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except AudioReadError:
-        raise
-    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        raise AudioReadError(path, _decoder_reason(exc)) from exc
-    if data.shape[0] == 0:
-        raise AudioReadError(path, "it holds no samples")
-    mono = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1, dtype=np.float32)))
-    if sr != target_sr:
-        mono = AF.resample(mono, orig_freq=int(sr), new_freq=int(target_sr))
-    return mono, int(sr)
+        for block in stream:
+            blocks.append(block)
+            have += block.shape[0]
+            if have >= num_samples:
+                break
+    finally:
+        stream.close()
+    return torch.cat(blocks)[:num_samples], stream.sample_rate
 
 
 def pad_or_trim(waveform: torch.Tensor, length: int) -> torch.Tensor:

@@ -3,8 +3,10 @@
 Labels CSV (AudioSet ``*_segments.csv`` format): lines ``YTID, start_seconds, end_seconds,
 "mid,mid,..."``; lines starting with ``#`` are comments. A file matches a YTID when its stem is
 the YTID, ``Y<YTID>``, or either followed by ``_<start>`` or ``_<start>_<end>`` (numbers).
-Each clip is decoded with soundfile, mixed down to mono, resampled to 32 kHz with torchaudio,
-padded/cut to 10 s and stored as int16; ``audio_name`` holds the YTID.
+Each clip is decoded (libsndfile, else FFmpeg through PyAV: the formats of
+:data:`~.audio_decode.AUDIO_EXTENSIONS`), mixed down to mono, resampled to 32 kHz, padded/cut
+to 10 s and stored as int16; ``audio_name`` holds the YTID. Only the first 10 s of a file are
+decoded. Files without an audio extension are listed in the report, not packed.
 """
 from __future__ import annotations
 
@@ -12,22 +14,27 @@ import csv
 import multiprocessing
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import h5py
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .audio_io import AudioReadError, float_to_int16, load_audio, pad_or_trim
+from ..output_dirs import atomic_output
+from .audio_io import (
+    AUDIO_EXTENSIONS,
+    AudioReadError,
+    float_to_int16,
+    pad_or_trim,
+    read_head,
+)
 from .classes import load_class_names, mid_to_index
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_layout
-from ..output_dirs import atomic_output
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 _TIME_SUFFIX = re.compile(r"^(.+?)(?:_\d+(?:\.\d+)?){1,2}$")
 
 
@@ -69,9 +76,16 @@ def match_ytid(stem: str, known: dict[str, object] | set[str]) -> str | None:
     return None
 
 
+def list_files(audio_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Files under ``audio_dir`` (recursively), sorted: (audio files, files without an audio extension)."""
+    files = sorted(p for p in audio_dir.rglob("*") if p.is_file())
+    audio = [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS]
+    return audio, [p for p in files if p.suffix.lower() not in AUDIO_EXTENSIONS]
+
+
 def list_audio_files(audio_dir: Path) -> list[Path]:
     """Audio files under ``audio_dir`` (recursively), sorted."""
-    return sorted(p for p in audio_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    return list_files(audio_dir)[0]
 
 
 @dataclass
@@ -84,6 +98,7 @@ class PackReport:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     unlabelled: list[tuple[Path, str]] = field(default_factory=list)
     duplicates: list[tuple[Path, str]] = field(default_factory=list)
+    not_audio: list[Path] = field(default_factory=list)
     unknown_mids: dict[str, int] = field(default_factory=dict)
 
     def summary(self, max_listed: int = 20) -> str:
@@ -92,10 +107,11 @@ class PackReport:
             ("unreadable files skipped", self.unreadable),
             ("files without labels skipped", self.unlabelled),
             ("files for an already packed YTID skipped", self.duplicates),
+            ("files without an audio extension skipped", [(p, "") for p in self.not_audio]),
         ):
             if items:
                 lines.append(f"{len(items)} {title}:")
-                lines += [f"  {path}: {why}" for path, why in items[:max_listed]]
+                lines += [f"  {path}: {why}" if why else f"  {path}" for path, why in items[:max_listed]]
                 if len(items) > max_listed:
                     lines.append(f"  ... and {len(items) - max_listed} more")
         if self.unknown_mids:
@@ -105,8 +121,8 @@ class PackReport:
 
 
 def decode_clip(path: Path, clip_samples: int = CLIP_SAMPLES) -> np.ndarray:
-    """Decode one file to the stored form: int16 (clip_samples,) mono at 32 kHz."""
-    waveform, _ = load_audio(path, SAMPLE_RATE)
+    """Decode the start of one file to the stored form: int16 (clip_samples,) mono at 32 kHz."""
+    waveform, _ = read_head(path, clip_samples, SAMPLE_RATE)
     return float_to_int16(pad_or_trim(waveform, clip_samples)).numpy()
 
 
@@ -119,6 +135,8 @@ def _decode_or_error(job: tuple[Path, int]) -> tuple[np.ndarray | None, str]:
         return None, exc.reason
     except OSError as exc:
         return None, exc.strerror or str(exc)
+    except Exception as exc:  # noqa: BLE001 - any other decoder failure skips the file, never the whole pack
+        return None, " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _init_worker() -> None:
@@ -184,7 +202,7 @@ def pack_folder(
     classes = load_class_names(class_csv)
     labels = read_segments_csv(labels_csv)
     report = PackReport(output=output, num_classes=len(classes))
-    files = list_audio_files(audio_dir)
+    files, report.not_audio = list_files(audio_dir)
     if not files:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {audio_dir}")
     planned = _plan(files, labels, mid_to_index(classes), report)
