@@ -1,15 +1,22 @@
-"""Training throughput: samples/s and peak memory of real training steps.
+"""Training throughput: the real ``dcls-audio train`` step against the bare model step, in one run.
 
-Each model is trained by the project's own LightningModule and a Lightning Trainer, exactly as
-``dcls-audio train`` does (GPU log-mel front end with its augmentations, batch mixup, BCE,
-AdamW with the recipe's parameter groups and schedule), on synthetic AudioSet-format batches
-(int16 waveforms of 320000 samples, 527-class multi-hot targets) held in host memory.
-After ``--warmup`` steps the next ``--steps`` optimizer steps are timed (device synchronised
-at both ends). Prints a table and writes JSON.
+For each model and each compile mode (``eager`` or a ``torch.compile`` mode) it measures:
 
-    python benchmarks/bench_train.py                                     # DCLS and 7x7 ConvNeXt-T
-    python benchmarks/bench_train.py --channels-last --compile --steps 300
-    python benchmarks/bench_train.py --device cpu --batch-size 2 --steps 3 --warmup 1 --tiny
+- bare: the backbone alone on a log-mel batch already on the device (BCE, AdamW fused on CUDA,
+  autocast as ``--precision``, no Lightning, no data loading);
+- loop: the project's training step as ``dcls-audio train`` runs it: the real DataModule (HDF5
+  reader, sampler, loader workers chosen as by default) on a generated AudioSet-format HDF5 file,
+  the real LightningModule (front end, augmentations, mixup, BCE, optimizer and schedule, the
+  non-finite guard) through ``lightning.Trainer``;
+
+and prints samples/s of both and their ratio (loop / bare). It also times the augmentations and
+mixup alone (host draws + their device ops) per step of ``--batch-size`` clips. After
+``--warmup`` untimed steps, ``--steps`` steps are timed with the device synchronised at both
+ends. Prints a table and writes JSON (default: benchmarks/results/bench_train_loop_vs_bare.json).
+
+    python benchmarks/bench_train.py                                  # both ConvNeXt-T, eager + compiled
+    python benchmarks/bench_train.py --modes eager reduce-overhead --steps 100
+    python benchmarks/bench_train.py --smoke                          # tiny CPU check
 """
 from __future__ import annotations
 
@@ -18,59 +25,123 @@ import gc
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import h5py
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dcls_audio.data import AudioSetDataModule, LogMelFrontEnd  # noqa: E402
+from dcls_audio.data.augment import (  # noqa: E402
+    apply_erase,
+    apply_mixup,
+    apply_time_warp,
+    sample_front_end,
+    sample_mixup_draws,
+)
+from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
 from dcls_audio.lit_module import AudioTaggingModule  # noqa: E402
+from dcls_audio.models import create_model  # noqa: E402
+from dcls_audio.optim import build_optimizer  # noqa: E402
 
+RESULTS = Path(__file__).resolve().parent / "results"
 TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
+NUM_CLASSES = 527
 
 
-class SyntheticClips(Dataset):
-    """``length`` items drawn from a pool of random int16 clips with random multi-hot targets."""
-
-    def __init__(self, length: int, pool: int = 128, num_classes: int = 527, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.waveform = (torch.randn(pool, 320000, generator=g) * 3000).to(torch.int16)
-        self.target = (torch.rand(pool, num_classes, generator=g) < 0.01).float()
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        k = i % len(self.waveform)
-        return {"waveform": self.waveform[k], "target": self.target[k], "index": torch.tensor(i)}
+def make_hdf5(path: Path, clips: int, clip_samples: int, block: int = 256) -> None:
+    """An AudioSet-format file of random int16 clips and ~1% multi-hot targets."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as h5:
+        names, waves, targets = create_layout(h5, clips, NUM_CLASSES, clip_samples)
+        for start in range(0, clips, block):
+            stop = min(start + block, clips)
+            waves[start:stop] = rng.integers(-3000, 3000, size=(stop - start, clip_samples), dtype=np.int16)
+        names[:] = [f"Y{i:010d}".encode() for i in range(clips)]
+        targets[:] = rng.random((clips, NUM_CLASSES)) < 0.01
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_kwargs(name: str, args: argparse.Namespace) -> dict:
+    kwargs = {"drop_path_rate": 0.1, **(TINY if args.smoke else {})}
+    if "dcls" in name and args.smoke:
+        kwargs.update(kernel_count=4, dilated_kernel_size=5)
+    return kwargs
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _fresh(device: torch.device) -> None:
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# ----------------------------------------------------------------------------- bare step
+def bare_step(name: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """The backbone alone: log-mel batch on the device, BCE, AdamW (fused on CUDA)."""
+    _fresh(device)
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=NUM_CLASSES, **_model_kwargs(name, args)).to(device).train()
+    opt = build_optimizer(net, "adamw", 1e-4, 0.05, fused=device.type == "cuda")
+    frames = args.clip_samples // 320 + 1
+    spec = torch.randn(args.batch_size, 1, 128, frames, device=device)
+    target = (torch.rand(args.batch_size, NUM_CLASSES, device=device) < 0.01).float()
+    forward = net if mode == "eager" else torch.compile(net, mode=mode)
+
+    def step() -> None:
+        if mode in ("reduce-overhead", "max-autotune"):
+            torch.compiler.cudagraph_mark_step_begin()
+        with _autocast(device, args.precision):
+            logits = forward(spec)
+        F.binary_cross_entropy_with_logits(logits.float(), target).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"samples_per_s": args.steps * args.batch_size / seconds, "step_ms": 1000 * seconds / args.steps}
+
+
+# ----------------------------------------------------------------------------- loop step
 class StepTimer(L.Callback):
-    """Times optimizer steps ``warmup`` .. ``warmup + steps``; the peak memory is that of the
-    whole run (with ``reduce-overhead`` the CUDA graphs' memory pool is allocated during the
-    warm-up steps and stays allocated)."""
+    """Times optimizer steps ``warmup`` .. ``warmup + steps`` and then stops the run."""
 
     def __init__(self, warmup: int, steps: int) -> None:
         self.warmup, self.steps = warmup, steps
         self.seconds = float("nan")
         self.peak_bytes = 0
-
-    def _sync(self, device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        self._t0: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup and not hasattr(self, "_t0"):
-            self._sync(pl_module.device)
+        if trainer.global_step == self.warmup and self._t0 is None:
+            _sync(pl_module.device)
             self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup + self.steps:
-            self._sync(pl_module.device)
+        if trainer.global_step == self.warmup + self.steps and self._t0 is not None:
+            _sync(pl_module.device)
             self.seconds = time.perf_counter() - self._t0
             if pl_module.device.type == "cuda":
                 self.peak_bytes = torch.cuda.max_memory_allocated(pl_module.device)
@@ -78,12 +149,13 @@ class StepTimer(L.Callback):
 
 
 class StepProfiler(L.Callback):
-    """Profiles ``steps`` training steps from step ``start`` with ``torch.profiler`` and prints
-    the operators with the most host time, the most device time, and the host syncs."""
+    """Profiles ``steps`` training steps from step ``start``; prints the top host and device
+    operators and the host syncs (``aten::item``, ``aten::_local_scalar_dense``, synchronisations)."""
 
     def __init__(self, start: int, steps: int) -> None:
         self.start, self.steps = start, steps
         self.prof = None
+        self.syncs: dict[str, int] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.start and self.prof is None:
@@ -95,104 +167,146 @@ class StepProfiler(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.prof is not None and trainer.global_step == self.start + self.steps:
-            if pl_module.device.type == "cuda":
-                torch.cuda.synchronize()
+            _sync(pl_module.device)
             self.prof.__exit__(None, None, None)
             events = self.prof.key_averages()
-            print(f"== profile of {self.steps} steps: top host time")
-            print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
-            if pl_module.device.type == "cuda":
-                print(f"== top device time")
-                print(events.table(sort_by="self_device_time_total", row_limit=20, max_name_column_width=60))
-            syncs = {e.key: e.count for e in events if "Synchronize" in e.key or "DtoH" in e.key or e.key == "aten::item"}
-            print(f"== host syncs and device-to-host copies: {syncs}")
+            print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+            keys = ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize",
+                    "cudaEventSynchronize", "Memcpy DtoH")
+            self.syncs = {e.key: e.count for e in events if any(k in e.key for k in keys)}
+            print(f"== host syncs in {self.steps} profiled steps: {self.syncs}")
             self.prof = None
 
 
-def run_one(name: str, args: argparse.Namespace) -> dict:
-    if args.device == "cuda":  # each model's peak is its own
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    kwargs = {"drop_path_rate": 0.1, **(TINY if args.tiny else {})}
-    if "dcls" in name and args.tiny:
-        kwargs.update(kernel_count=8, dilated_kernel_size=9)
+def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    """The real training step: DataModule on ``h5`` -> LightningModule -> lightning.Trainer."""
+    _fresh(device)
     torch.manual_seed(0)
+    dm = AudioSetDataModule(train_files=h5, batch_size=args.batch_size, num_workers=args.num_workers,
+                            seed=0, clip_samples=args.clip_samples)
     module = AudioTaggingModule(
-        name, 527, model_kwargs=kwargs, lr=1e-3, warmup_steps=10, ema_decay=0.9999 if args.ema else None,
-        channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
+        name, NUM_CLASSES, model_kwargs=_model_kwargs(name, args), lr=1e-3, warmup_steps=10,
+        compile=mode != "eager", compile_mode="default" if mode == "eager" else mode,
     )
-    if args.no_loss_check:  # what the per-step host check of the loss costs
-        module.on_before_optimizer_step = lambda optimizer: module._step_losses.clear()
-    total = args.warmup + args.steps
-    loader = DataLoader(SyntheticClips(total * args.batch_size), batch_size=args.batch_size,
-                        num_workers=args.num_workers, pin_memory=args.device != "cpu", drop_last=True)
+    if args.smoke:  # a shorter clip: the front end's length follows the file
+        module.front_end.clip_samples = args.clip_samples
     timer = StepTimer(args.warmup, args.steps)
-    profiler = [StepProfiler(args.warmup - args.profile_steps, args.profile_steps)] if args.profile_steps else []
-    callbacks = [timer, *profiler]
+    profiler = StepProfiler(args.warmup - args.profile_steps, args.profile_steps) if args.profile_steps else None
     trainer = L.Trainer(
-        accelerator=args.device, devices=1, precision=args.precision, max_steps=total + 1,
-        logger=False, enable_checkpointing=False, enable_progress_bar=args.progress_bar, enable_model_summary=False,
-        limit_val_batches=0, callbacks=callbacks,
+        accelerator=device.type, devices=1, precision=args.precision, max_steps=args.warmup + args.steps + 1,
+        max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=[timer, *([profiler] if profiler else [])],
     )
-    trainer.fit(module, train_dataloaders=loader)
-    samples_per_s = args.steps * args.batch_size / timer.seconds
-    return {
-        "model": name, "precision": args.precision, "batch_size": args.batch_size,
-        "channels_last": args.channels_last, "compile": args.compile,
-        "compile_mode": args.compile_mode, "ema": args.ema, "loss_check": not args.no_loss_check,
-        "progress_bar": args.progress_bar,
-        "timed_steps": args.steps, "seconds": timer.seconds, "samples_per_s": samples_per_s,
-        "step_ms": 1000 * timer.seconds / args.steps, "peak_memory_gib": timer.peak_bytes / 2**30,
-        "parameters": sum(p.numel() for p in module.net.parameters()),
+    trainer.fit(module, datamodule=dm)
+    settings = dm.loader_settings()
+    row = {
+        "samples_per_s": args.steps * args.batch_size / timer.seconds, "step_ms": 1000 * timer.seconds / args.steps,
+        "peak_memory_gib": timer.peak_bytes / 2**30, "num_workers": settings.num_workers,
+        "prefetch_factor": settings.prefetch_factor, "pin_memory": settings.pin_memory,
     }
+    if profiler is not None:
+        row["profiled_syncs"] = profiler.syncs
+    dm.teardown()
+    return row
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------- augmentations alone
+def augment_ms(args: argparse.Namespace, device: torch.device) -> float:
+    """Host draws + device ops of roll, speed, erasing and mixup for one batch, in ms."""
+    front = LogMelFrontEnd(clip_samples=args.clip_samples, seed=0).train()
+    height, width = front.power_shape()
+    batch = args.batch_size
+    wave = torch.randn(batch, args.clip_samples, device=device)
+    power = torch.rand(batch, height, width, device=device)
+    logmel = torch.randn(batch, 1, 128, width, device=device)
+    target = (torch.rand(batch, NUM_CLASSES, device=device) < 0.01).float()
+    gen = torch.Generator().manual_seed(0)
+
+    def once() -> None:
+        draws = sample_front_end(batch, args.clip_samples, True, ((0.5, 1.5), 0.5), ((height, width), 0.25), gen)
+        draws = draws.to(device)
+        mix = sample_mixup_draws(batch, 0.8, gen).to(device)
+        apply_time_warp(wave, draws.shift, draws.speed)
+        apply_erase(power, draws.erase)
+        apply_mixup(logmel, target, mix, 0.1)
+
+    for _ in range(3):
+        once()
+    _sync(device)
+    reps = max(3, args.steps)
+    start = time.perf_counter()
+    for _ in range(reps):
+        once()
+    _sync(device)
+    return 1000 * (time.perf_counter() - start) / reps
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["convnext_dcls_audio_tiny", "convnext_audio_tiny"])
+    parser.add_argument("--models", nargs="+", default=["convnext_audio_tiny", "convnext_dcls_audio_tiny"])
+    parser.add_argument("--modes", nargs="+", default=["eager", "default"],
+                        help="eager and/or torch.compile modes (default, reduce-overhead, max-autotune, ...)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=200, help="timed optimizer steps")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed steps first (compilation, autotuning)")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=15, help="untimed steps first (compilation, autotuning)")
     parser.add_argument("--precision", default="bf16-mixed", choices=("32", "bf16-mixed", "16-mixed"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--compile-mode", default="default",
-                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-                        help="torch.compile mode (implies --compile unless default)")
-    parser.add_argument("--no-loss-check", action="store_true",
-                        help="skip the per-step non-finite loss check (measures what it costs)")
-    parser.add_argument("--progress-bar", action="store_true", help="show Lightning's progress bar, as training does")
+    parser.add_argument("--clips", type=int, default=0,
+                        help="clips in the generated HDF5 file (default: enough for every timed run)")
+    parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: automatic)")
     parser.add_argument("--profile-steps", type=int, default=0,
-                        help="profile the last this many warm-up steps (before the timed ones) and print "
-                        "the top host and device operators")
-    parser.add_argument("--ema", action="store_true", help="also update an EMA copy each step")
-    parser.add_argument("--tiny", action="store_true", help="tiny architecture (a CPU smoke run)")
-    parser.add_argument("--num-workers", type=int, default=4)
-    parser.add_argument("--json", default="bench_train.json", help="where to write the results")
-    args = parser.parse_args()
-    args.compile = args.compile or args.compile_mode != "default"
+                        help="profile this many of the last warm-up steps of each loop run")
+    parser.add_argument("--tmpdir", default=None, help="where to write the HDF5 file")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny CPU check: tiny models, 2 clips per batch, 4 s clips, 2+2 steps, fp32")
+    parser.add_argument("--json", default=None, help="output JSON (default under benchmarks/results/)")
+    args = parser.parse_args(argv)
+    args.clip_samples = 320000
+    if args.smoke:
+        args.device, args.precision, args.batch_size = "cpu", "32", 2
+        args.steps, args.warmup, args.clip_samples = 2, 2, 128000
+        args.modes = [m for m in args.modes if m == "eager"] or ["eager"]
+        args.num_workers = 0 if args.num_workers is None else args.num_workers
     if args.profile_steps > args.warmup:
         parser.error("--profile-steps must not exceed --warmup (the profiled steps are warm-up steps)")
     if args.device == "cpu" and args.precision == "16-mixed":
         parser.error("16-mixed needs CUDA")
-    device = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
-    out = Path(args.json)
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    default_name = "bench_train_loop_vs_bare" + ("_smoke" if args.smoke else "") + ".json"
+    out = Path(args.json) if args.json else RESULTS / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in args.models:  # the JSON is rewritten after every model: a run cut short keeps what it measured
-        rows.append(run_one(name, args))
-        out.write_text(json.dumps({"device": device, "torch": torch.__version__, "results": rows}, indent=2) + "\n")
-    header = f"{'model':<28} {'precision':<11} {'batch':>5} {'cl':>3} {'cmp':>4} {'samples/s':>10} {'step ms':>8} {'peak GiB':>9}"
-    print(f"device: {device}, torch {torch.__version__}")
-    print(header)
-    for r in rows:
-        print(f"{r['model']:<28} {r['precision']:<11} {r['batch_size']:>5} {'y' if r['channels_last'] else 'n':>3} "
-              f"{'y' if r['compile'] else 'n':>4} {r['samples_per_s']:>10.1f} {r['step_ms']:>8.1f} "
-              f"{r['peak_memory_gib']:>9.2f}")
+    clips = args.clips or args.batch_size * (args.warmup + args.steps + 2)
+
+    report = {"device": device_name, "torch": torch.__version__, "precision": args.precision,
+              "batch_size": args.batch_size, "clips": clips, "results": []}
+    report["augment_mixup_ms_per_step"] = augment_ms(args, device)
+    with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
+        h5 = Path(tmp) / "bench_train.h5"
+        make_hdf5(h5, clips, args.clip_samples)
+        for name in args.models:
+            for mode in args.modes:
+                bare = bare_step(name, mode, args, device)
+                loop = loop_step(name, mode, h5, args, device)
+                row = {"model": name, "mode": mode, "bare_samples_per_s": bare["samples_per_s"],
+                       "loop_samples_per_s": loop["samples_per_s"],
+                       "ratio": loop["samples_per_s"] / bare["samples_per_s"],
+                       "bare_step_ms": bare["step_ms"], "loop_step_ms": loop["step_ms"],
+                       **{k: v for k, v in loop.items() if k not in ("samples_per_s", "step_ms")}}
+                report["results"].append(row)
+                out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it measured
+
+    print(f"device: {device_name}, torch {torch.__version__}, {args.precision}, batch {args.batch_size}")
+    print(f"augmentations + mixup alone: {report['augment_mixup_ms_per_step']:.2f} ms per step")
+    print(f"{'model':<26} {'mode':<16} {'bare/s':>9} {'loop/s':>9} {'ratio':>6} "
+          f"{'bare ms':>8} {'loop ms':>8} {'workers':>7}")
+    for r in report["results"]:
+        print(f"{r['model']:<26} {r['mode']:<16} {r['bare_samples_per_s']:>9.1f} {r['loop_samples_per_s']:>9.1f} "
+              f"{r['ratio']:>6.2f} {r['bare_step_ms']:>8.1f} {r['loop_step_ms']:>8.1f} {r['num_workers']:>7}")
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -28,6 +28,7 @@ __all__ = [
     "CONFIG_DIR",
     "ConfigError",
     "TrainConfig",
+    "check_machine",
     "config_keys",
     "config_names",
     "dump_config",
@@ -80,9 +81,10 @@ class DataConfig:
     val_files: list[str] = _f([], "validation HDF5 files; empty: the demo eval file")
     class_csv: Optional[str] = _f(None, "class list CSV (index, mid, display_name); null: AudioSet")
     batch_size: int = _f(64, "clips per device and step")
-    num_workers: int = _f(4, "data loader workers per device")
-    pin_memory: bool = _f(True, "pin host memory of batches")
-    persistent_workers: bool = _f(True, "keep workers alive between epochs")
+    num_workers: Optional[int] = _f(None, "loader workers per device; null: chosen from the node's CPU cores and devices")
+    pin_memory: Optional[bool] = _f(None, "pin host memory of batches; null: on CUDA")
+    persistent_workers: Optional[bool] = _f(None, "keep workers alive between epochs; null: when there are workers")
+    prefetch_factor: Optional[int] = _f(None, "batches each worker loads ahead; null: 4, or 2 with 8+ workers")
     sampler: Literal["uniform", "balanced"] = _f("uniform", "training sampler")
     samples_per_epoch: Optional[int] = _f(None, "clips drawn per epoch (all ranks); null: the train set size")
     balance_prior: float = _f(0.0, "balanced sampler: clip weight = sum over labels of 1/(count + prior)")
@@ -338,10 +340,12 @@ def load_config(
 
 
 def _validate(cfg: TrainConfig) -> None:
-    """Cross-field and range checks."""
+    """Cross-field and range checks (non-finite floats first: they pass no comparison)."""
+    _check_finite(cfg)
     checks = [
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
-        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (cfg.data.num_workers is None or cfg.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (cfg.data.prefetch_factor is None or cfg.data.prefetch_factor >= 1, "data.prefetch_factor must be >= 1"),
         (cfg.data.balance_prior >= 0, "data.balance_prior must be >= 0"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (0 <= cfg.optim.min_lr <= cfg.optim.lr, "optim.min_lr must be in [0, optim.lr]"),
@@ -370,6 +374,154 @@ def _validate(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _check_ranges(cfg)
+    _check_run_name(cfg.run.name)
+
+
+def _check_finite(cfg: TrainConfig) -> None:
+    """Every float field (and float list entry) must be a finite number: YAML's .nan/.inf and
+    ``inf`` on the command line are floats the trainer would only fail on later."""
+    import math
+
+    for section, values in cfg.to_dict().items():
+        for name, value in values.items():
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"{section}.{name}: must be a finite number, got {item}")
+
+
+def _devices_ok(devices: Any) -> bool:
+    """The trainer's ``devices``: ``auto``, -1 (all), a count >= 1, or a non-empty list of
+    distinct indices >= 0 (also as text: ``"0,1"``)."""
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices == -1 or devices >= 1
+    if isinstance(devices, list):
+        return bool(devices) and all(d >= 0 for d in devices) and len(set(devices)) == len(devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text == "auto":
+            return True
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if "," in text:
+            return bool(parts) and all(p.isdigit() for p in parts)
+        return text == "-1" or (text.isdigit() and int(text) >= 1)
+    return False
+
+
+def _limit_ok(value: Any, allow_zero: bool) -> bool:
+    """``limit_*_batches``: a count (int) or a fraction (float in [0, 1])."""
+    if value is None:
+        return True
+    if isinstance(value, int):
+        return value >= (0 if allow_zero else 1)
+    return (0.0 <= value <= 1.0) if allow_zero else (0.0 < value <= 1.0)
+
+
+#: accelerator names the trainer takes
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xla", "hpu")
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Values the model builder or the trainer would refuse later, refused now with the key."""
+    m, t = cfg.model, cfg.trainer
+    checks = [
+        (m.depths is None or (len(m.depths) > 0 and all(d >= 1 for d in m.depths)),
+         f"model.depths: every stage needs >= 1 block, got {m.depths}"),
+        (m.dims is None or (len(m.dims) > 0 and all(d >= 1 for d in m.dims)),
+         f"model.dims: every stage needs >= 1 channel, got {m.dims}"),
+        (m.depths is None or m.dims is None or len(m.depths) == len(m.dims),
+         f"model.depths ({m.depths}) and model.dims ({m.dims}) must have one entry per stage"),
+        (m.kernel_count is None or m.kernel_count >= 1, f"model.kernel_count must be >= 1, got {m.kernel_count}"),
+        (m.dilated_kernel_size is None or m.dilated_kernel_size >= 1,
+         f"model.dilated_kernel_size must be >= 1, got {m.dilated_kernel_size}"),
+        (0 <= m.drop_path_rate < 1, f"model.drop_path_rate must be in [0, 1), got {m.drop_path_rate}"),
+        (m.layer_scale_init_value is None or m.layer_scale_init_value > 0,
+         f"model.layer_scale_init_value must be > 0 or null, got {m.layer_scale_init_value}"),
+        (cfg.data.samples_per_epoch is None or cfg.data.samples_per_epoch >= 1,
+         f"data.samples_per_epoch must be >= 1 or null, got {cfg.data.samples_per_epoch}"),
+        (cfg.optim.eps is None or cfg.optim.eps > 0, f"optim.eps must be > 0 or null, got {cfg.optim.eps}"),
+        (cfg.optim.betas is None or all(0 <= b < 1 for b in cfg.optim.betas),
+         f"optim.betas must be in [0, 1), got {cfg.optim.betas}"),
+        (cfg.optim.position_lr_scale >= 0, f"optim.position_lr_scale must be >= 0, got {cfg.optim.position_lr_scale}"),
+        (t.accelerator.lower() in ACCELERATORS,
+         f"trainer.accelerator: {t.accelerator!r} is not one of {', '.join(ACCELERATORS)}"),
+        (_devices_ok(t.devices),
+         f"trainer.devices: expected auto, -1 (all), a count >= 1 or a list of indices, got {t.devices!r}"),
+        (t.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {t.num_nodes}"),
+        (t.max_steps >= -1, f"trainer.max_steps must be -1 (no limit) or >= 0, got {t.max_steps}"),
+        (t.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {t.log_every_n_steps}"),
+        (_limit_ok(t.limit_train_batches, allow_zero=False),
+         f"trainer.limit_train_batches: expected a count >= 1 or a fraction in (0, 1], got {t.limit_train_batches}"),
+        (_limit_ok(t.limit_val_batches, allow_zero=True),
+         f"trainer.limit_val_batches: expected a count >= 0 or a fraction in [0, 1], got {t.limit_val_batches}"),
+        (t.val_check_interval is None or t.val_check_interval > 0,
+         f"trainer.val_check_interval must be > 0 or null, got {t.val_check_interval}"),
+        (not isinstance(t.val_check_interval, float) or t.val_check_interval <= 1.0,
+         f"trainer.val_check_interval: a fraction must be in (0, 1], got {t.val_check_interval}"),
+        (t.check_val_every_n_epoch is None or t.check_val_every_n_epoch >= 1,
+         f"trainer.check_val_every_n_epoch must be >= 1 or null, got {t.check_val_every_n_epoch}"),
+        (t.num_sanity_val_steps >= -1, f"trainer.num_sanity_val_steps must be >= -1, got {t.num_sanity_val_steps}"),
+        (t.fast_dev_run is True or t.fast_dev_run is False or t.fast_dev_run >= 0,
+         f"trainer.fast_dev_run must be true, false or a count >= 0, got {t.fast_dev_run}"),
+        (t.gradient_clip_val is None or t.gradient_clip_val > 0,
+         f"trainer.gradient_clip_val must be > 0 or null, got {t.gradient_clip_val}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _check_run_name(name: str) -> None:
+    """``run.name`` is one folder name inside ``run.output_dir``: not empty, not ``.``/``..``,
+    no path separator, not absolute (a run can never land outside its output folder)."""
+    import os
+    import posixpath
+
+    bad = (
+        not name.strip()
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or (os.altsep is not None and os.altsep in name)
+        or posixpath.isabs(name)
+        or "\0" in name
+    )
+    if bad:
+        raise ConfigError(
+            f"run.name: {name!r} must be a single folder name (no '/', '\\', '..' or absolute path): "
+            "runs go to run.output_dir/run.name"
+        )
+
+
+def check_machine(cfg: TrainConfig) -> None:
+    """Checks against this machine, made before training (not when a config is only printed):
+    a GPU accelerator needs a CUDA device, and a device count or list must fit the ones present.
+
+    Raises:
+        ConfigError: naming ``trainer.accelerator`` or ``trainer.devices``.
+    """
+    accelerator = cfg.trainer.accelerator.lower()
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch  # only here: listing keys and printing configs stay fast
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(
+            f"trainer.accelerator {cfg.trainer.accelerator}: no CUDA GPU is available on this machine "
+            "(use cpu or auto)"
+        )
+    devices = cfg.trainer.devices
+    if isinstance(devices, str) and devices.strip() not in ("auto", "-1"):
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
+        devices = [int(p) for p in parts] if "," in devices else int(devices)
+    if isinstance(devices, int) and devices > count:
+        raise ConfigError(f"trainer.devices {devices}: only {count} CUDA GPU(s) on this machine")
+    if isinstance(devices, list) and max(devices) >= count:
+        raise ConfigError(f"trainer.devices {devices}: GPU indices go from 0 to {count - 1} on this machine")
 
 
 class _ConfigDumper(yaml.SafeDumper):

@@ -3,7 +3,15 @@
 Batches are the DataModule's dicts (``waveform`` int16 (B, 320000), ``target`` (B, C),
 ``index`` (B,)). On the device: waveform -> log-mel front end (train-time augmentations in
 training mode) -> batch mixup + label smoothing (training) -> backbone -> logits (B, C) ->
-BCE-with-logits. Validation gathers logits with clip indices and logs the exact AudioSet
+BCE-with-logits.
+
+The training step never waits for the device: the augmentation and mixup draws are made on
+the host and sent with a non-blocking copy, the loss is logged as a device tensor, the
+non-finite loss check is decided on the device (:mod:`.step_guard`: a fused optimizer skips a
+bad update itself and the run stops one step later; other optimizers are checked before their
+update), and on CUDA AdamW/Adam run fused (no per-parameter host work). With ``compile`` the
+whole training forward (front end, augmentations, mixup, backbone, loss) is one compiled
+function; CUDA-graph modes replay it. Validation gathers logits with clip indices and logs the exact AudioSet
 metrics (``val/mAP``, ``val/mAUC``, ``val/d_prime``; ``*_ema`` for the EMA weights).
 
 Checkpoints are self-describing: the backbone lives under ``net``, the EMA copy under
@@ -19,11 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import LogMelFrontEnd, mixup
+from .data import LogMelFrontEnd
+from .data.augment import MixupDraws, apply_mixup, sample_mixup_draws
 from .ema import make_ema, update_ema
 from .metrics import AudioSetMetrics
 from .models import CheckpointMismatchError, create_model, load_checkpoint
 from .optim import build_optimizer, is_position_param, lr_lambda
+from .step_guard import NonFiniteGuard, NonFiniteStep, supports_found_inf
 
 __all__ = ["AudioTaggingModule", "NonFiniteLossError"]
 
@@ -57,6 +67,7 @@ class AudioTaggingModule(L.LightningModule):
         init_checkpoint, init_checkpoint_ema: provenance of fine-tuning (the weights are
             loaded by :meth:`load_initial_weights`, not here).
         seed: base seed of the augmentation generators (offset by rank and step).
+        fused_optimizer: fused optimizer kernels (torch Adam/AdamW only); None: on CUDA.
     """
 
     def __init__(
@@ -87,6 +98,7 @@ class AudioTaggingModule(L.LightningModule):
         init_checkpoint: str | None = None,
         init_checkpoint_ema: bool = False,
         seed: int = 0,
+        fused_optimizer: bool | None = None,
     ) -> None:
         super().__init__()
         if compile_mode != "default" and not compile:
@@ -107,10 +119,12 @@ class AudioTaggingModule(L.LightningModule):
         self.val_metrics = AudioSetMetrics(num_classes)
         self.val_metrics_ema = AudioSetMetrics(num_classes) if ema_decay is not None else None
         self._mixup_generator = torch.Generator()
-        self._step_losses: list[tuple[torch.Tensor, int]] = []  # this step's losses, checked before the update
+        self._step_losses: list[torch.Tensor] = []  # this optimizer step's losses, checked before its update
+        self._guard = NonFiniteGuard()
         self._reused_outputs = compile and compile_mode in _CUDA_GRAPH_MODES
+        self._compiled_forward: Any = None  # the compiled training forward, made on first use
         if compile:
-            self.net.compile(mode=compile_mode)
+            self.net.compile(mode=compile_mode)  # validation and inference
 
     # ------------------------------------------------------------------ weights
     def _freeze_positions(self) -> None:
@@ -161,20 +175,53 @@ class AudioTaggingModule(L.LightningModule):
         seed = self.hparams.seed + 1_000_003 * self.global_rank + self.global_step
         self.front_end.set_seed(seed)
         self._mixup_generator.manual_seed(seed + 1)
+        self._guard.reset()
+
+    def _backbone(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # inside the compiled step: trace the plain module
+            return self.net._call_impl(x)
+        return self.net(x)
+
+    def _train_forward(
+        self, waveform: torch.Tensor, target: torch.Tensor, draws: Any, mix: MixupDraws | None
+    ) -> torch.Tensor:
+        """Waveforms (B, S) and targets (B, C), with this step's draws on their device -> loss."""
+        x = self.front_end(waveform, draws)
+        y = target.float()
+        hp = self.hparams
+        if mix is not None or hp.label_smoothing > 0:
+            x, y = apply_mixup(x, target, mix, hp.label_smoothing)
+        logits = self._backbone(x.contiguous(memory_format=self.memory_format))
+        return F.binary_cross_entropy_with_logits(logits.float(), y)
+
+    def _train_forward_fn(self) -> Any:
+        """:meth:`_train_forward`, compiled as a whole (``mode=compile_mode``) with ``compile``."""
+        if not self.hparams.compile:
+            return self._train_forward
+        if self._compiled_forward is None:
+            self._compiled_forward = torch.compile(self._train_forward, mode=self.hparams.compile_mode)
+        return self._compiled_forward
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_compiled_forward"] = None  # compiled code is not picklable; made again on use
+        return state
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        x = self.front_end(batch["waveform"])
-        target = batch["target"].float()
+        waveform, target = batch["waveform"], batch["target"]
         hp = self.hparams
-        if hp.mixup_alpha > 0 or hp.label_smoothing > 0:
-            x, target = mixup(x, target, hp.mixup_alpha, hp.label_smoothing, self._mixup_generator)
-        logits = self.net(x.contiguous(memory_format=self.memory_format))
-        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+        draws = self.front_end.sample_augmentations(waveform.shape[0])  # host draws, then one copy each
+        draws = draws.to(waveform.device) if draws is not None else None
+        mix = None
+        if hp.mixup_alpha > 0:
+            mix = sample_mixup_draws(waveform.shape[0], hp.mixup_alpha, self._mixup_generator).to(waveform.device)
+        if self._reused_outputs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = self._train_forward_fn()(waveform, target, draws, mix)
         if self.trainer.precision != "16-mixed":
-            # fp16 loss scaling skips such steps itself; anywhere else the run must stop before
-            # the bad gradients reach the weights. Checked in on_before_optimizer_step, after
-            # backward is queued, so the host does not wait for the forward pass here.
-            self._step_losses.append((loss.detach(), batch_idx))
+            # fp16 loss scaling skips such steps itself; anywhere else the guard keeps a bad
+            # update from the weights (see on_before_optimizer_step)
+            self._step_losses.append(loss.detach())
         self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
         return loss
 
@@ -182,17 +229,41 @@ class AudioTaggingModule(L.LightningModule):
         losses, self._step_losses = self._step_losses, []
         if not losses:
             return
-        finite = torch.isfinite(torch.stack([loss for loss, _ in losses]))
-        here = not bool(finite.all())
-        # every rank stops together: one raising alone would leave the others in their next all-reduce
-        if self.trainer.strategy.reduce_boolean_decision(here, all=False):
-            if not here:
-                raise NonFiniteLossError(f"training loss became non-finite on another rank at step {self.global_step}")
-            loss, batch_idx = losses[int((~finite).nonzero()[0])]
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} at step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx})"
-            )
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()  # non-finite if any is
+        skips_itself = supports_found_inf(optimizer)
+        self._guard.lag = 1 if skips_itself else 0
+        if skips_itself:
+            known = self._guard.poll()  # the previous step's decision, the same on every rank
+            optimizer.found_inf = self._guard.update(loss, self.global_step)  # 1: no update
+            self._guard.publish()
+        else:  # nothing skips the update on the device: decide before it
+            self._guard.update(loss, self.global_step)
+            known = self._guard.poll()
+        if known is not None:
+            self._raise_non_finite(known)
+
+    def _raise_non_finite(self, known: NonFiniteStep) -> None:
+        if not known.here:
+            raise NonFiniteLossError(f"training loss became non-finite on another rank at step {known.step}")
+        raise NonFiniteLossError(
+            f"training loss is {known.loss} at step {known.step} (epoch {self.current_epoch})"
+        )
+
+    def _check_non_finite_now(self) -> None:
+        known = self._guard.poll(now=True)
+        if known is not None:
+            self._raise_non_finite(known)
+
+    def on_train_epoch_end(self) -> None:
+        self._check_non_finite_now()
+
+    def on_train_end(self) -> None:
+        self._check_non_finite_now()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint must never hold what a non-finite step left (reading the state waits
+        # for the device, as writing a checkpoint does anyway)
+        self._check_non_finite_now()
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -238,9 +309,10 @@ class AudioTaggingModule(L.LightningModule):
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
+        fused = hp.fused_optimizer if hp.fused_optimizer is not None else self.device.type == "cuda"
         optimizer = build_optimizer(
             self.net, hp.optimizer, hp.lr, hp.weight_decay, hp.position_lr_scale,
-            betas=hp.betas, eps=hp.eps,
+            betas=hp.betas, eps=hp.eps, fused=fused,
         )
         total_steps = int(self.trainer.estimated_stepping_batches)
         warmup = hp.warmup_steps

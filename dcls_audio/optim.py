@@ -15,6 +15,7 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 
 __all__ = [
+    "FUSED_OPTIMIZERS",
     "POSITION_PARAM_NAMES",
     "build_optimizer",
     "cosine_with_warmup",
@@ -22,6 +23,9 @@ __all__ = [
     "param_groups",
     "scaled_lr",
 ]
+
+#: timm optimizer names that are torch optimizers with a ``fused`` implementation.
+FUSED_OPTIMIZERS = frozenset({"adam", "adamw"})
 
 #: Last name segment of DCLS position parameters.
 POSITION_PARAM_NAMES = ("P", "SIG")
@@ -74,11 +78,14 @@ def build_optimizer(
     position_lr_scale: float = 5.0,
     betas: tuple[float, float] | None = None,
     eps: float | None = None,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """A timm optimizer (``adamw``, ``lamb``, ...) over :func:`param_groups`.
 
     Each group's ``lr`` starts as ``lr * lr_scale`` (a schedule then multiplies it).
-    ``betas`` / ``eps``: None keeps the optimizer's default.
+    ``betas`` / ``eps``: None keeps the optimizer's default. ``fused``: torch's fused kernels
+    for the optimizers that have them (:data:`FUSED_OPTIMIZERS`: one launch per step, step counts
+    on the device, and a ``found_inf`` flag that skips the update); ignored for the others.
     """
     groups = param_groups(model, weight_decay, position_lr_scale)
     if not groups:
@@ -90,6 +97,8 @@ def build_optimizer(
         kwargs["betas"] = tuple(betas)
     if eps is not None:
         kwargs["eps"] = eps
+    if fused and name.lower() in FUSED_OPTIMIZERS:
+        kwargs["fused"] = True
     try:
         return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
     except (ValueError, AssertionError, KeyError, TypeError) as err:

@@ -215,6 +215,7 @@ def build_datamodule(cfg: TrainConfig) -> tuple[AudioSetDataModule, list[str]]:
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,
         persistent_workers=data.persistent_workers,
+        prefetch_factor=data.prefetch_factor,
         sampler=data.sampler,
         samples_per_epoch=data.samples_per_epoch,
         balance_prior=data.balance_prior,

@@ -1,4 +1,6 @@
-"""Statistics and shapes of the batch augmentations; random erasing against timm's own."""
+"""Statistics and shapes of the batch augmentations; random erasing against timm's own; the
+batched device ops against the per-clip implementation they replace (kept below as the reference),
+without host syncs and under ``torch.compile``."""
 from __future__ import annotations
 
 import math
@@ -10,8 +12,77 @@ import torch
 from timm.data.mixup import one_hot
 from timm.data.random_erasing import RandomErasing
 
-from dcls_audio.data import mixup
-from dcls_audio.data.augment import random_erase, random_roll, sample_mixup, smooth_targets, speed_perturb
+from dcls_audio.data import LogMelFrontEnd, mixup
+from dcls_audio.data.augment import (
+    apply_erase,
+    apply_mixup,
+    apply_time_warp,
+    random_erase,
+    random_roll,
+    sample_erase_boxes,
+    sample_front_end,
+    sample_mixup,
+    sample_mixup_draws,
+    smooth_targets,
+    speed_perturb,
+)
+
+
+# ----------------------------------------------------------------------------- reference
+# The per-clip implementation these ops replace (same draws from the same generator calls).
+def _reference_random_roll(x, generator):
+    batch, length = x.shape
+    shifts = torch.randint(-length, length, (batch,), generator=generator).tolist()
+    out = torch.empty_like(x)
+    for row, shift in enumerate(shifts):
+        shift %= length
+        out[row, shift:] = x[row, : length - shift]
+        out[row, :shift] = x[row, length - shift:]
+    return out
+
+
+def _u(shape, generator, low=0.0, high=1.0):
+    return torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
+
+
+def _reference_speed_perturb(x, rates=(0.5, 1.5), p=0.5, generator=None):
+    batch, length = x.shape
+    apply = _u((batch,), generator) < p
+    rate = _u((batch,), generator, *rates)
+    new_length = torch.ceil(length * rate).long()
+    missing = length - new_length
+    pad_left = torch.floor(_u((batch,), generator) * (missing + 1).clamp_min(1)).long()
+    crop_start = torch.floor(_u((batch,), generator) * (-missing).clamp_min(1)).long()
+    offset = torch.where(missing > 0, -pad_left, torch.where(missing < 0, crop_start, 0))
+    out = x.clone()
+    for row in apply.nonzero().flatten().tolist():
+        step = float(torch.tensor(1.0 / rate[row].item()).float())
+        for t in range(length):
+            stretched = int(offset[row]) + t
+            if stretched < 0 or stretched >= int(new_length[row]):
+                out[row, t] = 0
+            else:
+                source = int(torch.tensor(float(stretched), dtype=torch.float32).mul(step).round())
+                out[row, t] = x[row, min(max(source, 0), length - 1)]
+    return out
+
+
+def _reference_random_erase(spec, p, generator):
+    """Per clip, timm's box rule (draws as ``sample_erase_boxes``), erased with a slice assignment."""
+    batch, height, width = spec.shape[0], spec.shape[-2], spec.shape[-1]
+    boxes = sample_erase_boxes(batch, height, width, p=p, generator=generator)
+    out = spec.clone()
+    for b in range(batch):
+        if boxes.apply[b]:
+            t, l, h, w = (int(v[b]) for v in (boxes.top, boxes.left, boxes.height, boxes.width))
+            out[b, ..., t:t + h, l:l + w] = 0
+    return out
+
+
+def _reference_mixup(x, target, alpha, s, generator):
+    lam, perm = sample_mixup(x.shape[0], alpha, generator)
+    y = target.float() * (1.0 - s) + s / target.shape[-1]
+    return x * lam + x[perm] * (1.0 - lam), y * lam + y[perm] * (1.0 - lam)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -145,3 +216,105 @@ def test_mixup_errors():
         mixup(torch.zeros(2, 3, dtype=torch.int16), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="target must be"):
         mixup(torch.zeros(2, 3), torch.zeros(3, 4))
+
+
+# ----------------------------------------------------------------------------- new vs reference
+def test_roll_equals_the_per_clip_reference():
+    x = torch.randn(16, 501, generator=gen(0))
+    torch.testing.assert_close(random_roll(x, gen(3)), _reference_random_roll(x, gen(3)), rtol=0, atol=0)
+
+
+def test_speed_perturbation_equals_the_per_clip_reference():
+    x = torch.randn(12, 400, generator=gen(0))
+    ours = speed_perturb(x, rates=(0.5, 1.5), p=0.7, generator=gen(5))
+    torch.testing.assert_close(ours, _reference_speed_perturb(x, (0.5, 1.5), 0.7, gen(5)), rtol=0, atol=0)
+    assert not torch.equal(ours, x)
+
+
+def test_erase_equals_the_per_clip_reference():
+    spec = torch.randn(40, 2, 30, 50, generator=gen(0))
+    ours = random_erase(spec, p=0.6, generator=gen(6))
+    torch.testing.assert_close(ours, _reference_random_erase(spec, 0.6, gen(6)), rtol=0, atol=0)
+
+
+def test_mixup_equals_the_reference():
+    x = torch.randn(16, 1, 8, 9, generator=gen(0))
+    target = (torch.rand(16, 11, generator=gen(1)) < 0.3).float()
+    for ours, ref in zip(mixup(x, target, 0.8, 0.1, gen(7)), _reference_mixup(x, target, 0.8, 0.1, gen(7))):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    x0, y0 = mixup(x, target, alpha=0.0, label_smoothing=0.1, generator=gen(7))
+    assert x0 is x and torch.equal(y0, smooth_targets(target, 0.1))
+
+
+def test_roll_then_speed_is_one_gather_equal_to_both_in_turn():
+    x = torch.randn(32, 700, generator=gen(0))
+    g = gen(8)
+    expected = _reference_speed_perturb(_reference_random_roll(x, g), (0.5, 1.5), 0.5, g)
+    draws = sample_front_end(32, 700, roll=True, speed=((0.5, 1.5), 0.5), erase=None, generator=gen(8))
+    torch.testing.assert_close(apply_time_warp(x, draws.shift, draws.speed), expected, rtol=0, atol=0)
+
+
+def test_front_end_augmentation_equals_the_reference_chain():
+    """The front end's one-copy draws give what roll, speed and erase called in turn gave."""
+    torch.manual_seed(0)
+    wave = (torch.randn(3, 4000) * 3000).to(torch.int16)
+    front = LogMelFrontEnd(clip_samples=4000, augment={"speed_p": 1.0, "erase_p": 1.0}, seed=9).train()
+    ours = front(wave)
+    g = gen(9)
+    x = front.to_float(wave)
+    x = _reference_speed_perturb(_reference_random_roll(x, g), (0.5, 1.5), 1.0, g)
+    power = _reference_random_erase(front.spectrogram(x), 1.0, g)
+    expected = ((front.to_db(front.mel_scale(power)) - front.mean) / front.std).unsqueeze(1)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    assert front.power_shape() == tuple(front.spectrogram(x).shape[-2:])
+
+
+def test_augmentations_are_reproducible_and_differ_between_seeds():
+    x = torch.randn(8, 300, generator=gen(0))
+    assert torch.equal(speed_perturb(random_roll(x, gen(1)), p=1.0, generator=gen(2)),
+                       speed_perturb(random_roll(x, gen(1)), p=1.0, generator=gen(2)))
+    assert not torch.equal(random_roll(x, gen(1)), random_roll(x, gen(2)))
+
+
+def _all_ops(x, spec, image, target, draws, boxes, mix):
+    warped = apply_time_warp(x, draws.shift, draws.speed)
+    erased = apply_erase(spec, boxes)
+    return warped, erased, *apply_mixup(image, target, mix, 0.1)
+
+
+def _draw_all(batch=4, length=256):
+    draws = sample_front_end(batch, length, roll=True, speed=((0.5, 1.5), 0.5), erase=None, generator=gen(1))
+    boxes = sample_erase_boxes(batch, 20, 30, p=0.5, generator=gen(2))
+    return draws, boxes, sample_mixup_draws(batch, 0.8, gen(3))
+
+
+def test_ops_compile_with_fullgraph_and_agree_with_eager():
+    x, spec = torch.randn(4, 256, generator=gen(0)), torch.randn(4, 20, 30, generator=gen(1))
+    image, target = torch.randn(4, 1, 6, 7, generator=gen(2)), (torch.rand(4, 5, generator=gen(3)) < 0.5).float()
+    draws, boxes, mix = _draw_all()
+    eager = _all_ops(x, spec, image, target, draws, boxes, mix)
+    torch._dynamo.reset()
+    compiled = torch.compile(_all_ops, fullgraph=True, backend="aot_eager")(x, spec, image, target, draws, boxes, mix)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+def test_ops_run_without_host_sync_on_cuda():
+    dev = torch.device("cuda")
+    x, spec = torch.randn(4, 256, device=dev), torch.randn(4, 20, 30, device=dev)
+    image, target = torch.randn(4, 1, 6, 7, device=dev), (torch.rand(4, 5, device=dev) < 0.5).float()
+    draws, boxes, mix = _draw_all()
+    cpu = _all_ops(x.cpu(), spec.cpu(), image.cpu(), target.cpu(), draws, boxes, mix)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        moved = _all_ops(x, spec, image, target, draws.to(dev), boxes.to(dev), mix.to(dev))
+        warped = speed_perturb(random_roll(x, gen(4)), generator=gen(5))
+        also = random_erase(warped.reshape(4, 16, 16), generator=gen(6))
+        mixed = mixup(image, target, generator=gen(7))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for a, b in zip(moved, cpu):  # the same draws give the same result on either device
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6)
+    assert also.shape == (4, 16, 16) and mixed[0].shape == image.shape

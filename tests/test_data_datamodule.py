@@ -116,3 +116,26 @@ def test_lightning_fit_sets_epochs_and_keeps_our_samplers(files):
     expected[1] = list(sampler)
     assert epochs[0] == expected[0] and epochs[1] == expected[1]  # Lightning called set_epoch
     assert sorted(model.val_indices) == sorted(list(range(7)) * 2)
+
+
+def test_loader_settings_follow_the_machine_when_unset(files):
+    from dcls_audio.data.datamodule import auto_loader_settings
+
+    gpu = auto_loader_settings(devices_per_node=2, accelerator="cuda", cores=16)
+    assert (gpu.num_workers, gpu.pin_memory, gpu.persistent_workers, gpu.prefetch_factor) == (7, True, True, 4)
+    assert auto_loader_settings(accelerator="cuda", cores=64).num_workers == 12  # capped
+    cpu = auto_loader_settings(accelerator="cpu", cores=2)
+    assert (cpu.num_workers, cpu.pin_memory, cpu.persistent_workers, cpu.prefetch_factor) == (1, False, True, 4)
+    none = auto_loader_settings(accelerator="cpu", cores=1)
+    assert (none.num_workers, none.persistent_workers, none.prefetch_factor) == (0, False, None)
+    given = auto_loader_settings(num_workers=3, pin_memory=False, prefetch_factor=6, accelerator="cuda", cores=16)
+    assert (given.num_workers, given.pin_memory, given.prefetch_factor) == (3, False, 6)
+    dm = AudioSetDataModule(train_files=files["train"], batch_size=2, num_workers=0, pin_memory=False)
+    dm.trainer = SimpleNamespace(global_rank=0, world_size=1, num_devices=1)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 0 and loader.pin_memory is False
+    batch = next(iter(loader))
+    assert batch["waveform"].shape == (2, S) and batch["index"].shape == (2,)
+    with pytest.raises(ValueError, match="prefetch_factor"):
+        AudioSetDataModule(train_files=files["train"], prefetch_factor=0)

@@ -124,3 +124,29 @@ def test_missing_and_unreadable_files(tmp_path):
         AudioSetHDF5(junk)
     with pytest.raises(ValueError, match="no HDF5 files"):
         AudioSetHDF5([])
+
+
+def test_batch_read_equals_item_reads_in_sampler_order(tmp_path):
+    """``__getitems__`` (one h5py read per file, rows sorted) returns the items in the order asked,
+    repeats included, across files and dropped rows; a loader with workers hands it on unchanged."""
+    from dcls_audio.data.hdf5_dataset import collate_clips
+
+    make_file(tmp_path / "a.h5", ["Ya0", "", "Ya2", "Ya3"], num_classes=5, seed=4)
+    make_file(tmp_path / "b.h5", ["Yb0", "Yb1", ""], num_classes=5, seed=5)
+    ds = AudioSetHDF5([tmp_path / "a.h5", tmp_path / "b.h5"])
+    order = [4, 0, 3, 2, 0, 1]
+    got = ds.__getitems__(order)
+    batch = collate_clips(got)
+    for k, i in enumerate(order):
+        item = ds[i]
+        assert torch.equal(batch["waveform"][k], item["waveform"]) and torch.equal(batch["target"][k], item["target"])
+        assert batch["audio_name"][k] == item["audio_name"] and int(batch["index"][k]) == i
+    assert batch["waveform"].dtype == torch.int16 and batch["target"].dtype == torch.float32
+    assert [d["audio_name"] for d in got] == batch["audio_name"]  # also a list of items: any collate works
+    with pytest.raises(IndexError, match="index 5 out of range"):
+        ds.__getitems__([0, 5])
+    ds.close()
+    sampler = torch.utils.data.SequentialSampler(order)
+    loader = DataLoader(ds, batch_size=3, sampler=[order[i] for i in sampler], num_workers=1, collate_fn=collate_clips)
+    waves = torch.cat([b["waveform"] for b in loader])
+    assert torch.equal(waves, batch["waveform"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import cli
+from dcls_audio import cli
 from dcls_audio.config import load_config
 from dcls_audio.models import load_checkpoint
 from dcls_audio.optim import cosine_with_warmup
@@ -201,14 +201,14 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
 
 
 class _OtherRankNanAt(L.Callback):
-    """From ``step`` on, the strategy reports that some rank saw a non-finite loss."""
+    """From ``step`` on, the all-rank reduction of the non-finite flag reports another rank's."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            trainer.strategy.reduce_boolean_decision = lambda decision, all=True: True
+            pl_module._guard.reduce = torch.ones_like
 
 
 def test_a_nan_loss_on_another_rank_stops_this_rank_too(tiny_data, tmp_path):

@@ -4,14 +4,25 @@ from __future__ import annotations
 import copy
 import math
 
+import lightning as L
 import pytest
 import torch
 from torch import nn
 
 from dcls_audio.ema import make_ema, update_ema
 from dcls_audio.lit_module import AudioTaggingModule
-from dcls_audio.models import create_model, dcls_position_parameters, save_upstream_checkpoint
-from dcls_audio.optim import build_optimizer, cosine_with_warmup, lr_lambda, param_groups, scaled_lr
+from dcls_audio.models import (
+    create_model,
+    dcls_position_parameters,
+    save_upstream_checkpoint,
+)
+from dcls_audio.optim import (
+    build_optimizer,
+    cosine_with_warmup,
+    lr_lambda,
+    param_groups,
+    scaled_lr,
+)
 
 TINY = dict(depths=(2, 1, 1, 1), dims=(8, 16, 32, 64), kernel_count=4, dilated_kernel_size=5)
 
@@ -183,3 +194,96 @@ def test_frozen_positions_are_not_trained():
     assert positions and not any(p.requires_grad for p in positions)
     names = {g["name"] for g in param_groups(module.net, 0.05)}
     assert names == {"decay", "no_decay"}
+
+
+# ----------------------------------------------------------------------------- non-finite guard
+def test_guard_decides_on_the_device_and_is_read_a_step_later():
+    from dcls_audio.step_guard import NonFiniteGuard
+
+    guard = NonFiniteGuard(lag=1)
+    flags, seen = [], []
+    for step, loss in enumerate([0.5, float("nan"), 0.4, 0.3]):
+        known = guard.poll()  # the state the previous step published
+        seen.append(None if known is None else known.step)
+        flags.append(float(guard.update(torch.tensor(loss), step)))
+        guard.publish()
+    assert seen == [None, None, 1, 1]  # step 1's bad loss is known to the host at step 2
+    assert flags == [0.0, 1.0, 1.0, 1.0]  # sticky: no update from the first bad step on
+    known = guard.poll()
+    assert (known.step, known.here) == (1, True) and math.isnan(known.loss)
+    other = NonFiniteGuard(lag=0, reduce=torch.ones_like)  # another rank's loss was bad
+    other.update(torch.tensor(0.1), 7)
+    known = other.poll()
+    assert (known.step, known.here, known.loss) == (7, False, pytest.approx(0.1))
+
+
+class _NanLossModule(AudioTaggingModule):
+    """The loss of optimizer step ``bad_step`` is NaN (as if the batch overflowed)."""
+
+    bad_step = 2
+
+    def _train_forward(self, *args):
+        loss = super()._train_forward(*args)
+        return loss * float("nan") if self.global_step == self.bad_step else loss
+
+
+class _Weights(L.Callback):
+    def __init__(self) -> None:
+        self.before: dict[int, list[torch.Tensor]] = {}
+        self.after: dict[int, list[torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.before[trainer.global_step] = [p.detach().clone() for p in pl_module.net.parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.after[trainer.global_step - 1] = [p.detach().clone() for p in pl_module.net.parameters()]
+
+
+def test_a_fused_optimizer_skips_the_bad_step_on_device_and_the_run_stops_a_step_later():
+    from torch.utils.data import DataLoader
+
+    from dcls_audio.lit_module import NonFiniteLossError
+
+    torch.manual_seed(0)
+    module = _NanLossModule("convnext_dcls_audio_tiny", 5, model_kwargs=dict(TINY), lr=1e-2, fused_optimizer=True,
+                            front_end_augment=False, mixup_alpha=0.0)
+    module.front_end.clip_samples = 64000
+    data = [{"waveform": (torch.randn(64000) * 3000).to(torch.int16), "target": torch.eye(5)[i % 5]} for i in range(16)]
+    weights = _Weights()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[weights])
+    with pytest.raises(NonFiniteLossError, match="training loss is nan at step 2"):
+        trainer.fit(module, DataLoader(data, batch_size=2))
+    opt = trainer.optimizers[0]
+    assert opt.defaults["fused"] and 3 in weights.before  # step 3 started: the stop came one step later
+    assert any(not torch.equal(a, b) for a, b in zip(weights.before[1], weights.after[1]))  # good steps train
+    assert all(torch.equal(a, b) for a, b in zip(weights.before[2], weights.after[2]))  # the bad one did not
+    assert all(torch.isfinite(p).all() for p in module.net.parameters())
+    assert {float(s["step"]) for s in opt.state.values()} == {2.0}  # steps 0 and 1 only
+
+
+def test_the_training_forward_compiles_as_one_graph():
+    """Front end with augmentations, mixup, backbone and loss trace without a graph break."""
+    torch.manual_seed(0)
+    module = AudioTaggingModule("convnext_audio_tiny", 5, model_kwargs=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)))
+    module.front_end.clip_samples = 64000
+    module.front_end.set_seed(0)
+    wave = (torch.randn(2, 64000) * 3000).to(torch.int16)
+    target = torch.eye(5)[:2]
+    draws = module.front_end.sample_augmentations(2)
+    from dcls_audio.data.augment import sample_mixup_draws
+
+    mix = sample_mixup_draws(2, 0.8, torch.Generator().manual_seed(1))
+    module.train()
+    eager = module._train_forward(wave, target, draws, mix)
+    torch._dynamo.reset()
+    compiled = torch.compile(module._train_forward, fullgraph=True, backend="aot_eager")(wave, target, draws, mix)
+    torch.testing.assert_close(compiled, eager)
+    compiled.backward()
+
+
+@pytest.mark.cuda
+def test_adamw_is_fused_on_cuda_and_lamb_is_not():
+    net = _tiny_net().cuda()
+    assert build_optimizer(net, "adamw", 1e-3, 0.05, fused=True).defaults["fused"]
+    assert type(build_optimizer(net, "lamb", 1e-3, 0.05, fused=True)).__name__ == "Lamb"

@@ -9,12 +9,18 @@ them whatever ``use_distributed_sampler`` says; ``Trainer(use_distributed_sample
 states the intent. Lightning calls ``set_epoch`` on the train sampler each epoch. Evaluation
 shards are contiguous and may differ in length by one clip: every clip is seen exactly once.
 
-Batches are dicts from the default collate: ``waveform`` int16 (B, 320000), ``target``
-float32 (B, C), ``index`` int64 (B,), ``audio_name`` list[str].
+Batches are dicts: ``waveform`` int16 (B, 320000), ``target`` float32 (B, C), ``index`` int64
+(B,), ``audio_name`` list[str]; each is read from the HDF5 files in one go
+(:meth:`AudioSetHDF5.__getitems__`).
+
+Loader settings left as None are chosen from the machine by :func:`auto_loader_settings`: the
+CPU cores this process may use (``os.sched_getaffinity``) shared by the devices of this node.
 """
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,12 +30,77 @@ from torch.utils.data import DataLoader
 
 from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .constants import CLIP_SAMPLES
-from .hdf5_dataset import AudioSetHDF5, PathLike, as_path_list, check_files_exist, common_num_classes
-from .samplers import BalancedSampler, EvalShardSampler, UniformSampler, balanced_clip_weights
+from .hdf5_dataset import (
+    AudioSetHDF5,
+    PathLike,
+    as_path_list,
+    check_files_exist,
+    collate_clips,
+    common_num_classes,
+)
+from .samplers import (
+    BalancedSampler,
+    EvalShardSampler,
+    UniformSampler,
+    balanced_clip_weights,
+)
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("uniform", "balanced")
+#: at most this many loader workers per device when chosen automatically
+MAX_AUTO_WORKERS = 12
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """DataLoader settings of one process (one device)."""
+
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    prefetch_factor: int | None
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def auto_loader_settings(
+    num_workers: int | None = None,
+    pin_memory: bool | None = None,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+    devices_per_node: int = 1,
+    accelerator: str = "cpu",
+    cores: int | None = None,
+) -> LoaderSettings:
+    """Fill the unset (None) loader settings from the machine.
+
+    Workers: the cores of this node shared by its ``devices_per_node`` processes, one left for
+    the process itself, at most :data:`MAX_AUTO_WORKERS`; on the CPU accelerator half of that
+    (the training itself needs the cores). Pinned memory: on CUDA only. Persistent workers: when
+    there are workers. Prefetch: 4 batches per worker (2 with 8 or more workers), None without
+    workers.
+    """
+    cores = available_cores() if cores is None else cores
+    share = max(1, cores // max(1, devices_per_node))
+    if num_workers is None:
+        workers = share - 1 if accelerator != "cpu" else share // 2
+        num_workers = max(0, min(MAX_AUTO_WORKERS, workers))
+    if pin_memory is None:
+        pin_memory = accelerator in ("cuda", "gpu")
+    if persistent_workers is None:
+        persistent_workers = True
+    persistent_workers = bool(persistent_workers) and num_workers > 0
+    if num_workers == 0:
+        prefetch_factor = None
+    elif prefetch_factor is None:
+        prefetch_factor = 2 if num_workers >= 8 else 4
+    return LoaderSettings(num_workers, bool(pin_memory), persistent_workers, prefetch_factor)
 _SPLITS = ("train", "val", "test", "predict")
 
 
@@ -42,6 +113,8 @@ class AudioSetDataModule(L.LightningDataModule):
         class_csv: class-name CSV (``index,mid,display_name``); default AudioSet's when the
             files have 527 classes, generic names otherwise.
         batch_size: per device. ``eval_batch_size`` defaults to it.
+        num_workers, pin_memory, persistent_workers, prefetch_factor: loader settings; None:
+            chosen from the machine and the attached trainer (:func:`auto_loader_settings`).
         sampler: "uniform" (upstream) or "balanced" (inverse label frequency).
         samples_per_epoch: clips drawn per epoch over all ranks (default: the train set size).
     """
@@ -55,9 +128,10 @@ class AudioSetDataModule(L.LightningDataModule):
         class_csv: PathLike | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int | None = None,
         sampler: str = "uniform",
         seed: int = 0,
         samples_per_epoch: int | None = None,
@@ -83,17 +157,18 @@ class AudioSetDataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"num_workers must be an integer >= 0 or None (automatic), got {num_workers!r}")
+        if prefetch_factor is not None and (not isinstance(prefetch_factor, int) or prefetch_factor < 1):
+            raise ValueError(f"prefetch_factor must be a positive integer or None (automatic), got {prefetch_factor!r}")
         if samples_per_epoch is not None and samples_per_epoch <= 0:
             raise ValueError(f"samples_per_epoch must be positive, got {samples_per_epoch}")
         self.save_hyperparameters(logger=False)
         self.class_csv = class_csv
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.requested_loader = dict(num_workers=num_workers, pin_memory=pin_memory,
+                                     persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
         self.sampler = sampler
         self.seed = seed
         self.samples_per_epoch = samples_per_epoch
@@ -152,15 +227,45 @@ class AudioSetDataModule(L.LightningDataModule):
                 self._dataset(split)
 
     # ------------------------------------------------------------------ loaders
+    def loader_settings(self) -> LoaderSettings:
+        """The loader settings: those given, the rest chosen for this machine and trainer."""
+        trainer = self.trainer
+        devices, accelerator = 1, "cpu"
+        if trainer is not None:
+            devices = max(1, int(getattr(trainer, "num_devices", 1) or 1))
+            kind = type(getattr(trainer, "accelerator", None)).__name__
+            accelerator = kind.replace("Accelerator", "").lower() if kind.endswith("Accelerator") else "cpu"
+        elif self.requested_loader["num_workers"] is None:
+            import torch  # no trainer: judge by what this process could train on
+
+            accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+            devices = max(1, torch.cuda.device_count()) if accelerator == "cuda" else 1
+        return auto_loader_settings(**self.requested_loader, devices_per_node=devices, accelerator=accelerator)
+
+    @property
+    def num_workers(self) -> int:
+        return self.loader_settings().num_workers
+
+    @property
+    def pin_memory(self) -> bool:
+        return self.loader_settings().pin_memory
+
+    @property
+    def persistent_workers(self) -> bool:
+        return self.loader_settings().persistent_workers
+
     def _loader(self, dataset: AudioSetHDF5, sampler, batch_size: int, drop_last: bool) -> DataLoader:
+        settings = self.loader_settings()
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            num_workers=settings.num_workers,
+            pin_memory=settings.pin_memory,
+            persistent_workers=settings.persistent_workers,
+            prefetch_factor=settings.prefetch_factor,
             drop_last=drop_last,
+            collate_fn=collate_clips,
         )
 
     def train_sampler(self) -> UniformSampler | BalancedSampler:

@@ -1,16 +1,17 @@
 """Waveform batch -> normalised log-mel batch, with the upstream train-time augmentations."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
-from torchaudio.transforms import AmplitudeToDB, MelScale, Spectrogram
 
 from .audio_io import pad_or_trim
-from .augment import random_erase, random_roll, speed_perturb
+from .augment import FrontEndDraws, apply_erase, apply_time_warp, sample_front_end
 from .constants import CLIP_SAMPLES, INT16_SCALE, LOGMEL_MEAN, LOGMEL_STD, SAMPLE_RATE
+from .spectral import AmplitudeToDB, MelScale, Spectrogram
 
 
 @dataclass
@@ -84,8 +85,32 @@ class LogMelFrontEnd(nn.Module):
             self.set_seed(seed)
 
     def set_seed(self, seed: int) -> None:
-        """Reseed the augmentation generator."""
+        """Reseed the augmentation generator (a CPU generator: the draws are the same on every device)."""
         self.generator = torch.Generator().manual_seed(int(seed))
+
+    def power_shape(self) -> tuple[int, int]:
+        """(frequency bins, frames) of the power spectrogram of one clip."""
+        spec = self.spectrogram
+        samples = self.clip_samples + 2 * getattr(spec, "pad", 0)
+        if getattr(spec, "center", True):
+            frames = samples // spec.hop_length + 1
+        else:
+            frames = (samples - spec.n_fft) // spec.hop_length + 1
+        return spec.n_fft // 2 + 1, frames
+
+    def sample_augmentations(self, batch: int) -> FrontEndDraws | None:
+        """This step's augmentation draws (CPU tensors) for ``batch`` clips, from the front end's
+        generator; None when not augmenting. Pass them (moved with ``.to(device)``) to
+        :meth:`forward` to keep the host-side drawing outside a compiled region."""
+        cfg = self.augment if self.augmenting else None
+        if cfg is None:
+            return None
+        return sample_front_end(
+            batch, self.clip_samples, roll=cfg.roll,
+            speed=(cfg.speed_rates, cfg.speed_p) if cfg.speed else None,
+            erase=(self.power_shape(), cfg.erase_p) if cfg.erase else None,
+            generator=self.generator,
+        )
 
     @property
     def augmenting(self) -> bool:
@@ -100,19 +125,25 @@ class LogMelFrontEnd(nn.Module):
             return waveform.float()
         raise TypeError(f"LogMelFrontEnd: waveform must be int16 or floating, got {waveform.dtype}")
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+    def forward(self, waveform: torch.Tensor, draws: FrontEndDraws | None = None) -> torch.Tensor:
+        """``draws``: this step's augmentation draws on the waveform's device (see
+        :meth:`sample_augmentations`); None draws them here when augmenting. Ignored in eval mode."""
         if waveform.ndim != 2:
             raise ValueError(f"LogMelFrontEnd: expected (batch, samples), got shape {tuple(waveform.shape)}")
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             x = pad_or_trim(self.to_float(waveform), self.clip_samples)
-            cfg = self.augment if self.augmenting else None
-            if cfg is not None and cfg.roll:
-                x = random_roll(x, generator=self.generator)
-            if cfg is not None and cfg.speed:
-                x = speed_perturb(x, rates=cfg.speed_rates, p=cfg.speed_p, generator=self.generator)
+            if not self.augmenting:
+                draws = None
+            elif draws is None:
+                draws = self.sample_augmentations(x.shape[0]).to(x.device)  # one non-blocking copy
+            if draws is not None:
+                x = apply_time_warp(x, draws.shift, draws.speed)
             power = self.spectrogram(x)
-            if cfg is not None and cfg.erase:
-                power = random_erase(power, p=cfg.erase_p, generator=self.generator)
+            if draws is not None and draws.erase is not None:
+                if tuple(power.shape[-2:]) != draws.erase_shape:
+                    raise ValueError(f"LogMelFrontEnd: erase boxes drawn for {draws.erase_shape}, "
+                                     f"spectrogram is {tuple(power.shape[-2:])}")
+                power = apply_erase(power, draws.erase)
             logmel = self.to_db(self.mel_scale(power))
             return ((logmel - self.mean) / self.std).unsqueeze(1)
 

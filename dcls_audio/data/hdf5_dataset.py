@@ -8,8 +8,14 @@ Layout of each file (N rows, C classes):
 - ``target``: bool, (N, C).
 
 Several files are concatenated (e.g. balanced + unbalanced train). h5py handles are opened
-lazily in each process on its first ``__getitem__`` (after DataLoader workers fork), never
-shared across processes.
+lazily in each process on its first read (after DataLoader workers fork), never shared across
+processes, and kept open.
+
+A DataLoader with a batch size fetches a whole batch through ``__getitems__``: the batch's rows
+are sorted per file and read with one h5py call per file (runs of adjacent rows come out as one
+hyperslab) straight into one preallocated (B, S) array (in shared memory inside a loader worker,
+so handing it to the main process copies nothing), then put back in the sampler's order. Use
+:func:`collate_clips` as the loader's ``collate_fn`` to pass such batches through unchanged.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .constants import CLIP_SAMPLES
@@ -48,6 +54,34 @@ def check_files_exist(paths: Sequence[Path], argument: str = "files") -> None:
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"{argument}: HDF5 file not found: {path}")
+
+
+#: h5py chunk cache per open file: room for a few one-clip chunks (files written by ``pack``
+#: store one clip per chunk; the PANNs files are contiguous and do not use it)
+_CHUNK_CACHE = dict(rdcc_nbytes=16 * 2**20, rdcc_nslots=4099)
+
+
+class ClipBatch(list):
+    """What :meth:`AudioSetHDF5.__getitems__` returns: the list of item dicts (views into the
+    batch, so any ``collate_fn`` works) and, as ``.collated``, the batch itself (``waveform``
+    int16 (B, S), ``target`` float32 (B, C), ``index`` int64 (B,), ``audio_name`` list[str])."""
+
+    def __init__(self, collated: dict) -> None:
+        names = collated["audio_name"]
+        super().__init__(
+            {"waveform": collated["waveform"][i], "target": collated["target"][i],
+             "index": collated["index"][i], "audio_name": names[i]}
+            for i in range(len(names))
+        )
+        self.collated = collated
+
+
+def collate_clips(batch):
+    """``collate_fn`` for :class:`AudioSetHDF5`: a :class:`ClipBatch`'s batch as it is (no copy),
+    anything else through the default collate."""
+    if isinstance(batch, ClipBatch):
+        return batch.collated
+    return default_collate(batch)
 
 
 def _open(path: Path) -> h5py.File:
@@ -221,7 +255,7 @@ class AudioSetHDF5(Dataset):
         """(waveform, target) of file ``file_no``, opened once per process."""
         if self._handles is None or self._pid != os.getpid():
             # A handle inherited through fork is not ours to use or close.
-            files = [h5py.File(p, "r") for p in self.files]
+            files = [h5py.File(p, "r", **_CHUNK_CACHE) for p in self.files]
             self._handles = files
             self._readers = [(h5["waveform"], h5["target"]) for h5 in files]
             self._pid = os.getpid()
@@ -239,6 +273,33 @@ class AudioSetHDF5(Dataset):
             "index": torch.tensor(index, dtype=torch.int64),
             "audio_name": self.audio_name(index),
         }
+
+    def __getitems__(self, indices: Sequence[int]) -> ClipBatch:
+        """The clips ``indices`` as one collated :class:`ClipBatch`, in the order given."""
+        order = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(order) and (order.min() < 0 or order.max() >= len(self)):
+            bad = order[(order < 0) | (order >= len(self))][0]
+            raise IndexError(f"index {bad} out of range for {len(self)} clips")
+        batch, num_classes = len(order), self.num_classes
+        waveform = torch.empty((batch, self.clip_samples), dtype=torch.int16)
+        if get_worker_info() is not None:  # handed to the main process through shared memory
+            waveform.share_memory_()
+        target = np.empty((batch, num_classes), dtype=bool)
+        file_of = np.searchsorted(self._offsets, order, side="right") - 1
+        wave_np = waveform.numpy()
+        for file_no in np.unique(file_of):
+            slots = np.flatnonzero(file_of == file_no)
+            rows = self._rows[file_no][order[slots] - self._offsets[file_no]]
+            unique_rows, where = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
+            waves, targets = self._datasets(int(file_no))
+            wave_np[slots] = waves[unique_rows][where]
+            target[slots] = targets[unique_rows][where]
+        return ClipBatch({
+            "waveform": waveform,
+            "target": torch.from_numpy(target.astype(np.float32)),
+            "index": torch.from_numpy(order.copy()),
+            "audio_name": [self.audio_name(int(i)) for i in order],
+        })
 
     def iter_targets(self, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
         """Bool target rows (n, C) of all valid clips, in global order, a chunk at a time."""
