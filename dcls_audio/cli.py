@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+#: ONNX opsets ``export`` accepts: every registered model exports from 14 (the legacy exporter
+#: writes scaled_dot_product_attention, in FastViT, from 14) up to the exporter's newest (20).
+MIN_ONNX_OPSET, MAX_ONNX_OPSET = 14, 20
 
 
 def _add_checkpoint_args(parser: argparse.ArgumentParser, required: bool, labels_help: str) -> None:
@@ -26,10 +31,14 @@ def _add_infer_parser(subparsers) -> None:
         help="tag audio files (any format, sample rate, length) with a checkpoint",
         usage="dcls-audio infer [-h] [options] (--checkpoint C | CHECKPOINT) INPUT [INPUT ...]",
         description=(
-            "Tag audio files with the top-k AudioSet classes. Each file is decoded (wav, flac, ogg, mp3), "
+            "Tag audio files with the top-k AudioSet classes. Each file is decoded "
+            "(wav, flac, ogg, opus, mp3, aiff through libsndfile; m4a, aac, mp4, webm, mkv, wma and other FFmpeg "
+            "formats through PyAV), "
             "mixed down to mono and resampled to 32 kHz, then cut into 10 s windows (a shorter file is "
             "zero-padded; the last window ends with the file); file scores are the max (or mean) over windows. "
-            "A file that cannot be read gives one error line and a non-zero exit code; the others are still tagged."
+            "A file that cannot be read gives one error line and a non-zero exit code; the others are still tagged. "
+            "Folders and patterns pick up files with these extensions; other files are skipped with a note. "
+            "Long files are decoded and tagged window by window in bounded memory."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -101,17 +110,24 @@ def _add_export_parser(subparsers) -> None:
     frontend.add_argument("--no-frontend", dest="with_frontend", action="store_false",
                           help="leave the front end out: log-mel input")
     parser.add_argument("--logits", action="store_true", help="output logits instead of sigmoid scores")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    parser.add_argument("--opset", type=int, default=17,
+                        help=f"ONNX opset ({MIN_ONNX_OPSET} to {MAX_ONNX_OPSET}: every model exports from "
+                             f"{MIN_ONNX_OPSET}; FastViT's attention needs it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace FILE if it exists (never when it is the checkpoint)")
     parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                         help="compare the exported model with PyTorch on a probe batch (max |diff| <= 1e-4)")
 
     def run(args: argparse.Namespace) -> int:
+        if args.fmt == "onnx" and not MIN_ONNX_OPSET <= args.opset <= MAX_ONNX_OPSET:
+            parser.error(f"argument --opset: {args.opset} is outside {MIN_ONNX_OPSET}..{MAX_ONNX_OPSET}, the opsets "
+                         "the exporter writes for these models")
         from .export import run_export
 
         return run_export(
             args.checkpoint, args.output, args.fmt, model_name=args.model_name, with_frontend=args.with_frontend,
             logits=args.logits, use_ema=args.use_ema, allow_pickle=args.allow_pickle, class_csv=args.class_csv,
-            opset=args.opset, check=args.check,
+            opset=args.opset, check=args.check, overwrite=args.overwrite,
         )
 
     parser.set_defaults(func=run)
@@ -123,7 +139,7 @@ def _add_pack_parser(subparsers) -> None:
         "pack",
         help="pack a folder of audio files and a segments CSV into a training HDF5 file",
         description=(
-            "Pack audio files (wav, flac, ogg, mp3) into the PANNs HDF5 layout used for training: each file is "
+            "Pack audio files (wav, flac, ogg, mp3, m4a, aac, mp4, webm, ...; only their first 10 s are decoded) into the PANNs HDF5 layout used for training: each file is "
             "mixed down to mono, resampled to 32 kHz, padded/cut to 10 s and stored as int16. Labels come from a "
             "CSV in AudioSet segments format (YTID, start_seconds, end_seconds, \"mid,mid\"; # starts a comment); "
             "a file matches a YTID when its name is <YTID>, Y<YTID>, or either followed by _<start>[_<end>]. "
@@ -211,7 +227,7 @@ def _add_train_parser(subparsers) -> None:
                             default=argparse.SUPPRESS, help=f"{help_text} [{type_name}]")
 
     def run(args: argparse.Namespace) -> int:
-        from .config import ConfigError, dump_config, load_config
+        from .config import ConfigError, check_machine, dump_config, load_config
 
         overrides = {k: v for k, v in vars(args).items() if "." in k}
         try:
@@ -222,6 +238,11 @@ def _add_train_parser(subparsers) -> None:
         if args.print_config:
             print(dump_config(cfg), end="")
             return 0
+        try:
+            check_machine(cfg)
+        except ConfigError as err:
+            print(f"dcls-audio train: error: {err}", file=sys.stderr)
+            return 2
         from .training import TrainingStopped, print_summary, train
 
         try:
@@ -268,7 +289,11 @@ def _add_eval_parser(subparsers) -> None:
     )
     _add_checkpoint_args(parser, required=True, labels_help="class CSV (index,mid,display_name); default: AudioSet's")
     parser.add_argument("-d", "--data", required=True, nargs="+", metavar="F.h5", help="HDF5 file(s) to score")
-    parser.add_argument("-o", "--output-dir", metavar="D", help="write metrics.json, per_class.csv, predictions.npz")
+    parser.add_argument("-o", "--output-dir", metavar="D",
+                        help="write metrics.json, per_class.csv, predictions.npz into this folder (other files "
+                             "there are left alone; the three are replaced together, and only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace metrics.json, per_class.csv and predictions.npz in D if they exist")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per device and batch")
     parser.add_argument("--num-workers", type=int, default=2, help="data loader workers per device")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
@@ -278,15 +303,19 @@ def _add_eval_parser(subparsers) -> None:
                         help="numeric precision of the backbone")
 
     def run(args: argparse.Namespace) -> int:
-        from .evaluation import evaluate, format_metrics
+        from .evaluation import NonFiniteScoresError, evaluate, format_metrics
 
         try:
             result, out, is_main = evaluate(
                 args.checkpoint, args.data, args.output_dir, model_name=args.model_name, use_ema=args.use_ema,
                 allow_pickle=args.allow_pickle, class_csv=args.class_csv, batch_size=args.batch_size,
                 num_workers=args.num_workers, accelerator=args.accelerator, devices=args.devices,
-                strategy=args.strategy, precision=args.precision,
+                strategy=args.strategy, precision=args.precision, overwrite=args.overwrite,
+                note=lambda text: print(f"dcls-audio eval: note: {text}", file=sys.stderr),
             )
+        except NonFiniteScoresError as err:  # the run happened, its result is unusable
+            print(f"dcls-audio eval: error: {err}", file=sys.stderr)
+            return 1
         except (ValueError, OSError) as err:  # checkpoint, data or output-directory problems
             print(f"dcls-audio eval: error: {err}", file=sys.stderr)
             return 2
@@ -315,12 +344,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    return args.func(args)
+    """Run one command; returns the exit code.
+
+    A closed output pipe (``dcls-audio ... | head -1``) ends the command quietly with 141
+    (128 + SIGPIPE, as a shell reports a command killed by it); Ctrl-C that reaches here
+    (a command's own handling aside, e.g. training's first Ctrl-C) ends it with one line
+    and 130, without a traceback.
+    """
+    command = "dcls-audio"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)  # --help prints here
+        if args.command is None:
+            parser.print_help()
+            code = 0
+        else:
+            command = f"dcls-audio {args.command}"
+            code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print(f"\n{command}: interrupted", file=sys.stderr)
+        return 130
+
+
+EXIT_BROKEN_PIPE = 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush of the buffered output
+    raises nothing (Python's documented way to handle SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured): nothing to flush
+        pass
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ computed on the complete set (see :mod:`dcls_audio.metrics`). Outputs, in ``outp
 
 - ``metrics.json``: ``mAP``, ``mAUC``, ``d_prime`` (mean of per-class d-primes, as
   upstream), ``d_prime_of_mAUC``, ``num_clips``, ``num_classes``, ``num_classes_scored``,
-  counts of excluded classes, a note, and what was evaluated;
+  counts of excluded classes, a note, what was evaluated and ``num_rows_dropped`` (rows
+  with an empty ``audio_name``, left out); undefined numbers are ``null`` (strict JSON);
 - ``per_class.csv``: ``index, mid, display_name, AP, AUC, d_prime, positives`` (empty AP/AUC
   where undefined);
 - ``predictions.npz``: ``audio_name`` (N,), ``scores`` (N, C) sigmoid probabilities float32,
@@ -20,7 +21,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -30,9 +31,18 @@ from torch import nn
 from .data import AudioSetDataModule, ClassInfo, LogMelFrontEnd
 from .metrics import AudioSetMetrics, TaggingMetrics
 from .models import load_checkpoint
-from .output_dirs import atomic_output, ensure_writable_dir
+from .models import resolve_checkpoint_path
+from .output_dirs import OutputError, atomic_output_set, ensure_writable_dir, same_file
 
-__all__ = ["EvaluationModule", "evaluate", "format_metrics", "write_outputs"]
+__all__ = ["NonFiniteScoresError", "EvaluationModule", "OUTPUT_FILES", "evaluate", "format_metrics", "write_outputs"]
+
+#: the files ``eval -o DIR`` writes, as one set (see :func:`write_outputs`)
+OUTPUT_FILES = ("metrics.json", "per_class.csv", "predictions.npz")
+
+
+class NonFiniteScoresError(ValueError):
+    """The model gave NaN or inf scores: the metrics would be meaningless; the message names
+    the first clip and the likely causes."""
 
 
 class EvaluationModule(L.LightningModule):
@@ -59,13 +69,64 @@ class EvaluationModule(L.LightningModule):
         self.metric.update(logits, batch["target"], batch["index"])
 
     def on_test_epoch_end(self) -> None:
-        self.result = self.metric.compute()
+        dataset = self.trainer.test_dataloaders.dataset  # every rank holds all the clip names
+        try:
+            self.result = self.metric.compute()
+        except ValueError:
+            self._raise_if_not_finite(dataset)  # every rank holds the same gathered scores
+            raise
         indices, logits, targets = self.metric.gathered()
         self.indices, self.logits, self.targets = indices.cpu(), logits.cpu(), targets.cpu()
-        dataset = self.trainer.test_dataloaders.dataset  # every rank holds all the clip names
         self.audio_names = [dataset.audio_name(i) for i in self.indices.tolist()]
         if self.output_dir is not None and self.trainer.is_global_zero:
             write_outputs(self, self.output_dir)
+
+
+    def _raise_if_not_finite(self, dataset: Any) -> None:
+        indices, logits, _ = self.metric.gathered()
+        bad = ~torch.isfinite(logits).all(dim=1)
+        if bool(bad.any()):
+            first = int(indices[bad.nonzero()[0, 0]])
+            raise NonFiniteScoresError(
+                f"{self.info.get('checkpoint', 'the model')}: the model gave NaN/inf scores for {int(bad.sum())} of "
+                f"{len(indices)} clips (first: {dataset.audio_name(first)}); no metrics were computed. The weights "
+                "or the audio of those clips are broken (e.g. values out of range)."
+            )
+
+
+def _unique_files(data_files: Sequence[str], note: Callable[[str], None]) -> list[str]:
+    """``data_files`` without repeats of one file (same path, symlink or hard link), in order."""
+    unique: list[str] = []
+    for path in data_files:
+        twin = next((u for u in unique if same_file(u, path)), None)
+        if twin is None:
+            unique.append(path)
+        else:
+            note(f"{path} is the same file as {twin}: its clips are scored once")
+    return unique
+
+
+def check_output_dir(output_dir: Path, inputs: Sequence[str | Path], overwrite: bool) -> None:
+    """``eval -o``: a folder (created if needed); its result files are never an input and are
+    replaced only with ``overwrite``; other files in it are left alone. Raises OutputError."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(None, "not a folder", output_dir, f"--output-dir: {output_dir} exists and is not a folder")
+    targets = [output_dir / name for name in OUTPUT_FILES]
+    for target in targets:
+        for item in inputs:
+            if same_file(target, item):
+                raise OutputError(None, "output is an input", target,
+                                  f"--output-dir: {target} is also an input ({item}); refusing to write over it")
+    existing = [t.name for t in targets if t.exists() or t.is_symlink()]
+    if existing and not overwrite:
+        raise OutputError(None, "exists", output_dir,
+                          f"--output-dir: {output_dir} already holds {', '.join(existing)} (an earlier result?); "
+                          "pass --overwrite to replace them, or choose another folder")
+
+
+def _check_accelerator(accelerator: str) -> None:
+    if accelerator.lower() in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--accelerator {accelerator}: no CUDA GPU is available on this machine (use cpu or auto)")
 
 
 def evaluate(
@@ -82,16 +143,30 @@ def evaluate(
     devices: int | str | list[int] = 1,
     strategy: str = "auto",
     precision: str = "32",
+    overwrite: bool = False,
+    note: Callable[[str], None] | None = None,
 ) -> tuple[TaggingMetrics, Path | None, bool]:
     """Evaluate ``checkpoint`` (ours, upstream ``.pth`` or a state_dict) on ``data_files``.
 
     ``model_name``: needed only when the checkpoint does not say. Writes the files of the
     module docstring into ``output_dir`` (rank 0) when given. Returns ``(metrics,
     output_dir, is_global_zero)`` (the metrics are the same on every rank).
-    Checkpoint, data and output problems raise before any clip is scored.
+    Checkpoint, data and output problems raise before any clip is scored: a data file given
+    twice (also through a link) is scored once (``note`` is told), a set without usable rows
+    is an error naming the files, existing result files in ``output_dir`` are replaced only
+    with ``overwrite`` (see :func:`check_output_dir`). Non-finite model scores raise
+    :class:`NonFiniteScoresError` and write nothing.
     """
+    note = note or (lambda text: None)
+    data_files = _unique_files(list(data_files), note)
+    _check_accelerator(accelerator)
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
+        try:
+            inputs: list[str | Path] = [resolve_checkpoint_path(checkpoint)]
+        except FileNotFoundError:
+            inputs = [checkpoint]
+        check_output_dir(out, [*inputs, *data_files, *([class_csv] if class_csv else [])], overwrite)
         ensure_writable_dir(out, "--output-dir")
     net = load_checkpoint(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle).eval()
     dm = AudioSetDataModule(
@@ -100,6 +175,15 @@ def evaluate(
         persistent_workers=False,
     )
     dm.setup("test")
+    dataset = dm.datasets["test"]
+    if len(dataset) == 0:
+        raise ValueError(
+            f"{', '.join(map(str, data_files))}: no usable clips to score ({dataset.num_dropped} row(s) with an empty "
+            "audio_name, which mark clips that failed to download, were dropped)"
+        )
+    if dataset.num_dropped:
+        note(f"{dataset.num_dropped} row(s) with an empty audio_name (clips that failed to download) were dropped; "
+             f"{len(dataset)} clips are scored")
     model_classes = net.get_classifier().out_features
     if dm.num_classes != model_classes:
         raise ValueError(
@@ -109,7 +193,8 @@ def evaluate(
     if "spawn" in str(strategy):
         raise ValueError(f"--strategy {strategy}: use ddp (the results stay in the spawned processes)")
     info = {"checkpoint": str(checkpoint), "data": [str(f) for f in data_files],
-            "model": getattr(net, "model_name", model_name), "use_ema": use_ema, "precision": precision}
+            "model": getattr(net, "model_name", model_name), "use_ema": use_ema, "precision": precision,
+            "num_rows_dropped": dataset.num_dropped}
     module = EvaluationModule(net, dm.classes, out, info)
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
@@ -127,22 +212,27 @@ def _json_number(value: Any) -> Any:
 def write_outputs(module: EvaluationModule, output_dir: Path) -> None:
     """Write ``metrics.json``, ``per_class.csv`` and ``predictions.npz`` (module docstring).
 
-    Each file is written to a temporary file and renamed: a reader never sees half of one.
+    The three are written as one set (:func:`~dcls_audio.output_dirs.atomic_output_set`):
+    all into a temporary folder inside ``output_dir``, then renamed into place, so an error, a
+    full disk or Ctrl-C leaves the earlier files as they were and no temporary file. Undefined
+    numbers (NaN: no class could be scored) are written as JSON ``null``; the JSON is strict.
     """
     summary = {k: _json_number(v) for k, v in module.result.summary().items()}
-    with atomic_output(output_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({**summary, **module.info}, indent=2) + "\n")
-    with atomic_output(output_dir / "per_class.csv") as tmp, open(tmp, "w", newline="") as fh:
-        _write_per_class(csv.writer(fh), module.result, module.classes)
-    with atomic_output(output_dir / "predictions.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(  # a file object: a path without ".npz" would get the suffix added
-            fh,
-            audio_name=np.array(module.audio_names, dtype=str),
-            scores=torch.sigmoid(module.logits.float()).numpy(),
-            target=module.targets.numpy().astype(np.uint8),
-            index=module.indices.numpy(),
-            logits=module.logits.float().numpy(),
-        )
+    text = json.dumps({**summary, **{k: _json_number(v) for k, v in module.info.items()}}, indent=2,
+                      allow_nan=False) + "\n"
+    with atomic_output_set(output_dir, OUTPUT_FILES) as tmp:
+        tmp["metrics.json"].write_text(text)
+        with open(tmp["per_class.csv"], "w", newline="") as fh:
+            _write_per_class(csv.writer(fh), module.result, module.classes)
+        with open(tmp["predictions.npz"], "wb") as fh:
+            np.savez_compressed(  # a file object: a path without ".npz" would get the suffix added
+                fh,
+                audio_name=np.array(module.audio_names, dtype=str),
+                scores=torch.sigmoid(module.logits.float()).numpy(),
+                target=module.targets.numpy().astype(np.uint8),
+                index=module.indices.numpy(),
+                logits=module.logits.float().numpy(),
+            )
 
 
 def _write_per_class(writer: Any, result: TaggingMetrics, classes: list[ClassInfo]) -> None:

@@ -28,7 +28,7 @@ from dcls_audio.data import CLIP_SAMPLES, SAMPLE_RATE, LogMelFrontEnd
 from dcls_audio.models import dcls_layers, fold_dcls
 
 from .export_frontend import ConvLogMel
-from .output_dirs import atomic_output
+from .output_dirs import atomic_output, check_output_path
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "dcls_audio"
@@ -239,8 +239,14 @@ def run_export(
     tolerance: float = 1e-4,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    overwrite: bool = False,
 ) -> int:
-    """What ``dcls-audio export`` does; returns the exit code (0 ok, 1 check failed, 2 setup error)."""
+    """What ``dcls-audio export`` does; returns the exit code (0 ok, 1 check failed, 2 setup error).
+
+    ``output`` follows :mod:`dcls_audio.output_dirs`' rule: never the checkpoint or the class
+    CSV, an existing file only with ``overwrite``, written atomically.
+    """
+    from .models import resolve_checkpoint_path
     from .tagging_model import load_tagging_model
 
     stdout = stdout or sys.stdout
@@ -250,7 +256,16 @@ def run_export(
             raise ValueError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
         if not Path(output).parent.is_dir():
             raise FileNotFoundError(f"--output: folder {Path(output).parent} does not exist")
+        try:
+            checkpoint_file: Path | None = resolve_checkpoint_path(checkpoint)
+        except FileNotFoundError:  # the loader reports it, naming the checkpoint
+            checkpoint_file = None
+        inputs = [checkpoint_file or checkpoint, class_csv]
+        if checkpoint_file is not None:  # before any work
+            check_output_path(output, inputs, overwrite=overwrite, what="--output")
         loaded = load_tagging_model(checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv)
+        if checkpoint_file is None:
+            check_output_path(output, inputs, overwrite=overwrite, what="--output")
         report = export_model(
             loaded.model, output, fmt, with_frontend=with_frontend, logits=logits, labels=loaded.labels,
             model_name=loaded.model_name, opset=opset, check=check,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import cli
+from dcls_audio import cli
 
 
 def test_help_lists_subcommands(capsys):
@@ -14,6 +14,6 @@ def test_help_lists_subcommands(capsys):
 
 
 def test_console_script_runs():
-    proc = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dcls_audio", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "usage: dcls-audio" in proc.stdout

@@ -13,7 +13,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-import cli
+from dcls_audio import cli
 from dcls_audio.config import load_config
 from dcls_audio.data import AudioSetDataModule, ClassInfo, LogMelFrontEnd, load_class_names
 from dcls_audio.evaluation import EvaluationModule, write_outputs

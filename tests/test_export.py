@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-import cli
+from dcls_audio import cli
 from dcls_audio import export, tagging_model
 from dcls_audio.data import LogMelFrontEnd
 from dcls_audio.export import export_model, read_metadata, run_exported
@@ -192,3 +192,49 @@ def test_cli_export_names_the_missing_module(tmp_path, capsys, monkeypatch, miss
     rc = cli.main(["export", "-c", str(tmp_path / "any.ckpt"), "-f", "onnx", "-o", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
     assert rc == 2 and err.splitlines() == [f"dcls-audio export: {expected}"]
+
+
+def test_cli_export_never_writes_over_an_input_or_an_unmeant_file(tmp_path, capsys, tiny_model):
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({
+        "state_dict": {f"net.{k}": v for k, v in tiny_model.state_dict().items()},
+        "hyper_parameters": {"model_name": "convnext_dcls_audio_tiny", "num_classes": len(LABELS),
+                             "model_kwargs": TINY, "class_names": LABELS},
+    }, ckpt)
+    before = ckpt.read_bytes()
+    link = tmp_path / "link.pt"
+    link.symlink_to(ckpt)
+    base = ["export", "-c", str(ckpt), "-f", "torchscript", "--no-frontend", "--no-check"]
+    for output in (ckpt, link):
+        for extra in ([], ["--overwrite"]):
+            assert cli.main([*base, "-o", str(output), *extra]) == 2
+            assert "is also an input" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before
+    victim = tmp_path / "victim.wav"
+    victim.write_bytes(b"RIFF....WAVE")
+    assert cli.main([*base, "-o", str(victim)]) == 2
+    assert f"{victim} already exists; pass --overwrite" in capsys.readouterr().err
+    assert victim.read_bytes() == b"RIFF....WAVE"
+    assert cli.main([*base, "-o", str(victim), "--overwrite"]) == 0
+    assert victim.read_bytes() != b"RIFF....WAVE" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "link.pt", "tiny.ckpt", "victim.wav"]
+
+
+def test_export_to_a_full_disk_is_one_message(tmp_path, capsys, tiny_model, monkeypatch):
+    import errno
+
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in tiny_model.state_dict().items()},
+                "hyper_parameters": {"model_name": "convnext_dcls_audio_tiny", "num_classes": len(LABELS),
+                                     "model_kwargs": TINY}}, ckpt)
+
+    def full(module, example, out, meta):
+        out.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export, "_export_torchscript", full)
+    out = tmp_path / "m.pt"
+    assert cli.main(["export", "-c", str(ckpt), "-f", "torchscript", "-o", str(out), "--no-check"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(out) in err and "No space left on device" in err and "nothing was lost" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.ckpt"]

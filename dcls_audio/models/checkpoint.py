@@ -112,28 +112,134 @@ def resolve_checkpoint_path(path_or_name: str | PathLike) -> Path:
     raise FileNotFoundError(f"checkpoint '{name}' not found (as a file, or as <name>.pth in {where}).{hint}")
 
 
+#: What a file that is no checkpoint begins with, for the error message.
+_KNOWN_MAGIC = (
+    (b"RIFF", "a WAV file"), (b"fLaC", "a FLAC file"), (b"OggS", "an Ogg file"), (b"ID3", "an MP3 file"),
+    (b"\x89HDF", "an HDF5 file"),
+)
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80  # the PROTO opcode that opens every pickle of protocol >= 2 (torch.save's)
+
+
+def _not_a_checkpoint(path: Path, head: bytes) -> CheckpointError:
+    what = next((name for magic, name in _KNOWN_MAGIC if head.startswith(magic)), None)
+    if what is None:
+        printable = head[:8].decode("latin-1")
+        what = "text" if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head[:64]) else repr(printable)
+        what = f"it begins with {what}" if what != "text" else "a text file"
+    return CheckpointError(
+        f"{path}: not a checkpoint (neither a PyTorch zip archive nor a pickle; {what})"
+    )
+
+
+def _check_pickle_stream(stream: Any, path: Path, member: str) -> None:
+    """Walk the opcodes of one pickle; CheckpointError('corrupt checkpoint') if it is not a
+    well-formed pickle. Runs no code: ``pickletools`` only decodes the opcodes."""
+    import pickletools
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # string opcodes with odd escapes warn while decoding
+            stopped = _walk(pickletools.genops(stream))
+    except Exception as err:  # genops raises ValueError, EOFError, struct.error, ... on bad bytes
+        raise CheckpointError(f"{path}: corrupt checkpoint ({member} is not a valid pickle: {err})") from None
+    if not stopped:
+        raise CheckpointError(f"{path}: corrupt checkpoint ({member} ends before its pickle does)")
+
+
+def _walk(ops: Any) -> bool:
+    """Consume pickle opcodes up to STOP; whether STOP was reached."""
+    for opcode, _arg, _pos in ops:
+        if opcode.name == "STOP":
+            return True
+    return False
+
+
+def _check_container(path: Path) -> bool:
+    """Check the file is a PyTorch checkpoint container before ``torch.load`` sees it.
+
+    A zip archive must be complete, hold a ``data.pkl`` and pass every CRC (torch's reader does
+    not check them: flipped bits in tensor data would load as wrong weights); its ``data.pkl``
+    and a legacy file's first pickle must be well-formed pickles. Returns whether the file is a
+    zip archive. Raises CheckpointError ("not a checkpoint" / "corrupt checkpoint").
+    """
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if head.startswith(_ZIP_MAGIC):
+                try:
+                    with zipfile.ZipFile(fh) as archive:
+                        names = archive.namelist()
+                        pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+                        if not pickles:
+                            raise CheckpointError(
+                                f"{path}: not a checkpoint (a zip archive without data.pkl)"
+                            )
+                        bad = archive.testzip()
+                        if bad is not None:
+                            raise CheckpointError(f"{path}: corrupt checkpoint (CRC mismatch in {bad})")
+                        with archive.open(pickles[0]) as member:
+                            _check_pickle_stream(member, path, pickles[0])
+                except CheckpointError:
+                    raise
+                except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError,
+                        NotImplementedError, OverflowError, IndexError) as err:
+                    raise CheckpointError(f"{path}: corrupt checkpoint (broken zip archive: {err})") from None
+                return True
+            if not head or head[0] != _PICKLE_PROTO:
+                raise _not_a_checkpoint(path, head)
+            fh.seek(0)
+            _check_pickle_stream(fh, path, "the file")
+            return False
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {err.strerror or err}") from None
+
+
 def read_checkpoint(path: str | PathLike, allow_pickle: bool = False) -> Any:
     """``torch.load`` on the CPU with ``weights_only=True`` and :data:`SAFE_GLOBALS`.
 
     ``allow_pickle=True`` uses the full unpickler: it can run code embedded in the file.
+    The file is checked first (:func:`_check_container`): a file that is not a checkpoint or
+    is damaged raises :class:`CheckpointError` ("not a checkpoint" / "corrupt checkpoint"),
+    and only a well-formed pickle that asks for objects outside the allow-list raises
+    :class:`UnsafeCheckpointError` (the one error that mentions ``--allow-pickle``). No other
+    exception type leaves this function for a bad file.
     """
     path = Path(path)
+    _check_container(path)
     try:
         if allow_pickle:
             return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if allow_pickle:
-            raise CheckpointError(f"{path}: not a readable checkpoint: {err}") from err
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if allow_pickle or not _refused_global(str(err)):
+            raise CheckpointError(f"{path}: corrupt checkpoint ({reason})") from None
         raise UnsafeCheckpointError(
             f"{path}: refused to load: the file holds Python objects outside the allow-list "
             f"({reason}). Unpickling them can run arbitrary code; pass allow_pickle=True "
             "(CLI: --allow-pickle) only for a file from a source you trust."
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {err}") from err
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {err.strerror or err}") from err
+    except MemoryError:
+        raise CheckpointError(f"{path}: corrupt checkpoint (asks for more memory than there is)") from None
+    except Exception as err:  # torch's readers raise RuntimeError, EOFError, KeyError, struct.error, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path}: corrupt checkpoint ({type(err).__name__}: {first[:200]})") from None
+
+
+#: Texts of torch's weights-only unpickler for an object it will not build (as opposed to bad bytes).
+_REFUSAL_MARKERS = ("Unsupported global", "GLOBAL", "add_safe_globals", "allowlist", "allowed global",
+                    "Trying to call reduce", "Can only", "not an allowed")
+
+
+def _refused_global(message: str) -> bool:
+    return any(marker in message for marker in _REFUSAL_MARKERS)
 
 
 def _strip_wrapper(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -295,6 +401,15 @@ def to_model_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], sour
                 "(depths, dims, num_classes or DCLS settings): pass the same options the checkpoint was trained with."
             )
         raise CheckpointMismatchError("\n".join(lines), missing, unexpected, mismatched, suggested)
+    for key, value in converted.items():
+        if value.is_floating_point() or value.is_complex():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise CheckpointError(
+                    f"{source}: corrupt weights: '{shown(key)}' holds {bad} NaN/inf value(s) of {value.numel()} "
+                    "(the first non-finite tensor in the checkpoint); refusing to load them"
+                )
     for keys in tied_state_keys(model):
         first = converted[keys[0]]
         for key in keys[1:]:
