@@ -122,11 +122,11 @@ def _chosen_conv(module: nn.Module, x: torch.Tensor, dtype) -> str:
 
 
 def _direct_applies(module: nn.Module, x: torch.Tensor) -> bool:
-    from dcls_core import direct_conv
+    from dcls_core.conv import direct
 
     with torch.no_grad():
         shape = module.construct_kernel().shape
-    return direct_conv.supports(x, shape, module.stride, module.groups)
+    return direct.supports(x, shape, module.stride, module.groups)
 
 
 # -- cases ---------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def _pair(name: str, cin: int, cout: int, kwargs: dict, device: torch.device, se
 @contextlib.contextmanager
 def _fft_on(chunks: int):
     """The FFT convolution, whatever the dispatcher would choose, with the batch in ``chunks``."""
-    from dcls_core import fft_conv
+    from dcls_core.conv.fft import conv as fft_conv
 
     saved = fft_conv.FORCE_CHUNKS
     fft_conv.FORCE_CHUNKS = chunks

@@ -23,7 +23,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dcls_core  # noqa: E402
-from dcls_core import dispatch, spectral_ops  # noqa: E402
+from dcls_core import dispatch  # noqa: E402
+from dcls_core.conv.fft import passes as spectral_ops  # noqa: E402
 from bench_layers import DTYPES, STAGES, fwd_bwd_step  # noqa: E402
 
 

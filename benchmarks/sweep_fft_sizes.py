@@ -5,8 +5,8 @@ pair of transform sizes ``(L_h, L_w)`` with only the factors 2, 3, 5, 7 between 
 exact size (``size + padding``) and ``--slack`` times it is timed on the FFT convolution's
 forward pass (``rfft2 -> product -> irfft2 -> crop``, float32) and its backward pass
 (gradients of the input and the kernel), with plain torch element-wise operations around the
-same transforms (not the Triton passes of :mod:`dcls_core.spectral_ops`). Prints the fastest
-pairs per stage next to the smallest one and writes JSON. :mod:`dcls_core.fft_sizes` chooses
+same transforms (not the Triton passes of :mod:`dcls_core.conv.fft.passes`). Prints the fastest
+pairs per stage next to the smallest one and writes JSON. :mod:`dcls_core.conv.fft.sizes` chooses
 sizes from the ``--table`` costs (``COST_NS``), checked against these sweeps.
 
     python benchmarks/sweep_fft_sizes.py --json sweep_fft_sizes.json
@@ -14,7 +14,7 @@ sizes from the ``--table`` costs (``COST_NS``), checked against these sweeps.
 
 ``--table`` times a 2-D real transform and its inverse at every size ``L x L`` with the factors
 2, 3, 5, 7 from 8 to ``--max-size`` over about 2^24 elements and prints the cost per element
-and axis (ns) that :mod:`dcls_core.fft_sizes` uses to choose transform sizes.
+and axis (ns) that :mod:`dcls_core.conv.fft.sizes` uses to choose transform sizes.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dcls_core.fft_sizes import FFT_PRIMES, fast_fft_size  # noqa: E402
+from dcls_core.conv.fft.sizes import FFT_PRIMES, fast_fft_size  # noqa: E402
 
 STAGES = [(96, 64, 62), (192, 32, 31), (384, 16, 15), (768, 8, 7)]
 

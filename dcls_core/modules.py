@@ -4,23 +4,23 @@ Constructor arguments, defaults, parameter names, shapes and initialisation foll
 reference package ``dcls`` 0.1.1, so state_dicts load both ways with ``strict=True``.
 The modules are thin: kernel construction and the convolution are chosen by
 :mod:`dcls_core.dispatch`. In eval mode under ``no_grad`` the dense kernel is built once and
-reused until a parameter changes (:mod:`dcls_core.kernel_cache`).
+reused until a parameter changes (:mod:`dcls_core.construction.cache`).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.nn import init
 
+from .construction.cache import KernelCache
+from .construction.reference import SIGMA_VERSIONS, VERSIONS, position_axes
 from .dispatch import build_kernel
-from .functional import PADDING_MODES, conv_with_kernel, dcls_conv, ntuple
-from .kernel import SIGMA_VERSIONS, VERSIONS, position_axes
-from .kernel_cache import KernelCache
+from .functional import PADDING_MODES, IntOrTuple, conv_with_kernel, dcls_conv, ntuple
 
-IntOrTuple = Union[int, Sequence[int]]
+__all__ = ["Dcls1d", "Dcls2_1d", "Dcls2d", "Dcls2dK1d", "Dcls3_1d", "Dcls3d"]
 
 
 class _DclsBase(nn.Module):
@@ -31,9 +31,9 @@ class _DclsBase(nn.Module):
         SIG like P for ``max``/``gauss`` (else None), bias ``(out,)`` or None.
     """
 
-    conv_dims: int = 0          # spatial dims of the convolution
-    learned_dims: int = 0       # axes with learned positions
-    dense_dims: int = 0         # leading kernel axes that are dense (N_Md layers)
+    conv_dims: int = 0  # spatial dims of the convolution
+    learned_dims: int = 0  # axes with learned positions
+    dense_dims: int = 0  # leading kernel axes that are dense (N_Md layers)
     versions: tuple[str, ...] = VERSIONS
     uniform_position_init: bool = False  # N_Md layers: P ~ U(-lim, lim)
     _ignored_state_keys: tuple[str, ...] = ()
@@ -159,7 +159,10 @@ class _DclsBase(nn.Module):
     def _check_input(self, input: Tensor) -> None:
         expected_rank = self.conv_dims + 2
         spatial = ", ".join("HW"[i] if self.conv_dims == 2 else f"S{i}" for i in range(self.conv_dims))
-        if input.dim() not in (expected_rank, expected_rank - 1) or input.shape[-self.conv_dims - 1] != self.in_channels:
+        if (
+            input.dim() not in (expected_rank, expected_rank - 1)
+            or input.shape[-self.conv_dims - 1] != self.in_channels
+        ):
             raise ValueError(
                 f"{type(self).__name__} expected input of shape (N, {self.in_channels}, {spatial}) "
                 f"or ({self.in_channels}, {spatial}), got {tuple(input.shape)}"
@@ -176,9 +179,16 @@ class _DclsBase(nn.Module):
         kernel = self.construct_kernel().detach()
         conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[self.conv_dims]
         conv = conv_cls(
-            self.in_channels, self.out_channels, tuple(kernel.shape[2:]), stride=self.stride,
-            padding=self.padding, groups=self.groups, bias=self.bias is not None,
-            padding_mode=self.padding_mode, device=kernel.device, dtype=kernel.dtype,
+            self.in_channels,
+            self.out_channels,
+            tuple(kernel.shape[2:]),
+            stride=self.stride,
+            padding=self.padding,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device=kernel.device,
+            dtype=kernel.dtype,
         )
         with torch.no_grad():
             conv.weight.copy_(kernel)
@@ -187,10 +197,14 @@ class _DclsBase(nn.Module):
         return conv
 
     # -- state dict and repr --------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         for key in self._ignored_state_keys:
             state_dict.pop(prefix + key, None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_count={self.kernel_count}"
@@ -227,8 +241,18 @@ class _DclsNd(_DclsBase):
         dtype=None,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_count, stride, padding, dilated_kernel_size,
-            groups, bias, padding_mode, version, device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_count,
+            stride,
+            padding,
+            dilated_kernel_size,
+            groups,
+            bias,
+            padding_mode,
+            version,
+            device=device,
+            dtype=dtype,
         )
 
     def forward(self, input: Tensor) -> Tensor:
@@ -236,8 +260,17 @@ class _DclsNd(_DclsBase):
             return super().forward(input)
         self._check_input(input)
         return dcls_conv(
-            input, self.weight, self.P, self.SIG, self.bias, self.dilated_kernel_size, self.stride, self.padding,
-            self.groups, self.padding_mode, self.version,
+            input,
+            self.weight,
+            self.P,
+            self.SIG,
+            self.bias,
+            self.dilated_kernel_size,
+            self.stride,
+            self.padding,
+            self.groups,
+            self.padding_mode,
+            self.version,
         )
 
 
@@ -294,9 +327,19 @@ class _DclsN_Md(_DclsBase):
         dtype=None,
     ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_count, stride, padding, dilated_kernel_size,
-            groups, bias, padding_mode, version, dense_kernel_size=dense_kernel_size,
-            device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_count,
+            stride,
+            padding,
+            dilated_kernel_size,
+            groups,
+            bias,
+            padding_mode,
+            version,
+            dense_kernel_size=dense_kernel_size,
+            device=device,
+            dtype=dtype,
         )
 
 
@@ -356,8 +399,18 @@ class Dcls2dK1d(_DclsBase):
         if flat_dim not in (0, 1):
             raise ValueError(f"Dcls2dK1d: flat_dim must be 0 or 1, got {flat_dim!r}")
         super().__init__(
-            in_channels, out_channels, kernel_count, stride, padding, dilated_kernel_size,
-            groups, bias, padding_mode, version, device=device, dtype=dtype,
+            in_channels,
+            out_channels,
+            kernel_count,
+            stride,
+            padding,
+            dilated_kernel_size,
+            groups,
+            bias,
+            padding_mode,
+            version,
+            device=device,
+            dtype=dtype,
         )
         self.flat_dim = flat_dim
 

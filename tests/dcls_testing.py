@@ -1,24 +1,19 @@
-"""Helpers shared by the dcls_core test modules: float64 comparisons, layer randomisation,
-the torch.compile check and the runner of Triton kernels under Triton's interpreter.
+"""Helpers shared by the dcls_core test modules (``tests/dcls_core/``): float64 comparisons, layer
+randomisation, the torch.compile check and one float64 depthwise-convolution case.
 
 Errors are relative by norm, ``||got - want|| / ||want||``, against a float64 reference, with
 one tolerance per dtype.
 """
+
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import dcls_core
 
-ROOT = Path(__file__).resolve().parents[1]
 # relative error by norm, per dtype of the result
 TOL = {"fp32": 2e-5, "bf16": 3e-2, "fp16": 8e-3}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -96,41 +91,6 @@ def compile_matches_eager(device, backend):
     net.eval()
     with torch.no_grad():
         assert rel_err(compiled(x), net(x)) < 1e-5
-
-
-INTERPRETER_PRELUDE = textwrap.dedent(
-    """
-    import numpy as np
-    import torch
-    import triton.runtime.interpreter as interp
-    # Triton's interpreter turns 1-element scalar arrays into loop bounds with int(), which
-    # recent numpy refuses; read the element instead (this only affects interpreted runs).
-    _orig = interp._patch_lang_tensor
-    def _patched(tensor, scope):
-        _orig(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
-    interp._patch_lang_tensor = _patched
-
-    def rel(a, b):
-        a, b = a.double(), b.double()
-        assert torch.isfinite(a).all(), "non-finite values"
-        return ((a - b).norm() / b.norm()).item()
-
-    torch.manual_seed(0)
-    worst = 0.0
-    """
-)
-
-
-def worst_error_under_interpreter(body: str) -> float:
-    """Run ``body`` (after :data:`INTERPRETER_PRELUDE`) with ``TRITON_INTERPRET=1`` in a fresh
-    process; it accumulates ``worst``, which is returned."""
-    script = INTERPRETER_PRELUDE + textwrap.dedent(body) + '\nprint("WORST", worst)\n'
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return float(proc.stdout.split("WORST")[-1])
-
 
 
 def float64_depthwise_case(shape, seed: int = 3):

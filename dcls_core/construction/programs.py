@@ -1,16 +1,24 @@
-"""Triton kernels of :mod:`dcls_core.triton_construct` (imports Triton; load lazily).
+"""Triton GPU programs of the fused construction (:mod:`dcls_core.construction.fused`); this module
+imports Triton, so the launchers import it on first use.
 
-With ``PLACED`` the kernel is written (and its gradient read) as the circular ``(LH, LW)``
-plane of the FFT convolution: tap ``a`` of an axis at slot ``(pad - a) mod L``, taps that share
-a slot summed (``placed = Mh^T ker Mw`` with 0/1 placement matrices).
+``construct_fwd`` writes the dense kernel of one kernel slot per program, ``construct_bwd`` the
+gradients of its weight, positions and sigmas. With ``PLACED`` the kernel is written (and its
+gradient read) as the circular ``(LH, LW)`` plane of the FFT convolution: tap ``a`` of an axis at
+slot ``(pad - a) mod L``, taps that share a slot summed (``placed = Mh^T ker Mw`` with 0/1
+placement matrices).
+
+No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`` hints.
 """
+
 import triton
 import triton.language as tl
 
-from .kernel import GAUSS_SIGMA_OFFSET, NORM_EPS
+from .reference import GAUSS_SIGMA_OFFSET, NORM_EPS
 
 SIG_OFFSET = tl.constexpr(GAUSS_SIGMA_OFFSET)
 EPS = tl.constexpr(NORM_EPS)
+
+__all__ = ["construct_fwd", "construct_bwd"]
 
 
 @triton.jit
@@ -26,7 +34,9 @@ def _factor(grid, p, s, SIZE: tl.constexpr, VERSION: tl.constexpr):
         lower = tl.floor(centre)
         frac = centre - lower
         lo = lower[:, None]
-        f = tl.where(grid[None, :] == lo, 1.0 - frac[:, None], 0.0) + tl.where(grid[None, :] == lo + 1.0, frac[:, None], 0.0)
+        f = tl.where(grid[None, :] == lo, 1.0 - frac[:, None], 0.0) + tl.where(
+            grid[None, :] == lo + 1.0, frac[:, None], 0.0
+        )
     elif VERSION == 1:
         d = grid[None, :] - centre[:, None]
         f = tl.maximum(1.0 - tl.abs(d), 0.0)
@@ -88,7 +98,9 @@ def _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC: tl.constexpr
 
 
 @triton.jit
-def _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH: tl.constexpr, KW: tl.constexpr, VERSION: tl.constexpr, NAX: tl.constexpr):
+def _axis_factors(
+    a, b, m_ok, p_h, p_w, s_h, s_w, KH: tl.constexpr, KW: tl.constexpr, VERSION: tl.constexpr, NAX: tl.constexpr
+):
     """Per-element interpolation factors ``fy (BMC, BKH)`` and ``fx (BMC, BKW)``, zero
     outside the kernel and the element count; one learned axis: ``fy`` is a unit first row.
     (With three axes these are the two last ones; the first is :func:`_depth_factors`.)"""
@@ -101,8 +113,9 @@ def _axis_factors(a, b, m_ok, p_h, p_w, s_h, s_w, KH: tl.constexpr, KW: tl.const
 
 
 @triton.jit
-def _depth_factors(m_ok, pd_ptr, sd_ptr, offs, KD: tl.constexpr, BKD: tl.constexpr, VERSION: tl.constexpr,
-                   HAS_SIG: tl.constexpr):
+def _depth_factors(
+    m_ok, pd_ptr, sd_ptr, offs, KD: tl.constexpr, BKD: tl.constexpr, VERSION: tl.constexpr, HAS_SIG: tl.constexpr
+):
     """First-axis factors ``fz (BMC, BKD)`` of a three-axis kernel, their grid and sums."""
     c = tl.arange(0, BKD)
     p_d = tl.load(pd_ptr + offs, mask=m_ok, other=0.0)
@@ -130,11 +143,32 @@ def _placement(a, KH: tl.constexpr, LH: tl.constexpr, PH, BLH: tl.constexpr):
 
 @triton.jit
 def construct_fwd(
-    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, pd_ptr, sd_ptr, k_ptr, Mc, PH, PW,
-    KD: tl.constexpr, BKD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
-    VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
-    PLACED: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr, BLH: tl.constexpr, BLW: tl.constexpr,
+    w_ptr,
+    ph_ptr,
+    pw_ptr,
+    sh_ptr,
+    sw_ptr,
+    pd_ptr,
+    sd_ptr,
+    k_ptr,
+    Mc,
+    PH,
+    PW,
+    KD: tl.constexpr,
+    BKD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BMC: tl.constexpr,
+    BKH: tl.constexpr,
+    BKW: tl.constexpr,
+    VERSION: tl.constexpr,
+    HAS_SIG: tl.constexpr,
+    NAX: tl.constexpr,
+    PLACED: tl.constexpr,
+    LH: tl.constexpr,
+    LW: tl.constexpr,
+    BLH: tl.constexpr,
+    BLW: tl.constexpr,
 ):
     q = tl.program_id(0).to(tl.int64)  # q * plane size can pass 2**31
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
@@ -173,12 +207,39 @@ def construct_fwd(
 
 @triton.jit
 def construct_bwd(
-    w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, pd_ptr, sd_ptr, g_ptr,
-    dw_ptr, dph_ptr, dpw_ptr, dsh_ptr, dsw_ptr, dpd_ptr, dsd_ptr, Mc, PH, PW,
-    KD: tl.constexpr, BKD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-    BMC: tl.constexpr, BKH: tl.constexpr, BKW: tl.constexpr,
-    VERSION: tl.constexpr, HAS_SIG: tl.constexpr, NAX: tl.constexpr,
-    PLACED: tl.constexpr, LH: tl.constexpr, LW: tl.constexpr, BLH: tl.constexpr, BLW: tl.constexpr,
+    w_ptr,
+    ph_ptr,
+    pw_ptr,
+    sh_ptr,
+    sw_ptr,
+    pd_ptr,
+    sd_ptr,
+    g_ptr,
+    dw_ptr,
+    dph_ptr,
+    dpw_ptr,
+    dsh_ptr,
+    dsw_ptr,
+    dpd_ptr,
+    dsd_ptr,
+    Mc,
+    PH,
+    PW,
+    KD: tl.constexpr,
+    BKD: tl.constexpr,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    BMC: tl.constexpr,
+    BKH: tl.constexpr,
+    BKW: tl.constexpr,
+    VERSION: tl.constexpr,
+    HAS_SIG: tl.constexpr,
+    NAX: tl.constexpr,
+    PLACED: tl.constexpr,
+    LH: tl.constexpr,
+    LW: tl.constexpr,
+    BLH: tl.constexpr,
+    BLW: tl.constexpr,
 ):
     q = tl.program_id(0).to(tl.int64)  # q * plane size can pass 2**31
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
@@ -206,9 +267,9 @@ def construct_bwd(
     if NAX == 3:  # sum the per-plane terms over the first axis's taps
         c, p_d, s_d, fz, sz = _depth_factors(m_ok, pd_ptr, sd_ptr, offs, KD, BKD, VERSION, HAS_SIG)
         g_mask = (a < KH)[:, None] & (b < KW)[None, :]
-        h1 = tl.zeros([BMC, BKH], dtype=tl.float32)   # sum_d fz[:, d] (G_d fx^T)^T
-        h2 = tl.zeros([BMC, BKW], dtype=tl.float32)   # sum_d fz[:, d] (G_d^T fy^T)^T
-        tz = tl.zeros([BMC, BKD], dtype=tl.float32)   # [m, d] = sum_ab G_d fy fx
+        h1 = tl.zeros([BMC, BKH], dtype=tl.float32)  # sum_d fz[:, d] (G_d fx^T)^T
+        h2 = tl.zeros([BMC, BKW], dtype=tl.float32)  # sum_d fz[:, d] (G_d^T fy^T)^T
+        tz = tl.zeros([BMC, BKD], dtype=tl.float32)  # [m, d] = sum_ab G_d fy fx
         for d in range(KD):
             g = tl.load(g_ptr + (q * KD + d) * (KH * KW) + a[:, None] * KW + b[None, :], mask=g_mask, other=0.0)
             h1_d = tl.trans(tl.dot(g, tl.trans(fx), input_precision="ieee"))
@@ -218,7 +279,7 @@ def construct_bwd(
             tz += tl.where(c[None, :] == d, tl.sum(fy * h1_d, 1)[:, None], 0.0)
         dws = tl.sum(fz * tz, 1)
     else:
-        h1 = tl.trans(tl.dot(g, tl.trans(fx), input_precision="ieee"))           # (BMC, BKH)
+        h1 = tl.trans(tl.dot(g, tl.trans(fx), input_precision="ieee"))  # (BMC, BKH)
         h2 = tl.trans(tl.dot(tl.trans(g), tl.trans(fy), input_precision="ieee"))  # (BMC, BKW)
         dws = tl.sum(fy * h1, 1)
     if VERSION == 0:

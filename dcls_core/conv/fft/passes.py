@@ -1,15 +1,16 @@
 """The element-wise passes of the FFT convolution, in two implementations side by side.
 
-* Triton kernels (:mod:`dcls_core.triton_spectral_kernels`): CUDA, float32 work (complex64
+* Triton programs (:mod:`.programs`, imported on first use): CUDA, float32 work (complex64
   spectra). Padding and the dtype cast are one pass, so are the crop, the cast and the bias
   (one or two spatial axes); the spectrum product and the depthwise backward (kernel gradient
   and the input gradient's spectrum in one pass, without the ``(N, C, F)`` product tensor)
   take any number of axes.
 * torch operations: everywhere else (CPU, float64, 3-D pad/crop), and the reference for the
-  kernels (the same arithmetic: the bias is added before the cast to the output dtype).
+  programs (the same arithmetic: the bias is added before the cast to the output dtype).
 
 ``FORCE_TORCH = True`` (or :func:`torch_only`) makes every call take the torch operations.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,12 +19,14 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .triton_construct import _triton_importable
+from ..._triton import triton_available
+
+__all__ = ["FORCE_TORCH", "backward_mix_", "crop_into", "padded", "spectral_mul_", "torch_only"]
 
 FORCE_TORCH = False
-_TILE = 1024       # elements per program of pad / crop: rows x a power-of-2 of columns
-_BLOCK = 1024      # complex elements per program of the spectrum product
-_MIX_BLOCK = 128   # (channel, frequency) slots per program of the depthwise backward
+_TILE = 1024  # elements per program of pad / crop: rows x a power-of-2 of columns
+_BLOCK = 1024  # complex elements per program of the spectrum product
+_MIX_BLOCK = 128  # (channel, frequency) slots per program of the depthwise backward
 
 
 def _tile(cols: int) -> tuple[int, int]:
@@ -43,19 +46,19 @@ def torch_only() -> Iterator[None]:
         FORCE_TORCH = saved
 
 
-_KERNELS: list = []   # the Triton kernel module, imported on first use
+_PROGRAMS: list = []  # the GPU program module, imported on first use
 
 
-def _kernels():
-    if not _KERNELS:
-        from . import triton_spectral_kernels
+def _programs():
+    if not _PROGRAMS:
+        from . import programs
 
-        _KERNELS.append(triton_spectral_kernels)
-    return _KERNELS[0]
+        _PROGRAMS.append(programs)
+    return _PROGRAMS[0]
 
 
 def _triton_ok(t: Tensor) -> bool:
-    return not FORCE_TORCH and t.is_cuda and _triton_importable()
+    return not FORCE_TORCH and t.is_cuda and triton_available()
 
 
 def _planes(shape: Sequence[int], ndim: int) -> tuple[int, int]:
@@ -82,7 +85,7 @@ def padded(x: Tensor, sizes: Sequence[int], work: torch.dtype) -> Tensor:
     LH, LW = _planes(sizes, ndim)
     rows = n * c * LH
     rb, bw = _tile(LW)
-    _kernels().pad_cast[(-(-rows // rb),)](x, out, rows, c, H, W, LH, LW, *_strides4(x, ndim), RB=rb, BW=bw)
+    _programs().pad_cast[(-(-rows // rb),)](x, out, rows, c, H, W, LH, LW, *_strides4(x, ndim), RB=rb, BW=bw)
     return out
 
 
@@ -99,9 +102,20 @@ def crop_into(dst: Tensor, full: Tensor, bias: Optional[Tensor] = None) -> None:
     LH, LW = _planes(full.shape, ndim)
     rows = dst.shape[0] * c * H
     rb, bw = _tile(W)
-    _kernels().crop_cast[(-(-rows // rb),)](
-        full, dst, bias.contiguous() if bias is not None else full, rows, c, H, W, LH, LW, *_strides4(dst, ndim),
-        HAS_BIAS=bias is not None, RB=rb, BW=bw,
+    _programs().crop_cast[(-(-rows // rb),)](
+        full,
+        dst,
+        bias.contiguous() if bias is not None else full,
+        rows,
+        c,
+        H,
+        W,
+        LH,
+        LW,
+        *_strides4(dst, ndim),
+        HAS_BIAS=bias is not None,
+        RB=rb,
+        BW=bw,
     )
 
 
@@ -110,25 +124,28 @@ def spectral_mul_(a_f: Tensor, b_f: Tensor) -> Tensor:
     if a_f.dtype != torch.complex64 or not _triton_ok(a_f) or not (a_f.is_contiguous() and b_f.is_contiguous()):
         return a_f.mul_(b_f.reshape(a_f.shape[1:]))
     per_sample = b_f.numel()
-    _kernels().spectral_mul[(a_f.shape[0], -(-per_sample // _BLOCK))](
+    _programs().spectral_mul[(a_f.shape[0], -(-per_sample // _BLOCK))](
         torch.view_as_real(a_f), torch.view_as_real(b_f), per_sample, BLOCK=_BLOCK
     )
     return a_f
 
 
 def backward_mix_(
-    dy_f: Tensor, x_f: Optional[Tensor], g_f: Tensor, dg_f: Optional[Tensor], need_x: bool, need_g: bool,
-    accumulate: bool = True, scale: float = 1.0,
+    dy_f: Tensor,
+    x_f: Optional[Tensor],
+    g_f: Tensor,
+    dg_f: Optional[Tensor],
+    need_x: bool,
+    need_g: bool,
+    accumulate: bool = True,
+    scale: float = 1.0,
 ) -> Tensor:
     """Depthwise backward in the frequency domain: ``dg_f += scale * sum_n dy_f * conj(x_f)``
     (with ``need_g``; ``=`` instead of ``+=`` without ``accumulate``) and, in place, ``dy_f *=
     conj(g_f)`` (with ``need_x``). ``dy_f, x_f (n, C, *F)``; ``g_f, dg_f (C, 1, *F)``.
     Returns ``dy_f`` (the input gradient's spectrum)."""
     tensors = [t for t in (dy_f, x_f, g_f, dg_f) if t is not None]
-    fused = (
-        all(t.dtype == torch.complex64 and t.is_contiguous() for t in tensors)
-        and _triton_ok(dy_f)
-    )
+    fused = all(t.dtype == torch.complex64 and t.is_contiguous() for t in tensors) and _triton_ok(dy_f)
     if not fused:
         if need_g:
             part = torch.linalg.vecdot(x_f, dy_f, dim=0).reshape(dg_f.shape)
@@ -143,9 +160,17 @@ def backward_mix_(
         return dy_f
     per_sample = g_f.numel()
     dummy = torch.view_as_real(dy_f)
-    _kernels().backward_mix[(-(-per_sample // _MIX_BLOCK),)](
-        dummy, torch.view_as_real(x_f) if need_g else dummy, torch.view_as_real(g_f),
-        torch.view_as_real(dg_f) if need_g else dummy, dy_f.shape[0], per_sample, float(scale),
-        NEED_X=need_x, NEED_G=need_g, ACCUMULATE=accumulate, BLOCK=_MIX_BLOCK,
+    _programs().backward_mix[(-(-per_sample // _MIX_BLOCK),)](
+        dummy,
+        torch.view_as_real(x_f) if need_g else dummy,
+        torch.view_as_real(g_f),
+        torch.view_as_real(dg_f) if need_g else dummy,
+        dy_f.shape[0],
+        per_sample,
+        float(scale),
+        NEED_X=need_x,
+        NEED_G=need_g,
+        ACCUMULATE=accumulate,
+        BLOCK=_MIX_BLOCK,
     )
     return dy_f

@@ -1,4 +1,5 @@
-"""Triton kernels of the direct depthwise 2-D convolution (imported on first use).
+"""Triton GPU programs of the direct depthwise 2-D convolution (:mod:`.conv` imports this module,
+and with it Triton, on first use).
 
 Each output row ``(n, h)`` of one channel is a sum over the kernel rows ``i`` of an input
 row times a banded (Toeplitz) matrix built from kernel row ``i``:
@@ -9,12 +10,22 @@ row times a banded (Toeplitz) matrix built from kernel row ``i``:
 so a block of ``BM`` output rows and ``BW`` output columns is ``kH`` matrix products
 ``(BM, BJ) @ (BJ, BW)`` on the tensor cores, with ``BJ >= BW + kW - 1`` input columns. The
 input is read through masks (no padded copy); the banded matrices ``T (C, kH, BJ, BW)`` are
-built once per call by the caller (they do not depend on the column block). The same kernel
+built once per call by the caller (they do not depend on the column block). The same program
 computes the input gradient from the kernel rotated by 180 degrees and padding ``k - 1 - p``;
 the kernel gradient is the transposed product summed over rows, whose diagonals are the taps.
+
+No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`` hints.
 """
+
 import triton
 import triton.language as tl
+
+__all__ = ["banded", "dw_conv2d", "dw_conv2d_kernel_grad", "language_dtype"]
+
+
+def language_dtype(name: str):
+    """The ``triton.language`` dtype named ``name`` (``"float32"``, ``"bfloat16"``, ``"float16"``)."""
+    return getattr(tl, name)
 
 
 @triton.jit
@@ -38,11 +49,35 @@ def banded(k_ptr, t_ptr, KH, KW, FLIP: tl.constexpr, BJ: tl.constexpr, BW: tl.co
 
 @triton.jit
 def dw_conv2d(
-    x_ptr, t_ptr, b_ptr, y_ptr,
-    M, H_in, W_in, H_out, W_out, KH, KW, pad_h, pad_w, kh_lo, kh_hi,
-    sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-    HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-    BM: tl.constexpr, BW: tl.constexpr, BJ: tl.constexpr,
+    x_ptr,
+    t_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    H_in,
+    W_in,
+    H_out,
+    W_out,
+    KH,
+    KW,
+    pad_h,
+    pad_w,
+    kh_lo,
+    kh_hi,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    syn,
+    syc,
+    syh,
+    syw,
+    HAS_BIAS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BM: tl.constexpr,
+    BW: tl.constexpr,
+    BJ: tl.constexpr,
 ):
     """``y[n, c, h, w] = sum_i sum_u x[n, c, h + i - ph, w0 - pw + u] T[c, i, u, w - w0] (+ b[c])``
     with the banded matrices ``t (C, kH, BJ, BW)``. Rows ``m = n * H_out + h < M``; grid
@@ -65,14 +100,19 @@ def dw_conv2d(
     for i in range(kh_lo, kh_hi):
         r = h + i - pad_h
         r_ok = m_ok & (r >= 0) & (r < H_in)
-        a = tl.load(x_rows[:, None] + (r.to(tl.int64) * sxh)[:, None] + x_cols[None, :],
-                    mask=r_ok[:, None] & col_ok[None, :], other=0.0)
+        a = tl.load(
+            x_rows[:, None] + (r.to(tl.int64) * sxh)[:, None] + x_cols[None, :],
+            mask=r_ok[:, None] & col_ok[None, :],
+            other=0.0,
+        )
         t = tl.load(t_plane + i * BJ * BW)
         acc = tl.dot(a.to(DOT_DTYPE), t, acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + c).to(tl.float32)
     out_col = w0 + v
-    y_off = (n.to(tl.int64) * syn + c.to(tl.int64) * syc + (h.to(tl.int64) * syh))[:, None] + (out_col.to(tl.int64) * syw)[None, :]
+    y_off = (n.to(tl.int64) * syn + c.to(tl.int64) * syc + (h.to(tl.int64) * syh))[:, None] + (
+        out_col.to(tl.int64) * syw
+    )[None, :]
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (out_col < W_out)[None, :])
 
 
@@ -81,8 +121,11 @@ def _input_rows(x_chan, n, h, m_ok, i, col, col_ok, pad_h, H_in, sxn, sxh, sxw, 
     """``(BM, BJ)`` input block of kernel row ``i``: ``x[n, c, h + i - ph, col]``, 0 outside."""
     r = h + i - pad_h
     ok = m_ok & (r >= 0) & (r < H_in) & (i < KH) & (i >= kh_lo) & (i < kh_hi)
-    return tl.load(x_chan + (n.to(tl.int64) * sxn + r.to(tl.int64) * sxh)[:, None] + (col.to(tl.int64) * sxw)[None, :],
-                   mask=ok[:, None] & col_ok[None, :], other=0.0)
+    return tl.load(
+        x_chan + (n.to(tl.int64) * sxn + r.to(tl.int64) * sxh)[:, None] + (col.to(tl.int64) * sxw)[None, :],
+        mask=ok[:, None] & col_ok[None, :],
+        other=0.0,
+    )
 
 
 @triton.jit
@@ -95,10 +138,35 @@ def _store_taps(part_ptr, g, row, i, KH, KW, d, j):
 
 @triton.jit
 def dw_conv2d_kernel_grad(
-    x_ptr, dy_ptr, part_ptr,
-    M, C, H_in, W_in, H_out, W_out, KH, KW, pad_h, pad_w, kh_lo, kh_hi, rows_per_split,
-    sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw,
-    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, BM: tl.constexpr, BW: tl.constexpr, BJ: tl.constexpr,
+    x_ptr,
+    dy_ptr,
+    part_ptr,
+    M,
+    C,
+    H_in,
+    W_in,
+    H_out,
+    W_out,
+    KH,
+    KW,
+    pad_h,
+    pad_w,
+    kh_lo,
+    kh_hi,
+    rows_per_split,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    sdn,
+    sdc,
+    sdh,
+    sdw,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BM: tl.constexpr,
+    BW: tl.constexpr,
+    BJ: tl.constexpr,
     BK: tl.constexpr,
 ):
     """Partial kernel gradients ``part[s, c, i, j] = sum_{m in split s, w in column block}
@@ -133,8 +201,11 @@ def dw_conv2d_kernel_grad(
         m_ok = m < m_end
         n = m // H_out
         h = m - n * H_out
-        e = tl.load(dy_chan + (n.to(tl.int64) * sdn + h.to(tl.int64) * sdh)[:, None] + (out_col.to(tl.int64) * sdw)[None, :],
-                    mask=m_ok[:, None] & out_ok[None, :], other=0.0).to(DOT_DTYPE)
+        e = tl.load(
+            dy_chan + (n.to(tl.int64) * sdn + h.to(tl.int64) * sdh)[:, None] + (out_col.to(tl.int64) * sdw)[None, :],
+            mask=m_ok[:, None] & out_ok[None, :],
+            other=0.0,
+        ).to(DOT_DTYPE)
         a = _input_rows(x_chan, n, h, m_ok, i0, col, col_ok, pad_h, H_in, sxn, sxh, sxw, KH, kh_lo, kh_hi)
         g0 = tl.dot(tl.trans(a.to(DOT_DTYPE)), e, g0, input_precision=PRECISION)
         a = _input_rows(x_chan, n, h, m_ok, i0 + 1, col, col_ok, pad_h, H_in, sxn, sxh, sxw, KH, kh_lo, kh_hi)

@@ -1,4 +1,4 @@
-"""Dense DCLS kernel construction: the reference implementation in plain torch.
+"""Dense DCLS kernel construction: the reference implementation in plain torch (any device).
 
 A DCLS kernel is a sum of ``kernel_count`` weights, each spread over a dense grid of size
 ``dilated_kernel_size`` by an interpolation centred on a learned (fractional) position.
@@ -23,6 +23,7 @@ before it, and so on; in ``v0`` ``P[i]`` moves along axis ``i``, except for 3-D 
 by half the size of the axis it moves along, so a position of 0 is the kernel centre (for
 non-square kernels this differs from 0.1.1, which offsets ``P[i]`` by ``size[i] // 2``).
 """
+
 from __future__ import annotations
 
 import string
@@ -30,6 +31,17 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
+
+__all__ = [
+    "VERSIONS",
+    "NORMALISED_VERSIONS",
+    "SIGMA_VERSIONS",
+    "GAUSS_SIGMA_OFFSET",
+    "NORM_EPS",
+    "position_axes",
+    "axis_factor",
+    "construct_kernel",
+]
 
 VERSIONS = ("v0", "v1", "max", "gauss")
 NORMALISED_VERSIONS = ("v1", "max", "gauss")
@@ -104,17 +116,14 @@ def construct_kernel(
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     if P.shape[0] != n or P.shape[1:] != weight.shape:
-        raise ValueError(
-            f"P must have shape ({n}, *{tuple(weight.shape)}), got {tuple(P.shape)}"
-        )
+        raise ValueError(f"P must have shape ({n}, *{tuple(weight.shape)}), got {tuple(P.shape)}")
     if version in SIGMA_VERSIONS and (SIG is None or SIG.shape != P.shape):
         raise ValueError(f"version {version!r} needs SIG of shape {tuple(P.shape)}")
     axes = position_axes(n, version)
     device_type = weight.device.type
     with torch.autocast(device_type=device_type, enabled=False):
         factors = [
-            axis_factor(P[i], SIG[i] if version in SIGMA_VERSIONS else None, sizes[axes[i]], version)
-            for i in range(n)
+            axis_factor(P[i], SIG[i] if version in SIGMA_VERSIONS else None, sizes[axes[i]], version) for i in range(n)
         ]
         scaled_weight = weight
         if version in NORMALISED_VERSIONS:

@@ -1,4 +1,5 @@
-"""dcls_core against the reference package ``dcls`` 0.1.1 (forward and every gradient)."""
+"""The DCLS layers against the reference package ``dcls`` 0.1.1 (forward and every gradient)."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,7 +13,10 @@ import dcls_core
 ref = pytest.importorskip("DCLS.construct.modules")
 logging.getLogger().setLevel(logging.ERROR)  # 0.1.1's Dcls2d logs on every construction
 
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
 CLASSES = {  # name: (spatial dims of the input, versions)
     "Dcls1d": (1, ("v0", "v1", "max", "gauss")),
     "Dcls2d": (2, ("v0", "v1", "max", "gauss")),
@@ -20,6 +24,8 @@ CLASSES = {  # name: (spatial dims of the input, versions)
     "Dcls3_1d": (3, ("v1", "max", "gauss")),
     "Dcls2dK1d": (2, ("v0", "v1", "max", "gauss")),
 }
+
+
 SPATIAL = {1: (19,), 2: (9, 10), 3: (6, 7, 8)}
 
 
@@ -29,10 +35,20 @@ def _make_pair(name, version, dks, groups, bias, device, padding_mode="zeros", s
     cin, cout = 4, 6
     if groups == "dw":
         groups, cout = cin, cin
-    kwargs = dict(kernel_count=3, stride=stride, dilated_kernel_size=dks, groups=groups, bias=bias,
-                  padding_mode=padding_mode, version=version, **extra)
+    kwargs = dict(
+        kernel_count=3,
+        stride=stride,
+        dilated_kernel_size=dks,
+        groups=groups,
+        bias=bias,
+        padding_mode=padding_mode,
+        version=version,
+        **extra,
+    )
     dims = CLASSES[name][0]
-    kwargs["padding"] = dks // 2 if name != "Dcls2dK1d" else (dks // 2, 0) if extra.get("flat_dim", 0) == 0 else (0, dks // 2)
+    kwargs["padding"] = (
+        dks // 2 if name != "Dcls2dK1d" else (dks // 2, 0) if extra.get("flat_dim", 0) == 0 else (0, dks // 2)
+    )
     if name == "Dcls3_1d":
         kwargs["padding"] = (1, 1, dks // 2)
         kwargs["dense_kernel_size"] = (3, 2)
@@ -104,7 +120,14 @@ def test_matches_reference_package(name, version, dks, groups, bias, device):
     [
         (name, version, mode, stride)
         for (name, version), mode, stride in itertools.product(
-            [("Dcls1d", "gauss"), ("Dcls2d", "v1"), ("Dcls2d", "gauss"), ("Dcls3d", "max"), ("Dcls2dK1d", "v0"), ("Dcls3_1d", "v1")],
+            [
+                ("Dcls1d", "gauss"),
+                ("Dcls2d", "v1"),
+                ("Dcls2d", "gauss"),
+                ("Dcls3d", "max"),
+                ("Dcls2dK1d", "v0"),
+                ("Dcls3_1d", "v1"),
+            ],
             ["reflect", "replicate", "circular"],
             [1, 2],
         )
@@ -133,9 +156,13 @@ def test_same_initialisation_as_reference(name):
 @pytest.mark.parametrize("name", ["Dcls1d", "Dcls2d", "Dcls3d", "Dcls3_1d", "Dcls2dK1d"])
 def test_state_dict_round_trip_both_ways(name):
     theirs, ours, _ = _make_pair(name, "gauss" if name != "Dcls2dK1d" else "v1", 5, 1, True, "cpu")
-    fresh_ref = type(theirs)(**{k: getattr(theirs, k) for k in ("in_channels", "out_channels", "kernel_count")}, **(
-        {"dense_kernel_size": theirs.dense_kernel_size} if name == "Dcls3_1d" else {}),
-        dilated_kernel_size=theirs.dilated_kernel_size, groups=theirs.groups, version=theirs.version)
+    fresh_ref = type(theirs)(
+        **{k: getattr(theirs, k) for k in ("in_channels", "out_channels", "kernel_count")},
+        **({"dense_kernel_size": theirs.dense_kernel_size} if name == "Dcls3_1d" else {}),
+        dilated_kernel_size=theirs.dilated_kernel_size,
+        groups=theirs.groups,
+        version=theirs.version,
+    )
     fresh_ref.load_state_dict(ours.state_dict(), strict=True)
     for key, value in ours.state_dict().items():
         assert torch.equal(fresh_ref.state_dict()[key], value)
@@ -146,7 +173,9 @@ def test_non_square_kernel_is_a_crop_of_the_square_one():
     (0.1.1 is right for square kernels; for non-square ones it offsets P[0] wrongly)."""
     torch.manual_seed(0)
     for version in ("v1", "max", "gauss"):
-        square = ref.Dcls2d(3, 3, kernel_count=4, dilated_kernel_size=7, groups=3, version=version, use_implicit_gemm=False)
+        square = ref.Dcls2d(
+            3, 3, kernel_count=4, dilated_kernel_size=7, groups=3, version=version, use_implicit_gemm=False
+        )
         with torch.no_grad():
             # width: all interpolation mass stays within the 3 central columns
             square.P[0].uniform_(-0.9, 0.9) if version != "gauss" else square.P[0].uniform_(-0.3, 0.3)
@@ -179,8 +208,19 @@ def test_non_square_centre_and_normalisation(version):
 def test_dcls2_1d_equals_dcls3_1d_on_singleton_depth():
     torch.manual_seed(0)
     for version in ("v1", "max", "gauss"):
-        two = dcls_core.Dcls2_1d(4, 6, kernel_count=3, dense_kernel_size=3, dilated_kernel_size=7, padding=(1, 3), groups=2, version=version)
-        three = dcls_core.Dcls3_1d(4, 6, kernel_count=3, dense_kernel_size=(1, 3), dilated_kernel_size=7, padding=(0, 1, 3), groups=2, version=version)
+        two = dcls_core.Dcls2_1d(
+            4, 6, kernel_count=3, dense_kernel_size=3, dilated_kernel_size=7, padding=(1, 3), groups=2, version=version
+        )
+        three = dcls_core.Dcls3_1d(
+            4,
+            6,
+            kernel_count=3,
+            dense_kernel_size=(1, 3),
+            dilated_kernel_size=7,
+            padding=(0, 1, 3),
+            groups=2,
+            version=version,
+        )
         with torch.no_grad():
             three.weight.copy_(two.weight.unsqueeze(2))
             three.P.copy_(two.P.unsqueeze(3))
@@ -212,4 +252,6 @@ def test_dcls2dk1d_learned_axis_follows_flat_dim():
         kernel = layer.construct_kernel()
         assert kernel.shape[2:] == shape
         # 0.1.1 builds the 1-D kernel and inserts the unlearned axis at -1 - flat_dim in forward
-        _assert_close(kernel, theirs.DCK(theirs.weight, theirs.P, theirs.SIG).unsqueeze(-1 - flat_dim), f"flat_dim {flat_dim}")
+        _assert_close(
+            kernel, theirs.DCK(theirs.weight, theirs.P, theirs.SIG).unsqueeze(-1 - flat_dim), f"flat_dim {flat_dim}"
+        )

@@ -4,29 +4,28 @@
 stride, zero or ``padding_mode`` padding, no dilation) with ``torch.fft`` on any device.
 
 Each spatial axis is transformed at a size ``L >= max(size + padding, out_size)`` with only
-the factors 2, 3, 5 and 7 (on CUDA the cheapest for cuFFT, :mod:`dcls_core.fft_sizes`). The
-kernel is placed circularly (tap ``i`` at ``(padding - i) mod L``, taps that share a slot are
-summed), so the circular convolution of the unpadded input equals the zero-padded
-correlation on every output that is kept; ``L`` need not exceed the kernel. The work runs in
-float32 (float64 for float64 inputs); half-precision inputs are read and the output written
-in their dtype. The element-wise passes (pad and cast, spectrum products, crop, cast and
-bias, the depthwise backward) are Triton kernels on CUDA (:mod:`dcls_core.spectral_ops`).
+the factors 2, 3, 5 and 7 (on CUDA the cheapest for cuFFT, :mod:`.sizes`). The kernel is placed
+circularly (tap ``i`` at ``(padding - i) mod L``, taps that share a slot are summed), so the
+circular convolution of the unpadded input equals the zero-padded correlation on every output
+that is kept; ``L`` need not exceed the kernel. The work runs in float32 (float64 for float64
+inputs); half-precision inputs are read and the output written in their dtype. The element-wise
+passes (pad and cast, spectrum products, crop, cast and bias, the depthwise backward) are Triton
+programs on CUDA (:mod:`.passes`).
 
 Memory: for depthwise-like kernels the forward and the backward pass run over the batch in
-equal chunks (at most 8) whose spectra stay under ``CHUNK_BYTES`` (128 MiB) each;
+equal chunks (at most ``MAX_CHUNKS``) whose spectra stay under ``CHUNK_BYTES`` each;
 ``DCLS_FFT_CHUNKS=n`` forces ``n`` chunks. Products are taken in place and the backward pass
 recomputes the input's spectrum instead of keeping it, so a pass needs about three chunk
-spectra beyond ``F.conv``'s memory. Every chunk costs a dozen launches (about 0.5-0.8 ms on
-the H100 machine of ``benchmarks/NOTES_layers.md``): more, smaller chunks trade time for
-memory (8 chunks at the first ConvNeXt-T stage come close to a direct convolution's memory
-at about three times the time).
+spectra beyond ``F.conv``'s memory. Every chunk costs a dozen launches: more, smaller chunks
+trade time for memory (measured in ``benchmarks/NOTES_layers.md``).
 Gradients (derived in the spatial domain, no complex autograd):
 
     dx = irfft(dY * conj(G))[:H],   dg = irfft(sum_n dY * conj(X)),   db = sum(dy)
 
 Eagerly this is an ``autograd.Function``; under ``torch.compile`` the same passes run as
-``torch.library`` custom ops, opaque to the compiler.
+``torch.library`` custom ops (:func:`dcls_core._custom_op.register_op`).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,15 +35,31 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from . import spectral_ops
-from .conv_autograd import conv_gradients, save_conv
-from .fft_sizes import transform_sizes
-from .functional import conv_geometry, dtype_name
+from ..._custom_op import register_op
+from ..common import bias_grad, conv_geometry, dtype_name
+from ..cost import large_kernel
+from . import passes
+from .sizes import transform_sizes
 
-MAX_CHUNKS = 8                  # batch chunks per pass at most (each costs a dozen launches)
-CHUNK_BYTES = 128 * 2**20       # one chunk's spectrum at most (unless MAX_CHUNKS are reached)
+__all__ = [
+    "CHUNKS_ENV",
+    "CHUNK_BYTES",
+    "FFTGeometry",
+    "MAX_CHUNKS",
+    "backward_spectral",
+    "fft_conv_nd",
+    "fft_geometry",
+    "forward_spectral",
+    "kernel_spectrum",
+    "pays",
+    "placed_kernel",
+    "supports",
+    "transform_sizes_for",
+]
+
+MAX_CHUNKS = 8  # batch chunks per pass at most (each costs a dozen launches)
+CHUNK_BYTES = 128 * 2**20  # one chunk's spectrum at most (unless MAX_CHUNKS are reached)
 CHUNKS_ENV = "DCLS_FFT_CHUNKS"  # this many chunks per pass: more save memory, fewer save launches
 FORCE_CHUNKS: Optional[int] = None  # benchmarks and tests: as the environment variable
 
@@ -68,7 +83,7 @@ def placed_kernel(kernel: Tensor, sizes: Sequence[int], padding: Sequence[int]) 
         periods = g.shape[ax] // L
         if periods > 1:
             shape = list(g.shape)
-            g = g.reshape(shape[:ax] + [periods, L] + shape[ax + 1:]).sum(ax)
+            g = g.reshape(shape[:ax] + [periods, L] + shape[ax + 1 :]).sum(ax)
     shifts = tuple(p - k + 1 for p, k in zip(padding, ksize))
     return g.roll(shifts, dims)
 
@@ -103,14 +118,14 @@ def _mix(a_f: Tensor, b_f: Tensor, groups: int, transpose: bool) -> Tensor:
     Forward (``transpose=False``): ``Y[n, g, o] = sum_c X[n, g, c] B[g, o, c]``.
     Input gradient (``True``): ``dX[n, g, c] = sum_o dY[n, g, o] conj(B[g, o, c])``.
     Depthwise kernels in the forward direction multiply ``a_f`` in place (and return it);
-    the depthwise backward runs in :func:`dcls_core.spectral_ops.backward_mix_`.
+    the depthwise backward runs in :func:`.passes.backward_mix_`.
     """
     n = a_f.shape[0]
     freq = a_f.shape[2:]
     c_out, cin_g = b_f.shape[:2]
     cout_g = c_out // groups
     if cin_g == 1 and cout_g == 1 and not transpose:
-        return spectral_ops.spectral_mul_(a_f, b_f.reshape(c_out, *freq))
+        return passes.spectral_mul_(a_f, b_f.reshape(c_out, *freq))
     b_g = b_f.reshape(groups, cout_g, cin_g, -1)
     if transpose:
         a_g = a_f.reshape(n, groups, cout_g, -1)
@@ -143,8 +158,14 @@ def kernel_spectrum(g: Tensor) -> Tensor:
 
 
 def forward_spectral(
-    x: Tensor, g_f: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
-    stride: List[int], groups: int, out_dtype: torch.dtype,
+    x: Tensor,
+    g_f: Tensor,
+    bias: Optional[Tensor],
+    sizes: List[int],
+    out_full: List[int],
+    stride: List[int],
+    groups: int,
+    out_dtype: torch.dtype,
 ) -> Tensor:
     """Forward pass with the kernel's (scaled) spectrum ``g_f`` (:func:`kernel_spectrum`)."""
     ndim = len(sizes)
@@ -156,13 +177,15 @@ def forward_spectral(
     chunk = _chunk_size(x, g_f)
     strided = any(s != 1 for s in stride)
     for s in range(0, x.shape[0], chunk):
-        y_f = _mix(torch.fft.rfftn(spectral_ops.padded(x[s: s + chunk], sizes, work), dim=dims), g_f, groups, transpose=False)
+        y_f = _mix(
+            torch.fft.rfftn(passes.padded(x[s : s + chunk], sizes, work), dim=dims), g_f, groups, transpose=False
+        )
         full = torch.fft.irfftn(y_f, s=sizes, dim=dims, norm="forward")
         del y_f
         if strided:
-            y[s: s + chunk] = _crop(full, out_full, stride)
+            y[s : s + chunk] = _crop(full, out_full, stride)
         else:
-            spectral_ops.crop_into(y[s: s + chunk], full, bias)
+            passes.crop_into(y[s : s + chunk], full, bias)
         del full
     if bias is not None and strided:
         y += bias.reshape(c_out, *([1] * ndim)).to(y.dtype)
@@ -170,8 +193,15 @@ def forward_spectral(
 
 
 def backward_spectral(
-    dy: Tensor, x: Tensor, g_f: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
-    groups: int, need_x: bool, need_g: bool,
+    dy: Tensor,
+    x: Tensor,
+    g_f: Tensor,
+    sizes: List[int],
+    out_full: List[int],
+    stride: List[int],
+    groups: int,
+    need_x: bool,
+    need_g: bool,
 ) -> Tuple[Tensor, Tensor]:
     """``(dx, dg)``: gradients of the input and of the placed kernel (``(C_out, C_in/g, *L)``)
     from the kernel's scaled spectrum ``g_f``; an empty tensor for each one not needed."""
@@ -186,17 +216,19 @@ def backward_spectral(
     chunk = _chunk_size(x, g_f)
     strided = any(s != 1 for s in stride)
     for s in range(0, x.shape[0], chunk):
-        dy_c = dy[s: s + chunk]
+        dy_c = dy[s : s + chunk]
         if strided:  # scatter the strided gradient onto the full grid
             up = dy_c.new_zeros((dy_c.shape[0], c_out, *sizes), dtype=work)
             _crop(up, out_full, stride).copy_(dy_c)
         else:
-            up = spectral_ops.padded(dy_c, sizes, work)
+            up = passes.padded(dy_c, sizes, work)
         dy_f = torch.fft.rfftn(up, dim=dims)
         del up, dy_c
-        x_f = torch.fft.rfftn(spectral_ops.padded(x[s: s + chunk], sizes, work), dim=dims) if need_g else None
+        x_f = torch.fft.rfftn(passes.padded(x[s : s + chunk], sizes, work), dim=dims) if need_g else None
         if depthwise:
-            dx_f = spectral_ops.backward_mix_(dy_f, x_f, g_f, dg_f, need_x, need_g, accumulate=s > 0, scale=1 / math.prod(sizes))
+            dx_f = passes.backward_mix_(
+                dy_f, x_f, g_f, dg_f, need_x, need_g, accumulate=s > 0, scale=1 / math.prod(sizes)
+            )
         else:
             if need_g:
                 part = _kernel_grad(dy_f, x_f, groups, c_out)
@@ -204,7 +236,7 @@ def backward_spectral(
             dx_f = _mix(dy_f, g_f, groups, transpose=True) if need_x else None
         del dy_f, x_f
         if need_x:
-            spectral_ops.crop_into(dx[s: s + chunk], torch.fft.irfftn(dx_f, s=sizes, dim=dims, norm="forward"))
+            passes.crop_into(dx[s : s + chunk], torch.fft.irfftn(dx_f, s=sizes, dim=dims, norm="forward"))
         del dx_f
     if not need_g:
         return dx, g_f.new_empty(0, dtype=work)
@@ -214,86 +246,74 @@ def backward_spectral(
     return dx, dg
 
 
-def _forward_impl(
-    x: Tensor, g: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
-    stride: List[int], groups: int, out_dtype: str,
+def _forward(
+    x: Tensor,
+    g: Tensor,
+    bias: Optional[Tensor],
+    sizes: List[int],
+    out_full: List[int],
+    stride: List[int],
+    groups: int,
+    out_dtype: str,
 ) -> Tensor:
     return forward_spectral(x, kernel_spectrum(g), bias, sizes, out_full, stride, groups, getattr(torch, out_dtype))
 
 
-def _backward_impl(
-    dy: Tensor, x: Tensor, g: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
-    groups: int, need_x: bool, need_g: bool,
-) -> Tuple[Tensor, Tensor]:
-    return backward_spectral(dy, x, kernel_spectrum(g), sizes, out_full, stride, groups, need_x, need_g)
-
-
-class _FFTConv(torch.autograd.Function):
-    """Eager path: an autograd.Function (cheaper to call than the custom ops below)."""
-
-    @staticmethod
-    def forward(ctx, x, g, bias, sizes, out_full, stride, groups, out_dtype):
-        save_conv(ctx, x, g, bias, (sizes, out_full, stride, groups))
-        return _forward_impl(x, g, bias, sizes, out_full, stride, groups, out_dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        return conv_gradients(ctx, dy, _backward_impl)
-
-
-# Under torch.compile the same computation runs as custom ops, opaque to the compiler.
-@torch.library.custom_op("dcls_core::fft_conv", mutates_args=())
-def _fft_conv_op(
-    x: Tensor, g: Tensor, bias: Optional[Tensor], sizes: List[int], out_full: List[int],
-    stride: List[int], groups: int, out_dtype: str,
-) -> Tensor:
-    return _forward_impl(x, g, bias, sizes, out_full, stride, groups, out_dtype)
-
-
-@_fft_conv_op.register_fake
-def _(x, g, bias, sizes, out_full, stride, groups, out_dtype):
+def _forward_fake(x, g, bias, sizes, out_full, stride, groups, out_dtype):
     out_shape = [-(-o // s) for o, s in zip(out_full, stride)]
     return x.new_empty((x.shape[0], g.shape[0], *out_shape), dtype=getattr(torch, out_dtype))
 
 
-@torch.library.custom_op("dcls_core::fft_conv_backward", mutates_args=())
-def _fft_conv_backward_op(
-    dy: Tensor, x: Tensor, g: Tensor, sizes: List[int], out_full: List[int], stride: List[int],
-    groups: int, need_x: bool, need_g: bool,
-) -> Tuple[Tensor, Tensor]:
-    return _backward_impl(dy, x, g, sizes, out_full, stride, groups, need_x, need_g)
+def _backward(
+    dy: Tensor,
+    x: Tensor,
+    g: Tensor,
+    bias: Optional[Tensor],
+    sizes: List[int],
+    out_full: List[int],
+    stride: List[int],
+    groups: int,
+    need_x: bool,
+    need_g: bool,
+    need_b: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    dx, dg = x.new_empty(0), g.new_empty(0)
+    if need_x or need_g:
+        dx, dg = backward_spectral(dy, x, kernel_spectrum(g), sizes, out_full, stride, groups, need_x, need_g)
+    db = bias_grad(dy, len(sizes), bias.dtype) if need_b and bias is not None else dy.new_empty(0)
+    return dx, dg, db
 
 
-@_fft_conv_backward_op.register_fake
-def _(dy, x, g, sizes, out_full, stride, groups, need_x, need_g):
-    return (torch.empty_like(x) if need_x else x.new_empty(0)), (torch.empty_like(g) if need_g else g.new_empty(0))
+def _backward_settings(sizes, out_full, stride, groups, out_dtype):
+    return sizes, out_full, stride, groups
 
 
-def _setup_context(ctx, inputs, output):
-    x, g, bias, sizes, out_full, stride, groups, _ = inputs
-    save_conv(ctx, x, g, bias, (sizes, out_full, stride, groups))
-
-
-_fft_conv_op.register_autograd(lambda ctx, dy: conv_gradients(ctx, dy, _fft_conv_backward_op), setup_context=_setup_context)
+_fft_conv = register_op(
+    "fft_conv", _forward, _backward, _forward_fake, num_tensors=3, backward_settings=_backward_settings
+)
 
 
 class FFTGeometry(NamedTuple):
     """What the FFT passes need to know about one call (see :func:`fft_geometry`)."""
 
-    input: Tensor            # (N, C_in, *spatial), explicitly padded for non-zeros padding modes
+    input: Tensor  # (N, C_in, *spatial), explicitly padded for non-zeros padding modes
     padding: Tuple[int, ...]  # the implicit zero padding left
-    out_full: List[int]      # stride-1 output size per axis
-    out_dtype: torch.dtype   # the input's dtype, or the autocast dtype
+    out_full: List[int]  # stride-1 output size per axis
+    out_dtype: torch.dtype  # the input's dtype, or the autocast dtype
     unbatched: bool
-    sizes: List[int]         # transform size per axis
+    sizes: List[int]  # transform size per axis
 
 
 def fft_geometry(
-    input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], padding: Sequence[int], groups: int,
-    padding_mode: str, owner: str = "fft_conv_nd",
+    input: Tensor,
+    kernel_shape: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+    padding_mode: str,
+    owner: str = "fft_conv_nd",
 ) -> FFTGeometry:
-    """:func:`dcls_core.functional.conv_geometry` and the transform sizes."""
+    """:func:`dcls_core.conv.common.conv_geometry` and the transform sizes."""
     geo = conv_geometry(input, kernel_shape, stride, padding, groups, padding_mode, owner)
     sizes = transform_sizes_for(geo.input.shape[2:], geo.padding, kernel_shape[2:], "zeros", geo.input.device.type)
     return FFTGeometry(*geo, sizes)
@@ -337,6 +357,25 @@ def fft_conv_nd(
     with torch.autocast(geo.input.device.type, enabled=False):
         work = torch.float64 if geo.input.dtype == torch.float64 else torch.float32
         g = placed_kernel(kernel.to(work), geo.sizes, geo.padding)
-        args = (geo.input, g, bias, geo.sizes, geo.out_full, [int(v) for v in stride], int(groups), dtype_name(geo.out_dtype))
-        y = _fft_conv_op(*args) if torch.compiler.is_compiling() else _FFTConv.apply(*args)
+        args = (
+            geo.input,
+            g,
+            bias,
+            geo.sizes,
+            geo.out_full,
+            [int(v) for v in stride],
+            int(groups),
+            dtype_name(geo.out_dtype),
+        )
+        y = _fft_conv(*args)
     return y.squeeze(0) if geo.unbatched else y
+
+
+def supports(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
+    """Every call ``F.conv`` computes without dilation, on any device and dtype."""
+    return True
+
+
+def pays(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
+    """The ``auto`` rule: on CUDA, for large kernels (:func:`dcls_core.conv.cost.large_kernel`)."""
+    return input.is_cuda and large_kernel(input, kernel_shape, stride)

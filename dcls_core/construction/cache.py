@@ -1,9 +1,13 @@
-"""Reuse of a built dense kernel while the parameters it was built from are unchanged."""
+"""Reuse of a built dense kernel while the parameters it was built from are unchanged (the layers' cache
+in eval mode under ``no_grad``)."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
 from torch import Tensor
+
+__all__ = ["KernelCache", "parameter_key"]
 
 
 def parameter_key(params: Sequence[Optional[Tensor]]) -> tuple:
@@ -13,8 +17,7 @@ def parameter_key(params: Sequence[Optional[Tensor]]) -> tuple:
     (bumped by optimizer steps, ``copy_``, ``load_state_dict``), device, dtype and shape.
     """
     return tuple(
-        None if p is None else (id(p), p.data_ptr(), p._version, p.device, p.dtype, tuple(p.shape))
-        for p in params
+        None if p is None else (id(p), p.data_ptr(), p._version, p.device, p.dtype, tuple(p.shape)) for p in params
     )
 
 

@@ -1,11 +1,17 @@
-"""Triton kernels of the FFT convolution's element-wise passes (imported on first use).
+"""Triton GPU programs of the FFT convolution's element-wise passes (:mod:`.passes` imports this
+module, and with it Triton, on first use).
 
 Complex tensors are read as interleaved float32 pairs. Planes are ``(rows, cols)`` images of
 one (sample, channel); ``pad_cast`` and ``crop_cast`` move them between an input-sized tensor
 of any dtype and strides and a contiguous zero-padded float32 transform buffer.
+
+No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`` hints.
 """
+
 import triton
 import triton.language as tl
+
+__all__ = ["backward_mix", "crop_cast", "pad_cast", "spectral_mul"]
 
 
 @triton.jit
@@ -29,8 +35,22 @@ def pad_cast(src_ptr, dst_ptr, rows, C, H, W, LH, LW, s_n, s_c, s_h, s_w, RB: tl
 
 @triton.jit
 def crop_cast(
-    src_ptr, dst_ptr, bias_ptr, rows, C, H, W, LH, LW, d_n, d_c, d_h, d_w,
-    HAS_BIAS: tl.constexpr, RB: tl.constexpr, BW: tl.constexpr,
+    src_ptr,
+    dst_ptr,
+    bias_ptr,
+    rows,
+    C,
+    H,
+    W,
+    LH,
+    LW,
+    d_n,
+    d_c,
+    d_h,
+    d_w,
+    HAS_BIAS: tl.constexpr,
+    RB: tl.constexpr,
+    BW: tl.constexpr,
 ):
     """``dst[n, c, h, w] = src[p, h, w] (+ bias[c])`` for ``h < H, w < W``, in dst's dtype;
     ``src (N*C, LH, LW)`` contiguous float32, ``dst`` any strides. ``rows = N*C*H``."""
@@ -70,8 +90,17 @@ def spectral_mul(a_ptr, b_ptr, CF, BLOCK: tl.constexpr):
 
 @triton.jit
 def backward_mix(
-    dy_ptr, x_ptr, g_ptr, dg_ptr, N, CF, scale,
-    NEED_X: tl.constexpr, NEED_G: tl.constexpr, ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    g_ptr,
+    dg_ptr,
+    N,
+    CF,
+    scale,
+    NEED_X: tl.constexpr,
+    NEED_G: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Depthwise backward in the frequency domain, one pass over the chunk.
 

@@ -1,20 +1,22 @@
-"""The eager DCLS convolution through the FFT as one autograd node, built for few launches.
+"""The eager DCLS layer (construction and FFT convolution) as one autograd node, built for few launches.
 
 Separately, the construction writes the dense kernel, the FFT path flips, pads and rolls it
-into the transform's circular layout (three more kernels each way, three more autograd nodes)
+into the transform's circular layout (three more launches each way, three more autograd nodes)
 and the backward pass transforms it again. Here one ``autograd.Function`` does it all:
 
 * the fused Triton construction writes the circular plane directly (``placement``);
 * its spectrum, scaled by ``1 / prod(L)`` so that no inverse transform needs a
   normalisation pass, is kept for the backward pass instead of being recomputed;
 * the backward pass hands the placed kernel's gradient straight to the construction's
-  backward kernel (weight, positions, sigmas in one launch).
+  backward program (weight, positions, sigmas in one launch).
 
 Applies to 1-D and 2-D layers whose construction and convolution the dispatcher sends to the
 fused Triton construction and the FFT, with transform sizes of one register block per plane
-(:func:`dcls_core.triton_construct.places`), while gradients are recorded; the dispatcher
-(:func:`dcls_core.dispatch.select_fused`) decides. Under ``torch.compile`` the separate custom ops run instead.
+(:func:`dcls_core.construction.fused.places`), while gradients are recorded; the dispatcher
+(:func:`dcls_core.dispatch.select_fused`) decides. Under ``torch.compile`` the separate custom ops
+run instead.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -23,17 +25,19 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from . import triton_construct
-from .conv_autograd import bias_grad
-from .fft_conv import backward_spectral, fft_geometry, forward_spectral, kernel_spectrum
-from .kernel import SIGMA_VERSIONS
+from ...construction import fused as fused_construction
+from ...construction.reference import SIGMA_VERSIONS
+from ..common import bias_grad
+from .conv import backward_spectral, fft_geometry, forward_spectral, kernel_spectrum
+
+__all__ = ["fused_dcls_fft"]
 
 
 class _DclsFFT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, P, SIG, bias, ksize, sizes, padding, out_full, groups, version, out_dtype):
         placement = (sizes, padding)
-        g = triton_construct.launch_forward(weight, P, SIG, ksize, version, placement)
+        g = fused_construction.launch_forward(weight, P, SIG, ksize, version, placement)
         g_f = kernel_spectrum(g)
         del g
         stride = [1] * len(sizes)
@@ -56,7 +60,7 @@ class _DclsFFT(torch.autograd.Function):
             dx, dg = backward_spectral(dy, x, g_f, sizes, out_full, stride, groups, need_x, need_g)
             dx = dx if need_x else None
             if need_g:
-                dw, dP, dS = triton_construct.launch_backward(dg, weight, P, SIG, ksize, version, (sizes, padding))
+                dw, dP, dS = fused_construction.launch_backward(dg, weight, P, SIG, ksize, version, (sizes, padding))
                 dw, dP, dS = (dw if need_w else None), (dP if need_p else None), (dS if need_s else None)
         if need_b and ctx.bias_dtype is not None:
             db = bias_grad(dy, len(sizes), ctx.bias_dtype)
@@ -88,7 +92,17 @@ def fused_dcls_fft(
     sig = SIG if version in SIGMA_VERSIONS else None
     with torch.autocast(geo.input.device.type, enabled=False):
         y = _DclsFFT.apply(
-            geo.input, weight, P, sig, bias, ksize, geo.sizes, list(geo.padding), geo.out_full, int(groups), version,
+            geo.input,
+            weight,
+            P,
+            sig,
+            bias,
+            ksize,
+            geo.sizes,
+            list(geo.padding),
+            geo.out_full,
+            int(groups),
+            version,
             geo.out_dtype,
         )
     return y.squeeze(0) if geo.unbatched else y

@@ -1,4 +1,5 @@
-"""dcls_core: gradcheck, functional API, fold, dispatcher, device moves and argument errors."""
+"""The DCLS layers: gradcheck, functional API, fold, device and dtype moves, argument errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 import dcls_core
 from dcls_core import construct_kernel
+
 
 LAYERS = [
     ("Dcls1d", dict(), 1, ("v0", "v1", "max", "gauss")),
@@ -24,7 +26,9 @@ LAYERS = [
 )
 def test_gradcheck_float64(name, extra, dims, version):
     torch.manual_seed(0)
-    layer = getattr(dcls_core, name)(2, 2, kernel_count=2, dilated_kernel_size=4, padding=1, version=version, **extra).double()
+    layer = getattr(dcls_core, name)(
+        2, 2, kernel_count=2, dilated_kernel_size=4, padding=1, version=version, **extra
+    ).double()
     with torch.no_grad():
         layer.P.uniform_(-1.7, 1.7)  # fractional positions: away from the interpolation kinks
         if layer.SIG is not None:
@@ -43,40 +47,28 @@ def test_functional_matches_module():
     torch.manual_seed(0)
     layer = dcls_core.Dcls2d(4, 4, kernel_count=5, dilated_kernel_size=7, padding=3, groups=4, stride=2)
     x = torch.randn(2, 4, 12, 13)
-    out = dcls_core.dcls_conv2d(x, layer.weight, layer.P, layer.SIG, layer.bias, dilated_kernel_size=7, stride=2, padding=3, groups=4)
+    out = dcls_core.dcls_conv2d(
+        x, layer.weight, layer.P, layer.SIG, layer.bias, dilated_kernel_size=7, stride=2, padding=3, groups=4
+    )
     dense = construct_kernel(layer.weight, layer.P, layer.SIG, (7, 7), "gauss")
     assert torch.allclose(out, layer(x))
     assert torch.allclose(out, F.conv2d(x, dense, layer.bias, stride=2, padding=3, groups=4))
 
 
-def test_gauss_kernel_analytic():
-    """One weight at a known position: a separable, normalised Gaussian centred there."""
-    weight = torch.tensor([[[2.0]]])
-    P = torch.tensor([0.5, -1.0]).view(2, 1, 1, 1)  # P[0]: width, P[1]: height
-    SIG = torch.tensor([0.23, 0.73]).view(2, 1, 1, 1)
-    kernel = construct_kernel(weight, P, SIG, (5, 5), "gauss")[0, 0].double()
-    grid = torch.arange(5, dtype=torch.float64)
-    gw = torch.exp(-0.5 * ((grid - 2.5) / 0.5) ** 2)
-    gh = torch.exp(-0.5 * ((grid - 1.0) / 1.0) ** 2)
-    want = 2.0 * torch.outer(gh, gw) / (gh.sum() * gw.sum() + 1e-7)
-    assert torch.allclose(kernel, want, atol=1e-6)
-
-
-def test_v0_is_bilinear_and_unnormalised():
-    weight = torch.tensor([[[3.0]]])
-    P = torch.tensor([0.25, -0.5]).view(2, 1, 1, 1)  # v0: P[0] is height
-    kernel = construct_kernel(weight, P, None, (4, 4), "v0")[0, 0]
-    want = torch.zeros(4, 4)
-    # height centre 2.25 -> rows 2 (0.75) and 3 (0.25); width centre 1.5 -> cols 1, 2 (0.5 each)
-    want[2, 1] = want[2, 2] = 3 * 0.75 * 0.5
-    want[3, 1] = want[3, 2] = 3 * 0.25 * 0.5
-    assert torch.allclose(kernel, want)
-
-
 @pytest.mark.parametrize("name,extra,dims,versions", LAYERS)
 def test_fold_gives_equal_plain_conv(name, extra, dims, versions):
     torch.manual_seed(1)
-    layer = getattr(dcls_core, name)(4, 4, kernel_count=3, dilated_kernel_size=5, padding=2, groups=2, padding_mode="reflect", version=versions[-1], **extra)
+    layer = getattr(dcls_core, name)(
+        4,
+        4,
+        kernel_count=3,
+        dilated_kernel_size=5,
+        padding=2,
+        groups=2,
+        padding_mode="reflect",
+        version=versions[-1],
+        **extra,
+    )
     conv = layer.fold()
     assert type(conv).__name__ == f"Conv{dims}d"
     x = torch.randn(2, 4, *([7] * dims))
@@ -165,15 +157,3 @@ def test_input_shape_errors_say_expected_shape():
         layer(torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"got \(8, 8\)"):
         layer(torch.randn(8, 8))
-
-
-def test_dispatcher_env_switch(monkeypatch):
-    layer = dcls_core.Dcls2d(2, 2, kernel_count=2, dilated_kernel_size=3, padding=1)
-    x = torch.randn(1, 2, 6, 6)
-    monkeypatch.setenv("DCLS_IMPL", "reference")
-    want = layer(x)
-    monkeypatch.setenv("DCLS_IMPL", "bogus")
-    with pytest.raises(ValueError, match="DCLS_IMPL must be one of"):
-        layer(x)
-    monkeypatch.setenv("DCLS_IMPL", "fast")  # forces the FFT convolution, also on the CPU
-    assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6)

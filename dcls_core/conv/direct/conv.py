@@ -1,49 +1,53 @@
 """Direct depthwise 2-D convolution on the tensor cores: no transform, no workspace.
 
 ``direct_dw_conv2d`` computes what ``F.conv2d(x, k, b, 1, padding, groups=C)`` computes for a
-depthwise kernel ``k (C, 1, kH, kW)`` with Triton kernels
-(:mod:`dcls_core.triton_direct_kernels`): every block of output rows is ``kH`` products of an
-input block with a banded (Toeplitz) matrix made from one kernel row. Forward, input gradient
-and kernel gradient each take one launch (plus the banded matrices, and the sum of the kernel
-gradient's per-block partial sums), and need no memory beyond their outputs and the banded
-matrices (``C x kH x 64 x 32`` values for a 23-wide kernel): where the FFT convolution keeps
-several transforms of batch chunks, this path keeps none.
+depthwise kernel ``k (C, 1, kH, kW)`` with Triton programs (:mod:`.programs`, imported on first
+use): every block of output rows is ``kH`` products of an input block with a banded (Toeplitz)
+matrix made from one kernel row. Forward, input gradient and kernel gradient each take one
+launch (plus the banded matrices, and the sum of the kernel gradient's per-block partial sums),
+and need no memory beyond their outputs and the banded matrices (``C x kH x 64 x 32`` values for
+a 23-wide kernel): where the FFT convolution keeps several transforms of batch chunks, this path
+keeps none.
 
 Precision follows ``nn.Conv2d``: float32 inputs run as TF32 on the tensor cores when
 ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default) and in full float32
 otherwise; half-precision inputs or autocast multiply in that dtype. Accumulation is float32.
-Under ``torch.compile`` the passes run as ``torch.library`` custom ops.
+Under ``torch.compile`` the passes run as ``torch.library`` custom ops
+(:func:`dcls_core._custom_op.register_op`).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from .conv_autograd import conv_gradients, save_conv
-from .functional import conv_geometry, dtype_name
-from .triton_construct import _triton_importable
+from ..._custom_op import register_op
+from ..._triton import triton_available
+from ..common import bias_grad, conv_geometry, dtype_name
+from ..cost import large_kernel
 
-# tile settings measured best on an H100 (benchmarks/NOTES_layers.md, run 6)
-_BM = 32               # output rows (n, h) per program of the forward / input gradient
+__all__ = ["DTYPES", "MAX_KW", "direct_dw_conv2d", "pays", "supports"]
+
+# tile settings: the best of the sweeps in benchmarks/NOTES_layers.md
+_BM = 32  # output rows (n, h) per program of the forward / input gradient
 _NUM_WARPS = 4
 _NUM_STAGES = 2
-_BM_GRAD = 32          # rows per step of the kernel gradient's reduction
+_BM_GRAD = 32  # rows per step of the kernel gradient's reduction
 _GRAD_NUM_STAGES = 3
 _MIN_GRAD_PROGRAMS = 1024  # the kernel gradient splits its rows until this many programs run
-MAX_KW = 64            # widest kernel row (the banded block is at most 128 columns)
+MAX_KW = 64  # widest kernel row (the banded block is at most 128 columns)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_KERNELS: list = []
+_PROGRAMS: list = []  # the GPU program module, imported on first use
 
 
-def _kernels():
-    if not _KERNELS:
-        from . import triton_direct_kernels
+def _programs():
+    if not _PROGRAMS:
+        from . import programs
 
-        _KERNELS.append(triton_direct_kernels)
-    return _KERNELS[0]
+        _PROGRAMS.append(programs)
+    return _PROGRAMS[0]
 
 
 def supports(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
@@ -51,15 +55,21 @@ def supports(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], 
     kernel ``(C, 1, kH, kW)`` with ``C == groups == C_in``, ``kW <= MAX_KW``, stride 1, a
     float32 / bfloat16 / float16 input."""
     return (
-        len(kernel_shape) == 4 and kernel_shape[1] == 1 and kernel_shape[0] == groups
-        and input.dim() in (3, 4) and input.shape[-3] == groups
-        and all(int(s) == 1 for s in stride) and kernel_shape[3] <= MAX_KW
-        and input.dtype in DTYPES and input.is_cuda and _triton_importable()
+        len(kernel_shape) == 4
+        and kernel_shape[1] == 1
+        and kernel_shape[0] == groups
+        and input.dim() in (3, 4)
+        and input.shape[-3] == groups
+        and all(int(s) == 1 for s in stride)
+        and kernel_shape[3] <= MAX_KW
+        and input.dtype in DTYPES
+        and input.is_cuda
+        and triton_available()
     )
 
 
 def _rows_contiguous(t: Tensor) -> Tensor:
-    """``t`` with contiguous rows: the kernels read rows of one channel, which channels_last
+    """``t`` with contiguous rows: the programs read rows of one channel, which channels_last
     strides (a timm ConvNeXt block's permutes give them to the input and the output gradient)
     scatter over the memory; one copy costs less than those reads."""
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -84,8 +94,16 @@ def _rows_reaching(k: int, pad: int, size_in: int, size_out: int) -> Tuple[int, 
     return max(0, pad - size_out + 1), min(k, size_in + pad)
 
 
-def _conv(x: Tensor, k: Tensor, bias: Optional[Tensor], pad: Sequence[int], out_hw: Sequence[int],
-          out_dtype: torch.dtype, compute: torch.dtype, flip: bool) -> Tensor:
+def _conv(
+    x: Tensor,
+    k: Tensor,
+    bias: Optional[Tensor],
+    pad: Sequence[int],
+    out_hw: Sequence[int],
+    out_dtype: torch.dtype,
+    compute: torch.dtype,
+    flip: bool,
+) -> Tensor:
     """``(N, C, *out_hw)`` correlation of ``x (N, C, H, W)`` with ``k (C, 1, kH, kW)``
     (rotated by 180 degrees with ``flip``), zero padding ``pad``."""
     n, c, h_in, w_in = x.shape
@@ -98,14 +116,33 @@ def _conv(x: Tensor, k: Tensor, bias: Optional[Tensor], pad: Sequence[int], out_
     bw, bj = _tiles(w_out, kw)
     lo, hi = _rows_reaching(kh, pad[0], h_in, h_out)
     m = n * h_out
-    import triton.language as tl
-
     band = _banded(k, bw, bj, flip, compute)
-    _kernels().dw_conv2d[(-(-m // _BM), -(-w_out // bw), c)](
-        x, band, bias if bias is not None else band, y,
-        m, h_in, w_in, h_out, w_out, kh, kw, pad[0], pad[1], lo, hi, *x.stride(), *y.stride(),
-        HAS_BIAS=bias is not None, DOT_DTYPE=getattr(tl, dot), PRECISION=precision,
-        BM=_BM, BW=bw, BJ=bj, num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
+    _programs().dw_conv2d[(-(-m // _BM), -(-w_out // bw), c)](
+        x,
+        band,
+        bias if bias is not None else band,
+        y,
+        m,
+        h_in,
+        w_in,
+        h_out,
+        w_out,
+        kh,
+        kw,
+        pad[0],
+        pad[1],
+        lo,
+        hi,
+        *x.stride(),
+        *y.stride(),
+        HAS_BIAS=bias is not None,
+        DOT_DTYPE=_programs().language_dtype(dot),
+        PRECISION=precision,
+        BM=_BM,
+        BW=bw,
+        BJ=bj,
+        num_warps=_NUM_WARPS,
+        num_stages=_NUM_STAGES,
     )
     return y
 
@@ -115,7 +152,7 @@ def _banded(k: Tensor, bw: int, bj: int, flip: bool, compute: torch.dtype) -> Te
     of ``k (C, 1, kH, kW)`` (rotated by 180 degrees with ``flip``), in the products' dtype."""
     c, _, kh, kw = k.shape
     band = torch.empty((c, kh, bj, bw), device=k.device, dtype=compute)
-    _kernels().banded[(c * kh,)](k.contiguous(), band, kh, kw, FLIP=flip, BJ=bj, BW=bw)
+    _programs().banded[(c * kh,)](k.contiguous(), band, kh, kw, FLIP=flip, BJ=bj, BW=bw)
     return band
 
 
@@ -138,72 +175,93 @@ def _kernel_grad(x: Tensor, dy: Tensor, kshape: Sequence[int], pad: Sequence[int
     splits = -(-m // rows_per_split)
     part = torch.empty((splits * col_blocks, c, kh, kw), device=x.device, dtype=torch.float32)
     lo, hi = _rows_reaching(kh, pad[0], h_in, h_out)
-    import triton.language as tl
-
-    args = (x, dy, part, m, c, h_in, w_in, h_out, w_out, kh, kw, pad[0], pad[1], lo, hi, rows_per_split,
-            *x.stride(), *dy.stride())
-    _kernels().dw_conv2d_kernel_grad[(c * row_groups, col_blocks, splits)](
-        *args, DOT_DTYPE=getattr(tl, dot), PRECISION=precision, BM=_BM_GRAD, BW=bw, BJ=bj,
-        BK=max(16, 1 << (kw - 1).bit_length()), num_warps=8 if dot == "float32" else 4, num_stages=_GRAD_NUM_STAGES,
+    args = (
+        x,
+        dy,
+        part,
+        m,
+        c,
+        h_in,
+        w_in,
+        h_out,
+        w_out,
+        kh,
+        kw,
+        pad[0],
+        pad[1],
+        lo,
+        hi,
+        rows_per_split,
+        *x.stride(),
+        *dy.stride(),
+    )
+    _programs().dw_conv2d_kernel_grad[(c * row_groups, col_blocks, splits)](
+        *args,
+        DOT_DTYPE=_programs().language_dtype(dot),
+        PRECISION=precision,
+        BM=_BM_GRAD,
+        BW=bw,
+        BJ=bj,
+        BK=max(16, 1 << (kw - 1).bit_length()),
+        num_warps=8 if dot == "float32" else 4,
+        num_stages=_GRAD_NUM_STAGES,
     )
     return (part[0] if part.shape[0] == 1 else part.sum(0)).unsqueeze(1)
 
 
-def _forward_impl(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_hw: List[int], dtype: str) -> Tensor:
+def _forward(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_hw: List[int], dtype: str) -> Tensor:
     d = getattr(torch, dtype)
     return _conv(x, k, bias, padding, out_hw, d, d, flip=False)
 
 
-def _backward_impl(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], dtype: str, need_x: bool, need_k: bool) -> Tuple[Tensor, Tensor]:
-    compute = getattr(torch, dtype)
-    kh, kw = k.shape[-2:]
-    dy = _rows_contiguous(dy)
-    dx, dk = x.new_empty(0), k.new_empty(0)
-    if need_x:
-        dx = _conv(dy, k, None, (kh - 1 - padding[0], kw - 1 - padding[1]), x.shape[-2:], x.dtype, compute, flip=True)
-    if need_k:
-        dk = _kernel_grad(x, dy, k.shape, padding, compute).to(k.dtype)
-    return dx, dk
-
-
-class _DirectDW(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, k, bias, padding, out_hw, dtype):
-        save_conv(ctx, x, k, bias, (padding, dtype))
-        return _forward_impl(x, k, bias, padding, out_hw, dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        return conv_gradients(ctx, dy, _backward_impl)
-
-
-@torch.library.custom_op("dcls_core::direct_dw_conv2d", mutates_args=())
-def _direct_op(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_hw: List[int], dtype: str) -> Tensor:
-    return _forward_impl(x, k, bias, padding, out_hw, dtype)
-
-
-@_direct_op.register_fake
-def _(x, k, bias, padding, out_hw, dtype):
+def _forward_fake(x, k, bias, padding, out_hw, dtype):
     return x.new_empty((x.shape[0], x.shape[1], *out_hw), dtype=getattr(torch, dtype))
 
 
-@torch.library.custom_op("dcls_core::direct_dw_conv2d_backward", mutates_args=())
-def _direct_backward_op(dy: Tensor, x: Tensor, k: Tensor, padding: List[int], dtype: str, need_x: bool, need_k: bool) -> Tuple[Tensor, Tensor]:
-    return _backward_impl(dy, x, k, padding, dtype, need_x, need_k)
+def _backward(
+    dy: Tensor,
+    x: Tensor,
+    k: Tensor,
+    bias: Optional[Tensor],
+    padding: List[int],
+    dtype: str,
+    need_x: bool,
+    need_k: bool,
+    need_b: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    compute = getattr(torch, dtype)
+    kh, kw = k.shape[-2:]
+    dx, dk = x.new_empty(0), k.new_empty(0)
+    if need_x or need_k:
+        dy_rows = _rows_contiguous(dy)
+        if need_x:
+            dx = _conv(
+                dy_rows, k, None, (kh - 1 - padding[0], kw - 1 - padding[1]), x.shape[-2:], x.dtype, compute, flip=True
+            )
+        if need_k:
+            dk = _kernel_grad(x, dy_rows, k.shape, padding, compute).to(k.dtype)
+    db = bias_grad(dy, 2, bias.dtype) if need_b and bias is not None else dy.new_empty(0)
+    return dx, dk, db
 
 
-@_direct_backward_op.register_fake
-def _(dy, x, k, padding, dtype, need_x, need_k):
-    return (torch.empty_like(x) if need_x else x.new_empty(0)), (torch.empty_like(k) if need_k else k.new_empty(0))
+def _backward_settings(padding, out_hw, dtype):
+    return padding, dtype
 
 
-def _setup_context(ctx, inputs, output):
-    x, k, bias, padding, _, dtype = inputs
-    save_conv(ctx, x, k, bias, (padding, dtype))
+_direct = register_op(
+    "direct_dw_conv2d", _forward, _backward, _forward_fake, num_tensors=3, backward_settings=_backward_settings
+)
 
 
-_direct_op.register_autograd(lambda ctx, dy: conv_gradients(ctx, dy, _direct_backward_op), setup_context=_setup_context)
+def pays(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
+    """The ``auto`` rule: large kernels (:func:`dcls_core.conv.cost.large_kernel`) whose products may
+    run on the tensor cores (half precision, or float32 with ``torch.backends.cudnn.allow_tf32``,
+    as ``nn.Conv2d`` does). Without the tensor cores the FFT is faster; with them this path needs
+    no workspace."""
+    if not large_kernel(input, kernel_shape, stride):
+        return False
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else input.dtype
+    return dtype != torch.float32 or torch.backends.cudnn.allow_tf32
 
 
 def direct_dw_conv2d(
@@ -236,7 +294,13 @@ def direct_dw_conv2d(
     geo = conv_geometry(input, kernel.shape, stride, padding, groups, padding_mode, "direct_dw_conv2d")
     # products and result in the output dtype: autocast on CUDA is half precision, else the input's dtype
     with torch.autocast(geo.input.device.type, enabled=False):
-        args = (_rows_contiguous(geo.input), kernel, bias if bias is None else bias.contiguous(), list(geo.padding),
-                geo.out_full, dtype_name(geo.out_dtype))
-        y = _direct_op(*args) if torch.compiler.is_compiling() else _DirectDW.apply(*args)
+        args = (
+            _rows_contiguous(geo.input),
+            kernel,
+            bias if bias is None else bias.contiguous(),
+            list(geo.padding),
+            geo.out_full,
+            dtype_name(geo.out_dtype),
+        )
+        y = _direct(*args)
     return y.squeeze(0) if geo.unbatched else y

@@ -1,0 +1,98 @@
+"""What every convolution path shares: the argument checks of one call, ``padding_mode``, and the
+bias gradient."""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "PADDING_MODES",
+    "ConvGeometry",
+    "apply_padding_mode",
+    "bias_grad",
+    "conv_geometry",
+    "dtype_name",
+    "reversed_padding_repeated_twice",
+]
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def reversed_padding_repeated_twice(padding: Sequence[int]) -> tuple[int, ...]:
+    """``F.pad`` order of a conv padding tuple: last axis first, both sides."""
+    out: list[int] = []
+    for p in reversed(tuple(padding)):
+        out += [p, p]
+    return tuple(out)
+
+
+def apply_padding_mode(input: Tensor, padding: Sequence[int], padding_mode: str) -> tuple[Tensor, tuple[int, ...]]:
+    """``(input, padding)`` for a zero-padded convolution: a non-``zeros`` ``padding_mode`` pads
+    ``input`` explicitly (as ``nn.ConvNd`` does) and leaves no implicit padding."""
+    if padding_mode == "zeros":
+        return input, tuple(padding)
+    return F.pad(input, reversed_padding_repeated_twice(padding), mode=padding_mode), (0,) * len(padding)
+
+
+class ConvGeometry(NamedTuple):
+    """One convolution call, checked (see :func:`conv_geometry`)."""
+
+    input: Tensor  # (N, C_in, *spatial), explicitly padded for non-zeros padding modes
+    padding: Tuple[int, ...]  # the implicit zero padding left
+    out_full: List[int]  # stride-1 output size per axis
+    out_dtype: torch.dtype  # the input's dtype, or the autocast dtype
+    unbatched: bool
+
+
+def conv_geometry(
+    input: Tensor,
+    kernel_shape: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+    padding_mode: str,
+    owner: str,
+) -> ConvGeometry:
+    """Check the arguments of a convolution with a ``(C_out, C_in/groups, *kernel)`` kernel
+    (errors name ``owner``), add the batch axis to an unbatched input, apply a non-``zeros``
+    ``padding_mode`` and derive the output size and dtype."""
+    ndim = len(kernel_shape) - 2
+    if ndim < 1:
+        raise ValueError(f"{owner}: kernel must be (C_out, C_in/groups, *kernel), got {tuple(kernel_shape)}")
+    unbatched = input.dim() == ndim + 1
+    if unbatched:
+        input = input.unsqueeze(0)
+    if input.dim() != ndim + 2:
+        raise ValueError(f"{owner}: input must have {ndim + 1} or {ndim + 2} dims, got {tuple(input.shape)}")
+    stride, padding = tuple(int(s) for s in stride), tuple(int(p) for p in padding)
+    if len(stride) != ndim or len(padding) != ndim:
+        raise ValueError(f"{owner}: stride {stride} and padding {padding} must have {ndim} entries")
+    out_dtype = input.dtype
+    if torch.is_autocast_enabled(input.device.type):
+        out_dtype = torch.get_autocast_dtype(input.device.type)
+    input, padding = apply_padding_mode(input, padding, padding_mode)
+    c_in = input.shape[1]
+    c_out, cin_g = kernel_shape[:2]
+    if c_in != cin_g * groups or c_out % groups:
+        raise ValueError(
+            f"{owner}: input channels {c_in}, kernel {tuple(kernel_shape)} and groups {groups} do not match"
+        )
+    ksize = tuple(kernel_shape[2:])
+    out_full = [s + 2 * p - k + 1 for s, p, k in zip(input.shape[2:], padding, ksize)]
+    if min(out_full) < 1:
+        raise ValueError(f"{owner}: kernel {ksize} larger than padded input {tuple(input.shape[2:])} + 2 x {padding}")
+    return ConvGeometry(input, padding, out_full, out_dtype, unbatched)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (custom ops take dtypes as strings)."""
+    return str(dtype).replace("torch.", "")
+
+
+def bias_grad(dy: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
+    """Bias gradient ``(C_out,)`` in ``dtype`` from ``dy (N, C_out, *ndim spatial)``."""
+    return dy.sum((0, *range(2, 2 + ndim)), dtype=torch.promote_types(dtype, torch.float32)).to(dtype)

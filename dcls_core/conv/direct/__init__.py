@@ -1,0 +1,15 @@
+"""The direct convolution path: 2-D depthwise kernels on the tensor cores (CUDA, Triton), no
+transform and no workspace.
+
+* :mod:`.conv`: ``direct_dw_conv2d`` (the path's function), its launchers and cost rule;
+* :mod:`.programs`: its Triton GPU programs.
+"""
+
+from __future__ import annotations
+
+from .conv import MAX_KW, direct_dw_conv2d, pays, supports
+
+__all__ = ["MAX_KW", "NAME", "convolve", "direct_dw_conv2d", "pays", "supports"]
+
+NAME = "direct"
+convolve = direct_dw_conv2d

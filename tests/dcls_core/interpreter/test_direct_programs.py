@@ -1,0 +1,98 @@
+"""The direct convolution's GPU programs (:mod:`dcls_core.conv.direct.programs`) on the CPU under
+Triton's interpreter (float32 products): forward, input, kernel and bias gradients equal float64
+``F.conv2d`` over column and row blocks, kernels larger than the image, padding modes,
+channels_last, split kernel-gradient rows; the custom ops under torch.compile give the eager
+gradients (see ``conftest.py``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcls_core.conv.direct import conv as direct_conv
+from dcls_core.conv.direct import programs
+from dcls_testing import rel_err
+
+TOL = 2e-6
+CASES = [  # N, C, H, W, kH, kW, pH, pW, padding mode, channels_last
+    (2, 3, 9, 40, 7, 5, 3, 2, "zeros", False),  # two column blocks
+    (3, 2, 5, 6, 9, 9, 4, 4, "zeros", False),  # kernel larger than the image
+    (1, 2, 7, 17, 3, 23, 1, 11, "zeros", True),  # wide kernel row, channels_last input and gradient
+    (2, 2, 6, 5, 5, 3, 2, 1, "circular", False),
+    (2, 3, 4, 9, 3, 3, 0, 0, "zeros", False),  # no padding
+    (1, 2, 4, 5, 3, 3, 3, 2, "zeros", False),  # padding beyond kernel - 1
+    (5, 2, 40, 7, 5, 5, 2, 2, "zeros", False),  # 200 rows: several row blocks and splits
+]
+
+
+@pytest.fixture
+def launched(monkeypatch) -> set:
+    """Lets the direct path run on the CPU, splits the kernel gradient's rows in small cases too,
+    and records which programs it launches."""
+    monkeypatch.setattr(direct_conv, "supports", lambda *args: True)
+    monkeypatch.setattr(direct_conv, "_MIN_GRAD_PROGRAMS", 64)
+    names: set = set()
+
+    class Spy:
+        def __init__(self, real, name):
+            self.real, self.name = real, name
+
+        def __getitem__(self, grid):
+            names.add(self.name)
+            return self.real[grid]
+
+    for name in ("dw_conv2d", "dw_conv2d_kernel_grad"):
+        monkeypatch.setattr(programs, name, Spy(getattr(programs, name), name))
+    return names
+
+
+@pytest.mark.parametrize("N,C,H,W,kh,kw,ph,pw,mode,channels_last", CASES)
+def test_direct_equals_float64_conv2d(launched, N, C, H, W, kh, kw, ph, pw, mode, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(N, C, H, W, dtype=torch.float64)
+    k = torch.randn(C, 1, kh, kw, dtype=torch.float64)
+    b = torch.randn(C, dtype=torch.float64)
+    leaves = [t.requires_grad_() for t in (x, k, b)]
+    xp = F.pad(x, (pw, pw, ph, ph), mode=mode) if mode != "zeros" else x
+    want = F.conv2d(xp, k, b, 1, (0, 0) if mode != "zeros" else (ph, pw), 1, C)
+    dy = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, leaves, dy)
+    x32, k32, b32 = (t.detach().float().requires_grad_() for t in leaves)
+    xin = x32.to(memory_format=torch.channels_last) if channels_last else x32
+    got = direct_conv.direct_dw_conv2d(xin, k32, b32, (1, 1), (ph, pw), C, mode)
+    g = dy.float().to(memory_format=torch.channels_last) if channels_last else dy.float()  # as after a permute
+    grads = torch.autograd.grad(got, (x32, k32, b32), g)
+    assert rel_err(got, want) < TOL
+    for name, a, r in zip(("input", "kernel", "bias"), grads, want_grads):
+        assert rel_err(a, r) < TOL, name
+    assert launched == {"dw_conv2d", "dw_conv2d_kernel_grad"}
+
+
+def test_custom_ops_under_compile_give_eager_gradients(launched):
+    torch.manual_seed(0)
+    x, k, b = torch.randn(2, 3, 9, 20), torch.randn(3, 1, 5, 7), torch.randn(3)
+    leaves = [t.requires_grad_() for t in (x, k, b)]
+
+    def loss(x, k, b):
+        return direct_conv.direct_dw_conv2d(x, k, b, (1, 1), (2, 3), 3).square().sum()
+
+    eager = torch.autograd.grad(loss(*leaves), leaves)
+    compiled = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(*leaves), leaves)
+    for c, e in zip(compiled, eager):
+        assert rel_err(c, e) < TOL
+
+
+def test_empty_batch_gives_empty_output_and_zero_kernel_gradient(launched):
+    x = torch.zeros(0, 3, 6, 5, requires_grad=True)
+    k = torch.randn(3, 1, 5, 5, requires_grad=True)
+    y = direct_conv.direct_dw_conv2d(x, k, None, (1, 1), (2, 2), 3)
+    gx, gk = torch.autograd.grad(y, (x, k), torch.zeros_like(y))
+    assert y.shape == (0, 3, 6, 5) and gx.shape == x.shape and gk.shape == k.shape and not gk.any()
+
+
+def test_only_the_input_gradient_launches_no_kernel_gradient(launched):
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    y = direct_conv.direct_dw_conv2d(x, torch.randn(3, 1, 5, 5), None, (1, 1), (2, 2), 3)
+    y.sum().backward()
+    assert launched == {"dw_conv2d"}, launched
