@@ -31,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dcls_audio.data import AudioSetDataModule, LogMelFrontEnd  # noqa: E402
+from dcls_audio.data import AudioSetDataModule  # noqa: E402
+from dcls_audio.features import LogMelFrontEnd  # noqa: E402
 from dcls_audio.data.constants import CLIP_SAMPLES  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
 

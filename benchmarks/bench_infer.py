@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dcls_audio.data import CLIP_SAMPLES  # noqa: E402
-from dcls_audio.inference import AudioTagger  # noqa: E402
+from dcls_audio.inference.tagger import AudioTagger  # noqa: E402
 from dcls_audio.models import create_model  # noqa: E402
 
 DCLS_MODEL = "convnext_dcls_audio_tiny"

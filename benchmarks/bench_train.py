@@ -37,8 +37,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dcls_audio.data import AudioSetDataModule, LogMelFrontEnd  # noqa: E402
-from dcls_audio.data.augment import (  # noqa: E402
+from dcls_audio.data import AudioSetDataModule  # noqa: E402
+from dcls_audio.features import LogMelFrontEnd  # noqa: E402
+from dcls_audio.features.augment import (  # noqa: E402
     apply_erase,
     apply_mixup,
     apply_time_warp,
@@ -46,9 +47,9 @@ from dcls_audio.data.augment import (  # noqa: E402
     sample_mixup_draws,
 )
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
-from dcls_audio.lit_module import AudioTaggingModule  # noqa: E402
+from dcls_audio.training.module import AudioTaggingModule  # noqa: E402
 from dcls_audio.models import create_model  # noqa: E402
-from dcls_audio.optim import build_optimizer  # noqa: E402
+from dcls_audio.training.optim import build_optimizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
@@ -98,7 +99,7 @@ def bare_step(name: str, mode: str, args: argparse.Namespace, device: torch.devi
     _fresh(device)
     torch.manual_seed(0)
     net = create_model(name, num_classes=NUM_CLASSES, **_model_kwargs(name, args)).to(device).train()
-    opt = build_optimizer(net, "adamw", 1e-4, 0.05, fused=device.type == "cuda")
+    opt = build_optimizer(net, "adamw", 1e-4, 0.05, 5.0, fused=device.type == "cuda")
     frames = args.clip_samples // 320 + 1
     spec = torch.randn(args.batch_size, 1, 128, frames, device=device)
     target = (torch.rand(args.batch_size, NUM_CLASSES, device=device) < 0.01).float()

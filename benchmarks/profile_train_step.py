@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dcls_audio.lit_module import AudioTaggingModule  # noqa: E402
+from dcls_audio.training.module import AudioTaggingModule  # noqa: E402
 
 
 def _time(fn, iters: int) -> float:

@@ -5,12 +5,16 @@ import importlib
 from typing import Any, Callable
 
 
-def lazy_exports(package: str, exports: dict[str, str], namespace: dict[str, Any]) -> tuple[Callable, Callable]:
-    """``(__getattr__, __dir__)`` for ``package`` that import ``name`` from ``.exports[name]``."""
+def lazy_exports(
+    package: str, exports: dict[str, str | None], namespace: dict[str, Any]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``(__getattr__, __dir__)`` for ``package`` that import ``name`` from ``.exports[name]``
+    (``None``: ``name`` is itself a submodule)."""
 
     def __getattr__(name: str) -> Any:
         if name in exports:
-            value = getattr(importlib.import_module(f".{exports[name]}", package), name)
+            module = importlib.import_module(f".{exports[name] or name}", package)
+            value = module if exports[name] is None else getattr(module, name)
             namespace[name] = value
             return value
         raise AttributeError(f"module {package!r} has no attribute {name!r}")

@@ -70,7 +70,7 @@ def _add_infer_parser(subparsers) -> None:
                         help="progress bar on stderr (default: for several files on a terminal)")
 
     def run(args: argparse.Namespace) -> int:
-        from .tagging_app import run_infer
+        from .inference.app import run_infer
 
         checkpoint, inputs = args.checkpoint, list(args.inputs)
         if checkpoint is None:
@@ -122,7 +122,7 @@ def _add_export_parser(subparsers) -> None:
         if args.fmt == "onnx" and not MIN_ONNX_OPSET <= args.opset <= MAX_ONNX_OPSET:
             parser.error(f"argument --opset: {args.opset} is outside {MIN_ONNX_OPSET}..{MAX_ONNX_OPSET}, the opsets "
                          "the exporter writes for these models")
-        from .export import run_export
+        from .export.exporter import run_export
 
         return run_export(
             args.checkpoint, args.output, args.fmt, model_name=args.model_name, with_frontend=args.with_frontend,
@@ -201,7 +201,7 @@ def _add_models_parser(subparsers) -> None:
 
 def _add_train_parser(subparsers) -> None:
     """``dcls-audio train``: train a backbone from a YAML config (see dcls_audio.training)."""
-    from .config import DEFAULT_CONFIG, config_keys, config_names
+    from .training.config import DEFAULT_CONFIG, config_keys, config_names
 
     parser = subparsers.add_parser(
         "train",
@@ -227,7 +227,7 @@ def _add_train_parser(subparsers) -> None:
                             default=argparse.SUPPRESS, help=f"{help_text} [{type_name}]")
 
     def run(args: argparse.Namespace) -> int:
-        from .config import ConfigError, check_machine, dump_config, load_config
+        from .training.config import ConfigError, check_machine, dump_config, load_config
 
         overrides = {k: v for k, v in vars(args).items() if "." in k}
         try:
@@ -243,7 +243,7 @@ def _add_train_parser(subparsers) -> None:
         except ConfigError as err:
             print(f"dcls-audio train: error: {err}", file=sys.stderr)
             return 2
-        from .training import TrainingStopped, print_summary, train
+        from .training.run import TrainingStopped, print_summary, train
 
         try:
             result = train(cfg, resume=args.resume)
@@ -303,7 +303,7 @@ def _add_eval_parser(subparsers) -> None:
                         help="numeric precision of the backbone")
 
     def run(args: argparse.Namespace) -> int:
-        from .evaluation import NonFiniteScoresError, evaluate, format_metrics
+        from .evaluation.evaluate import NonFiniteScoresError, evaluate, format_metrics
 
         try:
             result, out, is_main = evaluate(

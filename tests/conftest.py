@@ -9,6 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+import dcls_audio
+import dcls_core
+
+# tests/dcls_core and tests/dcls_audio share the packages' names: where the repository root is not
+# first on sys.path, `import dcls_core` finds the test folder. Stop with a clear message instead.
+for _package in (dcls_core, dcls_audio):
+    if getattr(_package, "__file__", None) is None:
+        raise pytest.UsageError(
+            f"`import {_package.__name__}` found the test folder tests/{_package.__name__} instead of the "
+            "package: run `python -m pytest` from the repository root (pyproject.toml puts it on the path)"
+        )
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 

@@ -1,5 +1,5 @@
-"""AudioSet data: HDF5 datasets, samplers, the DataModule, the log-mel front end and augmentations,
-packing audio folders into HDF5, and a synthetic demo dataset.
+"""AudioSet data: audio files to waveforms (decoding, resampling), HDF5 datasets, samplers, the
+DataModule, packing audio folders into HDF5, and a synthetic demo dataset.
 
 Names are imported on first use, so ``from dcls_audio.data import load_audio`` does not pull
 in Lightning.
@@ -13,15 +13,12 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "AudioReadError": "audio_io",
     "load_audio": "audio_io",
-    "mixup": "augment",
     "ClassInfo": "classes",
     "load_class_names": "classes",
     "CLIP_SAMPLES": "constants",
     "SAMPLE_RATE": "constants",
     "AudioSetDataModule": "datamodule",
     "ensure_demo_data": "demo",
-    "AugmentConfig": "frontend",
-    "LogMelFrontEnd": "frontend",
     "AudioSetHDF5": "hdf5_dataset",
     "BalancedSampler": "samplers",
     "EvalShardSampler": "samplers",
@@ -33,11 +30,9 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 if TYPE_CHECKING:
     from .audio_io import AudioReadError, load_audio
-    from .augment import mixup
     from .classes import ClassInfo, load_class_names
     from .constants import CLIP_SAMPLES, SAMPLE_RATE
     from .datamodule import AudioSetDataModule
     from .demo import ensure_demo_data
-    from .frontend import AugmentConfig, LogMelFrontEnd
     from .hdf5_dataset import AudioSetHDF5
     from .samplers import BalancedSampler, EvalShardSampler, UniformSampler

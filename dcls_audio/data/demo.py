@@ -26,7 +26,7 @@ import scipy.fft
 from .classes import ClassInfo, load_class_names
 from .constants import AUDIOSET_NUM_CLASSES, CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_layout
-from ..output_dirs import atomic_output
+from ..outputs import atomic_output
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..output_dirs import atomic_output
+from ..outputs import atomic_output
 from .audio_io import (
     AUDIO_EXTENSIONS,
     AudioReadError,

@@ -30,11 +30,12 @@ from .param_count import (
     format_parameter_table,
     parameter_table,
 )
-from .registry import DCLS_DEFAULTS, MODEL_SPECS, ModelSpec, create_model, describe_models, get_spec, list_models
+from .factory import create_model
+from .registry import DCLS_DEFAULTS, MODEL_SPECS, ModelSpec, build_model, describe_models, get_spec, list_models
 from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
 
 __all__ = [
-    "create_model", "list_models", "describe_models", "get_spec", "ModelSpec", "MODEL_SPECS", "DCLS_DEFAULTS",
+    "create_model", "build_model", "list_models", "describe_models", "get_spec", "ModelSpec", "MODEL_SPECS", "DCLS_DEFAULTS",
     "dclsify", "dcls_layers", "fold_dcls", "is_depthwise_conv", "tied_state_keys", "dcls_position_parameters",
     "reparameterize_fastvit",
     "load_checkpoint", "save_upstream_checkpoint", "infer_model_name", "layout_of", "read_checkpoint",

@@ -33,9 +33,9 @@ from torch import Tensor, nn
 
 from .dclsify import tied_state_keys
 from .layout import UpstreamLayout
-from .registry import MODEL_SPECS, create_model, get_spec, list_models
+from .registry import MODEL_SPECS, build_model, get_spec, list_models
 from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
-from ..output_dirs import atomic_output
+from ..outputs import atomic_output
 
 #: Globals a checkpoint may reference besides tensors and plain containers.
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
@@ -468,7 +468,7 @@ def build_loaded_model(contents: CheckpointContents, name: str | None, source: s
             f"argument, or --model on the command line), one of: {', '.join(list_models())}"
         )
     saved = contents.model_kwargs if contents.model_name in (None, name) else {}
-    model = create_model(name, **{**saved, **model_kwargs})
+    model = build_model(name, **{**saved, **model_kwargs})
     return load_state_dict_checked(model, contents.state_dict, source)
 
 

@@ -5,6 +5,8 @@ from typing import Any
 
 from torch import nn
 
+from .registry import build_model, list_models
+
 #: ``sum(p.numel() for p in model.parameters())`` of the upstream DCLS-Audio models with 527
 #: classes (shared P/SIG counted once), from the upstream layouts.
 UPSTREAM_PARAM_COUNTS: dict[str, int] = {
@@ -38,18 +40,16 @@ def parameter_table(names: list[str] | None = None) -> list[dict[str, Any]]:
 
     Keys: ``model``, ``parameters``, ``upstream``, ``match``, ``params_1000``, ``paper_millions``.
     """
-    from .registry import create_model, list_models
-
     rows = []
     for name in names or list_models():
-        count = count_parameters(create_model(name))
+        count = count_parameters(build_model(name))
         upstream = UPSTREAM_PARAM_COUNTS.get(name)
         rows.append({
             "model": name,
             "parameters": count,
             "upstream": upstream,
             "match": count == upstream,
-            "params_1000": count_parameters(create_model(name, num_classes=1000)),
+            "params_1000": count_parameters(build_model(name, num_classes=1000)),
             "paper_millions": PAPER_TABLE_MILLIONS.get(name),
         })
     return rows

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
-from os import PathLike
 from typing import Any, Callable, Mapping
 
 from torch import nn
@@ -19,6 +18,7 @@ from .convnext_audio import CONVNEXT_VARIANTS, convnext_audio, convnext_upstream
 from .dclsify import dclsify
 from .fastvit_audio import FASTVIT_VARIANTS, fastvit_audio, fastvit_upstream_layout
 from .layout import UpstreamLayout
+from .released import RELEASED_CHECKPOINTS
 
 #: DCLS settings of the released models (Dcls2d gauss, 26 elements in a 23x23 kernel).
 DCLS_DEFAULTS: Mapping[str, Any] = {"kernel_count": 26, "dilated_kernel_size": 23, "version": "gauss"}
@@ -78,23 +78,15 @@ def get_spec(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_SPECS)}") from None
 
 
-def create_model(
-    name: str,
-    checkpoint_path: str | PathLike | None = None,
-    use_ema: bool = False,
-    allow_pickle: bool = False,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build model ``name`` (eval/train mode untouched), optionally loading a checkpoint.
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build model ``name`` with fresh weights (eval/train mode untouched).
 
     kwargs: ``num_classes`` (527), ``drop_path_rate`` (0), ``layer_scale_init_value``
     (family default), ``drop_rate``, architecture overrides (``depths``, ``dims``, ...; see
     ``get_spec(name).build_kwargs()``) and for DCLS models ``kernel_count`` (26),
     ``dilated_kernel_size`` (23), ``version`` ("gauss"), ``share_positions`` (True).
-    ``checkpoint_path``: a file (upstream ``.pth``, Lightning ``.ckpt`` or a state_dict) or a
-    model name whose ``<name>.pth`` sits in a checkpoints folder (see ``checkpoints/README.md``);
-    ``use_ema`` picks the EMA weights; ``allow_pickle`` see :func:`load_checkpoint`.
-    Input (B, 1, 128, T); output logits (B, num_classes).
+    Input (B, 1, 128, T); output logits (B, num_classes). The model carries ``model_name`` and
+    ``model_kwargs`` (what checkpoints store to rebuild it).
     """
     spec = get_spec(name)
     dcls_kwargs = {k: kwargs.pop(k) for k in _DCLS_OPTIONS if k in kwargs}
@@ -107,27 +99,16 @@ def create_model(
     if unknown:
         accepted = allowed + (list(_DCLS_OPTIONS) if spec.dcls else [])
         raise ValueError(f"create_model({name!r}): unknown argument(s) {unknown}; accepted: {accepted}")
-    if checkpoint_path is not None:
-        from .checkpoint import resolve_checkpoint_path
-
-        checkpoint_path = resolve_checkpoint_path(checkpoint_path)  # fail before building
     model = spec.build(**{**spec.arch, **kwargs})
     if spec.dcls:
         dclsify(model, **{**DCLS_DEFAULTS, **dcls_kwargs}, only_kernel_size=spec.only_kernel_size)
     model.model_name = name
     model.model_kwargs = {**kwargs, **dcls_kwargs}
-    if checkpoint_path is not None:
-        from .checkpoint import load_checkpoint
-
-        load_checkpoint(model, checkpoint_path, use_ema=use_ema, allow_pickle=allow_pickle)
     return model
-
 
 
 def describe_models() -> list[dict[str, Any]]:
     """One row per model: ``model``, ``description``, ``dcls``, ``released`` (URL or None)."""
-    from .released import RELEASED_CHECKPOINTS
-
     return [
         {"model": n, "description": s.description, "dcls": s.dcls, "released": RELEASED_CHECKPOINTS.get(n)}
         for n, s in MODEL_SPECS.items()

@@ -43,7 +43,7 @@ def installed_wheel(tmp_path_factory) -> tuple[Path, Path]:
 def test_wheel_holds_the_package_data_and_no_top_level_cli(installed_wheel):
     wheel, _ = installed_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "dcls_audio/configs/demo.yaml" in names and "dcls_audio/configs/convnext_dcls_audio_tiny.yaml" in names
+    assert "dcls_audio/training/configs/demo.yaml" in names and "dcls_audio/training/configs/convnext_dcls_audio_tiny.yaml" in names
     assert "dcls_audio/resources/class_labels_indices.csv" in names
     assert {"dcls_audio/py.typed", "dcls_core/py.typed", "dcls_audio/cli.py", "dcls_audio/__main__.py"} <= names
     assert not any("/" not in name and name.endswith(".py") for name in names), "a top-level module is installed"

@@ -1,0 +1,167 @@
+"""What ``dcls-audio infer`` does, as a function of plain values.
+
+Order of work: check the options, load the checkpoint (a missing file or an unknown model
+stops here, before any audio is read), expand the inputs, tag the files, write the output.
+A file that cannot be tagged gives one ``error: <file>: <reason>`` line on stderr; the others
+are still tagged and the exit code is 1. Files in folders or patterns without an audio
+extension are skipped with one ``note:`` line on stderr saying how many (not an error).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+from .tagger import (
+    AGGREGATIONS,
+    PRECISIONS,
+    AudioTagger,
+    FileFailure,
+    hop_samples,
+    resolve_device,
+    tag_files,
+)
+from .inputs import expand_inputs
+from .loader import load_tagging_model
+from .output import (
+    FORMATS,
+    csv_rows,
+    csv_writer,
+    file_record,
+    format_table,
+    write_json,
+)
+
+EXIT_OK, EXIT_FILE_ERRORS, EXIT_SETUP_ERROR = 0, 1, 2
+
+
+class SetupError(ValueError):
+    """A problem found before any file is tagged (options, checkpoint, model name)."""
+
+
+def _check_options(hop_s: float, aggregate: str, top_k: int, batch_size: int, fmt: str, precision: str) -> None:
+    try:
+        hop_samples(hop_s, what="--hop")
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+    if aggregate not in AGGREGATIONS:
+        raise SetupError(f"--aggregate must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
+    if top_k < 1:
+        raise SetupError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise SetupError(f"--batch-size must be at least 1, got {batch_size}")
+    if fmt not in FORMATS:
+        raise SetupError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if precision not in PRECISIONS:
+        raise SetupError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def default_num_workers(device_type: str, num_files: int) -> int:
+    """Decoding processes: none on CPU (the model needs the cores) or for one file, else up to 4."""
+    if device_type != "cuda" or num_files < 2:
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1, num_files))
+
+
+def run_infer(
+    checkpoint: str,
+    inputs: Sequence[str],
+    model_name: str | None = None,
+    use_ema: bool = False,
+    allow_pickle: bool = False,
+    class_csv: str | None = None,
+    hop_s: float = 5.0,
+    aggregate: str = "max",
+    top_k: int = 5,
+    fmt: str = "table",
+    output: str | None = None,
+    show_windows: bool = False,
+    device: str | None = None,
+    precision: str = "fp32",
+    batch_size: int = 16,
+    num_workers: int | None = None,
+    fold: bool | None = None,
+    channels_last: bool = False,
+    progress: bool | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Tag ``inputs`` (files, folders, globs) with ``checkpoint``; returns the exit code.
+
+    ``progress=None`` shows a bar on stderr for several files when stderr is a terminal.
+    """
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+
+    def fail(message: str) -> int:
+        print(f"dcls-audio infer: error: {message}", file=stderr)
+        return EXIT_SETUP_ERROR
+
+    try:
+        _check_options(hop_s, aggregate, top_k, batch_size, fmt, precision)
+        if output is not None and not Path(output).parent.is_dir():
+            raise SetupError(f"--output: folder {Path(output).parent} does not exist")
+        torch_device = resolve_device(device)
+        loaded = load_tagging_model(checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv)
+        tagger = AudioTagger(loaded.model, torch_device, precision=precision, fold=fold, channels_last=channels_last)
+    except (ValueError, OSError) as exc:  # SetupError, CheckpointError, unknown model, missing file
+        return fail(str(exc))
+
+    expanded = expand_inputs(inputs)
+    failures = 0
+    for text, reason in expanded.problems:
+        print(f"error: {text}: {reason}", file=stderr)
+        failures += 1
+    note = expanded.skipped_note()
+    if note:
+        print(note, file=stderr)
+    files = expanded.files
+    if not files:
+        print("dcls-audio infer: error: no audio file to tag", file=stderr)
+        return EXIT_FILE_ERRORS
+
+    workers = default_num_workers(torch_device.type, len(files)) if num_workers is None else num_workers
+    show_bar = len(files) > 1 and (progress if progress is not None else stderr.isatty())
+    bar = tqdm(total=len(files), unit="file", file=stderr, disable=not show_bar, dynamic_ncols=True)
+
+    try:
+        sink = open(output, "w", encoding="utf-8", newline="") if output else stdout
+    except OSError as exc:
+        bar.close()
+        return fail(f"--output: cannot write {output}: {exc.strerror or exc}")
+    try:
+        records = []
+        writer = csv_writer(sink) if fmt == "csv" else None
+        results = tag_files(tagger, files, hop_s=hop_s, aggregate=aggregate, batch_size=batch_size, num_workers=workers)
+        for result in results:
+            bar.update(1)
+            if isinstance(result, FileFailure):
+                failures += 1
+                bar.write(f"error: {result.message()}", file=stderr)
+                continue
+            record = file_record(result, loaded.labels, top_k)
+            if fmt == "table":
+                text = format_table([record], show_windows=show_windows)
+                if sink is stdout and show_bar:
+                    bar.write(text.rstrip("\n") + "\n", file=stdout)
+                else:
+                    sink.write(text)
+                    sink.flush()
+            elif writer is not None:
+                writer.writerows(csv_rows(record))
+            else:
+                records.append(record)
+        if fmt == "json":
+            write_json(records, sink)
+    except KeyboardInterrupt:
+        bar.write("dcls-audio infer: interrupted", file=stderr)
+        return 130
+    finally:
+        bar.close()
+        if sink is not stdout:
+            sink.close()
+    return EXIT_FILE_ERRORS if failures else EXIT_OK
