@@ -1,5 +1,6 @@
 """Launcher for a checkout: ``python cli.py train ...`` runs the ``dcls-audio`` command
 (:mod:`dcls_audio.cli`) without installing the package."""
+
 from __future__ import annotations
 
 import sys

@@ -14,6 +14,7 @@ Prints a table and writes JSON (--out).
 ``--cold`` evicts the file from the page cache (posix_fadvise DONTNEED) before each worker count,
 so reads hit the disk as with a dataset much larger than RAM; by default reads are warm.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
-from dcls_audio.features import LogMelFrontEnd  # noqa: E402
 from dcls_audio.data.constants import CLIP_SAMPLES  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
+from dcls_audio.features import LogMelFrontEnd  # noqa: E402
 
 
 def make_hdf5(path: Path, clips: int, num_classes: int = 527, block: int = 128) -> None:
@@ -64,8 +65,14 @@ def sync(device: torch.device) -> None:
 
 
 def run_config(path, workers, args, device, front) -> dict:
-    dm = AudioSetDataModule(train_files=path, batch_size=args.batch_size, num_workers=workers,
-                            pin_memory=device.type == "cuda", persistent_workers=workers > 0, seed=0)
+    dm = AudioSetDataModule(
+        train_files=path,
+        batch_size=args.batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        seed=0,
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     result = {"workers": workers}
@@ -87,7 +94,9 @@ def run_config(path, workers, args, device, front) -> dict:
                     start = time.perf_counter()
                 elif batches > args.warmup:
                     clips += len(batch["waveform"])
-                    if time.perf_counter() - start >= args.seconds or (args.max_batches and batches - args.warmup >= args.max_batches):
+                    if time.perf_counter() - start >= args.seconds or (
+                        args.max_batches and batches - args.warmup >= args.max_batches
+                    ):
                         done = True
                         break
             epoch += 1
@@ -142,13 +151,18 @@ def main() -> int:
         for workers in counts:
             row = run_config(path, workers, args, device, front)
             rows.append(row)
-            print(f"workers={workers:2d}  loader {row['loader_clips_per_s']:8.1f} clips/s   "
-                  f"end-to-end {row['end_to_end_clips_per_s']:8.1f} clips/s", flush=True)
+            print(
+                f"workers={workers:2d}  loader {row['loader_clips_per_s']:8.1f} clips/s   "
+                f"end-to-end {row['end_to_end_clips_per_s']:8.1f} clips/s",
+                flush=True,
+            )
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print()
-    print(f"device: {device} ({device_name}), {cores} cores, batch {args.batch_size}, "
-          f"augment={args.augment}, cold={args.cold}, torch threads {torch.get_num_threads()}")
+    print(
+        f"device: {device} ({device_name}), {cores} cores, batch {args.batch_size}, "
+        f"augment={args.augment}, cold={args.cold}, torch threads {torch.get_num_threads()}"
+    )
     print(f"front end alone: {fe_rate:.1f} clips/s")
     print(f"{'workers':>7} | {'loader clips/s':>14} | {'end-to-end clips/s':>18}")
     print(f"{'-' * 7}-+-{'-' * 14}-+-{'-' * 18}")
@@ -156,9 +170,17 @@ def main() -> int:
         print(f"{row['workers']:>7} | {row['loader_clips_per_s']:>14.1f} | {row['end_to_end_clips_per_s']:>18.1f}")
     if args.out:
         report = {
-            "device": str(device), "device_name": device_name, "cores": cores, "batch_size": args.batch_size,
-            "clips": args.clips, "augment": args.augment, "cold": args.cold, "seconds": args.seconds,
-            "torch": torch.__version__, "frontend_only_clips_per_s": fe_rate, "results": rows,
+            "device": str(device),
+            "device_name": device_name,
+            "cores": cores,
+            "batch_size": args.batch_size,
+            "clips": args.clips,
+            "augment": args.augment,
+            "cold": args.cold,
+            "seconds": args.seconds,
+            "torch": torch.__version__,
+            "frontend_only_clips_per_s": fe_rate,
+            "results": rows,
         }
         Path(args.out).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")

@@ -13,6 +13,7 @@ and writes JSON (--out).
     .venv/bin/python benchmarks/bench_infer.py --out bench_infer.json                 # CPU (+ GPU if present)
     .venv/bin/python benchmarks/bench_infer.py --devices cuda --out bench_infer_gpu.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,13 @@ def timed_call(fn, batch: torch.Tensor) -> float:
 def summarise(times: list[float], batch: int) -> dict:
     median = statistics.median(times)
     best = min(times)
-    return {"iters": len(times), "median_s": median, "best_s": best, "windows_per_s": batch / median,
-            "best_windows_per_s": batch / best}
+    return {
+        "iters": len(times),
+        "median_s": median,
+        "best_s": best,
+        "windows_per_s": batch / median,
+        "best_windows_per_s": batch / best,
+    }
 
 
 def peak_memory_mib(device: torch.device, base: int) -> float | None:
@@ -64,7 +70,7 @@ def configs(device: str, precisions: list[str], models: list[str]) -> list[tuple
     rows = []
     for precision in precisions if device == "cuda" else ["fp32"]:
         for model in models:
-            for fold in ((False, True) if "dcls" in model else (False,)):
+            for fold in (False, True) if "dcls" in model else (False,):
                 rows.append((model, fold, precision))
     return rows
 
@@ -72,14 +78,17 @@ def configs(device: str, precisions: list[str], models: list[str]) -> list[tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
-    parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu",
-                        help="comma list of cpu, cuda")
+    parser.add_argument(
+        "--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu", help="comma list of cpu, cuda"
+    )
     parser.add_argument("--models", default=f"{DCLS_MODEL},{BASELINE_MODEL}", help="comma list of model names")
     parser.add_argument("--precisions", default="fp32,bf16,fp16", help="GPU precisions (CPU runs fp32)")
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--cpu-batch", type=int, default=4)
     parser.add_argument("--gpu-batch", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per configuration first (CUDA: at least 3)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed calls per configuration first (CUDA: at least 3)"
+    )
     parser.add_argument("--iters", type=int, default=5, help="timed rounds (one call per configuration each), at least")
     parser.add_argument("--min-seconds", type=float, default=0.0, help="keep timing until this much time passed")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
@@ -137,25 +146,44 @@ def main() -> None:
                 times[key].append(timed_call(fn, batch))
             rounds += 1
         for (model_name, fold, precision), t in times.items():
-            row = {"device": device.type, "model": model_name, "folded": fold, "precision": precision,
-                   "batch": batch_size, **summarise(t, batch_size), "peak_mib": peaks[(model_name, fold, precision)]}
+            row = {
+                "device": device.type,
+                "model": model_name,
+                "folded": fold,
+                "precision": precision,
+                "batch": batch_size,
+                **summarise(t, batch_size),
+                "peak_mib": peaks[(model_name, fold, precision)],
+            }
             rows.append(row)
-            print(f"  {device.type:4s} {model_name:26s} fold={str(fold):5s} {precision:4s} "
-                  f"{row['windows_per_s']:9.1f} windows/s", file=sys.stderr, flush=True)
+            print(
+                f"  {device.type:4s} {model_name:26s} fold={str(fold):5s} {precision:4s} "
+                f"{row['windows_per_s']:9.1f} windows/s",
+                file=sys.stderr,
+                flush=True,
+            )
         del fns
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    header = (f"{'device':6s} {'model':26s} {'folded':6s} {'prec':5s} {'batch':>5s} {'windows/s':>10s} "
-              f"{'best w/s':>9s} {'ms/batch':>9s} {'peak MiB':>9s}")
+    header = (
+        f"{'device':6s} {'model':26s} {'folded':6s} {'prec':5s} {'batch':>5s} {'windows/s':>10s} "
+        f"{'best w/s':>9s} {'ms/batch':>9s} {'peak MiB':>9s}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         peak = f"{r['peak_mib']:9.0f}" if r["peak_mib"] is not None else f"{'-':>9s}"
-        print(f"{r['device']:6s} {r['model']:26s} {'-' if r['folded'] is None else str(r['folded']):6s} {r['precision']:5s} {r['batch']:5d} "
-              f"{r['windows_per_s']:10.1f} {r['best_windows_per_s']:9.1f} {1000 * r['median_s']:9.1f} {peak}")
+        print(
+            f"{r['device']:6s} {r['model']:26s} {'-' if r['folded'] is None else str(r['folded']):6s} "
+            f"{r['precision']:5s} {r['batch']:5d} "
+            f"{r['windows_per_s']:10.1f} {r['best_windows_per_s']:9.1f} {1000 * r['median_s']:9.1f} {peak}"
+        )
     print("\nwindows/s from the median time per batch, best w/s from the fastest batch; ms/batch is the median")
-    print(f"{info['gpu'] or 'no GPU'}; CPU threads {info['cpu_threads']}; DCLS_IMPL={info['dcls_impl']}; torch {info['torch']}")
+    print(
+        f"{info['gpu'] or 'no GPU'}; CPU threads {info['cpu_threads']}; DCLS_IMPL={info['dcls_impl']}; "
+        f"torch {info['torch']}"
+    )
     if args.out:
         args.out.write_text(json.dumps({"info": info, "rows": rows}, indent=1))
         print(f"wrote {args.out}")

@@ -13,6 +13,7 @@ rows with the other fast convolutions forced follow (``fast-fft``, ``fast-direct
 ``fast-refconstruct``, ``fast-unfused``, FFT chunk counts). Runs on CPU too (slowly, with
 wall-clock times; use ``--cases`` to keep it short).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,7 +100,13 @@ def fwd_bwd_step(module: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype
     return step
 
 
-def measure(step: Callable[[], None], device: torch.device, context: Callable = contextlib.nullcontext, warmup_ms: float = 25, rep_ms: float = 150) -> dict:
+def measure(
+    step: Callable[[], None],
+    device: torch.device,
+    context: Callable = contextlib.nullcontext,
+    warmup_ms: float = 25,
+    rep_ms: float = 150,
+) -> dict:
     with context():
         step()  # compile / plan
         if device.type == "cuda":
@@ -112,12 +119,23 @@ def measure(step: Callable[[], None], device: torch.device, context: Callable = 
 def _chosen_conv(module: nn.Module, x: torch.Tensor, dtype) -> str:
     plain = module.learned_dims == module.conv_dims and not module.dense_dims
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        if plain and dispatch.select_fused(x, module.weight, module.P, module.SIG, module.dilated_kernel_size,
-                                           module.stride, module.padding, module.padding_mode, module.version):
+        if plain and dispatch.select_fused(
+            x,
+            module.weight,
+            module.P,
+            module.SIG,
+            module.dilated_kernel_size,
+            module.stride,
+            module.padding,
+            module.padding_mode,
+            module.version,
+        ):
             return "fused triton+fft"
         kernel = module.construct_kernel()
         name, _ = dispatch.select_conv(x, kernel, module.stride, module.padding, module.groups, module.padding_mode)
-    construct, _ = dispatch.select_construct(module.weight, module.P, module.SIG, module.dilated_kernel_size, module.version)
+    construct, _ = dispatch.select_construct(
+        module.weight, module.P, module.SIG, module.dilated_kernel_size, module.version
+    )
     return f"{construct}+{name}"
 
 
@@ -167,8 +185,19 @@ def _fft_on(chunks: int):
         fft_conv.FORCE_CHUNKS = saved
 
 
-def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape: tuple, device, dtypes, variants: bool,
-                extra_rows=None, fft_chunk_variants: bool = False) -> list[dict]:
+def _layer_rows(
+    case: str,
+    name: str,
+    cin: int,
+    cout: int,
+    kwargs: dict,
+    x_shape: tuple,
+    device,
+    dtypes,
+    variants: bool,
+    extra_rows=None,
+    fft_chunk_variants: bool = False,
+) -> list[dict]:
     rows = []
     ours, theirs = _pair(name, cin, cout, kwargs, device)
     x = torch.randn(x_shape, device=device, requires_grad=True)
@@ -176,7 +205,9 @@ def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape
         dtype = DTYPES[dname]
         base = {"case": case, "dtype": dname}
 
-        def add(impl: str, module: nn.Module, context=contextlib.nullcontext, note: str = "") -> None:
+        def add(
+            impl: str, module: nn.Module, context=contextlib.nullcontext, note: str = "", dtype=dtype, base=base
+        ) -> None:
             try:
                 r = measure(fwd_bwd_step(module, x, dtype), device, context)
             except Exception as exc:  # keep the run going; the row says what broke
@@ -199,7 +230,9 @@ def _layer_rows(case: str, name: str, cin: int, cout: int, kwargs: dict, x_shape
                 add("fast-unfused", ours, lambda: dispatch.forced(fused=False), note="construction and FFT apart")
             if fft_chunk_variants:
                 for chunks in (1, 2, 4, 8, 16):
-                    add(f"fft-{chunks}-chunks", ours, lambda c=chunks: _fft_on(c), note=f"FFT, batch in {chunks} chunks")
+                    add(
+                        f"fft-{chunks}-chunks", ours, lambda c=chunks: _fft_on(c), note=f"FFT, batch in {chunks} chunks"
+                    )
         for impl, module in (extra_rows or {}).items():
             add(impl, module)
     return rows
@@ -214,8 +247,19 @@ def stage_cases(device, dtypes, versions, variants: bool, batch: int) -> list[di
         }
         for i, version in enumerate(versions):
             kwargs = dict(kernel_count=26, dilated_kernel_size=23, padding=11, groups=C, version=version)
-            rows += _layer_rows(f"stage C={C}@{H}x{W} {version}", "Dcls2d", C, C, kwargs, (batch, C, H, W), device, dtypes, variants,
-                                extra_rows=plain if i == 0 else None, fft_chunk_variants=i == 0)
+            rows += _layer_rows(
+                f"stage C={C}@{H}x{W} {version}",
+                "Dcls2d",
+                C,
+                C,
+                kwargs,
+                (batch, C, H, W),
+                device,
+                dtypes,
+                variants,
+                extra_rows=plain if i == 0 else None,
+                fft_chunk_variants=i == 0,
+            )
     return rows
 
 
@@ -223,31 +267,87 @@ def other_cases(device, dtypes, which: set, variants: bool) -> list[dict]:
     rows = []
     if "1d" in which:  # learnable delays: groups=1, one element per (out, in) pair, long sequences
         for K in (25, 250):
-            rows += _layer_rows(f"Dcls1d 256->256 K={K} L=2000 N=32", "Dcls1d", 256, 256,
-                                dict(kernel_count=1, dilated_kernel_size=K, padding=K // 2, version="gauss"),
-                                (32, 256, 2000), device, dtypes, variants)
+            rows += _layer_rows(
+                f"Dcls1d 256->256 K={K} L=2000 N=32",
+                "Dcls1d",
+                256,
+                256,
+                dict(kernel_count=1, dilated_kernel_size=K, padding=K // 2, version="gauss"),
+                (32, 256, 2000),
+                device,
+                dtypes,
+                variants,
+            )
     if "3d" in which:
-        rows += _layer_rows("Dcls3d 32->32 k=7 count=8 16x32x32 N=8", "Dcls3d", 32, 32,
-                            dict(kernel_count=8, dilated_kernel_size=7, padding=3, version="gauss"),
-                            (8, 32, 16, 32, 32), device, dtypes, variants)
-        rows += _layer_rows("Dcls3d dw C=64 k=11 count=16 16x32x32 N=8", "Dcls3d", 64, 64,
-                            dict(kernel_count=16, dilated_kernel_size=11, padding=5, groups=64, version="gauss"),
-                            (8, 64, 16, 32, 32), device, dtypes, variants)
+        rows += _layer_rows(
+            "Dcls3d 32->32 k=7 count=8 16x32x32 N=8",
+            "Dcls3d",
+            32,
+            32,
+            dict(kernel_count=8, dilated_kernel_size=7, padding=3, version="gauss"),
+            (8, 32, 16, 32, 32),
+            device,
+            dtypes,
+            variants,
+        )
+        rows += _layer_rows(
+            "Dcls3d dw C=64 k=11 count=16 16x32x32 N=8",
+            "Dcls3d",
+            64,
+            64,
+            dict(kernel_count=16, dilated_kernel_size=11, padding=5, groups=64, version="gauss"),
+            (8, 64, 16, 32, 32),
+            device,
+            dtypes,
+            variants,
+        )
     if "3_1d" in which:
-        rows += _layer_rows("Dcls3_1d 32->32 dense 3x3 k=23 16x32x64 N=8", "Dcls3_1d", 32, 32,
-                            dict(kernel_count=4, dense_kernel_size=3, dilated_kernel_size=23, padding=(1, 1, 11), version="gauss"),
-                            (8, 32, 16, 32, 64), device, dtypes, variants)
+        rows += _layer_rows(
+            "Dcls3_1d 32->32 dense 3x3 k=23 16x32x64 N=8",
+            "Dcls3_1d",
+            32,
+            32,
+            dict(kernel_count=4, dense_kernel_size=3, dilated_kernel_size=23, padding=(1, 1, 11), version="gauss"),
+            (8, 32, 16, 32, 64),
+            device,
+            dtypes,
+            variants,
+        )
     if "2dk1d" in which:
-        rows += _layer_rows("Dcls2dK1d dw C=96 (1,23) 64x62 N=64", "Dcls2dK1d", 96, 96,
-                            dict(kernel_count=8, dilated_kernel_size=23, padding=(0, 11), groups=96, flat_dim=1, version="gauss"),
-                            (64, 96, 64, 62), device, dtypes, variants)
-        rows += _layer_rows("Dcls2dK1d 128->128 (23,1) 32x64 N=16", "Dcls2dK1d", 128, 128,
-                            dict(kernel_count=4, dilated_kernel_size=23, padding=(11, 0), flat_dim=0, version="v1"),
-                            (16, 128, 32, 64), device, dtypes, variants)
+        rows += _layer_rows(
+            "Dcls2dK1d dw C=96 (1,23) 64x62 N=64",
+            "Dcls2dK1d",
+            96,
+            96,
+            dict(kernel_count=8, dilated_kernel_size=23, padding=(0, 11), groups=96, flat_dim=1, version="gauss"),
+            (64, 96, 64, 62),
+            device,
+            dtypes,
+            variants,
+        )
+        rows += _layer_rows(
+            "Dcls2dK1d 128->128 (23,1) 32x64 N=16",
+            "Dcls2dK1d",
+            128,
+            128,
+            dict(kernel_count=4, dilated_kernel_size=23, padding=(11, 0), flat_dim=0, version="v1"),
+            (16, 128, 32, 64),
+            device,
+            dtypes,
+            variants,
+        )
     if "dense" in which:
-        rows += _layer_rows("Dcls2d dense 256->256 k=23 count=26 32x32 N=8", "Dcls2d", 256, 256,
-                            dict(kernel_count=26, dilated_kernel_size=23, padding=11, version="gauss"),
-                            (8, 256, 32, 32), device, dtypes, variants)
+        rows += _layer_rows(
+            "Dcls2d dense 256->256 k=23 count=26 32x32 N=8",
+            "Dcls2d",
+            256,
+            256,
+            dict(kernel_count=26, dilated_kernel_size=23, padding=11, version="gauss"),
+            (8, 256, 32, 32),
+            device,
+            dtypes,
+            variants,
+        )
         rows += construction_memory(device)
     return rows
 
@@ -255,7 +355,9 @@ def other_cases(device, dtypes, which: set, variants: bool) -> list[dict]:
 def construction_memory(device) -> list[dict]:
     """Kernel construction alone (forward + backward) for the dense 256x256, 26-element layer."""
     rows = []
-    ours, theirs = _pair("Dcls2d", 256, 256, dict(kernel_count=26, dilated_kernel_size=23, padding=11, version="gauss"), device)
+    ours, theirs = _pair(
+        "Dcls2d", 256, 256, dict(kernel_count=26, dilated_kernel_size=23, padding=11, version="gauss"), device
+    )
     dense_mib = 256 * 256 * 23 * 23 * 4 / 2**20
 
     def build_step(build):
@@ -263,6 +365,7 @@ def construction_memory(device) -> list[dict]:
             k = build()
             params = [p for p in (ours.weight, ours.P, ours.SIG) if p is not None]
             torch.autograd.grad(k, params, torch.ones_like(k))
+
         return step
 
     def their_build():
@@ -274,17 +377,35 @@ def construction_memory(device) -> list[dict]:
             r = measure(build_step(ours.construct_kernel), device, ctx)
         except Exception as exc:
             r = {"ms": None, "peak_mib": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        rows.append({"case": "construct 256x256x26 -> 23x23", "dtype": "fp32", "impl": impl, "note": f"dense kernel {dense_mib:.1f} MiB", **r})
+        rows.append(
+            {
+                "case": "construct 256x256x26 -> 23x23",
+                "dtype": "fp32",
+                "impl": impl,
+                "note": f"dense kernel {dense_mib:.1f} MiB",
+                **r,
+            }
+        )
         _print_row(rows[-1])
     if theirs is not None:
         try:
+
             def step():
                 k = their_build()
                 torch.autograd.grad(k, [theirs.weight, theirs.P, theirs.SIG], torch.ones_like(k))
+
             r = measure(step, device, warmup_ms=5, rep_ms=20)
         except Exception as exc:
             r = {"ms": None, "peak_mib": None, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        rows.append({"case": "construct 256x256x26 -> 23x23", "dtype": "fp32", "impl": "dcls-0.1.1", "note": f"dense kernel {dense_mib:.1f} MiB", **r})
+        rows.append(
+            {
+                "case": "construct 256x256x26 -> 23x23",
+                "dtype": "fp32",
+                "impl": "dcls-0.1.1",
+                "note": f"dense kernel {dense_mib:.1f} MiB",
+                **r,
+            }
+        )
         _print_row(rows[-1])
     return rows
 
@@ -302,7 +423,11 @@ def _print_row(r: dict) -> None:
         _PARTIAL["rows"].append(r)
         _PARTIAL["path"].write_text(json.dumps({"partial": True, "rows": _PARTIAL["rows"]}, indent=1))
     err = f"  ERROR {r['error']}" if r.get("error") else ""
-    print(f"{r['case'][:46]:<46} {r['dtype']:>5} {r['impl'][:22]:<22} {_fmt(r.get('ms'), 9)} ms {_fmt(r.get('peak_mib'), 9, 1)} MiB  {r.get('note', '')}{err}", flush=True)
+    print(
+        f"{r['case'][:46]:<46} {r['dtype']:>5} {r['impl'][:22]:<22} {_fmt(r.get('ms'), 9)} ms "
+        f"{_fmt(r.get('peak_mib'), 9, 1)} MiB  {r.get('note', '')}{err}",
+        flush=True,
+    )
 
 
 def stage_summary(rows: list[dict]) -> list[dict]:
@@ -317,10 +442,24 @@ def stage_summary(rows: list[dict]) -> list[dict]:
             sums: dict[str, float] = {}
             peaks: dict[str, float] = {}
             for impl in impls:  # plain convolutions are measured once, under the first version
-                mine = [r for r in stage_rows if r["dtype"] == dname and r["impl"] == impl
-                        and (impl.startswith("conv") or r["case"].endswith(f" {version}"))]
-                ms = [next((r["ms"] for r in mine if r["case"].startswith(f"stage C={C}@{H}x{W} ") and r.get("ms") is not None), None)
-                      for C, H, W in STAGES]
+                mine = [
+                    r
+                    for r in stage_rows
+                    if r["dtype"] == dname
+                    and r["impl"] == impl
+                    and (impl.startswith("conv") or r["case"].endswith(f" {version}"))
+                ]
+                ms = [
+                    next(
+                        (
+                            r["ms"]
+                            for r in mine
+                            if r["case"].startswith(f"stage C={C}@{H}x{W} ") and r.get("ms") is not None
+                        ),
+                        None,
+                    )
+                    for C, H, W in STAGES
+                ]
                 if None not in ms:
                     sums[impl] = sum(ms)
                 mib = [r["peak_mib"] for r in mine if r.get("peak_mib") is not None]
@@ -341,12 +480,15 @@ def stage_summary(rows: list[dict]) -> list[dict]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
-    parser.add_argument("--cases", default="stages,1d,3d,3_1d,2dk1d,dense",
-                        help="comma list of: stages, 1d, 3d, 3_1d, 2dk1d, dense")
+    parser.add_argument(
+        "--cases", default="stages,1d,3d,3_1d,2dk1d,dense", help="comma list of: stages, 1d, 3d, 3_1d, 2dk1d, dense"
+    )
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma list of: fp32, bf16")
     parser.add_argument("--versions", default="gauss,v0", help="stage versions")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--no-variants", action="store_true", help="skip the forced-FFT / reference-construction / chunking rows")
+    parser.add_argument(
+        "--no-variants", action="store_true", help="skip the forced-FFT / reference-construction / chunking rows"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -358,18 +500,23 @@ def main(argv=None) -> None:
     unknown = cases - {"stages", "1d", "3d", "3_1d", "2dk1d", "dense"}
     if unknown:
         parser.error(f"--cases: unknown case(s) {sorted(unknown)}")
-    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__}
+    info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         _PARTIAL["path"] = args.out
     print(f"# {info}")
     rows = []
     if "stages" in cases:
-        rows += stage_cases(device, dtypes, [v for v in args.versions.split(",") if v], not args.no_variants, args.batch)
+        rows += stage_cases(
+            device, dtypes, [v for v in args.versions.split(",") if v], not args.no_variants, args.batch
+        )
     rows += other_cases(device, dtypes, cases, not args.no_variants)
     summary = stage_summary(rows)
     if summary:
-        print("\n# ConvNeXt-T stage sums (ms, fwd+bwd, batch %d)" % args.batch)
+        print(f"\n# ConvNeXt-T stage sums (ms, fwd+bwd, batch {args.batch})")
         for s in summary:
             print("  " + ", ".join(f"{k}={v}" for k, v in s.items()))
     if args.out:

@@ -18,6 +18,7 @@ ends. Prints a table and writes JSON (default: benchmarks/results/bench_train_lo
     python benchmarks/bench_train.py --modes eager reduce-overhead --steps 100
     python benchmarks/bench_train.py --smoke                          # tiny CPU check
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
+from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
 from dcls_audio.features import LogMelFrontEnd  # noqa: E402
 from dcls_audio.features.augment import (  # noqa: E402
     apply_erase,
@@ -46,9 +48,8 @@ from dcls_audio.features.augment import (  # noqa: E402
     sample_front_end,
     sample_mixup_draws,
 )
-from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
-from dcls_audio.training.module import AudioTaggingModule  # noqa: E402
 from dcls_audio.models import create_model  # noqa: E402
+from dcls_audio.training.module import AudioTaggingModule  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -172,8 +173,14 @@ class StepProfiler(L.Callback):
             self.prof.__exit__(None, None, None)
             events = self.prof.key_averages()
             print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
-            keys = ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize",
-                    "cudaEventSynchronize", "Memcpy DtoH")
+            keys = (
+                "aten::item",
+                "aten::_local_scalar_dense",
+                "cudaStreamSynchronize",
+                "cudaDeviceSynchronize",
+                "cudaEventSynchronize",
+                "Memcpy DtoH",
+            )
             self.syncs = {e.key: e.count for e in events if any(k in e.key for k in keys)}
             print(f"== host syncs in {self.steps} profiled steps: {self.syncs}")
             self.prof = None
@@ -183,27 +190,44 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
     """The real training step: DataModule on ``h5`` -> LightningModule -> lightning.Trainer."""
     _fresh(device)
     torch.manual_seed(0)
-    dm = AudioSetDataModule(train_files=h5, batch_size=args.batch_size, num_workers=args.num_workers,
-                            seed=0, clip_samples=args.clip_samples)
+    dm = AudioSetDataModule(
+        train_files=h5, batch_size=args.batch_size, num_workers=args.num_workers, seed=0, clip_samples=args.clip_samples
+    )
     module = AudioTaggingModule(
-        name, NUM_CLASSES, model_kwargs=_model_kwargs(name, args), lr=1e-3, warmup_steps=10,
-        compile=mode != "eager", compile_mode="default" if mode == "eager" else mode,
+        name,
+        NUM_CLASSES,
+        model_kwargs=_model_kwargs(name, args),
+        lr=1e-3,
+        warmup_steps=10,
+        compile=mode != "eager",
+        compile_mode="default" if mode == "eager" else mode,
     )
     if args.smoke:  # a shorter clip: the front end's length follows the file
         module.front_end.clip_samples = args.clip_samples
     timer = StepTimer(args.warmup, args.steps)
     profiler = StepProfiler(args.warmup - args.profile_steps, args.profile_steps) if args.profile_steps else None
     trainer = L.Trainer(
-        accelerator=device.type, devices=1, precision=args.precision, max_steps=args.warmup + args.steps + 1,
-        max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=[timer, *([profiler] if profiler else [])],
+        accelerator=device.type,
+        devices=1,
+        precision=args.precision,
+        max_steps=args.warmup + args.steps + 1,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[timer, *([profiler] if profiler else [])],
     )
     trainer.fit(module, datamodule=dm)
     settings = dm.loader_settings()
     row = {
-        "samples_per_s": args.steps * args.batch_size / timer.seconds, "step_ms": 1000 * timer.seconds / args.steps,
-        "peak_memory_gib": timer.peak_bytes / 2**30, "num_workers": settings.num_workers,
-        "prefetch_factor": settings.prefetch_factor, "pin_memory": settings.pin_memory,
+        "samples_per_s": args.steps * args.batch_size / timer.seconds,
+        "step_ms": 1000 * timer.seconds / args.steps,
+        "peak_memory_gib": timer.peak_bytes / 2**30,
+        "num_workers": settings.num_workers,
+        "prefetch_factor": settings.prefetch_factor,
+        "pin_memory": settings.pin_memory,
     }
     if profiler is not None:
         row["profiled_syncs"] = profiler.syncs
@@ -246,21 +270,30 @@ def augment_ms(args: argparse.Namespace, device: torch.device) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["convnext_audio_tiny", "convnext_dcls_audio_tiny"])
-    parser.add_argument("--modes", nargs="+", default=["eager", "default"],
-                        help="eager and/or torch.compile modes (default, reduce-overhead, max-autotune, ...)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["eager", "default"],
+        help="eager and/or torch.compile modes (default, reduce-overhead, max-autotune, ...)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=60, help="timed steps")
     parser.add_argument("--warmup", type=int, default=15, help="untimed steps first (compilation, autotuning)")
     parser.add_argument("--precision", default="bf16-mixed", choices=("32", "bf16-mixed", "16-mixed"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cuda", "cpu"))
-    parser.add_argument("--clips", type=int, default=0,
-                        help="clips in the generated HDF5 file (default: enough for every timed run)")
+    parser.add_argument(
+        "--clips", type=int, default=0, help="clips in the generated HDF5 file (default: enough for every timed run)"
+    )
     parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: automatic)")
-    parser.add_argument("--profile-steps", type=int, default=0,
-                        help="profile this many of the last warm-up steps of each loop run")
+    parser.add_argument(
+        "--profile-steps", type=int, default=0, help="profile this many of the last warm-up steps of each loop run"
+    )
     parser.add_argument("--tmpdir", default=None, help="where to write the HDF5 file")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny CPU check: tiny models, 2 clips per batch, 4 s clips, 2+2 steps, fp32")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny CPU check: tiny models, 2 clips per batch, 4 s clips, 2+2 steps, fp32",
+    )
     parser.add_argument("--json", default=None, help="output JSON (default under benchmarks/results/)")
     args = parser.parse_args(argv)
     args.clip_samples = 320000
@@ -280,8 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     clips = args.clips or args.batch_size * (args.warmup + args.steps + 2)
 
-    report = {"device": device_name, "torch": torch.__version__, "precision": args.precision,
-              "batch_size": args.batch_size, "clips": clips, "results": []}
+    report = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "clips": clips,
+        "results": [],
+    }
     report["augment_mixup_ms_per_step"] = augment_ms(args, device)
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         h5 = Path(tmp) / "bench_train.h5"
@@ -290,21 +329,30 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 bare = bare_step(name, mode, args, device)
                 loop = loop_step(name, mode, h5, args, device)
-                row = {"model": name, "mode": mode, "bare_samples_per_s": bare["samples_per_s"],
-                       "loop_samples_per_s": loop["samples_per_s"],
-                       "ratio": loop["samples_per_s"] / bare["samples_per_s"],
-                       "bare_step_ms": bare["step_ms"], "loop_step_ms": loop["step_ms"],
-                       **{k: v for k, v in loop.items() if k not in ("samples_per_s", "step_ms")}}
+                row = {
+                    "model": name,
+                    "mode": mode,
+                    "bare_samples_per_s": bare["samples_per_s"],
+                    "loop_samples_per_s": loop["samples_per_s"],
+                    "ratio": loop["samples_per_s"] / bare["samples_per_s"],
+                    "bare_step_ms": bare["step_ms"],
+                    "loop_step_ms": loop["step_ms"],
+                    **{k: v for k, v in loop.items() if k not in ("samples_per_s", "step_ms")},
+                }
                 report["results"].append(row)
                 out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it measured
 
     print(f"device: {device_name}, torch {torch.__version__}, {args.precision}, batch {args.batch_size}")
     print(f"augmentations + mixup alone: {report['augment_mixup_ms_per_step']:.2f} ms per step")
-    print(f"{'model':<26} {'mode':<16} {'bare/s':>9} {'loop/s':>9} {'ratio':>6} "
-          f"{'bare ms':>8} {'loop ms':>8} {'workers':>7}")
+    print(
+        f"{'model':<26} {'mode':<16} {'bare/s':>9} {'loop/s':>9} {'ratio':>6} "
+        f"{'bare ms':>8} {'loop ms':>8} {'workers':>7}"
+    )
     for r in report["results"]:
-        print(f"{r['model']:<26} {r['mode']:<16} {r['bare_samples_per_s']:>9.1f} {r['loop_samples_per_s']:>9.1f} "
-              f"{r['ratio']:>6.2f} {r['bare_step_ms']:>8.1f} {r['loop_step_ms']:>8.1f} {r['num_workers']:>7}")
+        print(
+            f"{r['model']:<26} {r['mode']:<16} {r['bare_samples_per_s']:>9.1f} {r['loop_samples_per_s']:>9.1f} "
+            f"{r['ratio']:>6.2f} {r['bare_step_ms']:>8.1f} {r['loop_step_ms']:>8.1f} {r['num_workers']:>7}"
+        )
     print(f"wrote {out}")
     return 0
 

@@ -9,6 +9,7 @@ that folder exists, else from the table in ``dcls_audio.models.param_count``. Th
 README lists the counts with a 1000-class head ("ours@1000 cls" reproduces them).
 Device-independent: runs on CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ def manifest_counts(upstream_dir: Path) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
-    parser.add_argument("--upstream-dir", type=Path, default=ROOT.parent / "shared" / "upstream",
-                        help="folder with the upstream <model>.json manifests")
+    parser.add_argument(
+        "--upstream-dir",
+        type=Path,
+        default=ROOT.parent / "shared" / "upstream",
+        help="folder with the upstream <model>.json manifests",
+    )
     args = parser.parse_args(argv)
 
     rows = parameter_table()

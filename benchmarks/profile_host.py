@@ -9,6 +9,7 @@ the operators with the most host time. ``--micro`` adds the host cost of single 
 
     python benchmarks/profile_host.py --dtypes fp32 --json profile_host.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import dcls_core  # noqa: E402
 from bench_layers import DTYPES, STAGES, fwd_bwd_step  # noqa: E402
+
+import dcls_core  # noqa: E402
 
 
 def per_call_us(fn: Callable[[], object], iters: int, wait_for_gpu: bool) -> float:
@@ -52,7 +54,9 @@ def host_profile(step: Callable[[], None], iters: int, top: int) -> dict:
     events = prof.key_averages()
     kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
     gpu_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
-    cpu_ops = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: -e.self_cpu_time_total)
+    cpu_ops = sorted(
+        (e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: -e.self_cpu_time_total
+    )
     return {
         "kernels_per_step": kernels / iters,
         "gpu_kernel_ms": gpu_us / iters / 1e3,
@@ -103,15 +107,19 @@ def main() -> None:
     for dname in args.dtypes.split(","):
         for C, H, W in STAGES:
             torch.manual_seed(0)
-            layer = dcls_core.Dcls2d(C, C, kernel_count=26, dilated_kernel_size=23, padding=11, groups=C, version=args.version).to(device)
+            layer = dcls_core.Dcls2d(
+                C, C, kernel_count=26, dilated_kernel_size=23, padding=11, groups=C, version=args.version
+            ).to(device)
             x = torch.randn(args.batch, C, H, W, device=device, requires_grad=True)
             step = fwd_bwd_step(layer, x, DTYPES[dname])
             wall = per_call_us(step, 50, wait_for_gpu=True) / 1e3
             prof = host_profile(step, args.iters, args.top)
             row = {"stage": f"C={C}@{H}x{W}", "dtype": dname, "loop_ms": wall, **prof}
             result["stages"].append(row)
-            print(f"\n{row['stage']} {dname}: loop {wall:.3f} ms/step, {prof['kernels_per_step']:.0f} kernels, "
-                  f"GPU kernels {prof['gpu_kernel_ms']:.3f} ms")
+            print(
+                f"\n{row['stage']} {dname}: loop {wall:.3f} ms/step, {prof['kernels_per_step']:.0f} kernels, "
+                f"GPU kernels {prof['gpu_kernel_ms']:.3f} ms"
+            )
             for op in prof["top_host_ops"]:
                 print(f"  {op['self_us_per_step']:8.1f} us  {op['calls_per_step']:5.1f}x  {op['op']}")
     Path(args.json).write_text(json.dumps(result, indent=1))

@@ -9,6 +9,7 @@ The difference is what CUDA graphs or ``torch.compile(mode="reduce-overhead")`` 
 
     python benchmarks/profile_layers.py --dtypes fp32,bf16 --json profile_layers.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_layers import DTYPES, STAGES, fwd_bwd_step  # noqa: E402
+
 import dcls_core  # noqa: E402
 from dcls_core import dispatch  # noqa: E402
 from dcls_core.conv.fft import passes as spectral_ops  # noqa: E402
-from bench_layers import DTYPES, STAGES, fwd_bwd_step  # noqa: E402
 
 
 def graph_of(step: Callable[[], None]) -> Callable[[], None]:
@@ -50,7 +52,9 @@ def bench_ms(fn: Callable[[], None]) -> float:
 
 def layers_for(C: int, device) -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    dcls = dcls_core.Dcls2d(C, C, kernel_count=26, dilated_kernel_size=23, padding=11, groups=C, version="gauss").to(device)
+    dcls = dcls_core.Dcls2d(C, C, kernel_count=26, dilated_kernel_size=23, padding=11, groups=C, version="gauss").to(
+        device
+    )
     return {  # the DCLS rows are one layer with its convolution forced (see CONVS)
         "dcls-direct": dcls,
         "dcls-fft": dcls,
@@ -84,20 +88,29 @@ def main() -> None:
                     eager = bench_ms(step)
                     graph = bench_ms(graph_of(step))
                 spectral_ops.FORCE_TORCH = False
-                rows.append({"stage": f"C={C}@{H}x{W}", "dtype": dname, "impl": impl, "eager_ms": eager, "graph_ms": graph})
+                rows.append(
+                    {"stage": f"C={C}@{H}x{W}", "dtype": dname, "impl": impl, "eager_ms": eager, "graph_ms": graph}
+                )
                 print(f"{rows[-1]['stage']:<14} {dname:>5} {impl:<21} {eager:>9.3f} {graph:>9.3f}", flush=True)
                 if args.kernels and impl in ("dcls-direct", "dcls-fft"):
-                    with dispatch.forced(conv=CONVS[impl]), torch.profiler.profile(
-                            activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                    with (
+                        dispatch.forced(conv=CONVS[impl]),
+                        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof,
+                    ):
                         step()
                         torch.cuda.synchronize()
                     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
     for dname in args.dtypes.split(","):
         for impl in (*CONVS, "conv7x7", "conv23x23"):
             sel = [r for r in rows if r["dtype"] == dname and r["impl"] == impl]
-            print(f"sum {dname} {impl:<21} eager {sum(r['eager_ms'] for r in sel):8.3f}  graph {sum(r['graph_ms'] for r in sel):8.3f}"
-                  f"  model-weighted (3,3,9,3) graph {sum(r['graph_ms'] * n for r, n in zip(sel, (3, 3, 9, 3))):8.3f}")
-    Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, indent=1))
+            print(
+                f"sum {dname} {impl:<21} eager {sum(r['eager_ms'] for r in sel):8.3f}  "
+                f"graph {sum(r['graph_ms'] for r in sel):8.3f}"
+                f"  model-weighted (3,3,9,3) graph {sum(r['graph_ms'] * n for r, n in zip(sel, (3, 3, 9, 3))):8.3f}"
+            )
+    Path(args.json).write_text(
+        json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":

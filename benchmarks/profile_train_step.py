@@ -5,6 +5,7 @@ times each phase with CUDA events and prints the top CUDA kernels of a profiled 
 
     python benchmarks/profile_train_step.py --model convnext_dcls_audio_tiny --batch-size 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,24 +43,28 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     for name in args.models:
-        module = AudioTaggingModule(name, 527, model_kwargs={"drop_path_rate": 0.1}, channels_last=args.channels_last).cuda().train()
+        module = (
+            AudioTaggingModule(name, 527, model_kwargs={"drop_path_rate": 0.1}, channels_last=args.channels_last)
+            .cuda()
+            .train()
+        )
         opt = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=True)
         wave = (torch.randn(args.batch_size, 320000, device="cuda") * 3000).to(torch.int16)
         target = (torch.rand(args.batch_size, 527, device="cuda") < 0.01).float()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             spec = module._spectrogram(wave)
 
-        def front():
+        def front(module=module, wave=wave):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 module._spectrogram(wave)
 
-        def fwd_bwd():
+        def fwd_bwd(module=module, opt=opt, spec=spec, target=target):
             opt.zero_grad(set_to_none=True)  # as a training step: backward writes fresh gradients
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(module.net(spec.detach()), target)
             loss.backward()
 
-        def step():
+        def step(opt=opt):
             opt.step()
             opt.zero_grad(set_to_none=False)
 

@@ -16,6 +16,7 @@ sizes from the ``--table`` costs (``COST_NS``), checked against these sweeps.
 2, 3, 5, 7 from 8 to ``--max-size`` over about 2^24 elements and prints the cost per element
 and axis (ns) that :mod:`dcls_core.conv.fft.sizes` uses to choose transform sizes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,9 @@ def cost_table(max_size: int) -> dict[int, float]:
     for L in smooth_sizes(8, max_size):
         batch = max(1, round(2**24 / (L * L)))
         x = torch.randn(batch, L, L, device="cuda")
-        ms = triton.testing.do_bench(lambda: torch.fft.irfft2(torch.fft.rfft2(x), s=(L, L)), warmup=10, rep=50, return_mode="median")
+        ms = triton.testing.do_bench(
+            lambda x=x, L=L: torch.fft.irfft2(torch.fft.rfft2(x), s=(L, L)), warmup=10, rep=50, return_mode="median"
+        )
         table[L] = round(float(ms) * 1e6 / (batch * L * L * 2), 5)
         print(f"L={L:4d}: {table[L]:.4f} ns per element and axis", flush=True)
     return table
@@ -79,7 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         table = cost_table(args.max_size)
-        Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "ns_per_element_axis": table}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"device": torch.cuda.get_device_name(), "ns_per_element_axis": table}, indent=1)
+        )
         return
     print(f"# {torch.cuda.get_device_name()}, primes {FFT_PRIMES}")
     results = []
@@ -90,12 +95,16 @@ def main() -> None:
         timings = []
         for sh in smooth_sizes(lh, int(lh * args.slack)):
             for sw in smooth_sizes(lw, int(lw * args.slack)):
-                ms = triton.testing.do_bench(lambda: conv_pass(x, k, (sh, sw)), warmup=10, rep=60, return_mode="median")
+                ms = triton.testing.do_bench(
+                    lambda x=x, k=k, sh=sh, sw=sw: conv_pass(x, k, (sh, sw)), warmup=10, rep=60, return_mode="median"
+                )
                 timings.append({"sizes": [sh, sw], "ms": round(float(ms), 4)})
         timings.sort(key=lambda t: t["ms"])
         smallest = next(t for t in timings if t["sizes"] == [fast_fft_size(lh), fast_fft_size(lw)])
-        print(f"C={C}@{H}x{W}: smallest {smallest['sizes']} {smallest['ms']:.3f} ms; fastest: "
-              + ", ".join(f"{t['sizes']} {t['ms']:.3f}" for t in timings[:6]))
+        print(
+            f"C={C}@{H}x{W}: smallest {smallest['sizes']} {smallest['ms']:.3f} ms; fastest: "
+            + ", ".join(f"{t['sizes']} {t['ms']:.3f}" for t in timings[:6])
+        )
         results.append({"stage": [C, H, W], "smallest": smallest, "timings": timings})
     Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "results": results}, indent=1))
 

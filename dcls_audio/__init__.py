@@ -3,6 +3,7 @@
 The model entry points are re-exported here (timm style): ``dcls_audio.create_model(name)``,
 ``dcls_audio.list_models()``. Names are imported on first use, so importing the package is cheap.
 """
+
 from __future__ import annotations
 
 from ._lazy import lazy_exports

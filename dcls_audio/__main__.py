@@ -1,4 +1,5 @@
 """``python -m dcls_audio ...`` runs the ``dcls-audio`` command."""
+
 from __future__ import annotations
 
 import sys

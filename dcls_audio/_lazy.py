@@ -1,4 +1,5 @@
 """Lazy package exports: names imported from their submodule on first attribute access."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """The ``dcls-audio`` command line: ``dcls-audio train | eval | infer | ...``."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,15 +13,27 @@ MIN_ONNX_OPSET, MAX_ONNX_OPSET = 14, 20
 
 def _add_checkpoint_args(parser: argparse.ArgumentParser, required: bool, labels_help: str) -> None:
     """The checkpoint arguments shared by infer, export and eval."""
-    parser.add_argument("-c", "--checkpoint", required=required, metavar="C",
-                        help="upstream .pth, our Lightning .ckpt or a state_dict, or a model name whose "
-                             "<name>.pth sits in checkpoints/")
-    parser.add_argument("-m", "--model", dest="model_name", metavar="NAME",
-                        help="model name, needed only when the checkpoint does not tell")
+    parser.add_argument(
+        "-c",
+        "--checkpoint",
+        required=required,
+        metavar="C",
+        help="upstream .pth, our Lightning .ckpt or a state_dict, or a model name whose "
+        "<name>.pth sits in checkpoints/",
+    )
+    parser.add_argument(
+        "-m",
+        "--model",
+        dest="model_name",
+        metavar="NAME",
+        help="model name, needed only when the checkpoint does not tell",
+    )
     parser.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
-    parser.add_argument("--allow-pickle", action="store_true",
-                        help="read checkpoints that need the full unpickler (can run code from the file: "
-                             "trusted files only)")
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read checkpoints that need the full unpickler (can run code from the file: trusted files only)",
+    )
     parser.add_argument("--labels", dest="class_csv", metavar="CSV", help=labels_help)
 
 
@@ -42,32 +55,58 @@ def _add_infer_parser(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="audio files, folders (searched recursively) and glob patterns; "
-                             "without --checkpoint the first argument is the checkpoint")
-    _add_checkpoint_args(parser, required=False, labels_help="class CSV (index,mid,display_name); default: names stored in the checkpoint, else the AudioSet classes")
-    parser.add_argument("--hop", dest="hop_s", type=float, default=5.0, metavar="SECONDS",
-                        help="step between 10 s window starts")
-    parser.add_argument("--aggregate", choices=("max", "mean"), default="max",
-                        help="how window scores make the file score")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="audio files, folders (searched recursively) and glob patterns; "
+        "without --checkpoint the first argument is the checkpoint",
+    )
+    _add_checkpoint_args(
+        parser,
+        required=False,
+        labels_help="class CSV (index,mid,display_name); default: names stored in the checkpoint, "
+        "else the AudioSet classes",
+    )
+    parser.add_argument(
+        "--hop", dest="hop_s", type=float, default=5.0, metavar="SECONDS", help="step between 10 s window starts"
+    )
+    parser.add_argument(
+        "--aggregate", choices=("max", "mean"), default="max", help="how window scores make the file score"
+    )
     parser.add_argument("-k", "--top-k", type=int, default=5, help="classes listed per file and window")
-    parser.add_argument("-f", "--format", dest="fmt", choices=("table", "json", "csv"), default="table",
-                        help="output format")
+    parser.add_argument(
+        "-f", "--format", dest="fmt", choices=("table", "json", "csv"), default="table", help="output format"
+    )
     parser.add_argument("-o", "--output", metavar="FILE", help="write the output here instead of stdout")
-    parser.add_argument("--windows", dest="show_windows", action="store_true",
-                        help="table format: also one line per window")
+    parser.add_argument(
+        "--windows", dest="show_windows", action="store_true", help="table format: also one line per window"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                        help="classifier precision (bf16/fp16 on CUDA only; the front end stays fp32)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="classifier precision (bf16/fp16 on CUDA only; the front end stays fp32)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="windows per batch (across files)")
-    parser.add_argument("--num-workers", type=int, default=None,
-                        help="decoding processes (default: 0 on CPU, up to 4 on CUDA)")
-    parser.add_argument("--fold", action=argparse.BooleanOptionalAction, default=None,
-                        help="fold DCLS layers into dense convolutions (same scores); default: on CPU only, "
-                             "CUDA keeps the faster DCLS depthwise kernel")
+    parser.add_argument(
+        "--num-workers", type=int, default=None, help="decoding processes (default: 0 on CPU, up to 4 on CUDA)"
+    )
+    parser.add_argument(
+        "--fold",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fold DCLS layers into dense convolutions (same scores); default: on CPU only, "
+        "CUDA keeps the faster DCLS depthwise kernel",
+    )
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (GPU)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar on stderr (default: for several files on a terminal)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: for several files on a terminal)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from .inference.app import run_infer
@@ -78,11 +117,25 @@ def _add_infer_parser(subparsers) -> None:
                 parser.error("give a checkpoint (--checkpoint C, or as the first argument) and at least one INPUT")
             checkpoint, inputs = inputs[0], inputs[1:]
         return run_infer(
-            checkpoint, inputs, model_name=args.model_name, use_ema=args.use_ema, allow_pickle=args.allow_pickle,
-            class_csv=args.class_csv, hop_s=args.hop_s, aggregate=args.aggregate, top_k=args.top_k,
-            fmt=args.fmt, output=args.output, show_windows=args.show_windows, device=args.device,
-            precision=args.precision, batch_size=args.batch_size, num_workers=args.num_workers,
-            fold=args.fold, channels_last=args.channels_last, progress=args.progress,
+            checkpoint,
+            inputs,
+            model_name=args.model_name,
+            use_ema=args.use_ema,
+            allow_pickle=args.allow_pickle,
+            class_csv=args.class_csv,
+            hop_s=args.hop_s,
+            aggregate=args.aggregate,
+            top_k=args.top_k,
+            fmt=args.fmt,
+            output=args.output,
+            show_windows=args.show_windows,
+            device=args.device,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            fold=args.fold,
+            channels_last=args.channels_last,
+            progress=args.progress,
         )
 
     parser.set_defaults(func=run)
@@ -105,29 +158,55 @@ def _add_export_parser(subparsers) -> None:
     parser.add_argument("-f", "--format", dest="fmt", choices=("onnx", "torchscript"), required=True)
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
     frontend = parser.add_mutually_exclusive_group()
-    frontend.add_argument("--with-frontend", dest="with_frontend", action="store_true", default=True,
-                          help="include the log-mel front end: waveform input")
-    frontend.add_argument("--no-frontend", dest="with_frontend", action="store_false",
-                          help="leave the front end out: log-mel input")
+    frontend.add_argument(
+        "--with-frontend",
+        dest="with_frontend",
+        action="store_true",
+        default=True,
+        help="include the log-mel front end: waveform input",
+    )
+    frontend.add_argument(
+        "--no-frontend", dest="with_frontend", action="store_false", help="leave the front end out: log-mel input"
+    )
     parser.add_argument("--logits", action="store_true", help="output logits instead of sigmoid scores")
-    parser.add_argument("--opset", type=int, default=17,
-                        help=f"ONNX opset ({MIN_ONNX_OPSET} to {MAX_ONNX_OPSET}: every model exports from "
-                             f"{MIN_ONNX_OPSET}; FastViT's attention needs it)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace FILE if it exists (never when it is the checkpoint)")
-    parser.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
-                        help="compare the exported model with PyTorch on a probe batch (max |diff| <= 1e-4)")
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=17,
+        help=f"ONNX opset ({MIN_ONNX_OPSET} to {MAX_ONNX_OPSET}: every model exports from "
+        f"{MIN_ONNX_OPSET}; FastViT's attention needs it)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace FILE if it exists (never when it is the checkpoint)"
+    )
+    parser.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare the exported model with PyTorch on a probe batch (max |diff| <= 1e-4)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         if args.fmt == "onnx" and not MIN_ONNX_OPSET <= args.opset <= MAX_ONNX_OPSET:
-            parser.error(f"argument --opset: {args.opset} is outside {MIN_ONNX_OPSET}..{MAX_ONNX_OPSET}, the opsets "
-                         "the exporter writes for these models")
+            parser.error(
+                f"argument --opset: {args.opset} is outside {MIN_ONNX_OPSET}..{MAX_ONNX_OPSET}, the opsets "
+                "the exporter writes for these models"
+            )
         from .export.exporter import run_export
 
         return run_export(
-            args.checkpoint, args.output, args.fmt, model_name=args.model_name, with_frontend=args.with_frontend,
-            logits=args.logits, use_ema=args.use_ema, allow_pickle=args.allow_pickle, class_csv=args.class_csv,
-            opset=args.opset, check=args.check, overwrite=args.overwrite,
+            args.checkpoint,
+            args.output,
+            args.fmt,
+            model_name=args.model_name,
+            with_frontend=args.with_frontend,
+            logits=args.logits,
+            use_ema=args.use_ema,
+            allow_pickle=args.allow_pickle,
+            class_csv=args.class_csv,
+            opset=args.opset,
+            check=args.check,
+            overwrite=args.overwrite,
         )
 
     parser.set_defaults(func=run)
@@ -139,9 +218,10 @@ def _add_pack_parser(subparsers) -> None:
         "pack",
         help="pack a folder of audio files and a segments CSV into a training HDF5 file",
         description=(
-            "Pack audio files (wav, flac, ogg, mp3, m4a, aac, mp4, webm, ...; only their first 10 s are decoded) into the PANNs HDF5 layout used for training: each file is "
+            "Pack audio files (wav, flac, ogg, mp3, m4a, aac, mp4, webm, ...; only their first 10 s are decoded) "
+            "into the PANNs HDF5 layout used for training: each file is "
             "mixed down to mono, resampled to 32 kHz, padded/cut to 10 s and stored as int16. Labels come from a "
-            "CSV in AudioSet segments format (YTID, start_seconds, end_seconds, \"mid,mid\"; # starts a comment); "
+            'CSV in AudioSet segments format (YTID, start_seconds, end_seconds, "mid,mid"; # starts a comment); '
             "a file matches a YTID when its name is <YTID>, Y<YTID>, or either followed by _<start>[_<end>]. "
             "Unreadable files and files without labels are listed and skipped. The output is written under a "
             "temporary name and renamed when complete."
@@ -151,8 +231,11 @@ def _add_pack_parser(subparsers) -> None:
     parser.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder searched recursively for audio files")
     parser.add_argument("labels_csv", metavar="LABELS_CSV", help="AudioSet segments CSV")
     parser.add_argument("output", metavar="OUTPUT", help="HDF5 file to write")
-    parser.add_argument("--class-csv", metavar="CSV",
-                        help="class list (index,mid,display_name) giving the target columns; default: AudioSet's 527")
+    parser.add_argument(
+        "--class-csv",
+        metavar="CSV",
+        help="class list (index,mid,display_name) giving the target columns; default: AudioSet's 527",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("-j", "--workers", type=int, default=0, help="decoding processes (0: decode in this process)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
@@ -160,8 +243,15 @@ def _add_pack_parser(subparsers) -> None:
     def run(args: argparse.Namespace) -> int:
         from .data.pack import run_pack
 
-        return run_pack(args.audio_dir, args.labels_csv, args.output, class_csv=args.class_csv,
-                        overwrite=args.overwrite, num_workers=args.workers, progress=args.progress)
+        return run_pack(
+            args.audio_dir,
+            args.labels_csv,
+            args.output,
+            class_csv=args.class_csv,
+            overwrite=args.overwrite,
+            num_workers=args.workers,
+            progress=args.progress,
+        )
 
     parser.set_defaults(func=run)
 
@@ -219,12 +309,22 @@ def _add_train_parser(subparsers) -> None:
     )
     parser.add_argument("-c", "--config", metavar="YAML", help="config file or shipped config name")
     parser.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint")
-    parser.add_argument("--print_config", "--print-config", dest="print_config", action="store_true",
-                        help="print the resolved config (YAML) and exit")
+    parser.add_argument(
+        "--print_config",
+        "--print-config",
+        dest="print_config",
+        action="store_true",
+        help="print the resolved config (YAML) and exit",
+    )
     fields = parser.add_argument_group("config fields")
     for key, (type_name, help_text) in config_keys().items():
-        fields.add_argument(f"--{key}", dest=key, metavar=type_name.upper() if " " not in type_name else "VALUE",
-                            default=argparse.SUPPRESS, help=f"{help_text} [{type_name}]")
+        fields.add_argument(
+            f"--{key}",
+            dest=key,
+            metavar=type_name.upper() if " " not in type_name else "VALUE",
+            default=argparse.SUPPRESS,
+            help=f"{help_text} [{type_name}]",
+        )
 
     def run(args: argparse.Namespace) -> int:
         from .training.config import ConfigError, check_machine, dump_config, load_config
@@ -289,28 +389,46 @@ def _add_eval_parser(subparsers) -> None:
     )
     _add_checkpoint_args(parser, required=True, labels_help="class CSV (index,mid,display_name); default: AudioSet's")
     parser.add_argument("-d", "--data", required=True, nargs="+", metavar="F.h5", help="HDF5 file(s) to score")
-    parser.add_argument("-o", "--output-dir", metavar="D",
-                        help="write metrics.json, per_class.csv, predictions.npz into this folder (other files "
-                             "there are left alone; the three are replaced together, and only with --overwrite)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace metrics.json, per_class.csv and predictions.npz in D if they exist")
+    parser.add_argument(
+        "-o",
+        "--output-dir",
+        metavar="D",
+        help="write metrics.json, per_class.csv, predictions.npz into this folder (other files "
+        "there are left alone; the three are replaced together, and only with --overwrite)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace metrics.json, per_class.csv and predictions.npz in D if they exist",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="clips per device and batch")
     parser.add_argument("--num-workers", type=int, default=2, help="data loader workers per device")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu, auto")
     parser.add_argument("--devices", default=1, type=_devices, help="device count, list (0,1) or auto")
     parser.add_argument("--strategy", default="auto", help="auto, ddp, ...")
-    parser.add_argument("--precision", default="32", choices=("32", "bf16-mixed", "16-mixed"),
-                        help="numeric precision of the backbone")
+    parser.add_argument(
+        "--precision", default="32", choices=("32", "bf16-mixed", "16-mixed"), help="numeric precision of the backbone"
+    )
 
     def run(args: argparse.Namespace) -> int:
         from .evaluation.evaluate import NonFiniteScoresError, evaluate, format_metrics
 
         try:
             result, out, is_main = evaluate(
-                args.checkpoint, args.data, args.output_dir, model_name=args.model_name, use_ema=args.use_ema,
-                allow_pickle=args.allow_pickle, class_csv=args.class_csv, batch_size=args.batch_size,
-                num_workers=args.num_workers, accelerator=args.accelerator, devices=args.devices,
-                strategy=args.strategy, precision=args.precision, overwrite=args.overwrite,
+                args.checkpoint,
+                args.data,
+                args.output_dir,
+                model_name=args.model_name,
+                use_ema=args.use_ema,
+                allow_pickle=args.allow_pickle,
+                class_csv=args.class_csv,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                accelerator=args.accelerator,
+                devices=args.devices,
+                strategy=args.strategy,
+                precision=args.precision,
+                overwrite=args.overwrite,
                 note=lambda text: print(f"dcls-audio eval: note: {text}", file=sys.stderr),
             )
         except NonFiniteScoresError as err:  # the run happened, its result is unusable

@@ -12,6 +12,7 @@ The rule for every output file (``infer -o``, ``export -o``, ``eval -o``'s files
   over the target in one step, so that an error, a full disk or Ctrl-C leaves either the old
   file or the new one, and no temporary file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,20 +87,25 @@ def check_output_path(
     path = Path(path)
     for item in inputs:
         if item is not None and same_file(path, item):
-            raise OutputError(errno.EEXIST, "output is an input", path,
-                              f"{what}: {path} is also an input ({item}); refusing to write over it")
+            raise OutputError(
+                errno.EEXIST,
+                "output is an input",
+                path,
+                f"{what}: {path} is also an input ({item}); refusing to write over it",
+            )
     if path.is_dir():
         raise OutputError(errno.EISDIR, "is a folder", path, f"{what}: {path} is a folder; give a file name")
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise OutputError(errno.EEXIST, "exists", path,
-                          f"{what}: {path} already exists; pass --overwrite to replace it")
+        raise OutputError(
+            errno.EEXIST, "exists", path, f"{what}: {path} already exists; pass --overwrite to replace it"
+        )
     if not path.parent.is_dir():
         raise OutputError(errno.ENOENT, "no folder", path, f"{what}: folder {path.parent} does not exist")
     return path
 
 
-_UMASK = os.umask(0)   # read once, at import: setting it per write would change it process-wide
-os.umask(_UMASK)       # for a moment, under the other threads' files
+_UMASK = os.umask(0)  # read once, at import: setting it per write would change it process-wide
+os.umask(_UMASK)  # for a moment, under the other threads' files
 
 #: RuntimeError texts with which torch's zip writer reports a failed write (full disk)
 _TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")

@@ -1,4 +1,5 @@
 """Shared test fixtures and markers."""
+
 from __future__ import annotations
 
 import sys
@@ -62,8 +63,14 @@ def single_thread():
 SAMPLE_RATE, CLIP_SAMPLES = 32000, 320000
 
 
-def tone_clips(labels: list[list[int]], num_classes: int = 527, seed: int = 0, base_hz: float = 200.0,
-               step_hz: float = 37.0, random_phase: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def tone_clips(
+    labels: list[list[int]],
+    num_classes: int = 527,
+    seed: int = 0,
+    base_hz: float = 200.0,
+    step_hz: float = 37.0,
+    random_phase: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """int16 (N, 10 s) clips of faint noise plus a tone at ``base_hz + step_hz * c`` for each
     label ``c`` (at a random phase when asked), and their bool (N, C) targets."""
     rng = np.random.default_rng(seed)
@@ -78,8 +85,9 @@ def tone_clips(labels: list[list[int]], num_classes: int = 527, seed: int = 0, b
     return np.round(np.clip(waves, -1, 1) * 32767).astype(np.int16), targets
 
 
-def write_tone_h5(path: Path, labels: list[list[int]], num_classes: int = 527, seed: int = 0,
-                  name_format: str = "clip{:03d}", **tones) -> Path:
+def write_tone_h5(
+    path: Path, labels: list[list[int]], num_classes: int = 527, seed: int = 0, name_format: str = "clip{:03d}", **tones
+) -> Path:
     """A PANNs-layout file of :func:`tone_clips` (``tones``: its keyword arguments)."""
     from dcls_audio.data.hdf5_dataset import write_hdf5  # here: the dcls_core tests need no dcls_audio
 

@@ -1,4 +1,5 @@
 """Writing test audio in containers libsndfile cannot write (m4a/AAC, webm/Opus) with PyAV's encoders."""
+
 from __future__ import annotations
 
 from pathlib import Path

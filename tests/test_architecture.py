@@ -1,5 +1,6 @@
 """The import rules of ARCHITECTURE.md, read from the source with ``ast`` (imports inside
 functions count too, so a function-level import cannot hide a cycle)."""
+
 from __future__ import annotations
 
 import ast
@@ -67,8 +68,7 @@ def _in(module: str, *prefixes: str) -> bool:
 
 
 def _violations(graph, sources: tuple[str, ...], forbidden: tuple[str, ...]) -> list[str]:
-    return sorted(f"{m} -> {t}" for m in graph if _in(m, *sources)
-                  for t in graph[m] if _in(t, *forbidden))
+    return sorted(f"{m} -> {t}" for m in graph if _in(m, *sources) for t in graph[m] if _in(t, *forbidden))
 
 
 def test_dcls_core_knows_nothing_of_audio_or_lightning(graph):
@@ -80,20 +80,35 @@ def test_no_torchaudio_at_run_time(graph):
 
 
 def test_data_and_features_never_import_models_or_the_layers_above(graph):
-    above = ("dcls_audio.models", "dcls_audio.training", "dcls_audio.evaluation", "dcls_audio.inference",
-             "dcls_audio.export", "dcls_audio.cli")
+    above = (
+        "dcls_audio.models",
+        "dcls_audio.training",
+        "dcls_audio.evaluation",
+        "dcls_audio.inference",
+        "dcls_audio.export",
+        "dcls_audio.cli",
+    )
     assert not _violations(graph, ("dcls_audio.data", "dcls_audio.features"), above)
 
 
 def test_models_never_import_the_layers_above(graph):
-    above = ("dcls_audio.training", "dcls_audio.evaluation", "dcls_audio.inference", "dcls_audio.export",
-             "dcls_audio.cli", "dcls_audio.data", "dcls_audio.features", "lightning")
+    above = (
+        "dcls_audio.training",
+        "dcls_audio.evaluation",
+        "dcls_audio.inference",
+        "dcls_audio.export",
+        "dcls_audio.cli",
+        "dcls_audio.data",
+        "dcls_audio.features",
+        "lightning",
+    )
     assert not _violations(graph, ("dcls_audio.models",), above)
 
 
 def test_nothing_imports_the_cli(graph):
-    importers = sorted(m for m in graph if m not in ("dcls_audio.cli", "dcls_audio.__main__")
-                       and "dcls_audio.cli" in graph[m])
+    importers = sorted(
+        m for m in graph if m not in ("dcls_audio.cli", "dcls_audio.__main__") and "dcls_audio.cli" in graph[m]
+    )
     assert not importers
 
 
@@ -109,7 +124,7 @@ def test_no_import_cycles(graph):
             if target.startswith(node + "."):
                 continue  # a package's __init__ re-exporting its own modules is not a cycle
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state:
                 cycle = visit(target)
                 if cycle:

@@ -4,6 +4,7 @@ DataModule, packing audio folders into HDF5, and a synthetic demo dataset.
 Names are imported on first use, so ``from dcls_audio.data import load_audio`` does not pull
 in Lightning.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

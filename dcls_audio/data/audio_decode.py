@@ -14,6 +14,7 @@ is decoded in bounded memory. Back ends:
 (a WAV whose data chunk is shorter than its header declares is reported as truncated, not
 handed to FFmpeg). Every failure to open or decode is an :class:`AudioReadError` naming the file.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,9 +29,36 @@ BACKENDS = ("auto", "soundfile", "ffmpeg")
 #: File name endings that folder scans (``infer``, ``pack``) pick up, lower case.
 #: The first group is read by libsndfile, the second by FFmpeg through PyAV.
 AUDIO_EXTENSIONS = (
-    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".caf", ".w64",
-    ".m4a", ".m4b", ".aac", ".mp4", ".mov", ".3gp", ".webm", ".mkv", ".mka", ".wma", ".asf", ".ac3", ".amr",
-    ".ape", ".wv", ".mp2", ".spx",
+    ".wav",
+    ".wave",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aif",
+    ".aiff",
+    ".aifc",
+    ".au",
+    ".caf",
+    ".w64",
+    ".m4a",
+    ".m4b",
+    ".aac",
+    ".mp4",
+    ".mov",
+    ".3gp",
+    ".webm",
+    ".mkv",
+    ".mka",
+    ".wma",
+    ".asf",
+    ".ac3",
+    ".amr",
+    ".ape",
+    ".wv",
+    ".mp2",
+    ".spx",
 )
 
 #: Frames per block read through libsndfile.
@@ -82,9 +110,7 @@ def _check_not_truncated(path: Path, extra_info: str) -> None:
         return
     declared, actual = int(match.group(1)), int(match.group(2))
     if 0 < declared < 0xFFFFFFF0 and actual < declared:
-        raise AudioReadError(
-            path, f"truncated (data chunk holds {actual} of the {declared} bytes its header declares)"
-        )
+        raise AudioReadError(path, f"truncated (data chunk holds {actual} of the {declared} bytes its header declares)")
 
 
 class AudioSource:

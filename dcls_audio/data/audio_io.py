@@ -6,6 +6,7 @@ FFmpeg through PyAV), averages the channels and resamples to ``target_sr`` with
 file's length. :func:`load_audio` concatenates a stream, :func:`read_head` stops after the first
 samples. All three give the same samples for the same file.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -19,7 +20,13 @@ from .constants import INT16_SCALE, SAMPLE_RATE
 from .stream_resample import StreamResampler
 
 __all__ = [
-    "AUDIO_EXTENSIONS", "AudioReadError", "AudioStream", "float_to_int16", "load_audio", "pad_or_trim", "read_head",
+    "AUDIO_EXTENSIONS",
+    "AudioReadError",
+    "AudioStream",
+    "float_to_int16",
+    "load_audio",
+    "pad_or_trim",
+    "read_head",
 ]
 
 

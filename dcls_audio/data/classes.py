@@ -3,6 +3,7 @@
 A class CSV has a header row ``index,mid,display_name`` and one row per class with indices
 0..C-1 in order (the format of AudioSet's ``class_labels_indices.csv``).
 """
+
 from __future__ import annotations
 
 import csv as csv_module
@@ -34,8 +35,7 @@ def _read_rows(text: str, source: str) -> list[ClassInfo]:
     missing = [c for c in _REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ValueError(
-            f"class CSV {source}: header {header} lacks column(s) {missing}; "
-            f"expected {list(_REQUIRED_COLUMNS)}"
+            f"class CSV {source}: header {header} lacks column(s) {missing}; expected {list(_REQUIRED_COLUMNS)}"
         )
     cols = [header.index(c) for c in _REQUIRED_COLUMNS]
     classes: list[ClassInfo] = []

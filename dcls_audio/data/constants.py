@@ -1,4 +1,5 @@
 """Fixed facts of the AudioSet clip layout and the upstream log-mel front end."""
+
 from __future__ import annotations
 
 SAMPLE_RATE = 32000

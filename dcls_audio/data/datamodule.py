@@ -16,6 +16,7 @@ Batches are dicts: ``waveform`` int16 (B, 320000), ``target`` float32 (B, C), ``
 Loader settings left as None are chosen from the machine by :func:`auto_loader_settings`: the
 CPU cores this process may use (``os.sched_getaffinity``) shared by the devices of this node.
 """
+
 from __future__ import annotations
 
 import logging
@@ -101,6 +102,8 @@ def auto_loader_settings(
     elif prefetch_factor is None:
         prefetch_factor = 2 if num_workers >= 8 else 4
     return LoaderSettings(num_workers, bool(pin_memory), persistent_workers, prefetch_factor)
+
+
 _SPLITS = ("train", "val", "test", "predict")
 
 
@@ -167,8 +170,12 @@ class AudioSetDataModule(L.LightningDataModule):
         self.class_csv = class_csv
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.requested_loader = dict(num_workers=num_workers, pin_memory=pin_memory,
-                                     persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
+        self.requested_loader = dict(
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            prefetch_factor=prefetch_factor,
+        )
         self.sampler = sampler
         self.seed = seed
         self.samples_per_epoch = samples_per_epoch
@@ -178,7 +185,7 @@ class AudioSetDataModule(L.LightningDataModule):
         self.datasets: dict[str, AudioSetHDF5] = {}
         self._classes: list[ClassInfo] | None = None
         self._balance_weights: np.ndarray | None = None
-        self._resume_position: tuple[int, int] | None = None   # (epoch, batches done) from a checkpoint
+        self._resume_position: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
 
     # ------------------------------------------------------------------ classes
     @property
@@ -210,7 +217,7 @@ class AudioSetDataModule(L.LightningDataModule):
         if split not in self.datasets:
             if not self.files[split]:
                 raise ValueError(f"AudioSetDataModule: no {split}_files given")
-            self.classes  # check class counts agree across splits first
+            _ = self.classes  # check class counts agree across splits first
             self.datasets[split] = AudioSetHDF5(self.files[split], self.class_csv, self.clip_samples)
         return self.datasets[split]
 
@@ -272,8 +279,13 @@ class AudioSetDataModule(L.LightningDataModule):
         """The train sampler for this rank (built from the trainer's rank and world size)."""
         dataset = self._dataset("train")
         rank, world = self._rank_and_world()
-        kwargs = dict(num_replicas=world, rank=rank, seed=self.seed,
-                      samples_per_epoch=self.samples_per_epoch, drop_last=self.drop_last)
+        kwargs = dict(
+            num_replicas=world,
+            rank=rank,
+            seed=self.seed,
+            samples_per_epoch=self.samples_per_epoch,
+            drop_last=self.drop_last,
+        )
         if self.sampler == "balanced":
             if self._balance_weights is None:
                 self._balance_weights = balanced_clip_weights(dataset.iter_targets(), self.balance_prior)

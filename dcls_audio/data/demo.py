@@ -10,6 +10,7 @@ split, k])``. :func:`ensure_demo_data` writes ``demo_train.h5`` and ``demo_eval.
 reuses them while their ``demo_settings`` attribute (:data:`DEMO_VERSION`, split, seed,
 clip length) matches.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,10 +24,10 @@ import h5py
 import numpy as np
 import scipy.fft
 
+from ..outputs import atomic_output
 from .classes import ClassInfo, load_class_names
 from .constants import AUDIOSET_NUM_CLASSES, CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_layout
-from ..outputs import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,17 @@ DEMO_VERSION = 1
 """Bump when the generator's output changes; stored files of another version are regenerated."""
 
 DEMO_CLASS_NAMES = (
-    "Sine wave", "Beep, bleep", "Chirp tone", "Siren", "Buzz", "Hum",
-    "Pulse", "Clicking", "White noise", "Pink noise", "Silence",
+    "Sine wave",
+    "Beep, bleep",
+    "Chirp tone",
+    "Siren",
+    "Buzz",
+    "Hum",
+    "Pulse",
+    "Clicking",
+    "White noise",
+    "Pink noise",
+    "Silence",
 )
 SILENCE = "Silence"
 _NOISES = {"White noise", "Pink noise"}
@@ -63,7 +73,7 @@ def _fade(n: int, fade: int = 320) -> np.ndarray:
     k = min(fade, n // 2)
     if k:
         ramp = np.linspace(0.0, 1.0, k, dtype=np.float32)
-        env[:k], env[n - k:] = ramp, ramp[::-1]
+        env[:k], env[n - k :] = ramp, ramp[::-1]
     return env
 
 
@@ -127,7 +137,7 @@ def _clicks(rng, t):
     for start in rng.integers(0, max(1, len(t) - 64), size=count):
         width = int(rng.integers(16, 64))
         burst = rng.standard_normal(width, dtype=np.float32) * np.exp(-np.arange(width) / (width / 4))
-        out[start:start + width] += burst
+        out[start : start + width] += burst
     return out / max(1e-6, float(np.abs(out).max()))
 
 
@@ -159,9 +169,7 @@ _EVENTS: dict[str, tuple[Synth, tuple[float, float], tuple[float, float], str]] 
 }
 
 
-def _event(
-    name: str, rng: np.random.Generator, clip_samples: int, quieter_db: float = 0.0
-) -> tuple[int, np.ndarray]:
+def _event(name: str, rng: np.random.Generator, clip_samples: int, quieter_db: float = 0.0) -> tuple[int, np.ndarray]:
     """One event of class ``name``: ``(start sample, samples)`` at a random level and onset."""
     synth, (d_min, d_max), (lo, hi), norm = _EVENTS[name]
     seconds = clip_samples / SAMPLE_RATE
@@ -175,16 +183,14 @@ def _event(
     return start, sound * gain * _fade(length)
 
 
-def synthesize_clip(
-    rng: np.random.Generator, names: list[str], clip_samples: int = CLIP_SAMPLES
-) -> np.ndarray:
+def synthesize_clip(rng: np.random.Generator, names: list[str], clip_samples: int = CLIP_SAMPLES) -> np.ndarray:
     """One clip: background noise plus the events ``names`` (empty for silence); float32 (S,)."""
     clip = rng.standard_normal(clip_samples, dtype=np.float32) * 10 ** (rng.uniform(-65, -50) / 20)
     mixture = len(names) > 1
     for name in names:
         # in mixtures keep broadband noise below the other events so they stay audible
         start, sound = _event(name, rng, clip_samples, quieter_db=6.0 if mixture and name in _NOISES else 0.0)
-        clip[start:start + len(sound)] += sound
+        clip[start : start + len(sound)] += sound
     return np.clip(clip, -1.0, 1.0)
 
 
@@ -216,8 +222,9 @@ def iter_demo_clips(
 
 # ---------------------------------------------------------------------------- files on disk
 def _settings(split: str, seed: int, clip_samples: int) -> str:
-    return json.dumps({"version": DEMO_VERSION, "split": split, "seed": seed, "clip_samples": clip_samples},
-                      sort_keys=True)
+    return json.dumps(
+        {"version": DEMO_VERSION, "split": split, "seed": seed, "clip_samples": clip_samples}, sort_keys=True
+    )
 
 
 def _is_current(path: Path, settings: str) -> bool:

@@ -17,6 +17,7 @@ hyperslab) straight into one preallocated (B, S) array (in shared memory inside 
 so handing it to the main process copies nothing), then put back in the sampler's order. Use
 :func:`collate_clips` as the loader's ``collate_fn`` to pass such batches through unchanged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,8 +70,12 @@ class ClipBatch(list):
     def __init__(self, collated: dict) -> None:
         names = collated["audio_name"]
         super().__init__(
-            {"waveform": collated["waveform"][i], "target": collated["target"][i],
-             "index": collated["index"][i], "audio_name": names[i]}
+            {
+                "waveform": collated["waveform"][i],
+                "target": collated["target"][i],
+                "index": collated["index"][i],
+                "audio_name": names[i],
+            }
             for i in range(len(names))
         )
         self.collated = collated
@@ -95,9 +100,7 @@ def _open(path: Path) -> h5py.File:
 
 def _dataset(h5: h5py.File, path: Path, name: str) -> h5py.Dataset:
     if name not in h5 or not isinstance(h5[name], h5py.Dataset):
-        raise ValueError(
-            f"{path}: dataset '{name}' is missing (PANNs layout needs 'audio_name', 'waveform', 'target')"
-        )
+        raise ValueError(f"{path}: dataset '{name}' is missing (PANNs layout needs 'audio_name', 'waveform', 'target')")
     return h5[name]
 
 
@@ -170,9 +173,7 @@ def create_layout(
     return names, waves, targets
 
 
-def write_hdf5(
-    path: PathLike, audio_names: Sequence[str], waveforms: np.ndarray, targets: np.ndarray
-) -> Path:
+def write_hdf5(path: PathLike, audio_names: Sequence[str], waveforms: np.ndarray, targets: np.ndarray) -> Path:
     """Write a small PANNs-layout file from in-memory arrays (int16 (N, S), bool (N, C))."""
     waveforms, targets = np.asarray(waveforms, dtype=np.int16), np.asarray(targets, dtype=bool)
     encoded = [n.encode() for n in audio_names]
@@ -294,12 +295,14 @@ class AudioSetHDF5(Dataset):
             waves, targets = self._datasets(int(file_no))
             wave_np[slots] = waves[unique_rows][where]
             target[slots] = targets[unique_rows][where]
-        return ClipBatch({
-            "waveform": waveform,
-            "target": torch.from_numpy(target.astype(np.float32)),
-            "index": torch.from_numpy(order.copy()),
-            "audio_name": [self.audio_name(int(i)) for i in order],
-        })
+        return ClipBatch(
+            {
+                "waveform": waveform,
+                "target": torch.from_numpy(target.astype(np.float32)),
+                "index": torch.from_numpy(order.copy()),
+                "audio_name": [self.audio_name(int(i)) for i in order],
+            }
+        )
 
     def iter_targets(self, chunk_rows: int = 65536) -> Iterator[np.ndarray]:
         """Bool target rows (n, C) of all valid clips, in global order, a chunk at a time."""

@@ -8,6 +8,7 @@ Each clip is decoded (libsndfile, else FFmpeg through PyAV: the formats of
 to 10 s and stored as int16; ``audio_name`` holds the YTID. Only the first 10 s of a file are
 decoded. Files without an audio extension are listed in the report, not packed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -251,8 +252,15 @@ def run_pack(
     import sys
 
     try:
-        report = pack_folder(audio_dir, labels_csv, output, class_csv=class_csv, overwrite=overwrite,
-                             num_workers=num_workers, progress=progress)
+        report = pack_folder(
+            audio_dir,
+            labels_csv,
+            output,
+            class_csv=class_csv,
+            overwrite=overwrite,
+            num_workers=num_workers,
+            progress=progress,
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"dcls-audio pack: error: {exc}", file=sys.stderr)
         return 1

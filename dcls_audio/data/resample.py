@@ -12,6 +12,7 @@ own filter of ``2 * width + L`` taps, so the whole resampling is one ``conv1d`` 
 output channels and stride ``L`` over the zero-padded input, whose channels are then
 interleaved in time.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,12 @@ def _kernel64(orig: int, new: int, lowpass_filter_width: int, rolloff: float) ->
 
 
 def resample_kernel(
-    orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, rolloff: float = 0.99,
-    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+    orig_freq: int,
+    new_freq: int,
+    lowpass_filter_width: int = 6,
+    rolloff: float = 0.99,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The conv1d weight ``(M, 1, 2 * width + L)`` for ``orig_freq -> new_freq`` and its ``width``.
 

@@ -16,6 +16,7 @@ get disjoint, equally long shares (``drop_last=True`` cuts the order to a multip
 ``drop_last=False`` pads it by wrapping around). Their ``progress`` hook (set by the DataModule)
 lets a run resumed inside an epoch continue that epoch's order where its checkpoint left it.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ class _ShardedTrainSampler(DistributedSampler):
             raise ValueError(f"{type(self).__name__}: the dataset is empty")
         if samples_per_epoch is not None and samples_per_epoch <= 0:
             raise ValueError(f"samples_per_epoch must be positive, got {samples_per_epoch}")
-        super().__init__(range(num_items), num_replicas=num_replicas, rank=rank, shuffle=True,
-                         seed=seed, drop_last=drop_last)
+        super().__init__(
+            range(num_items), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+        )
         self.num_items = num_items
         self.epoch_total = samples_per_epoch or num_items
         if drop_last:
@@ -71,7 +73,7 @@ class _ShardedTrainSampler(DistributedSampler):
         order = self.epoch_order()
         if self.total_size > len(order):
             order = np.resize(order, self.total_size)  # wrap around
-        mine = order[self.rank:self.total_size:self.num_replicas]
+        mine = order[self.rank : self.total_size : self.num_replicas]
         if self.progress is not None:
             epoch, used = self.progress()
             if epoch == self.epoch and used > 0:

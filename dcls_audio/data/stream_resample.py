@@ -9,6 +9,7 @@ inputs it holds in full. The segments depend only on the positions in the signal
 the input was split into pushed blocks, so any split gives the same output, and that output
 equals whole-signal resampling up to the rounding of the convolution (about 1e-7).
 """
+
 from __future__ import annotations
 
 import math

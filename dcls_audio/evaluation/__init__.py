@@ -3,6 +3,7 @@
 
 Names are imported on first use.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -15,6 +15,7 @@ computed on the complete set (see :mod:`dcls_audio.evaluation.metrics`). Outputs
   order. Metrics are computed from the logits (same ranking as the scores, without the
   float32 saturation of the sigmoid).
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,10 +31,9 @@ from torch import nn
 
 from ..data import AudioSetDataModule, ClassInfo
 from ..features import LogMelFrontEnd
-from .metrics import AudioSetMetrics, TaggingMetrics
-from ..models import load_checkpoint
-from ..models import resolve_checkpoint_path
+from ..models import load_checkpoint, resolve_checkpoint_path
 from ..outputs import OutputError, atomic_output_set, ensure_writable_dir, same_file
+from .metrics import AudioSetMetrics, TaggingMetrics
 
 __all__ = ["NonFiniteScoresError", "EvaluationModule", "OUTPUT_FILES", "evaluate", "format_metrics", "write_outputs"]
 
@@ -54,8 +54,13 @@ class EvaluationModule(L.LightningModule):
     rank 0 writes the output files into ``output_dir`` when one is given.
     """
 
-    def __init__(self, net: nn.Module, classes: list[ClassInfo], output_dir: Path | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        classes: list[ClassInfo],
+        output_dir: Path | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.net = net
         self.front_end = LogMelFrontEnd(augment=False)
@@ -81,7 +86,6 @@ class EvaluationModule(L.LightningModule):
         self.audio_names = [dataset.audio_name(i) for i in self.indices.tolist()]
         if self.output_dir is not None and self.trainer.is_global_zero:
             write_outputs(self, self.output_dir)
-
 
     def _raise_if_not_finite(self, dataset: Any) -> None:
         indices, logits, _ = self.metric.gathered()
@@ -116,13 +120,21 @@ def check_output_dir(output_dir: Path, inputs: Sequence[str | Path], overwrite: 
     for target in targets:
         for item in inputs:
             if same_file(target, item):
-                raise OutputError(None, "output is an input", target,
-                                  f"--output-dir: {target} is also an input ({item}); refusing to write over it")
+                raise OutputError(
+                    None,
+                    "output is an input",
+                    target,
+                    f"--output-dir: {target} is also an input ({item}); refusing to write over it",
+                )
     existing = [t.name for t in targets if t.exists() or t.is_symlink()]
     if existing and not overwrite:
-        raise OutputError(None, "exists", output_dir,
-                          f"--output-dir: {output_dir} already holds {', '.join(existing)} (an earlier result?); "
-                          "pass --overwrite to replace them, or choose another folder")
+        raise OutputError(
+            None,
+            "exists",
+            output_dir,
+            f"--output-dir: {output_dir} already holds {', '.join(existing)} (an earlier result?); "
+            "pass --overwrite to replace them, or choose another folder",
+        )
 
 
 def _check_accelerator(accelerator: str) -> None:
@@ -171,8 +183,11 @@ def evaluate(
         ensure_writable_dir(out, "--output-dir")
     net = load_checkpoint(model_name, checkpoint, use_ema=use_ema, allow_pickle=allow_pickle).eval()
     dm = AudioSetDataModule(
-        test_files=list(data_files), class_csv=class_csv, batch_size=batch_size,
-        num_workers=num_workers, pin_memory=torch.cuda.is_available() and accelerator != "cpu",
+        test_files=list(data_files),
+        class_csv=class_csv,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() and accelerator != "cpu",
         persistent_workers=False,
     )
     dm.setup("test")
@@ -183,23 +198,34 @@ def evaluate(
             "audio_name, which mark clips that failed to download, were dropped)"
         )
     if dataset.num_dropped:
-        note(f"{dataset.num_dropped} row(s) with an empty audio_name (clips that failed to download) were dropped; "
-             f"{len(dataset)} clips are scored")
+        note(
+            f"{dataset.num_dropped} row(s) with an empty audio_name (clips that failed to download) were dropped; "
+            f"{len(dataset)} clips are scored"
+        )
     model_classes = net.get_classifier().out_features
     if dm.num_classes != model_classes:
         raise ValueError(
-            f"{checkpoint}: the model predicts {model_classes} classes but {data_files[0]} has "
-            f"{dm.num_classes}"
+            f"{checkpoint}: the model predicts {model_classes} classes but {data_files[0]} has {dm.num_classes}"
         )
     if "spawn" in str(strategy):
         raise ValueError(f"--strategy {strategy}: use ddp (the results stay in the spawned processes)")
-    info = {"checkpoint": str(checkpoint), "data": [str(f) for f in data_files],
-            "model": getattr(net, "model_name", model_name), "use_ema": use_ema, "precision": precision,
-            "num_rows_dropped": dataset.num_dropped}
+    info = {
+        "checkpoint": str(checkpoint),
+        "data": [str(f) for f in data_files],
+        "model": getattr(net, "model_name", model_name),
+        "use_ema": use_ema,
+        "precision": precision,
+        "num_rows_dropped": dataset.num_dropped,
+    }
     module = EvaluationModule(net, dm.classes, out, info)
     trainer = L.Trainer(
-        accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
-        logger=False, enable_checkpointing=False, use_distributed_sampler=False,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
         enable_model_summary=False,
     )
     trainer.test(module, datamodule=dm, verbose=False)
@@ -219,8 +245,10 @@ def write_outputs(module: EvaluationModule, output_dir: Path) -> None:
     numbers (NaN: no class could be scored) are written as JSON ``null``; the JSON is strict.
     """
     summary = {k: _json_number(v) for k, v in module.result.summary().items()}
-    text = json.dumps({**summary, **{k: _json_number(v) for k, v in module.info.items()}}, indent=2,
-                      allow_nan=False) + "\n"
+    text = (
+        json.dumps({**summary, **{k: _json_number(v) for k, v in module.info.items()}}, indent=2, allow_nan=False)
+        + "\n"
+    )
     with atomic_output_set(output_dir, OUTPUT_FILES) as tmp:
         tmp["metrics.json"].write_text(text)
         with open(tmp["per_class.csv"], "w", newline="") as fh:
@@ -241,16 +269,25 @@ def _write_per_class(writer: Any, result: TaggingMetrics, classes: list[ClassInf
     writer.writerow(["index", "mid", "display_name", "AP", "AUC", "d_prime", "positives"])
     columns = zip(result.ap.tolist(), result.auc.tolist(), result.class_d_prime.tolist())
     for info_c, values, positives in zip(classes, columns, result.positives.tolist(), strict=True):
-        writer.writerow([info_c.index, info_c.mid, info_c.display_name,
-                         *("" if math.isnan(v) else f"{v:.6f}" for v in values), positives])
+        writer.writerow(
+            [
+                info_c.index,
+                info_c.mid,
+                info_c.display_name,
+                *("" if math.isnan(v) else f"{v:.6f}" for v in values),
+                positives,
+            ]
+        )
 
 
 def format_metrics(result: TaggingMetrics) -> str:
     """Human-readable lines of the summary."""
-    return "\n".join([
-        f"mAP      {result.mAP:.4f}",
-        f"mAUC     {result.mAUC:.4f}",
-        f"d-prime  {result.d_prime:.4f} (mean of per-class d-primes; {result.d_prime_of_mAUC:.4f} from mAUC)",
-        f"clips    {result.num_clips}",
-        f"classes  {result.num_classes_scored} scored of {result.num_classes} ({result.exclusion_note()})",
-    ])
+    return "\n".join(
+        [
+            f"mAP      {result.mAP:.4f}",
+            f"mAUC     {result.mAUC:.4f}",
+            f"d-prime  {result.d_prime:.4f} (mean of per-class d-primes; {result.d_prime_of_mAUC:.4f} from mAUC)",
+            f"clips    {result.num_clips}",
+            f"classes  {result.num_classes_scored} scored of {result.num_classes} ({result.exclusion_note()})",
+        ]
+    )

@@ -16,6 +16,7 @@ once together with their clip indices, drops the duplicates a padding sampler ad
 computes on all ranks from the same complete set, so the numbers do not depend on the number
 of devices.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,7 @@ def _ap_auc_chunk(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
 def _check_inputs(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if scores.ndim != 2 or scores.shape != targets.shape:
         raise ValueError(
-            f"scores and targets must both be (clips, classes); got {tuple(scores.shape)} "
-            f"and {tuple(targets.shape)}"
+            f"scores and targets must both be (clips, classes); got {tuple(scores.shape)} and {tuple(targets.shape)}"
         )
     if scores.shape[0] == 0:
         raise ValueError("no clips to score")
@@ -212,9 +212,7 @@ def tagging_metrics(scores: torch.Tensor, targets: torch.Tensor) -> TaggingMetri
     )
 
 
-def deduplicate_by_index(
-    indices: torch.Tensor, *tensors: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
+def deduplicate_by_index(indices: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Keep the first row of each clip index and order rows by index.
 
     Args:
@@ -225,9 +223,7 @@ def deduplicate_by_index(
     """
     unique, inverse = torch.unique(indices, sorted=True, return_inverse=True)
     rows = torch.arange(indices.numel(), device=indices.device)
-    first = torch.full_like(unique, indices.numel()).scatter_reduce_(
-        0, inverse, rows, reduce="amin"
-    )
+    first = torch.full_like(unique, indices.numel()).scatter_reduce_(0, inverse, rows, reduce="amin")
     return (unique, *(t[first] for t in tensors))
 
 

@@ -2,6 +2,7 @@
 
 Names are imported on first use.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

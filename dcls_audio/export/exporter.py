@@ -11,6 +11,7 @@ as a convolution with a DFT basis. Both files carry a JSON description (model na
 output, class labels): ONNX in ``metadata_props["dcls_audio"]``, TorchScript as the extra
 file ``dcls_audio.json``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,9 +27,8 @@ from torch import nn
 
 from ..data import CLIP_SAMPLES, SAMPLE_RATE
 from ..features import LogMelFrontEnd
-from ..models import dcls_layers, fold_dcls
-
 from ..features.onnx_logmel import ConvLogMel
+from ..models import dcls_layers, fold_dcls
 from ..outputs import atomic_output, check_output_path
 
 EXPORT_FORMATS = ("onnx", "torchscript")
@@ -83,13 +83,25 @@ def export_metadata(
 ) -> dict[str, Any]:
     """The JSON description stored in the exported file."""
     if with_frontend:
-        inp = {"name": "waveform", "shape": ["batch", CLIP_SAMPLES], "dtype": "float32",
-               "sample_rate": SAMPLE_RATE, "description": "mono waveform in [-1, 1] at 32 kHz, 10 s"}
+        inp = {
+            "name": "waveform",
+            "shape": ["batch", CLIP_SAMPLES],
+            "dtype": "float32",
+            "sample_rate": SAMPLE_RATE,
+            "description": "mono waveform in [-1, 1] at 32 kHz, 10 s",
+        }
     else:
-        inp = {"name": "logmel", "shape": ["batch", *LOGMEL_SHAPE], "dtype": "float32",
-               "description": "normalised log-mel (LogMelFrontEnd output)"}
-    out = {"name": "logits" if logits else "scores", "shape": ["batch", len(labels) if labels else None],
-           "description": "logits" if logits else "sigmoid probabilities"}
+        inp = {
+            "name": "logmel",
+            "shape": ["batch", *LOGMEL_SHAPE],
+            "dtype": "float32",
+            "description": "normalised log-mel (LogMelFrontEnd output)",
+        }
+    out = {
+        "name": "logits" if logits else "scores",
+        "shape": ["batch", len(labels) if labels else None],
+        "description": "logits" if logits else "sigmoid probabilities",
+    }
     return {"model": model_name, "format": fmt, "input": inp, "output": out, "labels": list(labels or [])}
 
 
@@ -98,14 +110,22 @@ def _export_onnx(module: ExportedTagger, example: torch.Tensor, path: Path, meta
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and constant-folding notes
         torch.onnx.export(
-            module, (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=[in_name], output_names=[out_name],
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[in_name],
+            output_names=[out_name],
             dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
         )
     try:
         import onnx
     except ImportError:  # the file is complete; only the metadata is left out
-        warnings.warn("onnx is not installed: the exported file carries no metadata (pip install 'dcls-audio[onnx]')")
+        warnings.warn(
+            "onnx is not installed: the exported file carries no metadata (pip install 'dcls-audio[onnx]')",
+            stacklevel=2,
+        )
         return
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
@@ -247,8 +267,8 @@ def run_export(
     ``output`` follows :mod:`dcls_audio.outputs`' rule: never the checkpoint or the class
     CSV, an existing file only with ``overwrite``, written atomically.
     """
-    from ..models import resolve_checkpoint_path
     from ..inference.loader import load_tagging_model
+    from ..models import resolve_checkpoint_path
 
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -264,12 +284,21 @@ def run_export(
         inputs = [checkpoint_file or checkpoint, class_csv]
         if checkpoint_file is not None:  # before any work
             check_output_path(output, inputs, overwrite=overwrite, what="--output")
-        loaded = load_tagging_model(checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv)
+        loaded = load_tagging_model(
+            checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv
+        )
         if checkpoint_file is None:
             check_output_path(output, inputs, overwrite=overwrite, what="--output")
         report = export_model(
-            loaded.model, output, fmt, with_frontend=with_frontend, logits=logits, labels=loaded.labels,
-            model_name=loaded.model_name, opset=opset, check=check,
+            loaded.model,
+            output,
+            fmt,
+            with_frontend=with_frontend,
+            logits=logits,
+            labels=loaded.labels,
+            model_name=loaded.model_name,
+            opset=opset,
+            check=check,
         )
     except (ValueError, OSError) as exc:
         print(f"dcls-audio export: error: {exc}", file=stderr)
@@ -287,8 +316,14 @@ def run_export(
         print(f"check skipped: {report.check_skipped}", file=stdout)
     elif report.max_abs_diff is not None:
         ok = report.max_abs_diff <= tolerance
-        print(f"check against PyTorch: max |difference| = {report.max_abs_diff:.2e} ({'ok' if ok else 'FAILED'}, tolerance {tolerance:g})", file=stdout)
+        print(
+            f"check against PyTorch: max |difference| = {report.max_abs_diff:.2e} "
+            f"({'ok' if ok else 'FAILED'}, tolerance {tolerance:g})",
+            file=stdout,
+        )
         if not ok:
-            print(f"dcls-audio export: error: {report.path} differs from PyTorch by more than {tolerance:g}", file=stderr)
+            print(
+                f"dcls-audio export: error: {report.path} differs from PyTorch by more than {tolerance:g}", file=stderr
+            )
             return 1
     return 0

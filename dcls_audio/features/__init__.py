@@ -4,6 +4,7 @@ random erasing, batch mixup).
 
 Names are imported on first use.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

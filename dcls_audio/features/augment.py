@@ -33,6 +33,7 @@ Semantics follow the upstream DCLS-Audio training pipeline:
 Roll and speed perturbation compose into one gather (:func:`apply_time_warp`): the output
 sample t of a rolled-then-stretched clip is input sample ``(source(t) - shift) mod S``.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,10 +46,25 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "EraseBoxes", "FrontEndDraws", "MixupDraws", "SpeedDraws", "apply_erase", "apply_mixup",
-    "apply_time_warp", "erase_mask", "mixup", "move_draws", "random_erase", "random_roll",
-    "sample_erase_boxes", "sample_front_end", "sample_mixup", "sample_roll", "sample_speed",
-    "smooth_targets", "speed_perturb",
+    "EraseBoxes",
+    "FrontEndDraws",
+    "MixupDraws",
+    "SpeedDraws",
+    "apply_erase",
+    "apply_mixup",
+    "apply_time_warp",
+    "erase_mask",
+    "mixup",
+    "move_draws",
+    "random_erase",
+    "random_roll",
+    "sample_erase_boxes",
+    "sample_front_end",
+    "sample_mixup",
+    "sample_roll",
+    "sample_speed",
+    "smooth_targets",
+    "speed_perturb",
 ]
 
 
@@ -105,7 +121,7 @@ def move_draws(device: torch.device | str, *tensors: Tensor) -> tuple[Tensor, ..
     packed = packed.to(device, non_blocking=True)
     out, start = [], 0
     for t in tensors:
-        out.append(packed[start: start + t.numel()].view(t.shape).to(t.dtype))
+        out.append(packed[start : start + t.numel()].view(t.shape).to(t.dtype))
         start += t.numel()
     return tuple(out)
 
@@ -133,7 +149,7 @@ class SpeedDraws:
     step: Tensor  # float32: 1 / rate
     end: Tensor  # int64: stretched length ceil(S * rate)
 
-    def to(self, device: torch.device | str) -> "SpeedDraws":
+    def to(self, device: torch.device | str) -> SpeedDraws:
         return _dataclass_to(self, device)
 
 
@@ -215,7 +231,7 @@ class EraseBoxes:
     height: Tensor
     width: Tensor
 
-    def to(self, device: torch.device | str) -> "EraseBoxes":
+    def to(self, device: torch.device | str) -> EraseBoxes:
         return _dataclass_to(self, device)
 
 
@@ -294,7 +310,7 @@ class FrontEndDraws:
     erase: EraseBoxes | None = None
     erase_shape: tuple[int, int] | None = None
 
-    def to(self, device: torch.device | str) -> "FrontEndDraws":
+    def to(self, device: torch.device | str) -> FrontEndDraws:
         """All draws on ``device`` through one copy."""
         parts: list[Tensor] = []
         if self.shift is not None:
@@ -341,13 +357,11 @@ class MixupDraws:
     lam: Tensor
     one_minus_lam: Tensor
 
-    def to(self, device: torch.device | str) -> "MixupDraws":
+    def to(self, device: torch.device | str) -> MixupDraws:
         return _dataclass_to(self, device)
 
 
-def sample_mixup(
-    batch_size: int, alpha: float, generator: torch.Generator | None = None
-) -> tuple[float, Tensor]:
+def sample_mixup(batch_size: int, alpha: float, generator: torch.Generator | None = None) -> tuple[float, Tensor]:
     """One mixup draw: ``(lam ~ Beta(alpha, alpha), partner permutation (B,))``; alpha <= 0 gives lam 1."""
     perm = torch.randperm(batch_size, generator=generator)
     if alpha <= 0:
@@ -372,14 +386,10 @@ def _check_mixup(x: Tensor, target: Tensor) -> None:
     if not torch.is_floating_point(x):
         raise TypeError(f"mixup: x must be a floating tensor, got {x.dtype}")
     if target.ndim != 2 or target.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"mixup: target must be (B, C) with B = {x.shape[0]}, got shape {tuple(target.shape)}"
-        )
+        raise ValueError(f"mixup: target must be (B, C) with B = {x.shape[0]}, got shape {tuple(target.shape)}")
 
 
-def apply_mixup(
-    x: Tensor, target: Tensor, draws: MixupDraws | None, label_smoothing: float
-) -> tuple[Tensor, Tensor]:
+def apply_mixup(x: Tensor, target: Tensor, draws: MixupDraws | None, label_smoothing: float) -> tuple[Tensor, Tensor]:
     """``(lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm])`` with ``y`` the smoothed
     float targets (B, C); ``draws`` None: smoothing only. ``draws`` on ``x``'s device."""
     _check_mixup(x, target)

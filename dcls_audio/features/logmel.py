@@ -1,4 +1,5 @@
 """Waveform batch -> normalised log-mel batch, with the upstream train-time augmentations."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -76,7 +77,9 @@ class LogMelFrontEnd(nn.Module):
         if cfg is None:
             return None
         return sample_front_end(
-            batch, self.clip_samples, roll=cfg.roll,
+            batch,
+            self.clip_samples,
+            roll=cfg.roll,
             speed=(cfg.speed_rates, cfg.speed_p) if cfg.speed else None,
             erase=(self.power_shape(), cfg.erase_p) if cfg.erase else None,
             generator=self.generator,
@@ -111,8 +114,10 @@ class LogMelFrontEnd(nn.Module):
             power = self.spectrogram(x)
             if draws is not None and draws.erase is not None:
                 if tuple(power.shape[-2:]) != draws.erase_shape:
-                    raise ValueError(f"LogMelFrontEnd: erase boxes drawn for {draws.erase_shape}, "
-                                     f"spectrogram is {tuple(power.shape[-2:])}")
+                    raise ValueError(
+                        f"LogMelFrontEnd: erase boxes drawn for {draws.erase_shape}, "
+                        f"spectrogram is {tuple(power.shape[-2:])}"
+                    )
                 power = apply_erase(power, draws.erase)
             logmel = self.to_db(self.mel_scale(power))
             return ((logmel - self.mean) / self.std).unsqueeze(1)

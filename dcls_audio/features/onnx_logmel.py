@@ -12,6 +12,7 @@ log-mel units); in mel bins whose power is ~1e-7 of the frame's strongest compon
 rounding of either path reaches ~2e-4 (onnxruntime's own STFT op is no closer to float64).
 The scores of an exported model stay within 1e-4 of PyTorch's.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,7 +56,9 @@ class ConvLogMel(nn.Module):
                 f"got power={spec.power}, normalized={spec.normalized}, onesided={spec.onesided}, pad={spec.pad}"
             )
         if to_db.stype != "power" or to_db.top_db is not None:
-            raise ValueError(f"ConvLogMel supports AmplitudeToDB(stype='power', top_db=None), got {to_db.stype}, {to_db.top_db}")
+            raise ValueError(
+                f"ConvLogMel supports AmplitudeToDB(stype='power', top_db=None), got {to_db.stype}, {to_db.top_db}"
+            )
         window = spec.window
         if spec.win_length < spec.n_fft:  # torch.stft centres a shorter window in n_fft
             left = (spec.n_fft - spec.win_length) // 2

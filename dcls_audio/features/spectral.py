@@ -10,6 +10,7 @@ The mel filterbank is computed with the same float32 operations as torchaudio's
 ``melscale_fbanks`` (float32 ``linspace`` of the bin frequencies and of the mel points), so its
 buffer agrees with torchaudio's bit for bit rather than to float64 accuracy.
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@ streamed decoding into 10 s windows, the batched tagger, and the table/JSON/CSV 
 
 Names are imported on first use.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

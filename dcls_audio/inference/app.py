@@ -6,6 +6,7 @@ A file that cannot be tagged gives one ``error: <file>: <reason>`` line on stder
 are still tagged and the exit code is 1. Files in folders or patterns without an audio
 extension are skipped with one ``note:`` line on stderr saying how many (not an error).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,15 +17,6 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from .tagger import (
-    AGGREGATIONS,
-    PRECISIONS,
-    AudioTagger,
-    FileFailure,
-    hop_samples,
-    resolve_device,
-    tag_files,
-)
 from .inputs import expand_inputs
 from .loader import load_tagging_model
 from .output import (
@@ -34,6 +26,15 @@ from .output import (
     file_record,
     format_table,
     write_json,
+)
+from .tagger import (
+    AGGREGATIONS,
+    PRECISIONS,
+    AudioTagger,
+    FileFailure,
+    hop_samples,
+    resolve_device,
+    tag_files,
 )
 
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_SETUP_ERROR = 0, 1, 2
@@ -106,7 +107,9 @@ def run_infer(
         if output is not None and not Path(output).parent.is_dir():
             raise SetupError(f"--output: folder {Path(output).parent} does not exist")
         torch_device = resolve_device(device)
-        loaded = load_tagging_model(checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv)
+        loaded = load_tagging_model(
+            checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv
+        )
         tagger = AudioTagger(loaded.model, torch_device, precision=precision, fold=fold, channels_last=channels_last)
     except (ValueError, OSError) as exc:  # SetupError, CheckpointError, unknown model, missing file
         return fail(str(exc))

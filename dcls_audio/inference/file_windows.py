@@ -7,6 +7,7 @@ line). Memory per file is bounded by a window plus a decoded block, whatever the
 worker ``j`` decodes files ``j, j + n, j + 2n, ...`` into its own bounded queue, so at most a
 few windows per worker wait to be scored.
 """
+
 from __future__ import annotations
 
 import multiprocessing

@@ -1,4 +1,5 @@
 """Expand command-line inputs (files, folders, glob patterns) into a list of audio files."""
+
 from __future__ import annotations
 
 import glob

@@ -5,6 +5,7 @@ Checkpoints: a released upstream ``.pth``, our Lightning ``.ckpt`` (class names 
 a checkpoints folder. Labels: a class CSV given by the caller, else the names stored in the
 checkpoint, else AudioSet's 527 classes (shipped CSV), else generic ``class_NNN`` names.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ def load_tagging_model(
         labels, source = stored, "checkpoint"
     else:
         labels = display_names(resolve_class_names(num_classes, class_csv, data_source=f"the model in {file}"))
-        source = str(class_csv) if class_csv is not None else (
-            "AudioSet class CSV" if num_classes == AUDIOSET_NUM_CLASSES else "generic names")
+        source = (
+            str(class_csv)
+            if class_csv is not None
+            else ("AudioSet class CSV" if num_classes == AUDIOSET_NUM_CLASSES else "generic names")
+        )
     return TaggingModel(model.eval(), labels, model.model_name, file, source)

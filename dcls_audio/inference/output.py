@@ -8,6 +8,7 @@ One record per file (the JSON schema)::
 
 ``top`` lists the k best classes, best first; scores are sigmoid probabilities.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,8 +22,17 @@ FORMATS = ("table", "json", "csv")
 
 #: Columns of the CSV output: one row per (file or window, rank).
 CSV_COLUMNS = (
-    "file", "duration_s", "sample_rate", "scope", "window", "start_s", "end_s",
-    "rank", "index", "label", "score",
+    "file",
+    "duration_s",
+    "sample_rate",
+    "scope",
+    "window",
+    "start_s",
+    "end_s",
+    "rank",
+    "index",
+    "label",
+    "score",
 )
 
 _DIGITS = 6  # scores and times are written with this many decimals
@@ -30,8 +40,7 @@ _DIGITS = 6  # scores and times are written with this many decimals
 
 def _top(scores, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
     return [
-        {"index": index, "label": labels[index], "score": round(score, _DIGITS)}
-        for index, score in top_k(scores, k)
+        {"index": index, "label": labels[index], "score": round(score, _DIGITS)} for index, score in top_k(scores, k)
     ]
 
 

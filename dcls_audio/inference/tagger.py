@@ -10,6 +10,7 @@ memory does not grow with a file's length; windows are batched together across f
 :class:`FileTags` (or :class:`FileFailure` for a file that cannot be decoded) is yielded
 per input, in input order.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,13 +24,25 @@ from torch import nn
 
 from ..data import CLIP_SAMPLES, SAMPLE_RATE, AudioReadError, load_audio
 from ..features import LogMelFrontEnd
-from .file_windows import FileEnd, FileFailure, Window, one_line, windows_per_file
 from ..models import dcls_layers, fold_dcls
+from .file_windows import FileEnd, FileFailure, Window, one_line, windows_per_file
 from .windowing import cut_windows, hop_samples, window_starts
 
 __all__ = [
-    "AGGREGATIONS", "DEFAULT_HOP_S", "PRECISIONS", "AudioTagger", "FileFailure", "FileTags", "check_precision",
-    "cut_windows", "decode_file", "hop_samples", "resolve_device", "tag_files", "top_k", "window_starts",
+    "AGGREGATIONS",
+    "DEFAULT_HOP_S",
+    "PRECISIONS",
+    "AudioTagger",
+    "FileFailure",
+    "FileTags",
+    "check_precision",
+    "cut_windows",
+    "decode_file",
+    "hop_samples",
+    "resolve_device",
+    "tag_files",
+    "top_k",
+    "window_starts",
 ]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

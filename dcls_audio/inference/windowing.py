@@ -5,6 +5,7 @@ before the signal does, then one aligned to the end (:func:`window_starts`); a s
 than a window gives one zero-padded window. :class:`WindowCutter` cuts the same windows from a
 signal pushed block by block, holding at most ``window + block`` samples.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,7 @@ def hop_samples(hop_s: float, what: str = "hop") -> int:
     samples = round(hop_s * SAMPLE_RATE) if math.isfinite(hop_s) else 0
     if samples < 1:
         raise ValueError(
-            f"{what} must be a positive number of seconds of at least one sample "
-            f"(1/{SAMPLE_RATE} s), got {hop_s}"
+            f"{what} must be a positive number of seconds of at least one sample (1/{SAMPLE_RATE} s), got {hop_s}"
         )
     return samples
 

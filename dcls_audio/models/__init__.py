@@ -4,6 +4,7 @@
 ``list_models()``; ``load_checkpoint`` reads released upstream ``.pth`` files, our Lightning
 checkpoints and plain state_dicts; ``save_upstream_checkpoint`` writes the upstream layout.
 """
+
 from .checkpoint import (
     SAFE_GLOBALS,
     CheckpointError,
@@ -22,6 +23,7 @@ from .checkpoint import (
     to_upstream_state_dict,
 )
 from .dclsify import dcls_layers, dcls_position_parameters, dclsify, fold_dcls, is_depthwise_conv, tied_state_keys
+from .factory import create_model
 from .fastvit_audio import reparameterize_fastvit
 from .param_count import (
     PAPER_TABLE_MILLIONS,
@@ -30,18 +32,45 @@ from .param_count import (
     format_parameter_table,
     parameter_table,
 )
-from .factory import create_model
 from .registry import DCLS_DEFAULTS, MODEL_SPECS, ModelSpec, build_model, describe_models, get_spec, list_models
 from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
 
 __all__ = [
-    "create_model", "build_model", "list_models", "describe_models", "get_spec", "ModelSpec", "MODEL_SPECS", "DCLS_DEFAULTS",
-    "dclsify", "dcls_layers", "fold_dcls", "is_depthwise_conv", "tied_state_keys", "dcls_position_parameters",
+    "create_model",
+    "build_model",
+    "list_models",
+    "describe_models",
+    "get_spec",
+    "ModelSpec",
+    "MODEL_SPECS",
+    "DCLS_DEFAULTS",
+    "dclsify",
+    "dcls_layers",
+    "fold_dcls",
+    "is_depthwise_conv",
+    "tied_state_keys",
+    "dcls_position_parameters",
     "reparameterize_fastvit",
-    "load_checkpoint", "save_upstream_checkpoint", "infer_model_name", "layout_of", "read_checkpoint",
-    "extract_state_dict", "build_loaded_model", "to_model_state_dict", "to_upstream_state_dict", "load_state_dict_checked",
-    "resolve_checkpoint_path", "SAFE_GLOBALS",
-    "CheckpointError", "CheckpointMismatchError", "UnsafeCheckpointError",
-    "count_parameters", "parameter_table", "format_parameter_table", "UPSTREAM_PARAM_COUNTS", "PAPER_TABLE_MILLIONS",
-    "RELEASED_CHECKPOINTS", "checkpoint_dirs",
+    "load_checkpoint",
+    "save_upstream_checkpoint",
+    "infer_model_name",
+    "layout_of",
+    "read_checkpoint",
+    "extract_state_dict",
+    "build_loaded_model",
+    "to_model_state_dict",
+    "to_upstream_state_dict",
+    "load_state_dict_checked",
+    "resolve_checkpoint_path",
+    "SAFE_GLOBALS",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "UnsafeCheckpointError",
+    "count_parameters",
+    "parameter_table",
+    "format_parameter_table",
+    "UPSTREAM_PARAM_COUNTS",
+    "PAPER_TABLE_MILLIONS",
+    "RELEASED_CHECKPOINTS",
+    "checkpoint_dirs",
 ]

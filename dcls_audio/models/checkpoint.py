@@ -17,6 +17,7 @@ Every key must be used and every tensor of the model filled, else
 :class:`CheckpointMismatchError` lists the missing / unexpected / mis-shaped keys and, when
 the keys belong to another registered model, names it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..outputs import atomic_output
 from .dclsify import tied_state_keys
 from .layout import UpstreamLayout
 from .registry import MODEL_SPECS, build_model, get_spec, list_models
 from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
-from ..outputs import atomic_output
 
 #: Globals a checkpoint may reference besides tensors and plain containers.
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
@@ -114,7 +115,10 @@ def resolve_checkpoint_path(path_or_name: str | PathLike) -> Path:
 
 #: What a file that is no checkpoint begins with, for the error message.
 _KNOWN_MAGIC = (
-    (b"RIFF", "a WAV file"), (b"fLaC", "a FLAC file"), (b"OggS", "an Ogg file"), (b"ID3", "an MP3 file"),
+    (b"RIFF", "a WAV file"),
+    (b"fLaC", "a FLAC file"),
+    (b"OggS", "an Ogg file"),
+    (b"ID3", "an MP3 file"),
     (b"\x89HDF", "an HDF5 file"),
 )
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -127,9 +131,7 @@ def _not_a_checkpoint(path: Path, head: bytes) -> CheckpointError:
         printable = head[:8].decode("latin-1")
         what = "text" if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head[:64]) else repr(printable)
         what = f"it begins with {what}" if what != "text" else "a text file"
-    return CheckpointError(
-        f"{path}: not a checkpoint (neither a PyTorch zip archive nor a pickle; {what})"
-    )
+    return CheckpointError(f"{path}: not a checkpoint (neither a PyTorch zip archive nor a pickle; {what})")
 
 
 def _check_pickle_stream(stream: Any, path: Path, member: str) -> None:
@@ -175,9 +177,7 @@ def _check_container(path: Path) -> bool:
                         names = archive.namelist()
                         pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
                         if not pickles:
-                            raise CheckpointError(
-                                f"{path}: not a checkpoint (a zip archive without data.pkl)"
-                            )
+                            raise CheckpointError(f"{path}: not a checkpoint (a zip archive without data.pkl)")
                         bad = archive.testzip()
                         if bad is not None:
                             raise CheckpointError(f"{path}: corrupt checkpoint (CRC mismatch in {bad})")
@@ -185,8 +185,16 @@ def _check_container(path: Path) -> bool:
                             _check_pickle_stream(member, path, pickles[0])
                 except CheckpointError:
                     raise
-                except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, KeyError,
-                        NotImplementedError, OverflowError, IndexError) as err:
+                except (
+                    zipfile.BadZipFile,
+                    zipfile.LargeZipFile,
+                    EOFError,
+                    ValueError,
+                    KeyError,
+                    NotImplementedError,
+                    OverflowError,
+                    IndexError,
+                ) as err:
                     raise CheckpointError(f"{path}: corrupt checkpoint (broken zip archive: {err})") from None
                 return True
             if not head or head[0] != _PICKLE_PROTO:
@@ -234,8 +242,16 @@ def read_checkpoint(path: str | PathLike, allow_pickle: bool = False) -> Any:
 
 
 #: Texts of torch's weights-only unpickler for an object it will not build (as opposed to bad bytes).
-_REFUSAL_MARKERS = ("Unsupported global", "GLOBAL", "add_safe_globals", "allowlist", "allowed global",
-                    "Trying to call reduce", "Can only", "not an allowed")
+_REFUSAL_MARKERS = (
+    "Unsupported global",
+    "GLOBAL",
+    "add_safe_globals",
+    "allowlist",
+    "allowed global",
+    "Trying to call reduce",
+    "Can only",
+    "not an allowed",
+)
 
 
 def _refused_global(message: str) -> bool:
@@ -246,7 +262,7 @@ def _strip_wrapper(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Drop a ``module.`` prefix carried by every key (DDP, EMA wrappers) and wrapper buffers."""
     keys = [k for k in state_dict if k not in _WRAPPER_BUFFERS]
     if keys and all(k.startswith("module.") for k in keys):
-        return {k[len("module."):]: state_dict[k] for k in keys}
+        return {k[len("module.") :]: state_dict[k] for k in keys}
     return dict(state_dict)
 
 
@@ -259,7 +275,7 @@ def _tensors_only(state_dict: Mapping[str, Any], source: str, what: str) -> dict
 
 def _submodule_state(state_dict: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any] | None:
     for prefix in prefixes:
-        sub = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if sub:
             return _strip_wrapper(sub)
     return None
@@ -354,7 +370,9 @@ def shorten_keys(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOW]) + more
 
 
-def to_model_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "<state_dict>") -> dict[str, Tensor]:
+def to_model_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "<state_dict>"
+) -> dict[str, Tensor]:
     """``state_dict`` (our or upstream key names) as our keys and shapes, checked against ``model``.
 
     Raises CheckpointMismatchError unless every key is used, every model tensor is filled
@@ -366,7 +384,11 @@ def to_model_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], sour
     state = _strip_wrapper(state_dict)
     upstream = len(set(state) & set(from_upstream)) > len(set(state) & set(target))
     if upstream:
-        converted = {from_upstream[k]: layout.from_upstream_tensor(from_upstream[k], v) for k, v in state.items() if k in from_upstream}
+        converted = {
+            from_upstream[k]: layout.from_upstream_tensor(from_upstream[k], v)
+            for k, v in state.items()
+            if k in from_upstream
+        }
         unexpected = [k for k in state if k not in from_upstream]
     else:
         converted = {k: v for k, v in state.items() if k in target}
@@ -422,7 +444,9 @@ def to_model_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], sour
     return converted
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "<state_dict>") -> nn.Module:
+def load_state_dict_checked(
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "<state_dict>"
+) -> nn.Module:
     """Load ``state_dict`` (our or upstream key names) into ``model`` strictly; returns ``model``."""
     model.load_state_dict(to_model_state_dict(model, state_dict, source), strict=True)
     return model

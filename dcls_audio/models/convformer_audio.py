@@ -6,6 +6,7 @@ scales on the last two stages, mean pool -> LayerNorm -> MlpHead (SquaredReLU, L
 timm runs channels-first with 1x1 convs where upstream uses ``nn.Linear`` on channels-last
 tensors: same numbers, so those weights are reshaped when converting checkpoints.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -73,6 +74,4 @@ _LINEAR_KEYS = r"^stages\.\d+\.blocks\.\d+\.(token_mixer\.pwconv[12]|mlp\.fc[12]
 
 def convformer_upstream_layout(model: nn.Module) -> UpstreamLayout:
     """Key correspondence between this ConvFormer and the upstream checkpoint layout."""
-    return build_layout(
-        model.state_dict().keys(), lambda k: rename_by_rules(k, _UPSTREAM_RULES), _LINEAR_KEYS
-    )
+    return build_layout(model.state_dict().keys(), lambda k: rename_by_rules(k, _UPSTREAM_RULES), _LINEAR_KEYS)

@@ -4,6 +4,7 @@ The graph equals the DCLS-Audio (FB ConvNeXt) one: patch stem + LayerNorm, Layer
 conv downsampling, blocks dwconv 7x7 -> LayerNorm -> Linear -> GELU -> Linear -> gamma,
 global average pool -> LayerNorm -> Linear head.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

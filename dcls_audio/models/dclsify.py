@@ -13,6 +13,7 @@ a narrowing network. A shared parameter is one tensor: ``model.parameters()`` yi
 ``state_dict()`` repeats it under every layer's key, ``load_state_dict`` writes it once per
 key (same values), and ``deepcopy`` / ``.to()`` keep the tie.
 """
+
 from __future__ import annotations
 
 from typing import Iterator

@@ -1,4 +1,5 @@
 """``create_model``: a registered backbone, optionally with a checkpoint's weights (timm's entry point)."""
+
 from __future__ import annotations
 
 from os import PathLike

@@ -4,6 +4,7 @@ Upstream DCLS-Audio replaces the whole MobileOne convolutional stem by one bias-
 (2, 16) patch convolution (no norm, no activation); everything else is Apple's FastViT,
 which timm reproduces (RepMixer stages, RepCPE + attention stage, SE ``conv_exp`` head).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -58,8 +59,7 @@ def fastvit_audio(
                 "(the downsampling conv has groups=dims[i-1])"
             )
     pos_embs = tuple(
-        partial(RepConditionalPosEnc, spatial_shape=(7, 7)) if i in pos_emb_stages else None
-        for i in range(n)
+        partial(RepConditionalPosEnc, spatial_shape=(7, 7)) if i in pos_emb_stages else None for i in range(n)
     )
     model = FastVit(
         in_chans=in_chans,

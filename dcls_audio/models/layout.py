@@ -4,6 +4,7 @@ Each backbone family builds an :class:`UpstreamLayout` from a model instance: a 
 each of our state-dict keys to its upstream key, plus the keys whose upstream tensor is a
 ``nn.Linear`` weight ``(out, in)`` where ours is a 1x1 convolution ``(out, in, 1, 1)``.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Parameter counts of the registered models, next to the upstream ones."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -44,14 +45,16 @@ def parameter_table(names: list[str] | None = None) -> list[dict[str, Any]]:
     for name in names or list_models():
         count = count_parameters(build_model(name))
         upstream = UPSTREAM_PARAM_COUNTS.get(name)
-        rows.append({
-            "model": name,
-            "parameters": count,
-            "upstream": upstream,
-            "match": count == upstream,
-            "params_1000": count_parameters(build_model(name, num_classes=1000)),
-            "paper_millions": PAPER_TABLE_MILLIONS.get(name),
-        })
+        rows.append(
+            {
+                "model": name,
+                "parameters": count,
+                "upstream": upstream,
+                "match": count == upstream,
+                "params_1000": count_parameters(build_model(name, num_classes=1000)),
+                "paper_millions": PAPER_TABLE_MILLIONS.get(name),
+            }
+        )
     return rows
 
 

@@ -4,6 +4,7 @@
 >>> tiny = create_model("convnext_dcls_audio_tiny", depths=(1, 1, 1, 1), dims=(16, 32, 64, 128),
 ...                     kernel_count=8, dilated_kernel_size=9)           # a CPU-sized variant
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -47,7 +48,15 @@ def _specs() -> dict[str, ModelSpec]:
     families = (
         ("convnext", "tiny", convnext_audio, CONVNEXT_VARIANTS, convnext_upstream_layout, None, "ConvNeXt-T"),
         ("fastvit", "sa24", fastvit_audio, FASTVIT_VARIANTS, fastvit_upstream_layout, 7, "FastViT-SA24"),
-        ("convformer", "s18", convformer_audio, CONVFORMER_VARIANTS, convformer_upstream_layout, None, "ConvFormer-S18"),
+        (
+            "convformer",
+            "s18",
+            convformer_audio,
+            CONVFORMER_VARIANTS,
+            convformer_upstream_layout,
+            None,
+            "ConvFormer-S18",
+        ),
     )
     specs = {}
     for family, size, build, variants, layout, kernel, title in families:
@@ -55,8 +64,14 @@ def _specs() -> dict[str, ModelSpec]:
             name = f"{family}_{'dcls_' if dcls else ''}audio_{size}"
             what = "DCLS-Gauss 23x23 / 26" if dcls else "depthwise 7x7"
             specs[name] = ModelSpec(
-                name=name, family=family, build=build, arch=dict(variants[size]), layout=layout,
-                dcls=dcls, only_kernel_size=kernel if dcls else None, description=f"{title}, {what}",
+                name=name,
+                family=family,
+                build=build,
+                arch=dict(variants[size]),
+                layout=layout,
+                dcls=dcls,
+                only_kernel_size=kernel if dcls else None,
+                description=f"{title}, {what}",
             )
     return specs
 
@@ -91,9 +106,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     spec = get_spec(name)
     dcls_kwargs = {k: kwargs.pop(k) for k in _DCLS_OPTIONS if k in kwargs}
     if dcls_kwargs and not spec.dcls:
-        raise ValueError(
-            f"{name} has no DCLS layers; {', '.join(dcls_kwargs)} only apply to the *_dcls_* models"
-        )
+        raise ValueError(f"{name} has no DCLS layers; {', '.join(dcls_kwargs)} only apply to the *_dcls_* models")
     allowed = spec.build_kwargs()
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:

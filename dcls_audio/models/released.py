@@ -4,6 +4,7 @@ The paper's README links four distinct files. Its two baseline rows for ConvNeXt
 FastViT-SA24 (depthwise 7x7) point to the DCLS files, so no baseline file is published
 for ``convnext_audio_tiny`` and ``fastvit_audio_sa24``.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,8 +1,9 @@
 """The audio stem shared by all backbones: a patchifying convolution over the mel spectrogram."""
+
 from __future__ import annotations
 
-from torch import nn
 from timm.layers import trunc_normal_
+from torch import nn
 
 #: Patch of the spectrogram seen by one stem output: 2 mel bins x 16 frames.
 AUDIO_PATCH = (2, 16)

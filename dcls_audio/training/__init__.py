@@ -4,6 +4,7 @@ mixup, backbone, loss), optimizer and schedule, EMA, the non-finite step guard, 
 
 Names are imported on first use, so reading a config does not import torch or Lightning.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

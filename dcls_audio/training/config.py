@@ -8,6 +8,7 @@ naming the key, before any work starts.
 
 This module imports nothing heavy (no torch) so that the command line can list the keys fast.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,15 +65,18 @@ class ModelConfig:
     depths: Optional[list[int]] = _f(None, "blocks per stage; null: the named model's")
     dims: Optional[list[int]] = _f(None, "channels per stage; null: the named model's")
     init_checkpoint: Optional[str] = _f(
-        None, "fine-tune from this checkpoint (ours, upstream .pth or state_dict); a new head "
-        "is made when its class count differs")
+        None,
+        "fine-tune from this checkpoint (ours, upstream .pth or state_dict); a new head "
+        "is made when its class count differs",
+    )
     init_checkpoint_ema: bool = _f(False, "take the EMA weights of init_checkpoint")
     freeze_positions: bool = _f(False, "keep the DCLS positions (P, SIG) fixed")
     clamp_positions: bool = _f(False, "clamp DCLS positions to the kernel after each step")
     channels_last: bool = _f(False, "channels_last memory format for the backbone")
     compile: bool = _f(False, "torch.compile the backbone")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = _f(
-        "default", "torch.compile mode, with model.compile: true (reduce-overhead: CUDA graphs)")
+        "default", "torch.compile mode, with model.compile: true (reduce-overhead: CUDA graphs)"
+    )
 
 
 @dataclass
@@ -81,7 +85,9 @@ class DataConfig:
     val_files: list[str] = _f([], "validation HDF5 files; empty: the demo eval file")
     class_csv: Optional[str] = _f(None, "class list CSV (index, mid, display_name); null: AudioSet")
     batch_size: int = _f(64, "clips per device and step")
-    num_workers: Optional[int] = _f(None, "loader workers per device; null: chosen from the node's CPU cores and devices")
+    num_workers: Optional[int] = _f(
+        None, "loader workers per device; null: chosen from the node's CPU cores and devices"
+    )
     pin_memory: Optional[bool] = _f(None, "pin host memory of batches; null: on CUDA")
     persistent_workers: Optional[bool] = _f(None, "keep workers alive between epochs; null: when there are workers")
     prefetch_factor: Optional[int] = _f(None, "batches each worker loads ahead; null: 4, or 2 with 8+ workers")
@@ -102,8 +108,10 @@ class OptimConfig:
     optimizer: str = _f("adamw", "timm optimizer name (adamw, lamb, ...)")
     lr: float = _f(4.0e-3, "peak learning rate at a total batch of lr_batch_size")
     lr_batch_size: Optional[int] = _f(
-        4096, "total batch that lr is given for; the lr used is lr * total_batch / "
-        "lr_batch_size (linear scaling); null: use lr as is")
+        4096,
+        "total batch that lr is given for; the lr used is lr * total_batch / "
+        "lr_batch_size (linear scaling); null: use lr as is",
+    )
     min_lr: float = _f(1.0e-6, "final learning rate of the cosine schedule")
     weight_decay: float = _f(0.05, "weight decay (not on biases, 1-D params, P, SIG)")
     betas: Optional[list[float]] = _f(None, "Adam-family betas; null: the optimizer default")
@@ -125,8 +133,7 @@ class TrainerConfig:
     devices: Union[int, str, list[int]] = _f("auto", "devices per node (count, list or auto)")
     num_nodes: int = _f(1, "nodes")
     strategy: str = _f("auto", "auto, ddp, ddp_spawn, fsdp, ...")
-    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = _f(
-        "bf16-mixed", "numeric precision")
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"] = _f("bf16-mixed", "numeric precision")
     max_epochs: int = _f(60, "epochs")
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: no limit)")
     accumulate_grad_batches: int = _f(1, "batches per optimizer step")
@@ -134,7 +141,8 @@ class TrainerConfig:
     gradient_clip_algorithm: Literal["norm", "value"] = _f("norm", "clip by norm or value")
     log_every_n_steps: int = _f(50, "logging interval in steps")
     val_check_interval: Optional[Union[int, float]] = _f(
-        None, "validate every fraction (float) of an epoch or every n batches (int)")
+        None, "validate every fraction (float) of an epoch or every n batches (int)"
+    )
     check_val_every_n_epoch: Optional[int] = _f(1, "validate every n epochs")
     limit_train_batches: Optional[Union[int, float]] = _f(None, "fraction (float) or count (int) of train batches")
     limit_val_batches: Optional[Union[int, float]] = _f(None, "fraction (float) or count (int) of val batches")
@@ -143,7 +151,8 @@ class TrainerConfig:
     deterministic: bool = _f(False, "deterministic algorithms")
     enable_progress_bar: bool = _f(True, "show a progress bar")
     progress_bar_refresh_rate: int = _f(
-        10, "update the progress bar every n batches (each update waits for the device to report the loss)")
+        10, "update the progress bar every n batches (each update waits for the device to report the loss)"
+    )
 
 
 @dataclass
@@ -316,8 +325,9 @@ def _resolve_base(base: object, child: Path | Traversable) -> Path | Traversable
     if not path.is_absolute() and isinstance(child, Path):
         path = child.parent / path
     if not path.is_file():
-        raise ConfigError(f"{child}: base recipe '{base}' not found (a path, or a shipped name: "
-                          f"{', '.join(config_names())})")
+        raise ConfigError(
+            f"{child}: base recipe '{base}' not found (a path, or a shipped name: {', '.join(config_names())})"
+        )
     return path
 
 
@@ -343,9 +353,7 @@ def _read_recipe(path: Path | Traversable, chain: tuple[str, ...] = ()) -> dict[
     return merged
 
 
-def load_config(
-    config: str | Path | None = None, overrides: dict[str, Any] | None = None
-) -> TrainConfig:
+def load_config(config: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults <- recipe (a path or a shipped name; None: demo; its ``base:`` recipes first)
     <- dotted overrides.
 
@@ -384,25 +392,28 @@ def _validate(cfg: TrainConfig) -> None:
         (0 <= cfg.optim.min_lr <= cfg.optim.lr, "optim.min_lr must be in [0, optim.lr]"),
         (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (cfg.optim.betas is None or len(cfg.optim.betas) == 2, "optim.betas must have two values"),
-        (cfg.optim.lr_batch_size is None or cfg.optim.lr_batch_size > 0,
-         "optim.lr_batch_size must be > 0 or null"),
+        (cfg.optim.lr_batch_size is None or cfg.optim.lr_batch_size > 0, "optim.lr_batch_size must be > 0 or null"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
-        (cfg.optim.warmup_steps is None or cfg.optim.warmup_steps >= 0,
-         "optim.warmup_steps must be >= 0 or null"),
+        (cfg.optim.warmup_steps is None or cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0 or null"),
         (cfg.augment.mixup_alpha >= 0, "augment.mixup_alpha must be >= 0"),
         (0 <= cfg.augment.label_smoothing < 1, "augment.label_smoothing must be in [0, 1)"),
         (0 < cfg.ema.decay < 1, "ema.decay must be in (0, 1)"),
         (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches must be >= 1"),
         (cfg.trainer.progress_bar_refresh_rate >= 1, "trainer.progress_bar_refresh_rate must be >= 1"),
-        (cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0,
-         "trainer.max_epochs must be >= 1 (or set trainer.max_steps)"),
+        (
+            cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0,
+            "trainer.max_epochs must be >= 1 (or set trainer.max_steps)",
+        ),
         (cfg.run.checkpoint_every_n_steps >= 0, "run.checkpoint_every_n_steps must be >= 0"),
-        (len(cfg.data.train_files) > 0 or len(cfg.data.val_files) == 0,
-         "data.val_files given without data.train_files (both empty: demo data)"),
-        (cfg.model.num_classes is None or cfg.model.num_classes >= 1,
-         "model.num_classes must be >= 1 or null"),
-        (cfg.model.compile or cfg.model.compile_mode == "default",
-         f"model.compile_mode {cfg.model.compile_mode} needs model.compile: true"),
+        (
+            len(cfg.data.train_files) > 0 or len(cfg.data.val_files) == 0,
+            "data.val_files given without data.train_files (both empty: demo data)",
+        ),
+        (cfg.model.num_classes is None or cfg.model.num_classes >= 1, "model.num_classes must be >= 1 or null"),
+        (
+            cfg.model.compile or cfg.model.compile_mode == "default",
+            f"model.compile_mode {cfg.model.compile_mode} needs model.compile: true",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -461,46 +472,78 @@ def _check_ranges(cfg: TrainConfig) -> None:
     """Values the model builder or the trainer would refuse later, refused now with the key."""
     m, t = cfg.model, cfg.trainer
     checks = [
-        (m.depths is None or (len(m.depths) > 0 and all(d >= 1 for d in m.depths)),
-         f"model.depths: every stage needs >= 1 block, got {m.depths}"),
-        (m.dims is None or (len(m.dims) > 0 and all(d >= 1 for d in m.dims)),
-         f"model.dims: every stage needs >= 1 channel, got {m.dims}"),
-        (m.depths is None or m.dims is None or len(m.depths) == len(m.dims),
-         f"model.depths ({m.depths}) and model.dims ({m.dims}) must have one entry per stage"),
+        (
+            m.depths is None or (len(m.depths) > 0 and all(d >= 1 for d in m.depths)),
+            f"model.depths: every stage needs >= 1 block, got {m.depths}",
+        ),
+        (
+            m.dims is None or (len(m.dims) > 0 and all(d >= 1 for d in m.dims)),
+            f"model.dims: every stage needs >= 1 channel, got {m.dims}",
+        ),
+        (
+            m.depths is None or m.dims is None or len(m.depths) == len(m.dims),
+            f"model.depths ({m.depths}) and model.dims ({m.dims}) must have one entry per stage",
+        ),
         (m.kernel_count is None or m.kernel_count >= 1, f"model.kernel_count must be >= 1, got {m.kernel_count}"),
-        (m.dilated_kernel_size is None or m.dilated_kernel_size >= 1,
-         f"model.dilated_kernel_size must be >= 1, got {m.dilated_kernel_size}"),
+        (
+            m.dilated_kernel_size is None or m.dilated_kernel_size >= 1,
+            f"model.dilated_kernel_size must be >= 1, got {m.dilated_kernel_size}",
+        ),
         (0 <= m.drop_path_rate < 1, f"model.drop_path_rate must be in [0, 1), got {m.drop_path_rate}"),
-        (m.layer_scale_init_value is None or m.layer_scale_init_value > 0,
-         f"model.layer_scale_init_value must be > 0 or null, got {m.layer_scale_init_value}"),
-        (cfg.data.samples_per_epoch is None or cfg.data.samples_per_epoch >= 1,
-         f"data.samples_per_epoch must be >= 1 or null, got {cfg.data.samples_per_epoch}"),
+        (
+            m.layer_scale_init_value is None or m.layer_scale_init_value > 0,
+            f"model.layer_scale_init_value must be > 0 or null, got {m.layer_scale_init_value}",
+        ),
+        (
+            cfg.data.samples_per_epoch is None or cfg.data.samples_per_epoch >= 1,
+            f"data.samples_per_epoch must be >= 1 or null, got {cfg.data.samples_per_epoch}",
+        ),
         (cfg.optim.eps is None or cfg.optim.eps > 0, f"optim.eps must be > 0 or null, got {cfg.optim.eps}"),
-        (cfg.optim.betas is None or all(0 <= b < 1 for b in cfg.optim.betas),
-         f"optim.betas must be in [0, 1), got {cfg.optim.betas}"),
+        (
+            cfg.optim.betas is None or all(0 <= b < 1 for b in cfg.optim.betas),
+            f"optim.betas must be in [0, 1), got {cfg.optim.betas}",
+        ),
         (cfg.optim.position_lr_scale >= 0, f"optim.position_lr_scale must be >= 0, got {cfg.optim.position_lr_scale}"),
-        (t.accelerator.lower() in ACCELERATORS,
-         f"trainer.accelerator: {t.accelerator!r} is not one of {', '.join(ACCELERATORS)}"),
-        (_devices_ok(t.devices),
-         f"trainer.devices: expected auto, -1 (all), a count >= 1 or a list of indices, got {t.devices!r}"),
+        (
+            t.accelerator.lower() in ACCELERATORS,
+            f"trainer.accelerator: {t.accelerator!r} is not one of {', '.join(ACCELERATORS)}",
+        ),
+        (
+            _devices_ok(t.devices),
+            f"trainer.devices: expected auto, -1 (all), a count >= 1 or a list of indices, got {t.devices!r}",
+        ),
         (t.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {t.num_nodes}"),
         (t.max_steps >= -1, f"trainer.max_steps must be -1 (no limit) or >= 0, got {t.max_steps}"),
         (t.log_every_n_steps >= 1, f"trainer.log_every_n_steps must be >= 1, got {t.log_every_n_steps}"),
-        (_limit_ok(t.limit_train_batches, allow_zero=False),
-         f"trainer.limit_train_batches: expected a count >= 1 or a fraction in (0, 1], got {t.limit_train_batches}"),
-        (_limit_ok(t.limit_val_batches, allow_zero=True),
-         f"trainer.limit_val_batches: expected a count >= 0 or a fraction in [0, 1], got {t.limit_val_batches}"),
-        (t.val_check_interval is None or t.val_check_interval > 0,
-         f"trainer.val_check_interval must be > 0 or null, got {t.val_check_interval}"),
-        (not isinstance(t.val_check_interval, float) or t.val_check_interval <= 1.0,
-         f"trainer.val_check_interval: a fraction must be in (0, 1], got {t.val_check_interval}"),
-        (t.check_val_every_n_epoch is None or t.check_val_every_n_epoch >= 1,
-         f"trainer.check_val_every_n_epoch must be >= 1 or null, got {t.check_val_every_n_epoch}"),
+        (
+            _limit_ok(t.limit_train_batches, allow_zero=False),
+            f"trainer.limit_train_batches: expected a count >= 1 or a fraction in (0, 1], got {t.limit_train_batches}",
+        ),
+        (
+            _limit_ok(t.limit_val_batches, allow_zero=True),
+            f"trainer.limit_val_batches: expected a count >= 0 or a fraction in [0, 1], got {t.limit_val_batches}",
+        ),
+        (
+            t.val_check_interval is None or t.val_check_interval > 0,
+            f"trainer.val_check_interval must be > 0 or null, got {t.val_check_interval}",
+        ),
+        (
+            not isinstance(t.val_check_interval, float) or t.val_check_interval <= 1.0,
+            f"trainer.val_check_interval: a fraction must be in (0, 1], got {t.val_check_interval}",
+        ),
+        (
+            t.check_val_every_n_epoch is None or t.check_val_every_n_epoch >= 1,
+            f"trainer.check_val_every_n_epoch must be >= 1 or null, got {t.check_val_every_n_epoch}",
+        ),
         (t.num_sanity_val_steps >= -1, f"trainer.num_sanity_val_steps must be >= -1, got {t.num_sanity_val_steps}"),
-        (t.fast_dev_run is True or t.fast_dev_run is False or t.fast_dev_run >= 0,
-         f"trainer.fast_dev_run must be true, false or a count >= 0, got {t.fast_dev_run}"),
-        (t.gradient_clip_val is None or t.gradient_clip_val > 0,
-         f"trainer.gradient_clip_val must be > 0 or null, got {t.gradient_clip_val}"),
+        (
+            t.fast_dev_run is True or t.fast_dev_run is False or t.fast_dev_run >= 0,
+            f"trainer.fast_dev_run must be true, false or a count >= 0, got {t.fast_dev_run}",
+        ),
+        (
+            t.gradient_clip_val is None or t.gradient_clip_val > 0,
+            f"trainer.gradient_clip_val must be > 0 or null, got {t.gradient_clip_val}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -544,8 +587,7 @@ def check_machine(cfg: TrainConfig) -> None:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         raise ConfigError(
-            f"trainer.accelerator {cfg.trainer.accelerator}: no CUDA GPU is available on this machine "
-            "(use cpu or auto)"
+            f"trainer.accelerator {cfg.trainer.accelerator}: no CUDA GPU is available on this machine (use cpu or auto)"
         )
     devices = cfg.trainer.devices
     if isinstance(devices, str) and devices.strip() not in ("auto", "-1"):

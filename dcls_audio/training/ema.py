@@ -11,6 +11,7 @@ tensor's storage moved (``.to(device)``, ``.half()``, ...) or another network is
 ``load_state_dict`` copies in place and keeps them. After replacing a parameter or submodule of
 either network, call :func:`forget_ema_pairs`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,9 +61,7 @@ def forget_ema_pairs(ema: nn.Module) -> None:
 
 def _collect(ema: nn.Module, net: nn.Module) -> _Pairs:
     same, cast, others = [], [], []
-    for e, n in zip(
-        [*ema.parameters(), *ema.buffers()], [*net.parameters(), *net.buffers()], strict=True
-    ):
+    for e, n in zip([*ema.parameters(), *ema.buffers()], [*net.parameters(), *net.buffers()], strict=True):
         if not e.dtype.is_floating_point:
             others.append((e, n))
         elif n.dtype == e.dtype:
@@ -96,7 +95,7 @@ def update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
     if pairs.ema_floats:
         targets = pairs.net_floats
         if pairs.net_casts:
-            dtypes = [e.dtype for e in pairs.ema_floats[len(targets):]]
+            dtypes = [e.dtype for e in pairs.ema_floats[len(targets) :]]
             targets = targets + [n.to(d) for n, d in zip(pairs.net_casts, dtypes)]
         torch._foreach_lerp_(pairs.ema_floats, targets, 1.0 - decay)
     if pairs.ema_others:

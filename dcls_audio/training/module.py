@@ -18,6 +18,7 @@ Checkpoints are self-describing: the backbone lives under ``net``, the EMA copy 
 ``ema_net``, and the hyper-parameters hold the model name, its kwargs, the class count and
 the class names/mids.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..evaluation.metrics import AudioSetMetrics
 from ..features import LogMelFrontEnd
 from ..features.augment import MixupDraws, apply_mixup, sample_mixup_draws
+from ..models import CheckpointMismatchError, create_model, load_checkpoint
 from .config import AugmentSection, ModelConfig, OptimConfig
 from .ema import make_ema, update_ema
-from ..evaluation.metrics import AudioSetMetrics
-from ..models import CheckpointMismatchError, create_model, load_checkpoint
 from .optim import build_optimizer, is_position_param, lr_lambda
 from .step_guard import NonFiniteGuard, NonFiniteStep, supports_found_inf
 
@@ -154,9 +155,7 @@ class AudioTaggingModule(L.LightningModule):
             kwargs = {**(hp.model_kwargs or {}), "num_classes": source_classes}
             source = load_checkpoint(hp.model_name, path, use_ema=use_ema, **kwargs)
             head = _classifier_keys(self.net)
-            self.net.load_state_dict(
-                {k: v for k, v in source.state_dict().items() if k not in head}, strict=False
-            )
+            self.net.load_state_dict({k: v for k, v in source.state_dict().items() if k not in head}, strict=False)
             message = (
                 f"initialised from {path}; new {hp.num_classes}-class head "
                 f"(the checkpoint has {source_classes} classes)"
@@ -249,9 +248,7 @@ class AudioTaggingModule(L.LightningModule):
     def _raise_non_finite(self, known: NonFiniteStep) -> None:
         if not known.here:
             raise NonFiniteLossError(f"training loss became non-finite on another rank at step {known.step}")
-        raise NonFiniteLossError(
-            f"training loss is {known.loss} at step {known.step} (epoch {self.current_epoch})"
-        )
+        raise NonFiniteLossError(f"training loss is {known.loss} at step {known.step} (epoch {self.current_epoch})")
 
     def _check_non_finite_now(self) -> None:
         known = self._guard.poll(now=True)
@@ -307,7 +304,9 @@ class AudioTaggingModule(L.LightningModule):
         }
         self.log_dict(
             {f"{stage}/{k}{suffix}": v for k, v in values.items()},
-            prog_bar=False, sync_dist=False, rank_zero_only=False,
+            prog_bar=False,
+            sync_dist=False,
+            rank_zero_only=False,
         )
 
     # ------------------------------------------------------------------ optimizer
@@ -315,8 +314,14 @@ class AudioTaggingModule(L.LightningModule):
         hp = self.hparams
         fused = hp.fused_optimizer if hp.fused_optimizer is not None else self.device.type == "cuda"
         optimizer = build_optimizer(
-            self.net, hp.optimizer, hp.lr, hp.weight_decay, hp.position_lr_scale,
-            betas=hp.betas, eps=hp.eps, fused=fused,
+            self.net,
+            hp.optimizer,
+            hp.lr,
+            hp.weight_decay,
+            hp.position_lr_scale,
+            betas=hp.betas,
+            eps=hp.eps,
+            fused=fused,
         )
         total_steps = int(self.trainer.estimated_stepping_batches)
         warmup = hp.warmup_steps
@@ -325,9 +330,7 @@ class AudioTaggingModule(L.LightningModule):
             accumulate = self.trainer.accumulate_grad_batches
             steps_per_epoch = max(1, -(-int(batches) // accumulate)) if batches != float("inf") else 0
             warmup = round(hp.warmup_epochs * steps_per_epoch)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(total_steps, warmup, hp.lr, hp.min_lr)
-        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, hp.lr, hp.min_lr))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 

@@ -5,6 +5,7 @@ Groups follow the DCLS-Audio recipe: weight decay on weight matrices and conv ke
 model lists in ``no_weight_decay()``), and a learning-rate factor (x5 upstream) on ``P`` and
 ``SIG``. Shared parameters (one ``P`` used by several layers) appear once.
 """
+
 from __future__ import annotations
 
 import math
@@ -103,9 +104,7 @@ def build_optimizer(
         raise ValueError(f"optim.optimizer: cannot create '{name}': {err}") from None
 
 
-def cosine_with_warmup(
-    step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float
-) -> float:
+def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:
     """Learning rate of optimizer step ``step`` (0-based).
 
     Linear warm-up ``base_lr * (step + 1) / warmup_steps`` for ``step < warmup_steps``, then a
@@ -119,9 +118,7 @@ def cosine_with_warmup(
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def lr_lambda(
-    total_steps: int, warmup_steps: int, base_lr: float, min_lr: float
-) -> Callable[[int], float]:
+def lr_lambda(total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> Callable[[int], float]:
     """The schedule as a factor of ``base_lr`` (for ``torch.optim.lr_scheduler.LambdaLR``)."""
 
     def factor(step: int) -> float:

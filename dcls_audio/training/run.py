@@ -15,6 +15,7 @@ its previous checkpoint intact. A first SIGINT (Ctrl-C) or a SIGTERM stops at th
 current training batch (or after the current validation) and writes ``last.ckpt``; a second
 SIGINT aborts at once.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,16 +32,22 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .config import ConfigError, TrainConfig, dump_config
 from ..data import AudioSetDataModule, ensure_demo_data
-from .module import AudioTaggingModule, NonFiniteLossError
 from ..models.checkpoint import shorten_keys
-from .optim import scaled_lr
 from ..outputs import atomic_output, ensure_writable_dir
+from .config import ConfigError, TrainConfig, dump_config
+from .module import AudioTaggingModule, NonFiniteLossError
+from .optim import scaled_lr
 
 __all__ = [
-    "TrainResult", "TrainingStopped", "build_datamodule", "build_module", "print_summary",
-    "resolve_run_dir", "summary_lines", "train",
+    "TrainResult",
+    "TrainingStopped",
+    "build_datamodule",
+    "build_module",
+    "print_summary",
+    "resolve_run_dir",
+    "summary_lines",
+    "train",
 ]
 
 RUN_DIR_ENV = "DCLS_AUDIO_RUN_DIR"  # hands rank 0's run directory to re-launched DDP ranks
@@ -157,8 +164,10 @@ class StopOnSignal(Callback):
         def handler(signum: int, frame: Any) -> None:
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one aborts
-                _say("\nInterrupt: stopping after this step and saving a checkpoint "
-                     "(press Ctrl-C again to abort without saving)")
+                _say(
+                    "\nInterrupt: stopping after this step and saving a checkpoint "
+                    "(press Ctrl-C again to abort without saving)"
+                )
             if trainer.validating:
                 self._deferred = True
             else:
@@ -236,8 +245,14 @@ def _trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 
 def _last_checkpoint(ckpt_dir: Path, **trigger: Any) -> ModelCheckpoint:
     """Writes ``last.ckpt`` (overwriting it) on the given trigger."""
-    return ModelCheckpoint(dirpath=ckpt_dir, filename=LAST_CHECKPOINT[:-5], monitor=None, save_top_k=1,
-                           enable_version_counter=False, **trigger)
+    return ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename=LAST_CHECKPOINT[:-5],
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+        **trigger,
+    )
 
 
 def _callbacks(cfg: TrainConfig, ckpt_dir: Path, has_val: bool) -> tuple[list[Callback], ModelCheckpoint | None]:
@@ -255,25 +270,38 @@ def _callbacks(cfg: TrainConfig, ckpt_dir: Path, has_val: bool) -> tuple[list[Ca
     best = None
     if has_val:
         best = ModelCheckpoint(
-            dirpath=ckpt_dir, monitor="val/mAP", mode="max", save_top_k=1,
-            filename="best-epoch{epoch}-step{step}-mAP{val/mAP:.4f}", auto_insert_metric_name=False,
+            dirpath=ckpt_dir,
+            monitor="val/mAP",
+            mode="max",
+            save_top_k=1,
+            filename="best-epoch{epoch}-step{step}-mAP{val/mAP:.4f}",
+            auto_insert_metric_name=False,
         )
         callbacks.append(best)
         if cfg.ema.enabled:
-            callbacks.append(ModelCheckpoint(
-                dirpath=ckpt_dir, monitor="val/mAP_ema", mode="max", save_top_k=1,
-                filename="best-ema-epoch{epoch}-step{step}-mAP{val/mAP_ema:.4f}",
-                auto_insert_metric_name=False,
-            ))
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=ckpt_dir,
+                    monitor="val/mAP_ema",
+                    mode="max",
+                    save_top_k=1,
+                    filename="best-ema-epoch{epoch}-step{step}-mAP{val/mAP_ema:.4f}",
+                    auto_insert_metric_name=False,
+                )
+            )
     return callbacks, best
 
 
-def build_module(cfg: TrainConfig, num_classes: int, class_names: list[str], class_mids: list[str],
-                 lr: float) -> AudioTaggingModule:
+def build_module(
+    cfg: TrainConfig, num_classes: int, class_names: list[str], class_mids: list[str], lr: float
+) -> AudioTaggingModule:
     """The LightningModule of ``cfg`` with an absolute peak ``lr``."""
     m, o = cfg.model, cfg.optim
-    arch = {k: getattr(m, k) for k in ("layer_scale_init_value", "kernel_count", "dilated_kernel_size",
-                                        "version", "depths", "dims") if getattr(m, k) is not None}
+    arch = {
+        k: getattr(m, k)
+        for k in ("layer_scale_init_value", "kernel_count", "dilated_kernel_size", "version", "depths", "dims")
+        if getattr(m, k) is not None
+    }
     return AudioTaggingModule(
         model_name=m.name,
         num_classes=num_classes,
@@ -283,11 +311,16 @@ def build_module(cfg: TrainConfig, num_classes: int, class_names: list[str], cla
         **{f.name: getattr(o, f.name) for f in fields(o) if f.name not in ("lr", "lr_batch_size")},
         lr=lr,
         front_end_augment=cfg.augment.front_end,
-        mixup_alpha=cfg.augment.mixup_alpha, label_smoothing=cfg.augment.label_smoothing,
+        mixup_alpha=cfg.augment.mixup_alpha,
+        label_smoothing=cfg.augment.label_smoothing,
         ema_decay=cfg.ema.decay if cfg.ema.enabled else None,
-        freeze_positions=m.freeze_positions, clamp_positions=m.clamp_positions,
-        channels_last=m.channels_last, compile=m.compile, compile_mode=m.compile_mode,
-        init_checkpoint=m.init_checkpoint, init_checkpoint_ema=m.init_checkpoint_ema,
+        freeze_positions=m.freeze_positions,
+        clamp_positions=m.clamp_positions,
+        channels_last=m.channels_last,
+        compile=m.compile,
+        compile_mode=m.compile_mode,
+        init_checkpoint=m.init_checkpoint,
+        init_checkpoint_ema=m.init_checkpoint_ema,
         seed=cfg.run.seed,
     )
 
@@ -316,15 +349,16 @@ def _state_differences(saved: dict[str, tuple[int, ...]], ours: dict[str, tuple[
     missing = [k for k in ours if k not in saved]
     unexpected = [k for k in saved if k not in ours]
     reshaped = [f"{k} {saved[k]} vs {ours[k]}" for k in ours if k in saved and saved[k] != ours[k]]
-    named = (("missing keys", missing), ("unexpected keys", unexpected),
-             ("other shapes, checkpoint vs config", reshaped))
+    named = (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("other shapes, checkpoint vs config", reshaped),
+    )
     return [f"{what} ({len(keys)}): {shorten_keys(keys)}" for what, keys in named if keys]
 
 
 # ----------------------------------------------------------------------------- train
-def train(
-    cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequence[Callback] = ()
-) -> TrainResult:
+def train(cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train as ``cfg`` says; resume from ``resume`` or the run directory's ``last.ckpt``.
 
     ``callbacks``: extra Lightning callbacks for this run.
@@ -338,9 +372,7 @@ def train(
     dm, val_files = build_datamodule(cfg)
     num_classes = dm.num_classes
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
-        raise ConfigError(
-            f"model.num_classes is {cfg.model.num_classes} but the data has {num_classes} classes"
-        )
+        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but the data has {num_classes} classes")
     auto_resume = cfg.run.auto_resume and not cfg.trainer.fast_dev_run
     run_dir, resume_from = resolve_run_dir(cfg.run.output_dir, cfg.run.name, auto_resume, resume)
     ensure_writable_dir(run_dir, "run.output_dir")
@@ -372,8 +404,10 @@ def train(
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     scaling = f" ({cfg.optim.lr:g} x {total_batch}/{cfg.optim.lr_batch_size})" if cfg.optim.lr_batch_size else ""
     _say(f"Run directory: {run_dir}")
-    _say(f"Model {cfg.model.name}: {sum(p.numel() for p in module.net.parameters()):,} parameters, "
-         f"{num_classes} classes; total batch {total_batch}, peak lr {lr:.3g}{scaling}")
+    _say(
+        f"Model {cfg.model.name}: {sum(p.numel() for p in module.net.parameters()):,} parameters, "
+        f"{num_classes} classes; total batch {total_batch}, peak lr {lr:.3g}{scaling}"
+    )
     if resume_from is not None:
         _say(f"Resuming from {resume_from}")
 
@@ -428,8 +462,9 @@ def summary_lines(result: TrainResult) -> list[str]:
         return lines
     lines.append(f"Best checkpoint{score}: {ckpt}")
     data = " ".join(result.val_files) if result.val_files else "EVAL.h5"
-    lines.append(f"Evaluate it:  dcls-audio eval --checkpoint {ckpt} --data {data} "
-                 f"--output-dir {result.run_dir / 'eval'}")
+    lines.append(
+        f"Evaluate it:  dcls-audio eval --checkpoint {ckpt} --data {data} --output-dir {result.run_dir / 'eval'}"
+    )
     lines.append(f"Tag audio:    dcls-audio infer --checkpoint {ckpt} AUDIO_FILE ...")
     lines.append(f"TensorBoard:  tensorboard --logdir {result.run_dir}")
     return lines

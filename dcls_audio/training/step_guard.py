@@ -13,6 +13,7 @@ ahead). ``lag=0`` reads it at once (the CPU, where reading costs nothing, and op
 ``found_inf``, which must stop before their update). Every rank reads the same all-reduced state
 at the same step, so all ranks stop together.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -17,7 +17,7 @@ reference), :func:`construct_kernel_fused` (the function).
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -56,7 +56,7 @@ def _programs():
     return programs.construct_fwd, programs.construct_bwd
 
 
-def _axis_rows(n: int, version: str) -> Tuple[int, int, int]:
+def _axis_rows(n: int, version: str) -> tuple[int, int, int]:
     """Rows of ``P`` that move along the (height, width, depth) kernel axes; with one axis
     the same row for height and width, with fewer than three the height row for depth."""
     axes = position_axes(n, version)
@@ -65,7 +65,7 @@ def _axis_rows(n: int, version: str) -> Tuple[int, int, int]:
     return axes.index(0), axes.index(n - 1), axes.index(0)
 
 
-Placement = Tuple[Sequence[int], Sequence[int]]  # (transform sizes, paddings) per learned axis
+Placement = tuple[Sequence[int], Sequence[int]]  # (transform sizes, paddings) per learned axis
 
 
 def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool, placement: Optional[Placement] = None) -> dict:
@@ -98,12 +98,12 @@ def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool, placeme
     return meta
 
 
-def _pair(values: Sequence[int], unit: int) -> Tuple[int, int]:
+def _pair(values: Sequence[int], unit: int) -> tuple[int, int]:
     """(height, width) values of one or two axes; one axis: ``unit`` for the height."""
     return (unit, int(values[0])) if len(values) == 1 else (int(values[0]), int(values[1]))
 
 
-def _pads(placement: Optional[Placement]) -> Tuple[int, int]:
+def _pads(placement: Optional[Placement]) -> tuple[int, int]:
     return (0, 0) if placement is None else _pair(placement[1], 0)
 
 
@@ -156,7 +156,7 @@ def launch_backward(
     sizes: Sequence[int],
     version: str,
     placement: Optional[Placement] = None,
-) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Run the backward program: gradients of ``weight``, ``P`` and ``SIG`` (None without SIG);
     ``grad`` is that of the kernel, or of its placed plane with ``placement``."""
     _, bwd = _programs()
@@ -188,7 +188,7 @@ def launch_backward(
     return dw, dP.reshape(P.shape), (dS.reshape(P.shape) if SIG is not None else None)
 
 
-def _forward(weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: List[int], version: str) -> Tensor:
+def _forward(weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: list[int], version: str) -> Tensor:
     return launch_forward(weight, P, SIG, sizes, version)
 
 
@@ -201,12 +201,12 @@ def _backward(
     weight: Tensor,
     P: Tensor,
     SIG: Optional[Tensor],
-    sizes: List[int],
+    sizes: list[int],
     version: str,
     need_w: bool,
     need_p: bool,
     need_s: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """One launch writes all three gradients; those not wanted are handed back empty."""
     dw, dP, dS = launch_backward(grad, weight, P, SIG, sizes, version)
     return (

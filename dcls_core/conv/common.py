@@ -3,7 +3,7 @@ bias gradient."""
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +42,8 @@ class ConvGeometry(NamedTuple):
     """One convolution call, checked (see :func:`conv_geometry`)."""
 
     input: Tensor  # (N, C_in, *spatial), explicitly padded for non-zeros padding modes
-    padding: Tuple[int, ...]  # the implicit zero padding left
-    out_full: List[int]  # stride-1 output size per axis
+    padding: tuple[int, ...]  # the implicit zero padding left
+    out_full: list[int]  # stride-1 output size per axis
     out_dtype: torch.dtype  # the input's dtype, or the autocast dtype
     unbatched: bool
 

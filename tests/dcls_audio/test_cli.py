@@ -1,4 +1,5 @@
 """The console entry point."""
+
 from __future__ import annotations
 
 import subprocess

@@ -1,5 +1,6 @@
 """The command line under a closed pipe and Ctrl-C: one line or none, never a traceback;
 bad ``export`` arguments are argument errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,8 +13,9 @@ from dcls_audio import cli
 
 def test_closed_pipe_gives_no_traceback():
     # the reader is gone before the command prints (as `dcls-audio models | head -0`)
-    proc = subprocess.Popen([sys.executable, "-m", "dcls_audio", "models", "--json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcls_audio", "models", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.close()
     err = proc.stderr.read().decode()
     code = proc.wait(timeout=120)
@@ -50,8 +52,9 @@ def test_export_opset_out_of_range_is_an_argument_error(opset, capsys, tmp_path)
 
 
 def test_help_into_a_closed_pipe_gives_no_traceback():
-    proc = subprocess.Popen([sys.executable, "-m", "dcls_audio", "train", "--help"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dcls_audio", "train", "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) in (0, 141) and "Traceback" not in err and "BrokenPipe" not in err, err

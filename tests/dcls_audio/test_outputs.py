@@ -1,6 +1,7 @@
 """Outputs under attack: an output that is an input (also through a symlink or hard link), an
 existing file not meant to be replaced, a full disk (injected, and a real tiny tmpfs where the
 test may mount one), Ctrl-C while writing. Nothing is lost and no temporary file is left."""
+
 from __future__ import annotations
 
 import contextlib
@@ -78,8 +79,10 @@ def test_torch_zip_writer_failure_is_reported_as_a_write_error(tmp_path, monkeyp
 
     def failing_save(obj, f, *args, **kwargs):  # what torch.save raises when the disk fills
         Path(f).write_bytes(b"PK partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:820] . PytorchStreamWriter failed writing file "
-                           "data/3: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:820] . PytorchStreamWriter failed writing file "
+            "data/3: file write failed"
+        )
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OutputError, match=r"cannot write .*last\.ckpt: .*nothing was lost \(no file was written\)"):
@@ -137,8 +140,9 @@ def test_read_only_folder_is_one_clear_error(tmp_path):
 def _tiny_tmpfs(path: Path, size: str = "256k"):
     path.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                              capture_output=True, timeout=10)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         done = None
     if done is None or done.returncode != 0:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import dcls_core
 from dcls_core import dispatch
+
 from dcls_testing import rel_err
 
 

@@ -13,8 +13,8 @@ import torch
 import dcls_core
 from dcls_core import dispatch
 from dcls_core.conv import direct
-from dcls_testing import AUTOCAST, TOL, compare_to_fp64, compile_matches_eager, randomise, rel_err
 
+from dcls_testing import AUTOCAST, TOL, compare_to_fp64, compile_matches_eager, randomise, rel_err
 
 LAYERS = [
     ("Dcls1d", dict(dilated_kernel_size=9, padding=4), 1, ("v0", "v1", "max", "gauss")),

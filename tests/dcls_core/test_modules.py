@@ -9,7 +9,6 @@ import torch.nn.functional as F
 import dcls_core
 from dcls_core import construct_kernel
 
-
 LAYERS = [
     ("Dcls1d", dict(), 1, ("v0", "v1", "max", "gauss")),
     ("Dcls2d", dict(), 2, ("v0", "v1", "max", "gauss")),

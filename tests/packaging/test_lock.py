@@ -1,4 +1,5 @@
 """The set-up installs from a complete, hash-pinned lock that agrees with pyproject.toml."""
+
 from __future__ import annotations
 
 import ast
@@ -59,7 +60,7 @@ def test_lock_covers_pyproject_and_pins_the_gpu_torch():
     lock = _lock_entries()
     project = _pyproject()["project"]
     wanted = _requirement_names(project["dependencies"])
-    for extra, reqs in project["optional-dependencies"].items():
+    for reqs in project["optional-dependencies"].values():
         wanted |= _requirement_names([r for r in reqs if not r.startswith("dcls-audio")])
     missing = sorted(wanted - set(lock))
     assert not missing, f"in pyproject.toml but not in {LOCK.name}: {missing} (run `make lock`)"
@@ -80,6 +81,7 @@ def test_makefile_installs_from_the_lock_with_hashes():
     makefile = (ROOT / "Makefile").read_text()
     assert "--require-hashes -r $(LOCK)" in makefile and "LOCK   := requirements.lock" in makefile
     assert "--no-deps --no-build-isolation -e ." in makefile
+    assert "ruff check ." in makefile.split("test: $(STAMP)")[1].split("\n\n")[0]
 
 
 def _runtime_imports() -> set[str]:

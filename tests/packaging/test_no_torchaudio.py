@@ -5,6 +5,7 @@ imports every module of ``dcls_audio`` and ``dcls_core``, runs the log-mel front
 resamples a waveform. Modules whose import fails for a missing optional dependency other than
 torchaudio (e.g. Triton kernels on a machine without Triton) are reported but not failures.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,7 +80,7 @@ def report() -> dict:
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT")]
     assert proc.returncode == 0 and lines, f"child failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-    return json.loads(lines[-1][len("REPORT"):])
+    return json.loads(lines[-1][len("REPORT") :])
 
 
 def test_every_module_imports_without_torchaudio(report):
@@ -89,8 +90,11 @@ def test_every_module_imports_without_torchaudio(report):
     print(f"{len(modules)} modules imported without torchaudio; not importable here: {skipped}")
     needs_torchaudio = {name for name, err in modules.items() if err and err["torchaudio"]}
     assert needs_torchaudio == EXPECTED_TORCHAUDIO_IMPORTERS, {n: modules[n]["message"] for n in needs_torchaudio}
-    other = {name: err for name, err in modules.items()
-             if err and not err["torchaudio"] and (err["name"] or "").split(".")[0] not in OPTIONAL}
+    other = {
+        name: err
+        for name, err in modules.items()
+        if err and not err["torchaudio"] and (err["name"] or "").split(".")[0] not in OPTIONAL
+    }
     assert not other, other
 
 

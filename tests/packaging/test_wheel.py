@@ -1,5 +1,6 @@
 """The built wheel works on its own: installed outside the checkout, run from another folder,
 with torchaudio not importable at all."""
+
 from __future__ import annotations
 
 import os
@@ -29,13 +30,26 @@ def installed_wheel(tmp_path_factory) -> tuple[Path, Path]:
         shutil.copy2(ROOT / name, source / name)
     for package in ("dcls_core", "dcls_audio"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    built = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                  "-w", str(work / "dist"), str(source)])
+    built = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(work / "dist"),
+            str(source),
+        ]
+    )
     assert built.returncode == 0, built.stderr
     (wheel,) = (work / "dist").glob("dcls_audio-*.whl")
     site = work / "site"
-    installed = _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                      "--target", str(site), str(wheel)])
+    installed = _run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
+    )
     assert installed.returncode == 0, installed.stderr
     return wheel, site
 
@@ -43,7 +57,10 @@ def installed_wheel(tmp_path_factory) -> tuple[Path, Path]:
 def test_wheel_holds_the_package_data_and_no_top_level_cli(installed_wheel):
     wheel, _ = installed_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "dcls_audio/training/configs/demo.yaml" in names and "dcls_audio/training/configs/convnext_dcls_audio_tiny.yaml" in names
+    assert (
+        "dcls_audio/training/configs/demo.yaml" in names
+        and "dcls_audio/training/configs/convnext_dcls_audio_tiny.yaml" in names
+    )
     assert "dcls_audio/resources/class_labels_indices.csv" in names
     assert {"dcls_audio/py.typed", "dcls_core/py.typed", "dcls_audio/cli.py", "dcls_audio/__main__.py"} <= names
     assert not any("/" not in name and name.endswith(".py") for name in names), "a top-level module is installed"
@@ -68,8 +85,16 @@ def test_installed_command_trains_from_another_folder_without_torchaudio(install
     env = _isolated_env(tmp_path, site)
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    where = _run([sys.executable, "-c", "import dcls_audio, importlib.util as u; print(dcls_audio.__file__); "
-                  "print(u.find_spec('torchaudio') is not None)"], cwd=cwd, env=env)
+    where = _run(
+        [
+            sys.executable,
+            "-c",
+            "import dcls_audio, importlib.util as u; print(dcls_audio.__file__); "
+            "print(u.find_spec('torchaudio') is not None)",
+        ],
+        cwd=cwd,
+        env=env,
+    )
     assert where.returncode == 0, where.stderr
     assert where.stdout.splitlines()[0].startswith(str(site))
 
@@ -81,10 +106,17 @@ def test_installed_command_trains_from_another_folder_without_torchaudio(install
     train_h5 = tone_h5(tmp_path / "train.h5", [[i % 3] for i in range(4)])
     val_h5 = tone_h5(tmp_path / "val.h5", [[0], [1], [2]], seed=1)
     overrides = {
-        "model.depths": "[1, 1, 1, 1]", "model.dims": "[8, 16, 32, 64]", "model.kernel_count": "4",
-        "model.dilated_kernel_size": "5", "data.train_files": str(train_h5), "data.val_files": str(val_h5),
-        "data.batch_size": "2", "data.num_workers": "0", "trainer.max_steps": "2",
-        "trainer.enable_progress_bar": "false", "run.output_dir": "runs",
+        "model.depths": "[1, 1, 1, 1]",
+        "model.dims": "[8, 16, 32, 64]",
+        "model.kernel_count": "4",
+        "model.dilated_kernel_size": "5",
+        "data.train_files": str(train_h5),
+        "data.val_files": str(val_h5),
+        "data.batch_size": "2",
+        "data.num_workers": "0",
+        "trainer.max_steps": "2",
+        "trainer.enable_progress_bar": "false",
+        "run.output_dir": "runs",
     }
     args = [str(script), "train"] + [item for k, v in overrides.items() for item in (f"--{k}", v)]
     trained = _run(args, cwd=cwd, env=env)

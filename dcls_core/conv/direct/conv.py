@@ -18,7 +18,7 @@ Under ``torch.compile`` the passes run as ``torch.library`` custom ops
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -75,21 +75,21 @@ def _rows_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _dot_dtype(compute: torch.dtype) -> Tuple[str, str]:
+def _dot_dtype(compute: torch.dtype) -> tuple[str, str]:
     """``(dtype name, input precision)`` of the tensor-core products for ``compute``."""
     if compute in (torch.bfloat16, torch.float16):
         return dtype_name(compute), "ieee"
     return "float32", "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
 
 
-def _tiles(w_out: int, kw: int) -> Tuple[int, int]:
+def _tiles(w_out: int, kw: int) -> tuple[int, int]:
     """``(BW, BJ)``: output columns per block and the banded block's input columns."""
     bw = 32 if w_out > 16 else 16
     bj = max(16, 1 << (bw + kw - 2).bit_length())
     return bw, bj
 
 
-def _rows_reaching(k: int, pad: int, size_in: int, size_out: int) -> Tuple[int, int]:
+def _rows_reaching(k: int, pad: int, size_in: int, size_out: int) -> tuple[int, int]:
     """Kernel rows ``[lo, hi)`` that meet the input for some output row."""
     return max(0, pad - size_out + 1), min(k, size_in + pad)
 
@@ -209,7 +209,7 @@ def _kernel_grad(x: Tensor, dy: Tensor, kshape: Sequence[int], pad: Sequence[int
     return (part[0] if part.shape[0] == 1 else part.sum(0)).unsqueeze(1)
 
 
-def _forward(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: List[int], out_hw: List[int], dtype: str) -> Tensor:
+def _forward(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: list[int], out_hw: list[int], dtype: str) -> Tensor:
     d = getattr(torch, dtype)
     return _conv(x, k, bias, padding, out_hw, d, d, flip=False)
 
@@ -223,12 +223,12 @@ def _backward(
     x: Tensor,
     k: Tensor,
     bias: Optional[Tensor],
-    padding: List[int],
+    padding: list[int],
     dtype: str,
     need_x: bool,
     need_k: bool,
     need_b: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     compute = getattr(torch, dtype)
     kh, kw = k.shape[-2:]
     dx, dk = x.new_empty(0), k.new_empty(0)

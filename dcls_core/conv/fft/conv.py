@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -161,9 +161,9 @@ def forward_spectral(
     x: Tensor,
     g_f: Tensor,
     bias: Optional[Tensor],
-    sizes: List[int],
-    out_full: List[int],
-    stride: List[int],
+    sizes: list[int],
+    out_full: list[int],
+    stride: list[int],
     groups: int,
     out_dtype: torch.dtype,
 ) -> Tensor:
@@ -196,13 +196,13 @@ def backward_spectral(
     dy: Tensor,
     x: Tensor,
     g_f: Tensor,
-    sizes: List[int],
-    out_full: List[int],
-    stride: List[int],
+    sizes: list[int],
+    out_full: list[int],
+    stride: list[int],
     groups: int,
     need_x: bool,
     need_g: bool,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """``(dx, dg)``: gradients of the input and of the placed kernel (``(C_out, C_in/g, *L)``)
     from the kernel's scaled spectrum ``g_f``; an empty tensor for each one not needed."""
     ndim = len(sizes)
@@ -250,9 +250,9 @@ def _forward(
     x: Tensor,
     g: Tensor,
     bias: Optional[Tensor],
-    sizes: List[int],
-    out_full: List[int],
-    stride: List[int],
+    sizes: list[int],
+    out_full: list[int],
+    stride: list[int],
     groups: int,
     out_dtype: str,
 ) -> Tensor:
@@ -269,14 +269,14 @@ def _backward(
     x: Tensor,
     g: Tensor,
     bias: Optional[Tensor],
-    sizes: List[int],
-    out_full: List[int],
-    stride: List[int],
+    sizes: list[int],
+    out_full: list[int],
+    stride: list[int],
     groups: int,
     need_x: bool,
     need_g: bool,
     need_b: bool,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     dx, dg = x.new_empty(0), g.new_empty(0)
     if need_x or need_g:
         dx, dg = backward_spectral(dy, x, kernel_spectrum(g), sizes, out_full, stride, groups, need_x, need_g)
@@ -297,11 +297,11 @@ class FFTGeometry(NamedTuple):
     """What the FFT passes need to know about one call (see :func:`fft_geometry`)."""
 
     input: Tensor  # (N, C_in, *spatial), explicitly padded for non-zeros padding modes
-    padding: Tuple[int, ...]  # the implicit zero padding left
-    out_full: List[int]  # stride-1 output size per axis
+    padding: tuple[int, ...]  # the implicit zero padding left
+    out_full: list[int]  # stride-1 output size per axis
     out_dtype: torch.dtype  # the input's dtype, or the autocast dtype
     unbatched: bool
-    sizes: List[int]  # transform size per axis
+    sizes: list[int]  # transform size per axis
 
 
 def fft_geometry(
@@ -321,7 +321,7 @@ def fft_geometry(
 
 def transform_sizes_for(
     spatial: Sequence[int], padding: Sequence[int], ksize: Sequence[int], padding_mode: str, device_type: str
-) -> List[int]:
+) -> list[int]:
     """Transform size per axis of a stride-1 convolution of an input of size ``spatial``:
     at least ``max(size + padding, output size)`` (non-``zeros`` modes pad explicitly first)."""
     if padding_mode != "zeros":

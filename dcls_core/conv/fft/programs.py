@@ -115,7 +115,7 @@ def backward_mix(
     off = q.to(tl.int64)  # (n, q) offset, advanced by CF per sample in 64-bit
     acc_r = tl.zeros([BLOCK], dtype=tl.float32)
     acc_i = tl.zeros([BLOCK], dtype=tl.float32)
-    for n in range(0, N):
+    for _ in range(0, N):
         yr = tl.load(dy_ptr + 2 * off, mask=ok, other=0.0)
         yi = tl.load(dy_ptr + 2 * off + 1, mask=ok, other=0.0)
         if NEED_G:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import lru_cache
+from functools import cache
 from typing import Sequence
 
 __all__ = ["COST_NS", "DEFAULT_NS", "FFT_PRIMES", "MAX_GROWTH", "fast_fft_size", "modelled_cost", "transform_sizes"]
@@ -130,7 +130,7 @@ def modelled_cost(sizes: Sequence[int]) -> float:
     return math.prod(sizes) * sum(COST_NS.get(L, DEFAULT_NS) for L in sizes)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cheapest(minimal: tuple[int, ...]) -> tuple[int, ...]:
     options = itertools.product(*(_candidates(m) for m in minimal))
     return min(options, key=lambda s: (modelled_cost(s), math.prod(s)))

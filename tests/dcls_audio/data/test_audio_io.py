@@ -2,6 +2,7 @@
 
 Oracles: torchaudio's resample (test-only), soundfile's own reading, float64 scaling of integers.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,13 +15,14 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from pyav_audio import write_with_pyav
 
 from dcls_audio.data import audio_decode
 from dcls_audio.data.audio_decode import AudioReadError, frame_to_array, open_audio
 from dcls_audio.data.audio_io import AudioStream, load_audio, read_head
 from dcls_audio.data.resample import resample, resample_kernel
 from dcls_audio.data.stream_resample import StreamResampler
+
+from pyav_audio import write_with_pyav
 
 SR = 32000
 
@@ -132,8 +134,13 @@ def test_m4a_and_opus_fall_back_to_ffmpeg(tmp_path):
 def test_frame_to_array_scales_like_libsndfile(fmt):
     rng = np.random.default_rng(0)
     values = rng.uniform(-1, 1, size=(2, 50))  # (channels, samples) in float64
-    dtype, full = {"u8": (np.uint8, 2**7), "s16": (np.int16, 2**15), "s32": (np.int32, 2**31),
-                   "flt": (np.float32, None), "dbl": (np.float64, None)}[fmt.rstrip("p")]
+    dtype, full = {
+        "u8": (np.uint8, 2**7),
+        "s16": (np.int16, 2**15),
+        "s32": (np.int32, 2**31),
+        "flt": (np.float32, None),
+        "dbl": (np.float64, None),
+    }[fmt.rstrip("p")]
     ints = None if full is None else np.round(values * (full - 1)).astype(np.int64)
     stored = values.astype(dtype) if full is None else (ints + (128 if fmt == "u8" else 0)).astype(dtype)
     planar = fmt.endswith("p")
@@ -150,8 +157,9 @@ def _png(path):
         return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
 
     ihdr = (1).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00\x00"))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
+    )
     return path
 
 

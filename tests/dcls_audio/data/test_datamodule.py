@@ -1,4 +1,5 @@
 """AudioSetDataModule: early input checks, class info, loaders, per-rank sharding, a Lightning run."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -46,12 +47,13 @@ def test_inputs_are_checked_before_training(tmp_path, files):
     other = make_file(tmp_path / "other.h5", 2, num_classes=5)
     dm = AudioSetDataModule(train_files=files["train"], val_files=other)
     with pytest.raises(ValueError, match="other.h5: dataset 'target' has 5 classes"):
-        dm.num_classes
+        _ = dm.num_classes
 
 
 def test_class_info_and_loaders(files):
-    dm = AudioSetDataModule(train_files=files["train"], val_files=files["val"], batch_size=4,
-                            num_workers=0, pin_memory=False)
+    dm = AudioSetDataModule(
+        train_files=files["train"], val_files=files["val"], batch_size=4, num_workers=0, pin_memory=False
+    )
     assert dm.num_classes == 4 and dm.class_names == ["class_000", "class_001", "class_002", "class_003"]
     assert dm.class_mids == [""] * 4
     dm.setup("fit")
@@ -68,8 +70,15 @@ def test_class_info_and_loaders(files):
 def test_samplers_follow_the_trainer_rank(files):
     seen = []
     for rank in range(3):
-        dm = AudioSetDataModule(train_files=files["train"], val_files=files["val"], batch_size=2,
-                                num_workers=0, pin_memory=False, sampler="balanced", seed=5)
+        dm = AudioSetDataModule(
+            train_files=files["train"],
+            val_files=files["val"],
+            batch_size=2,
+            num_workers=0,
+            pin_memory=False,
+            sampler="balanced",
+            seed=5,
+        )
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=3)
         dm.setup("fit")
         train_sampler = dm.train_dataloader().sampler
@@ -99,12 +108,21 @@ class _Recorder(L.LightningModule):
 
 
 def test_lightning_fit_sets_epochs_and_keeps_our_samplers(files):
-    dm = AudioSetDataModule(train_files=files["train"], val_files=files["val"], batch_size=5,
-                            num_workers=0, pin_memory=False, seed=1)
+    dm = AudioSetDataModule(
+        train_files=files["train"], val_files=files["val"], batch_size=5, num_workers=0, pin_memory=False, seed=1
+    )
     model = _Recorder()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                        num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, datamodule=dm)
     epochs = {}
     for epoch, indices in model.train_indices:

@@ -1,12 +1,12 @@
 """Built-in demo data: layout, true AudioSet labels, determinism, reuse and regeneration."""
+
 from __future__ import annotations
 
 import h5py
 import numpy as np
 import pytest
 
-from dcls_audio.data import AudioSetHDF5, ensure_demo_data, load_class_names
-from dcls_audio.data import demo
+from dcls_audio.data import AudioSetHDF5, demo, ensure_demo_data, load_class_names
 
 SHORT = 32000  # 1 s clips keep the test fast; the generator is the same at 10 s
 
@@ -35,7 +35,7 @@ def test_layout_and_labels(demo_files):
 def test_silence_is_quiet_and_events_are_not():
     clips = [clip for _, clip in zip(range(len(demo.DEMO_CLASS_NAMES)), demo.iter_demo_clips("train"))]
     levels = {}
-    for (name, wave, labels), cls in zip(clips, demo.DEMO_CLASS_NAMES):
+    for (name, wave, _labels), cls in zip(clips, demo.DEMO_CLASS_NAMES):
         assert wave.dtype == np.int16 and wave.shape == (320000,) and name.startswith("demo_train_")
         levels[cls] = 20 * np.log10(np.sqrt(np.mean((wave / 2**15) ** 2)))
     assert levels["Silence"] < -45

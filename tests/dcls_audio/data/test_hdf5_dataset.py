@@ -1,4 +1,5 @@
 """AudioSetHDF5: concatenation, dropped rows, item layout, lazy per-process handles, layout errors."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """`dcls-audio pack`: round trip of generated files through the HDF5 layout."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """dcls_audio.data.resample against torchaudio.functional.resample (the test-only oracle)."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,16 @@ def _audio(shape: tuple[int, ...], rate: int, dtype: torch.dtype, seed: int = 0)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize(
     ("orig", "new"),
-    [(8000, 32000), (11025, 32000), (16000, 32000), (22050, 32000), (44100, 32000), (48000, 32000),
-     (96000, 32000), (32000, 16000)],
+    [
+        (8000, 32000),
+        (11025, 32000),
+        (16000, 32000),
+        (22050, 32000),
+        (44100, 32000),
+        (48000, 32000),
+        (96000, 32000),
+        (32000, 16000),
+    ],
 )
 def test_matches_torchaudio_batched(orig, new, dtype):
     x = _audio((2, 3, orig // 4 + 7), orig, dtype)  # 0.25 s plus a ragged tail, batch dims (2, 3)
@@ -55,8 +64,9 @@ def test_rows_are_independent():
 def test_other_filter_settings_match_torchaudio(width, rolloff):
     x = _audio((1, 2205), 22050, torch.float64, seed=2)
     got = resample(x, 22050, 32000, lowpass_filter_width=width, rolloff=rolloff)
-    torch.testing.assert_close(got, AF.resample(x, 22050, 32000, lowpass_filter_width=width, rolloff=rolloff),
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        got, AF.resample(x, 22050, 32000, lowpass_filter_width=width, rolloff=rolloff), atol=1e-12, rtol=0
+    )
 
 
 @pytest.mark.parametrize("length", [1, 2, 5])

@@ -1,4 +1,5 @@
 """Samplers: determinism per (seed, epoch), balance, DDP partitions without duplicates or drops."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,7 +43,7 @@ def _skewed_targets(n=1000):
     """Class 0 on 90% of clips, class 1 on 10%, class 2 on the first 20 clips too."""
     targets = np.zeros((n, 3), dtype=bool)
     targets[: n // 10, 1] = True
-    targets[n // 10:, 0] = True
+    targets[n // 10 :, 0] = True
     targets[:20, 2] = True
     return targets
 
@@ -95,6 +96,7 @@ def test_eval_shards_cover_every_clip_exactly_once(n, world):
 def test_resumed_epoch_continues_after_the_draws_used(kind):
     """With ``progress`` saying (epoch e, k draws used), iterating epoch e yields that rank's
     order from draw k on; other epochs are whole."""
+
     def make(rank):
         if kind == "uniform":
             return UniformSampler(20, num_replicas=2, rank=rank, seed=3)

@@ -1,4 +1,5 @@
 """``dcls-audio eval``: outputs and their schema, equality with an independent forward, DDP."""
+
 from __future__ import annotations
 
 import csv
@@ -14,19 +15,20 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from dcls_audio import cli
-from dcls_audio.training.config import load_config
 from dcls_audio.data import AudioSetDataModule, ClassInfo, load_class_names
-from dcls_audio.features import LogMelFrontEnd
 from dcls_audio.evaluation.evaluate import EvaluationModule, write_outputs
 from dcls_audio.evaluation.metrics import tagging_metrics
+from dcls_audio.features import LogMelFrontEnd
 from dcls_audio.models import create_model, load_checkpoint, save_upstream_checkpoint
+from dcls_audio.training.config import load_config
 from dcls_audio.training.run import train
 
 
 def _eval_h5(tone_h5, path: Path, labels: list[list[int]], num_classes: int = 527, seed: int = 0) -> Path:
     """Tones at 150 + 40 c Hz, each at a random phase, in clips named Y0000, Y0001, ..."""
-    return tone_h5(path, labels, num_classes, seed, name_format="Y{:04d}", base_hz=150.0, step_hz=40.0,
-                   random_phase=True)
+    return tone_h5(
+        path, labels, num_classes, seed, name_format="Y{:04d}", base_hz=150.0, step_hz=40.0, random_phase=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +37,25 @@ def files(tmp_path_factory, tone_h5):
     labels = [[0], [1], [2], [0, 1], [2], [1], [0]]  # 7 clips: not divisible by 2
     eval_h5 = _eval_h5(tone_h5, root / "eval.h5", labels)
     train_h5 = _eval_h5(tone_h5, root / "train.h5", [[i % 3] for i in range(4)], seed=1)
-    cfg = load_config("demo", {
-        "model.name": "convnext_dcls_audio_tiny", "model.depths": "[1, 1, 1, 1]", "model.dims": "[8, 16, 32, 64]", "model.kernel_count": "4",
-        "model.dilated_kernel_size": "5", "data.train_files": str(train_h5), "data.val_files": str(eval_h5),
-        "data.batch_size": "2", "data.num_workers": "0", "data.pin_memory": "false",
-        "trainer.max_steps": "2", "trainer.enable_progress_bar": "false", "ema.enabled": "true",
-        "run.output_dir": str(root / "runs"),
-    })
+    cfg = load_config(
+        "demo",
+        {
+            "model.name": "convnext_dcls_audio_tiny",
+            "model.depths": "[1, 1, 1, 1]",
+            "model.dims": "[8, 16, 32, 64]",
+            "model.kernel_count": "4",
+            "model.dilated_kernel_size": "5",
+            "data.train_files": str(train_h5),
+            "data.val_files": str(eval_h5),
+            "data.batch_size": "2",
+            "data.num_workers": "0",
+            "data.pin_memory": "false",
+            "trainer.max_steps": "2",
+            "trainer.enable_progress_bar": "false",
+            "ema.enabled": "true",
+            "run.output_dir": str(root / "runs"),
+        },
+    )
     result = train(cfg)
     return {"eval": eval_h5, "ckpt": result.best_checkpoint, "root": root}
 
@@ -56,9 +70,26 @@ def _independent_logits(net, h5_path: Path) -> np.ndarray:
 
 def test_eval_outputs_and_schema(files, tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli.main(["eval", "--checkpoint", str(files["ckpt"]), "--data", str(files["eval"]),
-                     "--output-dir", str(out), "--accelerator", "cpu", "--num-workers", "0",
-                     "--batch-size", "3"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--checkpoint",
+                str(files["ckpt"]),
+                "--data",
+                str(files["eval"]),
+                "--output-dir",
+                str(out),
+                "--accelerator",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for word in ("mAP", "mAUC", "d-prime", "clips    7", "3 scored of 527"):
         assert word in printed
@@ -103,9 +134,13 @@ def _written_module(n: int = 6, num_classes: int = 3):
     targets = (torch.arange(n)[:, None] % num_classes == torch.arange(num_classes)).to(torch.uint8)
     logits = torch.randn(n, num_classes, generator=g) + 2 * targets
     return SimpleNamespace(
-        result=tagging_metrics(logits, targets.float()), info={"checkpoint": "x.ckpt"},
+        result=tagging_metrics(logits, targets.float()),
+        info={"checkpoint": "x.ckpt"},
         classes=[ClassInfo(c, f"/m/{c}", f"class {c}") for c in range(num_classes)],
-        audio_names=[f"Y{i}" for i in range(n)], logits=logits, targets=targets, indices=torch.arange(n),
+        audio_names=[f"Y{i}" for i in range(n)],
+        logits=logits,
+        targets=targets,
+        indices=torch.arange(n),
     )
 
 
@@ -135,8 +170,27 @@ def test_eval_of_an_upstream_pth_with_ema_choice(files, tmp_path, capsys):
     ema = create_model("convnext_audio_tiny")
     path = save_upstream_checkpoint(net, tmp_path / "upstream.pth", model_ema=ema)
     out = tmp_path / "up"
-    assert cli.main(["eval", "-c", str(path), "-d", str(files["eval"]), "-o", str(out), "--use-ema",
-                     "--accelerator", "cpu", "--num-workers", "0", "--batch-size", "4"]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "-c",
+                str(path),
+                "-d",
+                str(files["eval"]),
+                "-o",
+                str(out),
+                "--use-ema",
+                "--accelerator",
+                "cpu",
+                "--num-workers",
+                "0",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     pred = np.load(out / "predictions.npz")
     np.testing.assert_allclose(pred["logits"], _independent_logits(ema, files["eval"]), atol=1e-4)
     assert json.loads((out / "metrics.json").read_text())["model"] == "convnext_audio_tiny"
@@ -178,14 +232,22 @@ def test_two_process_ddp_eval_equals_one_process(files, tmp_path):
     net = load_checkpoint(None, files["ckpt"])
     results = {}
     for devices in (1, 2):
-        dm = AudioSetDataModule(test_files=[files["eval"]], batch_size=2, num_workers=0, pin_memory=False,
-                                persistent_workers=False)
+        dm = AudioSetDataModule(
+            test_files=[files["eval"]], batch_size=2, num_workers=0, pin_memory=False, persistent_workers=False
+        )
         out = tmp_path / f"dev{devices}"
         out.mkdir()
         module = EvaluationModule(net, dm.classes, out)
-        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                            logger=False, enable_checkpointing=False, use_distributed_sampler=False,
-                            enable_progress_bar=False, enable_model_summary=False)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=devices,
+            strategy="ddp_spawn" if devices > 1 else "auto",
+            logger=False,
+            enable_checkpointing=False,
+            use_distributed_sampler=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         trainer.test(module, datamodule=dm, verbose=False)
         results[devices] = (json.loads((out / "metrics.json").read_text()), np.load(out / "predictions.npz"))
     (one, pred1), (two, pred2) = results[1], results[2]

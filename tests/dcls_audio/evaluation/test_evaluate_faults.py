@@ -1,5 +1,6 @@
 """``dcls-audio eval`` fed bad data and bad models: no usable rows, one file twice, NaN scores,
 outputs that are inputs or earlier results."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,13 @@ def setup(tmp_path_factory, tone_h5):
     torch.manual_seed(0)
     net = create_model("convnext_audio_tiny", **KWARGS)
     ckpt = root / "tiny.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-                "hyper_parameters": {"model_name": "convnext_audio_tiny", "num_classes": 3,
-                                     "model_kwargs": KWARGS}}, ckpt)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {"model_name": "convnext_audio_tiny", "num_classes": 3, "model_kwargs": KWARGS},
+        },
+        ckpt,
+    )
     data = tone_h5(root / "eval.h5", [[0], [1], [2], [0, 1]], 3, 0)
     empty = tone_h5(root / "empty.h5", [[0], [1]], 3, 0)
     with h5py.File(empty, "r+") as h5:

@@ -1,4 +1,5 @@
 """AudioSet metrics against sklearn / scipy, class exclusion, de-duplication."""
+
 from __future__ import annotations
 
 import math
@@ -10,7 +11,6 @@ from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
-from dcls_audio.training.module import AudioTaggingModule
 from dcls_audio.evaluation.metrics import (
     AudioSetMetrics,
     average_precision,
@@ -18,6 +18,7 @@ from dcls_audio.evaluation.metrics import (
     roc_auc,
     tagging_metrics,
 )
+from dcls_audio.training.module import AudioTaggingModule
 
 
 def _scores_and_targets(n=300, c=24, seed=0):
@@ -34,10 +35,10 @@ def _scores_and_targets(n=300, c=24, seed=0):
 
 def _sklearn(scores, targets):
     s, t = scores.numpy(), targets.numpy()
-    ap = np.array([average_precision_score(t[:, k], s[:, k]) if t[:, k].any() else np.nan
-                   for k in range(t.shape[1])])
-    auc = np.array([roc_auc_score(t[:, k], s[:, k]) if 0 < t[:, k].sum() < len(t) else np.nan
-                    for k in range(t.shape[1])])
+    ap = np.array([average_precision_score(t[:, k], s[:, k]) if t[:, k].any() else np.nan for k in range(t.shape[1])])
+    auc = np.array(
+        [roc_auc_score(t[:, k], s[:, k]) if 0 < t[:, k].sum() < len(t) else np.nan for k in range(t.shape[1])]
+    )
     return ap, auc
 
 
@@ -141,8 +142,13 @@ class _ReplayedOutputs(nn.Module):
 @pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_validation_keeps_its_own_logits_when_cuda_graph_replays_reuse_the_output():
     scores, targets = _scores_and_targets(n=40)
-    module = AudioTaggingModule("convnext_audio_tiny", 24, model_kwargs=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
-                                compile=True, compile_mode="reduce-overhead").eval()
+    module = AudioTaggingModule(
+        "convnext_audio_tiny",
+        24,
+        model_kwargs=dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)),
+        compile=True,
+        compile_mode="reduce-overhead",
+    ).eval()
     module.net = _ReplayedOutputs(scores)
     for i, chunk in enumerate(torch.arange(40).split(16)):
         batch = {"waveform": torch.zeros(len(chunk), 3200, dtype=torch.int16), "target": targets[chunk], "index": chunk}

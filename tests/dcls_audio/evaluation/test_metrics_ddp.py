@@ -1,4 +1,5 @@
 """Metrics under DDP: 2 CPU processes (gloo) give exactly the single-process numbers."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ PyTorch reference: LogMelFrontEnd (eval) + the unfolded model + sigmoid, compute
 The full-size DCLS ConvNeXt-T with the synthetic upstream weights is checked against the
 upstream logits stored in ../shared/upstream.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,10 +15,10 @@ import torch
 
 from dcls_audio import cli
 from dcls_audio.export import exporter as export
-from dcls_audio.inference import loader as tagging_model
-from dcls_audio.features import LogMelFrontEnd
 from dcls_audio.export.exporter import export_model, read_metadata, run_exported
+from dcls_audio.features import LogMelFrontEnd
 from dcls_audio.features.onnx_logmel import ConvLogMel, dft_basis
+from dcls_audio.inference import loader as tagging_model
 from dcls_audio.models import create_model
 
 SR = 32000
@@ -29,9 +30,13 @@ def _waveforms(batch: int = 3, seed: int = 0) -> torch.Tensor:
     """Noise + tones at different levels; the last clip is silent after 4 s."""
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(10 * SR) / SR
-    x = torch.stack([0.02 * (i + 1) * torch.randn(10 * SR, generator=g) + 0.2 * torch.sin(2 * math.pi * 300 * (i + 1) * t)
-                     for i in range(batch)])
-    x[-1, 4 * SR:] = 0
+    x = torch.stack(
+        [
+            0.02 * (i + 1) * torch.randn(10 * SR, generator=g) + 0.2 * torch.sin(2 * math.pi * 300 * (i + 1) * t)
+            for i in range(batch)
+        ]
+    )
+    x[-1, 4 * SR :] = 0
     return x
 
 
@@ -70,7 +75,8 @@ def test_conv_logmel_equals_frontend():
         expected, got = frontend(x), ConvLogMel(frontend)(x)
         chain64 = torch.nn.Sequential(
             T.Spectrogram(n_fft=1024, hop_length=320, power=2),
-            T.MelScale(n_mels=128, sample_rate=SR, f_min=50, f_max=14000, n_stft=513), T.AmplitudeToDB(),
+            T.MelScale(n_mels=128, sample_rate=SR, f_min=50, f_max=14000, n_stft=513),
+            T.AmplitudeToDB(),
         ).double()
         exact = ((chain64(x.double()) - frontend.mean) / frontend.std).unsqueeze(1)
     assert got.shape == expected.shape == (5, 1, 128, 1001)
@@ -109,14 +115,16 @@ def test_onnx_graph_holds_dense_convs(tmp_path, tiny_model):
     graph = onnx.load(str(path)).graph
     weights = {init.name: tuple(init.dims) for init in graph.initializer}
     kernels = [weights[node.input[1]] for node in graph.node if node.op_type == "Conv" and node.input[1] in weights]
-    assert sorted(k for k in kernels if k[2:] == (7, 7)) == sorted([(8, 1, 7, 7), (16, 1, 7, 7), (24, 1, 7, 7), (32, 1, 7, 7)])
+    assert sorted(k for k in kernels if k[2:] == (7, 7)) == sorted(
+        [(8, 1, 7, 7), (16, 1, 7, 7), (24, 1, 7, 7), (32, 1, 7, 7)]
+    )
 
 
 def test_full_size_dcls_export_gives_upstream_logits(tmp_path, upstream_dir):
     pytest.importorskip("onnxruntime")
-    from reference_fill import expected_logits, load_manifest, reference_input, synthetic_state_dict
-
     from dcls_audio.models import load_state_dict_checked
+
+    from reference_fill import expected_logits, load_manifest, reference_input, synthetic_state_dict
 
     name = "convnext_dcls_audio_tiny"
     model = create_model(name).eval()
@@ -130,11 +138,18 @@ def test_full_size_dcls_export_gives_upstream_logits(tmp_path, upstream_dir):
 def test_cli_export_our_checkpoint(tmp_path, capsys, tiny_model):
     pytest.importorskip("onnxruntime")
     ckpt = tmp_path / "tiny.ckpt"
-    torch.save({
-        "state_dict": {f"net.{k}": v for k, v in tiny_model.state_dict().items()},
-        "hyper_parameters": {"model_name": "convnext_dcls_audio_tiny", "num_classes": len(LABELS),
-                             "model_kwargs": TINY, "class_names": LABELS},
-    }, ckpt)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in tiny_model.state_dict().items()},
+            "hyper_parameters": {
+                "model_name": "convnext_dcls_audio_tiny",
+                "num_classes": len(LABELS),
+                "model_kwargs": TINY,
+                "class_names": LABELS,
+            },
+        },
+        ckpt,
+    )
     out = tmp_path / "tiny.onnx"
     rc = cli.main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out)])
     stdout = capsys.readouterr().out
@@ -180,11 +195,14 @@ def test_onnx_export_interrupted_while_adding_metadata_leaves_no_file(tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("missing, expected", [
-    ("onnx", "error: onnx export needs onnx: pip install 'dcls-audio[onnx]'"),
-    ("onnxruntime.capi", "error: onnx export needs onnxruntime: pip install 'dcls-audio[onnx]'"),
-    ("h5py", "error: No module named 'h5py'"),
-])
+@pytest.mark.parametrize(
+    "missing, expected",
+    [
+        ("onnx", "error: onnx export needs onnx: pip install 'dcls-audio[onnx]'"),
+        ("onnxruntime.capi", "error: onnx export needs onnxruntime: pip install 'dcls-audio[onnx]'"),
+        ("h5py", "error: No module named 'h5py'"),
+    ],
+)
 def test_cli_export_names_the_missing_module(tmp_path, capsys, monkeypatch, missing, expected):
     def fail(*args, **kwargs):
         raise ModuleNotFoundError(f"No module named '{missing}'", name=missing)
@@ -197,11 +215,18 @@ def test_cli_export_names_the_missing_module(tmp_path, capsys, monkeypatch, miss
 
 def test_cli_export_never_writes_over_an_input_or_an_unmeant_file(tmp_path, capsys, tiny_model):
     ckpt = tmp_path / "tiny.ckpt"
-    torch.save({
-        "state_dict": {f"net.{k}": v for k, v in tiny_model.state_dict().items()},
-        "hyper_parameters": {"model_name": "convnext_dcls_audio_tiny", "num_classes": len(LABELS),
-                             "model_kwargs": TINY, "class_names": LABELS},
-    }, ckpt)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in tiny_model.state_dict().items()},
+            "hyper_parameters": {
+                "model_name": "convnext_dcls_audio_tiny",
+                "num_classes": len(LABELS),
+                "model_kwargs": TINY,
+                "class_names": LABELS,
+            },
+        },
+        ckpt,
+    )
     before = ckpt.read_bytes()
     link = tmp_path / "link.pt"
     link.symlink_to(ckpt)
@@ -218,16 +243,27 @@ def test_cli_export_never_writes_over_an_input_or_an_unmeant_file(tmp_path, caps
     assert victim.read_bytes() == b"RIFF....WAVE"
     assert cli.main([*base, "-o", str(victim), "--overwrite"]) == 0
     assert victim.read_bytes() != b"RIFF....WAVE" and sorted(p.name for p in tmp_path.iterdir()) == [
-        "link.pt", "tiny.ckpt", "victim.wav"]
+        "link.pt",
+        "tiny.ckpt",
+        "victim.wav",
+    ]
 
 
 def test_export_to_a_full_disk_is_one_message(tmp_path, capsys, tiny_model, monkeypatch):
     import errno
 
     ckpt = tmp_path / "tiny.ckpt"
-    torch.save({"state_dict": {f"net.{k}": v for k, v in tiny_model.state_dict().items()},
-                "hyper_parameters": {"model_name": "convnext_dcls_audio_tiny", "num_classes": len(LABELS),
-                                     "model_kwargs": TINY}}, ckpt)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in tiny_model.state_dict().items()},
+            "hyper_parameters": {
+                "model_name": "convnext_dcls_audio_tiny",
+                "num_classes": len(LABELS),
+                "model_kwargs": TINY,
+            },
+        },
+        ckpt,
+    )
 
     def full(module, example, out, meta):
         out.write_bytes(b"half")

@@ -1,6 +1,7 @@
 """Statistics and shapes of the batch augmentations; random erasing against timm's own; the
 batched device ops against the per-clip implementation they replace (kept below as the reference),
 without host syncs and under ``torch.compile``."""
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,7 @@ def _reference_random_roll(x, generator):
     for row, shift in enumerate(shifts):
         shift %= length
         out[row, shift:] = x[row, : length - shift]
-        out[row, :shift] = x[row, length - shift:]
+        out[row, :shift] = x[row, length - shift :]
     return out
 
 
@@ -74,8 +75,8 @@ def _reference_random_erase(spec, p, generator):
     out = spec.clone()
     for b in range(batch):
         if boxes.apply[b]:
-            t, l, h, w = (int(v[b]) for v in (boxes.top, boxes.left, boxes.height, boxes.width))
-            out[b, ..., t:t + h, l:l + w] = 0
+            t, left, h, w = (int(v[b]) for v in (boxes.top, boxes.left, boxes.height, boxes.width))
+            out[b, ..., t : t + h, left : left + w] = 0
     return out
 
 
@@ -271,8 +272,10 @@ def test_front_end_augmentation_equals_the_reference_chain():
 
 def test_augmentations_are_reproducible_and_differ_between_seeds():
     x = torch.randn(8, 300, generator=gen(0))
-    assert torch.equal(speed_perturb(random_roll(x, gen(1)), p=1.0, generator=gen(2)),
-                       speed_perturb(random_roll(x, gen(1)), p=1.0, generator=gen(2)))
+    assert torch.equal(
+        speed_perturb(random_roll(x, gen(1)), p=1.0, generator=gen(2)),
+        speed_perturb(random_roll(x, gen(1)), p=1.0, generator=gen(2)),
+    )
     assert not torch.equal(random_roll(x, gen(1)), random_roll(x, gen(2)))
 
 

@@ -5,6 +5,7 @@ Tolerances: the plain-torch Spectrogram makes the same ``torch.stft`` call as to
 filterbank is built with the same float32 operations, so spectrogram, filterbank and mel power agree
 exactly; they are still compared at rtol 1e-5 (power) and atol 1e-5 (dB), the contract of the module.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,18 @@ def reference_chain(waveform_int16: torch.Tensor) -> torch.Tensor:
 def manual_chain(x: torch.Tensor) -> torch.Tensor:
     """Same maths from torch.stft + torchaudio's mel filterbank, in float64."""
     x = x.double()
-    spec = torch.stft(x, n_fft=1024, hop_length=320, window=torch.hann_window(1024, dtype=torch.float64),
-                      center=True, pad_mode="reflect", return_complex=True).abs() ** 2
+    spec = (
+        torch.stft(
+            x,
+            n_fft=1024,
+            hop_length=320,
+            window=torch.hann_window(1024, dtype=torch.float64),
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        ).abs()
+        ** 2
+    )
     fb = AF.melscale_fbanks(513, 50.0, 14000.0, 128, 32000).double()
     mel = torch.einsum("bft,fm->bmt", spec, fb)
     db = 10 * torch.log10(mel.clamp_min(1e-10))
@@ -137,6 +148,7 @@ def test_cuda_matches_cpu(clips):
 
 # --- the plain-torch transforms against torchaudio's -------------------------------------------------
 
+
 def _real_ish(batch: int, samples: int, rate: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
     """int16-quantised mixtures: harmonic tone + chirp + noise, a decaying click train, near-silence."""
     g = torch.Generator().manual_seed(seed)
@@ -144,8 +156,11 @@ def _real_ish(batch: int, samples: int, rate: int, dtype: torch.dtype, seed: int
     harmonic = sum(0.2 / k * torch.sin(2 * math.pi * 220 * k * t) for k in range(1, 6))
     chirp = 0.2 * torch.sin(2 * math.pi * (50 + 0.2 * rate * t / t[-1]) * t)
     clicks = (torch.arange(samples) % (rate // 8) < 20).double() * torch.exp(-t)
-    rows = [harmonic + chirp + 0.02 * torch.randn(samples, generator=g, dtype=torch.float64),
-            0.5 * clicks, 3e-5 * torch.randn(samples, generator=g, dtype=torch.float64)]
+    rows = [
+        harmonic + chirp + 0.02 * torch.randn(samples, generator=g, dtype=torch.float64),
+        0.5 * clicks,
+        3e-5 * torch.randn(samples, generator=g, dtype=torch.float64),
+    ]
     wave = torch.stack([rows[i % 3] for i in range(batch)])
     return ((wave * 2**15).round().clamp(-32768, 32767) / 2**15).to(dtype)
 
@@ -161,8 +176,14 @@ SPEC_CASES = [  # n_fft, win_length, hop_length, center, pad, normalized
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize(("n_fft", "win", "hop", "center", "pad", "normalized"), SPEC_CASES)
 def test_spectrogram_matches_torchaudio(n_fft, win, hop, center, pad, normalized, dtype):
-    kwargs = {"n_fft": n_fft, "win_length": win, "hop_length": hop, "center": center, "pad": pad,
-              "normalized": normalized}
+    kwargs = {
+        "n_fft": n_fft,
+        "win_length": win,
+        "hop_length": hop,
+        "center": center,
+        "pad": pad,
+        "normalized": normalized,
+    }
     ours, ref = spectral.Spectrogram(**kwargs).to(dtype), T.Spectrogram(**kwargs).to(dtype)
     x = torch.cat([_real_ish(3, 16000, 16000, dtype), torch.randn(2, 16000, dtype=dtype)]).reshape(5, 1, 16000)
     got, want = ours(x), ref(x)
@@ -170,8 +191,9 @@ def test_spectrogram_matches_torchaudio(n_fft, win, hop, center, pad, normalized
     torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
     for power in (None, 1.0):  # complex STFT and magnitude
         kwargs["power"] = power
-        torch.testing.assert_close(spectral.Spectrogram(**kwargs).to(dtype)(x), T.Spectrogram(**kwargs).to(dtype)(x),
-                                   rtol=1e-5, atol=0)
+        torch.testing.assert_close(
+            spectral.Spectrogram(**kwargs).to(dtype)(x), T.Spectrogram(**kwargs).to(dtype)(x), rtol=1e-5, atol=0
+        )
     assert ours.state_dict().keys() == ref.state_dict().keys() == {"window"}
     assert torch.equal(ours.window, ref.window)
 

@@ -5,6 +5,7 @@ torchaudio resampling, windows cut at hand-written times, LogMelFrontEnd, the mo
 straight from the synthetic state_dict, sigmoid. Labels are checked against the shipped CSV
 read with the csv module.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -138,8 +139,21 @@ def _check_top(top: list[dict], expected: torch.Tensor, k: int, class_names: lis
 
 def test_json_output_windows_scores_labels(tmp_path, capsys, checkpoint, audio_dir, reference, class_names):
     out = tmp_path / "tags.json"
-    rc = cli.main(["infer", "--checkpoint", str(checkpoint), str(audio_dir), "--format", "json", "--output", str(out),
-                   "--progress", "--batch-size", "4"])
+    rc = cli.main(
+        [
+            "infer",
+            "--checkpoint",
+            str(checkpoint),
+            str(audio_dir),
+            "--format",
+            "json",
+            "--output",
+            str(out),
+            "--progress",
+            "--batch-size",
+            "4",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1  # the corrupt file
     errors = _stderr_errors(captured.err)  # anything but progress-bar lines
@@ -174,15 +188,38 @@ def test_json_output_windows_scores_labels(tmp_path, capsys, checkpoint, audio_d
 
 
 def test_csv_output_with_hop_and_mean(capsys, checkpoint, audio_dir, reference, class_names):
-    rc = cli.main([
-        "infer", "-c", str(checkpoint), str(audio_dir / "long_*.flac"),
-        "--format", "csv", "--hop", "7.5", "--aggregate", "mean", "--top-k", "3",
-    ])
+    rc = cli.main(
+        [
+            "infer",
+            "-c",
+            str(checkpoint),
+            str(audio_dir / "long_*.flac"),
+            "--format",
+            "csv",
+            "--hop",
+            "7.5",
+            "--aggregate",
+            "mean",
+            "--top-k",
+            "3",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0 and captured.err.strip() == ""
     rows = list(csv.DictReader(io.StringIO(captured.out)))
-    assert list(rows[0]) == ["file", "duration_s", "sample_rate", "scope", "window", "start_s", "end_s",
-                             "rank", "index", "label", "score"]
+    assert list(rows[0]) == [
+        "file",
+        "duration_s",
+        "sample_rate",
+        "scope",
+        "window",
+        "start_s",
+        "end_s",
+        "rank",
+        "index",
+        "label",
+        "score",
+    ]
     assert len(rows) == (1 + 3) * 3
     windows = [(float(r["start_s"]), float(r["end_s"])) for r in rows if r["scope"] == "window" and r["rank"] == "1"]
     assert windows == [(0.0, 10.0), (7.5, 17.5), (15.0, 25.0)]
@@ -191,7 +228,8 @@ def test_csv_output_with_hop_and_mean(capsys, checkpoint, audio_dir, reference, 
     for scope, window, expected in groups:
         top = [
             {"index": int(r["index"]), "label": r["label"], "score": float(r["score"])}
-            for r in rows if r["scope"] == scope and r["window"] == window
+            for r in rows
+            if r["scope"] == scope and r["window"] == window
         ]
         _check_top(top, expected, 3, class_names)
 
@@ -223,8 +261,20 @@ def test_missing_checkpoint_and_unknown_model_fail_before_work(tmp_path, capsys,
 def test_tiny_hop_is_an_option_error(tmp_path, capsys, checkpoint, audio_dir):
     out = tmp_path / "tags.json"
     out.write_text("keep me")
-    rc = cli.main(["infer", "-c", str(checkpoint), str(audio_dir / "short_8k.wav"), "--hop", "1e-6",
-                   "--format", "json", "--output", str(out)])
+    rc = cli.main(
+        [
+            "infer",
+            "-c",
+            str(checkpoint),
+            str(audio_dir / "short_8k.wav"),
+            "--hop",
+            "1e-6",
+            "--format",
+            "json",
+            "--output",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 2 and captured.out == ""
     lines = [line for line in captured.err.splitlines() if line.strip()]
@@ -240,12 +290,20 @@ def test_labels_stored_in_our_checkpoint(tmp_path, capsys, audio_dir):
     net = create_model("convnext_dcls_audio_tiny", num_classes=3, **kwargs)
     names = ["Alpha sound", "Beta sound", "Gamma sound"]
     ckpt = tmp_path / "finetuned.ckpt"
-    torch.save({
-        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-        "hyper_parameters": {"model_name": "convnext_dcls_audio_tiny", "num_classes": 3,
-                             "model_kwargs": kwargs, "class_names": names, "class_mids": ["/a", "/b", "/c"]},
-        "epoch": 3,
-    }, ckpt)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {
+                "model_name": "convnext_dcls_audio_tiny",
+                "num_classes": 3,
+                "model_kwargs": kwargs,
+                "class_names": names,
+                "class_mids": ["/a", "/b", "/c"],
+            },
+            "epoch": 3,
+        },
+        ckpt,
+    )
     rc = cli.main(["infer", "-c", str(ckpt), str(audio_dir / "silence.wav"), "--format", "json", "-k", "3"])
     record = json.loads(capsys.readouterr().out)[0]
     assert rc == 0
@@ -290,11 +348,19 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(1)
     net = create_model("convnext_dcls_audio_tiny", num_classes=16, **kwargs)
     path = tmp_path_factory.mktemp("tiny") / "tiny.ckpt"
-    torch.save({
-        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-        "hyper_parameters": {"model_name": "convnext_dcls_audio_tiny", "num_classes": 16, "model_kwargs": kwargs,
-                             "class_names": [f"c{i}" for i in range(16)], "class_mids": [f"/c{i}" for i in range(16)]},
-    }, path)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "hyper_parameters": {
+                "model_name": "convnext_dcls_audio_tiny",
+                "num_classes": 16,
+                "model_kwargs": kwargs,
+                "class_names": [f"c{i}" for i in range(16)],
+                "class_mids": [f"/c{i}" for i in range(16)],
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -305,8 +371,20 @@ LOSSY_SCORE_ATOL = 0.02
 
 def test_m4a_and_webm_tag_like_their_sources(capsys, tiny_checkpoint, compressed_dir):
     names = sorted(p.name for p in compressed_dir.iterdir())
-    rc = cli.main(["infer", "-c", str(tiny_checkpoint), *(str(compressed_dir / n) for n in names),
-                   "--format", "json", "-k", "16", "--batch-size", "8"])
+    rc = cli.main(
+        [
+            "infer",
+            "-c",
+            str(tiny_checkpoint),
+            *(str(compressed_dir / n) for n in names),
+            "--format",
+            "json",
+            "-k",
+            "16",
+            "--batch-size",
+            "8",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0 and captured.err.strip() == ""
     records = {Path(r["file"]).name: r for r in json.loads(captured.out)}

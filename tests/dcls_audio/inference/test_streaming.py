@@ -1,5 +1,6 @@
 """Tagging long files window by window: the same windows and scores as whole-file decoding, in
 memory that does not grow with the file's length; decoding in worker processes."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -22,8 +23,8 @@ from dcls_audio.inference.tagger import (
     tag_files,
     window_starts,
 )
-from dcls_audio.models import create_model
 from dcls_audio.inference.windowing import WindowCutter
+from dcls_audio.models import create_model
 
 SR = 32000
 W = 10 * SR
@@ -120,21 +121,32 @@ def test_long_file_streams_in_bounded_memory_with_whole_file_windows(tmp_path, r
 
 def test_streaming_scores_equal_whole_file_scores_with_a_model(tmp_path):
     torch.manual_seed(0)
-    model = create_model("convnext_dcls_audio_tiny", num_classes=6, depths=(1, 1, 1, 1), dims=(8, 16, 16, 16),
-                         kernel_count=4, dilated_kernel_size=7)
+    model = create_model(
+        "convnext_dcls_audio_tiny",
+        num_classes=6,
+        depths=(1, 1, 1, 1),
+        dims=(8, 16, 16, 16),
+        kernel_count=4,
+        dilated_kernel_size=7,
+    )
     tagger = AudioTagger(model, "cpu")
     path = tmp_path / "song.flac"
     rng = np.random.default_rng(1)
     t = np.arange(31 * 44100) / 44100
-    sf.write(path, np.stack([np.sin(2 * np.pi * (300 + 20 * t) * t), 0.2 * rng.standard_normal(t.size)], 1)
-             .astype(np.float32) * 0.5, 44100)
+    sf.write(
+        path,
+        np.stack([np.sin(2 * np.pi * (300 + 20 * t) * t), 0.2 * rng.standard_normal(t.size)], 1).astype(np.float32)
+        * 0.5,
+        44100,
+    )
     (result,) = tag_files(tagger, [path], hop_s=4.0, batch_size=3)
     data, _ = sf.read(path, dtype="float32", always_2d=True)
     whole = AF.resample(torch.from_numpy(data.mean(axis=1, dtype=np.float32)), 44100, SR)
     starts = window_starts(whole.shape[0], W, 4 * SR)
     assert len(starts) == 7 and [a for a, _ in result.window_spans_s] == [s / SR for s in starts]
-    torch.testing.assert_close(result.window_scores, tagger(cut_windows([(whole, s) for s in starts])),
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        result.window_scores, tagger(cut_windows([(whole, s) for s in starts])), rtol=0, atol=1e-5
+    )
 
 
 def _crash_on(name):

@@ -1,4 +1,5 @@
 """Inference building blocks: windows, input expansion, decoding failures, batching, output formats."""
+
 from __future__ import annotations
 
 import csv
@@ -12,6 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from dcls_audio.inference.inputs import expand_inputs
+from dcls_audio.inference.output import CSV_COLUMNS, csv_rows, file_record, format_table, write_csv, write_json
 from dcls_audio.inference.tagger import (
     AudioTagger,
     FileFailure,
@@ -24,9 +27,7 @@ from dcls_audio.inference.tagger import (
     top_k,
     window_starts,
 )
-from dcls_audio.inference.inputs import expand_inputs
 from dcls_audio.models import create_model, dcls_layers
-from dcls_audio.inference.output import CSV_COLUMNS, csv_rows, file_record, format_table, write_csv, write_json
 
 SR = 32000
 W = 10 * SR
@@ -36,8 +37,8 @@ W = 10 * SR
 @pytest.mark.parametrize(
     "seconds, hop_s, expected_starts_s",
     [
-        (3.0, 5.0, [0.0]),            # shorter than a window: one padded window
-        (10.0, 5.0, [0.0]),           # exactly one window
+        (3.0, 5.0, [0.0]),  # shorter than a window: one padded window
+        (10.0, 5.0, [0.0]),  # exactly one window
         (25.0, 5.0, [0.0, 5.0, 10.0, 15.0]),
         (23.0, 5.0, [0.0, 5.0, 10.0, 13.0]),  # last window aligned to the end
         (25.0, 10.0, [0.0, 10.0, 15.0]),
@@ -89,15 +90,17 @@ def test_expand_inputs_files_folders_globs(tmp_path):
     c = _write(tmp_path / "other" / "c.ogg")
     (tmp_path / "sub" / "notes.txt").write_text("not audio")
     (tmp_path / "empty").mkdir()
-    got = expand_inputs([
-        str(tmp_path / "sub"),                   # folder, recursive, skips notes.txt
-        str(a),                                  # file
-        str(tmp_path / "**" / "*.ogg"),          # recursive glob
-        str(b),                                  # duplicate of the folder's file
-        str(tmp_path / "missing.wav"),
-        str(tmp_path / "*.mp3"),                 # matches nothing
-        str(tmp_path / "empty"),
-    ])
+    got = expand_inputs(
+        [
+            str(tmp_path / "sub"),  # folder, recursive, skips notes.txt
+            str(a),  # file
+            str(tmp_path / "**" / "*.ogg"),  # recursive glob
+            str(b),  # duplicate of the folder's file
+            str(tmp_path / "missing.wav"),
+            str(tmp_path / "*.mp3"),  # matches nothing
+            str(tmp_path / "empty"),
+        ]
+    )
     assert [p.resolve() for p in got.files] == [b.resolve(), a.resolve(), c.resolve()]
     problems = dict(got.problems)
     assert set(problems) == {str(tmp_path / "missing.wav"), str(tmp_path / "*.mp3"), str(tmp_path / "empty")}
@@ -124,7 +127,9 @@ def test_decode_failures_are_one_line_naming_the_reason(tmp_path):
     assert decode_file(tmp_path / "missing.wav").reason == "no such file"
 
 
-@pytest.mark.parametrize("ext, subtype", [("wav", "PCM_24"), ("flac", None), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III")])
+@pytest.mark.parametrize(
+    "ext, subtype", [("wav", "PCM_24"), ("flac", None), ("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III")]
+)
 def test_decode_formats(tmp_path, ext, subtype):
     path = tmp_path / f"tone.{ext}"
     t = np.arange(2 * 22050) / 22050
@@ -133,7 +138,7 @@ def test_decode_formats(tmp_path, ext, subtype):
     assert not isinstance(decoded, FileFailure), decoded
     assert decoded.sample_rate == 22050
     assert abs(decoded.waveform.shape[0] / SR - 2.0) < 0.1  # mp3 adds encoder padding
-    spectrum = torch.fft.rfft(decoded.waveform[: SR])
+    spectrum = torch.fft.rfft(decoded.waveform[:SR])
     assert abs(int(spectrum.abs().argmax()) - 440) <= 1  # the tone survives, 1 Hz bins
 
 
@@ -151,8 +156,12 @@ def test_decode_resamples_and_mixes_down(tmp_path):
 def tiny_dcls_model():
     torch.manual_seed(0)
     return create_model(
-        "convnext_dcls_audio_tiny", num_classes=7, depths=(1, 1, 1, 1), dims=(8, 16, 16, 16),
-        kernel_count=4, dilated_kernel_size=7,
+        "convnext_dcls_audio_tiny",
+        num_classes=7,
+        depths=(1, 1, 1, 1),
+        dims=(8, 16, 16, 16),
+        kernel_count=4,
+        dilated_kernel_size=7,
     ).eval()
 
 
@@ -236,7 +245,11 @@ def _fake_tags() -> FileTags:
 
 
 def test_top_k_order_and_ties():
-    assert top_k(torch.tensor([0.1, 0.9, 0.3, 0.3]), 3) == [(1, pytest.approx(0.9)), (2, pytest.approx(0.3)), (3, pytest.approx(0.3))]
+    assert top_k(torch.tensor([0.1, 0.9, 0.3, 0.3]), 3) == [
+        (1, pytest.approx(0.9)),
+        (2, pytest.approx(0.3)),
+        (3, pytest.approx(0.3)),
+    ]
     assert len(top_k(torch.tensor([0.5, 0.2]), 5)) == 2
 
 
@@ -258,8 +271,19 @@ def test_record_json_csv_table():
     assert tuple(rows[0]) == CSV_COLUMNS
     assert len(rows) == len(list(csv_rows(record))) == 2 * 3
     assert [r["scope"] for r in rows] == ["file"] * 2 + ["window"] * 4
-    assert rows[4] == {"file": "x.wav", "duration_s": "12.5", "sample_rate": "44100", "scope": "window", "window": "1",
-                       "start_s": "2.5", "end_s": "12.5", "rank": "1", "index": "0", "label": "zero", "score": "0.7"}
+    assert rows[4] == {
+        "file": "x.wav",
+        "duration_s": "12.5",
+        "sample_rate": "44100",
+        "scope": "window",
+        "window": "1",
+        "start_s": "2.5",
+        "end_s": "12.5",
+        "rank": "1",
+        "index": "0",
+        "label": "zero",
+        "score": "0.7",
+    }
 
     table = format_table([record], show_windows=True)
     assert "x.wav" in table and "2 windows" in table and "0.900  one" in table and "2.50 -" in table

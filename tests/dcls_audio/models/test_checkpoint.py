@@ -1,4 +1,5 @@
 """Checkpoint files: upstream .pth, Lightning .ckpt, plain state_dicts; errors; safe loading."""
+
 from __future__ import annotations
 
 import argparse
@@ -102,8 +103,13 @@ def test_lightning_checkpoint_backbone_and_ema(tmp_path):
 
     data = TensorDataset(torch.randn(4, 1, 128, 160), torch.rand(4, 10))
     trainer = L.Trainer(
-        max_steps=2, accelerator="cpu", default_root_dir=tmp_path, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        max_steps=2,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
     )
     module = Tagger("convnext_dcls_audio_tiny", kwargs)
     trainer.fit(module, DataLoader(data, batch_size=2))
@@ -128,8 +134,15 @@ def test_upstream_file_with_ema_optimizer_and_args_round_trips(tmp_path):
             p.mul_(0.5)
     args = argparse.Namespace(lr=4e-3, drop_path=0.4)
     optimizer = torch.optim.AdamW(model.parameters()).state_dict()
-    path = save_upstream_checkpoint(model, tmp_path / "run" / "ckpt.pth", model_ema=ema, optimizer=optimizer,
-                                    epoch=7, scaler={"scale": 1024.0}, args=args)
+    path = save_upstream_checkpoint(
+        model,
+        tmp_path / "run" / "ckpt.pth",
+        model_ema=ema,
+        optimizer=optimizer,
+        epoch=7,
+        scaler={"scale": 1024.0},
+        args=args,
+    )
     assert vars(args) == {"lr": 4e-3, "drop_path": 0.4}  # caller's namespace untouched
     raw = torch.load(path, weights_only=False)
     assert set(raw) == {"model", "model_ema", "optimizer", "epoch", "scaler", "args"}
@@ -233,7 +246,9 @@ def test_checkpoint_path_may_name_a_model_in_the_checkpoints_folder(tmp_path, mo
     monkeypatch.setenv("DCLS_AUDIO_CHECKPOINTS", str(tmp_path))
     model = randomize(tiny("convformer_audio_s18"))
     upstream_pth(tmp_path / "convformer_audio_s18.pth", model, args=argparse.Namespace(model="convformer_audio_s18"))
-    loaded = create_model("convformer_audio_s18", checkpoint_path="convformer_audio_s18", **TINY["convformer"], num_classes=10)
+    loaded = create_model(
+        "convformer_audio_s18", checkpoint_path="convformer_audio_s18", **TINY["convformer"], num_classes=10
+    )
     assert_same_state(model, loaded)
     with pytest.raises(FileNotFoundError, match="zenodo.org/record/8370979/files/convformer_dcls_audio_s18.pth"):
         create_model("convformer_dcls_audio_s18", checkpoint_path="convformer_dcls_audio_s18")

@@ -2,6 +2,7 @@
 random and mutated files: only :class:`CheckpointError` may come out, with "not a checkpoint"
 or "corrupt checkpoint", and ``--allow-pickle`` is advised only for a well-formed pickle that
 asks for objects outside the allow-list. Weights with NaN/inf are refused, naming the key."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ TINY = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=4)
 def _small_checkpoint(path: Path, legacy: bool = False) -> Path:
     g = torch.Generator().manual_seed(0)
     state = {f"layer{i}.weight": torch.randn(3 + i, 5, generator=g) for i in range(4)}
-    torch.save({"model": state, "epoch": 2, "args": argparse.Namespace(model="convnext_audio_tiny")}, path,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"model": state, "epoch": 2, "args": argparse.Namespace(model="convnext_audio_tiny")},
+        path,
+        _use_new_zipfile_serialization=not legacy,
+    )
     return path
 
 
@@ -123,13 +127,13 @@ def _mutations(data: bytes, rng: random.Random, count: int) -> list[bytes]:
             for _ in range(rng.randint(1, 8)):
                 buf[rng.randrange(len(buf))] ^= rng.randint(1, 255)
         elif kind == 1:  # cut short
-            del buf[rng.randrange(1, len(buf)):]
+            del buf[rng.randrange(1, len(buf)) :]
         elif kind == 2:  # insert bytes
             at = rng.randrange(len(buf))
             buf[at:at] = rng.randbytes(rng.randint(1, 16))
         else:  # overwrite a run in the first kilobyte (headers, pickle)
             at = rng.randrange(min(len(buf), 1024))
-            buf[at:at + 8] = rng.randbytes(8)
+            buf[at : at + 8] = rng.randbytes(8)
         out.append(bytes(buf))
     return out
 

@@ -3,6 +3,7 @@
 The shared positions must behave as one tensor everywhere: state_dict save/load, .to(),
 deepcopy (EMA copies), optimizer grouping, EMA updates and DDP.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from dcls_core import Dcls2d
 from dcls_audio.models import (
     count_parameters,
     create_model,
@@ -22,6 +22,7 @@ from dcls_audio.models import (
     is_depthwise_conv,
     tied_state_keys,
 )
+from dcls_core import Dcls2d
 
 TINY = dict(depths=(2, 1, 2, 1), dims=(16, 32, 64, 128), kernel_count=8, dilated_kernel_size=9)
 
@@ -48,7 +49,9 @@ class Toy(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Conv2d(8, 8, 7, padding=3, groups=8)
-        self.b = nn.Sequential(nn.Conv2d(8, 8, 7, padding=3, groups=8, bias=False), nn.Conv2d(8, 8, 3, padding=1, groups=8))
+        self.b = nn.Sequential(
+            nn.Conv2d(8, 8, 7, padding=3, groups=8, bias=False), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        )
         self.grouped = nn.Conv2d(8, 16, 7, padding=3, groups=8)  # groups == in != out: not depthwise
         self.c = nn.Conv2d(16, 16, 7, padding=3, groups=16)
         self.d = nn.Conv2d(8, 8, 7, padding=3, groups=8)  # narrower again: a new group
@@ -105,8 +108,12 @@ def test_fastvit_converts_only_7x7_and_ties_cpe_with_last_stage():
     )
     names = [n for n, m in model.named_modules() if isinstance(m, Dcls2d)]
     assert names == [
-        "stages.0.blocks.0.mlp.conv.conv", "stages.1.blocks.0.mlp.conv.conv", "stages.2.blocks.0.mlp.conv.conv",
-        "stages.3.pos_emb.pos_enc", "stages.3.blocks.0.mlp.conv.conv", "stages.3.blocks.1.mlp.conv.conv",
+        "stages.0.blocks.0.mlp.conv.conv",
+        "stages.1.blocks.0.mlp.conv.conv",
+        "stages.2.blocks.0.mlp.conv.conv",
+        "stages.3.pos_emb.pos_enc",
+        "stages.3.blocks.0.mlp.conv.conv",
+        "stages.3.blocks.1.mlp.conv.conv",
     ]
     # the 3x3 RepMixer convs stay plain depthwise convs; the 7x7 downsampling convs are not depthwise
     assert any(is_depthwise_conv(m, 3) for m in model.modules())
@@ -267,8 +274,15 @@ def test_matches_a_model_converted_with_the_reference_dcls_package():
     reference = create_model("convnext_audio_tiny", depths=TINY["depths"], dims=TINY["dims"]).eval()
     width, P, SIG = 0, None, None
     for name, conv in [(n, m) for n, m in reference.named_modules() if is_depthwise_conv(m)]:
-        layer = ref_modules.Dcls2d(conv.in_channels, conv.in_channels, kernel_count=8, dilated_kernel_size=9,
-                                   padding=4, groups=conv.in_channels, version="gauss")
+        layer = ref_modules.Dcls2d(
+            conv.in_channels,
+            conv.in_channels,
+            kernel_count=8,
+            dilated_kernel_size=9,
+            padding=4,
+            groups=conv.in_channels,
+            version="gauss",
+        )
         if width < conv.in_channels:
             width, P, SIG = conv.in_channels, layer.P, layer.SIG
         layer.P, layer.SIG = P, SIG

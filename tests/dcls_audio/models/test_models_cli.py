@@ -1,4 +1,5 @@
 """``dcls-audio models``: the registered backbones with released files and parameter counts."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import pytest
 
 from cli import main
 from dcls_audio.models import RELEASED_CHECKPOINTS, UPSTREAM_PARAM_COUNTS, list_models
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

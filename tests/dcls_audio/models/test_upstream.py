@@ -3,6 +3,7 @@
 Reference: ../shared/upstream (manifests of every upstream key/shape/tie, the deterministic
 fill, and the logits the upstream implementation produced for input.pt).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Training configs: YAML files, dotted overrides, validation, the CLI's --print_config."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,12 @@ from dcls_audio import cli
 from dcls_audio.training.config import ConfigError, TrainConfig, config_keys, config_names, dump_config, load_config
 
 MODEL_CONFIGS = [
-    "convnext_audio_tiny", "convnext_dcls_audio_tiny", "fastvit_audio_sa24",
-    "fastvit_dcls_audio_sa24", "convformer_audio_s18", "convformer_dcls_audio_s18",
+    "convnext_audio_tiny",
+    "convnext_dcls_audio_tiny",
+    "fastvit_audio_sa24",
+    "fastvit_dcls_audio_sa24",
+    "convformer_audio_s18",
+    "convformer_dcls_audio_s18",
 ]
 
 
@@ -41,12 +46,22 @@ def test_default_is_the_demo_config():
 
 
 def test_overrides_are_parsed_as_the_field_type():
-    cfg = load_config("demo", {
-        "trainer.max_epochs": "3", "optim.lr": "1e-3", "model.depths": "[1, 1, 2, 1]",
-        "trainer.precision": "32", "trainer.devices": "[0, 1]", "run.name": "007",
-        "trainer.limit_train_batches": "5", "trainer.limit_val_batches": "0.5",
-        "data.train_files": "a.h5", "model.num_classes": "null", "ema.enabled": "true",
-    })
+    cfg = load_config(
+        "demo",
+        {
+            "trainer.max_epochs": "3",
+            "optim.lr": "1e-3",
+            "model.depths": "[1, 1, 2, 1]",
+            "trainer.precision": "32",
+            "trainer.devices": "[0, 1]",
+            "run.name": "007",
+            "trainer.limit_train_batches": "5",
+            "trainer.limit_val_batches": "0.5",
+            "data.train_files": "a.h5",
+            "model.num_classes": "null",
+            "ema.enabled": "true",
+        },
+    )
     assert cfg.trainer.max_epochs == 3 and cfg.optim.lr == 1e-3
     assert cfg.model.depths == [1, 1, 2, 1] and cfg.trainer.precision == "32"
     assert cfg.trainer.devices == [0, 1] and cfg.run.name == "007"
@@ -66,18 +81,21 @@ def test_compile_mode_reaches_the_module():
     assert plain.net._compiled_call_impl is None and plain.hparams.compile_mode == "default"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("trainer.max_epoch", "3", "unknown config key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)"),
-    ("trainer.max_epochs", "three", "trainer.max_epochs: expected int"),
-    ("data.sampler", "random", "data.sampler: 'random' is not one of uniform, balanced"),
-    ("model.depths", "[1, x]", "model.depths"),
-    ("ema.enabled", "3", "ema.enabled: expected bool"),
-    ("model.compile_mode", "fast", "model.compile_mode: 'fast' is not one of default, reduce-overhead"),
-    ("model.compile_mode", "reduce-overhead", "model.compile_mode reduce-overhead needs model.compile: true"),
-    ("optim.min_lr", "1.0", "optim.min_lr must be in [0, optim.lr]"),
-    ("data.balance_prior", "-1", "data.balance_prior must be >= 0"),
-    ("nosection.key", "1", "unknown config key 'nosection.key'"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("trainer.max_epoch", "3", "unknown config key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)"),
+        ("trainer.max_epochs", "three", "trainer.max_epochs: expected int"),
+        ("data.sampler", "random", "data.sampler: 'random' is not one of uniform, balanced"),
+        ("model.depths", "[1, x]", "model.depths"),
+        ("ema.enabled", "3", "ema.enabled: expected bool"),
+        ("model.compile_mode", "fast", "model.compile_mode: 'fast' is not one of default, reduce-overhead"),
+        ("model.compile_mode", "reduce-overhead", "model.compile_mode reduce-overhead needs model.compile: true"),
+        ("optim.min_lr", "1.0", "optim.min_lr must be in [0, optim.lr]"),
+        ("data.balance_prior", "-1", "data.balance_prior must be >= 0"),
+        ("nosection.key", "1", "unknown config key 'nosection.key'"),
+    ],
+)
 def test_bad_overrides_name_the_key(key, value, message):
     with pytest.raises(ConfigError) as info:
         load_config("demo", {key: value})
@@ -105,8 +123,20 @@ def test_dump_round_trips(tmp_path):
 
 
 def test_cli_print_config_applies_overrides(capsys):
-    assert cli.main(["train", "--config", "convnext_audio_tiny", "--print_config",
-                     "--trainer.max_epochs", "3", "--model.name=convnext_dcls_audio_tiny"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                "convnext_audio_tiny",
+                "--print_config",
+                "--trainer.max_epochs",
+                "3",
+                "--model.name=convnext_dcls_audio_tiny",
+            ]
+        )
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["max_epochs"] == 3
     assert printed["model"]["name"] == "convnext_dcls_audio_tiny"

@@ -1,4 +1,5 @@
 """Optimizer groups, the warm-up cosine schedule, EMA, fine-tuning and frozen positions."""
+
 from __future__ import annotations
 
 import copy
@@ -9,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from dcls_audio.training.ema import make_ema, update_ema
-from dcls_audio.training.module import AudioTaggingModule
 from dcls_audio.models import (
     create_model,
     dcls_position_parameters,
     save_upstream_checkpoint,
 )
+from dcls_audio.training.ema import make_ema, update_ema
+from dcls_audio.training.module import AudioTaggingModule
 from dcls_audio.training.optim import (
     build_optimizer,
     cosine_with_warmup,
@@ -48,8 +49,7 @@ def test_param_groups_follow_the_recipe():
     seen = set()
     for name, p in net.named_parameters(remove_duplicate=False):
         leaf = name.rsplit(".", 1)[-1]
-        expected = ("positions" if leaf in ("P", "SIG")
-                    else "no_decay" if leaf == "bias" or p.ndim == 1 else "decay")
+        expected = "positions" if leaf in ("P", "SIG") else "no_decay" if leaf == "bias" or p.ndim == 1 else "decay"
         assert kind[id(p)] == expected, name
         seen.add(id(p))
     # P and SIG are shared by the two layers of stage 0: each tensor appears once
@@ -75,10 +75,13 @@ def test_schedule_values():
     assert values[warm] == pytest.approx(base)
     assert values[warm + (total - warm) // 2] == pytest.approx((base + low) / 2)
     assert values[total] == pytest.approx(low) and values[total + 1] == pytest.approx(low)
-    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1:]))
+    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1 :]))
     for s in (0, 7, 13):
-        expected = low + (base - low) * 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm))) \
-            if s >= warm else base * (s + 1) / warm
+        expected = (
+            low + (base - low) * 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm)))
+            if s >= warm
+            else base * (s + 1) / warm
+        )
         assert values[s] == pytest.approx(expected)
 
 
@@ -245,13 +248,28 @@ def test_a_fused_optimizer_skips_the_bad_step_on_device_and_the_run_stops_a_step
     from dcls_audio.training.module import NonFiniteLossError
 
     torch.manual_seed(0)
-    module = _NanLossModule("convnext_dcls_audio_tiny", 5, model_kwargs=dict(TINY), lr=1e-2, fused_optimizer=True,
-                            front_end_augment=False, mixup_alpha=0.0)
+    module = _NanLossModule(
+        "convnext_dcls_audio_tiny",
+        5,
+        model_kwargs=dict(TINY),
+        lr=1e-2,
+        fused_optimizer=True,
+        front_end_augment=False,
+        mixup_alpha=0.0,
+    )
     module.front_end.clip_samples = 64000
     data = [{"waveform": (torch.randn(64000) * 3000).to(torch.int16), "target": torch.eye(5)[i % 5]} for i in range(16)]
     weights = _Weights()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[weights])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=8,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[weights],
+    )
     with pytest.raises(NonFiniteLossError, match="training loss is nan at step 2"):
         trainer.fit(module, DataLoader(data, batch_size=2))
     opt = trainer.optimizers[0]

@@ -1,4 +1,5 @@
 """Training runs on tiny HDF5 data on the CPU: every config, run directory, resume, faults."""
+
 from __future__ import annotations
 
 import csv
@@ -12,15 +13,22 @@ import pytest
 import torch
 
 from dcls_audio import cli
-from dcls_audio.training.config import load_config
 from dcls_audio.models import load_checkpoint
+from dcls_audio.training.config import load_config
 from dcls_audio.training.optim import cosine_with_warmup
 from dcls_audio.training.run import TrainingStopped, resolve_run_dir, train
 
 CONFIGS = [
-    "demo", "convnext_audio_tiny", "convnext_dcls_audio_tiny", "fastvit_audio_sa24",
-    "fastvit_dcls_audio_sa24", "convformer_audio_s18", "convformer_dcls_audio_s18",
+    "demo",
+    "convnext_audio_tiny",
+    "convnext_dcls_audio_tiny",
+    "fastvit_audio_sa24",
+    "fastvit_dcls_audio_sa24",
+    "convformer_audio_s18",
+    "convformer_dcls_audio_s18",
 ]
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory, tone_h5) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("h5")
@@ -30,18 +38,30 @@ def tiny_data(tmp_path_factory, tone_h5) -> tuple[Path, Path]:
 
 
 #: the non-parametrised runs use a tiny DCLS ConvNeXt (whatever the demo config's model is)
-TINY_DCLS_CONVNEXT = {"model.name": "convnext_dcls_audio_tiny", "model.kernel_count": "4",
-                      "model.dilated_kernel_size": "5"}
+TINY_DCLS_CONVNEXT = {
+    "model.name": "convnext_dcls_audio_tiny",
+    "model.kernel_count": "4",
+    "model.dilated_kernel_size": "5",
+}
 
 
 def tiny_overrides(name: str, tiny_data, output_dir: Path) -> dict[str, str]:
     train_h5, val_h5 = tiny_data
     out = {
-        "model.depths": "[1, 1, 1, 1]", "model.dims": "[8, 16, 32, 64]", "model.drop_path_rate": "0.1",
-        "data.train_files": str(train_h5), "data.val_files": str(val_h5), "data.batch_size": "2",
-        "data.num_workers": "0", "data.pin_memory": "false", "trainer.accelerator": "cpu",
-        "trainer.devices": "1", "trainer.precision": "32", "trainer.enable_progress_bar": "false",
-        "run.output_dir": str(output_dir), "trainer.log_every_n_steps": "1",
+        "model.depths": "[1, 1, 1, 1]",
+        "model.dims": "[8, 16, 32, 64]",
+        "model.drop_path_rate": "0.1",
+        "data.train_files": str(train_h5),
+        "data.val_files": str(val_h5),
+        "data.batch_size": "2",
+        "data.num_workers": "0",
+        "data.pin_memory": "false",
+        "trainer.accelerator": "cpu",
+        "trainer.devices": "1",
+        "trainer.precision": "32",
+        "trainer.enable_progress_bar": "false",
+        "run.output_dir": str(output_dir),
+        "trainer.log_every_n_steps": "1",
     }
     if "dcls" in load_config(name).model.name:
         out.update({"model.kernel_count": "4", "model.dilated_kernel_size": "5"})
@@ -87,8 +107,13 @@ def test_a_run_resumed_mid_epoch_sees_the_clips_an_uninterrupted_run_sees(tiny_d
     """Resuming inside an epoch continues its clip order where the checkpoint left it: no clip
     of that epoch is seen twice and none is skipped (also with loader workers, which read the
     sampler as soon as the loader's iterator exists)."""
-    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT, "trainer.max_epochs": "2",
-                 "run.checkpoint_every_n_steps": "0", "data.num_workers": str(workers)}
+    overrides = {
+        **tiny_overrides("demo", tiny_data, tmp_path),
+        **TINY_DCLS_CONVNEXT,
+        "trainer.max_epochs": "2",
+        "run.checkpoint_every_n_steps": "0",
+        "data.num_workers": str(workers),
+    }
     whole = _RecordBatches()
     train(load_config("demo", {**overrides, "run.name": "whole"}), callbacks=[whole])
     assert len(whole.seen) == 8 and whole.seen[0][2] != whole.seen[4][2]
@@ -124,9 +149,15 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_interrupted_run_resumes_at_the_same_step(tiny_data, tmp_path):
     overrides = {
-        **tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT, "trainer.max_epochs": "2",
-        "run.checkpoint_every_n_steps": "0", "optim.warmup_steps": "2", "optim.lr": "1e-3",
-        "optim.min_lr": "1e-5", "ema.enabled": "true", "ema.decay": "0.5",
+        **tiny_overrides("demo", tiny_data, tmp_path),
+        **TINY_DCLS_CONVNEXT,
+        "trainer.max_epochs": "2",
+        "run.checkpoint_every_n_steps": "0",
+        "optim.warmup_steps": "2",
+        "optim.lr": "1e-3",
+        "optim.min_lr": "1e-5",
+        "ema.enabled": "true",
+        "ema.decay": "0.5",
     }
     cfg = load_config("demo", overrides)
     first = train(cfg, callbacks=[_RaiseSignalAt(3, signal.SIGINT)])  # Ctrl-C in step 4 of 8
@@ -153,8 +184,11 @@ def test_interrupted_run_resumes_at_the_same_step(tiny_data, tmp_path):
     assert val and all(r["val/mAP_ema"] for r in val) and all(r["val/mAUC"] and r["val/d_prime"] for r in val)
     assert all(float(r["val/num_classes_scored"]) == 3 for r in val)
     assert any(r.get("train/loss") for r in rows)
-    lrs = {int(r["step"]): (float(r["lr-AdamW/decay"]), float(r["lr-AdamW/positions"]))
-           for r in rows if r.get("lr-AdamW/decay")}
+    lrs = {
+        int(r["step"]): (float(r["lr-AdamW/decay"]), float(r["lr-AdamW/positions"]))
+        for r in rows
+        if r.get("lr-AdamW/decay")
+    }
     assert set(lrs) >= {0, 4, 7}
     for step, (lr, lr_positions) in lrs.items():
         assert lr == pytest.approx(cosine_with_warmup(step, 8, 2, 1e-3, 1e-5), rel=1e-5)
@@ -187,8 +221,11 @@ class _PoisonAt(L.Callback):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
-    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT,
-                 "run.checkpoint_every_n_steps": "1"}
+    overrides = {
+        **tiny_overrides("demo", tiny_data, tmp_path),
+        **TINY_DCLS_CONVNEXT,
+        "run.checkpoint_every_n_steps": "1",
+    }
     with pytest.raises(TrainingStopped) as info:
         train(load_config("demo", overrides), callbacks=[_PoisonAt(2)])
     message = str(info.value)
@@ -231,8 +268,12 @@ class _CheckClamp(L.Callback):
 
 
 def test_positions_are_clamped_after_each_step(tiny_data, tmp_path):
-    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT, "model.clamp_positions": "true",
-                 "trainer.max_steps": "2"}
+    overrides = {
+        **tiny_overrides("demo", tiny_data, tmp_path),
+        **TINY_DCLS_CONVNEXT,
+        "model.clamp_positions": "true",
+        "trainer.max_steps": "2",
+    }
     check = _CheckClamp()
     train(load_config("demo", overrides), callbacks=[check])
     assert check.limit == 5 // 2 and check.max_abs == pytest.approx(check.limit)
@@ -292,8 +333,12 @@ class _InfGradientAt(L.Callback):
 
 @pytest.mark.cuda
 def test_fp16_loss_scaling_skips_a_non_finite_step(tiny_data, tmp_path):
-    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), "trainer.accelerator": "gpu",
-                 "trainer.precision": "16-mixed", "trainer.max_steps": "3"}
+    overrides = {
+        **tiny_overrides("demo", tiny_data, tmp_path),
+        "trainer.accelerator": "gpu",
+        "trainer.precision": "16-mixed",
+        "trainer.max_steps": "3",
+    }
     poison = _InfGradientAt(1)
     result = train(load_config("demo", overrides), callbacks=[poison])
     assert not result.interrupted and sorted(poison.changed) == [0, 1, 2]
@@ -339,8 +384,12 @@ class _SigtermInValidation(L.Callback):
 
 
 def test_sigterm_during_validation_finishes_the_validation_then_saves(tiny_data, tmp_path):
-    overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT,
-                 "trainer.max_epochs": "3", "data.batch_size": "2"}
+    overrides = {
+        **tiny_overrides("demo", tiny_data, tmp_path),
+        **TINY_DCLS_CONVNEXT,
+        "trainer.max_epochs": "3",
+        "data.batch_size": "2",
+    }
     result = train(load_config("demo", overrides), callbacks=[_SigtermInValidation()])
     assert result.interrupted and result.global_step == 4  # the end of epoch 0
     saved = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
@@ -354,8 +403,12 @@ def test_resuming_a_run_of_another_network_is_refused(tiny_data, tmp_path, capsy
     overrides = {**tiny_overrides("demo", tiny_data, tmp_path), **TINY_DCLS_CONVNEXT, "trainer.max_steps": "1"}
     first = train(load_config("demo", overrides))
     args = ["train", "--resume", str(first.last_checkpoint)]
-    for key, value in {**overrides, "model.name": "convnext_audio_tiny", "model.kernel_count": "null",
-                       "model.dilated_kernel_size": "null"}.items():
+    for key, value in {
+        **overrides,
+        "model.name": "convnext_audio_tiny",
+        "model.kernel_count": "null",
+        "model.dilated_kernel_size": "null",
+    }.items():
         args += [f"--{key}", value]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
@@ -422,10 +475,16 @@ def test_balanced_sampler_settings_reach_the_train_sampler(tiny_data):
     from dcls_audio.training.run import build_datamodule
 
     train_h5, val_h5 = tiny_data
-    cfg = load_config("demo", overrides={
-        "data.train_files": f"[{train_h5}]", "data.val_files": f"[{val_h5}]",
-        "data.sampler": "balanced", "data.samples_per_epoch": "20", "data.balance_prior": "2.0",
-    })
+    cfg = load_config(
+        "demo",
+        overrides={
+            "data.train_files": f"[{train_h5}]",
+            "data.val_files": f"[{val_h5}]",
+            "data.sampler": "balanced",
+            "data.samples_per_epoch": "20",
+            "data.balance_prior": "2.0",
+        },
+    )
     dm, _ = build_datamodule(cfg)
     dm.setup("fit")
     sampler = dm.train_sampler()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 import dcls_core
-from dcls_core.conv.reference import conv_nd
 from dcls_core.construction.reference import construct_kernel
+from dcls_core.conv.reference import conv_nd
+
 from dcls_testing import randomise, rel_err
 
 

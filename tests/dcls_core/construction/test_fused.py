@@ -9,6 +9,7 @@ import torch
 import dcls_core
 from dcls_core.construction.fused import construct_kernel_fused
 from dcls_core.construction.reference import construct_kernel
+
 from dcls_testing import TOL, rel_err
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import dcls_core
 from dcls_core import dispatch
 from dcls_core.conv import direct
+
 from dcls_testing import (
     AUTOCAST,
     TOL,
@@ -26,7 +27,6 @@ from dcls_testing import (
     randomise,
     rel_err,
 )
-
 
 # TF32 keeps 10 mantissa bits of each factor: relative errors of a few 1e-4
 TOL_DIRECT = {**TOL, "tf32": 3e-3}

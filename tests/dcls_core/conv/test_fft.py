@@ -13,6 +13,7 @@ from dcls_core.conv.fft import sizes as fft_sizes
 from dcls_core.conv.fft.conv import fft_conv_nd
 from dcls_core.conv.fft.sizes import fast_fft_size
 from dcls_core.conv.reference import conv_nd
+
 from dcls_testing import TOL, check_depthwise_against_float64, rel_err
 
 

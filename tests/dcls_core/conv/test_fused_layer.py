@@ -11,6 +11,7 @@ import torch
 import dcls_core
 from dcls_core import dispatch
 from dcls_core.conv import direct
+
 from dcls_testing import AUTOCAST, TOL, compare_to_fp64, randomise
 
 

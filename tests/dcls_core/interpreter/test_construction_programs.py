@@ -10,6 +10,7 @@ import torch
 
 from dcls_core.construction import fused
 from dcls_core.construction.reference import construct_kernel
+
 from dcls_testing import rel_err
 
 TOL = 2e-6

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from dcls_core.conv.direct import conv as direct_conv
 from dcls_core.conv.direct import programs
+
 from dcls_testing import rel_err
 
 TOL = 2e-6

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from dcls_core.conv.fft import passes
 from dcls_core.conv.fft.conv import fft_conv_nd
+
 from dcls_testing import rel_err
 
 TOL = 2e-6

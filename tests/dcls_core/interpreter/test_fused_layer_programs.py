@@ -14,6 +14,7 @@ from dcls_core.conv.fft import conv as fft_conv
 from dcls_core.conv.fft import passes
 from dcls_core.conv.fft.fused_layer import fused_dcls_fft
 from dcls_core.functional import dcls_conv
+
 from dcls_testing import rel_err
 
 TOL = 5e-6
