@@ -186,12 +186,20 @@ class StepProfiler(L.Callback):
             self.prof = None
 
 
-def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: torch.device) -> dict:
-    """The real training step: DataModule on ``h5`` -> LightningModule -> lightning.Trainer."""
+def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: torch.device, pin: str) -> dict:
+    """The real training step: DataModule on ``h5`` -> LightningModule -> lightning.Trainer.
+
+    ``pin``: "loader" (the DataLoader's pin-memory thread, the default) or "main" (no loader
+    pinning: the module's batch copier pins on the main thread)."""
     _fresh(device)
     torch.manual_seed(0)
     dm = AudioSetDataModule(
-        train_files=h5, batch_size=args.batch_size, num_workers=args.num_workers, seed=0, clip_samples=args.clip_samples
+        train_files=h5,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        pin_memory=None if pin == "loader" else False,
+        seed=0,
+        clip_samples=args.clip_samples,
     )
     module = AudioTaggingModule(
         name,
@@ -288,6 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile-steps", type=int, default=0, help="profile this many of the last warm-up steps of each loop run"
     )
+    parser.add_argument(
+        "--pin",
+        nargs="+",
+        default=["loader"],
+        choices=("loader", "main"),
+        help="where batches are pinned: the loader's pin-memory thread and/or the main thread (one loop run each)",
+    )
     parser.add_argument("--tmpdir", default=None, help="where to write the HDF5 file")
     parser.add_argument(
         "--smoke",
@@ -328,29 +343,32 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             for mode in args.modes:
                 bare = bare_step(name, mode, args, device)
-                loop = loop_step(name, mode, h5, args, device)
-                row = {
-                    "model": name,
-                    "mode": mode,
-                    "bare_samples_per_s": bare["samples_per_s"],
-                    "loop_samples_per_s": loop["samples_per_s"],
-                    "ratio": loop["samples_per_s"] / bare["samples_per_s"],
-                    "bare_step_ms": bare["step_ms"],
-                    "loop_step_ms": loop["step_ms"],
-                    **{k: v for k, v in loop.items() if k not in ("samples_per_s", "step_ms")},
-                }
-                report["results"].append(row)
-                out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it measured
+                for pin in args.pin:
+                    loop = loop_step(name, mode, h5, args, device, pin)
+                    row = {
+                        "model": name,
+                        "mode": mode,
+                        "pin": pin,
+                        "bare_samples_per_s": bare["samples_per_s"],
+                        "loop_samples_per_s": loop["samples_per_s"],
+                        "ratio": loop["samples_per_s"] / bare["samples_per_s"],
+                        "bare_step_ms": bare["step_ms"],
+                        "loop_step_ms": loop["step_ms"],
+                        **{k: v for k, v in loop.items() if k not in ("samples_per_s", "step_ms")},
+                    }
+                    report["results"].append(row)
+                    out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it measured
 
     print(f"device: {device_name}, torch {torch.__version__}, {args.precision}, batch {args.batch_size}")
     print(f"augmentations + mixup alone: {report['augment_mixup_ms_per_step']:.2f} ms per step")
     print(
-        f"{'model':<26} {'mode':<16} {'bare/s':>9} {'loop/s':>9} {'ratio':>6} "
+        f"{'model':<26} {'mode':<16} {'pin':<6} {'bare/s':>9} {'loop/s':>9} {'ratio':>6} "
         f"{'bare ms':>8} {'loop ms':>8} {'workers':>7}"
     )
     for r in report["results"]:
         print(
-            f"{r['model']:<26} {r['mode']:<16} {r['bare_samples_per_s']:>9.1f} {r['loop_samples_per_s']:>9.1f} "
+            f"{r['model']:<26} {r['mode']:<16} {r['pin']:<6} "
+            f"{r['bare_samples_per_s']:>9.1f} {r['loop_samples_per_s']:>9.1f} "
             f"{r['ratio']:>6.2f} {r['bare_step_ms']:>8.1f} {r['loop_step_ms']:>8.1f} {r['num_workers']:>7}"
         )
     print(f"wrote {out}")

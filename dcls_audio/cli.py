@@ -78,7 +78,15 @@ def _add_infer_parser(subparsers) -> None:
     parser.add_argument(
         "-f", "--format", dest="fmt", choices=("table", "json", "csv"), default="table", help="output format"
     )
-    parser.add_argument("-o", "--output", metavar="FILE", help="write the output here instead of stdout")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the output here instead of stdout (written whole or not at all; never over an input)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace FILE if it exists (never when it is an input)"
+    )
     parser.add_argument(
         "--windows", dest="show_windows", action="store_true", help="table format: also one line per window"
     )
@@ -136,6 +144,7 @@ def _add_infer_parser(subparsers) -> None:
             fold=args.fold,
             channels_last=args.channels_last,
             progress=args.progress,
+            overwrite=args.overwrite,
         )
 
     parser.set_defaults(func=run)

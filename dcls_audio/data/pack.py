@@ -11,6 +11,7 @@ decoded. Files without an audio extension are listed in the report, not packed.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..outputs import atomic_output
+from ..outputs import atomic_output, same_file
 from .audio_io import (
     AUDIO_EXTENSIONS,
     AudioReadError,
@@ -39,26 +40,66 @@ from .hdf5_dataset import create_layout
 _TIME_SUFFIX = re.compile(r"^(.+?)(?:_\d+(?:\.\d+)?){1,2}$")
 
 
-def read_segments_csv(path: str | os.PathLike) -> dict[str, list[str]]:
-    """YTID -> list of label mids from an AudioSet segments CSV (repeated YTIDs are merged)."""
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig", "UTF-8"), (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"))
+_BOMS += ((codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),)
+
+
+def read_text_file(path: Path, what: str, notes: list[str] | None = None) -> str:
+    """The text of ``path``: UTF-8, or UTF-8/UTF-16 with a byte-order mark (read without it; a
+    line in ``notes`` says so). Any other encoding is a ValueError naming the file, the line and
+    the byte (no guess: a wrong guess would silently change names)."""
+    data = path.read_bytes()
+    for bom, codec, name in _BOMS:
+        if data.startswith(bom):
+            if notes is not None:
+                notes.append(f"{what} {path}: {name} with a byte-order mark (read without it)")
+            try:
+                return data.decode(codec)
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{what} {path}: not valid {name} at byte {err.start}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{what} {path}: not UTF-8 text (line {line}, byte {err.start}: {data[err.start : err.start + 1]!r}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def read_segments_csv(path: str | os.PathLike, notes: list[str] | None = None) -> dict[str, list[str]]:
+    """YTID -> list of label mids from an AudioSet segments CSV (repeated YTIDs are merged).
+
+    ``notes``: gets one line for a byte-order mark and one for YTIDs listed on several lines.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels CSV not found: {path}")
     labels: dict[str, list[str]] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        lines = ((n, line) for n, line in enumerate(fh, start=1) if line.strip() and not line.lstrip().startswith("#"))
-        for line_no, line in lines:
-            row = next(csv.reader([line], skipinitialspace=True))
-            if len(row) < 4:
-                raise ValueError(
-                    f"labels CSV {path}, line {line_no}: expected 'YTID, start, end, \"mid,...\"', got {line.strip()!r}"
-                )
-            ytid = row[0].strip()
-            mids = [m.strip() for m in ",".join(row[3:]).split(",") if m.strip()]
-            merged = labels.setdefault(ytid, [])
-            merged.extend(m for m in mids if m not in merged)
+    repeated: list[str] = []
+    text = read_text_file(path, "labels CSV", notes)
+    lines = (
+        (n, line)
+        for n, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    )
+    for line_no, line in lines:
+        row = next(csv.reader([line], skipinitialspace=True))
+        if len(row) < 4:
+            raise ValueError(
+                f"labels CSV {path}, line {line_no}: expected 'YTID, start, end, \"mid,...\"', got {line.strip()!r}"
+            )
+        ytid = row[0].strip()
+        mids = [m.strip() for m in ",".join(row[3:]).split(",") if m.strip()]
+        if ytid in labels:
+            repeated.append(ytid)
+        merged = labels.setdefault(ytid, [])
+        merged.extend(m for m in mids if m not in merged)
     if not labels:
         raise ValueError(f"labels CSV {path} lists no segments")
+    if repeated and notes is not None:
+        names = ", ".join(sorted(set(repeated))[:10]) + (" ..." if len(set(repeated)) > 10 else "")
+        notes.append(f"labels CSV {path}: {len(set(repeated))} YTID(s) on several lines, labels merged: {names}")
     return labels
 
 
@@ -101,9 +142,18 @@ class PackReport:
     duplicates: list[tuple[Path, str]] = field(default_factory=list)
     not_audio: list[Path] = field(default_factory=list)
     unknown_mids: dict[str, int] = field(default_factory=dict)
+    without_audio: list[str] = field(default_factory=list)  # YTIDs of the labels CSV no file matched
+    notes: list[str] = field(default_factory=list)  # about the input files (encoding, repeated rows)
 
     def summary(self, max_listed: int = 20) -> str:
         lines = [f"packed {self.packed} clips ({self.num_classes} classes) into {self.output}"]
+        lines += [f"note: {note}" for note in self.notes]
+        if self.without_audio:
+            shown = ", ".join(self.without_audio[:max_listed])
+            more = (
+                f" ... and {len(self.without_audio) - max_listed} more" if len(self.without_audio) > max_listed else ""
+            )
+            lines.append(f"{len(self.without_audio)} segments of the labels CSV without an audio file: {shown}{more}")
         for title, items in (
             ("unreadable files skipped", self.unreadable),
             ("files without labels skipped", self.unlabelled),
@@ -193,20 +243,28 @@ def pack_folder(
 
     The file is written next to ``output`` under a temporary name and renamed when complete.
     Raises ``FileExistsError`` if ``output`` exists and ``overwrite`` is False, and
-    ``ValueError`` if no file could be packed.
+    ``ValueError`` if no file could be packed, if ``output`` is the labels or class CSV, or a
+    CSV is not UTF-8 text. The report lists what was skipped and why, the labelled segments
+    without an audio file, and notes on the CSV (a byte-order mark, YTIDs on several lines).
     """
     audio_dir, labels_csv, output = Path(audio_dir), Path(labels_csv), Path(output)
     if not audio_dir.is_dir():
         raise FileNotFoundError(f"audio folder not found: {audio_dir}")
+    for source in (labels_csv, class_csv):
+        if source is not None and same_file(output, source):
+            raise ValueError(f"output {output} is also an input ({source}); refusing to write over it")
     if output.exists() and not overwrite:
         raise FileExistsError(f"output {output} exists; pass overwrite=True (--overwrite) to replace it")
     classes = load_class_names(class_csv)
-    labels = read_segments_csv(labels_csv)
-    report = PackReport(output=output, num_classes=len(classes))
+    notes: list[str] = []
+    labels = read_segments_csv(labels_csv, notes)
+    report = PackReport(output=output, num_classes=len(classes), notes=notes)
     files, report.not_audio = list_files(audio_dir)
     if not files:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {audio_dir}")
     planned = _plan(files, labels, mid_to_index(classes), report)
+    matched = {match_ytid(path.stem, labels) for path in files}
+    report.without_audio = [ytid for ytid in labels if ytid not in matched]
     if not planned:
         raise ValueError(f"no audio file under {audio_dir} matches a labelled YTID in {labels_csv}\n{report.summary()}")
 
@@ -261,7 +319,7 @@ def run_pack(
             num_workers=num_workers,
             progress=progress,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # missing or unreadable inputs, the output refused or not writable
         print(f"dcls-audio pack: error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())

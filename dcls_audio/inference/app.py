@@ -1,7 +1,11 @@
 """What ``dcls-audio infer`` does, as a function of plain values.
 
-Order of work: check the options, load the checkpoint (a missing file or an unknown model
-stops here, before any audio is read), expand the inputs, tag the files, write the output.
+Order of work: check the options and the output (it is never an input: the checkpoint, an
+audio file or the labels CSV; an existing file is replaced only with ``overwrite``), load the
+checkpoint (a missing file or an unknown model stops here, before any audio is read), tag the
+files, write the output. ``-o FILE`` is written to a temporary file renamed over ``FILE`` when
+complete (:func:`~dcls_audio.outputs.atomic_output`): an error or Ctrl-C leaves the previous
+file as it was.
 A file that cannot be tagged gives one ``error: <file>: <reason>`` line on stderr; the others
 are still tagged and the exit code is 1. Files in folders or patterns without an audio
 extension are skipped with one ``note:`` line on stderr saying how many (not an error).
@@ -12,11 +16,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TextIO
 
 from tqdm import tqdm
 
+from ..outputs import OutputError, atomic_output, check_output_path
 from .inputs import expand_inputs
 from .loader import load_tagging_model
 from .output import (
@@ -32,7 +36,7 @@ from .tagger import (
     PRECISIONS,
     AudioTagger,
     FileFailure,
-    hop_samples,
+    check_hop,
     resolve_device,
     tag_files,
 )
@@ -46,7 +50,7 @@ class SetupError(ValueError):
 
 def _check_options(hop_s: float, aggregate: str, top_k: int, batch_size: int, fmt: str, precision: str) -> None:
     try:
-        hop_samples(hop_s, what="--hop")
+        check_hop(hop_s, what="--hop")
     except ValueError as exc:
         raise SetupError(str(exc)) from None
     if aggregate not in AGGREGATIONS:
@@ -88,12 +92,15 @@ def run_infer(
     fold: bool | None = None,
     channels_last: bool = False,
     progress: bool | None = None,
+    overwrite: bool = False,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
     """Tag ``inputs`` (files, folders, globs) with ``checkpoint``; returns the exit code.
 
     ``progress=None`` shows a bar on stderr for several files when stderr is a terminal.
+    ``output``: a file to write instead of ``stdout`` (see the module docstring); ``overwrite``
+    lets it replace an existing file that is not an input.
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -102,11 +109,13 @@ def run_infer(
         print(f"dcls-audio infer: error: {message}", file=stderr)
         return EXIT_SETUP_ERROR
 
+    expanded = expand_inputs(inputs)
     try:
         _check_options(hop_s, aggregate, top_k, batch_size, fmt, precision)
-        if output is not None and not Path(output).parent.is_dir():
-            raise SetupError(f"--output: folder {Path(output).parent} does not exist")
-        torch_device = resolve_device(device)
+        if output is not None:
+            read = [checkpoint, *expanded.files, *inputs, *([class_csv] if class_csv else [])]
+            check_output_path(output, inputs=read, overwrite=overwrite, what="--output")
+        torch_device = resolve_device(device, what="--device")
         loaded = load_tagging_model(
             checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv
         )
@@ -114,7 +123,11 @@ def run_infer(
     except (ValueError, OSError) as exc:  # SetupError, CheckpointError, unknown model, missing file
         return fail(str(exc))
 
-    expanded = expand_inputs(inputs)
+    if output is not None:
+        try:  # a checkpoint given by model name is known by its file only now
+            check_output_path(output, inputs=[loaded.checkpoint], overwrite=True, what="--output")
+        except OutputError as exc:
+            return fail(str(exc))
     failures = 0
     for text, reason in expanded.problems:
         print(f"error: {text}: {reason}", file=stderr)
@@ -130,41 +143,68 @@ def run_infer(
     workers = default_num_workers(torch_device.type, len(files)) if num_workers is None else num_workers
     show_bar = len(files) > 1 and (progress if progress is not None else stderr.isatty())
     bar = tqdm(total=len(files), unit="file", file=stderr, disable=not show_bar, dynamic_ncols=True)
-
+    results = tag_files(tagger, files, hop_s=hop_s, aggregate=aggregate, batch_size=batch_size, num_workers=workers)
     try:
-        sink = open(output, "w", encoding="utf-8", newline="") if output else stdout
-    except OSError as exc:
-        bar.close()
-        return fail(f"--output: cannot write {output}: {exc.strerror or exc}")
-    try:
-        records = []
-        writer = csv_writer(sink) if fmt == "csv" else None
-        results = tag_files(tagger, files, hop_s=hop_s, aggregate=aggregate, batch_size=batch_size, num_workers=workers)
-        for result in results:
-            bar.update(1)
-            if isinstance(result, FileFailure):
-                failures += 1
-                bar.write(f"error: {result.message()}", file=stderr)
-                continue
-            record = file_record(result, loaded.labels, top_k)
-            if fmt == "table":
-                text = format_table([record], show_windows=show_windows)
-                if sink is stdout and show_bar:
-                    bar.write(text.rstrip("\n") + "\n", file=stdout)
-                else:
-                    sink.write(text)
-                    sink.flush()
-            elif writer is not None:
-                writer.writerows(csv_rows(record))
-            else:
-                records.append(record)
-        if fmt == "json":
-            write_json(records, sink)
+        if output is None:
+            failures += _write_results(
+                results, stdout, stdout, stderr, bar, show_bar, loaded.labels, fmt, top_k, show_windows
+            )
+        else:
+            with atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as sink:
+                failures += _write_results(
+                    results, sink, stdout, stderr, bar, show_bar, loaded.labels, fmt, top_k, show_windows
+                )
     except KeyboardInterrupt:
-        bar.write("dcls-audio infer: interrupted", file=stderr)
+        kept = f"; {output} was left as it was" if output else ""
+        bar.write(f"dcls-audio infer: interrupted{kept}", file=stderr)
         return 130
+    except BrokenPipeError:  # `infer ... | head -1`: the caller ends quietly
+        raise
+    except OSError as exc:  # OutputError (full disk, unwritable folder) names the file and what was kept
+        bar.close()
+        if isinstance(exc, OutputError):
+            return fail(str(exc))
+        target = f"--output: cannot write {output}" if output else "cannot write to standard output"
+        return fail(f"{target}: {exc.strerror or exc}")
     finally:
         bar.close()
-        if sink is not stdout:
-            sink.close()
     return EXIT_FILE_ERRORS if failures else EXIT_OK
+
+
+def _write_results(
+    results,
+    sink: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+    bar: tqdm,
+    show_bar: bool,
+    labels: list[str],
+    fmt: str,
+    top_k: int,
+    show_windows: bool,
+) -> int:
+    """Write each result to ``sink`` as it comes (JSON: all at the end); returns the failed files."""
+    failures = 0
+    records = []
+    writer = csv_writer(sink) if fmt == "csv" else None
+    for result in results:
+        bar.update(1)
+        if isinstance(result, FileFailure):
+            failures += 1
+            bar.write(f"error: {result.message()}", file=stderr)
+            continue
+        record = file_record(result, labels, top_k)
+        if fmt == "table":
+            text = format_table([record], show_windows=show_windows)
+            if sink is stdout and show_bar:
+                bar.write(text.rstrip("\n") + "\n", file=stdout)
+            else:
+                sink.write(text)
+                sink.flush()
+        elif writer is not None:
+            writer.writerows(csv_rows(record))
+        else:
+            records.append(record)
+    if fmt == "json":
+        write_json(records, sink)
+    return failures

@@ -31,10 +31,12 @@ from .windowing import cut_windows, hop_samples, window_starts
 __all__ = [
     "AGGREGATIONS",
     "DEFAULT_HOP_S",
+    "MIN_HOP_S",
     "PRECISIONS",
     "AudioTagger",
     "FileFailure",
     "FileTags",
+    "check_hop",
     "check_precision",
     "cut_windows",
     "decode_file",
@@ -48,6 +50,9 @@ __all__ = [
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AGGREGATIONS = ("max", "mean")
 DEFAULT_HOP_S = 5.0
+#: the smallest hop: at most 10 windows start per second of audio, each a full 10 s window
+#: (a file of an hour is then 36,000 windows to score); a smaller hop is refused, naming this
+MIN_HOP_S = 0.1
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -69,14 +74,35 @@ class FileTags:
 
 
 # -- the scoring engine ----------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU; anything else as given."""
+def resolve_device(device: str | torch.device | None = None, what: str = "device") -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU; anything else as given.
+
+    Raises ValueError naming ``what`` for a name torch does not know (``foo``), a CUDA device
+    without CUDA, or a CUDA index beyond the GPUs present.
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{what}: unknown device {str(device)!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
+        raise ValueError(f"{what}: device {device} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"{what}: device {device} requested but there are {torch.cuda.device_count()} CUDA devices")
     return device
+
+
+def check_hop(hop_s: float, what: str = "hop") -> int:
+    """The hop in samples; ValueError naming ``what`` for a hop below :data:`MIN_HOP_S` seconds
+    (or not a positive number of samples)."""
+    samples = hop_samples(hop_s, what=what)
+    if hop_s < MIN_HOP_S:
+        raise ValueError(
+            f"{what} {hop_s:g} s is below the smallest hop, {MIN_HOP_S:g} s: at most {1 / MIN_HOP_S:g} windows "
+            "start per second of audio (each window is 10 s scored in full)"
+        )
+    return samples
 
 
 def check_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -226,7 +252,7 @@ def tag_files(
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    hop = hop_samples(hop_s)
+    hop = check_hop(hop_s)
     return _tag_stream(tagger, paths, hop, aggregate, batch_size, num_workers)
 
 

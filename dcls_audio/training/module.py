@@ -5,11 +5,14 @@ Batches are the DataModule's dicts (``waveform`` int16 (B, 320000), ``target`` (
 training mode) -> batch mixup + label smoothing (training) -> backbone -> logits (B, C) ->
 BCE-with-logits.
 
-The training step never waits for the device: the augmentation and mixup draws are made on
-the host and sent with a non-blocking copy, the loss is logged as a device tensor, the
-non-finite loss check is decided on the device (:mod:`.step_guard`: a fused optimizer skips a
-bad update itself and the run stops one step later; other optimizers are checked before their
-update), and on CUDA AdamW/Adam run fused (no per-parameter host work). With ``compile`` the
+The training step never waits for the device: the batch is copied on a side stream
+(:mod:`.transfer`), the augmentation and mixup draws are made on the host and sent with a
+non-blocking copy, the loss is logged as a device tensor for the loggers only (converted at
+their logging steps; a progress-bar metric would be read every step), the progress bar's loss
+is a host copy that is never waited for (:attr:`AudioTaggingModule.recent_loss`), the non-finite
+loss check is decided on the device (:mod:`.step_guard`: a fused optimizer skips a bad update
+itself and the run stops :data:`GUARD_LAG` steps later; other optimizers are checked before
+their update), and on CUDA AdamW/Adam run fused (no per-parameter host work). With ``compile`` the
 whole training forward (front end, augmentations, mixup, backbone, loss) is one compiled
 function; CUDA-graph modes replay it. Validation gathers logits with clip indices and logs the exact AudioSet
 metrics (``val/mAP``, ``val/mAUC``, ``val/d_prime``; ``*_ema`` for the EMA weights).
@@ -21,6 +24,7 @@ the class names/mids.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import lightning as L
@@ -35,14 +39,29 @@ from ..models import CheckpointMismatchError, create_model, load_checkpoint
 from .config import AugmentSection, ModelConfig, OptimConfig
 from .ema import make_ema, update_ema
 from .optim import build_optimizer, is_position_param, lr_lambda
-from .step_guard import NonFiniteGuard, NonFiniteStep, supports_found_inf
+from .step_guard import HostCopies, NonFiniteGuard, NonFiniteStep, supports_found_inf
+from .transfer import SideStreamCopier
 
-__all__ = ["AudioTaggingModule", "NonFiniteLossError"]
+__all__ = ["GUARD_LAG", "AudioTaggingModule", "NonFiniteLossError"]
+
+#: steps between a loss and the host's non-finite check of it when the optimizer skips bad
+#: updates on the device (the read then finds the device long done: no wait)
+GUARD_LAG = 3
 
 _OPTIM, _AUGMENT, _MODEL = OptimConfig(), AugmentSection(), ModelConfig()  # the one place of each default
 
 #: ``torch.compile`` modes that replay CUDA graphs (a replay overwrites the last one's outputs)
 _CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
+
+
+_BATCHES_KEY = "dcls_audio_batches_trained"
+
+
+def batch_seed(seed: int, rank: int, batch: int) -> int:
+    """The seed of training batch ``batch`` (0-based, counted over the run) on ``rank``: distinct
+    streams per rank and batch, the same on every (re)start."""
+    digest = hashlib.blake2b(f"{seed}/{rank}/{batch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2  # leaves room for the +1 / +2 offsets
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,8 +143,11 @@ class AudioTaggingModule(L.LightningModule):
         self.val_metrics = AudioSetMetrics(num_classes)
         self.val_metrics_ema = AudioSetMetrics(num_classes) if ema_decay is not None else None
         self._mixup_generator = torch.Generator()
+        self._batches_trained = 0  # training batches of this run so far (saved in checkpoints)
         self._step_losses: list[torch.Tensor] = []  # this optimizer step's losses, checked before its update
         self._guard = NonFiniteGuard()
+        self._loss_copies = HostCopies()
+        self._copier = SideStreamCopier()
         self._reused_outputs = compile and compile_mode in _CUDA_GRAPH_MODES
         self._compiled_forward: Any = None  # the compiled training forward, made on first use
         if compile:
@@ -174,11 +196,21 @@ class AudioTaggingModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
-        # Distinct augmentation streams per rank; deterministic for a given (seed, rank, step).
-        seed = self.hparams.seed + 1_000_003 * self.global_rank + self.global_step
-        self.front_end.set_seed(seed)
-        self._mixup_generator.manual_seed(seed + 1)
         self._guard.reset()
+        self._loss_copies.clear()
+
+    @property
+    def recent_loss(self) -> float | None:
+        """A recent training loss that the device has already computed (None before the first);
+        reading it never waits for the device (the progress bar shows it)."""
+        value = self._loss_copies.latest()
+        return None if value is None else float(value)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """On CUDA, copy on a side stream (:class:`.transfer.SideStreamCopier`); else Lightning's."""
+        if device.type != "cuda":
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return self._copier(batch, device)
 
     def _backbone(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():  # inside the compiled step: trace the plain module
@@ -208,11 +240,14 @@ class AudioTaggingModule(L.LightningModule):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_compiled_forward"] = None  # compiled code is not picklable; made again on use
+        state["_copier"] = SideStreamCopier()  # CUDA streams and pending copies stay here
+        state["_loss_copies"] = HostCopies()
         return state
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         waveform, target = batch["waveform"], batch["target"]
         hp = self.hparams
+        self._seed_batch()
         draws = self.front_end.sample_augmentations(waveform.shape[0])  # host draws, then one copy each
         draws = draws.to(waveform.device) if draws is not None else None
         mix = None
@@ -225,7 +260,10 @@ class AudioTaggingModule(L.LightningModule):
             # fp16 loss scaling skips such steps itself; anywhere else the guard keeps a bad
             # update from the weights (see on_before_optimizer_step)
             self._step_losses.append(loss.detach())
-        self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
+        # loggers only: a progress-bar metric is turned into a Python number every step (a host
+        # wait); the bar shows recent_loss instead
+        self.log("train/loss", loss, prog_bar=False, batch_size=target.shape[0])
+        self._loss_copies.push(loss.detach())
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -234,7 +272,7 @@ class AudioTaggingModule(L.LightningModule):
             return
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()  # non-finite if any is
         skips_itself = supports_found_inf(optimizer)
-        self._guard.lag = 1 if skips_itself else 0
+        self._guard.lag = GUARD_LAG if skips_itself else 0
         if skips_itself:
             known = self._guard.poll()  # the previous step's decision, the same on every rank
             optimizer.found_inf = self._guard.update(loss, self.global_step)  # 1: no update
@@ -265,6 +303,22 @@ class AudioTaggingModule(L.LightningModule):
         # a checkpoint must never hold what a non-finite step left (reading the state waits
         # for the device, as writing a checkpoint does anyway)
         self._check_non_finite_now()
+        checkpoint[_BATCHES_KEY] = self._batches_trained
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._batches_trained = int(checkpoint.get(_BATCHES_KEY, 0))
+
+    def _seed_batch(self) -> None:
+        """Seed every random draw of this training batch from (seed, rank, batches trained): the
+        augmentation and mixup generators and torch's global generators (drop-path, dropout). A run
+        resumed from any checkpoint then draws what the uninterrupted run drew. Under CUDA-graph
+        compile modes the graphs keep their own RNG state and the global generators are left alone."""
+        seed = batch_seed(self.hparams.seed, self.global_rank, self._batches_trained)
+        self._batches_trained += 1
+        self.front_end.set_seed(seed)
+        self._mixup_generator.manual_seed(seed + 1)
+        if not self._reused_outputs:
+            torch.manual_seed(seed + 2)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

@@ -6,38 +6,57 @@ on SIGINT/SIGTERM), ``checkpoints/best-*.ckpt`` (best ``val/mAP``; ``best-ema-*`
 ``val/mAP_ema``), ``tensorboard/`` logs, ``csv/version_K/metrics.csv`` (one per start or
 resume), and ``finished`` once training ended.
 Starting again with the same name continues the newest unfinished version from its
-``last.ckpt`` (``run.auto_resume``); ``resume=PATH`` continues any checkpoint. A checkpoint
-taken inside an epoch continues that epoch's clip order after the batches it had trained on
-(the train sampler asks the trainer's progress when the epoch's iteration starts).
+``last.ckpt`` (``run.auto_resume``); ``resume=PATH`` continues any checkpoint (in its own run
+directory only when it is that run's ``last.ckpt``, else in a new version). A run directory has
+one owner: the process training it holds a lock on it (:mod:`.run_dir`). A checkpoint taken
+inside an epoch continues that epoch's clip order after the batches it had trained on (the
+train sampler asks the trainer's progress when the epoch's iteration starts). A run stopped or
+killed at any point and resumed trains the batches an uninterrupted run trains, in its order.
 
 Checkpoints are written to a temporary file and renamed, so a run killed at any moment keeps
 its previous checkpoint intact. A first SIGINT (Ctrl-C) or a SIGTERM stops at the end of the
 current training batch (or after the current validation) and writes ``last.ckpt``; a second
-SIGINT aborts at once.
+SIGINT aborts at once (exit status 130).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..data import AudioSetDataModule, ensure_demo_data
+from ..data.datamodule import auto_loader_settings
 from ..models.checkpoint import shorten_keys
 from ..outputs import atomic_output, ensure_writable_dir
 from .config import ConfigError, TrainConfig, dump_config
 from .module import AudioTaggingModule, NonFiniteLossError
 from .optim import scaled_lr
+from .progress import TrainProgressBar
+from .run_dir import (
+    FINISHED_MARKER,
+    LAST_CHECKPOINT,
+    RESUME_ENV,
+    RUN_DIR_ENV,
+    RunClaim,
+    claim_run_dir,
+    release_claim,
+    resolve_run_dir,
+)
+from .threads import set_cpu_training_threads
 
 __all__ = [
     "TrainResult",
@@ -50,9 +69,8 @@ __all__ = [
     "train",
 ]
 
-RUN_DIR_ENV = "DCLS_AUDIO_RUN_DIR"  # hands rank 0's run directory to re-launched DDP ranks
-FINISHED_MARKER = "finished"
-LAST_CHECKPOINT = "last.ckpt"
+#: exit status of an aborted run (128 + SIGINT, as a shell reports it)
+EXIT_ABORTED = 130
 
 
 class TrainingStopped(RuntimeError):
@@ -78,48 +96,6 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-# ----------------------------------------------------------------------------- run directory
-def _versions(root: Path) -> list[Path]:
-    found = [p for p in root.glob("version_*") if p.is_dir() and p.name[8:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[8:]))
-
-
-def resolve_run_dir(
-    output_dir: str | Path, name: str, auto_resume: bool, resume: str | Path | None
-) -> tuple[Path, Path | None]:
-    """Pick the run directory and the checkpoint to resume from.
-
-    ``resume`` given: the run directory holding it (``<run>/checkpoints/x.ckpt``), else a new
-    version. Otherwise, with ``auto_resume``, the newest version without a ``finished`` marker
-    (resuming from its ``last.ckpt`` when there is one); else a new version.
-    Returns ``(run_dir, checkpoint or None)``.
-    """
-    inherited = os.environ.get(RUN_DIR_ENV)
-    root = Path(output_dir) / name
-    if resume is not None:
-        ckpt = Path(resume)
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: checkpoint not found: {ckpt}")
-        if ckpt.parent.name == "checkpoints" and (ckpt.parent.parent / "config.yaml").is_file():
-            return ckpt.parent.parent, ckpt
-        run_dir = Path(inherited) if inherited else _new_version(root)
-        return run_dir, ckpt
-    if inherited:
-        run_dir = Path(inherited)
-    else:
-        versions = _versions(root) if root.is_dir() else []
-        unfinished = versions and not (versions[-1] / FINISHED_MARKER).exists()
-        run_dir = versions[-1] if auto_resume and unfinished else _new_version(root)
-    last = run_dir / "checkpoints" / LAST_CHECKPOINT
-    return run_dir, (last if auto_resume and last.is_file() else None)
-
-
-def _new_version(root: Path) -> Path:
-    versions = _versions(root) if root.is_dir() else []
-    number = int(versions[-1].name[8:]) + 1 if versions else 0
-    return root / f"version_{number}"
-
-
 # ----------------------------------------------------------------------------- callbacks
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the same folder, then renames it."""
@@ -139,9 +115,14 @@ class StopOnSignal(Callback):
     The first signal is handed to Lightning's SIGTERM handling, which stops at the end of the
     current training batch (the weights and loop counters agree there); a signal that arrives
     during validation waits until the validation ends, so validation metrics are never
-    computed from part of the set. This callback then saves the checkpoint. A second SIGINT
-    raises KeyboardInterrupt at once. Lightning's handler runs at most once per process: under
-    DDP rank 0 also sends SIGTERM to the other ranks, which may have had a signal of their own.
+    computed from part of the set. This callback then saves the checkpoint, unless the stop
+    came once the epoch had ended: its end-of-epoch ``last.ckpt`` is then the one to resume
+    from (a second save would record the next epoch as begun with the last one's batch count,
+    and a resumed run would skip it). A second SIGINT ends the process at once with one line
+    and exit status 130 (no checkpoint; the previous ``last.ckpt`` stays, and a half-written
+    temporary is removed when the run is started again). Lightning's handler runs at most once
+    per process: under DDP rank 0 also sends SIGTERM to the other ranks, which may have had a
+    signal of their own.
     """
 
     def __init__(self, checkpoint_path: Path) -> None:
@@ -152,6 +133,7 @@ class StopOnSignal(Callback):
         self._forwarded = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # here, not in setup: Lightning installs its SIGTERM handler between the two
         self._deferred = self._forwarded = False
         self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
         try:
@@ -163,7 +145,7 @@ class StopOnSignal(Callback):
     def _handle(self, trainer: L.Trainer):
         def handler(signum: int, frame: Any) -> None:
             if signum == signal.SIGINT:
-                signal.signal(signal.SIGINT, signal.default_int_handler)  # a second one aborts
+                signal.signal(signal.SIGINT, _abort)  # a second one aborts
                 _say(
                     "\nInterrupt: stopping after this step and saving a checkpoint "
                     "(press Ctrl-C again to abort without saving)"
@@ -191,7 +173,7 @@ class StopOnSignal(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
-        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
+        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking and not _epoch_ended(trainer):
             trainer.save_checkpoint(self.checkpoint_path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -203,12 +185,29 @@ class StopOnSignal(Callback):
         self._previous.clear()
 
 
+def _abort(signum: int, frame: Any) -> None:
+    """A second Ctrl-C: one line, then exit 130 at once (no cleanup that could hang)."""
+    try:
+        sys.stdout.flush()
+        print("\ndcls-audio train: aborted (second Ctrl-C); no checkpoint was written", file=sys.stderr, flush=True)
+    finally:
+        os._exit(EXIT_ABORTED)
+
+
+def _epoch_ended(trainer: L.Trainer) -> bool:
+    """Whether the fit loop stopped after an epoch ended (its end-of-epoch checkpoint written)
+    and before the next one began."""
+    progress = trainer.fit_loop.epoch_progress.current
+    return progress.completed == progress.started
+
+
 # ----------------------------------------------------------------------------- building
 def build_datamodule(cfg: TrainConfig) -> tuple[AudioSetDataModule, list[str]]:
     """The DataModule of ``cfg.data`` (demo data when no files are given), checked up front.
 
     Returns ``(datamodule, val_files)``. Missing files or a wrong HDF5 layout raise here,
-    before any training work.
+    before any training work. Rows dropped for an empty ``audio_name`` (clips that failed to
+    download) are counted in what is printed, per file.
     """
     data = cfg.data
     train_files, val_files = list(data.train_files), list(data.val_files)
@@ -231,7 +230,47 @@ def build_datamodule(cfg: TrainConfig) -> tuple[AudioSetDataModule, list[str]]:
         seed=cfg.run.seed,
     )
     dm.setup("fit")  # opens and checks every file now
+    for split, key in (("train", "data.train_files"), ("val", "data.val_files")):
+        for line in dropped_rows_lines(dm.datasets.get(split), key):
+            _say(line)
     return dm, val_files
+
+
+def dropped_rows_lines(dataset: Any, key: str) -> list[str]:
+    """One line per file of ``dataset`` (an ``AudioSetHDF5`` or None) that had rows with an
+    empty ``audio_name``, which are left out of training and validation."""
+    if dataset is None:
+        return []
+    return [
+        f"{key}: {path}: {dropped} row(s) with an empty audio_name (clips that failed to download) left out; "
+        f"{total - dropped} used"
+        for path, dropped, total in zip(dataset.files, dataset.dropped_per_file, _rows_per_file(dataset))
+        if dropped
+    ]
+
+
+def _rows_per_file(dataset: Any) -> list[int]:
+    """Rows of each file of an ``AudioSetHDF5``, dropped ones included."""
+    return [len(rows) + dropped for rows, dropped in zip(dataset._rows, dataset.dropped_per_file)]
+
+
+def check_train_batches(dm: AudioSetDataModule, world_size: int) -> None:
+    """A train set that gives no full batch per device is an error (the last partial batch of
+    an epoch is dropped, so such a run would train 0 steps), naming the files and sizes."""
+    dataset = dm.datasets["train"]
+    per_epoch = dm.samples_per_epoch or len(dataset)
+    per_device = per_epoch // world_size
+    if per_device >= dm.batch_size:
+        return
+    sizes = zip(dataset.files, _rows_per_file(dataset), dataset.dropped_per_file)
+    files = ", ".join(f"{path} ({rows - dropped} clips)" for path, rows, dropped in sizes)
+    dropped = f", {dataset.num_dropped} rows with an empty audio_name left out" if dataset.num_dropped else ""
+    share = f" over {world_size} devices ({per_device} each)" if world_size > 1 else ""
+    raise ConfigError(
+        f"data.train_files: {per_epoch} training clips per epoch{share}{dropped} give no full batch of "
+        f"data.batch_size {dm.batch_size} (an epoch's last partial batch is dropped): {files}. "
+        "Lower data.batch_size or give more clips"
+    )
 
 
 def _trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
@@ -256,15 +295,16 @@ def _last_checkpoint(ckpt_dir: Path, **trigger: Any) -> ModelCheckpoint:
 
 
 def _callbacks(cfg: TrainConfig, ckpt_dir: Path, has_val: bool) -> tuple[list[Callback], ModelCheckpoint | None]:
-    """``last.ckpt`` at each epoch end (after its validation) and every n steps; best by val/mAP;
-    the progress bar (updated every ``trainer.progress_bar_refresh_rate`` batches: reading the
-    loss for it waits for the device)."""
+    """Best by val/mAP (and val/mAP_ema); ``last.ckpt`` at each epoch end (after its validation
+    and the best checkpoints) and every n steps;
+    the progress bar (updated every ``trainer.progress_bar_refresh_rate`` batches; its loss is
+    a recent one that the device already computed, never waited for)."""
     callbacks: list[Callback] = [
         _last_checkpoint(ckpt_dir, save_on_train_epoch_end=True),
         LearningRateMonitor(logging_interval="step"),
     ]
     if cfg.trainer.enable_progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=cfg.trainer.progress_bar_refresh_rate))
+        callbacks.append(TrainProgressBar(refresh_rate=cfg.trainer.progress_bar_refresh_rate))
     if cfg.run.checkpoint_every_n_steps:
         callbacks.append(_last_checkpoint(ckpt_dir, every_n_train_steps=cfg.run.checkpoint_every_n_steps))
     best = None
@@ -289,7 +329,10 @@ def _callbacks(cfg: TrainConfig, ckpt_dir: Path, has_val: bool) -> tuple[list[Ca
                     auto_insert_metric_name=False,
                 )
             )
-    return callbacks, best
+    # the best checkpoints save first, so that a last.ckpt written at the same moment holds
+    # their new state: a run resumed from it then replaces this best file, never leaves it behind
+    bests = [c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor is not None]
+    return [*bests, *(c for c in callbacks if c not in bests)], best
 
 
 def build_module(
@@ -344,6 +387,29 @@ def _check_resumable(path: Path, module: AudioTaggingModule) -> None:
         )
 
 
+_BEST_STEP = re.compile(r"^best-(?:ema-)?epoch\d+-step(\d+)-.*\.ckpt$")
+
+
+def remove_later_best(ckpt_dir: Path, resume_from: Path) -> list[Path]:
+    """Delete the ``best-*.ckpt`` files of ``ckpt_dir`` taken at a later step than ``resume_from``.
+
+    A run killed between two ``last.ckpt`` saves may have written a best checkpoint from steps
+    that the resumed run trains again; the resumed run does not know that file, and would keep
+    it next to its own best. Returns the removed paths.
+    """
+    try:
+        step = int(torch.load(resume_from, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception:  # noqa: BLE001 - a checkpoint without a step removes nothing
+        return []
+    removed = []
+    for path in sorted(ckpt_dir.glob("best-*.ckpt")):
+        match = _BEST_STEP.match(path.name)
+        if match and int(match.group(1)) > step:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def _state_differences(saved: dict[str, tuple[int, ...]], ours: dict[str, tuple[int, ...]]) -> list[str]:
     """The missing, unexpected and other-shape keys of a checkpoint's state dict, each list shortened."""
     missing = [k for k in ours if k not in saved]
@@ -363,9 +429,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequenc
 
     ``callbacks``: extra Lightning callbacks for this run.
 
+    The run directory is locked for this process until the function returns (:mod:`.run_dir`).
+
     Raises:
         ConfigError / FileNotFoundError / ValueError / OSError: bad config, data or output dir (before
-            any training work).
+            any training work); ``RunDirInUse`` (an OSError): ``resume`` is the ``last.ckpt`` of a run
+            that another process is training.
         TrainingStopped: non-finite loss (the last good checkpoint is kept).
         OSError: a checkpoint or log could not be written (disk full, permissions).
     """
@@ -373,10 +442,39 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequenc
     num_classes = dm.num_classes
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
         raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but the data has {num_classes} classes")
+    check_train_batches(dm, world_size=1)  # the device count is checked again once the trainer is built
     auto_resume = cfg.run.auto_resume and not cfg.trainer.fast_dev_run
-    run_dir, resume_from = resolve_run_dir(cfg.run.output_dir, cfg.run.name, auto_resume, resume)
+    ensure_writable_dir(cfg.run.output_dir, "run.output_dir")
+    claim = claim_run_dir(cfg.run.output_dir, cfg.run.name, auto_resume, resume)
+    try:
+        return _train_in(cfg, claim, dm, val_files, callbacks)
+    except BaseException:
+        _discard_if_unused(claim)
+        raise
+    finally:
+        release_claim(claim, cfg.run.output_dir, cfg.run.name)
+
+
+def _discard_if_unused(claim: RunClaim) -> None:
+    """Remove a new run directory that an error left with nothing in it but its lock file."""
+    if claim.lock is None or claim.resume_from is not None:
+        return
+    try:
+        if {p.name for p in claim.run_dir.iterdir()} <= {".lock"}:
+            (claim.run_dir / ".lock").unlink(missing_ok=True)
+            claim.run_dir.rmdir()
+    except OSError:
+        pass
+
+
+def _train_in(
+    cfg: TrainConfig, claim: RunClaim, dm: AudioSetDataModule, val_files: list[str], callbacks: Sequence[Callback]
+) -> TrainResult:
+    """:func:`train` in the claimed run directory."""
+    run_dir, resume_from = claim.run_dir, claim.resume_from
     ensure_writable_dir(run_dir, "run.output_dir")
     ckpt_dir = run_dir / "checkpoints"
+    num_classes = dm.num_classes
 
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     own_callbacks, best = _callbacks(cfg, ckpt_dir, has_val=bool(val_files))
@@ -393,16 +491,27 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequenc
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the DataModule shards by rank itself
     )
+    check_train_batches(dm, trainer.world_size)
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        workers = auto_loader_settings(**dm.requested_loader, devices_per_node=trainer.num_devices).num_workers
+        set_cpu_training_threads(workers)
     total_batch = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * trainer.world_size
     lr = scaled_lr(cfg.optim.lr, total_batch, cfg.optim.lr_batch_size)
     module = build_module(cfg, num_classes, dm.class_names, dm.class_mids, lr)
     if resume_from is not None:
         _check_resumable(resume_from, module)
+        if trainer.is_global_zero and resume_from.parent.resolve() == ckpt_dir.resolve():
+            for path in remove_later_best(ckpt_dir, resume_from):
+                _say(f"Note: removed {path}: written after {resume_from.name} by the run being resumed")
     if cfg.model.init_checkpoint and resume_from is None:
         _say(module.load_initial_weights(cfg.model.init_checkpoint, cfg.model.init_checkpoint_ema))
     if trainer.is_global_zero:
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        with atomic_output(run_dir / "config.yaml") as tmp:
+            tmp.write_text(dump_config(cfg))
+        (run_dir / FINISHED_MARKER).unlink(missing_ok=True)  # a finished run resumed goes on
     scaling = f" ({cfg.optim.lr:g} x {total_batch}/{cfg.optim.lr_batch_size})" if cfg.optim.lr_batch_size else ""
+    if claim.note:
+        _say(f"Note: {claim.note}")
     _say(f"Run directory: {run_dir}")
     _say(
         f"Model {cfg.model.name}: {sum(p.numel() for p in module.net.parameters()):,} parameters, "
@@ -413,17 +522,19 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequenc
 
     interrupted = False
     os.environ[RUN_DIR_ENV] = str(run_dir)  # for DDP ranks that Lightning re-launches during fit
+    os.environ[RESUME_ENV] = str(resume_from or "")
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
     except SIGTERMException:
-        interrupted = True
+        interrupted = not _fit_done(trainer)  # a stop after the last epoch's end: finished
     except NonFiniteLossError as err:
         last = ckpt_dir / LAST_CHECKPOINT
         keep = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         raise TrainingStopped(f"{err}; training stopped, {keep}") from None
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
-    interrupted = interrupted or trainer.interrupted
+        os.environ.pop(RESUME_ENV, None)
+    interrupted = interrupted or (trainer.interrupted and not _fit_done(trainer))
     last = ckpt_dir / LAST_CHECKPOINT
     if not interrupted and trainer.is_global_zero and not cfg.trainer.fast_dev_run:
         (run_dir / FINISHED_MARKER).write_text(f"step {trainer.global_step}\n")
@@ -439,6 +550,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequenc
         interrupted=interrupted,
         val_files=val_files,
     )
+
+
+def _fit_done(trainer: L.Trainer) -> bool:
+    """Whether training reached its end: ``max_steps`` steps or ``max_epochs`` completed epochs
+    (a stop asked for after the last epoch ended finished the run)."""
+    loop = trainer.fit_loop
+    if loop.max_steps not in (None, -1) and trainer.global_step >= loop.max_steps:
+        return True
+    return loop.max_epochs not in (None, -1) and loop.epoch_progress.current.completed >= loop.max_epochs
 
 
 def print_summary(result: TrainResult) -> None:

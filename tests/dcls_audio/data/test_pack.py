@@ -157,3 +157,34 @@ def test_load_audio_errors(tmp_path):
     sf.write(tmp_path / "ok.wav", sine(440, 0.5, 48000, 0.5), 48000)
     wave, sr = load_audio(tmp_path / "ok.wav")
     assert sr == 48000 and wave.dtype == torch.float32 and wave.shape == (16000,)
+
+
+def test_report_names_segments_without_audio_repeated_ytids_and_a_bom(folder):
+    audio, labels, out = folder
+    text = labels.read_text() + f'missing0000, 0, 10, "{DOG}"\n--PJHxphWEs, 40.000, 50.000, "{SIREN}"\n'
+    labels.write_bytes(b"\xef\xbb\xbf" + f'bomfirst000, 0, 10, "{DOG}"\n'.encode() + text.encode())
+    report = pack_folder(audio, labels, out, progress=False)
+    summary = report.summary()
+    assert report.without_audio == ["bomfirst000", "missing0000"]  # the BOM is not part of the first YTID
+    assert "2 segments of the labels CSV without an audio file: bomfirst000, missing0000" in summary
+    assert f"labels CSV {labels}: UTF-8 with a byte-order mark" in summary
+    assert f"labels CSV {labels}: 1 YTID(s) on several lines, labels merged: --PJHxphWEs" in summary
+    assert "files for an already packed YTID" not in summary
+    packed = AudioSetHDF5(out)
+    first = next(packed[i] for i in range(len(packed)) if packed[i]["audio_name"] == "--PJHxphWEs")
+    assert first["target"][[MIDS[SPEECH], MIDS[DOG], MIDS[SIREN]]].tolist() == [1, 1, 1]
+
+
+def test_a_csv_in_another_encoding_or_the_output_as_input_is_an_error(folder, capsys):
+    audio, labels, out = folder
+    latin = labels.with_name("latin.csv")
+    latin.write_bytes(labels.read_bytes() + 'caf\xe9000000, 0, 10, "/m/09x0r"\n'.encode("latin-1"))
+    assert cli.main(["pack", str(audio), str(latin), str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"labels CSV {latin}: not UTF-8 text (line 8" in err and "Traceback" not in err
+    utf16 = labels.with_name("utf16.csv")
+    utf16.write_bytes(labels.read_text().encode("utf-16"))  # with its BOM
+    assert pack_folder(audio, utf16, out, progress=False).packed == 3
+    before = labels.read_bytes()
+    assert cli.main(["pack", str(audio), str(labels), str(labels), "--overwrite", "--no-progress"]) == 1
+    assert "is also an input" in capsys.readouterr().err and labels.read_bytes() == before

@@ -435,3 +435,83 @@ def test_undecodable_container_among_good_files(tmp_path, capsys, tiny_checkpoin
     assert len([line for line in captured.err.splitlines() if line.strip()]) == 2  # no traceback
     assert f"{folder / 'phone.m4a'}  (" in captured.out and "2 windows" in captured.out
     assert "broken.m4a" not in captured.out
+
+
+# -- outputs: never an input, written whole or not at all; bad --device / --hop; a closed pipe ------
+@pytest.fixture()
+def one_clip(tmp_path) -> Path:
+    path = tmp_path / "clip.wav"
+    sf.write(path, (0.1 * np.sin(np.arange(3 * 16000) / 5)).astype(np.float32), 16000)
+    return path
+
+
+@pytest.mark.parametrize("victim", ["audio", "checkpoint", "labels"])
+def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, capsys, tiny_checkpoint, one_clip, victim):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n" + "".join(f"{i},/c{i},c{i}\n" for i in range(16)))
+    target = {"audio": one_clip, "checkpoint": tiny_checkpoint, "labels": labels}[victim]
+    link = tmp_path / "link"  # the same file under another name
+    link.symlink_to(target)
+    before = target.read_bytes()
+    for out in (target, link):
+        args = ["infer", "-c", str(tiny_checkpoint), str(one_clip), "--labels", str(labels), "-o", str(out)]
+        assert cli.main([*args, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "is also an input" in err and "Traceback" not in err
+    assert target.read_bytes() == before
+
+
+def test_output_is_replaced_only_with_overwrite_and_atomically(
+    tmp_path, capsys, tiny_checkpoint, one_clip, monkeypatch
+):
+    out = tmp_path / "tags.json"
+    out.write_text("previous")
+    args = ["infer", "-c", str(tiny_checkpoint), str(one_clip), "-f", "json", "-o", str(out)]
+    assert cli.main(args) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and out.read_text() == "previous"
+    # an interrupt while tagging leaves the previous file and no temporary
+    from dcls_audio.inference import app
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "_write_results", interrupted)
+    assert cli.main([*args, "--overwrite"]) == 130
+    assert "was left as it was" in capsys.readouterr().err
+    assert out.read_text() == "previous" and sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "tags.json"]
+    monkeypatch.undo()
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert json.loads(out.read_text())[0]["file"] == str(one_clip)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.wav", "tags.json"]
+
+
+def test_unknown_device_and_a_hop_below_the_limit_are_option_errors(capsys, tiny_checkpoint, one_clip):
+    from dcls_audio.inference.tagger import MIN_HOP_S
+
+    assert cli.main(["infer", "-c", str(tiny_checkpoint), str(one_clip), "--device", "foo"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "dcls-audio infer: error: --device: unknown device 'foo' (use auto, cpu, cuda or cuda:N)"
+    assert cli.main(["infer", "-c", str(tiny_checkpoint), str(one_clip), "--hop", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert f"--hop 0.01 s is below the smallest hop, {MIN_HOP_S:g} s" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["infer", "-c", str(tiny_checkpoint), str(one_clip), "--hop", str(MIN_HOP_S), "-f", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["windows"]) == 1  # a 3 s file: one window
+
+
+def test_infer_into_a_closed_pipe_ends_quietly(tmp_path, tiny_checkpoint, one_clip):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "dcls_audio.cli", "infer", "-c", str(tiny_checkpoint), *[str(one_clip)] * 1]
+    copies = []
+    for i in range(40):  # enough output to fill the pipe after `head -1` left
+        copies.append(tmp_path / f"c{i}.wav")
+        copies[-1].write_bytes(one_clip.read_bytes())
+    shell = " ".join(map(str, cmd[:-1] + copies)) + " --windows | head -1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 141)

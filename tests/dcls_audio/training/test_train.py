@@ -368,8 +368,13 @@ def test_run_directory_choice(tmp_path):
     assert resolve_run_dir(root, "exp", False, None) == (root / "exp" / "version_1", None)
     (run_dir / "finished").write_text("")
     assert resolve_run_dir(root, "exp", True, None) == (root / "exp" / "version_1", None)
-    # an explicit checkpoint continues in its own run directory, wherever the config points
-    assert resolve_run_dir(tmp_path / "elsewhere", "other", True, last) == (run_dir, last)
+    # an explicit checkpoint continues in its own run directory when it is that run's last.ckpt;
+    # under another run name or output folder it starts a new version there (never writing over it)
+    assert resolve_run_dir(root, "exp", True, last) == (run_dir, last)
+    assert resolve_run_dir(tmp_path / "elsewhere", "other", True, last) == (
+        tmp_path / "elsewhere" / "other" / "version_0",
+        last,
+    )
     foreign = tmp_path / "weights.ckpt"
     foreign.write_bytes(b"")
     assert resolve_run_dir(root, "exp", True, foreign) == (root / "exp" / "version_1", foreign)
@@ -507,3 +512,20 @@ def test_progress_bar_reads_the_loss_every_n_batches(tmp_path):
     assert len(bars) == 1 and bars[0].refresh_rate == 25
     cfg = load_config("demo", {"trainer.enable_progress_bar": "false"})
     assert not any(isinstance(c, TQDMProgressBar) for c in _callbacks(cfg, tmp_path, has_val=False)[0])
+
+
+def test_rows_with_an_empty_audio_name_are_counted_in_what_train_prints(tmp_path, capsys):
+    from conftest import tone_clips
+
+    from dcls_audio.data.hdf5_dataset import write_hdf5
+    from dcls_audio.training.run import build_datamodule
+
+    waves, targets = tone_clips([[0], [1], [2], [0], [1]])
+    train_h5 = write_hdf5(tmp_path / "train.h5", ["a", "", "b", "", "c"], waves, targets)
+    val_h5 = write_hdf5(tmp_path / "val.h5", ["v0", "v1", ""], waves[:3], targets[:3])
+    cfg = load_config("demo", {"data.train_files": str(train_h5), "data.val_files": str(val_h5)})
+    dm, _ = build_datamodule(cfg)
+    out = capsys.readouterr().out
+    assert f"data.train_files: {train_h5}: 2 row(s) with an empty audio_name" in out and "3 used" in out
+    assert f"data.val_files: {val_h5}: 1 row(s) with an empty audio_name" in out and "2 used" in out
+    assert len(dm.datasets["train"]) == 3

@@ -1,0 +1,30 @@
+"""The training progress bar: Lightning's TQDM bar plus a loss that is never waited for.
+
+Metrics logged with ``prog_bar=True`` are turned into Python numbers after every training step
+(a host wait for the device), so the training loss is logged for the loggers only and this bar
+shows the module's ``recent_loss`` instead: the newest loss the device has already computed
+(a few steps old at most), read from a non-blocking host copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+__all__ = ["LOSS_KEY", "TrainProgressBar"]
+
+#: the key under which the bar shows the recent training loss
+LOSS_KEY = "loss"
+
+
+class TrainProgressBar(TQDMProgressBar):
+    """``TQDMProgressBar`` (same arguments) that adds ``loss`` from ``pl_module.recent_loss``."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        loss = getattr(pl_module, "recent_loss", None)
+        if trainer.training and loss is not None:
+            items[LOSS_KEY] = f"{loss:.4g}"
+        return items

@@ -1,0 +1,173 @@
+"""What keeps the host from waiting for the device in a training step: the lagged non-finite
+guard, the never-waiting loss copies and progress bar, and the side-stream batch copy."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dcls_audio.training.module import AudioTaggingModule
+from dcls_audio.training.progress import LOSS_KEY, TrainProgressBar
+from dcls_audio.training.step_guard import HostCopies, NonFiniteGuard
+from dcls_audio.training.transfer import SideStreamCopier
+
+TINY = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+cuda = pytest.mark.cuda
+
+
+# ----------------------------------------------------------------------------- guard and copies
+@pytest.mark.parametrize("lag", [1, 2, 3])
+def test_the_guard_is_read_lag_steps_later_and_stays_sticky(lag):
+    guard = NonFiniteGuard(lag=lag)
+    losses = [0.5, 0.4, float("inf"), 0.3, 0.2, 0.1, 0.1]
+    seen, flags = [], []
+    for step, loss in enumerate(losses):
+        known = guard.poll()
+        seen.append(None if known is None else known.step)
+        flags.append(float(guard.update(torch.tensor(loss), step)))
+        guard.publish()
+    first_known = 2 + lag  # step 2's state is read at step 2 + lag
+    assert seen == [None] * first_known + [2] * (len(losses) - first_known)
+    assert flags == [0.0, 0.0] + [1.0] * (len(losses) - 2)
+    now = guard.poll(now=True)
+    assert (now.step, now.here, now.loss) == (2, True, math.inf)
+
+
+def test_lowering_the_guard_lag_reads_the_newest_due_copy():
+    guard = NonFiniteGuard(lag=3)
+    for step, loss in enumerate([0.1, float("nan"), 0.2]):
+        assert guard.poll() is None
+        guard.update(torch.tensor(loss), step)
+        guard.publish()
+    guard.lag = 1  # three copies pending: the one of step 2 is due, and it knows of step 1
+    known = guard.poll()
+    assert known is not None and known.step == 1
+    with pytest.raises(ValueError, match="lag must be an integer >= 0"):
+        guard.lag = -1
+    with pytest.raises(ValueError, match="lag"):
+        NonFiniteGuard(lag=1.5)
+
+
+def test_host_copies_give_the_newest_finished_value_and_keep_a_bounded_queue():
+    copies = HostCopies(keep=2)
+    assert copies.latest() is None
+    for value in (1.0, 2.0, 3.0):
+        copies.push(torch.tensor(value))
+    assert float(copies.latest()) == 3.0
+    source = torch.tensor(4.0)
+    copies.push(source)
+    source.fill_(5.0)  # a copy, not a view: later changes of the device value do not show
+    assert float(copies.latest()) == 4.0
+    copies.clear()
+    assert copies.latest() is None
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        HostCopies(keep=0)
+
+
+@cuda
+def test_host_copies_on_cuda_never_wait_for_the_device():
+    copies = HostCopies()
+    copies.push(torch.tensor(1.0, device="cuda"))
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)  # the device is busy for a while (~0.1 s)
+    value = torch.tensor(2.0, device="cuda")
+    copies.push(value)
+    assert float(copies.latest()) == 1.0  # the second copy is queued behind the sleep
+    torch.cuda.synchronize()
+    assert float(copies.latest()) == 2.0
+
+
+# ----------------------------------------------------------------------------- loss in the progress bar
+def _fit_tiny(callbacks, steps=3):
+    torch.manual_seed(0)
+    module = AudioTaggingModule(
+        "convnext_audio_tiny", 5, model_kwargs=dict(TINY), front_end_augment=False, mixup_alpha=0.0
+    )
+    module.front_end.clip_samples = 64000
+    data = [{"waveform": (torch.randn(64000) * 3000).to(torch.int16), "target": torch.eye(5)[i % 5]} for i in range(8)]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=2))
+    return trainer, module
+
+
+class _Losses(L.Callback):
+    def __init__(self) -> None:
+        self.logged: list[float] = []
+        self.bar: list[dict] = []
+        self.pbar_metrics: list[dict] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.logged.append(float(outputs["loss"]))
+        bar = next(c for c in trainer.callbacks if isinstance(c, TrainProgressBar))
+        self.bar.append(bar.get_metrics(trainer, pl_module))
+        self.pbar_metrics.append(dict(trainer.progress_bar_metrics))
+
+
+def test_the_loss_is_not_a_per_step_progress_bar_metric_and_the_bar_shows_a_recent_one():
+    losses = _Losses()
+    trainer, module = _fit_tiny([TrainProgressBar(), losses])
+    assert all("train/loss" not in m for m in losses.pbar_metrics)  # nothing converted every step
+    # on the CPU every copy is finished at once: the bar shows this step's loss
+    assert [float(b[LOSS_KEY]) for b in losses.bar] == pytest.approx(losses.logged, rel=1e-3)
+    assert module.recent_loss == pytest.approx(losses.logged[-1], rel=1e-6)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses.logged[-1], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- side-stream batch copy
+Pair = collections.namedtuple("Pair", "a b")
+
+
+def _batch():
+    return {
+        "waveform": (torch.randn(4, 40000) * 3000).to(torch.int16),  # pinned on the host (>= 64 KiB)
+        "target": torch.rand(4, 5),
+        "names": ["a", "b", "c", "d"],
+        "nested": [Pair(torch.arange(3), 7), (torch.ones(2),)],
+    }
+
+
+def _assert_same(moved, batch, device):
+    assert moved["names"] == batch["names"]
+    for got, want in (
+        (moved["waveform"], batch["waveform"]),
+        (moved["target"], batch["target"]),
+        (moved["nested"][0].a, batch["nested"][0].a),
+        (moved["nested"][1][0], batch["nested"][1][0]),
+    ):
+        assert got.device.type == torch.device(device).type and got.dtype == want.dtype
+        torch.testing.assert_close(got.cpu(), want, rtol=0, atol=0)
+    assert isinstance(moved["nested"][0], Pair) and moved["nested"][0].b == 7
+    assert isinstance(moved["nested"][1], tuple)
+
+
+def test_the_copier_walks_the_batch_on_the_cpu():
+    batch = _batch()
+    _assert_same(SideStreamCopier()(batch, "cpu"), batch, "cpu")
+
+
+@cuda
+def test_the_copier_overlaps_the_busy_compute_stream_and_orders_the_step_after_it():
+    batch = _batch()
+    copier = SideStreamCopier()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)  # compute stream busy
+    moved = copier(batch, torch.device("cuda"))
+    side = copier._streams[torch.device("cuda", torch.cuda.current_device())]
+    side.synchronize()  # the copy ran on the side stream, not behind the sleep
+    assert not torch.cuda.current_stream().query()  # the compute stream still sleeps
+    doubled = moved["target"] * 2  # queued after the copy on the compute stream
+    torch.testing.assert_close(doubled.cpu(), batch["target"] * 2)
+    _assert_same(moved, batch, "cuda")
