@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+__all__ = ["EXIT_BROKEN_PIPE", "build_parser", "main"]
+
 #: ONNX opsets ``export`` accepts: every registered model exports from 14 (the legacy exporter
 #: writes scaled_dot_product_attention, in FastViT, from 14) up to the exporter's newest (20).
 MIN_ONNX_OPSET, MAX_ONNX_OPSET = 14, 20

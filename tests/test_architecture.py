@@ -137,3 +137,25 @@ def test_no_import_cycles(graph):
         if module not in state:
             cycle = visit(module)
             assert cycle is None, " -> ".join(cycle)
+
+
+def test_public_modules_declare_all_and_it_names_what_they_define():
+    import importlib
+
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name.startswith("_") and path.name != "__init__.py":
+                continue  # private modules (and __main__)
+            tree = ast.parse(path.read_text(), str(path))
+            declared = [
+                n
+                for n in tree.body
+                if (isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets))
+                or (isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.target.id == "__all__")
+            ]
+            assert declared, f"{path.relative_to(ROOT)} has no __all__"
+            if "programs" in path.name or path.name == "__init__.py":
+                continue  # Triton programs need a GPU-capable triton; lazy packages resolve on access
+            module = importlib.import_module(_module_name(path))
+            missing = [name for name in module.__all__ if not hasattr(module, name)]
+            assert not missing, f"{path.relative_to(ROOT)}: __all__ names {missing} it does not define"

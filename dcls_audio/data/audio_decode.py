@@ -24,6 +24,19 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioReadError",
+    "AudioSource",
+    "BACKENDS",
+    "BLOCK_FRAMES",
+    "PyAVSource",
+    "SoundFileSource",
+    "frame_to_array",
+    "import_av",
+    "open_audio",
+]
+
 BACKENDS = ("auto", "soundfile", "ffmpeg")
 
 #: File name endings that folder scans (``infer``, ``pack``) pick up, lower case.

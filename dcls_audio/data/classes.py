@@ -14,6 +14,17 @@ from typing import Sequence
 
 from .constants import AUDIOSET_NUM_CLASSES
 
+__all__ = [
+    "ClassInfo",
+    "default_class_csv_text",
+    "display_names",
+    "generic_class_names",
+    "load_class_names",
+    "mid_to_index",
+    "mids",
+    "resolve_class_names",
+]
+
 _REQUIRED_COLUMNS = ("index", "mid", "display_name")
 
 

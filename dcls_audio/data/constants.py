@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "AUDIOSET_NUM_CLASSES",
+    "CLIP_SAMPLES",
+    "CLIP_SECONDS",
+    "INT16_SCALE",
+    "LOGMEL_MEAN",
+    "LOGMEL_STD",
+    "SAMPLE_RATE",
+]
+
 SAMPLE_RATE = 32000
 """Sampling rate of every stored clip (Hz)."""
 

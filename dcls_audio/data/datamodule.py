@@ -46,6 +46,15 @@ from .samplers import (
     balanced_clip_weights,
 )
 
+__all__ = [
+    "AudioSetDataModule",
+    "LoaderSettings",
+    "MAX_AUTO_WORKERS",
+    "SAMPLERS",
+    "auto_loader_settings",
+    "available_cores",
+]
+
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("uniform", "balanced")

@@ -29,6 +29,20 @@ from .classes import ClassInfo, load_class_names
 from .constants import AUDIOSET_NUM_CLASSES, CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_layout
 
+__all__ = [
+    "DEMO_CLASS_NAMES",
+    "DEMO_VERSION",
+    "SILENCE",
+    "Synth",
+    "default_demo_root",
+    "demo_classes",
+    "ensure_demo_data",
+    "iter_demo_clips",
+    "split_size",
+    "synthesize_clip",
+    "write_demo_split",
+]
+
 log = logging.getLogger(__name__)
 
 DEMO_VERSION = 1

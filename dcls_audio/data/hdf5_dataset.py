@@ -33,6 +33,19 @@ from torch.utils.data import Dataset, default_collate, get_worker_info
 from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .constants import CLIP_SAMPLES
 
+__all__ = [
+    "AudioSetHDF5",
+    "ClipBatch",
+    "PathLike",
+    "as_path_list",
+    "check_files_exist",
+    "collate_clips",
+    "common_num_classes",
+    "create_layout",
+    "inspect_file",
+    "write_hdf5",
+]
+
 log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike

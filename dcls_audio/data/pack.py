@@ -37,6 +37,18 @@ from .classes import load_class_names, mid_to_index
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_layout
 
+__all__ = [
+    "PackReport",
+    "decode_clip",
+    "list_audio_files",
+    "list_files",
+    "match_ytid",
+    "pack_folder",
+    "read_segments_csv",
+    "read_text_file",
+    "run_pack",
+]
+
 _TIME_SUFFIX = re.compile(r"^(.+?)(?:_\d+(?:\.\d+)?){1,2}$")
 
 

@@ -25,6 +25,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from torch.utils.data import DistributedSampler
 
+__all__ = ["BalancedSampler", "EvalShardSampler", "UniformSampler", "balanced_clip_weights", "shard_bounds"]
+
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch)])

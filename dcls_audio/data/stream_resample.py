@@ -19,6 +19,8 @@ import torch
 
 from .resample import resample, resample_kernel
 
+__all__ = ["SEGMENT_SAMPLES", "StreamResampler"]
+
 #: Input samples per segment (rounded to whole blocks of ``L`` samples).
 SEGMENT_SAMPLES = 1 << 16
 

@@ -31,6 +31,25 @@ from ..features.onnx_logmel import ConvLogMel
 from ..models import dcls_layers, fold_dcls
 from ..outputs import atomic_output, check_output_path
 
+__all__ = [
+    "DEFAULT_OPSET",
+    "EXPORT_FORMATS",
+    "ExportReport",
+    "ExportedTagger",
+    "LOGMEL_SHAPE",
+    "METADATA_KEY",
+    "ONNX_EXTRA_MODULES",
+    "build_exported_tagger",
+    "example_input",
+    "export_metadata",
+    "export_model",
+    "missing_module_message",
+    "read_metadata",
+    "reference_scores",
+    "run_export",
+    "run_exported",
+]
+
 EXPORT_FORMATS = ("onnx", "torchscript")
 METADATA_KEY = "dcls_audio"
 LOGMEL_SHAPE = (1, 128, 1001)

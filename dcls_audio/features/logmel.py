@@ -13,6 +13,8 @@ from ..data.constants import CLIP_SAMPLES, INT16_SCALE, LOGMEL_MEAN, LOGMEL_STD,
 from .augment import AugmentConfig, FrontEndDraws, apply_erase, apply_time_warp, sample_front_end
 from .spectral import AmplitudeToDB, MelScale, Spectrogram
 
+__all__ = ["LogMelFrontEnd"]
+
 
 class LogMelFrontEnd(nn.Module):
     """(B, S) waveforms at 32 kHz (int16 or float in [-1, 1]) -> (B, 1, 128, 1001) log-mel.

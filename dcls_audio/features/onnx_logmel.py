@@ -23,6 +23,8 @@ from torch import nn
 
 from .logmel import LogMelFrontEnd
 
+__all__ = ["ConvLogMel", "dft_basis"]
+
 
 def dft_basis(n_fft: int, window: torch.Tensor) -> torch.Tensor:
     """Conv1d weight (2 * (n_fft // 2 + 1), 1, n_fft): rows ``window * cos`` then ``-window * sin``.

@@ -41,6 +41,8 @@ from .tagger import (
     tag_files,
 )
 
+__all__ = ["SetupError", "default_num_workers", "run_infer"]
+
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_SETUP_ERROR = 0, 1, 2
 
 

@@ -25,6 +25,8 @@ from ..data.audio_io import AudioReadError, AudioStream
 from ..data.constants import CLIP_SAMPLES, SAMPLE_RATE
 from .windowing import WindowCutter
 
+__all__ = ["Event", "FileEnd", "FileFailure", "QUEUE_EVENTS", "Window", "file_windows", "one_line", "windows_per_file"]
+
 #: Events a worker may queue ahead of the consumer (each holds at most one window).
 QUEUE_EVENTS = 8
 

@@ -26,6 +26,8 @@ from ..models import (
     resolve_checkpoint_path,
 )
 
+__all__ = ["TaggingModel", "labels_from_checkpoint", "load_tagging_model"]
+
 _LABEL_KEYS = ("class_names", "labels", "display_names")
 
 

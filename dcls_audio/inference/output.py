@@ -18,6 +18,8 @@ from typing import Any, Iterable, Sequence, TextIO
 
 from .tagger import FileTags, top_k
 
+__all__ = ["CSV_COLUMNS", "FORMATS", "csv_rows", "csv_writer", "file_record", "format_table", "write_csv", "write_json"]
+
 FORMATS = ("table", "json", "csv")
 
 #: Columns of the CSV output: one row per (file or window, rank).

@@ -16,6 +16,8 @@ import torch
 
 from ..data.constants import CLIP_SAMPLES, SAMPLE_RATE
 
+__all__ = ["WindowCutter", "cut_windows", "hop_samples", "window_starts"]
+
 
 def hop_samples(hop_s: float, what: str = "hop") -> int:
     """The step between window starts, ``hop_s`` seconds, in samples at 32 kHz (at least 1).

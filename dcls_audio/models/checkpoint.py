@@ -38,6 +38,26 @@ from .layout import UpstreamLayout
 from .registry import MODEL_SPECS, build_model, get_spec, list_models
 from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
 
+__all__ = [
+    "CheckpointContents",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "SAFE_GLOBALS",
+    "UnsafeCheckpointError",
+    "build_loaded_model",
+    "extract_state_dict",
+    "infer_model_name",
+    "layout_of",
+    "load_checkpoint",
+    "load_state_dict_checked",
+    "read_checkpoint",
+    "resolve_checkpoint_path",
+    "save_upstream_checkpoint",
+    "shorten_keys",
+    "to_model_state_dict",
+    "to_upstream_state_dict",
+]
+
 #: Globals a checkpoint may reference besides tensors and plain containers.
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
 

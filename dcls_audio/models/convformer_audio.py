@@ -17,6 +17,8 @@ from torch import nn
 from .layout import UpstreamLayout, build_layout, rename_by_rules
 from .stem import audio_stem_conv
 
+__all__ = ["CONVFORMER_VARIANTS", "convformer_audio", "convformer_upstream_layout"]
+
 CONVFORMER_VARIANTS = {
     "s18": dict(depths=(3, 3, 9, 3), dims=(64, 128, 320, 512)),
 }

@@ -15,6 +15,8 @@ from torch import nn
 from .layout import UpstreamLayout, build_layout, rename_by_rules
 from .stem import audio_stem_conv
 
+__all__ = ["CONVNEXT_VARIANTS", "convnext_audio", "convnext_upstream_layout"]
+
 #: Variants are data: the architecture arguments of each size.
 CONVNEXT_VARIANTS = {
     "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),

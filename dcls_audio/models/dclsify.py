@@ -23,6 +23,8 @@ from torch import nn
 
 from dcls_core import Dcls1d, Dcls2_1d, Dcls2d, Dcls2dK1d, Dcls3_1d, Dcls3d
 
+__all__ = ["dcls_layers", "dcls_position_parameters", "dclsify", "fold_dcls", "is_depthwise_conv", "tied_state_keys"]
+
 _DCLS_LAYERS = (Dcls1d, Dcls2d, Dcls3d, Dcls2_1d, Dcls3_1d, Dcls2dK1d)
 
 

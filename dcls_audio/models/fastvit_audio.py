@@ -16,6 +16,8 @@ from torch import nn
 from .layout import UpstreamLayout, build_layout, rename_by_rules
 from .stem import audio_stem_conv
 
+__all__ = ["FASTVIT_VARIANTS", "fastvit_audio", "fastvit_upstream_layout", "reparameterize_fastvit"]
+
 FASTVIT_VARIANTS = {
     "sa24": dict(
         depths=(4, 4, 12, 4),

@@ -13,6 +13,8 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+__all__ = ["Rule", "UpstreamLayout", "build_layout", "rename_by_rules"]
+
 Rule = tuple[str, str]
 
 

@@ -8,6 +8,14 @@ from torch import nn
 
 from .registry import build_model, list_models
 
+__all__ = [
+    "PAPER_TABLE_MILLIONS",
+    "UPSTREAM_PARAM_COUNTS",
+    "count_parameters",
+    "format_parameter_table",
+    "parameter_table",
+]
+
 #: ``sum(p.numel() for p in model.parameters())`` of the upstream DCLS-Audio models with 527
 #: classes (shared P/SIG counted once), from the upstream layouts.
 UPSTREAM_PARAM_COUNTS: dict[str, int] = {

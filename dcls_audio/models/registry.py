@@ -21,6 +21,8 @@ from .fastvit_audio import FASTVIT_VARIANTS, fastvit_audio, fastvit_upstream_lay
 from .layout import UpstreamLayout
 from .released import RELEASED_CHECKPOINTS
 
+__all__ = ["DCLS_DEFAULTS", "MODEL_SPECS", "ModelSpec", "build_model", "describe_models", "get_spec", "list_models"]
+
 #: DCLS settings of the released models (Dcls2d gauss, 26 elements in a 23x23 kernel).
 DCLS_DEFAULTS: Mapping[str, Any] = {"kernel_count": 26, "dilated_kernel_size": 23, "version": "gauss"}
 _DCLS_OPTIONS = ("kernel_count", "dilated_kernel_size", "version", "share_positions")

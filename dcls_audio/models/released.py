@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+__all__ = ["CHECKPOINT_DIR_ENV", "RELEASED_CHECKPOINTS", "ZENODO_RECORD", "checkpoint_dirs"]
+
 ZENODO_RECORD = "https://zenodo.org/record/8370979"
 
 #: model name -> URL of its released ``.pth`` (upstream layout).

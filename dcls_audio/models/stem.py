@@ -5,6 +5,8 @@ from __future__ import annotations
 from timm.layers import trunc_normal_
 from torch import nn
 
+__all__ = ["AUDIO_PATCH", "audio_stem_conv"]
+
 #: Patch of the spectrogram seen by one stem output: 2 mel bins x 16 frames.
 AUDIO_PATCH = (2, 16)
 
