@@ -19,7 +19,12 @@ from .audio_decode import AUDIO_EXTENSIONS, AudioReadError, AudioSource, open_au
 from .constants import INT16_SCALE, SAMPLE_RATE
 from .stream_resample import StreamResampler
 
+#: Largest sample magnitude accepted (full scale is 1). Float files may exceed full scale a
+#: little; values far beyond it are not audio and overflow the float32 power spectrogram.
+MAX_SAMPLE_MAGNITUDE = 1.0e4
+
 __all__ = [
+    "MAX_SAMPLE_MAGNITUDE",
     "AUDIO_EXTENSIONS",
     "AudioReadError",
     "AudioStream",
@@ -65,6 +70,13 @@ class AudioStream:
             for block in self._source.blocks():
                 if not np.isfinite(block).all():
                     raise AudioReadError(self.path, "it holds NaN or infinite samples")
+                peak = float(np.abs(block).max(initial=0.0))
+                if peak > MAX_SAMPLE_MAGNITUDE:
+                    raise AudioReadError(
+                        self.path,
+                        f"sample values reach {peak:.3g}: not audio (full scale is 1; the limit is "
+                        f"{MAX_SAMPLE_MAGNITUDE:.0e}, above which the spectrogram overflows)",
+                    )
                 frames += block.shape[0]
                 out = self._resampler.push(mixdown(block))
                 if out.shape[0]:

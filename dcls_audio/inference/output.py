@@ -64,7 +64,7 @@ def file_record(tags: FileTags, labels: Sequence[str], k: int = 5) -> dict[str, 
 
 def write_json(records: Sequence[dict[str, Any]], stream: TextIO) -> None:
     """A JSON array of file records."""
-    json.dump(list(records), stream, indent=2, ensure_ascii=False)
+    json.dump(list(records), stream, indent=2, ensure_ascii=False, allow_nan=False)  # NaN is not JSON
     stream.write("\n")
 
 

@@ -218,6 +218,8 @@ def _finish(pending: _Pending, aggregate: str) -> FileTags | FileFailure:
         return end
     assert end is not None
     window_scores = torch.stack(pending.scores)  # type: ignore[arg-type]
+    if not bool(torch.isfinite(window_scores).all()):
+        return FileFailure(pending.file, "the model gave non-finite scores (check the checkpoint's weights)")
     scores = window_scores.amax(dim=0) if aggregate == "max" else window_scores.mean(dim=0)
     spans = [(s / SAMPLE_RATE, min(s + CLIP_SAMPLES, end.num_samples) / SAMPLE_RATE) for s in pending.starts]
     return FileTags(

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-import cli
+from dcls_audio import cli
 from dcls_audio.data import AudioReadError, AudioSetHDF5, load_audio, load_class_names
 from dcls_audio.data.pack import match_ytid, pack_folder, read_segments_csv
 

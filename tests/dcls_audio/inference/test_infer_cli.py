@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-import cli
+from dcls_audio import cli
 from dcls_audio.features import LogMelFrontEnd
 from dcls_audio.models import create_model, load_state_dict_checked
 
