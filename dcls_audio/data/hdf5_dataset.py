@@ -295,9 +295,12 @@ class AudioSetHDF5(Dataset):
             bad = order[(order < 0) | (order >= len(self))][0]
             raise IndexError(f"index {bad} out of range for {len(self)} clips")
         batch, num_classes = len(order), self.num_classes
-        waveform = torch.empty((batch, self.clip_samples), dtype=torch.int16)
-        if get_worker_info() is not None:  # handed to the main process through shared memory
-            waveform.share_memory_()
+        if get_worker_info() is not None:  # handed to the main process through shared memory,
+            # allocated there directly (share_memory_() would allocate, then copy)
+            storage = torch.UntypedStorage._new_shared(batch * self.clip_samples * 2)
+            waveform = torch.empty(0, dtype=torch.int16).set_(storage).view(batch, self.clip_samples)
+        else:
+            waveform = torch.empty((batch, self.clip_samples), dtype=torch.int16)
         target = np.empty((batch, num_classes), dtype=bool)
         file_of = np.searchsorted(self._offsets, order, side="right") - 1
         wave_np = waveform.numpy()

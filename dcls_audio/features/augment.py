@@ -113,7 +113,7 @@ def move_draws(device: torch.device | str, *tensors: Tensor) -> tuple[Tensor, ..
     copy; each comes back with its shape and dtype. Values must be exact in float64 (ints below
     2**53, bools, float32/float64). On the CPU the tensors are returned as they are."""
     device = torch.device(device)
-    if device.type == "cpu":
+    if device.type == "cpu" or not tensors:
         return tensors
     packed = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
     if device.type == "cuda":

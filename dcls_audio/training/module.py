@@ -259,7 +259,8 @@ class AudioTaggingModule(L.LightningModule):
         if self.trainer.precision != "16-mixed":
             # fp16 loss scaling skips such steps itself; anywhere else the guard keeps a bad
             # update from the weights (see on_before_optimizer_step)
-            self._step_losses.append(loss.detach())
+            # a CUDA-graph replay overwrites its outputs: keep a copy of each micro-batch loss
+            self._step_losses.append(loss.detach().clone() if self._reused_outputs else loss.detach())
         # loggers only: a progress-bar metric is turned into a Python number every step (a host
         # wait); the bar shows recent_loss instead
         self.log("train/loss", loss, prog_bar=False, batch_size=target.shape[0])

@@ -446,6 +446,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequenc
     auto_resume = cfg.run.auto_resume and not cfg.trainer.fast_dev_run
     ensure_writable_dir(cfg.run.output_dir, "run.output_dir")
     claim = claim_run_dir(cfg.run.output_dir, cfg.run.name, auto_resume, resume)
+    threads = torch.get_num_threads()  # CPU training may lower it (threads.py); restored after
     try:
         return _train_in(cfg, claim, dm, val_files, callbacks)
     except BaseException:
@@ -453,6 +454,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequenc
         raise
     finally:
         release_claim(claim, cfg.run.output_dir, cfg.run.name)
+        torch.set_num_threads(threads)
 
 
 def _discard_if_unused(claim: RunClaim) -> None:
@@ -494,7 +496,7 @@ def _train_in(
     check_train_batches(dm, trainer.world_size)
     if isinstance(trainer.accelerator, CPUAccelerator):
         workers = auto_loader_settings(**dm.requested_loader, devices_per_node=trainer.num_devices).num_workers
-        set_cpu_training_threads(workers)
+        set_cpu_training_threads(workers, processes=trainer.num_devices)
     total_batch = cfg.data.batch_size * cfg.trainer.accumulate_grad_batches * trainer.world_size
     lr = scaled_lr(cfg.optim.lr, total_batch, cfg.optim.lr_batch_size)
     module = build_module(cfg, num_classes, dm.class_names, dm.class_mids, lr)

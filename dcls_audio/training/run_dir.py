@@ -81,6 +81,24 @@ class RunClaim:
 
 
 # ----------------------------------------------------------------------------- locks
+#: descriptors of the locks this process holds: a forked child (a data-loader worker) closes its
+#: copies at once, so a killed run's lock is free when the process dies, not when its workers notice
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)  # the parent's descriptor keeps the lock
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class RunDirLock:
     """An exclusive, non-blocking ``flock`` on ``<run_dir>/.lock`` (holder's pid written in it)."""
 
@@ -100,11 +118,13 @@ class RunDirLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _HELD_LOCK_FDS.add(fd)
         return True
 
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            _HELD_LOCK_FDS.discard(fd)
             os.close(fd)  # closing the descriptor releases the flock
 
 

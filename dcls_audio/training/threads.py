@@ -18,17 +18,18 @@ from ..data.datamodule import available_cores
 __all__ = ["cpu_training_threads", "set_cpu_training_threads"]
 
 
-def cpu_training_threads(num_workers: int, cores: int | None = None) -> int:
-    """Intra-op threads for CPU training next to ``num_workers`` loader processes."""
+def cpu_training_threads(num_workers: int, cores: int | None = None, processes: int = 1) -> int:
+    """Intra-op threads of one of ``processes`` CPU training processes on this node, each next to
+    ``num_workers`` loader processes."""
     cores = available_cores() if cores is None else cores
-    return max(1, cores - max(0, num_workers))
+    return max(1, cores // max(1, processes) - max(0, num_workers))
 
 
-def set_cpu_training_threads(num_workers: int) -> int | None:
+def set_cpu_training_threads(num_workers: int, processes: int = 1) -> int | None:
     """Set torch's intra-op threads for CPU training; returns the count, or None where the
     user's ``OMP_NUM_THREADS`` decides."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    threads = cpu_training_threads(num_workers)
+    threads = cpu_training_threads(num_workers, processes=processes)
     torch.set_num_threads(threads)
     return threads

@@ -321,3 +321,13 @@ def test_ops_run_without_host_sync_on_cuda():
     for a, b in zip(moved, cpu):  # the same draws give the same result on either device
         torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6)
     assert also.shape == (4, 16, 16) and mixed[0].shape == image.shape
+
+
+def test_a_front_end_with_every_augmentation_switched_off_moves_its_empty_draws():
+    from dcls_audio.features.augment import move_draws
+
+    assert move_draws("meta") == ()
+    front_end = LogMelFrontEnd(augment={"roll": False, "speed": False, "erase": False}).train()
+    draws = front_end.sample_augmentations(2)
+    if draws is not None:
+        draws.to("meta")  # a non-CPU device: the one packed copy has nothing to pack

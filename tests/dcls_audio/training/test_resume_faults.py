@@ -160,6 +160,35 @@ def test_the_lock_is_held_across_processes_until_the_holder_dies(tmp_path):
         holder.wait(10)
 
 
+def test_a_killed_holders_forked_children_do_not_keep_its_lock(tmp_path):
+    """Data-loader workers are forked from the training process: a SIGKILL of the run must free
+    its lock at once, not when the orphaned workers exit."""
+    (tmp_path / "run").mkdir()
+    code = "import os, sys, time; from dcls_audio.training.run_dir import RunDirLock; "
+    code += "assert RunDirLock(sys.argv[1]).acquire(); child = os.fork()\n"
+    code += "if child == 0: time.sleep(30); os._exit(0)\n"
+    code += "print(child, flush=True); time.sleep(60)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "run")], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, text=True
+    )
+    child = None
+    try:
+        child = int(holder.stdout.readline())
+        holder.kill()
+        holder.wait(10)
+        lock = RunDirLock(tmp_path / "run")
+        assert lock.acquire(), "the forked child still holds the killed run's lock"
+        lock.release()
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if child:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_ranks_launched_by_torchrun_take_rank_0s_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")

@@ -12,6 +12,7 @@ def test_threads_leave_a_core_per_loader_worker():
     assert threads.cpu_training_threads(0, cores=2) == 2
     assert threads.cpu_training_threads(4, cores=16) == 12
     assert threads.cpu_training_threads(8, cores=4) == 1  # never fewer than one
+    assert threads.cpu_training_threads(2, cores=16, processes=2) == 6  # CPU DDP: the node's cores shared
 
 
 def test_set_threads_respects_the_users_omp_setting(monkeypatch):
