@@ -40,7 +40,7 @@ train: $(STAMP)
 # Re-resolve the lock from pyproject.toml and requirements/lock-inputs.txt (needs the network).
 lock:
 	test -x .uv/bin/uv || { $(PYTHON) -m venv .uv && .uv/bin/pip install -q uv==$(UV_VERSION); }
-	.uv/bin/uv pip compile pyproject.toml requirements/lock-inputs.txt --extra test --universal \
+	UV_PYTHON_DOWNLOADS=never .uv/bin/uv pip compile pyproject.toml requirements/lock-inputs.txt --extra test --universal \
 	  --python-version 3.10 --generate-hashes --no-header -o $(LOCK)
 
 clean:

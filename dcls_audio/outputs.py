@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -81,8 +82,9 @@ def check_output_path(
     """Check that ``path`` may be written, before any work; returns it as a Path.
 
     Raises :class:`OutputError` (naming ``what`` and the path) when ``path`` is one of
-    ``inputs`` (even with ``overwrite``), is a folder, exists without ``overwrite``, or its
-    folder does not exist. Nothing is created or changed.
+    ``inputs`` (even with ``overwrite``), is a folder, is not a regular file (a device, a pipe:
+    the atomic rename would replace it), exists without ``overwrite``, or its folder does not
+    exist or cannot be written (probed with a temporary file, removed at once).
     """
     path = Path(path)
     for item in inputs:
@@ -95,12 +97,28 @@ def check_output_path(
             )
     if path.is_dir():
         raise OutputError(errno.EISDIR, "is a folder", path, f"{what}: {path} is a folder; give a file name")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise OutputError(
+            errno.EEXIST,
+            "not a regular file",
+            path,
+            f"{what}: {path} is not a regular file (a device or a pipe); leave {what} out to write to "
+            "standard output, or give a file name",
+        )
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputError(
             errno.EEXIST, "exists", path, f"{what}: {path} already exists; pass --overwrite to replace it"
         )
     if not path.parent.is_dir():
         raise OutputError(errno.ENOENT, "no folder", path, f"{what}: folder {path.parent} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise OutputError(
+            err.errno or errno.EACCES, reason, path, f"{what}: cannot write to {path.parent}: {reason}"
+        ) from None
     return path
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..outputs import atomic_output, same_file
+from ..outputs import atomic_output, check_output_path, same_file
 from .audio_io import (
     AUDIO_EXTENSIONS,
     AudioReadError,
@@ -272,6 +272,13 @@ def pack_folder(
     labels = read_segments_csv(labels_csv, notes)
     report = PackReport(output=output, num_classes=len(classes), notes=notes)
     files, report.not_audio = list_files(audio_dir)
+    # never over an audio file, a folder or a device, even with --overwrite; checked before decoding
+    # (the output's folder is made, as writing it would)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"OUTPUT: cannot make the folder {output.parent}: {err.strerror or err}") from None
+    check_output_path(output, [labels_csv, class_csv, *files], overwrite=True, what="OUTPUT")
     if not files:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {audio_dir}")
     planned = _plan(files, labels, mid_to_index(classes), report)

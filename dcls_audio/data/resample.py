@@ -1,7 +1,9 @@
 """Band-limited resampling between integer sampling rates in plain torch (windowed sinc, polyphase).
 
-The result equals ``torchaudio.functional.resample`` with its defaults (Hann-windowed sinc,
-``lowpass_filter_width=6``, ``rolloff=0.99``) up to floating-point rounding.
+The values equal ``torchaudio.functional.resample`` with its defaults (Hann-windowed sinc,
+``lowpass_filter_width=6``, ``rolloff=0.99``) up to floating-point rounding. The length is
+``ceil(S * new / orig)`` computed exactly (torchaudio computes it in floating point and can give
+one sample less).
 
 Method: with ``g = gcd(orig_freq, new_freq)``, ``L = orig_freq / g`` and ``M = new_freq / g``,
 output sample ``j = q * M + p`` sits at input time ``q * L + p * L / M``. It is the sum of the
@@ -21,7 +23,13 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-__all__ = ["resample", "resample_kernel"]
+__all__ = ["MAX_KERNEL_ELEMENTS", "filter_width", "resample", "resample_kernel"]
+
+#: Above this many polyphase filter values (``M * (2 * width + L)``, for rates whose reduced ratio
+#: ``L / M`` is large: 7999 -> 32000 Hz would need 2.6e8) the output is computed by a gather of
+#: the ``2 * width + 1`` input samples around each output instant instead of one conv1d.
+MAX_KERNEL_ELEMENTS = 1 << 22
+_GATHER_CHUNK = 1 << 15  # output samples per gather step (bounds its memory)
 
 
 def _positive_rate(value: float, name: str) -> int:
@@ -30,7 +38,7 @@ def _positive_rate(value: float, name: str) -> int:
     return int(value)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)
 def _kernel64(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple[torch.Tensor, int]:
     """Float64 polyphase filters ``(new, 1, 2 * width + orig)`` for reduced rates, and ``width``."""
     cutoff = min(orig, new) * rolloff  # in units of the reduced rates: input Nyquist is orig / 2
@@ -43,6 +51,48 @@ def _kernel64(orig: int, new: int, lowpass_filter_width: int, rolloff: float) ->
     window = torch.where(inside, torch.cos(t * (math.pi / (2 * lowpass_filter_width))) ** 2, 0.0)
     kernel = torch.sinc(t) * window * (cutoff / orig)
     return kernel[:, None, :], width
+
+
+def _check_filter(lowpass_filter_width: int, rolloff: float) -> None:
+    if lowpass_filter_width < 1 or int(lowpass_filter_width) != lowpass_filter_width:
+        raise ValueError(f"resample: lowpass_filter_width must be a positive integer, got {lowpass_filter_width!r}")
+    if not 0.0 < rolloff <= 1.0:
+        raise ValueError(f"resample: rolloff must lie in (0, 1], got {rolloff!r}")
+
+
+def filter_width(orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, rolloff: float = 0.99) -> int:
+    """Input samples on each side of an output instant that the filter reaches (no filter is built)."""
+    orig, new = _positive_rate(orig_freq, "orig_freq"), _positive_rate(new_freq, "new_freq")
+    _check_filter(lowpass_filter_width, rolloff)
+    g = math.gcd(orig, new)
+    orig, new = orig // g, new // g
+    return math.ceil(lowpass_filter_width * orig / (min(orig, new) * rolloff))
+
+
+def _resample_gather(x: torch.Tensor, orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> torch.Tensor:
+    """:func:`resample` of ``x`` (N, S) for reduced rates ``orig`` (L), ``new`` (M): output ``j``
+    sums the input samples within ``width`` of its instant ``j * L / M``, weighted by the same
+    windowed sinc as the polyphase filters (float64 weights cast to ``x``'s dtype)."""
+    rows, length = x.shape
+    cutoff = min(orig, new) * rolloff
+    scale = cutoff / orig
+    width = math.ceil(lowpass_filter_width * orig / cutoff)
+    out_length = -(-new * length // orig)
+    offsets = torch.arange(-width, width + 1, device=x.device)
+    out = x.new_empty(rows, out_length)
+    for start in range(0, out_length, _GATHER_CHUNK):
+        j = torch.arange(start, min(out_length, start + _GATHER_CHUNK), device=x.device)
+        base = (j * orig) // new
+        frac = (j * orig % new).to(torch.float64) / new
+        index = base[:, None] + offsets[None, :]  # (n, taps) input samples around each output instant
+        t = (offsets[None, :] - frac[:, None]) * scale  # distance in zero crossings of the filter
+        window = torch.where(
+            t.abs() <= lowpass_filter_width, torch.cos(t * (math.pi / (2 * lowpass_filter_width))) ** 2, 0.0
+        )
+        weight = torch.sinc(t) * window * scale * ((index >= 0) & (index < length))  # zero padding outside
+        taps = x[:, index.clamp(0, max(length - 1, 0)).reshape(-1)].reshape(rows, *index.shape)
+        out[:, start : start + j.shape[0]] = (taps * weight.to(x.dtype)).sum(-1)
+    return out
 
 
 def resample_kernel(
@@ -60,10 +110,7 @@ def resample_kernel(
     """
     orig = _positive_rate(orig_freq, "orig_freq")
     new = _positive_rate(new_freq, "new_freq")
-    if lowpass_filter_width < 1 or int(lowpass_filter_width) != lowpass_filter_width:
-        raise ValueError(f"resample: lowpass_filter_width must be a positive integer, got {lowpass_filter_width!r}")
-    if not 0.0 < rolloff <= 1.0:
-        raise ValueError(f"resample: rolloff must lie in (0, 1], got {rolloff!r}")
+    _check_filter(lowpass_filter_width, rolloff)
     g = math.gcd(orig, new)
     kernel, width = _kernel64(orig // g, new // g, int(lowpass_filter_width), float(rolloff))
     return kernel.to(device=device, dtype=dtype, copy=True), width
@@ -87,11 +134,15 @@ def resample(
     new = _positive_rate(new_freq, "new_freq")
     if orig == new:
         return waveform
-    kernel, width = resample_kernel(orig, new, lowpass_filter_width, rolloff, waveform.dtype, waveform.device)
+    width = filter_width(orig, new, lowpass_filter_width, rolloff)
     g = math.gcd(orig, new)
-    orig, new = orig // g, new // g
     lead, length = waveform.shape[:-1], waveform.shape[-1]
     rows = math.prod(lead)
+    if (new // g) * (2 * width + orig // g) > MAX_KERNEL_ELEMENTS:
+        out = _resample_gather(waveform.reshape(rows, length), orig // g, new // g, lowpass_filter_width, rolloff)
+        return out.reshape(lead + (out.shape[-1],))
+    kernel, width = resample_kernel(orig, new, lowpass_filter_width, rolloff, waveform.dtype, waveform.device)
+    orig, new = orig // g, new // g
     x = F.pad(waveform.reshape(rows, 1, length), (width, width + orig))  # (N, 1, S + 2 * width + L)
     phases = F.conv1d(x, kernel, stride=orig)  # (N, M, S // L + 1): phase p of output block q
     out = phases.transpose(1, 2).reshape(rows, phases.shape[1] * phases.shape[2])  # sample q * M + p

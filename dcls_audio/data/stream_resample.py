@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from .resample import resample, resample_kernel
+from .resample import filter_width, resample
 
 __all__ = ["SEGMENT_SAMPLES", "StreamResampler"]
 
@@ -40,9 +40,10 @@ class StreamResampler:
         g = math.gcd(self.orig_freq, self.new_freq)
         self._in, self._out = self.orig_freq // g, self.new_freq // g  # L, M
         self._identity = self.orig_freq == self.new_freq
-        width = 0 if self._identity else resample_kernel(self.orig_freq, self.new_freq)[1]
+        width = 0 if self._identity else filter_width(self.orig_freq, self.new_freq)
         self._context_blocks = math.ceil(width / self._in) + 1  # one block to spare
-        self._segment_blocks = max(1, segment // self._in)
+        # a step emits segment_blocks * M samples: bound it by the larger of input and output
+        self._segment_blocks = max(1, segment // max(self._in, self._out))
         # the conceptual signal starts with ``context`` zeros, so every segment has left context
         self._buffer = np.zeros(0 if self._identity else self._context_blocks * self._in, np.float32)
         self._pending: list[np.ndarray] = []  # pushed after the buffer, not yet joined to it

@@ -152,7 +152,10 @@ def run_infer(
                 results, stdout, stdout, stderr, bar, show_bar, loaded.labels, fmt, top_k, show_windows
             )
         else:
-            with atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as sink:
+            with (
+                atomic_output(output) as tmp,
+                open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as sink,
+            ):
                 failures += _write_results(
                     results, sink, stdout, stderr, bar, show_bar, loaded.labels, fmt, top_k, show_windows
                 )

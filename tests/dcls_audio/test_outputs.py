@@ -167,3 +167,16 @@ def test_real_full_tmpfs_checkpoint_save(tmp_path):
         assert "No space left on device" in message or "disk full" in message, message
         assert [p.name for p in mnt.iterdir()] == ["last.ckpt"] and target.read_bytes() == before
         assert torch.load(target)["w"].shape == (1000,)
+
+
+def test_devices_pipes_and_unwritable_folders_are_refused_before_any_work(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputError, match="not a regular file"):
+        check_output_path(fifo, overwrite=True)
+    assert fifo.exists() and not fifo.is_file()
+    with pytest.raises(OutputError, match="not a regular file"):
+        check_output_path("/dev/null", overwrite=True)
+    with pytest.raises(OutputError, match="cannot write to /proc"):
+        check_output_path("/proc/tags.json")  # a folder no file can be created in, even as root
+    assert not list(tmp_path.glob(".*probe"))

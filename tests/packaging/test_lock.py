@@ -8,9 +8,10 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
-tomllib = pytest.importorskip("tomllib")
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the lock installs tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"

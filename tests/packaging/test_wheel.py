@@ -89,14 +89,15 @@ def test_installed_command_trains_from_another_folder_without_torchaudio(install
         [
             sys.executable,
             "-c",
-            "import dcls_audio, importlib.util as u; print(dcls_audio.__file__); "
-            "print(u.find_spec('torchaudio') is not None)",
+            "import dcls_audio; print(dcls_audio.__file__)\n"
+            "try:\n    import torchaudio\nexcept ImportError:\n    print('torchaudio blocked')",
         ],
         cwd=cwd,
         env=env,
     )
     assert where.returncode == 0, where.stderr
     assert where.stdout.splitlines()[0].startswith(str(site))
+    assert where.stdout.splitlines()[1] == "torchaudio blocked"
 
     script = site / "bin" / "dcls-audio"
     printed = _run([str(script), "train", "--print_config"], cwd=cwd, env=env)

@@ -189,3 +189,14 @@ def test_a_csv_in_another_encoding_or_the_output_as_input_is_an_error(folder, ca
     before = labels.read_bytes()
     assert cli.main(["pack", str(audio), str(labels), str(labels), "--overwrite", "--no-progress"]) == 1
     assert "is also an input" in capsys.readouterr().err and labels.read_bytes() == before
+
+
+def test_the_output_is_never_an_audio_file_or_a_folder_even_with_overwrite(folder, capsys):
+    audio, labels, _ = folder
+    victim = audio / "Y--PJHxphWEs.wav"
+    before = victim.read_bytes()
+    assert cli.main(["pack", str(audio), str(labels), str(victim), "--overwrite", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "is also an input" in err and "Traceback" not in err and victim.read_bytes() == before
+    assert cli.main(["pack", str(audio), str(labels), str(audio / "sub"), "--overwrite", "--no-progress"]) == 1
+    assert "is a folder" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,34 @@ def test_bad_arguments():
         resample(torch.tensor(1.0), 16000, 32000)
     with pytest.raises(ValueError, match="rolloff"):
         resample(torch.zeros(10), 16000, 32000, rolloff=1.5)
+
+
+@pytest.mark.parametrize("orig, new", [(44100, 32000), (101, 320), (32000, 16000), (8000, 32000)])
+def test_the_gather_path_equals_torchaudio(monkeypatch, orig, new):
+    """The path taken where the polyphase filters would be huge, forced here on ordinary rates."""
+    from dcls_audio.data import resample as module
+
+    monkeypatch.setattr(module, "MAX_KERNEL_ELEMENTS", 0)
+    x = torch.randn(2, 3, 3001, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(module.resample(x, orig, new), AF.resample(x, orig, new), rtol=0, atol=1e-12)
+    x32 = x.float()
+    torch.testing.assert_close(module.resample(x32, orig, new), AF.resample(x, orig, new).float(), rtol=0, atol=1e-6)
+
+
+def test_coprime_rates_resample_in_bounded_memory_and_stream_equal():
+    """7999 -> 32000 Hz: the polyphase filters would hold 2.6e8 values; the gather needs ~2e5."""
+    from dcls_audio.data.resample import MAX_KERNEL_ELEMENTS, filter_width, resample
+    from dcls_audio.data.stream_resample import StreamResampler
+
+    width = filter_width(7999, 32000)
+    assert 32000 * (2 * width + 7999) > MAX_KERNEL_ELEMENTS
+    t = torch.arange(7999 * 2, dtype=torch.float64) / 7999
+    out = resample(torch.sin(2 * torch.pi * 440 * t), 7999, 32000)
+    assert out.shape == (-(-2 * 7999 * 32000 // 7999),)
+    expected = torch.sin(2 * torch.pi * 440 * torch.arange(out.shape[0], dtype=torch.float64) / 32000)
+    inner = slice(32000 // 10, -32000 // 10)  # away from the zero-padded ends
+    assert (out[inner] - expected[inner]).abs().max() < 2e-3
+    stream = StreamResampler(7999, 32000, segment=4096)
+    pieces = [stream.push(chunk) for chunk in np.array_split(t.float().numpy() * 0 + 0.25, 7)]
+    streamed = torch.cat([*pieces, stream.finish()])
+    torch.testing.assert_close(streamed, resample(torch.full((t.shape[0],), 0.25), 7999, 32000), rtol=0, atol=1e-6)
