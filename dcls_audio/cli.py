@@ -422,6 +422,8 @@ def _add_eval_parser(subparsers) -> None:
     )
 
     def run(args: argparse.Namespace) -> int:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
         from .evaluation.evaluate import NonFiniteScoresError, evaluate, format_metrics
 
         try:
@@ -447,6 +449,9 @@ def _add_eval_parser(subparsers) -> None:
             return 1
         except (ValueError, OSError) as err:  # checkpoint, data or output-directory problems
             print(f"dcls-audio eval: error: {err}", file=sys.stderr)
+            return 2
+        except (ImportError, MisconfigurationException) as err:  # an accelerator or strategy this machine lacks
+            print(f"dcls-audio eval: error: --accelerator/--strategy: {err}", file=sys.stderr)
             return 2
         if is_main:
             print(format_metrics(result))

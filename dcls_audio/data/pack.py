@@ -16,6 +16,7 @@ import csv
 import multiprocessing
 import os
 import re
+import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,7 @@ def _decode_or_error(job: tuple[Path, int]) -> tuple[np.ndarray | None, str]:
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it stops the pool)
 
 
 def _decoded(jobs: list[tuple[Path, int]], num_workers: int) -> Iterator[tuple[np.ndarray | None, str]]:

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+import torch
 from tqdm import tqdm
 
 from ..outputs import OutputError, atomic_output, check_output_path
@@ -72,6 +73,12 @@ def default_num_workers(device_type: str, num_files: int) -> int:
     if device_type != "cuda" or num_files < 2:
         return 0
     return max(0, min(4, (os.cpu_count() or 1) - 1, num_files))
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """A RuntimeError of torch's allocators running out of memory (CPU or GPU)."""
+    text = str(exc)
+    return "out of memory" in text or "can't allocate memory" in text or "Cannot allocate memory" in text
 
 
 def run_infer(
@@ -165,6 +172,11 @@ def run_infer(
         return 130
     except BrokenPipeError:  # `infer ... | head -1`: the caller ends quietly
         raise
+    except (torch.OutOfMemoryError, RuntimeError) as exc:  # the model does not fit: say what to change
+        if not isinstance(exc, torch.OutOfMemoryError) and not _is_out_of_memory(exc):
+            raise
+        kept = f"; {output} was left as it was" if output else ""
+        return fail(f"out of memory while scoring {batch_size} windows at once: lower --batch-size{kept}")
     except OSError as exc:  # OutputError (full disk, unwritable folder) names the file and what was kept
         bar.close()
         if isinstance(exc, OutputError):

@@ -438,6 +438,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, callbacks: Sequenc
         TrainingStopped: non-finite loss (the last good checkpoint is kept).
         OSError: a checkpoint or log could not be written (disk full, permissions).
     """
+    if resume is not None and not Path(resume).is_file():  # before the demo data or a run folder is made
+        raise FileNotFoundError(f"--resume: checkpoint not found: {resume}")
     dm, val_files = build_datamodule(cfg)
     num_classes = dm.num_classes
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dcls_audio import cli
 
@@ -58,3 +59,24 @@ def test_help_into_a_closed_pipe_gives_no_traceback():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) in (0, 141) and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_missing_resume_checkpoint_is_reported_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DCLS_AUDIO_DATA", str(tmp_path / "data"))
+    rc = cli.main(["train", "--resume", str(tmp_path / "nosuch.ckpt"), "--run.output_dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "checkpoint not found" in err and "nosuch.ckpt" in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()  # no demo data, no run folder
+
+
+def test_eval_on_an_accelerator_the_machine_lacks_is_one_error_line(tmp_path, capsys, tone_h5):
+    from dcls_audio.models import create_model
+
+    data = tone_h5(tmp_path / "eval.h5", [[0], [1]])
+    weights = tmp_path / "w.pth"
+    torch.save(create_model("convnext_audio_tiny").state_dict(), weights)
+    rc = cli.main(
+        ["eval", "-c", str(weights), "--model", "convnext_audio_tiny", "-d", str(data), "--accelerator", "tpu"]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("dcls-audio eval: error: --accelerator") and "Traceback" not in err

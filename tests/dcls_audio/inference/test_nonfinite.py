@@ -1,5 +1,6 @@
-"""Inputs and scores that are not finite never reach the output: the file is reported and skipped,
-the others are tagged, and the JSON stays strict JSON."""
+"""Faults while scoring: inputs and scores that are not finite never reach the output (the file is
+reported and skipped, the others are tagged, the JSON stays strict JSON), and running out of memory
+is one error line that says what to change."""
 
 from __future__ import annotations
 
@@ -67,3 +68,16 @@ def test_non_finite_scores_fail_the_file_not_the_json(checkpoint, clips, capsys,
     assert rc == 1
     assert any("ok.wav" in line and "non-finite scores" in line for line in captured.err.splitlines())
     assert _strict_json(captured.out) == []
+
+
+def test_running_out_of_memory_while_scoring_says_to_lower_the_batch(checkpoint, clips, capsys, monkeypatch):
+    _, ok = clips
+
+    def no_memory(self, waveforms):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(tagger.AudioTagger, "__call__", no_memory)
+    rc = cli.main(["infer", "-c", str(checkpoint), "--model", MODEL, str(ok), "--batch-size", "512"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "out of memory while scoring 512 windows" in err and "--batch-size" in err
+    assert "Traceback" not in err
