@@ -228,6 +228,11 @@ def evaluate(
         use_distributed_sampler=False,
         enable_model_summary=False,
     )
+    if trainer.world_size > len(dataset):
+        raise ValueError(
+            f"--devices: {trainer.world_size} processes for {len(dataset)} clips; every device needs at least "
+            f"one clip: use --devices {len(dataset)} or fewer"
+        )
     trainer.test(module, datamodule=dm, verbose=False)
     return module.result, out, trainer.is_global_zero
 

@@ -143,3 +143,10 @@ def test_gpu_accelerator_without_gpu(setup, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli.main(["eval", "-c", str(setup["ckpt"]), "-d", str(setup["data"]), "--accelerator", "gpu"]) == 2
     assert "--accelerator gpu: no CUDA GPU" in capsys.readouterr().err
+
+
+def test_more_devices_than_clips_is_an_error_before_any_process_starts(setup, tmp_path, capsys, tone_h5):
+    two = tone_h5(tmp_path / "two.h5", [[0], [1]], 3, 0)
+    assert _eval(setup, "-d", str(two), "--devices", "3") == 2
+    err = capsys.readouterr().err
+    assert "3 processes for 2 clips" in err and "--devices 2 or fewer" in err and "Traceback" not in err
