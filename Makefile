@@ -1,5 +1,6 @@
-# Set-up installs exactly the versions in requirements.lock (hash-checked), then the project itself
-# without dependencies: every machine gets the tested versions. `make lock` refreshes the lock.
+# The lock is uv.lock; requirements.lock is its export for pip. Set-up installs exactly those versions
+# (hash-checked), then the project itself without dependencies: every machine gets the tested versions.
+# `make lock` refreshes both.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ UV_VERSION := 0.13.8
 
 .PHONY: venv test lint format train lock clean
 
-$(STAMP): $(LOCK) pyproject.toml
+$(STAMP): $(LOCK) uv.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { \
 	  echo "error: could not create $(VENV) with $(PYTHON); install Python >= 3.10 with venv (Debian: apt-get install python3-venv)"; exit 1; }
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r $(LOCK) || { \
@@ -37,11 +38,13 @@ test: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/dcls-audio train
 
-# Re-resolve the lock from pyproject.toml and requirements/lock-inputs.txt (needs the network).
+# Re-resolve uv.lock (the lock) from pyproject.toml and export it as requirements.lock (what pip
+# installs above, hash-checked); needs the network. A pinned uv is installed into .uv/.
 lock:
 	test -x .uv/bin/uv || { $(PYTHON) -m venv .uv && .uv/bin/pip install -q uv==$(UV_VERSION); }
-	UV_PYTHON_DOWNLOADS=never .uv/bin/uv pip compile pyproject.toml requirements/lock-inputs.txt --extra test --universal \
-	  --python-version 3.10 --generate-hashes --no-header -o $(LOCK)
+	UV_PYTHON_DOWNLOADS=never .uv/bin/uv lock -p $(PYTHON)
+	UV_PYTHON_DOWNLOADS=never .uv/bin/uv export --frozen --no-emit-project --extra test --group build \
+	  --format requirements-txt --no-header -o $(LOCK)
 
 clean:
 	rm -rf $(VENV) .uv build *.egg-info

@@ -1,4 +1,5 @@
-"""The set-up installs from a complete, hash-pinned lock that agrees with pyproject.toml."""
+"""The set-up installs from a complete, hash-pinned lock that agrees with pyproject.toml: uv.lock,
+exported as requirements.lock for pip."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ except ImportError:  # Python 3.10: the lock installs tomli there
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements.lock"
+UV_LOCK = ROOT / "uv.lock"
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 _NAME = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)")
 
@@ -112,3 +114,14 @@ def test_runtime_dependencies_are_what_the_runtime_imports():
     assert "torchaudio" not in imported and "sklearn" not in imported and "DCLS" not in imported
     used = set().union(*imported.values())
     assert declared - used <= {"tensorboard"}, f"declared but never imported: {sorted(declared - used)}"
+
+
+def test_requirements_lock_is_the_export_of_uv_lock():
+    """`make lock` writes both; a hand edit or a stale export fails here."""
+    packages = tomllib.loads(UV_LOCK.read_text())["package"]
+    locked = {(_norm(p["name"]), p["version"]) for p in packages if _norm(p["name"]) != "dcls-audio"}
+    exported = {(name, version) for name, versions in _lock_entries().items() for version in versions}
+    assert exported == locked, (
+        f"only in the export: {sorted(exported - locked)}; only in uv.lock: {sorted(locked - exported)}"
+    )
+    assert ("torch", "2.11.0") in locked and ("torchaudio", "2.11.0") in locked
