@@ -68,9 +68,9 @@ class AudioStream:
         emitted = frames = 0
         try:
             for block in self._source.blocks():
-                if not np.isfinite(block).all():
+                peak = float(np.abs(block).max(initial=0.0))  # one pass: NaN and inf come out too
+                if not np.isfinite(peak):
                     raise AudioReadError(self.path, "it holds NaN or infinite samples")
-                peak = float(np.abs(block).max(initial=0.0))
                 if peak > MAX_SAMPLE_MAGNITUDE:
                     raise AudioReadError(
                         self.path,
