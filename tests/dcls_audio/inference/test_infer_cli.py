@@ -1,9 +1,9 @@
 """`dcls-audio infer` end to end with the synthetic upstream ConvNeXt-T checkpoint (.pth).
 
-The reference is computed independently of the inference code: soundfile + channel mean +
-torchaudio resampling, windows cut at hand-written times, LogMelFrontEnd, the model loaded
-straight from the synthetic state_dict, sigmoid. Labels are checked against the shipped CSV
-read with the csv module.
+The reference is computed independently of the inference code: soundfile + channel mean + the
+product's resampling (tested against torchaudio in test_resample.py), windows cut at hand-written
+times, LogMelFrontEnd, the model loaded straight from the synthetic state_dict, sigmoid. Labels
+are checked against the shipped CSV read with the csv module.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from dcls_audio import cli
 from dcls_audio.data.resample import resample
 from dcls_audio.features import LogMelFrontEnd
 from dcls_audio.models import create_model, load_state_dict_checked
-
 
 MODEL = "convnext_audio_tiny"
 SR = 32000
