@@ -38,18 +38,29 @@ def _positive_rate(value: float, name: str) -> int:
     return int(value)
 
 
+def _scale_and_width(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple[float, int]:
+    """For reduced rates: the filter's cutoff per input sample (zero crossings per input period)
+    and the input samples it reaches on each side of an output instant."""
+    cutoff = min(orig, new) * rolloff  # in units of the reduced rates: input Nyquist is orig / 2
+    return cutoff / orig, math.ceil(lowpass_filter_width * orig / cutoff)
+
+
+def _windowed_sinc(distance: torch.Tensor, scale: float, lowpass_filter_width: int) -> torch.Tensor:
+    """Filter weights at ``distance`` input samples from an output instant (float64)."""
+    t = distance * scale  # in zero crossings of the filter
+    window = torch.where(
+        t.abs() <= lowpass_filter_width, torch.cos(t * (math.pi / (2 * lowpass_filter_width))) ** 2, 0.0
+    )
+    return torch.sinc(t) * window * scale
+
+
 @lru_cache(maxsize=8)
 def _kernel64(orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> tuple[torch.Tensor, int]:
     """Float64 polyphase filters ``(new, 1, 2 * width + orig)`` for reduced rates, and ``width``."""
-    cutoff = min(orig, new) * rolloff  # in units of the reduced rates: input Nyquist is orig / 2
-    width = math.ceil(lowpass_filter_width * orig / cutoff)
+    scale, width = _scale_and_width(orig, new, lowpass_filter_width, rolloff)
     taps = torch.arange(-width, width + orig, dtype=torch.float64)  # input offsets from q * L
     phases = torch.arange(new, dtype=torch.float64)[:, None] * (orig / new)  # output offsets p * L / M
-    # distance from the output instant to each tap, measured in zero crossings of the filter
-    t = (taps[None, :] - phases) * (cutoff / orig)  # (new, taps)
-    inside = t.abs() <= lowpass_filter_width
-    window = torch.where(inside, torch.cos(t * (math.pi / (2 * lowpass_filter_width))) ** 2, 0.0)
-    kernel = torch.sinc(t) * window * (cutoff / orig)
+    kernel = _windowed_sinc(taps[None, :] - phases, scale, lowpass_filter_width)  # (new, taps)
     return kernel[:, None, :], width
 
 
@@ -65,8 +76,7 @@ def filter_width(orig_freq: int, new_freq: int, lowpass_filter_width: int = 6, r
     orig, new = _positive_rate(orig_freq, "orig_freq"), _positive_rate(new_freq, "new_freq")
     _check_filter(lowpass_filter_width, rolloff)
     g = math.gcd(orig, new)
-    orig, new = orig // g, new // g
-    return math.ceil(lowpass_filter_width * orig / (min(orig, new) * rolloff))
+    return _scale_and_width(orig // g, new // g, lowpass_filter_width, rolloff)[1]
 
 
 def _resample_gather(x: torch.Tensor, orig: int, new: int, lowpass_filter_width: int, rolloff: float) -> torch.Tensor:
@@ -74,9 +84,7 @@ def _resample_gather(x: torch.Tensor, orig: int, new: int, lowpass_filter_width:
     sums the input samples within ``width`` of its instant ``j * L / M``, weighted by the same
     windowed sinc as the polyphase filters (float64 weights cast to ``x``'s dtype)."""
     rows, length = x.shape
-    cutoff = min(orig, new) * rolloff
-    scale = cutoff / orig
-    width = math.ceil(lowpass_filter_width * orig / cutoff)
+    scale, width = _scale_and_width(orig, new, lowpass_filter_width, rolloff)
     out_length = -(-new * length // orig)
     offsets = torch.arange(-width, width + 1, device=x.device)
     out = x.new_empty(rows, out_length)
@@ -85,11 +93,8 @@ def _resample_gather(x: torch.Tensor, orig: int, new: int, lowpass_filter_width:
         base = (j * orig) // new
         frac = (j * orig % new).to(torch.float64) / new
         index = base[:, None] + offsets[None, :]  # (n, taps) input samples around each output instant
-        t = (offsets[None, :] - frac[:, None]) * scale  # distance in zero crossings of the filter
-        window = torch.where(
-            t.abs() <= lowpass_filter_width, torch.cos(t * (math.pi / (2 * lowpass_filter_width))) ** 2, 0.0
-        )
-        weight = torch.sinc(t) * window * scale * ((index >= 0) & (index < length))  # zero padding outside
+        weight = _windowed_sinc(offsets[None, :] - frac[:, None], scale, lowpass_filter_width)
+        weight = weight * ((index >= 0) & (index < length))  # zero padding outside the input
         taps = x[:, index.clamp(0, max(length - 1, 0)).reshape(-1)].reshape(rows, *index.shape)
         out[:, start : start + j.shape[0]] = (taps * weight.to(x.dtype)).sum(-1)
     return out
