@@ -315,7 +315,7 @@ def test_ops_run_without_host_sync_on_cuda():
         moved = _all_ops(x, spec, image, target, draws.to(dev), boxes.to(dev), mix.to(dev))
         warped = speed_perturb(random_roll(x, gen(4)), generator=gen(5))
         also = random_erase(warped.reshape(4, 16, 16), generator=gen(6))
-        mixed = mixup(image, target, generator=gen(7))
+        mixed = mixup(image, target, 0.8, 0.1, generator=gen(7))
     finally:
         torch.cuda.set_sync_debug_mode(0)
     for a, b in zip(moved, cpu):  # the same draws give the same result on either device

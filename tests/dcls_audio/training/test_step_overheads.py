@@ -69,13 +69,21 @@ def test_host_copies_give_the_newest_finished_value_and_keep_a_bounded_queue():
         HostCopies(keep=0)
 
 
+def _warm_pinned_cache(nbytes: int, count: int = 4) -> None:
+    """Leave ``count`` freed pinned blocks in torch's host-memory cache, as a running training
+    loop has them: allocating a new pinned block (cudaHostAlloc) waits for the device."""
+    blocks = [torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(count)]
+    del blocks
+
+
 @cuda
 def test_host_copies_on_cuda_never_wait_for_the_device():
     copies = HostCopies()
     copies.push(torch.tensor(1.0, device="cuda"))
+    value = torch.tensor(2.0, device="cuda")  # made before the sleep: this H2D copy would wait
+    _warm_pinned_cache(8)
     torch.cuda.synchronize()
     torch.cuda._sleep(200_000_000)  # the device is busy for a while (~0.1 s)
-    value = torch.tensor(2.0, device="cuda")
     copies.push(value)
     assert float(copies.latest()) == 1.0  # the second copy is queued behind the sleep
     torch.cuda.synchronize()
@@ -162,6 +170,7 @@ def test_the_copier_walks_the_batch_on_the_cpu():
 def test_the_copier_overlaps_the_busy_compute_stream_and_orders_the_step_after_it():
     batch = _batch()
     copier = SideStreamCopier()
+    _warm_pinned_cache(batch["waveform"].nbytes)
     torch.cuda.synchronize()
     torch.cuda._sleep(200_000_000)  # compute stream busy
     moved = copier(batch, torch.device("cuda"))
