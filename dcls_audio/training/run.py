@@ -56,6 +56,7 @@ from .run_dir import (
     release_claim,
     resolve_run_dir,
 )
+from .stop_agreement import StopAgreement
 from .threads import set_cpu_training_threads
 
 __all__ = [
@@ -121,8 +122,13 @@ class StopOnSignal(Callback):
     and a resumed run would skip it). A second SIGINT ends the process at once with one line
     and exit status 130 (no checkpoint; the previous ``last.ckpt`` stays, and a half-written
     temporary is removed when the run is started again). Lightning's handler runs at most once
-    per process: under DDP rank 0 also sends SIGTERM to the other ranks, which may have had a
-    signal of their own.
+    per process.
+
+    With several processes (DDP) the signal only records the request: the ranks agree on it
+    through a lagged CPU all-reduce after each training batch (:mod:`.stop_agreement`) and all
+    stop after the same step, whichever rank had the signal; Lightning's own per-step device
+    broadcast of the flag (a host sync every step) and its collective inside the signal handler
+    are left out.
     """
 
     def __init__(self, checkpoint_path: Path) -> None:
@@ -131,10 +137,16 @@ class StopOnSignal(Callback):
         self._previous: dict[int, Any] = {}
         self._deferred = False
         self._forwarded = False
+        self._agreement: StopAgreement | None = None
+        self._requested = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # here, not in setup: Lightning installs its SIGTERM handler between the two
-        self._deferred = self._forwarded = False
+        self._deferred = self._forwarded = self._requested = False
+        self._agreement = StopAgreement.create() if trainer.world_size > 1 else None
+        if self._agreement is not None:
+            # Lightning's per-step device broadcast of rank 0's flag: replaced by the agreement
+            trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = _no_broadcast
         self._lightning_sigterm = signal.getsignal(signal.SIGTERM)
         try:
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -150,12 +162,22 @@ class StopOnSignal(Callback):
                     "\nInterrupt: stopping after this step and saving a checkpoint "
                     "(press Ctrl-C again to abort without saving)"
                 )
-            if trainer.validating:
+            if self._agreement is not None:
+                self._requested = True  # agreed on after a training batch (no collective here)
+            elif trainer.validating:
                 self._deferred = True
             else:
                 self._forward(frame)
 
         return handler
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._agreement is not None and self._agreement.step(self._requested):
+            # every rank reads the agreed stop after the same batch; Lightning raises its
+            # SIGTERMException at the end of this batch (after a validation due here)
+            trainer._signal_connector.received_sigterm = True
 
     def _forward(self, frame: Any) -> None:
         """Hand the stop to Lightning's SIGTERM handler, once: a second call would start its
@@ -173,16 +195,30 @@ class StopOnSignal(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
+        self._close_agreement()
         if isinstance(exception, SIGTERMException) and not trainer.sanity_checking and not _epoch_ended(trainer):
             trainer.save_checkpoint(self.checkpoint_path)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close_agreement()
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
+        self._close_agreement()
+
+    def _close_agreement(self) -> None:
+        if self._agreement is not None:
+            self._agreement.close()
+            self._agreement = None
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+
+
+def _no_broadcast() -> None:
+    """Stands in for Lightning's per-step SIGTERM broadcast (see :class:`StopOnSignal`)."""
 
 
 def _abort(signum: int, frame: Any) -> None:

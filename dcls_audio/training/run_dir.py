@@ -18,8 +18,10 @@ The choice (:func:`resolve_run_dir`):
 
 Processes of one multi-process run agree on rank 0's choice: ranks that Lightning launches
 itself inherit it in :data:`RUN_DIR_ENV` / :data:`RESUME_ENV`; ranks started by torchrun
-(``RANK``, ``WORLD_SIZE``) or SLURM (``SLURM_PROCID``, ``SLURM_NTASKS``) read it from a hand-off
-file that rank 0 writes into ``<output_dir>/<name>/`` (named after the job), waiting up to
+(``RANK``, ``WORLD_SIZE``) read it from torchrun's job store (the agent's TCP store, which
+lives as long as the job: a key per restart, never another job's), and ranks started by SLURM
+(``SLURM_PROCID``, ``SLURM_NTASKS``) or a launcher without such a store from a hand-off file
+that rank 0 writes into ``<output_dir>/<name>/`` (named after the job), waiting up to
 :data:`RANK_WAIT_ENV` seconds (default 600) for it. Only rank 0 locks the directory.
 """
 
@@ -248,20 +250,56 @@ def launcher_rank() -> tuple[int, int, str] | None:
     return None
 
 
+def _job_store(timeout_s: float):
+    """A client of torchrun's job store (hosted by its agent for the job's life), or None when
+    this process was not started by torchrun with one."""
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not env.get("MASTER_ADDR") or not env.get("MASTER_PORT"):
+        return None
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    return dist.TCPStore(
+        env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=timeout_s)
+    )
+
+
+def _store_key() -> str:
+    return f"dcls_audio/run_dir/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
 def _handoff_path(root: Path, key: str) -> Path:
     return root / f".rank0-{re.sub(r'[^A-Za-z0-9_.-]', '_', key)}.json"
 
 
+def _claim_from_json(text: str | bytes) -> RunClaim:
+    chosen = json.loads(text)
+    resume = chosen.get("resume_from")
+    return RunClaim(Path(chosen["run_dir"]), Path(resume) if resume else None)
+
+
+def _claim_json(claim: RunClaim) -> str:
+    return json.dumps({"run_dir": str(claim.run_dir), "resume_from": str(claim.resume_from or "") or None})
+
+
 def _read_handoff(root: Path, key: str) -> RunClaim:
-    path = _handoff_path(root, key)
     limit = float(os.environ.get(RANK_WAIT_ENV, "600"))
+    store = _job_store(limit)
+    if store is not None:
+        try:
+            return _claim_from_json(store.get(_store_key()))
+        except RuntimeError as err:  # the store's timeout (DistStoreError)
+            raise TimeoutError(
+                f"rank 0 did not name the run directory in torchrun's job store within {limit:g} s "
+                f"(set {RANK_WAIT_ENV} to wait longer): {err}"
+            ) from None
+    path = _handoff_path(root, key)
     deadline = time.monotonic() + limit
     while True:
         try:
             if path.stat().st_mtime >= _IMPORTED_AT - _HANDOFF_SLACK_S:
-                chosen = json.loads(path.read_text())
-                resume = chosen.get("resume_from")
-                return RunClaim(Path(chosen["run_dir"]), Path(resume) if resume else None)
+                return _claim_from_json(path.read_text())
         except (OSError, ValueError, KeyError):
             pass
         if time.monotonic() > deadline:
@@ -272,11 +310,13 @@ def _read_handoff(root: Path, key: str) -> RunClaim:
         time.sleep(0.2)
 
 
-def _write_handoff(root: Path, key: str, claim: RunClaim) -> Path:
-    path = _handoff_path(root, key)
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps({"run_dir": str(claim.run_dir), "resume_from": str(claim.resume_from or "") or None}))
-    return path
+def _write_handoff(root: Path, key: str, claim: RunClaim) -> None:
+    store = _job_store(float(os.environ.get(RANK_WAIT_ENV, "600")))
+    if store is not None:
+        store.set(_store_key(), _claim_json(claim))
+        return
+    with atomic_output(_handoff_path(root, key)) as tmp:
+        tmp.write_text(_claim_json(claim))
 
 
 # ----------------------------------------------------------------------------- claim

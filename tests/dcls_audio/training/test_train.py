@@ -445,14 +445,15 @@ def test_refused_resume_lists_missing_unexpected_and_reshaped_keys(tmp_path):
 
 
 def test_stop_signal_reaches_lightnings_handler_once_per_process(tmp_path):
-    """Under DDP a rank can get SIGTERM twice (its own and rank 0's); Lightning's handler,
-    which on rank 0 signals the other ranks, must run once."""
+    """A process can get SIGTERM twice (a launcher's and the user's); Lightning's handler, which
+    starts the stop (and signals the processes its launcher started), must run once. (Several
+    ranks agree on a stop instead: test_ddp_stop.py.)"""
     from types import SimpleNamespace
 
     from dcls_audio.training.run import StopOnSignal
 
     calls = []
-    trainer = SimpleNamespace(validating=False)
+    trainer = SimpleNamespace(validating=False, world_size=1)
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
     try:
         stopper = StopOnSignal(tmp_path / "last.ckpt")
@@ -463,7 +464,7 @@ def test_stop_signal_reaches_lightnings_handler_once_per_process(tmp_path):
         stopper.teardown(trainer, None, "fit")
 
         calls.clear()  # the same in a new fit, with the first signal during validation
-        stopper.on_train_start(SimpleNamespace(validating=True), None)
+        stopper.on_train_start(SimpleNamespace(validating=True, world_size=1), None)
         signal.raise_signal(signal.SIGTERM)
         assert calls == []
         stopper.on_validation_end(trainer, None)
