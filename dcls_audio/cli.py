@@ -286,15 +286,26 @@ def _add_models_parser(subparsers) -> None:
         import json
 
         from .models import describe_models, format_parameter_table, parameter_table
+        from .models.released import cache_dir, local_released_file
 
         rows = parameter_table() if args.params else describe_models()
+        if not args.params:
+            for row in rows:
+                local = local_released_file(row["model"]) if row["released"] else None
+                row["local"] = str(local) if local else None
         if args.json:
             print(json.dumps(rows, indent=2))
         elif args.params:
             print(format_parameter_table(rows))
         else:
+            table = [("model", "description", "local file", "released file")]
             for row in rows:
-                print(f"{row['model']:<28} {row['description']:<38} {row['released'] or '(no released file)'}")
+                local = row["local"] or ("not downloaded" if row["released"] else "-")
+                table.append((row["model"], row["description"], local, row["released"] or "(no released file)"))
+            widths = [max(len(r[i]) for r in table) for i in range(3)]
+            for r in table:
+                print("  ".join(f"{cell:<{w}}" for cell, w in zip(r, widths)) + "  " + r[3])
+            print(f"Released files are downloaded on first use (-c NAME) into {cache_dir()} ($DCLS_AUDIO_CHECKPOINTS)")
         return 0
 
     parser.set_defaults(func=run)

@@ -36,7 +36,7 @@ from ..outputs import atomic_output
 from .dclsify import tied_state_keys
 from .layout import UpstreamLayout
 from .registry import MODEL_SPECS, build_model, get_spec, list_models
-from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
+from .released import RELEASED_CHECKPOINTS, checkpoint_dirs, fetch_released, verify_released
 
 __all__ = [
     "CheckpointContents",
@@ -106,21 +106,31 @@ class CheckpointContents:
 
 
 # ----------------------------------------------------------------------------- reading
-def resolve_checkpoint_path(path_or_name: str | PathLike) -> Path:
-    """A checkpoint file: ``path_or_name`` itself, or ``<name>.pth`` in a checkpoints folder.
+def resolve_checkpoint_path(path_or_name: str | PathLike, download: bool = True, progress: bool = True) -> Path:
+    """A checkpoint file: ``path_or_name`` itself, or ``<name>.pth`` (``.safetensors``,
+    ``.ckpt``) in a checkpoints folder.
 
-    Folders searched: $DCLS_AUDIO_CHECKPOINTS, ./checkpoints, <repo>/checkpoints.
+    Folders searched: $DCLS_AUDIO_CHECKPOINTS, ./checkpoints, <repo>/checkpoints, the download
+    cache. A released model's file found there is checked against its checksum; one found
+    nowhere is downloaded into the cache (``download``; progress bar on stderr with
+    ``progress``) and verified (:func:`~dcls_audio.models.released.fetch_released`).
+    Raises FileNotFoundError, or :class:`~dcls_audio.models.download.DownloadError` (an
+    OSError) when the download or the check fails.
     """
     path = Path(path_or_name).expanduser()
     if path.is_file():
         return path
     name = str(path_or_name)
     if os.sep not in name and "/" not in name:
-        candidates = [name] if path.suffix else [f"{name}.pth", f"{name}.ckpt", name]
+        candidates = [name] if path.suffix else [f"{name}.pth", f"{name}.safetensors", f"{name}.ckpt", name]
         for folder in checkpoint_dirs():
             for candidate in candidates:
                 if (folder / candidate).is_file():
+                    if candidate == f"{name}.pth" and name in RELEASED_CHECKPOINTS:
+                        verify_released(name, folder / candidate)
                     return folder / candidate
+        if download and name in RELEASED_CHECKPOINTS:
+            return fetch_released(name, progress=progress)
     where = ", ".join(str(d) for d in checkpoint_dirs())
     hint = ""
     if name in RELEASED_CHECKPOINTS:
