@@ -156,7 +156,7 @@ def _add_export_parser(subparsers) -> None:
     """``dcls-audio export``: a checkpoint to ONNX or TorchScript (see dcls_audio.export)."""
     parser = subparsers.add_parser(
         "export",
-        help="export a checkpoint to ONNX or TorchScript (DCLS layers folded)",
+        help="export a checkpoint to ONNX or TorchScript (DCLS layers folded), or its weights to safetensors",
         description=(
             "Export a checkpoint with its DCLS layers folded into dense convolutions. With the front end "
             "the model takes (B, 320000) float32 waveforms at 32 kHz, without it (B, 1, 128, 1001) log-mels; "
@@ -166,7 +166,14 @@ def _add_export_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_checkpoint_args(parser, required=True, labels_help="class CSV stored as the exported model's labels")
-    parser.add_argument("-f", "--format", dest="fmt", choices=("onnx", "torchscript"), required=True)
+    parser.add_argument(
+        "-f",
+        "--format",
+        dest="fmt",
+        choices=("onnx", "torchscript", "safetensors"),
+        required=True,
+        help="onnx / torchscript: a runnable graph (DCLS folded); safetensors: the weights (loadable with -c)",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
     frontend = parser.add_mutually_exclusive_group()
     frontend.add_argument(
