@@ -20,10 +20,12 @@ LOSS_KEY = "loss"
 
 
 class TrainProgressBar(TQDMProgressBar):
-    """``TQDMProgressBar`` (same arguments) that adds ``loss`` from ``pl_module.recent_loss``."""
+    """``TQDMProgressBar`` (same arguments) that adds ``loss`` from ``pl_module.recent_loss`` and
+    leaves out ``v_num`` (the first logger's version, e.g. ``_0`` for TensorBoard's empty one)."""
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)  # the logger's version, not the run's (printed as the run directory)
         loss = getattr(pl_module, "recent_loss", None)
         if trainer.training and loss is not None:
             items[LOSS_KEY] = f"{loss:.4g}"
