@@ -281,7 +281,8 @@ def write_outputs(module: EvaluationModule, output_dir: Path) -> list[Path]:
     with atomic_output_set(output_dir, names) as tmp:
         tmp["metrics.json"].write_text(text)
         if CHART_FILE in tmp:
-            title = f"{module.info.get('model') or 'model'} on {', '.join(Path(d).name for d in module.info['data'])}"
+            data = ", ".join(Path(d).name for d in module.info.get("data", []))
+            title = f"{module.info.get('model') or 'model'}" + (f" on {data}" if data else "")
             write_per_class_ap_chart(
                 tmp[CHART_FILE], module.result.ap.numpy(), [c.display_name for c in module.classes], title
             )

@@ -185,7 +185,9 @@ def run_infer(
                 failures += _write_results(
                     results, sink, stdout, stderr, bar, show_bar, loaded.labels, fmt, k, show_windows, timelines
                 )
+            bar.close()  # gone before the next lines
             print(f"dcls-audio infer: wrote {output}", file=stderr)
+        bar.close()
         if plot is not None and timelines:
             with atomic_output(plot) as tmp:
                 write_timelines(tmp, timelines, loaded.labels, top=plot_classes)

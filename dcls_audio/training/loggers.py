@@ -7,7 +7,9 @@
   without an account (``wandb sync`` uploads later);
 - ``mlflow``: MLflow (extra ``mlflow``, the ``mlflow-skinny`` client), experiment ``<run.name>``,
   run ``version_N``, tracking store ``$MLFLOW_TRACKING_URI`` or the local folder
-  ``<run.output_dir>/<run.name>/mlruns`` (``mlflow ui --backend-store-uri`` that folder).
+  ``<run.output_dir>/<run.name>/mlruns`` (MLflow 3 keeps file stores in maintenance mode: this
+  sets ``MLFLOW_ALLOW_FILE_STORE=true`` for the run; a server or database is named by
+  ``$MLFLOW_TRACKING_URI``; view the folder with ``mlflow ui --backend-store-uri file://...``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ def build_loggers(names: Sequence[str], run_dir: Path, run_name: str) -> list[Lo
                 )
             )
         elif name == "mlflow":
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir.parent / "mlruns").resolve().as_uri()
+            uri = os.environ.get("MLFLOW_TRACKING_URI")
+            if not uri:  # the local file store, which MLflow 3 uses only when told (no database needed)
+                uri = (run_dir.parent / "mlruns").resolve().as_uri()
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             loggers.append(MLFlowLogger(experiment_name=run_name, run_name=run_dir.name, tracking_uri=uri))
     return loggers
