@@ -214,8 +214,8 @@ def build_datamodule(cfg: TrainConfig) -> tuple[AudioSetDataModule, list[str]]:
     data = cfg.data
     train_files, val_files = list(data.train_files), list(data.val_files)
     if not train_files:
-        _say("No data.train_files given: using the built-in demo data (generated on first use)")
         train_h5, eval_h5 = ensure_demo_data()
+        _say(f"No data.train_files given: using the built-in demo data in {train_h5.parent} (made on first use)")
         train_files, val_files = [str(train_h5)], [str(eval_h5)]
     dm = AudioSetDataModule(
         train_files=train_files,
