@@ -77,6 +77,7 @@ def download_file(
     ``checksum``: the expected ``"<algorithm>:<hex>"``, or None to accept any content (the
     caller records the returned hash). ``hint`` ends every error message (e.g. where to put
     the file by hand). ``target`` appears only once the whole file arrived and verified.
+    ``progress``: a bar on stderr when it is a terminal.
     """
     target = Path(target)
     expected = parse_checksum(checksum) if checksum else None
@@ -108,7 +109,7 @@ def download_file(
                         unit_divisor=1024,
                         desc=target.name,
                         file=sys.stderr,
-                        disable=not progress,
+                        disable=None if progress else True,  # None: shown on a terminal only
                         leave=False,
                     ) as bar:
                         for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):

@@ -21,7 +21,17 @@ LOSS_KEY = "loss"
 
 class TrainProgressBar(TQDMProgressBar):
     """``TQDMProgressBar`` (same arguments) that adds ``loss`` from ``pl_module.recent_loss`` and
-    leaves out ``v_num`` (the first logger's version, e.g. ``_0`` for TensorBoard's empty one)."""
+    leaves out ``v_num`` (the first logger's version, e.g. ``_0`` for TensorBoard's empty one);
+    the validation bar is "Validation" like the epoch bar's "Epoch N" (no "DataLoader 0" for
+    the one validation loader)."""
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        super().on_validation_batch_start(trainer, pl_module, *args, **kwargs)
+        desc = self.val_progress_bar.desc
+        if desc.endswith(" DataLoader 0"):  # our runs have one validation loader
+            self.val_progress_bar.set_description(desc[: -len(" DataLoader 0")])
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
