@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 
 __all__ = ["LOSS_KEY", "TrainProgressBar"]
 
@@ -26,12 +27,21 @@ class TrainProgressBar(TQDMProgressBar):
     the one validation loader)."""
 
     def on_validation_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
-        super().on_validation_batch_start(trainer, pl_module, *args, **kwargs)
-        desc = self.val_progress_bar.desc
-        if desc.endswith(" DataLoader 0"):  # our runs have one validation loader
-            self.val_progress_bar.set_description(desc[: -len(" DataLoader 0")])
+        """Lightning's own, but the bar is named "Validation" (not "Validation DataLoader 0")."""
+        if not self.has_dataloader_changed(dataloader_idx):
+            return
+        self.val_progress_bar.reset()
+        self.val_progress_bar.total = convert_inf(self.total_val_batches_current_dataloader)
+        self.val_progress_bar.initial = 0
+        desc = self.sanity_check_description if trainer.sanity_checking else self.validation_description
+        self.val_progress_bar.set_description(desc if dataloader_idx == 0 else f"{desc} {dataloader_idx}")
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)

@@ -83,7 +83,7 @@ def test_run_with_all_loggers_prints_map_and_logs_figures(tiny_data, tmp_path, m
     for (epoch, _, m_ap), (logged_epoch, _, logged_map) in zip(printed, logged):
         assert epoch == logged_epoch and float(m_ap) == pytest.approx(logged_map, abs=5e-5)
     assert "Tip:" not in captured.out + captured.err and "LeafSpec" not in captured.err
-    assert "v_num" not in captured.out  # Lightning's bar writes to stdout
+    assert "v_num" not in captured.out and "Validation DataLoader" not in captured.out  # the bars are on stdout
 
     # TensorBoard: per-class AP (histogram and chart) and PR curves
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
