@@ -39,11 +39,12 @@ train: $(STAMP)
 	$(VENV)/bin/dcls-audio train
 
 # Re-resolve uv.lock (the lock) from pyproject.toml and export it as requirements.lock (what pip
-# installs above, hash-checked); needs the network. A pinned uv is installed into .uv/.
+# installs above, hash-checked); needs the network. A pinned uv is installed into .uv/. The export
+# holds the test extra and the plot extra (matplotlib: the pictures of eval, infer and training).
 lock:
 	test -x .uv/bin/uv || { $(PYTHON) -m venv .uv && .uv/bin/pip install -q uv==$(UV_VERSION); }
 	UV_PYTHON_DOWNLOADS=never .uv/bin/uv lock -p $(PYTHON)
-	UV_PYTHON_DOWNLOADS=never .uv/bin/uv export --frozen --no-emit-project --extra test --group build \
+	UV_PYTHON_DOWNLOADS=never .uv/bin/uv export --frozen --no-emit-project --extra test --extra plot --group build \
 	  --format requirements-txt --no-header -o $(LOCK)
 
 clean:

@@ -13,6 +13,23 @@ __all__ = ["EXIT_BROKEN_PIPE", "build_parser", "main"]
 MIN_ONNX_OPSET, MAX_ONNX_OPSET = 14, 20
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` only where there is a default to show: not on required options,
+    flags, or options whose default is None (their help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.required
+            or action.default in (None, False, argparse.SUPPRESS)
+            or "%(default)" in text
+            or action.nargs == 0  # flags (store_true / store_false / --x/--no-x): the help says it
+            or isinstance(action, argparse.BooleanOptionalAction)
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 def _add_checkpoint_args(parser: argparse.ArgumentParser, required: bool, labels_help: str) -> None:
     """The checkpoint arguments shared by infer, export and eval."""
     parser.add_argument(
@@ -20,8 +37,8 @@ def _add_checkpoint_args(parser: argparse.ArgumentParser, required: bool, labels
         "--checkpoint",
         required=required,
         metavar="C",
-        help="upstream .pth, our Lightning .ckpt or a state_dict, or a model name whose "
-        "<name>.pth sits in checkpoints/",
+        help="upstream .pth, our Lightning .ckpt, a .safetensors file or a state_dict, or a model name: "
+        "<name>.pth in checkpoints/, a released model downloaded on first use (dcls-audio models lists them)",
     )
     parser.add_argument(
         "-m",
@@ -37,6 +54,16 @@ def _add_checkpoint_args(parser: argparse.ArgumentParser, required: bool, labels
         help="read checkpoints that need the full unpickler (can run code from the file: trusted files only)",
     )
     parser.add_argument("--labels", dest="class_csv", metavar="CSV", help=labels_help)
+
+
+def _top_k(value: str) -> int | None:
+    """``--top-k``: a count >= 1, or ``all`` (None: every class)."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or 'all', got {value!r}") from None
 
 
 def _add_infer_parser(subparsers) -> None:
@@ -55,7 +82,7 @@ def _add_infer_parser(subparsers) -> None:
             "Folders and patterns pick up files with these extensions; other files are skipped with a note. "
             "Long files are decoded and tagged window by window in bounded memory."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "inputs",
@@ -76,7 +103,14 @@ def _add_infer_parser(subparsers) -> None:
     parser.add_argument(
         "--aggregate", choices=("max", "mean"), default="max", help="how window scores make the file score"
     )
-    parser.add_argument("-k", "--top-k", type=int, default=5, help="classes listed per file and window")
+    parser.add_argument(
+        "-k",
+        "--top-k",
+        type=_top_k,
+        default=5,
+        metavar="K",
+        help="classes listed per file and window; 'all': every class score",
+    )
     parser.add_argument(
         "-f", "--format", dest="fmt", choices=("table", "json", "csv"), default="table", help="output format"
     )
@@ -117,6 +151,13 @@ def _add_infer_parser(subparsers) -> None:
         default=None,
         help="progress bar on stderr (default: for several files on a terminal)",
     )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw each file's top classes over time (window scores as a heat map) into this PNG; "
+        "needs matplotlib (pip install 'dcls-audio[plot]')",
+    )
+    parser.add_argument("--plot-classes", type=int, default=10, metavar="N", help="classes drawn per file by --plot")
 
     def run(args: argparse.Namespace) -> int:
         from .inference.app import run_infer
@@ -147,6 +188,8 @@ def _add_infer_parser(subparsers) -> None:
             channels_last=args.channels_last,
             progress=args.progress,
             overwrite=args.overwrite,
+            plot=args.plot,
+            plot_classes=args.plot_classes,
         )
 
     parser.set_defaults(func=run)
@@ -156,17 +199,24 @@ def _add_export_parser(subparsers) -> None:
     """``dcls-audio export``: a checkpoint to ONNX or TorchScript (see dcls_audio.export)."""
     parser = subparsers.add_parser(
         "export",
-        help="export a checkpoint to ONNX or TorchScript (DCLS layers folded)",
+        help="export a checkpoint to ONNX or TorchScript (DCLS layers folded), or its weights to safetensors",
         description=(
             "Export a checkpoint with its DCLS layers folded into dense convolutions. With the front end "
             "the model takes (B, 320000) float32 waveforms at 32 kHz, without it (B, 1, 128, 1001) log-mels; "
             "it returns (B, C) sigmoid scores (or logits). ONNX computes the STFT as a convolution with a DFT "
             "basis. The exported file is checked against PyTorch on a probe batch."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_checkpoint_args(parser, required=True, labels_help="class CSV stored as the exported model's labels")
-    parser.add_argument("-f", "--format", dest="fmt", choices=("onnx", "torchscript"), required=True)
+    parser.add_argument(
+        "-f",
+        "--format",
+        dest="fmt",
+        choices=("onnx", "torchscript", "safetensors"),
+        required=True,
+        help="onnx / torchscript: a runnable graph (DCLS folded); safetensors: the weights (loadable with -c)",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
     frontend = parser.add_mutually_exclusive_group()
     frontend.add_argument(
@@ -237,7 +287,7 @@ def _add_pack_parser(subparsers) -> None:
             "Unreadable files and files without labels are listed and skipped. The output is written under a "
             "temporary name and renamed when complete."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder searched recursively for audio files")
     parser.add_argument("labels_csv", metavar="LABELS_CSV", help="AudioSet segments CSV")
@@ -277,7 +327,7 @@ def _add_models_parser(subparsers) -> None:
             "With --params each model is built and its parameter count (shared DCLS positions counted once) is "
             "shown next to the upstream count and the count with a 1000-class head (the paper's table)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--params", action="store_true", help="build each model and count its parameters")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -286,18 +336,37 @@ def _add_models_parser(subparsers) -> None:
         import json
 
         from .models import describe_models, format_parameter_table, parameter_table
+        from .models.released import cache_dir, local_released_file
 
         rows = parameter_table() if args.params else describe_models()
+        if not args.params:
+            for row in rows:
+                local = local_released_file(row["model"]) if row["released"] else None
+                row["local"] = str(local) if local else None
         if args.json:
             print(json.dumps(rows, indent=2))
         elif args.params:
             print(format_parameter_table(rows))
         else:
+            table = [("model", "description", "local file", "released file")]
             for row in rows:
-                print(f"{row['model']:<28} {row['description']:<38} {row['released'] or '(no released file)'}")
+                local = row["local"] or ("not downloaded" if row["released"] else "-")
+                table.append((row["model"], row["description"], local, row["released"] or "(no released file)"))
+            widths = [max(len(r[i]) for r in table) for i in range(3)]
+            for r in table:
+                print("  ".join(f"{cell:<{w}}" for cell, w in zip(r, widths)) + "  " + r[3])
+            print(f"Released files are downloaded on first use (-c NAME) into {cache_dir()} ($DCLS_AUDIO_CHECKPOINTS)")
         return 0
 
     parser.set_defaults(func=run)
+
+
+def _config_metavar(type_name: str) -> str:
+    """How a config field's value is shown in ``train --help``: choices as they are typed
+    (``{uniform,balanced}``), plain types in capitals (``INT``), unions as ``VALUE``."""
+    if "{" in type_name:
+        return type_name.replace("list[", "").rstrip("]") + ",..." if type_name.startswith("list[") else type_name
+    return type_name.upper() if " " not in type_name else "VALUE"
 
 
 def _add_train_parser(subparsers) -> None:
@@ -332,9 +401,9 @@ def _add_train_parser(subparsers) -> None:
         fields.add_argument(
             f"--{key}",
             dest=key,
-            metavar=type_name.upper() if " " not in type_name else "VALUE",
+            metavar=_config_metavar(type_name),
             default=argparse.SUPPRESS,
-            help=f"{help_text} [{type_name}]",
+            help=help_text if "{" in type_name else f"{help_text} [{type_name}]",  # choices show in the metavar
         )
 
     def run(args: argparse.Namespace) -> int:
@@ -351,6 +420,9 @@ def _add_train_parser(subparsers) -> None:
             return 0
         try:
             check_machine(cfg)
+            from .training.loggers import check_logger_packages
+
+            check_logger_packages(cfg.trainer.logger)
         except ConfigError as err:
             print(f"dcls-audio train: error: {err}", file=sys.stderr)
             return 2
@@ -394,9 +466,10 @@ def _add_eval_parser(subparsers) -> None:
             "Score every clip of the HDF5 file(s) with a checkpoint (ours, a released upstream .pth or a "
             "state_dict) and print mAP, mAUC, d-prime and the numbers of clips and scored classes (classes "
             "without positive or negative clips are left out of the means and counted). With --output-dir, "
-            "writes metrics.json, per_class.csv and predictions.npz there. Exact on any number of devices."
+            "writes metrics.json, per_class.csv, predictions.npz and the per-class AP chart per_class_ap.png "
+            "(with matplotlib) there. Exact on any number of devices."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_checkpoint_args(parser, required=True, labels_help="class CSV (index,mid,display_name); default: AudioSet's")
     parser.add_argument("-d", "--data", required=True, nargs="+", metavar="F.h5", help="HDF5 file(s) to score")
@@ -404,13 +477,13 @@ def _add_eval_parser(subparsers) -> None:
         "-o",
         "--output-dir",
         metavar="D",
-        help="write metrics.json, per_class.csv, predictions.npz into this folder (other files "
-        "there are left alone; the three are replaced together, and only with --overwrite)",
+        help="write metrics.json, per_class.csv, predictions.npz, per_class_ap.png into this folder (other "
+        "files there are left alone; these are replaced together, and only with --overwrite)",
     )
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace metrics.json, per_class.csv and predictions.npz in D if they exist",
+        help="replace metrics.json, per_class.csv, predictions.npz and per_class_ap.png in D if they exist",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="clips per device and batch")
     parser.add_argument("--num-workers", type=int, default=2, help="data loader workers per device")
@@ -456,10 +529,48 @@ def _add_eval_parser(subparsers) -> None:
         if is_main:
             print(format_metrics(result))
             if out is not None:
-                print(f"Wrote {out / 'metrics.json'}, {out / 'per_class.csv'}, {out / 'predictions.npz'}")
+                from .evaluation.evaluate import CHART_FILE, OUTPUT_FILES, chart_available
+
+                names = [n for n in OUTPUT_FILES if n != CHART_FILE or chart_available()]
+                print("Wrote " + ", ".join(str(out / n) for n in names))
+                if not chart_available():
+                    from .plots import PLOT_EXTRA_HINT
+
+                    print(
+                        f"dcls-audio eval: note: no {CHART_FILE} without matplotlib: {PLOT_EXTRA_HINT}", file=sys.stderr
+                    )
         return 0
 
     parser.set_defaults(func=run)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dcls-audio")
+    except PackageNotFoundError:  # a checkout that was never installed
+        return "(not installed)"
+
+
+def _unknown_config_key(argv: list[str]) -> str | None:
+    """``train``'s error line for the first ``--section.key`` on ``argv`` that is no config
+    field (with a did-you-mean), or None. argparse would print only its usage line."""
+    from .training.config import config_keys
+
+    keys = config_keys()
+    for arg in argv:
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            continue
+        key = arg[2:].split("=", 1)[0]
+        if key in keys:
+            continue
+        import difflib
+
+        close = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)
+        hint = f" (did you mean --{close[0]}?)" if close else " (dcls-audio train --help lists the keys)"
+        return f"dcls-audio train: error: unknown config key --{key}{hint}"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -467,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dcls-audio",
         description="Audio tagging with Dilated Convolution with Learnable Spacings (DCLS).",
     )
+    parser.add_argument("--version", action="version", version=f"dcls-audio {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_infer_parser(subparsers)
     _add_export_parser(subparsers)
@@ -487,13 +599,23 @@ def main(argv: list[str] | None = None) -> int:
     """
     command = "dcls-audio"
     try:
+        args_list = sys.argv[1:] if argv is None else list(argv)
+        if args_list[:1] == ["train"]:
+            problem = _unknown_config_key(args_list[1:])
+            if problem:
+                print(problem, file=sys.stderr)
+                return 2
         parser = build_parser()
-        args = parser.parse_args(argv)  # --help prints here
+        args = parser.parse_args(args_list)  # --help prints here
         if args.command is None:
             parser.print_help()
             code = 0
         else:
             command = f"dcls-audio {args.command}"
+            if args.command in ("train", "eval"):
+                from .console import quiet_lightning
+
+                quiet_lightning()
             code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code

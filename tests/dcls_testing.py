@@ -120,3 +120,11 @@ def check_depthwise_against_float64(conv, shape, mode: str, tol: float) -> dict:
     errors.update({n: rel_err(a.cpu(), r) for n, a, r in zip(("input", "kernel", "bias"), grads, want_grads)})
     assert all(e < tol for e in errors.values()), errors
     return errors
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) in pixels of a PNG file, read from its IHDR chunk (no image library)."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG file"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")

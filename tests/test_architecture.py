@@ -81,3 +81,9 @@ def test_public_modules_declare_all_and_it_names_what_they_define():
             module = importlib.import_module(name)
             missing = [name for name in module.__all__ if not hasattr(module, name)]
             assert not missing, f"{path.relative_to(ROOT)}: __all__ names {missing} it does not define"
+
+
+def test_plots_is_a_leaf():
+    """The pictures take plain arrays: no torch, Lightning or other layers of the package."""
+    forbidden = ("dcls_audio.data", "dcls_audio.features", "dcls_audio.models", "torch", "lightning", *ABOVE_DATA)
+    assert not _violations(("dcls_audio.plots",), forbidden)

@@ -13,7 +13,9 @@ computed on the complete set (see :mod:`dcls_audio.evaluation.metrics`). Outputs
 - ``predictions.npz``: ``audio_name`` (N,), ``scores`` (N, C) sigmoid probabilities float32,
   ``target`` (N, C) uint8, ``index`` (N,) clip index, ``logits`` (N, C) float32; rows in clip
   order. Metrics are computed from the logits (same ranking as the scores, without the
-  float32 saturation of the sigmoid).
+  float32 saturation of the sigmoid);
+- ``per_class_ap.png``: the per-class AP chart (classes sorted by AP, names readable; see
+  :mod:`dcls_audio.plots.per_class`), when matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -33,12 +35,24 @@ from ..data import AudioSetDataModule, ClassInfo
 from ..features import LogMelFrontEnd
 from ..models import load_checkpoint, resolve_checkpoint_path
 from ..outputs import OutputError, atomic_output_set, ensure_writable_dir, same_file
+from ..plots.per_class import write_per_class_ap_chart
 from .metrics import AudioSetMetrics, TaggingMetrics
 
-__all__ = ["NonFiniteScoresError", "EvaluationModule", "OUTPUT_FILES", "evaluate", "format_metrics", "write_outputs"]
+__all__ = [
+    "CHART_FILE",
+    "NonFiniteScoresError",
+    "EvaluationModule",
+    "OUTPUT_FILES",
+    "chart_available",
+    "evaluate",
+    "format_metrics",
+    "write_outputs",
+]
 
-#: the files ``eval -o DIR`` writes, as one set (see :func:`write_outputs`)
-OUTPUT_FILES = ("metrics.json", "per_class.csv", "predictions.npz")
+#: the files ``eval -o DIR`` writes, as one set (see :func:`write_outputs`); the chart only
+#: with matplotlib (the ``plot`` extra)
+OUTPUT_FILES = ("metrics.json", "per_class.csv", "predictions.npz", "per_class_ap.png")
+CHART_FILE = "per_class_ap.png"
 
 
 class NonFiniteScoresError(ValueError):
@@ -69,6 +83,7 @@ class EvaluationModule(L.LightningModule):
         self.output_dir = output_dir
         self.info = info or {}
         self.result: TaggingMetrics | None = None
+        self.written: list[Path] = []
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.net(self.front_end(batch["waveform"]))
@@ -85,7 +100,7 @@ class EvaluationModule(L.LightningModule):
         self.indices, self.logits, self.targets = indices.cpu(), logits.cpu(), targets.cpu()
         self.audio_names = [dataset.audio_name(i) for i in self.indices.tolist()]
         if self.output_dir is not None and self.trainer.is_global_zero:
-            write_outputs(self, self.output_dir)
+            self.written = write_outputs(self, self.output_dir)
 
     def _raise_if_not_finite(self, dataset: Any) -> None:
         indices, logits, _ = self.metric.gathered()
@@ -237,12 +252,20 @@ def evaluate(
     return module.result, out, trainer.is_global_zero
 
 
+def chart_available() -> bool:
+    """Whether matplotlib (the ``plot`` extra) is installed, so ``eval -o`` draws its chart."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _json_number(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_outputs(module: EvaluationModule, output_dir: Path) -> None:
-    """Write ``metrics.json``, ``per_class.csv`` and ``predictions.npz`` (module docstring).
+def write_outputs(module: EvaluationModule, output_dir: Path) -> list[Path]:
+    """Write ``metrics.json``, ``per_class.csv``, ``predictions.npz`` and, with matplotlib,
+    ``per_class_ap.png`` (module docstring); returns the paths written.
 
     The three are written as one set (:func:`~dcls_audio.outputs.atomic_output_set`):
     all into a temporary folder inside ``output_dir``, then renamed into place, so an error, a
@@ -254,8 +277,15 @@ def write_outputs(module: EvaluationModule, output_dir: Path) -> None:
         json.dumps({**summary, **{k: _json_number(v) for k, v in module.info.items()}}, indent=2, allow_nan=False)
         + "\n"
     )
-    with atomic_output_set(output_dir, OUTPUT_FILES) as tmp:
+    names = [n for n in OUTPUT_FILES if n != CHART_FILE or chart_available()]
+    with atomic_output_set(output_dir, names) as tmp:
         tmp["metrics.json"].write_text(text)
+        if CHART_FILE in tmp:
+            data = ", ".join(Path(d).name for d in module.info.get("data", []))
+            title = f"{module.info.get('model') or 'model'}" + (f" on {data}" if data else "")
+            write_per_class_ap_chart(
+                tmp[CHART_FILE], module.result.ap.numpy(), [c.display_name for c in module.classes], title
+            )
         with open(tmp["per_class.csv"], "w", newline="") as fh:
             _write_per_class(csv.writer(fh), module.result, module.classes)
         with open(tmp["predictions.npz"], "wb") as fh:
@@ -267,6 +297,7 @@ def write_outputs(module: EvaluationModule, output_dir: Path) -> None:
                 index=module.indices.numpy(),
                 logits=module.logits.float().numpy(),
             )
+    return [output_dir / name for name in names]
 
 
 def _write_per_class(writer: Any, result: TaggingMetrics, classes: list[ClassInfo]) -> None:

@@ -29,11 +29,13 @@ from ..data import CLIP_SAMPLES, SAMPLE_RATE
 from ..features import LogMelFrontEnd
 from ..features.onnx_logmel import ConvLogMel
 from ..models import dcls_layers, fold_dcls
+from ..models.safetensors_io import save_safetensors
 from ..outputs import atomic_output, check_output_path
 
 __all__ = [
     "DEFAULT_OPSET",
     "EXPORT_FORMATS",
+    "GRAPH_FORMATS",
     "ExportReport",
     "ExportedTagger",
     "LOGMEL_SHAPE",
@@ -50,7 +52,8 @@ __all__ = [
     "run_exported",
 ]
 
-EXPORT_FORMATS = ("onnx", "torchscript")
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+GRAPH_FORMATS = ("onnx", "torchscript")  # a runnable graph; safetensors holds the weights only
 METADATA_KEY = "dcls_audio"
 LOGMEL_SHAPE = (1, 128, 1001)
 DEFAULT_OPSET = 17
@@ -77,8 +80,8 @@ def build_exported_tagger(
     model: nn.Module, fmt: str, with_frontend: bool = True, logits: bool = False
 ) -> ExportedTagger:
     """A folded, eval-mode, CPU fp32 copy of ``model`` wrapped with the front end ``fmt`` needs."""
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    if fmt not in GRAPH_FORMATS:
+        raise ValueError(f"export format must be one of {GRAPH_FORMATS}, got {fmt!r}")
     model = copy.deepcopy(model).eval().float().cpu()
     fold_dcls(model)
     frontend = None
@@ -308,6 +311,14 @@ def run_export(
         )
         if checkpoint_file is None:
             check_output_path(output, inputs, overwrite=overwrite, what="--output")
+        if fmt == "safetensors":
+            path, tied = save_safetensors(loaded.model, output, loaded.labels)
+            print(
+                f"wrote {path}: {loaded.model_name} weights ({len(loaded.labels)} classes, DCLS layers kept, "
+                f"{tied} shared P/SIG keys stored once); load it with -c {path}",
+                file=stdout,
+            )
+            return 0
         report = export_model(
             loaded.model,
             output,

@@ -18,10 +18,13 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..outputs import OutputError, atomic_output, check_output_path
+from ..plots.backend import PlotUnavailable, require_matplotlib
+from ..plots.timeline import TimelineData, write_timelines
 from .inputs import expand_inputs
 from .loader import load_tagging_model
 from .output import (
@@ -51,15 +54,19 @@ class SetupError(ValueError):
     """A problem found before any file is tagged (options, checkpoint, model name)."""
 
 
-def _check_options(hop_s: float, aggregate: str, top_k: int, batch_size: int, fmt: str, precision: str) -> None:
+def _check_options(
+    hop_s: float, aggregate: str, top_k: int | None, batch_size: int, fmt: str, precision: str, plot_classes: int
+) -> None:
     try:
         check_hop(hop_s, what="--hop")
     except ValueError as exc:
         raise SetupError(str(exc)) from None
     if aggregate not in AGGREGATIONS:
         raise SetupError(f"--aggregate must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
-    if top_k < 1:
-        raise SetupError(f"--top-k must be at least 1, got {top_k}")
+    if top_k is not None and top_k < 1:
+        raise SetupError(f"--top-k must be at least 1 (or all), got {top_k}")
+    if plot_classes < 1:
+        raise SetupError(f"--plot-classes must be at least 1, got {plot_classes}")
     if batch_size < 1:
         raise SetupError(f"--batch-size must be at least 1, got {batch_size}")
     if fmt not in FORMATS:
@@ -90,7 +97,7 @@ def run_infer(
     class_csv: str | None = None,
     hop_s: float = 5.0,
     aggregate: str = "max",
-    top_k: int = 5,
+    top_k: int | None = 5,
     fmt: str = "table",
     output: str | None = None,
     show_windows: bool = False,
@@ -102,14 +109,19 @@ def run_infer(
     channels_last: bool = False,
     progress: bool | None = None,
     overwrite: bool = False,
+    plot: str | None = None,
+    plot_classes: int = 10,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
     """Tag ``inputs`` (files, folders, globs) with ``checkpoint``; returns the exit code.
 
+    ``top_k``: classes listed per file and window; None: all of them (every class score).
     ``progress=None`` shows a bar on stderr for several files when stderr is a terminal.
     ``output``: a file to write instead of ``stdout`` (see the module docstring); ``overwrite``
-    lets it replace an existing file that is not an input.
+    lets it replace an existing file that is not an input (the same for ``plot``).
+    ``plot``: a PNG file drawing each tagged file's ``plot_classes`` best classes over time
+    (window scores as a heat map; needs matplotlib, the ``plot`` extra).
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -120,23 +132,27 @@ def run_infer(
 
     expanded = expand_inputs(inputs)
     try:
-        _check_options(hop_s, aggregate, top_k, batch_size, fmt, precision)
+        _check_options(hop_s, aggregate, top_k, batch_size, fmt, precision, plot_classes)
+        read = [checkpoint, *expanded.files, *inputs, *([class_csv] if class_csv else [])]
         if output is not None:
-            read = [checkpoint, *expanded.files, *inputs, *([class_csv] if class_csv else [])]
             check_output_path(output, inputs=read, overwrite=overwrite, what="--output")
+        if plot is not None:
+            require_matplotlib("--plot")
+            check_output_path(plot, inputs=[*read, *([output] if output else [])], overwrite=overwrite, what="--plot")
         torch_device = resolve_device(device, what="--device")
         loaded = load_tagging_model(
             checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv
         )
         tagger = AudioTagger(loaded.model, torch_device, precision=precision, fold=fold, channels_last=channels_last)
-    except (ValueError, OSError) as exc:  # SetupError, CheckpointError, unknown model, missing file
+    except (ValueError, OSError, PlotUnavailable) as exc:  # SetupError, CheckpointError, unknown model, missing file
         return fail(str(exc))
 
-    if output is not None:
-        try:  # a checkpoint given by model name is known by its file only now
-            check_output_path(output, inputs=[loaded.checkpoint], overwrite=True, what="--output")
-        except OutputError as exc:
-            return fail(str(exc))
+    try:  # a checkpoint given by model name is known by its file only now
+        for target, what in ((output, "--output"), (plot, "--plot")):
+            if target is not None:
+                check_output_path(target, inputs=[loaded.checkpoint], overwrite=True, what=what)
+    except OutputError as exc:
+        return fail(str(exc))
     failures = 0
     for text, reason in expanded.problems:
         print(f"error: {text}: {reason}", file=stderr)
@@ -151,12 +167,15 @@ def run_infer(
 
     workers = default_num_workers(torch_device.type, len(files)) if num_workers is None else num_workers
     show_bar = len(files) > 1 and (progress if progress is not None else stderr.isatty())
-    bar = tqdm(total=len(files), unit="file", file=stderr, disable=not show_bar, dynamic_ncols=True)
+    # leave=False: the bar goes when done, so no second 100 % bar is left after the results
+    bar = tqdm(total=len(files), unit="file", file=stderr, disable=not show_bar, dynamic_ncols=True, leave=False)
     results = tag_files(tagger, files, hop_s=hop_s, aggregate=aggregate, batch_size=batch_size, num_workers=workers)
+    k = len(loaded.labels) if top_k is None else top_k
+    timelines: list[TimelineData] | None = [] if plot is not None else None
     try:
         if output is None:
             failures += _write_results(
-                results, stdout, stdout, stderr, bar, show_bar, loaded.labels, fmt, top_k, show_windows
+                results, stdout, stdout, stderr, bar, show_bar, loaded.labels, fmt, k, show_windows, timelines
             )
         else:
             with (
@@ -164,8 +183,15 @@ def run_infer(
                 open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as sink,
             ):
                 failures += _write_results(
-                    results, sink, stdout, stderr, bar, show_bar, loaded.labels, fmt, top_k, show_windows
+                    results, sink, stdout, stderr, bar, show_bar, loaded.labels, fmt, k, show_windows, timelines
                 )
+            bar.close()  # gone before the next lines
+            print(f"dcls-audio infer: wrote {output}", file=stderr)
+        bar.close()
+        if plot is not None and timelines:
+            with atomic_output(plot) as tmp:
+                write_timelines(tmp, timelines, loaded.labels, top=plot_classes)
+            print(f"dcls-audio infer: wrote {plot} ({len(timelines)} file(s), top {plot_classes} classes)", file=stderr)
     except KeyboardInterrupt:
         kept = f"; {output} was left as it was" if output else ""
         bar.write(f"dcls-audio infer: interrupted{kept}", file=stderr)
@@ -199,8 +225,10 @@ def _write_results(
     fmt: str,
     top_k: int,
     show_windows: bool,
+    timelines: list[TimelineData] | None = None,
 ) -> int:
-    """Write each result to ``sink`` as it comes (JSON: all at the end); returns the failed files."""
+    """Write each result to ``sink`` as it comes (JSON: all at the end); returns the failed files.
+    ``timelines``: collects each file's window scores for ``--plot``."""
     failures = 0
     records = []
     writer = csv_writer(sink) if fmt == "csv" else None
@@ -211,6 +239,9 @@ def _write_results(
             bar.write(f"error: {result.message()}", file=stderr)
             continue
         record = file_record(result, labels, top_k)
+        if timelines is not None:
+            spans = np.asarray(result.window_spans_s, dtype=np.float64).reshape(-1, 2)
+            timelines.append(TimelineData(result.file, result.window_scores.float().cpu().numpy(), spans))
         if fmt == "table":
             text = format_table([record], show_windows=show_windows)
             if sink is stdout and show_bar:
@@ -219,9 +250,16 @@ def _write_results(
                 sink.write(text)
                 sink.flush()
         elif writer is not None:
-            writer.writerows(csv_rows(record))
+            if sink is stdout and show_bar:
+                with tqdm.external_write_mode(file=stderr):  # the rows never land on the bar's line
+                    writer.writerows(csv_rows(record))
+                    sink.flush()
+            else:
+                writer.writerows(csv_rows(record))
         else:
             records.append(record)
     if fmt == "json":
+        if sink is stdout:
+            bar.close()  # the bar is gone before the JSON is printed
         write_json(records, sink)
     return failures

@@ -1,12 +1,13 @@
 """Read, check, convert and write backbone checkpoints.
 
-Three kinds of files load into the same model:
+Four kinds of files load into the same model:
 
 - a released DCLS-Audio ``.pth``: ``{"model": state_dict, "model_ema"?: ..., "optimizer",
   "epoch", "scaler", "args": argparse.Namespace}`` with upstream key names;
 - our Lightning ``.ckpt``: ``{"state_dict": {"net.<key>": ..., "ema_net.<key>": ...},
   "hyper_parameters": {"model_name": ..., "num_classes": ..., "model_kwargs": {...}}, ...}``;
-- a plain state_dict (our keys or upstream keys, optionally ``module.``-prefixed).
+- a plain state_dict (our keys or upstream keys, optionally ``module.``-prefixed);
+- a ``.safetensors`` file (:mod:`.safetensors_io`; read as a Lightning checkpoint).
 
 Files are read with ``torch.load(weights_only=True)`` and an explicit allow-list
 (:data:`SAFE_GLOBALS`); anything else in the pickle is refused unless the caller passes
@@ -36,7 +37,8 @@ from ..outputs import atomic_output
 from .dclsify import tied_state_keys
 from .layout import UpstreamLayout
 from .registry import MODEL_SPECS, build_model, get_spec, list_models
-from .released import RELEASED_CHECKPOINTS, checkpoint_dirs
+from .released import RELEASED_CHECKPOINTS, checkpoint_dirs, fetch_released, verify_released
+from .safetensors_io import is_safetensors, read_safetensors
 
 __all__ = [
     "CheckpointContents",
@@ -106,21 +108,31 @@ class CheckpointContents:
 
 
 # ----------------------------------------------------------------------------- reading
-def resolve_checkpoint_path(path_or_name: str | PathLike) -> Path:
-    """A checkpoint file: ``path_or_name`` itself, or ``<name>.pth`` in a checkpoints folder.
+def resolve_checkpoint_path(path_or_name: str | PathLike, download: bool = True, progress: bool = True) -> Path:
+    """A checkpoint file: ``path_or_name`` itself, or ``<name>.pth`` (``.safetensors``,
+    ``.ckpt``) in a checkpoints folder.
 
-    Folders searched: $DCLS_AUDIO_CHECKPOINTS, ./checkpoints, <repo>/checkpoints.
+    Folders searched: $DCLS_AUDIO_CHECKPOINTS, ./checkpoints, <repo>/checkpoints, the download
+    cache. A released model's file found there is checked against its checksum; one found
+    nowhere is downloaded into the cache (``download``; progress bar on stderr with
+    ``progress``) and verified (:func:`~dcls_audio.models.released.fetch_released`).
+    Raises FileNotFoundError, or :class:`~dcls_audio.models.download.DownloadError` (an
+    OSError) when the download or the check fails.
     """
     path = Path(path_or_name).expanduser()
     if path.is_file():
         return path
     name = str(path_or_name)
     if os.sep not in name and "/" not in name:
-        candidates = [name] if path.suffix else [f"{name}.pth", f"{name}.ckpt", name]
+        candidates = [name] if path.suffix else [f"{name}.pth", f"{name}.safetensors", f"{name}.ckpt", name]
         for folder in checkpoint_dirs():
             for candidate in candidates:
                 if (folder / candidate).is_file():
+                    if candidate == f"{name}.pth" and name in RELEASED_CHECKPOINTS:
+                        verify_released(name, folder / candidate)
                     return folder / candidate
+        if download and name in RELEASED_CHECKPOINTS:
+            return fetch_released(name, progress=progress)
     where = ", ".join(str(d) for d in checkpoint_dirs())
     hint = ""
     if name in RELEASED_CHECKPOINTS:
@@ -227,7 +239,8 @@ def _check_container(path: Path) -> bool:
 
 
 def read_checkpoint(path: str | PathLike, allow_pickle: bool = False) -> Any:
-    """``torch.load`` on the CPU with ``weights_only=True`` and :data:`SAFE_GLOBALS`.
+    """``torch.load`` on the CPU with ``weights_only=True`` and :data:`SAFE_GLOBALS`; a
+    ``.safetensors`` file is read by :func:`~dcls_audio.models.safetensors_io.read_safetensors`.
 
     ``allow_pickle=True`` uses the full unpickler: it can run code embedded in the file.
     The file is checked first (:func:`_check_container`): a file that is not a checkpoint or
@@ -237,6 +250,15 @@ def read_checkpoint(path: str | PathLike, allow_pickle: bool = False) -> Any:
     exception type leaves this function for a bad file.
     """
     path = Path(path)
+    try:
+        safetensors = is_safetensors(path)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {err.strerror or err}") from None
+    if safetensors:  # tensors and JSON only: nothing to unpickle
+        try:
+            return read_safetensors(path)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: corrupt checkpoint ({err})") from None
     _check_container(path)
     try:
         if allow_pickle:

@@ -149,6 +149,9 @@ class TrainerConfig:
     num_sanity_val_steps: int = _f(0, "validation batches run before training")
     fast_dev_run: Union[bool, int] = _f(False, "run n (true: 1) batches of train/val as a test")
     deterministic: bool = _f(False, "deterministic algorithms")
+    logger: list[Literal["tensorboard", "csv", "wandb", "mlflow"]] = _f(
+        ["tensorboard", "csv"], "experiment loggers, several at once (e.g. tensorboard,wandb; wandb/mlflow: extras)"
+    )
     enable_progress_bar: bool = _f(True, "show a progress bar")
     progress_bar_refresh_rate: int = _f(
         10, "update the progress bar every n batches (each update waits for the device to report the loss)"
@@ -227,6 +230,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (item_type,) = typing.get_args(tp)
         if item_type is str and isinstance(value, str):
             value = [value]  # one path for a list of paths
+        elif typing.get_origin(item_type) is Literal and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]  # "tensorboard,wandb"
         if isinstance(value, (list, tuple)):
             return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
     elif tp is type(None):
@@ -400,6 +405,7 @@ def _validate(cfg: TrainConfig) -> None:
         (0 < cfg.ema.decay < 1, "ema.decay must be in (0, 1)"),
         (cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches must be >= 1"),
         (cfg.trainer.progress_bar_refresh_rate >= 1, "trainer.progress_bar_refresh_rate must be >= 1"),
+        (len(cfg.trainer.logger) >= 1, "trainer.logger needs at least one logger (the learning rate is logged)"),
         (
             cfg.trainer.max_epochs >= 1 or cfg.trainer.max_steps > 0,
             "trainer.max_epochs must be >= 1 (or set trainer.max_steps)",

@@ -349,6 +349,8 @@ class AudioTaggingModule(L.LightningModule):
 
     def _log_metrics(self, metric: AudioSetMetrics, stage: str, suffix: str) -> None:
         result = metric.compute()  # gathered over ranks: the same numbers on every rank
+        if not suffix:  # for the figures of validation_figures.py, which run after this hook
+            self.last_validation = (result, *metric.gathered()[1:])
         metric.reset()
         values = {
             "mAP": result.mAP,

@@ -33,7 +33,6 @@ import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -43,6 +42,8 @@ from ..data.datamodule import auto_loader_settings
 from ..models.checkpoint import shorten_keys
 from ..outputs import atomic_output, ensure_writable_dir
 from .config import ConfigError, TrainConfig, dump_config
+from .epoch_report import EpochReport
+from .loggers import build_loggers
 from .module import AudioTaggingModule, NonFiniteLossError
 from .optim import scaled_lr
 from .progress import TrainProgressBar
@@ -58,6 +59,7 @@ from .run_dir import (
 )
 from .stop_agreement import StopAgreement
 from .threads import set_cpu_training_threads
+from .validation_figures import ValidationFigures
 
 __all__ = [
     "TrainResult",
@@ -248,8 +250,8 @@ def build_datamodule(cfg: TrainConfig) -> tuple[AudioSetDataModule, list[str]]:
     data = cfg.data
     train_files, val_files = list(data.train_files), list(data.val_files)
     if not train_files:
-        _say("No data.train_files given: using the built-in demo data (generated on first use)")
         train_h5, eval_h5 = ensure_demo_data()
+        _say(f"No data.train_files given: using the built-in demo data in {train_h5.parent} (made on first use)")
         train_files, val_files = [str(train_h5)], [str(eval_h5)]
     dm = AudioSetDataModule(
         train_files=train_files,
@@ -312,6 +314,7 @@ def check_train_batches(dm: AudioSetDataModule, world_size: int) -> None:
 def _trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     kwargs = dict(vars(cfg.trainer))
     del kwargs["progress_bar_refresh_rate"]  # a callback's setting (see _callbacks)
+    del kwargs["logger"]  # names of loggers, built by build_loggers
     for key in ("limit_train_batches", "limit_val_batches", "val_check_interval", "gradient_clip_val"):
         if kwargs[key] is None:
             del kwargs[key]
@@ -519,15 +522,13 @@ def _train_in(
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)
     own_callbacks, best = _callbacks(cfg, ckpt_dir, has_val=bool(val_files))
     stopper = StopOnSignal(ckpt_dir / LAST_CHECKPOINT)
-    loggers = [
-        TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
-        CSVLogger(save_dir=run_dir, name="csv"),  # csv/version_K: one file per (re)start
-    ]
+    loggers = build_loggers(cfg.trainer.logger, run_dir, cfg.run.name)
+    reports = [EpochReport(), ValidationFigures(dm.class_names)] if val_files else []
     trainer = L.Trainer(
         **_trainer_kwargs(cfg),
         default_root_dir=run_dir,
         logger=loggers,
-        callbacks=[*own_callbacks, stopper, *callbacks],
+        callbacks=[*own_callbacks, *reports, stopper, *callbacks],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the DataModule shards by rank itself
     )

@@ -102,13 +102,15 @@ def _runtime_imports() -> set[str]:
 def test_runtime_dependencies_are_what_the_runtime_imports():
     project = _pyproject()["project"]
     declared = _requirement_names(project["dependencies"])
-    optional = _requirement_names(project["optional-dependencies"]["onnx"])
+    extras = project["optional-dependencies"]
+    optional = _requirement_names([r for name, reqs in extras.items() if name != "test" for r in reqs])
     distributions = importlib.metadata.packages_distributions()
     imported = {}
     for module in _runtime_imports():
         dists = {_norm(d) for d in distributions.get(module, [module])}
         imported[module] = dists
-    # triton ships with torch on Linux (torch's own dependency); onnx/onnxruntime are the export extra
+    # triton ships with torch on Linux (torch's own dependency); onnx/onnxruntime (export) and
+    # matplotlib (plot) are extras, imported only where they are used
     undeclared = {m: d for m, d in imported.items() if not d & (declared | optional | {"triton"})}
     assert not undeclared, f"imported at run time but not a runtime dependency: {undeclared}"
     assert "torchaudio" not in imported and "sklearn" not in imported and "DCLS" not in imported

@@ -23,6 +23,8 @@ from dcls_audio.models import create_model, load_checkpoint, save_upstream_check
 from dcls_audio.training.config import load_config
 from dcls_audio.training.run import train
 
+from dcls_testing import png_size
+
 
 def _eval_h5(tone_h5, path: Path, labels: list[list[int]], num_classes: int = 527, seed: int = 0) -> Path:
     """Tones at 150 + 40 c Hz, each at a random phase, in clips named Y0000, Y0001, ..."""
@@ -94,7 +96,15 @@ def test_eval_outputs_and_schema(files, tmp_path, capsys):
     for word in ("mAP", "mAUC", "d-prime", "clips    7", "3 scored of 527"):
         assert word in printed
 
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "per_class.csv", "predictions.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.json",
+        "per_class.csv",
+        "per_class_ap.png",
+        "predictions.npz",
+    ]
+    # 3 scored classes: one column, 7 in x (1.0 + 3 x 0.18 + 0.8) in at 100 dpi
+    assert png_size(out / "per_class_ap.png") == (700, 234)
+    assert str(out / "per_class_ap.png") in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"mAP", "mAUC", "d_prime", "num_clips", "num_classes_scored"} <= set(metrics)
     assert metrics["num_clips"] == 7 and metrics["num_classes_scored"] == 3

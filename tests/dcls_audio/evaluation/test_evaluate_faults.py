@@ -103,10 +103,10 @@ def test_outputs_never_replace_inputs_or_earlier_results(setup, tmp_path, capsys
     (out / "mine.txt").write_text("keep")
     assert _eval(setup, "-d", str(setup["data"]), "-o", str(out)) == 0
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert sorted(first) == ["metrics.json", "mine.txt", "per_class.csv", "predictions.npz"]
+    assert sorted(first) == ["metrics.json", "mine.txt", "per_class.csv", "per_class_ap.png", "predictions.npz"]
     capsys.readouterr()
     assert _eval(setup, "-d", str(setup["data"]), "-o", str(out)) == 2
-    assert "already holds metrics.json, per_class.csv, predictions.npz" in capsys.readouterr().err
+    assert "already holds metrics.json, per_class.csv, predictions.npz, per_class_ap.png" in capsys.readouterr().err
     assert _eval(setup, "-d", str(setup["data"]), "-o", str(out), "--overwrite") == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(first) and (out / "mine.txt").read_text() == "keep"
     # a result file that is the data file itself (through a link): refused even with --overwrite

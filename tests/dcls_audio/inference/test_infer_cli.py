@@ -25,6 +25,8 @@ from dcls_audio.data.resample import resample
 from dcls_audio.features import LogMelFrontEnd
 from dcls_audio.models import create_model, load_state_dict_checked
 
+from dcls_testing import png_size
+
 MODEL = "convnext_audio_tiny"
 SR = 32000
 CLASS_CSV = Path(__file__).resolve().parents[3] / "dcls_audio" / "resources" / "class_labels_indices.csv"
@@ -118,8 +120,12 @@ def test_progress_line_pattern():
 
 
 def _stderr_errors(err: str) -> list[str]:
-    """The stderr lines that are not progress-bar lines (blank ones dropped)."""
-    return [line for line in err.splitlines() if line.strip() and not PROGRESS_LINE.fullmatch(line)]
+    """The stderr lines that are not progress-bar lines or the note naming a written file (blank ones dropped)."""
+    return [
+        line
+        for line in err.splitlines()
+        if line.strip() and not PROGRESS_LINE.fullmatch(line) and not line.startswith("dcls-audio infer: wrote ")
+    ]
 
 
 SCORE_ATOL = 2e-6
@@ -160,7 +166,7 @@ def test_json_output_windows_scores_labels(tmp_path, capsys, checkpoint, audio_d
     corrupt = str(audio_dir / "corrupt.wav")
     assert len(errors) == 1 and errors[0].startswith(f"error: {corrupt}: ")
     assert errors[0].count(corrupt) == 1 and "cannot decode" not in errors[0]  # the path once, the reason
-    assert "4/4" in captured.err  # the progress bar went to stderr
+    assert "0/4" in captured.err  # the progress bar went to stderr (and was cleared at the end: leave=False)
     assert captured.out == ""
 
     records = {Path(r["file"]).name: r for r in json.loads(out.read_text())}
@@ -310,6 +316,34 @@ def test_labels_stored_in_our_checkpoint(tmp_path, capsys, audio_dir):
     with torch.inference_mode():
         expected = net.eval()(LogMelFrontEnd(augment=False).eval()(torch.zeros(1, 10 * SR)))[0].sigmoid()
     _check_top(record["top"], expected, 3, names)
+
+
+def test_all_class_scores_and_the_timeline_plot(tmp_path, capsys, audio_dir):
+    kwargs = {"depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16), "kernel_count": 4, "dilated_kernel_size": 7}
+    torch.manual_seed(0)
+    net = create_model("convnext_dcls_audio_tiny", num_classes=3, **kwargs)
+    names = ["Alpha sound", "Beta sound", "Gamma sound"]
+    ckpt = tmp_path / "finetuned.ckpt"
+    hparams = {"model_name": "convnext_dcls_audio_tiny", "num_classes": 3, "model_kwargs": kwargs, "class_names": names}
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "hyper_parameters": hparams}, ckpt)
+    out, plot = tmp_path / "tags.json", tmp_path / "timeline.png"
+    files = [str(audio_dir / "long_stereo.flac"), str(audio_dir / "silence.wav")]
+    argv = ["infer", "-c", str(ckpt), *files, "-f", "json", "-k", "all", "-o", str(out), "--plot", str(plot)]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"wrote {out}" in err and f"wrote {plot}" in err
+    records = json.loads(out.read_text())
+    assert [len(r["top"]) for r in records] == [3, 3]  # every class, not only the top k
+    assert all(len(w["top"]) == 3 for r in records for w in r["windows"])
+    with torch.inference_mode():
+        expected = net.eval()(LogMelFrontEnd(augment=False).eval()(torch.zeros(1, 10 * SR)))[0].sigmoid()
+    _check_top(records[1]["top"], expected, 3, names)
+    # two panels of 3 classes: 12 in x 2 x (1.2 + 3 x 0.3) in at 100 dpi
+    assert png_size(plot) == (1200, 420)
+    assert cli.main(argv[:-2] + ["--plot", str(plot), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert cli.main(argv[:5] + ["--plot", str(plot)]) == 2  # an existing picture needs --overwrite
+    assert f"--plot: {plot} already exists" in capsys.readouterr().err
 
 
 # -- containers libsndfile cannot read, decoded through FFmpeg (PyAV) ------------------------------

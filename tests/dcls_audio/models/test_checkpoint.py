@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dcls_audio.models import (
+    RELEASED_CHECKPOINTS,
     CheckpointError,
     CheckpointMismatchError,
     UnsafeCheckpointError,
@@ -250,7 +251,10 @@ def test_checkpoint_path_may_name_a_model_in_the_checkpoints_folder(tmp_path, mo
         "convformer_audio_s18", checkpoint_path="convformer_audio_s18", **TINY["convformer"], num_classes=10
     )
     assert_same_state(model, loaded)
-    with pytest.raises(FileNotFoundError, match="zenodo.org/record/8370979/files/convformer_dcls_audio_s18.pth"):
+    # a released name found nowhere is downloaded (tests/dcls_audio/models/test_download.py); offline: one line
+    url = "http://127.0.0.1:9/convformer_dcls_audio_s18.pth"  # the discard port: nothing answers HTTP there
+    monkeypatch.setitem(RELEASED_CHECKPOINTS, "convformer_dcls_audio_s18", url)
+    with pytest.raises(OSError, match=f"cannot download {url} .*put it at {tmp_path}/convformer_dcls_audio_s18.pth"):
         create_model("convformer_dcls_audio_s18", checkpoint_path="convformer_dcls_audio_s18")
     with pytest.raises(FileNotFoundError, match="No file was released for convnext_audio_tiny"):
         create_model("convnext_audio_tiny", checkpoint_path="convnext_audio_tiny")

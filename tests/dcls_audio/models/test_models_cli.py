@@ -15,6 +15,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def test_models_lists_names_and_released_files(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:2] == ["model", "description"]
+    lines = lines[1:-1]  # the header, then the rows, then a note on downloads
     assert [line.split()[0] for line in lines] == list_models()
     by_name = {line.split()[0]: line for line in lines}
     assert RELEASED_CHECKPOINTS["convnext_dcls_audio_tiny"] in by_name["convnext_dcls_audio_tiny"]
@@ -26,6 +28,7 @@ def test_models_json(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == list_models()
     assert {r["model"] for r in rows if r["released"]} == set(RELEASED_CHECKPOINTS)
+    assert all("local" in r for r in rows)
 
 
 def test_parameter_table_against_upstream(upstream_dir):
