@@ -40,6 +40,7 @@ from .clip_codecs import OPUS_BITRATE, check_encoder
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_encoded_layout, create_layout, file_codec, inspect_file
 from .pack_parts import Block, PartStore, fingerprint_of, read_part, run_blocks
+from .shards import require_litdata
 
 __all__ = [
     "PackReport",
@@ -266,7 +267,13 @@ def _plan(
 
 
 def _check_output(output: Path, inputs: list, overwrite: bool, shards: bool) -> None:
-    """Refuse an output that is an input, exists without ``overwrite``, or (HDF5) is not a file."""
+    """Refuse an output that is an input, exists without ``overwrite``, or (HDF5) is not a file;
+    with ``shards``, check that litdata is installed."""
+    if shards:
+        try:
+            require_litdata("--shards")
+        except ImportError as err:
+            raise ValueError(str(err)) from None
     for source in inputs:
         if source is not None and same_file(output, source):
             raise ValueError(f"output {output} is also an input ({source}); refusing to write over it")
@@ -371,9 +378,8 @@ def _write_hdf5(
             if codec == "pcm":
                 clips[row : row + count] = np.stack(part.clips)
             else:
-                stored = np.empty(count, dtype=object)
-                stored[:] = [np.frombuffer(c, dtype=np.uint8) for c in part.clips]
-                clips[row : row + count] = stored
+                for i, clip in enumerate(part.clips):  # one row at a time: h5py's vlen slices mis-shape 1 row
+                    clips[row + i] = np.frombuffer(clip, dtype=np.uint8)
             row += count
 
 

@@ -35,7 +35,14 @@ from .clip_codecs import CODECS, ClipDecodeError, decode_clip_bytes
 from .constants import CLIP_SAMPLES
 from .hdf5_dataset import ClipBatch
 
-__all__ = ["AudioSetShards", "SHARD_BYTES", "ShardReadError", "is_shard_location", "write_shards"]
+__all__ = [
+    "AudioSetShards",
+    "SHARD_BYTES",
+    "ShardReadError",
+    "is_shard_location",
+    "require_litdata",
+    "write_shards",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,14 @@ class ShardReadError(ValueError):
     """A shard (litdata chunk) that cannot be read; the message names it."""
 
 
+def require_litdata(what: str = "shards") -> None:
+    """``ImportError`` with the install command unless litdata is importable."""
+    try:
+        import litdata  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{what} need litdata: pip install 'dcls-audio[shards]'") from None
+
+
 def is_shard_location(location: str | os.PathLike) -> bool:
     """Whether a ``--data.*_files`` entry is a shard folder (has ``index.json``) or a bucket URL."""
     text = str(location)
@@ -59,6 +74,7 @@ def write_shards(output: Path, parts: Sequence, codec: str, num_classes: int, cl
     """Write the clips of ``parts`` (:class:`~.pack_parts.EncodedPart`) as litdata shards into the
     folder ``output``: built in a temporary folder next to it and renamed when complete (an
     existing ``output`` is replaced only then)."""
+    require_litdata("--shards")
     from litdata.streaming.writer import BinaryWriter
 
     output = Path(output)
@@ -154,6 +170,7 @@ class AudioSetShards(Dataset):
     def _dataset(self):
         """litdata's StreamingDataset of this location, opened once per process."""
         if self._stream is None or self._pid != os.getpid():
+            require_litdata(f"{self.location}: reading shards")
             from litdata import StreamingDataset
 
             try:
