@@ -103,12 +103,14 @@ def test_runtime_dependencies_are_what_the_runtime_imports():
     project = _pyproject()["project"]
     declared = _requirement_names(project["dependencies"])
     optional = _requirement_names(project["optional-dependencies"]["onnx"])
+    optional |= _requirement_names(project["optional-dependencies"]["shards"])
     distributions = importlib.metadata.packages_distributions()
     imported = {}
     for module in _runtime_imports():
         dists = {_norm(d) for d in distributions.get(module, [module])}
         imported[module] = dists
-    # triton ships with torch on Linux (torch's own dependency); onnx/onnxruntime are the export extra
+    # triton ships with torch on Linux (torch's own dependency); onnx/onnxruntime are the export
+    # extra, litdata the shards extra
     undeclared = {m: d for m, d in imported.items() if not d & (declared | optional | {"triton"})}
     assert not undeclared, f"imported at run time but not a runtime dependency: {undeclared}"
     assert "torchaudio" not in imported and "sklearn" not in imported and "DCLS" not in imported
