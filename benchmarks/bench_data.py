@@ -1,15 +1,18 @@
-"""Data pipeline throughput: HDF5 -> DataLoader workers -> device -> log-mel front end (train augmentations).
+"""Data pipeline throughput per storage format: file -> DataLoader workers (decoding) -> device -> log-mel.
 
-Generates its own temporary PANNs-layout HDF5 file (random int16 clips), then for each worker
-count measures clips/s of
-  - loader:     batches of int16 waveforms from the DataLoader (what the workers deliver),
+Generates a temporary PANNs-layout HDF5 file (the synthetic demo sounds, or the first --clips
+rows of --source, e.g. a real AudioSet file), converts it with ``pack --from`` to each format
+of --formats (pcm: the PANNs file itself; flac, opus: HDF5 with encoded bytes; shards: litdata
+shards of --shard-codec clips), then for each format and worker count measures
+  - loader:     clips/s of int16 batches from the DataLoader (what the workers deliver, decoding
+                included) and the CPU seconds per clip they cost (this process and its workers),
   - end-to-end: the same batches moved to the device and through LogMelFrontEnd in train mode
                 (roll, speed perturbation, random erasing), synchronised.
-The front end alone (one batch already on the device) is measured once.
-Prints a table and writes JSON (--out).
+Bytes per clip are the format's size on disk over its clips. The front end alone (one batch
+already on the device) is measured once. Prints a table and writes JSON (--out).
 
     .venv/bin/python benchmarks/bench_data.py --out bench_data.json
-    .venv/bin/python benchmarks/bench_data.py --clips 4096 --seconds 20 --cold   # on the GPU machine
+    .venv/bin/python benchmarks/bench_data.py --clips 4096 --seconds 20 --workers 4,8,12,16 --cold   # GPU host
 
 ``--cold`` evicts the file from the page cache (posix_fadvise DONTNEED) before each worker count,
 so reads hit the disk as with a dataset much larger than RAM; by default reads are warm.
@@ -18,9 +21,11 @@ so reads hit the disk as with a dataset much larger than RAM; by default reads a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -34,29 +39,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
 from dcls_audio.data.constants import CLIP_SAMPLES  # noqa: E402
+from dcls_audio.data.demo import iter_demo_clips  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
+from dcls_audio.data.pack import pack_panns  # noqa: E402
 from dcls_audio.features import LogMelFrontEnd  # noqa: E402
 
+FORMATS = ("pcm", "flac", "opus", "shards")
 
-def make_hdf5(path: Path, clips: int, num_classes: int = 527, block: int = 128) -> None:
-    rng = np.random.default_rng(0)
+
+def make_hdf5(path: Path, clips: int, source: str | None, num_classes: int = 527, block: int = 128) -> None:
+    """A PANNs file of ``clips`` rows: the first rows of ``source`` (non-empty names), else the demo
+    sounds (256 distinct clips, repeated)."""
     with h5py.File(path, "w") as h5:
+        if source is not None:
+            with h5py.File(source, "r") as src:
+                keep = np.flatnonzero(src["audio_name"][: clips * 2] != b"")[:clips]
+                names, waves, targets = create_layout(h5, len(keep), src["target"].shape[1])
+                for start in range(0, len(keep), block):
+                    rows = keep[start : start + block]
+                    waves[start : start + len(rows)] = src["waveform"][rows]
+                names[:], targets[:] = src["audio_name"][keep], src["target"][keep]
+            return
         names, waves, targets = create_layout(h5, clips, num_classes)
-        for start in range(0, clips, block):
-            stop = min(start + block, clips)
-            waves[start:stop] = rng.integers(-3000, 3000, size=(stop - start, CLIP_SAMPLES), dtype=np.int16)
+        demo = list(itertools.islice(iter_demo_clips("train"), min(clips, 256)))
+        target = np.zeros((clips, num_classes), bool)
+        for i in range(clips):
+            name, clip, labels = demo[i % len(demo)]
+            waves[i] = clip
+            target[i, labels] = True
         names[:] = [f"Y{i:010d}".encode() for i in range(clips)]
-        targets[:] = rng.random((clips, num_classes)) < 0.01
+        targets[:] = target
+
+
+def size_on_disk(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def evict(path: Path) -> None:
-    if hasattr(os, "posix_fadvise"):
-        fd = os.open(path, os.O_RDONLY)
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for file in [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]:
+        fd = os.open(file, os.O_RDONLY)
         try:
             os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (loader workers, once joined)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def sync(device: torch.device) -> None:
@@ -70,7 +104,7 @@ def run_config(path, workers, args, device, front) -> dict:
         batch_size=args.batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
+        persistent_workers=False,  # workers end with each pass, so their CPU time is counted
         seed=0,
     )
     dm.setup("fit")
@@ -78,12 +112,14 @@ def run_config(path, workers, args, device, front) -> dict:
     result = {"workers": workers}
     for mode in ("loader", "end_to_end"):
         if args.cold:
-            evict(path)
+            evict(Path(path))
         clips, batches, start, epoch = 0, 0, None, 0
+        cpu_start = cpu_seconds()
         done = False
         while not done:
             loader.sampler.set_epoch(epoch)
-            for batch in loader:
+            batch_iter = iter(loader)
+            for batch in batch_iter:
                 if mode == "end_to_end":
                     wave = batch["waveform"].to(device, non_blocking=True)
                     with torch.no_grad():
@@ -99,10 +135,17 @@ def run_config(path, workers, args, device, front) -> dict:
                     ):
                         done = True
                         break
+            elapsed = time.perf_counter() - start if start is not None else 0.0
+            if hasattr(batch_iter, "_shutdown_workers"):
+                batch_iter._shutdown_workers()  # joined: their CPU time is in RUSAGE_CHILDREN now
+            del batch_iter
             epoch += 1
-        elapsed = time.perf_counter() - start
         result[f"{mode}_clips_per_s"] = clips / elapsed
         result[f"{mode}_clips"] = clips
+        if mode == "loader":  # the workers' whole pass (warm-up batches included) over the clips it gave;
+            # batches they prefetched past the end are counted too: a slight overestimate
+            given = clips + args.warmup * args.batch_size
+            result["loader_cpu_s_per_clip"] = (cpu_seconds() - cpu_start) / given
     dm.teardown()
     return result
 
@@ -132,9 +175,16 @@ def main() -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="front end without augmentation")
     parser.add_argument("--cold", action="store_true", help="evict the file from the page cache first")
-    parser.add_argument("--tmpdir", default=None, help="where to write the temporary HDF5 file")
+    parser.add_argument("--tmpdir", default=None, help="where to write the temporary files")
+    parser.add_argument("--source", default=None, help="PANNs HDF5 file whose first --clips rows are measured")
+    parser.add_argument("--formats", default=",".join(FORMATS), help=f"formats to measure, of {', '.join(FORMATS)}")
+    parser.add_argument("--shard-codec", default="opus", choices=("pcm", "flac", "opus"), help="codec of the shards")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        parser.error(f"--formats: unknown {', '.join(unknown)} (known: {', '.join(FORMATS)})")
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -142,39 +192,60 @@ def main() -> int:
     front = LogMelFrontEnd(augment=args.augment, seed=0).to(device).train()
 
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
-        path = Path(tmp) / "bench.h5"
+        pcm = Path(tmp) / "pcm.h5"
         t0 = time.perf_counter()
-        make_hdf5(path, args.clips)
-        print(f"wrote {args.clips} clips ({path.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.1f} s")
+        make_hdf5(pcm, args.clips, args.source)
+        with h5py.File(pcm, "r") as h5:
+            num_clips = len(h5["audio_name"])
+        print(f"wrote {num_clips} clips ({pcm.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.1f} s")
         fe_rate = frontend_only(front, args, device)
         rows = []
-        for workers in counts:
-            row = run_config(path, workers, args, device, front)
-            rows.append(row)
-            print(
-                f"workers={workers:2d}  loader {row['loader_clips_per_s']:8.1f} clips/s   "
-                f"end-to-end {row['end_to_end_clips_per_s']:8.1f} clips/s",
-                flush=True,
-            )
+        for fmt in formats:
+            path = pcm
+            if fmt != "pcm":
+                path = Path(tmp) / ("shards" if fmt == "shards" else f"{fmt}.h5")
+                codec = args.shard_codec if fmt == "shards" else fmt
+                t0 = time.perf_counter()
+                pack_panns(pcm, path, codec, num_workers=cores, progress=False, shards=fmt == "shards")
+                print(f"{fmt}: packed in {time.perf_counter() - t0:.1f} s with {cores} processes", flush=True)
+            per_clip = size_on_disk(path) / num_clips
+            for workers in counts:
+                row = {"format": fmt, "bytes_per_clip": per_clip, **run_config(path, workers, args, device, front)}
+                rows.append(row)
+                print(
+                    f"{fmt:>6} workers={workers:2d}  loader {row['loader_clips_per_s']:8.1f} clips/s "
+                    f"({row['loader_cpu_s_per_clip'] * 1e3:.1f} ms CPU/clip)  "
+                    f"end-to-end {row['end_to_end_clips_per_s']:8.1f} clips/s",
+                    flush=True,
+                )
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print()
     print(
         f"device: {device} ({device_name}), {cores} cores, batch {args.batch_size}, "
-        f"augment={args.augment}, cold={args.cold}, torch threads {torch.get_num_threads()}"
+        f"augment={args.augment}, cold={args.cold}, torch threads {torch.get_num_threads()}, "
+        f"data: {args.source or 'demo sounds'}, shards: {args.shard_codec}"
     )
     print(f"front end alone: {fe_rate:.1f} clips/s")
-    print(f"{'workers':>7} | {'loader clips/s':>14} | {'end-to-end clips/s':>18}")
-    print(f"{'-' * 7}-+-{'-' * 14}-+-{'-' * 18}")
+    header = f"{'format':>6} | {'workers':>7} | {'kB/clip':>8} | {'loader clips/s':>14} | "
+    header += f"{'CPU ms/clip':>11} | {'end-to-end clips/s':>18}"
+    print(header)
+    print("-" * len(header))
     for row in rows:
-        print(f"{row['workers']:>7} | {row['loader_clips_per_s']:>14.1f} | {row['end_to_end_clips_per_s']:>18.1f}")
+        print(
+            f"{row['format']:>6} | {row['workers']:>7} | {row['bytes_per_clip'] / 1e3:>8.1f} | "
+            f"{row['loader_clips_per_s']:>14.1f} | {row['loader_cpu_s_per_clip'] * 1e3:>11.2f} | "
+            f"{row['end_to_end_clips_per_s']:>18.1f}"
+        )
     if args.out:
         report = {
             "device": str(device),
             "device_name": device_name,
             "cores": cores,
             "batch_size": args.batch_size,
-            "clips": args.clips,
+            "clips": num_clips,
+            "source": args.source,
+            "shard_codec": args.shard_codec,
             "augment": args.augment,
             "cold": args.cold,
             "seconds": args.seconds,

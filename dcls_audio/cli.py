@@ -284,26 +284,54 @@ def _add_pack_parser(subparsers) -> None:
             "mixed down to mono, resampled to 32 kHz, padded/cut to 10 s and stored as int16. Labels come from a "
             'CSV in AudioSet segments format (YTID, start_seconds, end_seconds, "mid,mid"; # starts a comment); '
             "a file matches a YTID when its name is <YTID>, Y<YTID>, or either followed by _<start>[_<end>]. "
-            "Unreadable files and files without labels are listed and skipped. The output is written under a "
+            "Unreadable files and files without labels are listed and skipped. --codec flac|opus stores each "
+            "clip's encoded bytes instead (readers detect the codec from the file); --from converts an existing "
+            "PANNs file; --shards writes litdata shards. Clips are encoded in parts by -j processes: a run stopped "
+            "part-way continues where it stopped when started again. The output is written under a "
             "temporary name and renamed when complete."
         ),
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder searched recursively for audio files")
-    parser.add_argument("labels_csv", metavar="LABELS_CSV", help="AudioSet segments CSV")
-    parser.add_argument("output", metavar="OUTPUT", help="HDF5 file to write")
+    parser.add_argument("audio_dir", metavar="AUDIO_DIR", nargs="?", help="folder searched recursively for audio files")
+    parser.add_argument("labels_csv", metavar="LABELS_CSV", nargs="?", help="AudioSet segments CSV")
+    parser.add_argument("output", metavar="OUTPUT", help="HDF5 file to write (with --shards: a folder)")
     parser.add_argument(
         "--class-csv",
         metavar="CSV",
         help="class list (index,mid,display_name) giving the target columns; default: AudioSet's 527",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    parser.add_argument("-j", "--workers", type=int, default=0, help="decoding processes (0: decode in this process)")
+    parser.add_argument("-j", "--workers", type=int, default=0, help="encoding processes (0: encode in this process)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
+    parser.add_argument(
+        "--codec",
+        choices=("pcm", "flac", "opus"),
+        default="pcm",
+        help="how clips are stored: pcm = int16 (the PANNs layout), flac = lossless bytes, "
+        "opus = lossy Ogg Opus bytes at --bitrate (about 1/8 of pcm's size at 64 kbit/s)",
+    )
+    parser.add_argument("--bitrate", type=int, default=64000, help="Opus bit rate in bit/s (mono, VBR)")
+    parser.add_argument(
+        "--from",
+        dest="from_panns",
+        metavar="PANNS.h5",
+        help="convert this PANNs-layout HDF5 file (give OUTPUT only, no AUDIO_DIR or LABELS_CSV)",
+    )
+    parser.add_argument(
+        "--shards",
+        action="store_true",
+        help="write OUTPUT as a folder of litdata shards (for streaming; --data.*_files takes the folder)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from .data.pack import run_pack
 
+        if args.from_panns is not None and args.audio_dir is not None:
+            parser.error("--from converts a PANNs file: give OUTPUT only, not AUDIO_DIR and LABELS_CSV")
+        if args.from_panns is None and args.labels_csv is None:
+            parser.error("give AUDIO_DIR LABELS_CSV OUTPUT, or --from PANNS.h5 OUTPUT")
+        if args.workers < 0:
+            parser.error(f"-j/--workers must be >= 0, got {args.workers}")
         return run_pack(
             args.audio_dir,
             args.labels_csv,
@@ -312,6 +340,10 @@ def _add_pack_parser(subparsers) -> None:
             overwrite=args.overwrite,
             num_workers=args.workers,
             progress=args.progress,
+            codec=args.codec,
+            bitrate=args.bitrate,
+            shards=args.shards,
+            from_panns=args.from_panns,
         )
 
     parser.set_defaults(func=run)

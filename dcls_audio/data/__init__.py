@@ -1,5 +1,6 @@
-"""AudioSet data: audio files to waveforms (decoding, resampling), HDF5 datasets, samplers, the
-DataModule, packing audio folders into HDF5, and a synthetic demo dataset.
+"""AudioSet data: audio files to waveforms (decoding, resampling), HDF5 datasets (int16 or FLAC/Opus
+clips), litdata shards, samplers, the DataModule, packing audio folders into HDF5 or shards, and a
+synthetic demo dataset.
 
 Names are imported on first use, so ``from dcls_audio.data import load_audio`` does not pull
 in Lightning.
@@ -21,6 +22,7 @@ _EXPORTS = {
     "AudioSetDataModule": "datamodule",
     "ensure_demo_data": "demo",
     "AudioSetHDF5": "hdf5_dataset",
+    "AudioSetShards": "shards",
     "BalancedSampler": "samplers",
     "EvalShardSampler": "samplers",
     "UniformSampler": "samplers",
@@ -37,3 +39,4 @@ if TYPE_CHECKING:
     from .demo import ensure_demo_data
     from .hdf5_dataset import AudioSetHDF5
     from .samplers import BalancedSampler, EvalShardSampler, UniformSampler
+    from .shards import AudioSetShards

@@ -1,4 +1,6 @@
-"""LightningDataModule over PANNs-layout HDF5 files.
+"""LightningDataModule over AudioSet clips: HDF5 files (PANNs int16, or FLAC/Opus bytes written by
+``dcls-audio pack --codec``; the codec is read from each file) or one folder of litdata shards
+(``pack --shards``; a bucket URL works through litdata's remote support) per split.
 
 Distribution is handled here, not by Lightning: the train loader uses
 :class:`~dcls_audio.data.samplers.UniformSampler` or ``BalancedSampler`` and the evaluation
@@ -45,6 +47,7 @@ from .samplers import (
     UniformSampler,
     balanced_clip_weights,
 )
+from .shards import AudioSetShards, is_shard_location
 
 __all__ = [
     "AudioSetDataModule",
@@ -116,6 +119,37 @@ def auto_loader_settings(
 _SPLITS = ("train", "val", "test", "predict")
 
 
+def _locations(files, argument: str) -> list:
+    """Paths, keeping bucket URLs (``s3://...``) as strings (a Path would fold their ``//``)."""
+    if isinstance(files, str) and is_shard_location(files) and not Path(files).exists():
+        return [files]
+    if isinstance(files, (list, tuple)):
+        return [f if isinstance(f, str) and "://" in f else Path(f) for f in files]
+    return as_path_list(files, argument)
+
+
+def _check_locations(locations: list, argument: str) -> None:
+    """HDF5 files must exist; a shard folder or URL must be the split's only entry."""
+    shards = [loc for loc in locations if is_shard_location(loc)]
+    if shards and len(locations) > 1:
+        raise ValueError(f"{argument}: a shard folder ({shards[0]}) must be the split's only entry")
+    if not shards:
+        check_files_exist(locations, argument)
+
+
+def _common_num_classes(locations: list, clip_samples: int) -> int:
+    """The class count of all the splits' files and shard folders (ValueError naming a misfit)."""
+    hdf5 = [loc for loc in locations if not is_shard_location(loc)]
+    counts = [(hdf5[0], common_num_classes(hdf5, clip_samples))] if hdf5 else []
+    for loc in locations:
+        if loc not in hdf5:
+            counts.append((loc, AudioSetShards(loc, clip_samples=clip_samples).num_classes))
+    for loc, count in counts[1:]:
+        if count != counts[0][1]:
+            raise ValueError(f"{loc}: has {count} classes but {counts[0][0]} has {counts[0][1]}")
+    return counts[0][1]
+
+
 class AudioSetDataModule(L.LightningDataModule):
     """Train/val/test/predict loaders over HDF5 files (see the module docstring).
 
@@ -153,13 +187,13 @@ class AudioSetDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.files: dict[str, list[Path]] = {
-            "train": as_path_list(train_files, "train_files"),
-            "val": as_path_list(val_files, "val_files"),
-            "test": as_path_list(test_files, "test_files"),
-            "predict": as_path_list(predict_files, "predict_files"),
+            "train": _locations(train_files, "train_files"),
+            "val": _locations(val_files, "val_files"),
+            "test": _locations(test_files, "test_files"),
+            "predict": _locations(predict_files, "predict_files"),
         }
         for split, paths in self.files.items():
-            check_files_exist(paths, f"{split}_files")
+            _check_locations(paths, f"{split}_files")
         if not any(self.files.values()):
             raise ValueError("AudioSetDataModule: give at least one of train/val/test/predict_files")
         if class_csv is not None and not Path(class_csv).is_file():
@@ -202,7 +236,7 @@ class AudioSetDataModule(L.LightningDataModule):
         """Class list of the data; every split's files must agree on the class count."""
         if self._classes is None:
             paths = [path for split in _SPLITS for path in self.files[split]]
-            num_classes = common_num_classes(paths, self.clip_samples)
+            num_classes = _common_num_classes(paths, self.clip_samples)
             self._classes = resolve_class_names(
                 num_classes, self.class_csv, data_source=f"{paths[0]}: dataset 'target'"
             )
@@ -227,7 +261,11 @@ class AudioSetDataModule(L.LightningDataModule):
             if not self.files[split]:
                 raise ValueError(f"AudioSetDataModule: no {split}_files given")
             _ = self.classes  # check class counts agree across splits first
-            self.datasets[split] = AudioSetHDF5(self.files[split], self.class_csv, self.clip_samples)
+            files = self.files[split]
+            if is_shard_location(files[0]):
+                self.datasets[split] = AudioSetShards(files[0], self.class_csv, self.clip_samples)
+            else:
+                self.datasets[split] = AudioSetHDF5(files, self.class_csv, self.clip_samples)
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:

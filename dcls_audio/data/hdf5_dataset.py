@@ -7,6 +7,14 @@ Layout of each file (N rows, C classes):
 - ``waveform``: int16, (N, 320000): 10 s at 32 kHz.
 - ``target``: bool, (N, C).
 
+Files written by ``dcls-audio pack --codec flac|opus`` hold the clips as encoded bytes instead:
+the file attribute ``codec`` (``flac`` or ``opus``; absent or ``pcm`` for the PANNs layout) and a
+dataset ``encoded`` of variable-length uint8 rows (N,) in place of ``waveform`` (see
+:mod:`~.clip_codecs`). Such rows are decoded in the process that reads them (the loader
+workers) and pass the same checks as decoded audio files (length, NaN, huge values); a row that
+does not decode is left out of its batch (which comes out smaller), logged with its file and
+row, and counted in :attr:`AudioSetHDF5.undecodable` of that process.
+
 Several files are concatenated (e.g. balanced + unbalanced train). h5py handles are opened
 lazily in each process on its first read (after DataLoader workers fork), never shared across
 processes, and kept open.
@@ -31,6 +39,7 @@ import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from .classes import ClassInfo, display_names, mids, resolve_class_names
+from .clip_codecs import CODECS, ClipDecodeError, decode_clip_bytes
 from .constants import CLIP_SAMPLES
 
 __all__ = [
@@ -41,7 +50,9 @@ __all__ = [
     "check_files_exist",
     "collate_clips",
     "common_num_classes",
+    "create_encoded_layout",
     "create_layout",
+    "file_codec",
     "inspect_file",
     "write_hdf5",
 ]
@@ -117,22 +128,19 @@ def _dataset(h5: h5py.File, path: Path, name: str) -> h5py.Dataset:
     return h5[name]
 
 
-def inspect_file(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> tuple[int, int]:
-    """Validate the layout of one file; return ``(rows, classes)``.
+def file_codec(h5: h5py.File, path: PathLike) -> str:
+    """The codec of an open file: its ``codec`` attribute, ``pcm`` when there is none."""
+    codec = h5.attrs.get("codec", "pcm")
+    codec = codec.decode() if isinstance(codec, bytes) else str(codec)
+    if codec not in CODECS:
+        raise ValueError(f"{path}: attribute 'codec' is {codec!r}; this version reads {', '.join(CODECS)}")
+    return codec
 
-    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the file and the
-    dataset for a missing dataset, a wrong dtype, a wrong clip length or mismatched row counts.
-    """
-    path = Path(path)
-    with _open(path) as h5:
-        names = _dataset(h5, path, "audio_name")
+
+def _clip_dataset(h5: h5py.File, path: Path, codec: str, clip_samples: int) -> h5py.Dataset:
+    """The ``waveform`` (pcm) or ``encoded`` dataset of an open file, checked."""
+    if codec == "pcm":
         wave = _dataset(h5, path, "waveform")
-        target = _dataset(h5, path, "target")
-        if names.ndim != 1 or names.dtype.kind != "S":
-            raise ValueError(
-                f"{path}: dataset 'audio_name' must be 1-D fixed-length bytes (S20), "
-                f"got dtype {names.dtype} shape {names.shape}"
-            )
         if wave.dtype != np.int16 or wave.ndim != 2:
             raise ValueError(
                 f"{path}: dataset 'waveform' must be int16 (N, {clip_samples}), "
@@ -142,12 +150,42 @@ def inspect_file(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> tuple[int,
             raise ValueError(
                 f"{path}: dataset 'waveform' has clips of {wave.shape[1]} samples, expected {clip_samples}"
             )
+        return wave
+    if "encoded" not in h5 or not isinstance(h5["encoded"], h5py.Dataset):
+        raise ValueError(f"{path}: dataset 'encoded' is missing (attribute codec={codec!r} needs it)")
+    encoded = h5["encoded"]
+    base = h5py.check_vlen_dtype(encoded.dtype)
+    if encoded.ndim != 1 or base is None or np.dtype(base) != np.uint8:
+        raise ValueError(
+            f"{path}: dataset 'encoded' must be 1-D variable-length uint8, "
+            f"got dtype {encoded.dtype} shape {encoded.shape}"
+        )
+    return encoded
+
+
+def inspect_file(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> tuple[int, int]:
+    """Validate the layout of one file; return ``(rows, classes)``.
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` naming the file and the
+    dataset for a missing dataset, a wrong dtype, a wrong clip length or mismatched row counts.
+    """
+    path = Path(path)
+    with _open(path) as h5:
+        names = _dataset(h5, path, "audio_name")
+        codec = file_codec(h5, path)
+        wave = _clip_dataset(h5, path, codec, clip_samples)
+        target = _dataset(h5, path, "target")
+        if names.ndim != 1 or names.dtype.kind != "S":
+            raise ValueError(
+                f"{path}: dataset 'audio_name' must be 1-D fixed-length bytes (S20), "
+                f"got dtype {names.dtype} shape {names.shape}"
+            )
         if target.dtype != np.bool_ or target.ndim != 2:
             raise ValueError(
                 f"{path}: dataset 'target' must be bool (N, classes), got dtype {target.dtype} shape {target.shape}"
             )
         rows = names.shape[0]
-        for name, ds in (("waveform", wave), ("target", target)):
+        for name, ds in ((wave.name.lstrip("/"), wave), ("target", target)):
             if ds.shape[0] != rows:
                 raise ValueError(f"{path}: dataset '{name}' has {ds.shape[0]} rows but 'audio_name' has {rows}")
         return rows, int(target.shape[1])
@@ -184,6 +222,20 @@ def create_layout(
     extra = dict(maxshape=(None, num_classes)) if resizable else {}
     targets = h5.create_dataset("target", (rows, num_classes), dtype=bool, **extra)
     return names, waves, targets
+
+
+def create_encoded_layout(
+    h5: h5py.File, rows: int, num_classes: int, codec: str, name_width: int = 20, resizable: bool = False
+) -> tuple[h5py.Dataset, h5py.Dataset, h5py.Dataset]:
+    """Create empty ``audio_name``, ``encoded`` (variable-length uint8) and ``target`` datasets
+    and set the ``codec`` attribute (``flac`` or ``opus``) in an open file."""
+    grow = dict(maxshape=(None,)) if resizable else {}
+    h5.attrs["codec"] = codec
+    names = h5.create_dataset("audio_name", (rows,), dtype=f"S{name_width}", **grow)
+    encoded = h5.create_dataset("encoded", (rows,), dtype=h5py.vlen_dtype(np.uint8), **grow)
+    extra = dict(maxshape=(None, num_classes)) if resizable else {}
+    targets = h5.create_dataset("target", (rows, num_classes), dtype=bool, **extra)
+    return names, encoded, targets
 
 
 def write_hdf5(path: PathLike, audio_names: Sequence[str], waveforms: np.ndarray, targets: np.ndarray) -> Path:
@@ -241,6 +293,12 @@ class AudioSetHDF5(Dataset):
         self._handles: list[h5py.File] | None = None
         self._readers: list[tuple[h5py.Dataset, h5py.Dataset]] | None = None
         self._pid: int | None = None
+        self.codecs: list[str] = []
+        for path in self.files:
+            with h5py.File(path, "r") as h5:
+                self.codecs.append(file_codec(h5, path))
+        #: (file, row, reason) of the rows this process could not decode (left out of their batches)
+        self.undecodable: list[tuple[Path, int, str]] = []
 
     # ------------------------------------------------------------------ bookkeeping
     def __len__(self) -> int:
@@ -271,15 +329,34 @@ class AudioSetHDF5(Dataset):
             # A handle inherited through fork is not ours to use or close.
             files = [h5py.File(p, "r", **_CHUNK_CACHE) for p in self.files]
             self._handles = files
-            self._readers = [(h5["waveform"], h5["target"]) for h5 in files]
+            self._readers = [
+                (h5["waveform"] if codec == "pcm" else h5["encoded"], h5["target"])
+                for h5, codec in zip(files, self.codecs)
+            ]
             self._pid = os.getpid()
         return self._readers[file_no]
+
+    def _decode(self, file_no: int, row: int, data: np.ndarray) -> np.ndarray | None:
+        """One stored row of an encoded file -> int16 (clip_samples,), or None (logged, counted)."""
+        try:
+            return decode_clip_bytes(data, self.codecs[file_no], self.clip_samples)
+        except ClipDecodeError as err:
+            path = self.files[file_no]
+            self.undecodable.append((path, row, err.reason))
+            log.warning("%s: row %d (%s) cannot be decoded, left out: %s", path, row, self.codecs[file_no], err.reason)
+            return None
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         file_no, row = self.locate(index)
         waves, targets = self._datasets(file_no)
-        waveform = torch.from_numpy(waves[row])
+        if self.codecs[file_no] != "pcm":
+            clip = self._decode(file_no, row, waves[row])
+            if clip is None:
+                raise ClipDecodeError(f"{self.files[file_no]}: row {row} cannot be decoded")
+            waveform = torch.from_numpy(clip)
+        else:
+            waveform = torch.from_numpy(waves[row])
         target = torch.from_numpy(targets[row].astype(np.float32))
         return {
             "waveform": waveform,
@@ -304,13 +381,27 @@ class AudioSetHDF5(Dataset):
         target = np.empty((batch, num_classes), dtype=bool)
         file_of = np.searchsorted(self._offsets, order, side="right") - 1
         wave_np = waveform.numpy()
+        failed: list[int] = []
         for file_no in np.unique(file_of):
             slots = np.flatnonzero(file_of == file_no)
             rows = self._rows[file_no][order[slots] - self._offsets[file_no]]
             unique_rows, where = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
             waves, targets = self._datasets(int(file_no))
-            wave_np[slots] = waves[unique_rows][where]
             target[slots] = targets[unique_rows][where]
+            if self.codecs[file_no] == "pcm":
+                wave_np[slots] = waves[unique_rows][where]
+                continue
+            stored = waves[unique_rows]
+            for slot, row, data in zip(slots, rows, stored[where]):
+                clip = self._decode(int(file_no), int(row), data)
+                if clip is None:
+                    failed.append(int(slot))
+                else:
+                    wave_np[slot] = clip
+        if failed:  # leave the rows out: a smaller batch
+            keep = np.setdiff1d(np.arange(batch), failed)
+            order, target = order[keep], target[keep]
+            waveform = waveform[torch.from_numpy(keep)]
         return ClipBatch(
             {
                 "waveform": waveform,

@@ -7,36 +7,40 @@ Each clip is decoded (libsndfile, else FFmpeg through PyAV: the formats of
 :data:`~.audio_decode.AUDIO_EXTENSIONS`), mixed down to mono, resampled to 32 kHz, padded/cut
 to 10 s and stored as int16; ``audio_name`` holds the YTID. Only the first 10 s of a file are
 decoded. Files without an audio extension are listed in the report, not packed.
+
+``codec`` ``flac``/``opus`` stores each clip's encoded bytes instead of int16
+(:mod:`~.clip_codecs`); :func:`pack_panns` converts an existing PANNs file (``--from``);
+``shards`` writes a folder of litdata shards (:mod:`~.shards`) instead of one HDF5 file. The
+work is done in resumable parts (:mod:`~.pack_parts`).
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import multiprocessing
 import os
 import re
-import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..outputs import atomic_output, check_output_path, same_file
 from .audio_io import (
     AUDIO_EXTENSIONS,
-    AudioReadError,
     float_to_int16,
     pad_or_trim,
     read_head,
 )
 from .classes import load_class_names, mid_to_index
+from .clip_codecs import OPUS_BITRATE, check_encoder
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
-from .hdf5_dataset import create_layout
+from .hdf5_dataset import create_encoded_layout, create_layout, file_codec, inspect_file
+from .pack_parts import Block, PartStore, fingerprint_of, read_part, run_blocks
+from .shards import require_litdata
 
 __all__ = [
     "PackReport",
@@ -45,10 +49,14 @@ __all__ = [
     "list_files",
     "match_ytid",
     "pack_folder",
+    "pack_panns",
     "read_segments_csv",
     "read_text_file",
     "run_pack",
 ]
+
+#: clips per part file (the unit of parallel work and of resuming)
+DEFAULT_PART_CLIPS = 256
 
 _TIME_SUFFIX = re.compile(r"^(.+?)(?:_\d+(?:\.\d+)?){1,2}$")
 
@@ -157,9 +165,17 @@ class PackReport:
     unknown_mids: dict[str, int] = field(default_factory=dict)
     without_audio: list[str] = field(default_factory=list)  # YTIDs of the labels CSV no file matched
     notes: list[str] = field(default_factory=list)  # about the input files (encoding, repeated rows)
+    codec: str = "pcm"
+    parts: int = 0
+    resumed_parts: int = 0  # parts found complete from an earlier, interrupted run
+    empty_rows: int = 0  # --from: rows with an empty audio_name, left out
 
     def summary(self, max_listed: int = 20) -> str:
-        lines = [f"packed {self.packed} clips ({self.num_classes} classes) into {self.output}"]
+        lines = [f"packed {self.packed} clips ({self.num_classes} classes, {self.codec}) into {self.output}"]
+        if self.resumed_parts:
+            lines.append(f"resumed: {self.resumed_parts} of {self.parts} parts were already encoded by an earlier run")
+        if self.empty_rows:
+            lines.append(f"{self.empty_rows} rows with an empty audio_name (failed downloads) left out")
         lines += [f"note: {note}" for note in self.notes]
         if self.without_audio:
             shown = ", ".join(self.without_audio[:max_listed])
@@ -190,30 +206,37 @@ def decode_clip(path: Path, clip_samples: int = CLIP_SAMPLES) -> np.ndarray:
     return float_to_int16(pad_or_trim(waveform, clip_samples)).numpy()
 
 
-def _decode_or_error(job: tuple[Path, int]) -> tuple[np.ndarray | None, str]:
-    """The clip, or ``None`` and why it cannot be decoded (the report names the file)."""
-    path, clip_samples = job
-    try:
-        return decode_clip(path, clip_samples), ""
-    except AudioReadError as exc:
-        return None, exc.reason
-    except OSError as exc:
-        return None, exc.strerror or str(exc)
-    except Exception as exc:  # noqa: BLE001 - any other decoder failure skips the file, never the whole pack
-        return None, " ".join(str(exc).split()) or type(exc).__name__
+class _FileClip:
+    """Picklable ``source -> int16 clip`` for audio files (a pack worker's reader)."""
+
+    def __init__(self, clip_samples: int) -> None:
+        self.clip_samples = clip_samples
+
+    def __call__(self, source: str) -> np.ndarray:
+        return decode_clip(Path(source), self.clip_samples)
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it stops the pool)
+class _PannsRow:
+    """Picklable ``"ROW" -> int16 clip`` of one PANNs file, opened once per process."""
+
+    def __init__(self, path: Path, clip_samples: int) -> None:
+        self.path, self.clip_samples = path, clip_samples
+        self._waves = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "clip_samples": self.clip_samples, "_waves": None}
+
+    def __call__(self, source: str) -> np.ndarray:
+        if self._waves is None:
+            self._waves = h5py.File(self.path, "r")["waveform"]
+        return pad_or_trim_int16(self._waves[int(source.rsplit(":", 1)[1])], self.clip_samples)
 
 
-def _decoded(jobs: list[tuple[Path, int]], num_workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
-    if num_workers <= 0:
-        yield from map(_decode_or_error, jobs)
-        return
-    with multiprocessing.get_context("spawn").Pool(num_workers, initializer=_init_worker) as pool:
-        yield from pool.imap(_decode_or_error, jobs, chunksize=4)
+def pad_or_trim_int16(clip: np.ndarray, clip_samples: int) -> np.ndarray:
+    out = np.zeros(clip_samples, dtype=np.int16)
+    n = min(clip_samples, len(clip))
+    out[:n] = clip[:n]
+    return out
 
 
 def _plan(
@@ -243,6 +266,135 @@ def _plan(
     return planned
 
 
+def _check_output(output: Path, inputs: list, overwrite: bool, shards: bool) -> None:
+    """Refuse an output that is an input, exists without ``overwrite``, or (HDF5) is not a file;
+    with ``shards``, check that litdata is installed."""
+    if shards:
+        try:
+            require_litdata("--shards")
+        except ImportError as err:
+            raise ValueError(str(err)) from None
+    for source in inputs:
+        if source is not None and same_file(output, source):
+            raise ValueError(f"output {output} is also an input ({source}); refusing to write over it")
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"output {output} exists; pass overwrite=True (--overwrite) to replace it")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(err.errno, f"OUTPUT: cannot make the folder {output.parent}: {err.strerror or err}") from None
+    if shards:
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"OUTPUT: {output} is not a folder; --shards writes a folder of shards")
+        return
+    check_output_path(output, [i for i in inputs if i is not None], overwrite=True, what="OUTPUT")
+
+
+def _blocks(planned: list[tuple[str, str, list[int]]], part_clips: int) -> list[Block]:
+    blocks = []
+    for number, start in enumerate(range(0, len(planned), part_clips)):
+        chunk = planned[start : start + part_clips]
+        blocks.append(
+            Block(
+                number,
+                tuple(src for src, _, _ in chunk),
+                tuple(name for _, name, _ in chunk),
+                tuple(tuple(labels) for _, _, labels in chunk),
+            )
+        )
+    return blocks
+
+
+def _encode_and_assemble(
+    planned: list[tuple[str, str, list[int]]],
+    read_clip,
+    report: PackReport,
+    settings: dict,
+    inputs: list,
+    *,
+    shards: bool,
+    num_workers: int,
+    progress: bool,
+    part_clips: int,
+    clip_samples: int,
+) -> None:
+    """Encode ``planned`` into parts (resuming), then write the output from them."""
+    codec, bitrate, output = report.codec, settings["bitrate"], report.output
+    blocks = _blocks(planned, part_clips)
+    store = PartStore(output, fingerprint_of([[src, name, labels] for src, name, labels in planned], settings))
+    store.open()
+    if store.discarded:
+        report.notes.append(f"a partial pack of other inputs in {store.folder} was discarded")
+    report.resumed_parts = sum(store.done(b.number) for b in blocks)
+    report.parts = len(blocks)
+    bar = tqdm(total=len(planned), desc=f"packing ({codec})", unit="clip", disable=not progress)
+    bar.update(sum(len(b.sources) for b in blocks if store.done(b.number)))
+    sizes = {b.number: len(b.sources) for b in blocks}
+    for number, _ in run_blocks(blocks, store, read_clip, codec, bitrate, num_workers):
+        bar.update(sizes[number])
+    bar.close()
+    parts = [read_part(store.path(b.number)) for b in blocks]  # small: names and labels are all
+    for part in parts:
+        report.unreadable += [(Path(src), why) for src, why in part.skipped]
+    report.packed = sum(len(p.names) for p in parts)
+    if report.packed == 0:
+        store.remove()
+        raise ValueError(f"no clip could be decoded\n{report.summary()}")
+    name_width = max(20, max((len(n.encode()) for p in parts for n in p.names), default=20))
+    if shards:
+        from .shards import write_shards
+
+        write_shards(output, parts, codec, report.num_classes, clip_samples, bitrate)
+    else:
+        with atomic_output(output) as tmp:
+            _write_hdf5(tmp, parts, codec, report.num_classes, clip_samples, name_width, bitrate)
+    store.remove()
+
+
+def _write_hdf5(
+    path: Path, parts: list, codec: str, num_classes: int, clip_samples: int, name_width: int, bitrate: int
+) -> None:
+    total = sum(len(p.names) for p in parts)
+    with h5py.File(path, "w") as h5:
+        if codec == "pcm":
+            names, clips, targets = create_layout(h5, total, num_classes, clip_samples, name_width, resizable=True)
+        else:
+            names, clips, targets = create_encoded_layout(h5, total, num_classes, codec, name_width, resizable=True)
+            h5.attrs["clip_samples"] = clip_samples
+            if codec == "opus":
+                h5.attrs["bitrate"] = bitrate
+        h5.attrs["codec"] = codec
+        h5.attrs["sample_rate"] = SAMPLE_RATE
+        row = 0
+        for part in parts:
+            count = len(part.names)
+            if count == 0:
+                continue
+            target = np.zeros((count, num_classes), dtype=bool)
+            for i, labels in enumerate(part.labels):
+                target[i, labels] = True
+            names[row : row + count] = [n.encode() for n in part.names]
+            targets[row : row + count] = target
+            if codec == "pcm":
+                clips[row : row + count] = np.stack(part.clips)
+            else:
+                for i, clip in enumerate(part.clips):  # one row at a time: h5py's vlen slices mis-shape 1 row
+                    clips[row + i] = np.frombuffer(clip, dtype=np.uint8)
+            row += count
+
+
+def _settings(codec: str, bitrate: int, clip_samples: int, classes: list, part_clips: int, shards: bool) -> dict:
+    return {
+        "version": 1,
+        "codec": codec,
+        "bitrate": int(bitrate) if codec == "opus" else 0,
+        "clip_samples": clip_samples,
+        "classes": [c.mid for c in classes],
+        "part_clips": part_clips,
+        "shards": shards,
+    }
+
+
 def pack_folder(
     audio_dir: str | os.PathLike,
     labels_csv: str | os.PathLike,
@@ -252,35 +404,35 @@ def pack_folder(
     num_workers: int = 0,
     progress: bool = True,
     clip_samples: int = CLIP_SAMPLES,
+    codec: str = "pcm",
+    bitrate: int = OPUS_BITRATE,
+    shards: bool = False,
+    part_clips: int = DEFAULT_PART_CLIPS,
 ) -> PackReport:
-    """Pack ``audio_dir`` with labels from ``labels_csv`` into the HDF5 file ``output``.
+    """Pack ``audio_dir`` with labels from ``labels_csv`` into ``output``: one HDF5 file, or with
+    ``shards`` a folder of litdata shards (:mod:`~.shards`); clips stored as ``codec``.
 
-    The file is written next to ``output`` under a temporary name and renamed when complete.
-    Raises ``FileExistsError`` if ``output`` exists and ``overwrite`` is False, and
-    ``ValueError`` if no file could be packed, if ``output`` is the labels or class CSV, or a
-    CSV is not UTF-8 text. The report lists what was skipped and why, the labelled segments
-    without an audio file, and notes on the CSV (a byte-order mark, YTIDs on several lines).
+    Clips are encoded by ``num_workers`` processes into part files of ``part_clips`` clips
+    (:mod:`~.pack_parts`): a run stopped or killed part-way continues where it stopped when
+    started again with the same inputs. The output is written under a temporary name and renamed
+    when complete. Raises ``FileExistsError`` if ``output`` exists and ``overwrite`` is False,
+    ``ValueError`` for a codec this machine cannot encode (before any work), if no file could
+    be packed, if ``output`` is the labels or class CSV, or a CSV is not UTF-8 text. The report
+    lists what was skipped and why, the labelled segments without an audio file, and notes on
+    the CSV (a byte-order mark, YTIDs on several lines).
     """
     audio_dir, labels_csv, output = Path(audio_dir), Path(labels_csv), Path(output)
+    check_encoder(codec, bitrate)
     if not audio_dir.is_dir():
         raise FileNotFoundError(f"audio folder not found: {audio_dir}")
-    for source in (labels_csv, class_csv):
-        if source is not None and same_file(output, source):
-            raise ValueError(f"output {output} is also an input ({source}); refusing to write over it")
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"output {output} exists; pass overwrite=True (--overwrite) to replace it")
+    _check_output(output, [labels_csv, class_csv], overwrite, shards)
     classes = load_class_names(class_csv)
     notes: list[str] = []
     labels = read_segments_csv(labels_csv, notes)
-    report = PackReport(output=output, num_classes=len(classes), notes=notes)
+    report = PackReport(output=output, num_classes=len(classes), notes=notes, codec=codec)
     files, report.not_audio = list_files(audio_dir)
     # never over an audio file, a folder or a device, even with --overwrite; checked before decoding
-    # (the output's folder is made, as writing it would)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(err.errno, f"OUTPUT: cannot make the folder {output.parent}: {err.strerror or err}") from None
-    check_output_path(output, [labels_csv, class_csv, *files], overwrite=True, what="OUTPUT")
+    _check_output(output, [labels_csv, class_csv, *files], True, shards)
     if not files:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {audio_dir}")
     planned = _plan(files, labels, mid_to_index(classes), report)
@@ -288,58 +440,124 @@ def pack_folder(
     report.without_audio = [ytid for ytid in labels if ytid not in matched]
     if not planned:
         raise ValueError(f"no audio file under {audio_dir} matches a labelled YTID in {labels_csv}\n{report.summary()}")
-
-    name_width = max(20, max(len(ytid.encode()) for _, ytid, _ in planned))
-    with atomic_output(output) as tmp:
-        with h5py.File(tmp, "w") as h5:
-            names, waves, targets = create_layout(
-                h5, len(planned), len(classes), clip_samples, name_width, resizable=True
-            )
-            h5.attrs["sample_rate"] = SAMPLE_RATE
-            jobs = [(path, clip_samples) for path, _, _ in planned]
-            bar = tqdm(total=len(jobs), desc="packing", unit="clip", disable=not progress)
-            for (path, ytid, indices), (clip, error) in zip(planned, _decoded(jobs, num_workers)):
-                bar.update()
-                if clip is None:
-                    report.unreadable.append((path, error))
-                    continue
-                row = report.packed
-                names[row] = ytid.encode()
-                waves[row] = clip
-                target = np.zeros(len(classes), dtype=bool)
-                target[indices] = True
-                targets[row] = target
-                report.packed += 1
-            bar.close()
-            for ds in (names, waves, targets):
-                ds.resize(report.packed, axis=0)
+    settings = _settings(codec, bitrate, clip_samples, classes, part_clips, shards)
+    settings["sources"] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p, _, _ in planned]
+    jobs = [(str(path), ytid, indices) for path, ytid, indices in planned]
+    try:
+        _encode_and_assemble(
+            jobs,
+            _FileClip(clip_samples),
+            report,
+            settings,
+            [labels_csv, class_csv],
+            shards=shards,
+            num_workers=num_workers,
+            progress=progress,
+            part_clips=part_clips,
+            clip_samples=clip_samples,
+        )
+    except ValueError as err:
         if report.packed == 0:
-            raise ValueError(f"no audio file under {audio_dir} could be decoded\n{report.summary()}")
+            raise ValueError(f"no audio file under {audio_dir} could be decoded\n{report.summary()}") from err
+        raise
+    return report
+
+
+def pack_panns(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    codec: str,
+    class_csv: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+    bitrate: int = OPUS_BITRATE,
+    shards: bool = False,
+    part_clips: int = DEFAULT_PART_CLIPS,
+) -> PackReport:
+    """Convert a PANNs-layout HDF5 file (``audio_name``, ``waveform`` int16, ``target``) to
+    ``codec`` (one HDF5 file, or a folder of shards), without the audio folder: same rows, names
+    and targets; rows with an empty ``audio_name`` are left out and counted. Parallel and
+    resumable as :func:`pack_folder`. ``class_csv`` only names the classes in the report."""
+    source, output = Path(source), Path(output)
+    check_encoder(codec, bitrate)
+    if not source.is_file():
+        raise FileNotFoundError(f"--from: HDF5 file not found: {source}")
+    try:
+        with h5py.File(source, "r") as h5:
+            codec_there = file_codec(h5, source)
+            wave = h5.get("waveform")
+            clip_samples = int(wave.shape[1]) if wave is not None and wave.ndim == 2 else CLIP_SAMPLES
+    except OSError as err:
+        raise ValueError(f"--from {source}: not a readable HDF5 file ({err})") from None
+    if codec_there != "pcm":
+        raise ValueError(f"--from {source}: holds {codec_there} clips; give a PANNs (int16) file")
+    _, num_classes = inspect_file(source, clip_samples)
+    with h5py.File(source, "r") as h5:
+        names = h5["audio_name"][()]
+        target = h5["target"][()]
+    if class_csv is not None and len(load_class_names(class_csv)) != num_classes:
+        raise ValueError(f"--class-csv {class_csv}: its class count differs from the {num_classes} of {source}")
+    _check_output(output, [source, class_csv], overwrite, shards)
+    report = PackReport(output=output, num_classes=num_classes, codec=codec)
+    planned = []
+    for row, name in enumerate(names):
+        if name == b"":
+            report.empty_rows += 1
+            continue
+        planned.append((f"{source}:{row}", name.decode("utf-8", "replace"), np.flatnonzero(target[row]).tolist()))
+    if not planned:
+        raise ValueError(f"--from {source}: every row has an empty audio_name; nothing to convert")
+    stat = source.stat()
+    settings = _settings(codec, bitrate, clip_samples, [], part_clips, shards)
+    settings["source"] = [str(source.resolve()), stat.st_size, stat.st_mtime_ns]
+    _encode_and_assemble(
+        planned,
+        _PannsRow(source, clip_samples),
+        report,
+        settings,
+        [source, class_csv],
+        shards=shards,
+        num_workers=num_workers,
+        progress=progress,
+        part_clips=part_clips,
+        clip_samples=clip_samples,
+    )
     return report
 
 
 def run_pack(
-    audio_dir: str,
-    labels_csv: str,
+    audio_dir: str | None,
+    labels_csv: str | None,
     output: str,
     class_csv: str | None = None,
     overwrite: bool = False,
     num_workers: int = 0,
     progress: bool = True,
+    codec: str = "pcm",
+    bitrate: int = OPUS_BITRATE,
+    shards: bool = False,
+    from_panns: str | None = None,
 ) -> int:
     """``dcls-audio pack``: pack, print the summary; exit code 0, or 1 with the error on stderr."""
     import sys
 
     try:
-        report = pack_folder(
-            audio_dir,
-            labels_csv,
-            output,
-            class_csv=class_csv,
-            overwrite=overwrite,
-            num_workers=num_workers,
-            progress=progress,
-        )
+        if from_panns is not None:
+            report = pack_panns(from_panns, output, codec, class_csv, overwrite, num_workers, progress, bitrate, shards)
+        else:
+            report = pack_folder(
+                audio_dir,
+                labels_csv,
+                output,
+                class_csv=class_csv,
+                overwrite=overwrite,
+                num_workers=num_workers,
+                progress=progress,
+                codec=codec,
+                bitrate=bitrate,
+                shards=shards,
+            )
     except (OSError, ValueError) as exc:  # missing or unreadable inputs, the output refused or not writable
         print(f"dcls-audio pack: error: {exc}", file=sys.stderr)
         return 1

@@ -110,7 +110,7 @@ def test_runtime_dependencies_are_what_the_runtime_imports():
         dists = {_norm(d) for d in distributions.get(module, [module])}
         imported[module] = dists
     # triton ships with torch on Linux (torch's own dependency); onnx/onnxruntime (export) and
-    # matplotlib (plot) are extras, imported only where they are used
+    # matplotlib (plot) and litdata (shards) are extras, imported only where they are used
     undeclared = {m: d for m, d in imported.items() if not d & (declared | optional | {"triton"})}
     assert not undeclared, f"imported at run time but not a runtime dependency: {undeclared}"
     assert "torchaudio" not in imported and "sklearn" not in imported and "DCLS" not in imported

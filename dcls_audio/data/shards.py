@@ -1,0 +1,282 @@
+"""AudioSet clips in litdata shards: a folder of chunk files plus litdata's ``index.json``, written
+by ``dcls-audio pack --shards`` and read from a local folder or a bucket URL (``s3://``,
+``gs://``, ``azure://``: litdata's remote support, which downloads the chunks a process reads
+into a local cache).
+
+Each item is a dict: ``audio_name`` (str), ``codec`` (``pcm``, ``flac`` or ``opus``),
+``num_classes`` (int), ``labels`` (int32 class indices) and ``audio`` (bytes: int16 samples for
+``pcm``, else the encoded clip, see :mod:`~.clip_codecs`). Shards are chunks of about
+:data:`SHARD_BYTES` bytes.
+
+:class:`AudioSetShards` reads them by global index (litdata's random access into its chunks),
+so the samplers of :mod:`~.samplers` apply unchanged: every clip once per epoch across all ranks,
+a deterministic order per seed, and a run resumed inside an epoch continues that epoch's order
+(the DataModule's ``train_position``). A clip that does not decode is left out of its batch and
+counted, as in :class:`~.hdf5_dataset.AudioSetHDF5`; a shard that cannot be read is a
+:class:`ShardReadError` naming it (local shards are checked against the index when opened).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from .classes import ClassInfo, display_names, mids, resolve_class_names
+from .clip_codecs import CODECS, ClipDecodeError, decode_clip_bytes
+from .constants import CLIP_SAMPLES
+from .hdf5_dataset import ClipBatch
+
+__all__ = [
+    "AudioSetShards",
+    "SHARD_BYTES",
+    "ShardReadError",
+    "is_shard_location",
+    "require_litdata",
+    "write_shards",
+]
+
+log = logging.getLogger(__name__)
+
+#: bytes per shard (litdata chunk): large enough for streaming reads, small enough to cache a few
+SHARD_BYTES = "64MB"
+_INDEX = "index.json"
+_REMOTE = ("s3://", "gs://", "gcs://", "azure://", "az://", "hf://")
+
+
+class ShardReadError(ValueError):
+    """A shard (litdata chunk) that cannot be read; the message names it."""
+
+
+def require_litdata(what: str = "shards") -> None:
+    """``ImportError`` with the install command unless litdata is importable."""
+    try:
+        import litdata  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{what} need litdata: pip install 'dcls-audio[shards]'") from None
+
+
+def is_shard_location(location: str | os.PathLike) -> bool:
+    """Whether a ``--data.*_files`` entry is a shard folder (has ``index.json``) or a bucket URL."""
+    text = str(location)
+    return text.startswith(_REMOTE) or (Path(text) / _INDEX).is_file()
+
+
+def write_shards(output: Path, parts: Sequence, codec: str, num_classes: int, clip_samples: int, bitrate: int) -> None:
+    """Write the clips of ``parts`` (:class:`~.pack_parts.EncodedPart`) as litdata shards into the
+    folder ``output``: built in a temporary folder next to it and renamed when complete (an
+    existing ``output`` is replaced only then)."""
+    require_litdata("--shards")
+    from litdata.streaming.writer import BinaryWriter
+
+    output = Path(output)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        writer = BinaryWriter(str(staging), chunk_bytes=SHARD_BYTES)
+        index = 0
+        for part in parts:
+            for name, labels, clip in zip(part.names, part.labels, part.clips):
+                audio = np.asarray(clip, dtype=np.int16).tobytes() if codec == "pcm" else bytes(clip)
+                item = {
+                    "audio_name": name,
+                    "codec": codec,
+                    "num_classes": int(num_classes),
+                    "labels": np.asarray(labels, dtype=np.int32),
+                    "audio": audio,
+                }
+                writer.add_item(index, item)
+                index += 1
+        writer.done()
+        writer.merge()
+        (staging / "clips.json").write_text(
+            json.dumps({"codec": codec, "clips": index, "clip_samples": clip_samples, "bitrate": bitrate})
+        )
+        if output.exists():
+            old = output.with_name(f".{output.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(output, old)
+            os.replace(staging, output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_local_shards(folder: Path) -> None:
+    """Every chunk the index lists exists with its size (litdata would wait for a missing one)."""
+    try:
+        index = json.loads((folder / _INDEX).read_text())
+        chunks = index["chunks"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ShardReadError(f"{folder / _INDEX}: not a litdata index ({err})") from None
+    for chunk in chunks:
+        path = folder / chunk["filename"]
+        if not path.is_file():
+            raise ShardReadError(f"{path}: shard listed in {folder / _INDEX} is missing")
+        size, expected = path.stat().st_size, chunk.get("chunk_bytes")
+        if expected is not None and size < int(expected):
+            raise ShardReadError(f"{path}: shard cannot be read (holds {size} of its {expected} bytes)")
+
+
+class AudioSetShards(Dataset):
+    """Clips of one shard location (a folder or a bucket URL), items and batches as
+    :class:`~.hdf5_dataset.AudioSetHDF5`'s: ``waveform`` int16 (clip_samples,), ``target``
+    float32 (C,), ``index`` int64, ``audio_name`` str; :meth:`__getitems__` gives a
+    :class:`~.hdf5_dataset.ClipBatch`. ``cache_dir``: where litdata keeps downloaded chunks of a
+    remote location (default: litdata's)."""
+
+    def __init__(
+        self,
+        location: str | os.PathLike,
+        class_csv: str | os.PathLike | None = None,
+        clip_samples: int = CLIP_SAMPLES,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.location = str(location)
+        self.files = [location]
+        self.clip_samples = clip_samples
+        self.cache_dir = cache_dir
+        if not self.location.startswith(_REMOTE):
+            _check_local_shards(Path(self.location))
+        self._stream = None
+        self._pid: int | None = None
+        first = self._item(0) if len(self) else None
+        if first is None:
+            raise ValueError(f"{self.location}: the shards hold no clip")
+        if first["codec"] not in CODECS:
+            raise ValueError(f"{self.location}: clips stored as {first['codec']!r}; this version reads {CODECS}")
+        self.num_classes = int(first["num_classes"])
+        self.classes: list[ClassInfo] = resolve_class_names(
+            self.num_classes, class_csv, data_source=f"{self.location}: num_classes"
+        )
+        self.dropped_per_file: list[int] = [0]
+        self._rows = [np.arange(len(self), dtype=np.int64)]
+        #: (location, index, reason) of the clips this process could not decode
+        self.undecodable: list[tuple[str, int, str]] = []
+
+    class_names = property(lambda self: display_names(self.classes))
+    class_mids = property(lambda self: mids(self.classes))
+    num_dropped = property(lambda self: 0)
+
+    def _dataset(self):
+        """litdata's StreamingDataset of this location, opened once per process."""
+        if self._stream is None or self._pid != os.getpid():
+            require_litdata(f"{self.location}: reading shards")
+            from litdata import StreamingDataset
+
+            try:
+                self._stream = StreamingDataset(self.location, cache_dir=self.cache_dir, shuffle=False)
+            except Exception as err:  # noqa: BLE001 - litdata raises several kinds for a bad location
+                raise ShardReadError(f"{self.location}: not readable as litdata shards ({err})") from None
+            self._pid = os.getpid()
+        return self._stream
+
+    def __len__(self) -> int:
+        stream = self._dataset()
+        if stream.cache is None:
+            from litdata.utilities.env import _WorkerEnv
+
+            stream.worker_env = _WorkerEnv.detect()
+            stream.cache = stream._create_cache(worker_env=stream.worker_env)
+        return len(stream.cache)
+
+    def _shard_name(self, index: int) -> str:
+        try:
+            chunk = self._dataset().cache._get_chunk_index_from_index(index)[1]
+            return self._dataset().cache._reader.config._chunks[chunk]["filename"]
+        except Exception:  # noqa: BLE001 - only for the message
+            return "?"
+
+    def _item(self, index: int) -> dict:
+        try:
+            return self._dataset()[int(index)]
+        except ShardReadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure to read a chunk names the shard
+            shard = self._shard_name(int(index))
+            raise ShardReadError(f"{self.location}: shard {shard} cannot be read ({err})") from None
+
+    def _clip(self, index: int, item: dict) -> np.ndarray | None:
+        try:
+            if item["codec"] == "pcm":
+                clip = np.frombuffer(item["audio"], dtype=np.int16)
+                if len(clip) == self.clip_samples:
+                    return clip
+                out = np.zeros(self.clip_samples, dtype=np.int16)
+                out[: min(len(clip), self.clip_samples)] = clip[: self.clip_samples]
+                return out
+            return decode_clip_bytes(item["audio"], item["codec"], self.clip_samples)
+        except (ClipDecodeError, ValueError) as err:
+            reason = getattr(err, "reason", str(err))
+            self.undecodable.append((self.location, index, reason))
+            log.warning("%s: clip %d (%s) cannot be decoded, left out: %s", self.location, index, item["codec"], reason)
+            return None
+
+    def _target(self, item: dict) -> np.ndarray:
+        target = np.zeros(self.num_classes, dtype=np.float32)
+        target[np.asarray(item["labels"], dtype=np.int64)] = 1.0
+        return target
+
+    def __getitem__(self, index: int) -> dict:
+        item = self._item(index)
+        clip = self._clip(int(index), item)
+        if clip is None:
+            raise ClipDecodeError(f"{self.location}: clip {index} cannot be decoded")
+        return {
+            "waveform": torch.from_numpy(clip.copy()),
+            "target": torch.from_numpy(self._target(item)),
+            "index": torch.tensor(int(index), dtype=torch.int64),
+            "audio_name": item["audio_name"],
+        }
+
+    def __getitems__(self, indices: Sequence[int]) -> ClipBatch:
+        order = [int(i) for i in indices]
+        clips, targets, kept, names = [], [], [], []
+        for index in order:
+            item = self._item(index)
+            clip = self._clip(index, item)
+            if clip is None:
+                continue
+            clips.append(clip)
+            targets.append(self._target(item))
+            kept.append(index)
+            names.append(item["audio_name"])
+        if get_worker_info() is not None:  # to the main process through shared memory, no copy
+            storage = torch.UntypedStorage._new_shared(len(clips) * self.clip_samples * 2)
+            waveform = torch.empty(0, dtype=torch.int16).set_(storage).view(len(clips), self.clip_samples)
+        else:
+            waveform = torch.empty((len(clips), self.clip_samples), dtype=torch.int16)
+        if clips:
+            waveform.numpy()[:] = np.stack(clips)
+        target = np.stack(targets) if targets else np.zeros((0, self.num_classes), np.float32)
+        return ClipBatch(
+            {
+                "waveform": waveform,
+                "target": torch.from_numpy(target),
+                "index": torch.tensor(kept, dtype=torch.int64),
+                "audio_name": names,
+            }
+        )
+
+    def iter_targets(self, chunk_rows: int = 65536):
+        """Bool target rows (n, C) of all clips, a chunk at a time (reads every item: slow remotely)."""
+        for start in range(0, len(self), chunk_rows):
+            stop = min(start + chunk_rows, len(self))
+            yield np.stack([self._target(self._item(i)) > 0 for i in range(start, stop)])
+
+    def close(self) -> None:
+        self._stream = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_stream"] = state["_pid"] = None
+        return state
