@@ -26,7 +26,8 @@ if [[ $part == train || $part == all ]]; then
   grep -E "^(device|augment|model|convnext|fastvit|convformer|== host)" "$OUT/bench_train.log"
 fi
 if [[ $part == data || $part == all ]]; then
-  timeout 120 python3 benchmarks/bench_data.py --clips 2048 --seconds 6 --workers 0,4,8,16 --out "$OUT/bench_data.json" 2>&1 | tail -12 | tee "$OUT/bench_data.log"
+  timeout 300 python3 benchmarks/bench_data.py --clips 2048 --seconds 6 --workers 4,8,12,16 --formats pcm,flac,opus \
+    --out "$OUT/bench_data_formats.json" >"$OUT/bench_data_formats.log" 2>&1; tail -22 "$OUT/bench_data_formats.log"
 fi
 if [[ $part == infer || $part == all ]]; then
   timeout 120 python3 benchmarks/bench_infer.py --devices cuda --precisions bf16,fp32 --out "$OUT/bench_infer.json" 2>&1 | tail -12 | tee "$OUT/bench_infer.log"
