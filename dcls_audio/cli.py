@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from .errors import UsageError
+
 __all__ = ["EXIT_BROKEN_PIPE", "build_parser", "main"]
 
 #: ONNX opsets ``export`` accepts: every registered model exports from 14 (the legacy exporter
@@ -465,7 +467,7 @@ def _add_train_parser(subparsers) -> None:
         except TrainingStopped as err:
             print(f"dcls-audio train: {err}", file=sys.stderr)
             return 1
-        except (ValueError, OSError) as err:  # config, data, checkpoint or output-directory problems
+        except (UsageError, OSError) as err:  # config, data, checkpoint or output-directory problems
             print(f"dcls-audio train: error: {err}", file=sys.stderr)
             return 2
         print_summary(result)
@@ -552,7 +554,7 @@ def _add_eval_parser(subparsers) -> None:
         except NonFiniteScoresError as err:  # the run happened, its result is unusable
             print(f"dcls-audio eval: error: {err}", file=sys.stderr)
             return 1
-        except (ValueError, OSError) as err:  # checkpoint, data or output-directory problems
+        except (UsageError, OSError) as err:  # checkpoint, data or output-directory problems
             print(f"dcls-audio eval: error: {err}", file=sys.stderr)
             return 2
         except (ImportError, MisconfigurationException) as err:  # an accelerator or strategy this machine lacks

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..errors import UsageError
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioReadError",
@@ -80,7 +82,7 @@ BLOCK_FRAMES = 1 << 16
 _PYAV_HINT = "formats libsndfile cannot read (m4a, aac, mp4, webm, ...) need PyAV: pip install av"
 
 
-class AudioReadError(ValueError):
+class AudioReadError(UsageError):
     """An audio file exists but cannot be decoded (corrupt, truncated, unsupported).
 
     ``path``: the file; ``reason``: why, without the path. The message is

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..errors import UsageError
 from .constants import AUDIOSET_NUM_CLASSES
 
 __all__ = [
@@ -42,10 +43,10 @@ def _read_rows(text: str, source: str) -> list[ClassInfo]:
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise ValueError(f"class CSV {source} is empty") from None
+        raise UsageError(f"class CSV {source} is empty") from None
     missing = [c for c in _REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"class CSV {source}: header {header} lacks column(s) {missing}; expected {list(_REQUIRED_COLUMNS)}"
         )
     cols = [header.index(c) for c in _REQUIRED_COLUMNS]
@@ -57,15 +58,15 @@ def _read_rows(text: str, source: str) -> list[ClassInfo]:
             index, mid, name = (row[c].strip() for c in cols)
             index_value = int(index)
         except (IndexError, ValueError):
-            raise ValueError(f"class CSV {source}, line {line_no}: cannot parse row {row}") from None
+            raise UsageError(f"class CSV {source}, line {line_no}: cannot parse row {row}") from None
         if index_value != len(classes):
-            raise ValueError(
+            raise UsageError(
                 f"class CSV {source}, line {line_no}: index {index_value}, expected {len(classes)} "
                 "(indices must run 0..C-1 in order)"
             )
         classes.append(ClassInfo(index_value, mid, name))
     if not classes:
-        raise ValueError(f"class CSV {source} has a header but no classes")
+        raise UsageError(f"class CSV {source} has a header but no classes")
     return classes
 
 
@@ -106,7 +107,7 @@ def resolve_class_names(
     if csv is not None:
         classes = load_class_names(csv)
         if len(classes) != num_classes:
-            raise ValueError(f"class CSV {csv} lists {len(classes)} classes but {data_source} has {num_classes}")
+            raise UsageError(f"class CSV {csv} lists {len(classes)} classes but {data_source} has {num_classes}")
         return classes
     if num_classes == AUDIOSET_NUM_CLASSES:
         return load_class_names(None)

@@ -25,6 +25,7 @@ import io
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from .constants import INT16_SCALE, SAMPLE_RATE
 
 __all__ = [
@@ -112,7 +113,7 @@ def encode_clip(clip: np.ndarray, codec: str, bitrate: int = OPUS_BITRATE, sampl
         return _encode_flac(clip, sample_rate)
     if codec == "opus":
         return _encode_opus(clip, sample_rate, bitrate)
-    raise ValueError(f"codec must be flac or opus to encode bytes, got {codec!r}")
+    raise UsageError(f"codec must be flac or opus to encode bytes, got {codec!r}")
 
 
 def _decode_flac(data: bytes, clip_samples: int) -> np.ndarray:
@@ -152,7 +153,7 @@ def decode_clip_bytes(data: bytes | np.ndarray, codec: str, clip_samples: int) -
         return _decode_flac(data, clip_samples)
     if codec == "opus":
         return _decode_opus(data, clip_samples)
-    raise ValueError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+    raise UsageError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
 
 
 def check_encoder(codec: str, bitrate: int = OPUS_BITRATE) -> None:
@@ -162,16 +163,16 @@ def check_encoder(codec: str, bitrate: int = OPUS_BITRATE) -> None:
     any work.
     """
     if codec not in CODECS:
-        raise ValueError(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
+        raise UsageError(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
     if codec == "pcm":
         return
     if codec == "opus" and not 6_000 <= int(bitrate) <= 510_000:
-        raise ValueError(f"--bitrate must be between 6000 and 510000 bit/s for Opus, got {bitrate}")
+        raise UsageError(f"--bitrate must be between 6000 and 510000 bit/s for Opus, got {bitrate}")
     probe = (np.sin(np.arange(SAMPLE_RATE // 10) * 0.05) * 8000).astype(np.int16)
     try:
         data = encode_clip(probe, codec, bitrate)
         decode_clip_bytes(data, codec, len(probe))
     except ImportError as exc:
-        raise ValueError(f"--codec {codec}: this machine cannot encode it ({exc}; pip install av soundfile)") from None
+        raise UsageError(f"--codec {codec}: this machine cannot encode it ({exc}; pip install av soundfile)") from None
     except Exception as exc:  # noqa: BLE001 - any library failure means: cannot encode here
-        raise ValueError(f"--codec {codec}: this machine cannot encode it ({' '.join(str(exc).split())})") from None
+        raise UsageError(f"--codec {codec}: this machine cannot encode it ({' '.join(str(exc).split())})") from None

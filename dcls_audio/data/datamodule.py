@@ -31,6 +31,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from ..errors import UsageError
 from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .constants import CLIP_SAMPLES
 from .hdf5_dataset import (
@@ -132,7 +133,7 @@ def _check_locations(locations: list, argument: str) -> None:
     """HDF5 files must exist; a shard folder or URL must be the split's only entry."""
     shards = [loc for loc in locations if is_shard_location(loc)]
     if shards and len(locations) > 1:
-        raise ValueError(f"{argument}: a shard folder ({shards[0]}) must be the split's only entry")
+        raise UsageError(f"{argument}: a shard folder ({shards[0]}) must be the split's only entry")
     if not shards:
         check_files_exist(locations, argument)
 
@@ -146,7 +147,7 @@ def _common_num_classes(locations: list, clip_samples: int) -> int:
             counts.append((loc, AudioSetShards(loc, clip_samples=clip_samples).num_classes))
     for loc, count in counts[1:]:
         if count != counts[0][1]:
-            raise ValueError(f"{loc}: has {count} classes but {counts[0][0]} has {counts[0][1]}")
+            raise UsageError(f"{loc}: has {count} classes but {counts[0][0]} has {counts[0][1]}")
     return counts[0][1]
 
 
@@ -195,20 +196,20 @@ class AudioSetDataModule(L.LightningDataModule):
         for split, paths in self.files.items():
             _check_locations(paths, f"{split}_files")
         if not any(self.files.values()):
-            raise ValueError("AudioSetDataModule: give at least one of train/val/test/predict_files")
+            raise UsageError("AudioSetDataModule: give at least one of train/val/test/predict_files")
         if class_csv is not None and not Path(class_csv).is_file():
             raise FileNotFoundError(f"class_csv: file not found: {class_csv}")
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+            raise UsageError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
         if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
-            raise ValueError(f"num_workers must be an integer >= 0 or None (automatic), got {num_workers!r}")
+            raise UsageError(f"num_workers must be an integer >= 0 or None (automatic), got {num_workers!r}")
         if prefetch_factor is not None and (not isinstance(prefetch_factor, int) or prefetch_factor < 1):
-            raise ValueError(f"prefetch_factor must be a positive integer or None (automatic), got {prefetch_factor!r}")
+            raise UsageError(f"prefetch_factor must be a positive integer or None (automatic), got {prefetch_factor!r}")
         if samples_per_epoch is not None and samples_per_epoch <= 0:
-            raise ValueError(f"samples_per_epoch must be positive, got {samples_per_epoch}")
+            raise UsageError(f"samples_per_epoch must be positive, got {samples_per_epoch}")
         self.save_hyperparameters(logger=False)
         self.class_csv = class_csv
         self.batch_size = batch_size
@@ -259,7 +260,7 @@ class AudioSetDataModule(L.LightningDataModule):
     def _dataset(self, split: str) -> AudioSetHDF5:
         if split not in self.datasets:
             if not self.files[split]:
-                raise ValueError(f"AudioSetDataModule: no {split}_files given")
+                raise UsageError(f"AudioSetDataModule: no {split}_files given")
             _ = self.classes  # check class counts agree across splits first
             files = self.files[split]
             if is_shard_location(files[0]):

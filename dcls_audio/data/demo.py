@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 import scipy.fft
 
+from ..errors import UsageError
 from ..outputs import atomic_output
 from .classes import ClassInfo, load_class_names
 from .constants import AUDIOSET_NUM_CLASSES, CLIP_SAMPLES, SAMPLE_RATE
@@ -73,7 +74,7 @@ def demo_classes() -> list[ClassInfo]:
     by_name = {c.display_name: c for c in load_class_names()}
     missing = [n for n in DEMO_CLASS_NAMES if n not in by_name]
     if missing:
-        raise ValueError(f"demo classes {missing} are not in the AudioSet class CSV")
+        raise UsageError(f"demo classes {missing} are not in the AudioSet class CSV")
     return [by_name[n] for n in DEMO_CLASS_NAMES]
 
 

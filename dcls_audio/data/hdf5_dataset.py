@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
+from ..errors import UsageError
 from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .clip_codecs import CODECS, ClipDecodeError, decode_clip_bytes
 from .constants import CLIP_SAMPLES
@@ -119,12 +120,12 @@ def _open(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from exc
+        raise UsageError(f"{path}: not a readable HDF5 file ({exc})") from exc
 
 
 def _dataset(h5: h5py.File, path: Path, name: str) -> h5py.Dataset:
     if name not in h5 or not isinstance(h5[name], h5py.Dataset):
-        raise ValueError(f"{path}: dataset '{name}' is missing (PANNs layout needs 'audio_name', 'waveform', 'target')")
+        raise UsageError(f"{path}: dataset '{name}' is missing (PANNs layout needs 'audio_name', 'waveform', 'target')")
     return h5[name]
 
 
@@ -133,7 +134,7 @@ def file_codec(h5: h5py.File, path: PathLike) -> str:
     codec = h5.attrs.get("codec", "pcm")
     codec = codec.decode() if isinstance(codec, bytes) else str(codec)
     if codec not in CODECS:
-        raise ValueError(f"{path}: attribute 'codec' is {codec!r}; this version reads {', '.join(CODECS)}")
+        raise UsageError(f"{path}: attribute 'codec' is {codec!r}; this version reads {', '.join(CODECS)}")
     return codec
 
 
@@ -142,21 +143,21 @@ def _clip_dataset(h5: h5py.File, path: Path, codec: str, clip_samples: int) -> h
     if codec == "pcm":
         wave = _dataset(h5, path, "waveform")
         if wave.dtype != np.int16 or wave.ndim != 2:
-            raise ValueError(
+            raise UsageError(
                 f"{path}: dataset 'waveform' must be int16 (N, {clip_samples}), "
                 f"got dtype {wave.dtype} shape {wave.shape}"
             )
         if wave.shape[1] != clip_samples:
-            raise ValueError(
+            raise UsageError(
                 f"{path}: dataset 'waveform' has clips of {wave.shape[1]} samples, expected {clip_samples}"
             )
         return wave
     if "encoded" not in h5 or not isinstance(h5["encoded"], h5py.Dataset):
-        raise ValueError(f"{path}: dataset 'encoded' is missing (attribute codec={codec!r} needs it)")
+        raise UsageError(f"{path}: dataset 'encoded' is missing (attribute codec={codec!r} needs it)")
     encoded = h5["encoded"]
     base = h5py.check_vlen_dtype(encoded.dtype)
     if encoded.ndim != 1 or base is None or np.dtype(base) != np.uint8:
-        raise ValueError(
+        raise UsageError(
             f"{path}: dataset 'encoded' must be 1-D variable-length uint8, "
             f"got dtype {encoded.dtype} shape {encoded.shape}"
         )
@@ -176,18 +177,18 @@ def inspect_file(path: PathLike, clip_samples: int = CLIP_SAMPLES) -> tuple[int,
         wave = _clip_dataset(h5, path, codec, clip_samples)
         target = _dataset(h5, path, "target")
         if names.ndim != 1 or names.dtype.kind != "S":
-            raise ValueError(
+            raise UsageError(
                 f"{path}: dataset 'audio_name' must be 1-D fixed-length bytes (S20), "
                 f"got dtype {names.dtype} shape {names.shape}"
             )
         if target.dtype != np.bool_ or target.ndim != 2:
-            raise ValueError(
+            raise UsageError(
                 f"{path}: dataset 'target' must be bool (N, classes), got dtype {target.dtype} shape {target.shape}"
             )
         rows = names.shape[0]
         for name, ds in ((wave.name.lstrip("/"), wave), ("target", target)):
             if ds.shape[0] != rows:
-                raise ValueError(f"{path}: dataset '{name}' has {ds.shape[0]} rows but 'audio_name' has {rows}")
+                raise UsageError(f"{path}: dataset '{name}' has {ds.shape[0]} rows but 'audio_name' has {rows}")
         return rows, int(target.shape[1])
 
 
@@ -199,7 +200,7 @@ def common_num_classes(paths: Sequence[PathLike], clip_samples: int = CLIP_SAMPL
     for path in paths[1:]:
         count = inspect_file(path, clip_samples)[1]
         if count != num_classes:
-            raise ValueError(f"{path}: dataset 'target' has {count} classes but {first} has {num_classes}")
+            raise UsageError(f"{path}: dataset 'target' has {count} classes but {first} has {num_classes}")
     return num_classes
 
 
@@ -268,7 +269,7 @@ class AudioSetHDF5(Dataset):
     ) -> None:
         self.files = as_path_list(files)
         if not self.files:
-            raise ValueError("AudioSetHDF5: no HDF5 files given")
+            raise UsageError("AudioSetHDF5: no HDF5 files given")
         self.clip_samples = clip_samples
         num_classes = common_num_classes(self.files, clip_samples)
         names_per_file, rows_per_file, dropped_per_file = [], [], []

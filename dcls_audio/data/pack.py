@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import UsageError
 from ..outputs import atomic_output, check_output_path, same_file
 from .audio_io import (
     AUDIO_EXTENSIONS,
@@ -77,12 +78,12 @@ def read_text_file(path: Path, what: str, notes: list[str] | None = None) -> str
             try:
                 return data.decode(codec)
             except UnicodeDecodeError as err:
-                raise ValueError(f"{what} {path}: not valid {name} at byte {err.start}") from None
+                raise UsageError(f"{what} {path}: not valid {name} at byte {err.start}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise ValueError(
+        raise UsageError(
             f"{what} {path}: not UTF-8 text (line {line}, byte {err.start}: {data[err.start : err.start + 1]!r}); "
             "save it as UTF-8"
         ) from None
@@ -107,7 +108,7 @@ def read_segments_csv(path: str | os.PathLike, notes: list[str] | None = None) -
     for line_no, line in lines:
         row = next(csv.reader([line], skipinitialspace=True))
         if len(row) < 4:
-            raise ValueError(
+            raise UsageError(
                 f"labels CSV {path}, line {line_no}: expected 'YTID, start, end, \"mid,...\"', got {line.strip()!r}"
             )
         ytid = row[0].strip()
@@ -117,7 +118,7 @@ def read_segments_csv(path: str | os.PathLike, notes: list[str] | None = None) -
         merged = labels.setdefault(ytid, [])
         merged.extend(m for m in mids if m not in merged)
     if not labels:
-        raise ValueError(f"labels CSV {path} lists no segments")
+        raise UsageError(f"labels CSV {path} lists no segments")
     if repeated and notes is not None:
         names = ", ".join(sorted(set(repeated))[:10]) + (" ..." if len(set(repeated)) > 10 else "")
         notes.append(f"labels CSV {path}: {len(set(repeated))} YTID(s) on several lines, labels merged: {names}")
@@ -273,10 +274,10 @@ def _check_output(output: Path, inputs: list, overwrite: bool, shards: bool) -> 
         try:
             require_litdata("--shards")
         except ImportError as err:
-            raise ValueError(str(err)) from None
+            raise UsageError(str(err)) from None
     for source in inputs:
         if source is not None and same_file(output, source):
-            raise ValueError(f"output {output} is also an input ({source}); refusing to write over it")
+            raise UsageError(f"output {output} is also an input ({source}); refusing to write over it")
     if output.exists() and not overwrite:
         raise FileExistsError(f"output {output} exists; pass overwrite=True (--overwrite) to replace it")
     try:
@@ -285,7 +286,7 @@ def _check_output(output: Path, inputs: list, overwrite: bool, shards: bool) -> 
         raise OSError(err.errno, f"OUTPUT: cannot make the folder {output.parent}: {err.strerror or err}") from None
     if shards:
         if output.exists() and not output.is_dir():
-            raise ValueError(f"OUTPUT: {output} is not a folder; --shards writes a folder of shards")
+            raise UsageError(f"OUTPUT: {output} is not a folder; --shards writes a folder of shards")
         return
     check_output_path(output, [i for i in inputs if i is not None], overwrite=True, what="OUTPUT")
 
@@ -339,7 +340,7 @@ def _encode_and_assemble(
     report.packed = sum(len(p.names) for p in parts)
     if report.packed == 0:
         store.remove()
-        raise ValueError(f"no clip could be decoded\n{report.summary()}")
+        raise UsageError(f"no clip could be decoded\n{report.summary()}")
     name_width = max(20, max((len(n.encode()) for p in parts for n in p.names), default=20))
     if shards:
         from .shards import write_shards
@@ -434,12 +435,12 @@ def pack_folder(
     # never over an audio file, a folder or a device, even with --overwrite; checked before decoding
     _check_output(output, [labels_csv, class_csv, *files], True, shards)
     if not files:
-        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {audio_dir}")
+        raise UsageError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {audio_dir}")
     planned = _plan(files, labels, mid_to_index(classes), report)
     matched = {match_ytid(path.stem, labels) for path in files}
     report.without_audio = [ytid for ytid in labels if ytid not in matched]
     if not planned:
-        raise ValueError(f"no audio file under {audio_dir} matches a labelled YTID in {labels_csv}\n{report.summary()}")
+        raise UsageError(f"no audio file under {audio_dir} matches a labelled YTID in {labels_csv}\n{report.summary()}")
     settings = _settings(codec, bitrate, clip_samples, classes, part_clips, shards)
     settings["sources"] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p, _, _ in planned]
     jobs = [(str(path), ytid, indices) for path, ytid, indices in planned]
@@ -458,7 +459,7 @@ def pack_folder(
         )
     except ValueError as err:
         if report.packed == 0:
-            raise ValueError(f"no audio file under {audio_dir} could be decoded\n{report.summary()}") from err
+            raise UsageError(f"no audio file under {audio_dir} could be decoded\n{report.summary()}") from err
         raise
     return report
 
@@ -489,15 +490,15 @@ def pack_panns(
             wave = h5.get("waveform")
             clip_samples = int(wave.shape[1]) if wave is not None and wave.ndim == 2 else CLIP_SAMPLES
     except OSError as err:
-        raise ValueError(f"--from {source}: not a readable HDF5 file ({err})") from None
+        raise UsageError(f"--from {source}: not a readable HDF5 file ({err})") from None
     if codec_there != "pcm":
-        raise ValueError(f"--from {source}: holds {codec_there} clips; give a PANNs (int16) file")
+        raise UsageError(f"--from {source}: holds {codec_there} clips; give a PANNs (int16) file")
     _, num_classes = inspect_file(source, clip_samples)
     with h5py.File(source, "r") as h5:
         names = h5["audio_name"][()]
         target = h5["target"][()]
     if class_csv is not None and len(load_class_names(class_csv)) != num_classes:
-        raise ValueError(f"--class-csv {class_csv}: its class count differs from the {num_classes} of {source}")
+        raise UsageError(f"--class-csv {class_csv}: its class count differs from the {num_classes} of {source}")
     _check_output(output, [source, class_csv], overwrite, shards)
     report = PackReport(output=output, num_classes=num_classes, codec=codec)
     planned = []
@@ -507,7 +508,7 @@ def pack_panns(
             continue
         planned.append((f"{source}:{row}", name.decode("utf-8", "replace"), np.flatnonzero(target[row]).tolist()))
     if not planned:
-        raise ValueError(f"--from {source}: every row has an empty audio_name; nothing to convert")
+        raise UsageError(f"--from {source}: every row has an empty audio_name; nothing to convert")
     stat = source.stat()
     settings = _settings(codec, bitrate, clip_samples, [], part_clips, shards)
     settings["source"] = [str(source.resolve()), stat.st_size, stat.st_mtime_ns]

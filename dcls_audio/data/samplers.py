@@ -25,6 +25,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from torch.utils.data import DistributedSampler
 
+from ..errors import UsageError
+
 __all__ = ["BalancedSampler", "EvalShardSampler", "UniformSampler", "balanced_clip_weights", "shard_bounds"]
 
 
@@ -45,7 +47,7 @@ class _ShardedTrainSampler(DistributedSampler):
         drop_last: bool = True,
     ) -> None:
         if num_items <= 0:
-            raise ValueError(f"{type(self).__name__}: the dataset is empty")
+            raise UsageError(f"{type(self).__name__}: the dataset is empty")
         if samples_per_epoch is not None and samples_per_epoch <= 0:
             raise ValueError(f"samples_per_epoch must be positive, got {samples_per_epoch}")
         super().__init__(

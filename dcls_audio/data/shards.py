@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from ..errors import UsageError
 from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .clip_codecs import CODECS, ClipDecodeError, decode_clip_bytes
 from .constants import CLIP_SAMPLES
@@ -151,9 +152,9 @@ class AudioSetShards(Dataset):
         self._pid: int | None = None
         first = self._item(0) if len(self) else None
         if first is None:
-            raise ValueError(f"{self.location}: the shards hold no clip")
+            raise UsageError(f"{self.location}: the shards hold no clip")
         if first["codec"] not in CODECS:
-            raise ValueError(f"{self.location}: clips stored as {first['codec']!r}; this version reads {CODECS}")
+            raise UsageError(f"{self.location}: clips stored as {first['codec']!r}; this version reads {CODECS}")
         self.num_classes = int(first["num_classes"])
         self.classes: list[ClassInfo] = resolve_class_names(
             self.num_classes, class_csv, data_source=f"{self.location}: num_classes"

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..data import AudioSetDataModule, ClassInfo
+from ..errors import UsageError
 from ..features import LogMelFrontEnd
 from ..models import load_checkpoint, resolve_checkpoint_path
 from ..outputs import OutputError, atomic_output_set, ensure_writable_dir, same_file
@@ -154,7 +155,7 @@ def check_output_dir(output_dir: Path, inputs: Sequence[str | Path], overwrite: 
 
 def _check_accelerator(accelerator: str) -> None:
     if accelerator.lower() in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--accelerator {accelerator}: no CUDA GPU is available on this machine (use cpu or auto)")
+        raise UsageError(f"--accelerator {accelerator}: no CUDA GPU is available on this machine (use cpu or auto)")
 
 
 def evaluate(
@@ -208,7 +209,7 @@ def evaluate(
     dm.setup("test")
     dataset = dm.datasets["test"]
     if len(dataset) == 0:
-        raise ValueError(
+        raise UsageError(
             f"{', '.join(map(str, data_files))}: no usable clips to score ({dataset.num_dropped} row(s) with an empty "
             "audio_name, which mark clips that failed to download, were dropped)"
         )
@@ -219,11 +220,11 @@ def evaluate(
         )
     model_classes = net.get_classifier().out_features
     if dm.num_classes != model_classes:
-        raise ValueError(
+        raise UsageError(
             f"{checkpoint}: the model predicts {model_classes} classes but {data_files[0]} has {dm.num_classes}"
         )
     if "spawn" in str(strategy):
-        raise ValueError(f"--strategy {strategy}: use ddp (the results stay in the spawned processes)")
+        raise UsageError(f"--strategy {strategy}: use ddp (the results stay in the spawned processes)")
     info = {
         "checkpoint": str(checkpoint),
         "data": [str(f) for f in data_files],
@@ -244,7 +245,7 @@ def evaluate(
         enable_model_summary=False,
     )
     if trainer.world_size > len(dataset):
-        raise ValueError(
+        raise UsageError(
             f"--devices: {trainer.world_size} processes for {len(dataset)} clips; every device needs at least "
             f"one clip: use --devices {len(dataset)} or fewer"
         )

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..data import CLIP_SAMPLES, SAMPLE_RATE
+from ..errors import UsageError
 from ..features import LogMelFrontEnd
 from ..features.onnx_logmel import ConvLogMel
 from ..models import dcls_layers, fold_dcls
@@ -81,7 +82,7 @@ def build_exported_tagger(
 ) -> ExportedTagger:
     """A folded, eval-mode, CPU fp32 copy of ``model`` wrapped with the front end ``fmt`` needs."""
     if fmt not in GRAPH_FORMATS:
-        raise ValueError(f"export format must be one of {GRAPH_FORMATS}, got {fmt!r}")
+        raise UsageError(f"export format must be one of {GRAPH_FORMATS}, got {fmt!r}")
     model = copy.deepcopy(model).eval().float().cpu()
     fold_dcls(model)
     frontend = None
@@ -296,7 +297,7 @@ def run_export(
     stderr = stderr or sys.stderr
     try:
         if fmt not in EXPORT_FORMATS:
-            raise ValueError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+            raise UsageError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
         if not Path(output).parent.is_dir():
             raise FileNotFoundError(f"--output: folder {Path(output).parent} does not exist")
         try:
@@ -330,7 +331,7 @@ def run_export(
             opset=opset,
             check=check,
         )
-    except (ValueError, OSError) as exc:
+    except (UsageError, OSError) as exc:
         print(f"dcls-audio export: error: {exc}", file=stderr)
         return 2
     except ImportError as exc:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import UsageError
 from ..outputs import OutputError, atomic_output, check_output_path
 from ..plots.backend import PlotUnavailable, require_matplotlib
 from ..plots.timeline import TimelineData, write_timelines
@@ -50,7 +51,7 @@ __all__ = ["SetupError", "default_num_workers", "run_infer"]
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_SETUP_ERROR = 0, 1, 2
 
 
-class SetupError(ValueError):
+class SetupError(UsageError):
     """A problem found before any file is tagged (options, checkpoint, model name)."""
 
 
@@ -144,7 +145,7 @@ def run_infer(
             checkpoint, model_name, use_ema=use_ema, allow_pickle=allow_pickle, class_csv=class_csv
         )
         tagger = AudioTagger(loaded.model, torch_device, precision=precision, fold=fold, channels_last=channels_last)
-    except (ValueError, OSError, PlotUnavailable) as exc:  # SetupError, CheckpointError, unknown model, missing file
+    except (UsageError, OSError, PlotUnavailable) as exc:  # SetupError, CheckpointError, unknown model, missing file
         return fail(str(exc))
 
     try:  # a checkpoint given by model name is known by its file only now

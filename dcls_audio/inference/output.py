@@ -16,6 +16,7 @@ import io
 import json
 from typing import Any, Iterable, Sequence, TextIO
 
+from ..errors import UsageError
 from .tagger import FileTags, top_k
 
 __all__ = ["CSV_COLUMNS", "FORMATS", "csv_rows", "csv_writer", "file_record", "format_table", "write_csv", "write_json"]
@@ -49,7 +50,7 @@ def _top(scores, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
 def file_record(tags: FileTags, labels: Sequence[str], k: int = 5) -> dict[str, Any]:
     """The JSON record of one tagged file (see the module docstring)."""
     if len(labels) != tags.scores.shape[-1]:
-        raise ValueError(f"{len(labels)} labels for a model with {tags.scores.shape[-1]} classes")
+        raise UsageError(f"{len(labels)} labels for a model with {tags.scores.shape[-1]} classes")
     return {
         "file": tags.file,
         "duration_s": round(tags.duration_s, _DIGITS),

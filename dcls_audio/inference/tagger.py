@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data import CLIP_SAMPLES, SAMPLE_RATE, AudioReadError, load_audio
+from ..errors import UsageError
 from ..features import LogMelFrontEnd
 from ..models import dcls_layers, fold_dcls
 from .file_windows import FileEnd, FileFailure, Window, one_line, windows_per_file
@@ -85,11 +86,11 @@ def resolve_device(device: str | torch.device | None = None, what: str = "device
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{what}: unknown device {str(device)!r} (use auto, cpu, cuda or cuda:N)") from None
+        raise UsageError(f"{what}: unknown device {str(device)!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{what}: device {device} requested but CUDA is not available")
+        raise UsageError(f"{what}: device {device} requested but CUDA is not available")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"{what}: device {device} requested but there are {torch.cuda.device_count()} CUDA devices")
+        raise UsageError(f"{what}: device {device} requested but there are {torch.cuda.device_count()} CUDA devices")
     return device
 
 
@@ -108,11 +109,11 @@ def check_hop(hop_s: float, what: str = "hop") -> int:
 def check_precision(precision: str, device: torch.device) -> torch.dtype:
     """The compute dtype for ``precision`` (fp32, bf16, fp16); half precisions need CUDA."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        raise UsageError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if precision != "fp32" and device.type != "cuda":
-        raise ValueError(f"precision {precision} needs a CUDA device; the device is {device} (use fp32)")
+        raise UsageError(f"precision {precision} needs a CUDA device; the device is {device} (use fp32)")
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ValueError("precision bf16 is not supported by this GPU (use fp16 or fp32)")
+        raise UsageError("precision bf16 is not supported by this GPU (use fp16 or fp32)")
     return PRECISIONS[precision]
 
 
@@ -251,9 +252,9 @@ def tag_files(
     before any file is read. ``tagger``: anything with a ``device`` and ``(B, S) -> (B, C)`` call.
     """
     if aggregate not in AGGREGATIONS:
-        raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        raise UsageError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}")
     hop = check_hop(hop_s)
     return _tag_stream(tagger, paths, hop, aggregate, batch_size, num_workers)
 

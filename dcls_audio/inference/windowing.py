@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..data.constants import CLIP_SAMPLES, SAMPLE_RATE
+from ..errors import UsageError
 
 __all__ = ["WindowCutter", "cut_windows", "hop_samples", "window_starts"]
 
@@ -27,7 +28,7 @@ def hop_samples(hop_s: float, what: str = "hop") -> int:
     """
     samples = round(hop_s * SAMPLE_RATE) if math.isfinite(hop_s) else 0
     if samples < 1:
-        raise ValueError(
+        raise UsageError(
             f"{what} must be a positive number of seconds of at least one sample (1/{SAMPLE_RATE} s), got {hop_s}"
         )
     return samples
@@ -35,7 +36,7 @@ def hop_samples(hop_s: float, what: str = "hop") -> int:
 
 def _check_window_hop(window: int, hop: int) -> None:
     if window < 1 or hop < 1:
-        raise ValueError(f"window and hop must be positive, got window={window}, hop={hop}")
+        raise UsageError(f"window and hop must be positive, got window={window}, hop={hop}")
 
 
 def window_starts(num_samples: int, window: int = CLIP_SAMPLES, hop: int = CLIP_SAMPLES // 2) -> list[int]:
@@ -46,7 +47,7 @@ def window_starts(num_samples: int, window: int = CLIP_SAMPLES, hop: int = CLIP_
     window is aligned to the end, so ``ceil((num_samples - window) / hop) + 1`` windows.
     """
     if num_samples < 1:
-        raise ValueError(f"num_samples must be positive, got {num_samples}")
+        raise UsageError(f"num_samples must be positive, got {num_samples}")
     _check_window_hop(window, hop)
     if num_samples <= window:
         return [0]
@@ -114,7 +115,7 @@ class WindowCutter:
     def finish(self) -> list[tuple[int, torch.Tensor]]:
         """The last window (``[(0, zero-padded)]`` for a signal no longer than a window)."""
         if self.num_samples < 1:
-            raise ValueError("WindowCutter: no samples were pushed")
+            raise UsageError("WindowCutter: no samples were pushed")
         if self.num_samples <= self.window:
             padded = torch.zeros(self.window)
             padded[: self.num_samples] = torch.from_numpy(self._buffer[: self.num_samples].copy())

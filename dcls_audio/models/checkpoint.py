@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ..outputs import atomic_output
 from .dclsify import tied_state_keys
 from .layout import UpstreamLayout
@@ -70,7 +71,7 @@ _SHOW = 12  # keys listed per category in error messages
 _SHOW_SIZES = 6
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 

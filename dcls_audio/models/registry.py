@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from ..errors import UsageError
 from .convformer_audio import CONVFORMER_VARIANTS, convformer_audio, convformer_upstream_layout
 from .convnext_audio import CONVNEXT_VARIANTS, convnext_audio, convnext_upstream_layout
 from .dclsify import dclsify
@@ -92,7 +93,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return MODEL_SPECS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_SPECS)}") from None
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(MODEL_SPECS)}") from None
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -108,12 +109,12 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     spec = get_spec(name)
     dcls_kwargs = {k: kwargs.pop(k) for k in _DCLS_OPTIONS if k in kwargs}
     if dcls_kwargs and not spec.dcls:
-        raise ValueError(f"{name} has no DCLS layers; {', '.join(dcls_kwargs)} only apply to the *_dcls_* models")
+        raise UsageError(f"{name} has no DCLS layers; {', '.join(dcls_kwargs)} only apply to the *_dcls_* models")
     allowed = spec.build_kwargs()
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         accepted = allowed + (list(_DCLS_OPTIONS) if spec.dcls else [])
-        raise ValueError(f"create_model({name!r}): unknown argument(s) {unknown}; accepted: {accepted}")
+        raise UsageError(f"create_model({name!r}): unknown argument(s) {unknown}; accepted: {accepted}")
     model = spec.build(**{**spec.arch, **kwargs})
     if spec.dcls:
         dclsify(model, **{**DCLS_DEFAULTS, **dcls_kwargs}, only_kernel_size=spec.only_kernel_size)

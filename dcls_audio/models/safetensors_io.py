@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from ..errors import UsageError
 from ..outputs import atomic_output
 
 __all__ = ["METADATA_KEY", "SAFETENSORS_SUFFIX", "is_safetensors", "read_safetensors", "save_safetensors"]
@@ -83,16 +84,16 @@ def read_safetensors(path: str | PathLike) -> dict[str, Any]:
             meta_text = (handle.metadata() or {}).get(METADATA_KEY)
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, RuntimeError) as err:
-        raise ValueError(f"not a readable safetensors file ({err})") from None
+        raise UsageError(f"not a readable safetensors file ({err})") from None
     meta: dict[str, Any] = {}
     if meta_text:
         try:
             meta = json.loads(meta_text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"its '{METADATA_KEY}' metadata is not JSON ({err})") from None
+            raise UsageError(f"its '{METADATA_KEY}' metadata is not JSON ({err})") from None
     for key, first in (meta.get("tied") or {}).items():
         if first not in tensors:
-            raise ValueError(f"'{key}' is tied to '{first}', which the file does not hold")
+            raise UsageError(f"'{key}' is tied to '{first}', which the file does not hold")
         tensors[key] = tensors[first]
     hparams = {
         k: meta[k] for k in ("model_name", "num_classes", "model_kwargs", "class_names") if meta.get(k) is not None

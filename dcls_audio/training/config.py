@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import yaml
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
@@ -42,7 +44,7 @@ CONFIG_DIR = importlib.resources.files(__package__) / "configs"
 DEFAULT_CONFIG = "demo"
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A config file or override is invalid; the message names the key."""
 
 

@@ -15,6 +15,8 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from ..errors import UsageError
+
 __all__ = [
     "FUSED_OPTIMIZERS",
     "POSITION_PARAM_NAMES",
@@ -88,7 +90,7 @@ def build_optimizer(
     """
     groups = param_groups(model, weight_decay, position_lr_scale)
     if not groups:
-        raise ValueError("the model has no trainable parameters")
+        raise UsageError("the model has no trainable parameters")
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
     kwargs: dict[str, Any] = {}
@@ -101,7 +103,7 @@ def build_optimizer(
     try:
         return create_optimizer_v2(groups, opt=name, lr=lr, weight_decay=weight_decay, **kwargs)
     except (ValueError, AssertionError, KeyError, TypeError) as err:
-        raise ValueError(f"optim.optimizer: cannot create '{name}': {err}") from None
+        raise UsageError(f"optim.optimizer: cannot create '{name}': {err}") from None
 
 
 def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:

@@ -39,6 +39,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..data import AudioSetDataModule, ensure_demo_data
 from ..data.datamodule import auto_loader_settings
+from ..errors import UsageError
 from ..models.checkpoint import shorten_keys
 from ..outputs import atomic_output, ensure_writable_dir
 from .config import ConfigError, TrainConfig, dump_config
@@ -413,7 +414,7 @@ def _check_resumable(path: Path, module: AudioTaggingModule) -> None:
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         shapes = {k: tuple(v.shape) for k, v in saved["state_dict"].items()}
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ValueError(f"cannot resume from {path}: not a readable training checkpoint ({err})") from None
+        raise UsageError(f"cannot resume from {path}: not a readable training checkpoint ({err})") from None
     ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     if shapes != ours:
         held = (saved.get("hyper_parameters") or {}).get("model_name", "another network")

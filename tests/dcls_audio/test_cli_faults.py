@@ -80,3 +80,33 @@ def test_eval_on_an_accelerator_the_machine_lacks_is_one_error_line(tmp_path, ca
     )
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("dcls-audio eval: error: --accelerator") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_usage_error_is_one_line_and_any_other_value_error_keeps_its_traceback(
+    monkeypatch, capsys, tmp_path, command
+):
+    """What the user gave (UsageError and its kinds: config, checkpoint, audio) -> one line, exit 2;
+    a ValueError from anywhere else is a bug: it is not turned into a message."""
+    import dcls_audio.evaluation.evaluate as evaluation
+    import dcls_audio.training.run as run
+    from dcls_audio.errors import UsageError
+    from dcls_audio.models.checkpoint import CheckpointError
+
+    for name in ("x.ckpt", "x.h5"):
+        (tmp_path / name).write_bytes(b"not read: the command's work is replaced below")
+    if command == "train":
+        args = ["train", "--trainer.max_epochs", "1"]
+    else:
+        args = ["eval", "-c", str(tmp_path / "x.ckpt"), "-d", str(tmp_path / "x.h5")]
+    target, name = (run, "train") if command == "train" else (evaluation, "evaluate")
+
+    for raised in (UsageError("data.train_files: f.h5: not a readable HDF5 file"), CheckpointError("x.ckpt: corrupt")):
+        monkeypatch.setattr(target, name, lambda *a, exc=raised, **k: (_ for _ in ()).throw(exc))
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == f"dcls-audio {command}: error: {raised}"
+
+    monkeypatch.setattr(target, name, lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug deep inside")))
+    with pytest.raises(ValueError, match="a bug deep inside"):
+        cli.main(args)
