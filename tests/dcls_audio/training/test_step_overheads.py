@@ -140,7 +140,7 @@ Pair = collections.namedtuple("Pair", "a b")
 
 def _batch():
     return {
-        "waveform": (torch.randn(4, 40000) * 3000).to(torch.int16),  # pinned on the host (>= 64 KiB)
+        "waveform": (torch.randn(4, 40000) * 3000).to(torch.int16),  # pageable: the copier pins it
         "target": torch.rand(4, 5),
         "names": ["a", "b", "c", "d"],
         "nested": [Pair(torch.arange(3), 7), (torch.ones(2),)],
@@ -170,7 +170,8 @@ def test_the_copier_walks_the_batch_on_the_cpu():
 def test_the_copier_overlaps_the_busy_compute_stream_and_orders_the_step_after_it():
     batch = _batch()
     copier = SideStreamCopier()
-    _warm_pinned_cache(batch["waveform"].nbytes)
+    for tensor in (batch["waveform"], batch["target"], batch["nested"][0].a, batch["nested"][1][0]):
+        _warm_pinned_cache(tensor.nbytes)  # the copier pins each of them
     torch.cuda.synchronize()
     torch.cuda._sleep(200_000_000)  # compute stream busy
     moved = copier(batch, torch.device("cuda"))
