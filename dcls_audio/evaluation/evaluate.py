@@ -23,12 +23,15 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from torch import nn
 
 from ..data import AudioSetDataModule, ClassInfo
@@ -235,6 +238,7 @@ def evaluate(
     }
     module = EvaluationModule(net, dm.classes, out, info)
     trainer = L.Trainer(
+        callbacks=[EvalProgressBar()],
         accelerator=accelerator,
         devices=devices,
         strategy=strategy,
@@ -251,6 +255,32 @@ def evaluate(
         )
     trainer.test(module, datamodule=dm, verbose=False)
     return module.result, out, trainer.is_global_zero
+
+
+class EvalProgressBar(TQDMProgressBar):
+    """Lightning's bar, named "Evaluating" (eval reads one loader: no "Testing DataLoader 0")."""
+
+    def init_test_tqdm(self) -> Tqdm:
+        return Tqdm(
+            desc="Evaluating",
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            bar_format=self.BAR_FORMAT,
+        )
+
+    def on_test_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        """Lightning's own, with the bar's name kept."""
+        if not self.has_dataloader_changed(dataloader_idx):
+            return
+        self.test_progress_bar.reset()
+        self.test_progress_bar.total = convert_inf(self.total_test_batches_current_dataloader)
+        self.test_progress_bar.initial = 0
+        self.test_progress_bar.set_description("Evaluating")
 
 
 def chart_available() -> bool:

@@ -92,9 +92,12 @@ def test_eval_outputs_and_schema(files, tmp_path, capsys):
         )
         == 0
     )
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     for word in ("mAP", "mAUC", "d-prime", "clips    7", "3 scored of 527"):
         assert word in printed
+    bar = captured.out.split("\n")[0]  # Lightning's bars draw on stdout, before the report
+    assert "Evaluating" in bar and "Testing" not in bar and "DataLoader" not in bar
 
     assert sorted(p.name for p in out.iterdir()) == [
         "metrics.json",
