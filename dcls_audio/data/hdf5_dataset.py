@@ -152,6 +152,11 @@ def _clip_dataset(h5: h5py.File, path: Path, codec: str, clip_samples: int) -> h
                 f"{path}: dataset 'waveform' has clips of {wave.shape[1]} samples, expected {clip_samples}"
             )
         return wave
+    stored = h5.attrs.get("clip_samples")
+    if stored is not None and int(stored) != clip_samples:
+        raise UsageError(
+            f"{path}: holds clips of {int(stored)} samples (attribute clip_samples), expected {clip_samples}"
+        )
     if "encoded" not in h5 or not isinstance(h5["encoded"], h5py.Dataset):
         raise UsageError(f"{path}: dataset 'encoded' is missing (attribute codec={codec!r} needs it)")
     encoded = h5["encoded"]
@@ -399,6 +404,11 @@ class AudioSetHDF5(Dataset):
                     failed.append(int(slot))
                 else:
                     wave_np[slot] = clip
+        if len(failed) == batch:  # an empty batch would give a NaN loss and stop training obscurely
+            files = ", ".join(sorted({str(self.files[int(f)]) for f in np.unique(file_of)}))
+            raise UsageError(
+                f"{files}: none of the {batch} clips of a batch could be decoded; the file is damaged: pack it again"
+            )
         if failed:  # leave the rows out: a smaller batch
             keep = np.setdiff1d(np.arange(batch), failed)
             order, target = order[keep], target[keep]

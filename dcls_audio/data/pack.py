@@ -41,7 +41,7 @@ from .clip_codecs import OPUS_BITRATE, check_encoder
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_encoded_layout, create_layout, file_codec, inspect_file
 from .pack_parts import Block, PartStore, fingerprint_of, read_part, run_blocks
-from .shards import require_litdata
+from .shards import is_shard_location, require_litdata
 
 __all__ = [
     "PackReport",
@@ -287,6 +287,14 @@ def _check_output(output: Path, inputs: list, overwrite: bool, shards: bool) -> 
     if shards:
         if output.exists() and not output.is_dir():
             raise UsageError(f"OUTPUT: {output} is not a folder; --shards writes a folder of shards")
+        if output.exists() and not is_shard_location(output):
+            raise UsageError(
+                f"OUTPUT: {output} exists and is not a shard folder (no index.json); refusing to replace it, "
+                "even with --overwrite"
+            )
+        for source in inputs:
+            if source is not None and Path(source).resolve().is_relative_to(output.resolve()):
+                raise UsageError(f"OUTPUT: {output} holds an input ({source}); refusing to replace it")
         return
     check_output_path(output, [i for i in inputs if i is not None], overwrite=True, what="OUTPUT")
 
@@ -334,7 +342,7 @@ def _encode_and_assemble(
     for number, _ in run_blocks(blocks, store, read_clip, codec, bitrate, num_workers):
         bar.update(sizes[number])
     bar.close()
-    parts = [read_part(store.path(b.number)) for b in blocks]  # small: names and labels are all
+    parts = [read_part(store.path(b.number)) for b in blocks]  # names and labels; clips read per part
     for part in parts:
         report.unreadable += [(Path(src), why) for src, why in part.skipped]
     report.packed = sum(len(p.names) for p in parts)

@@ -49,13 +49,23 @@ class Block:
 
 @dataclass
 class EncodedPart:
-    """A part read back: names (list[str]), labels (list of int arrays), clips (list of int16
-    arrays for pcm, of bytes otherwise) and skipped ([(source, reason)])."""
+    """A part read back: names (list[str]), labels (list of int arrays) and skipped
+    ([(source, reason)]); its clips (a list of int16 arrays for pcm, of bytes otherwise) are
+    read from the part file on each access of :attr:`clips`, so a writer holds one part's clips
+    in memory at a time, never a whole dataset's."""
 
     names: list[str]
     labels: list[np.ndarray]
-    clips: list
     skipped: list[tuple[str, str]]
+    path: Path
+
+    @property
+    def clips(self) -> list:
+        with np.load(self.path) as part:
+            if "pcm" in part:
+                return list(part["pcm"])
+            data, offsets = part["encoded"], part["offsets"]
+            return [data[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(self.names))]
 
 
 #: a function ``(source) -> int16 (clip_samples,)`` that raises ``ValueError``/``OSError`` with a
@@ -145,18 +155,13 @@ def _encode_block(job: tuple[Block, Path, ClipReader, str, int]) -> tuple[int, i
 
 
 def read_part(path: Path) -> EncodedPart:
-    """A part file back as an :class:`EncodedPart`."""
+    """A part file back as an :class:`EncodedPart` (names, labels, skips; clips on access)."""
     with np.load(path) as part:
         names = [n.decode() for n in part["names"]]
         bounds = part["label_offsets"]
         labels = [part["labels"][bounds[i] : bounds[i + 1]] for i in range(len(names))]
-        if "pcm" in part:
-            clips = list(part["pcm"])
-        else:
-            data, offsets = part["encoded"], part["offsets"]
-            clips = [data[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(names))]
         skipped = [tuple(x) for x in json.loads(str(part["skipped"]))]
-    return EncodedPart(names, labels, clips, skipped)
+    return EncodedPart(names, labels, skipped, Path(path))
 
 
 def _init_worker() -> None:

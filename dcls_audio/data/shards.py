@@ -53,7 +53,11 @@ _INDEX = "index.json"
 _REMOTE = ("s3://", "gs://", "gcs://", "azure://", "az://", "hf://")
 
 
-class ShardReadError(ValueError):
+#: a batch with no clip left: an empty batch would give a NaN loss and stop training obscurely
+_NOTHING_DECODED = "{where}: none of the {count} clips of a batch could be decoded; the data is damaged: pack it again"
+
+
+class ShardReadError(UsageError):
     """A shard (litdata chunk) that cannot be read; the message names it."""
 
 
@@ -251,6 +255,8 @@ class AudioSetShards(Dataset):
             targets.append(self._target(item))
             kept.append(index)
             names.append(item["audio_name"])
+        if not clips:
+            raise UsageError(_NOTHING_DECODED.format(where=self.location, count=len(indices)))
         if get_worker_info() is not None:  # to the main process through shared memory, no copy
             storage = torch.UntypedStorage._new_shared(len(clips) * self.clip_samples * 2)
             waveform = torch.empty(0, dtype=torch.int16).set_(storage).view(len(clips), self.clip_samples)

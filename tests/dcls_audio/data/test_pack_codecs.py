@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from dcls_audio import cli
-from dcls_audio.data import AudioSetDataModule, AudioSetHDF5
+from dcls_audio.data import AudioSetDataModule, AudioSetHDF5, pack_parts
 from dcls_audio.data import pack as pack_module
 from dcls_audio.data.demo import iter_demo_clips
-from dcls_audio.data.hdf5_dataset import write_hdf5
+from dcls_audio.data.hdf5_dataset import inspect_file, write_hdf5
 from dcls_audio.data.pack import pack_panns
+from dcls_audio.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -205,3 +206,45 @@ def test_a_codec_the_machine_cannot_encode_stops_before_any_work(panns, tmp_path
     assert cli.main(["pack", "--from", str(panns), str(out), "--codec", "opus", "--no-progress"]) == 1
     assert "--codec opus: this machine cannot encode it (Unknown encoder 'libopus')" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_with_no_decodable_clip_is_an_error_naming_the_file(panns, tmp_path):
+    """An empty batch would give a NaN loss and stop training with a misleading message."""
+    out = tmp_path / "eval_flac.h5"
+    pack_panns(panns, out, "flac", progress=False)
+    with h5py.File(out, "r+") as h5:
+        for row in (3, 4):
+            h5["encoded"][row] = np.frombuffer(b"fLaC" + bytes(200), dtype=np.uint8)
+    dataset = AudioSetHDF5(out)
+    assert dataset.__getitems__([3, 4, 5]).collated["index"].tolist() == [5]
+    with pytest.raises(UsageError, match=rf"{out}: none of the 2 clips of a batch could be decoded"):
+        dataset.__getitems__([3, 4])
+
+
+def test_an_encoded_file_of_other_clip_lengths_is_refused(panns, tmp_path):
+    out = tmp_path / "eval_flac.h5"
+    pack_panns(panns, out, "flac", progress=False)
+    with h5py.File(out, "r+") as h5:
+        h5.attrs["clip_samples"] = 32000
+    with pytest.raises(UsageError, match="holds clips of 32000 samples .* expected 320000"):
+        AudioSetHDF5(out).__getitems__([0])
+    with pytest.raises(UsageError, match="holds clips of 32000 samples"):
+        inspect_file(out)
+
+
+def test_pack_parts_hold_no_clips_until_a_writer_reads_one_part(panns, tmp_path, monkeypatch):
+    """The output is assembled one part at a time: the parts read back hold names and labels;
+    each part's clips are read from its file when the writer takes that part."""
+    loads: list[str] = []
+    real_load = np.load
+
+    def counting_load(path, *args, **kwargs):
+        loads.append(Path(path).name)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(pack_parts.np, "load", counting_load)
+    out = tmp_path / "eval_pcm.h5"
+    pack_panns(panns, out, "pcm", progress=False, part_clips=5)
+    # three parts (12 clips by 5): read once for names and labels, once more for the clips
+    assert sorted(loads) == sorted(2 * [f"part-{n:06d}.npz" for n in range(3)])
+    assert _everything(out)["waveform"].equal(_everything(panns)["waveform"])

@@ -15,6 +15,7 @@ import pytest
 from dcls_audio.data import AudioSetDataModule, AudioSetHDF5
 from dcls_audio.data.pack import pack_panns
 from dcls_audio.data.shards import AudioSetShards, ShardReadError
+from dcls_audio.errors import UsageError
 
 pytest.importorskip("litdata", reason="the shards extra (litdata) is not installed")
 
@@ -134,3 +135,26 @@ def test_a_clip_that_does_not_decode_is_left_out_and_counted(shards, tmp_path):
 def test_a_shard_folder_is_a_split_s_only_entry(source, shards):
     with pytest.raises(ValueError, match="must be the split's only entry"):
         AudioSetDataModule(train_files=[source, shards])
+
+
+def test_shards_never_replace_a_folder_that_is_not_shards_or_that_holds_an_input(source, tmp_path):
+    """--overwrite replaces an earlier shard folder only, and never one holding an input: a typo
+    naming a data folder leaves it alone."""
+    data = tmp_path / "data"
+    data.mkdir()
+    keep = data / "notes.txt"
+    keep.write_text("mine")
+    copy = data / "train.h5"
+    copy.write_bytes(source.read_bytes())
+    for target in (data, tmp_path):  # the input's folder; a folder above it
+        with pytest.raises(UsageError, match="is not a shard folder .* refusing to replace it"):
+            pack_panns(copy, target, "flac", progress=False, shards=True, overwrite=True)
+    out = tmp_path / "shards"
+    pack_panns(copy, out, "flac", progress=False, shards=True)
+    pack_panns(copy, out, "flac", progress=False, shards=True, overwrite=True)  # shards replace shards
+    assert len(AudioSetShards(out)) == len(LABELS)
+    inside = out / "train.h5"
+    inside.write_bytes(source.read_bytes())
+    with pytest.raises(UsageError, match="holds an input .* refusing to replace it"):
+        pack_panns(inside, out, "flac", progress=False, shards=True, overwrite=True)
+    assert keep.read_text() == "mine" and copy.read_bytes() == inside.read_bytes() == source.read_bytes()
