@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm, convert_inf
 from torch import nn
@@ -237,17 +238,20 @@ def evaluate(
         "num_rows_dropped": dataset.num_dropped,
     }
     module = EvaluationModule(net, dm.classes, out, info)
-    trainer = L.Trainer(
-        callbacks=[EvalProgressBar()],
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        use_distributed_sampler=False,
-        enable_model_summary=False,
-    )
+    try:
+        trainer = L.Trainer(
+            callbacks=[EvalProgressBar()],
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            precision=precision,
+            logger=False,
+            enable_checkpointing=False,
+            use_distributed_sampler=False,
+            enable_model_summary=False,
+        )
+    except (ValueError, MisconfigurationException) as err:  # Lightning's checks of the options
+        raise UsageError(f"--accelerator/--devices/--strategy/--precision: {err}") from None
     if trainer.world_size > len(dataset):
         raise UsageError(
             f"--devices: {trainer.world_size} processes for {len(dataset)} clips; every device needs at least "

@@ -14,6 +14,7 @@ from typing import Sequence
 from timm.models.metaformer import LayerNorm2dNoBias, MetaFormer, MlpHead, SepConv
 from torch import nn
 
+from ..errors import UsageError
 from .layout import UpstreamLayout, build_layout, rename_by_rules
 from .stem import audio_stem_conv
 
@@ -39,7 +40,7 @@ def convformer_audio(
 ) -> MetaFormer:
     """ConvFormer taking (B, in_chans, 128, T) spectrograms, returning (B, num_classes) logits."""
     if len(depths) != len(dims) or len(res_scale_init_values) != len(dims):
-        raise ValueError(
+        raise UsageError(
             f"depths {tuple(depths)}, dims {tuple(dims)} and res_scale_init_values "
             f"{tuple(res_scale_init_values)} must have the same length"
         )

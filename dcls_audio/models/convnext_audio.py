@@ -12,6 +12,7 @@ from typing import Sequence
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
+from ..errors import UsageError
 from .layout import UpstreamLayout, build_layout, rename_by_rules
 from .stem import audio_stem_conv
 
@@ -34,7 +35,7 @@ def convnext_audio(
 ) -> ConvNeXt:
     """ConvNeXt taking (B, in_chans, 128, T) spectrograms, returning (B, num_classes) logits."""
     if len(depths) != len(dims):
-        raise ValueError(f"depths {tuple(depths)} and dims {tuple(dims)} must have the same length")
+        raise UsageError(f"depths {tuple(depths)} and dims {tuple(dims)} must have the same length")
     model = ConvNeXt(
         in_chans=in_chans,
         num_classes=num_classes,

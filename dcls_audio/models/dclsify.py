@@ -23,6 +23,8 @@ from torch import nn
 
 from dcls_core import Dcls1d, Dcls2_1d, Dcls2d, Dcls2dK1d, Dcls3_1d, Dcls3d
 
+from ..errors import UsageError
+
 __all__ = ["dcls_layers", "dcls_position_parameters", "dclsify", "fold_dcls", "is_depthwise_conv", "tied_state_keys"]
 
 _DCLS_LAYERS = (Dcls1d, Dcls2d, Dcls3d, Dcls2_1d, Dcls3_1d, Dcls2dK1d)
@@ -52,7 +54,7 @@ def dclsify(
     Raises ValueError when the model has no matching convolution.
     """
     if not isinstance(dilated_kernel_size, int) or dilated_kernel_size < 1:
-        raise ValueError(f"dilated_kernel_size must be a positive int, got {dilated_kernel_size!r}")
+        raise UsageError(f"dilated_kernel_size must be a positive int, got {dilated_kernel_size!r}")
     targets = [(name, m) for name, m in model.named_modules() if is_depthwise_conv(m, only_kernel_size)]
     if not targets:
         which = f"{only_kernel_size}x{only_kernel_size} " if only_kernel_size else ""

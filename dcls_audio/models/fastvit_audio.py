@@ -13,6 +13,7 @@ from typing import Sequence
 from timm.models.fastvit import FastVit, RepConditionalPosEnc
 from torch import nn
 
+from ..errors import UsageError
 from .layout import UpstreamLayout, build_layout, rename_by_rules
 from .stem import audio_stem_conv
 
@@ -47,16 +48,16 @@ def fastvit_audio(
     """
     n = len(depths)
     if not (len(dims) == len(token_mixers) == n):
-        raise ValueError(
+        raise UsageError(
             f"depths {tuple(depths)}, dims {tuple(dims)} and token_mixers {tuple(token_mixers)} "
             "must have the same length"
         )
     for i, mixer in enumerate(token_mixers):
         if mixer == "attention" and dims[i] % 32:
-            raise ValueError(f"dims[{i}]={dims[i]} must be a multiple of 32 for an attention stage")
+            raise UsageError(f"dims[{i}]={dims[i]} must be a multiple of 32 for an attention stage")
     for i in range(1, n):
         if dims[i] % dims[i - 1]:
-            raise ValueError(
+            raise UsageError(
                 f"dims[{i}]={dims[i]} must be a multiple of dims[{i - 1}]={dims[i - 1]} "
                 "(the downsampling conv has groups=dims[i-1])"
             )

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -141,11 +142,11 @@ class StopOnSignal(Callback):
         self._deferred = False
         self._forwarded = False
         self._agreement: StopAgreement | None = None
-        self._requested = False
+        self._requested = self._agreed = self._held_for_validation = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # here, not in setup: Lightning installs its SIGTERM handler between the two
-        self._deferred = self._forwarded = self._requested = False
+        self._deferred = self._forwarded = self._requested = self._agreed = self._held_for_validation = False
         self._agreement = StopAgreement.create() if trainer.world_size > 1 else None
         if self._agreement is not None:
             # Lightning's per-step device broadcast of rank 0's flag: replaced by the agreement
@@ -177,10 +178,22 @@ class StopOnSignal(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._agreement is not None and self._agreement.step(self._requested):
-            # every rank reads the agreed stop after the same batch; Lightning raises its
-            # SIGTERMException at the end of this batch (after a validation due here)
+        if self._agreement is None:
+            return
+        self._agreed = self._agreement.step(self._requested) or self._agreed
+        if self._agreed and not trainer.fit_loop.epoch_loop._should_accumulate():
+            # every rank reads the agreed stop after the same batch and acts on it after the
+            # same optimizer step (never inside a gradient-accumulation cycle); Lightning raises
+            # its SIGTERMException at the end of this batch, after a validation due here
             trainer._signal_connector.received_sigterm = True
+            self._held_for_validation = False
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's evaluation loop stops after its first batch when the flag is set: an
+        # agreed stop waits until this validation has run over the whole set (on every rank)
+        if self._agreement is not None and not trainer.sanity_checking and trainer.received_sigterm:
+            trainer._signal_connector.received_sigterm = False
+            self._held_for_validation = True
 
     def _forward(self, frame: Any) -> None:
         """Hand the stop to Lightning's SIGTERM handler, once: a second call would start its
@@ -192,6 +205,9 @@ class StopOnSignal(Callback):
             self._lightning_sigterm(signal.SIGTERM, frame)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._held_for_validation:
+            self._held_for_validation = False
+            trainer._signal_connector.received_sigterm = True
         if self._deferred:
             self._deferred = False
             self._forward(None)
@@ -200,7 +216,7 @@ class StopOnSignal(Callback):
         self._restore()
         self._close_agreement()
         if isinstance(exception, SIGTERMException) and not trainer.sanity_checking and not _epoch_ended(trainer):
-            trainer.save_checkpoint(self.checkpoint_path)
+            trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._close_agreement()
@@ -525,14 +541,17 @@ def _train_in(
     stopper = StopOnSignal(ckpt_dir / LAST_CHECKPOINT)
     loggers = build_loggers(cfg.trainer.logger, run_dir, cfg.run.name)
     reports = [EpochReport(), ValidationFigures(dm.class_names)] if val_files else []
-    trainer = L.Trainer(
-        **_trainer_kwargs(cfg),
-        default_root_dir=run_dir,
-        logger=loggers,
-        callbacks=[*own_callbacks, *reports, stopper, *callbacks],
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,  # the DataModule shards by rank itself
-    )
+    try:
+        trainer = L.Trainer(
+            **_trainer_kwargs(cfg),
+            default_root_dir=run_dir,
+            logger=loggers,
+            callbacks=[*own_callbacks, *reports, stopper, *callbacks],
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,  # the DataModule shards by rank itself
+        )
+    except (ValueError, MisconfigurationException) as err:  # Lightning's checks of the trainer.* values
+        raise ConfigError(f"trainer.*: {err}") from None
     check_train_batches(dm, trainer.world_size)
     if isinstance(trainer.accelerator, CPUAccelerator):
         workers = auto_loader_settings(**dm.requested_loader, devices_per_node=trainer.num_devices).num_workers

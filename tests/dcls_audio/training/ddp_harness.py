@@ -1,10 +1,11 @@
 """One rank of a two-process CPU (gloo) training run under torchrun, for ``test_ddp_stop.py``.
 
-Run as ``torchrun --nproc-per-node 2 ddp_harness.py WORKDIR TRAIN_H5 VAL_H5 NAME [FAULT_RANK]``.
+Run as ``torchrun --nproc-per-node 2 ddp_harness.py WORKDIR TRAIN_H5 VAL_H5 NAME [FAULT_RANK [STEP]]``.
 Each rank appends to ``WORKDIR/<NAME>/rank<R>.jsonl`` one line per (re)start, one per trained
 batch (global step and clip indices), the count of ``torch.distributed.broadcast`` calls made
-between the start and the end of training batches, and how the run ended. With ``FAULT_RANK``
-that rank sends itself SIGTERM inside training step 6 (after its backward, before the update).
+between the start and the end of training batches, the batch count of each validation (not the
+sanity check), and how the run ended. With ``FAULT_RANK`` that rank sends itself SIGTERM inside
+training step ``STEP`` (default 6; after its backward, before the update).
 """
 
 from __future__ import annotations
@@ -59,10 +60,23 @@ class Record(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.in_batch = False
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.val_batches = 0
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.val_batches += 1
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.write({"validation": trainer.current_epoch, "batches": self.val_batches})
+
 
 class Fault(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if trainer.global_step == 5:
+        if trainer.global_step == self.step - 1:
             signal.raise_signal(signal.SIGTERM)
 
 
@@ -76,7 +90,7 @@ def main(argv: list[str]) -> int:
     record = Record(out / f"rank{rank}.jsonl")
     callbacks: list[L.Callback] = [record]
     if fault and int(fault[0]) == rank:
-        callbacks.append(Fault())
+        callbacks.append(Fault(int(fault[1]) if len(fault) > 1 else 6))
     values = overrides(workdir, train_h5, val_h5, name)
     values.update({"trainer.devices": "2", "trainer.strategy": "ddp", "data.batch_size": "1"})
     result = train(load_config("demo", values), callbacks=callbacks)

@@ -52,6 +52,8 @@ def runs(tmp_path_factory, tone_h5) -> Path:
     _torchrun(workdir, data, "whole")
     _torchrun(workdir, data, "stopped", "1")  # SIGTERM on rank 1, not rank 0
     _torchrun(workdir, data, "stopped")  # started again: resumes from last.ckpt
+    _torchrun(workdir, data, "beforeval", "0", "3")  # agreed after step 4, when validation is due
+    _torchrun(workdir, data, "beforeval")
     return workdir
 
 
@@ -68,17 +70,30 @@ def test_no_device_broadcast_of_the_stop_flag_per_step(runs):
         assert ends == [{**ends[0], "broadcasts_in_batches": 0}]
 
 
-def test_the_resumed_run_equals_the_uninterrupted_one(runs):
+@pytest.mark.parametrize("name", ["stopped", "beforeval"])
+def test_the_resumed_run_equals_the_uninterrupted_one(runs, name):
     for rank in (0, 1):
         whole = _trained(_log(runs, "whole", rank))
         assert [b[0] for b in whole] == list(range(1, 13))
-        assert _trained(_log(runs, "stopped", rank)) == whole
-        ends = [x for x in _log(runs, "stopped", rank) if "interrupted" in x]
+        assert _trained(_log(runs, name, rank)) == whole
+        ends = [x for x in _log(runs, name, rank) if "interrupted" in x]
         assert ends[-1]["step"] == 12 and not ends[-1]["interrupted"]
     ref_dir = Path(_log(runs, "whole", 0)[-1]["run_dir"])
-    got_dir = Path(_log(runs, "stopped", 0)[-1]["run_dir"])
+    got_dir = Path(_log(runs, name, 0)[-1]["run_dir"])
     ref = torch.load(ref_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     got = torch.load(got_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert got["global_step"] == ref["global_step"] == 12
     for key, value in ref["state_dict"].items():
         assert torch.equal(got["state_dict"][key], value), key
+
+
+def test_a_stop_agreed_when_validation_is_due_lets_it_run_over_the_whole_set(runs):
+    """Agreed after the epoch's last batch: the validation due there runs whole on every rank
+    (Lightning's loop would stop it after one batch), then the run stops."""
+    for rank in (0, 1):
+        log = _log(runs, "beforeval", rank)
+        first = [x for x in log if "interrupted" in x][0]
+        assert first["interrupted"] and first["step"] == 4
+        validations = [x for x in log if "validation" in x]
+        assert [x["validation"] for x in validations] == [0, 1, 2]  # each epoch's, none lost or repeated
+        assert all(x["batches"] == 2 for x in validations)  # 4 clips, 2 ranks, batch 1
