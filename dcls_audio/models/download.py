@@ -13,6 +13,7 @@ publishes them); a bare hex string is SHA-256.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -123,8 +124,11 @@ def download_file(
                 raise error(f"HTTP {err.code} {err.reason}") from None
             except urllib.error.URLError as err:
                 raise error(f"offline or unreachable: {err.reason}") from None
-            except (OSError, ValueError) as err:  # reset connection, timeout, http.client.IncompleteRead
+            except (OSError, ValueError, http.client.HTTPException) as err:  # reset, timeout, IncompleteRead
                 raise error(f"the connection broke: {err}") from None
+            if total is None and expected is None:
+                # nothing to check a cut against, and this file's hash would be trusted from now on
+                raise error("the server sent no Content-Length, so a cut download cannot be told from a whole one")
             if total is not None and received != total:
                 raise error(f"the connection was cut after {received} of {total} bytes")
             out.flush()

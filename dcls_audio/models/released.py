@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..outputs import atomic_output
 from .download import DownloadError, download_file, file_checksum, parse_checksum
 
 __all__ = [
@@ -94,12 +95,19 @@ def _read_recorded(file: Path) -> str | None:
 
 def expected_checksum(name: str, file: Path | None = None) -> str | None:
     """The checksum a released file must have: the published one, else the one recorded at
-    its first download (next to ``file``, else in :func:`cache_dir`), else None."""
+    its first download in :func:`cache_dir`, else one recorded next to ``file``, else None (a
+    folder's own record never overrides the cache's)."""
     published = PUBLISHED_CHECKSUMS.get(name)
     if published:
         return published
     cached = cache_dir() / f"{name}.pth"
-    return (_read_recorded(file) if file is not None else None) or _read_recorded(cached)
+    return _read_recorded(cached) or (_read_recorded(file) if file is not None else None)
+
+
+def _record_of(name: str, file: Path) -> Path:
+    """The record file that :func:`expected_checksum` read for ``name`` (no published value)."""
+    cached = recorded_checksum_path(cache_dir() / f"{name}.pth")
+    return cached if cached.is_file() else recorded_checksum_path(file)
 
 
 def _hand_hint(name: str) -> str:
@@ -126,8 +134,9 @@ def verify_released(name: str, file: Path) -> None:
         _VERIFIED.add(seen)
     else:
         raise DownloadError(
-            f"{file}: checksum mismatch (got {got}, expected {expected}): not the released {name}; "
-            f"delete it to download {RELEASED_CHECKPOINTS[name]} again"
+            f"{file}: checksum mismatch (got {got}, expected {expected}, "
+            f"{'published' if PUBLISHED_CHECKSUMS.get(name) else 'recorded in ' + str(_record_of(name, file))}): "
+            f"not the released {name}; delete it to download {RELEASED_CHECKPOINTS[name]} again"
         )
 
 
@@ -153,6 +162,6 @@ def fetch_released(name: str, progress: bool = True) -> Path:
         print(f"Downloading {url} to {target}", file=sys.stderr, flush=True)
     sha256 = download_file(url, target, expected, progress=progress, hint=_hand_hint(name))
     if expected is None:
-        recorded = recorded_checksum_path(target)
-        recorded.write_text(f"{sha256.split(':', 1)[1]}  {target.name}\n")
+        with atomic_output(recorded_checksum_path(target)) as tmp:  # never half a record
+            tmp.write_text(f"{sha256.split(':', 1)[1]}  {target.name}\n")
     return target

@@ -25,6 +25,7 @@ class Server:
     def __init__(self) -> None:
         self.body = PAYLOAD
         self.cut_after: int | None = None
+        self.send_length = True  # False: no Content-Length (the body ends with the connection)
         self.requests = 0
         server = self
 
@@ -32,7 +33,8 @@ class Server:
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 server.requests += 1
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(server.body)))
+                if server.send_length:
+                    self.send_header("Content-Length", str(len(server.body)))
                 self.end_headers()
                 sent = server.body if server.cut_after is None else server.body[: server.cut_after]
                 self.wfile.write(sent)
@@ -159,3 +161,33 @@ def test_cli_downloads_once_and_models_shows_it(server, tmp_path, capsys):
     assert main(["models"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(NAME))
     assert str(tmp_path / "cache" / f"{NAME}.pth") in row
+
+
+def test_a_first_download_without_a_length_is_refused_and_nothing_is_recorded(server, tmp_path):
+    """Without Content-Length a cut body looks whole, and its hash would be trusted from then on."""
+    server.send_length, server.cut_after = False, 5000
+    with pytest.raises(DownloadError, match="sent no Content-Length"):
+        resolve_checkpoint_path(NAME)
+    assert leftovers(tmp_path / "cache") == []
+
+
+def test_a_length_missing_is_fine_when_a_checksum_checks_the_file(server, tmp_path):
+    server.send_length = False
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+    got = download_file(server.url, tmp_path / "f.pth", f"sha256:{digest}", progress=False)
+    assert got == f"sha256:{digest}" and (tmp_path / "f.pth").read_bytes() == PAYLOAD
+    server.cut_after = 5000  # cut: the checksum catches it
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        download_file(server.url, tmp_path / "g.pth", f"sha256:{digest}", progress=False)
+    assert not (tmp_path / "g.pth").exists()
+
+
+def test_a_folder_s_own_record_never_overrides_the_cache_s(server, tmp_path):
+    resolve_checkpoint_path(NAME)  # first download: the cache records the hash
+    local = tmp_path / "checkpoints"
+    local.mkdir()
+    (local / f"{NAME}.pth").write_bytes(b"other weights")
+    (local / f"{NAME}.pth.sha256").write_text(hashlib.sha256(b"other weights").hexdigest() + "\n")
+    released._VERIFIED.clear()
+    with pytest.raises(DownloadError, match=r"checksum mismatch .*recorded in .*cache"):
+        released.verify_released(NAME, local / f"{NAME}.pth")
