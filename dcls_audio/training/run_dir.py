@@ -265,8 +265,14 @@ def _job_store(timeout_s: float):
     )
 
 
-def _store_key() -> str:
-    return f"dcls_audio/run_dir/restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+#: claims made by this process under a launcher: every rank makes them in the same order, so
+#: the n-th claim of rank 0 is the n-th of each rank (a script that trains twice in one job)
+_claims = 0
+
+
+def _store_key(name: str) -> str:
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return f"dcls_audio/run_dir/{name}/restart-{restart}/claim-{_claims}"
 
 
 def _handoff_path(root: Path, key: str) -> Path:
@@ -288,7 +294,7 @@ def _read_handoff(root: Path, key: str) -> RunClaim:
     store = _job_store(limit)
     if store is not None:
         try:
-            return _claim_from_json(store.get(_store_key()))
+            return _claim_from_json(store.get(_store_key(root.name)))
         except RuntimeError as err:  # the store's timeout (DistStoreError)
             raise TimeoutError(
                 f"rank 0 did not name the run directory in torchrun's job store within {limit:g} s "
@@ -313,7 +319,7 @@ def _read_handoff(root: Path, key: str) -> RunClaim:
 def _write_handoff(root: Path, key: str, claim: RunClaim) -> None:
     store = _job_store(float(os.environ.get(RANK_WAIT_ENV, "600")))
     if store is not None:
-        store.set(_store_key(), _claim_json(claim))
+        store.set(_store_key(root.name), _claim_json(claim))
         return
     with atomic_output(_handoff_path(root, key)) as tmp:
         tmp.write_text(_claim_json(claim))
@@ -333,6 +339,9 @@ def claim_run_dir(output_dir: str | Path, name: str, auto_resume: bool, resume: 
         return RunClaim(Path(inherited), Path(resume_env) if resume_env else None)
     root = Path(output_dir) / name
     launched = launcher_rank()
+    if launched is not None:
+        global _claims
+        _claims += 1
     if launched is not None and launched[0] != 0:
         return _read_handoff(root, launched[2])
     with _choosing(root):
@@ -363,4 +372,8 @@ def release_claim(claim: RunClaim, output_dir: str | Path, name: str) -> None:
     if claim.lock is not None and launched is not None:
         with contextlib.suppress(OSError):
             _handoff_path(Path(output_dir) / name, launched[2]).unlink()
+        with contextlib.suppress(Exception):  # the job's store may be gone with the job
+            store = _job_store(10.0)
+            if store is not None:
+                store.delete_key(_store_key(name))
     claim.release()

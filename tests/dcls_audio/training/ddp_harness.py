@@ -100,6 +100,7 @@ def main(argv: list[str]) -> int:
             "step": result.global_step,
             "run_dir": str(result.run_dir),
             "broadcasts_in_batches": record.broadcasts,
+            "agent_store": os.environ.get("TORCHELASTIC_USE_AGENT_STORE"),
         }
     )
     return 0

@@ -62,6 +62,7 @@ def test_a_sigterm_on_one_rank_stops_every_rank_after_the_same_step(runs):
     assert first[0]["interrupted"] and first[1]["interrupted"]
     assert first[0]["step"] == first[1]["step"] and 6 <= first[0]["step"] < 12
     assert first[0]["run_dir"] == first[1]["run_dir"]  # rank 1 took rank 0's directory
+    assert first[1]["agent_store"] == "True"  # through torchrun's store (not the hand-off file)
 
 
 def test_no_device_broadcast_of_the_stop_flag_per_step(runs):
