@@ -156,7 +156,7 @@ def _add_infer_parser(subparsers) -> None:
     parser.add_argument(
         "--plot",
         metavar="FILE.png",
-        help="draw each file's top classes over time (window scores as a heat map) into this PNG; "
+        help="draw each file's top classes over time (window scores as a heat map; the first 20 files) into this PNG; "
         "needs matplotlib (pip install 'dcls-audio[plot]')",
     )
     parser.add_argument("--plot-classes", type=int, default=10, metavar="N", help="classes drawn per file by --plot")

@@ -90,7 +90,8 @@ _CHUNK_CACHE = dict(rdcc_nbytes=16 * 2**20, rdcc_nslots=4099)
 class ClipBatch(list):
     """What :meth:`AudioSetHDF5.__getitems__` returns: the list of item dicts (views into the
     batch, so any ``collate_fn`` works) and, as ``.collated``, the batch itself (``waveform``
-    int16 (B, S), ``target`` float32 (B, C), ``index`` int64 (B,), ``audio_name`` list[str])."""
+    int16 (B, S), ``target`` float32 (B, C), ``index`` int64 (B,), ``audio_name`` list[str],
+    ``undecodable`` int: rows of the batch left out because they did not decode)."""
 
     def __init__(self, collated: dict) -> None:
         names = collated["audio_name"]
@@ -419,6 +420,7 @@ class AudioSetHDF5(Dataset):
                 "target": torch.from_numpy(target.astype(np.float32)),
                 "index": torch.from_numpy(order.copy()),
                 "audio_name": [self.audio_name(int(i)) for i in order],
+                "undecodable": len(failed),
             }
         )
 

@@ -271,6 +271,7 @@ class AudioSetShards(Dataset):
                 "target": torch.from_numpy(target),
                 "index": torch.tensor(kept, dtype=torch.int64),
                 "audio_name": names,
+                "undecodable": len(order) - len(kept),
             }
         )
 

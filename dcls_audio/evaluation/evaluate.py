@@ -6,8 +6,10 @@ computed on the complete set (see :mod:`dcls_audio.evaluation.metrics`). Outputs
 
 - ``metrics.json``: ``mAP``, ``mAUC``, ``d_prime`` (mean of per-class d-primes, as
   upstream), ``d_prime_of_mAUC``, ``num_clips``, ``num_classes``, ``num_classes_scored``,
-  counts of excluded classes, a note, what was evaluated and ``num_rows_dropped`` (rows
-  with an empty ``audio_name``, left out); undefined numbers are ``null`` (strict JSON);
+  counts of excluded classes, a note, what was evaluated, ``num_rows_dropped`` (rows
+  with an empty ``audio_name``, left out) and ``num_rows_undecodable`` (rows of FLAC/Opus
+  files or shards whose bytes did not decode, left out); undefined numbers are ``null``
+  (strict JSON);
 - ``per_class.csv``: ``index, mid, display_name, AP, AUC, d_prime, positives`` (empty AP/AUC
   where undefined);
 - ``predictions.npz``: ``audio_name`` (N,), ``scores`` (N, C) sigmoid probabilities float32,
@@ -89,13 +91,17 @@ class EvaluationModule(L.LightningModule):
         self.info = info or {}
         self.result: TaggingMetrics | None = None
         self.written: list[Path] = []
+        self.undecodable = 0  # rows left out by this rank's batches (they did not decode)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.undecodable += int(batch.get("undecodable", 0))
         logits = self.net(self.front_end(batch["waveform"]))
         self.metric.update(logits, batch["target"], batch["index"])
 
     def on_test_epoch_end(self) -> None:
         dataset = self.trainer.test_dataloaders.dataset  # every rank holds all the clip names
+        total = self.trainer.strategy.reduce(torch.tensor(float(self.undecodable), device=self.device), reduce_op="sum")
+        self.info["num_rows_undecodable"] = self.undecodable = int(total)
         try:
             self.result = self.metric.compute()
         except ValueError:
@@ -258,6 +264,8 @@ def evaluate(
             f"one clip: use --devices {len(dataset)} or fewer"
         )
     trainer.test(module, datamodule=dm, verbose=False)
+    if module.undecodable and trainer.is_global_zero:
+        note(f"{module.undecodable} row(s) did not decode and were left out (see the warnings naming them)")
     return module.result, out, trainer.is_global_zero
 
 

@@ -46,9 +46,14 @@ from .tagger import (
     tag_files,
 )
 
-__all__ = ["SetupError", "default_num_workers", "run_infer"]
+__all__ = ["MAX_PLOT_FILES", "SetupError", "default_num_workers", "run_infer"]
 
 EXIT_OK, EXIT_FILE_ERRORS, EXIT_SETUP_ERROR = 0, 1, 2
+
+
+#: ``--plot`` draws the first this many files tagged (one panel each): a picture stays readable
+#: and its size bounded however many files are tagged
+MAX_PLOT_FILES = 20
 
 
 class SetupError(UsageError):
@@ -121,8 +126,9 @@ def run_infer(
     ``progress=None`` shows a bar on stderr for several files when stderr is a terminal.
     ``output``: a file to write instead of ``stdout`` (see the module docstring); ``overwrite``
     lets it replace an existing file that is not an input (the same for ``plot``).
-    ``plot``: a PNG file drawing each tagged file's ``plot_classes`` best classes over time
-    (window scores as a heat map; needs matplotlib, the ``plot`` extra).
+    ``plot``: a PNG file drawing the ``plot_classes`` best classes over time of each tagged file,
+    the first :data:`MAX_PLOT_FILES` of them (window scores as a heat map; needs matplotlib, the
+    ``plot`` extra).
     """
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
@@ -192,7 +198,11 @@ def run_infer(
         if plot is not None and timelines:
             with atomic_output(plot) as tmp:
                 write_timelines(tmp, timelines, loaded.labels, top=plot_classes)
-            print(f"dcls-audio infer: wrote {plot} ({len(timelines)} file(s), top {plot_classes} classes)", file=stderr)
+            left = f"; the other {len(files) - len(timelines)} are not drawn" if len(files) > len(timelines) else ""
+            print(
+                f"dcls-audio infer: wrote {plot} ({len(timelines)} file(s), top {plot_classes} classes{left})",
+                file=stderr,
+            )
     except KeyboardInterrupt:
         kept = f"; {output} was left as it was" if output else ""
         bar.write(f"dcls-audio infer: interrupted{kept}", file=stderr)
@@ -240,7 +250,7 @@ def _write_results(
             bar.write(f"error: {result.message()}", file=stderr)
             continue
         record = file_record(result, labels, top_k)
-        if timelines is not None:
+        if timelines is not None and len(timelines) < MAX_PLOT_FILES:
             spans = np.asarray(result.window_spans_s, dtype=np.float64).reshape(-1, 2)
             timelines.append(TimelineData(result.file, result.window_scores.float().cpu().numpy(), spans))
         if fmt == "table":

@@ -248,3 +248,31 @@ def test_pack_parts_hold_no_clips_until_a_writer_reads_one_part(panns, tmp_path,
     # three parts (12 clips by 5): read once for names and labels, once more for the clips
     assert sorted(loads) == sorted(2 * [f"part-{n:06d}.npz" for n in range(3)])
     assert _everything(out)["waveform"].equal(_everything(panns)["waveform"])
+
+
+def test_eval_counts_the_rows_that_do_not_decode(panns, tmp_path):
+    """eval scores the clips that decode and says how many rows it left out (metrics.json)."""
+    import json
+
+    import torch
+
+    from dcls_audio.evaluation.evaluate import evaluate
+    from dcls_audio.models import create_model
+
+    out = tmp_path / "eval_flac.h5"
+    pack_panns(panns, out, "flac", progress=False)
+    with h5py.File(out, "r+") as h5:
+        h5["encoded"][3] = np.frombuffer(b"fLaC" + bytes(200), dtype=np.uint8)
+    kwargs = {"depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16)}
+    torch.manual_seed(0)
+    net = create_model("convnext_audio_tiny", num_classes=527, **kwargs)
+    hparams = {"model_name": "convnext_audio_tiny", "num_classes": 527, "model_kwargs": kwargs}
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "hyper_parameters": hparams}, ckpt)
+    notes: list[str] = []
+    result, written, _ = evaluate(
+        str(ckpt), [str(out)], tmp_path / "eval", batch_size=4, num_workers=1, accelerator="cpu", note=notes.append
+    )
+    metrics = json.loads((written / "metrics.json").read_text())
+    assert metrics["num_rows_undecodable"] == 1 and metrics["num_clips"] == 11
+    assert any("1 row(s) did not decode" in n for n in notes)

@@ -318,7 +318,7 @@ def test_labels_stored_in_our_checkpoint(tmp_path, capsys, audio_dir):
     _check_top(record["top"], expected, 3, names)
 
 
-def test_all_class_scores_and_the_timeline_plot(tmp_path, capsys, audio_dir):
+def test_all_class_scores_and_the_timeline_plot(tmp_path, capsys, monkeypatch, audio_dir):
     kwargs = {"depths": (1, 1, 1, 1), "dims": (8, 16, 16, 16), "kernel_count": 4, "dilated_kernel_size": 7}
     torch.manual_seed(0)
     net = create_model("convnext_dcls_audio_tiny", num_classes=3, **kwargs)
@@ -344,6 +344,13 @@ def test_all_class_scores_and_the_timeline_plot(tmp_path, capsys, audio_dir):
     capsys.readouterr()
     assert cli.main(argv[:5] + ["--plot", str(plot)]) == 2  # an existing picture needs --overwrite
     assert f"--plot: {plot} already exists" in capsys.readouterr().err
+    # many files: the first MAX_PLOT_FILES are drawn (a bounded, readable picture), the rest named
+    from dcls_audio.inference import app
+
+    monkeypatch.setattr(app, "MAX_PLOT_FILES", 1)
+    assert cli.main(argv[:-2] + ["--plot", str(plot), "--overwrite"]) == 0
+    assert "(1 file(s), top 10 classes; the other 1 are not drawn)" in capsys.readouterr().err
+    assert png_size(plot) == (1200, 210)
 
 
 # -- containers libsndfile cannot read, decoded through FFmpeg (PyAV) ------------------------------
