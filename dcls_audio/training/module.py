@@ -144,6 +144,9 @@ class AudioTaggingModule(L.LightningModule):
         self.val_metrics_ema = AudioSetMetrics(num_classes) if ema_decay is not None else None
         self._mixup_generator = torch.Generator()
         self._batches_trained = 0  # training batches of this run so far (saved in checkpoints)
+        self._undecodable = 0  # rows this rank's training batches left out (did not decode)
+        #: rows the training batches of this start left out on all ranks (set when training ends)
+        self.undecodable_rows = 0
         self._step_losses: list[torch.Tensor] = []  # this optimizer step's losses, checked before its update
         self._guard = NonFiniteGuard()
         self._loss_copies = HostCopies()
@@ -246,6 +249,7 @@ class AudioTaggingModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         waveform, target = batch["waveform"], batch["target"]
+        self._undecodable += int(batch.get("undecodable", 0))  # a host int: no device wait
         hp = self.hparams
         self._seed_batch()
         draws = self.front_end.sample_augmentations(waveform.shape[0])  # host draws, then one copy each
@@ -299,6 +303,8 @@ class AudioTaggingModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         self._check_non_finite_now()
+        total = self.trainer.strategy.reduce(torch.tensor(float(self._undecodable), device=self.device), "sum")
+        self.undecodable_rows = int(total)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # a checkpoint must never hold what a non-finite step left (reading the state waits

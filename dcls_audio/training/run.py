@@ -94,6 +94,8 @@ class TrainResult:
     epoch: int
     interrupted: bool
     val_files: list[str]
+    #: training rows left out because they did not decode (FLAC/Opus files, shards)
+    undecodable_rows: int = 0
 
 
 @rank_zero_only
@@ -610,6 +612,7 @@ def _train_in(
         epoch=trainer.current_epoch,
         interrupted=interrupted,
         val_files=val_files,
+        undecodable_rows=module.undecodable_rows,
     )
 
 
@@ -638,6 +641,8 @@ def summary_lines(result: TrainResult) -> list[str]:
     ckpt = result.best_checkpoint or result.last_checkpoint
     score = f" (val/mAP {result.best_score:.4f})" if result.best_score is not None else ""
     lines.append(f"Training done: {result.epoch} epochs, {result.global_step} steps. Run: {result.run_dir}")
+    if result.undecodable_rows:
+        lines.append(f"{result.undecodable_rows} training row(s) did not decode and were left out (warnings name them)")
     if ckpt is None:
         lines.append("No checkpoint was written (fast_dev_run).")
         return lines

@@ -276,3 +276,37 @@ def test_eval_counts_the_rows_that_do_not_decode(panns, tmp_path):
     metrics = json.loads((written / "metrics.json").read_text())
     assert metrics["num_rows_undecodable"] == 1 and metrics["num_clips"] == 11
     assert any("1 row(s) did not decode" in n for n in notes)
+
+
+def test_training_counts_the_rows_that_do_not_decode(panns, tmp_path):
+    from dcls_audio.training.config import load_config
+    from dcls_audio.training.run import summary_lines, train
+
+    out = tmp_path / "train_flac.h5"
+    pack_panns(panns, out, "flac", progress=False)
+    with h5py.File(out, "r+") as h5:
+        h5["encoded"][3] = np.frombuffer(b"fLaC" + bytes(200), dtype=np.uint8)
+    values = {
+        "model.name": "convnext_audio_tiny",
+        "model.depths": "[1, 1, 1, 1]",
+        "model.dims": "[8, 16, 16, 16]",
+        "model.kernel_count": "null",
+        "model.dilated_kernel_size": "null",
+        "data.train_files": str(out),
+        "data.val_files": str(panns),
+        "data.batch_size": "4",
+        "data.num_workers": "1",
+        "data.pin_memory": "false",
+        "trainer.accelerator": "cpu",
+        "trainer.devices": "1",
+        "trainer.precision": "32",
+        "trainer.enable_progress_bar": "false",
+        "trainer.max_epochs": "1",
+        "trainer.num_sanity_val_steps": "0",
+        "trainer.logger": "csv",
+        "run.output_dir": str(tmp_path / "runs"),
+        "run.name": "flac",
+    }
+    result = train(load_config("demo", values))
+    assert result.global_step == 3 and result.undecodable_rows == 1  # 12 rows, one left out, epoch goes on
+    assert "1 training row(s) did not decode and were left out" in "\n".join(summary_lines(result))
