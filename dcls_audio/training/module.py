@@ -303,7 +303,9 @@ class AudioTaggingModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         self._check_non_finite_now()
-        total = self.trainer.strategy.reduce(torch.tensor(float(self._undecodable), device=self.device), "sum")
+        total = self.trainer.strategy.reduce(
+            torch.tensor(float(self._undecodable), device=self.device), reduce_op="sum"
+        )
         self.undecodable_rows = int(total)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
