@@ -567,7 +567,7 @@ def run_pack(
                 bitrate=bitrate,
                 shards=shards,
             )
-    except (OSError, ValueError) as exc:  # missing or unreadable inputs, the output refused or not writable
+    except (OSError, UsageError) as exc:  # missing or unreadable inputs, the output refused or not writable
         print(f"dcls-audio pack: error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
