@@ -450,7 +450,8 @@ def pack_folder(
     if not planned:
         raise UsageError(f"no audio file under {audio_dir} matches a labelled YTID in {labels_csv}\n{report.summary()}")
     settings = _settings(codec, bitrate, clip_samples, classes, part_clips, shards)
-    settings["sources"] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p, _, _ in planned]
+    stats = [p.stat() for p, _, _ in planned]  # one stat per file: size and time mark its version
+    settings["sources"] = [[str(p), st.st_size, st.st_mtime_ns] for (p, _, _), st in zip(planned, stats)]
     jobs = [(str(path), ytid, indices) for path, ytid, indices in planned]
     try:
         _encode_and_assemble(
