@@ -1,0 +1,277 @@
+"""Bare model step of every backbone, DCLS against its depthwise 7x7 twin, in one run.
+
+For each family (ConvNeXt-T, FastViT-SA24, ConvFormer-S18) and each mode (``eager`` or a
+``torch.compile`` mode) it times, for the DCLS model and the plain model side by side:
+
+- train: one training step on a log-mel batch already on the device (forward under autocast,
+  BCE, backward, AdamW fused on CUDA, gradients set to None), samples/s and peak memory;
+- infer (``--infer``): eval mode under ``no_grad`` (the DCLS kernels come from the eval cache),
+  samples/s;
+
+and prints the table with DCLS / plain ratios. ``--convs`` repeats the DCLS rows with the
+convolution path forced (``dcls_core.dispatch.forced(conv=...)``), ``auto`` being the
+dispatcher's own choice. ``--profile`` adds, per model in eager mode, where one training
+step's device time goes: total kernel time against the step's wall time (device busy share)
+and kernel time by group (DCLS programs, convolutions, GEMMs, normalisation, element-wise,
+copies, optimizer), so a gap can be traced to GPU work or to host time. Timing: ``--warmup``
+untimed steps, then ``--steps`` steps between two device synchronisations.
+
+    python benchmarks/bench_models.py                                         # all six, eager
+    python benchmarks/bench_models.py --families convnext --modes eager default reduce-overhead
+    python benchmarks/bench_models.py --families convnext --convs auto fft --profile
+    python benchmarks/bench_models.py --smoke                                 # tiny CPU check
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dcls_audio.models import create_model  # noqa: E402
+from dcls_audio.training.optim import build_optimizer  # noqa: E402
+from dcls_core import dispatch  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FAMILIES = {
+    "convnext": ("convnext_dcls_audio_tiny", "convnext_audio_tiny"),
+    "fastvit": ("fastvit_dcls_audio_sa24", "fastvit_audio_sa24"),
+    "convformer": ("convformer_dcls_audio_s18", "convformer_audio_s18"),
+}
+NUM_CLASSES = 527
+FRAMES = 1001  # 10 s at 32 kHz, hop 320
+# kernel-name fragments -> group, first match wins (Triton programs keep their Python names)
+KERNEL_GROUPS = (
+    ("dcls", ("dw_conv2d", "banded", "construct", "placed", "spectral", "dcls")),
+    ("fft", ("fft", "radix", "regular_fft", "vector_fft")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("conv (cuDNN)", ("conv", "cudnn", "implicit", "dgrad", "wgrad", "depthwise", "xmma_fprop")),
+    ("gemm", ("gemm", "cutlass", "sm90_xmma", "matmul", "nvjet")),
+    ("norm", ("norm", "welford")),
+    ("copy / layout", ("copy", "memcpy", "transpose", "permute", "cat", "pad")),
+    ("reduce", ("reduce",)),
+    ("element-wise", ("elementwise", "vectorized", "unrolled", "triton_poi", "triton_per", "fused")),
+)
+SMOKE = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fresh(device: torch.device) -> None:
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _kwargs(name: str, smoke: bool) -> dict:
+    kwargs: dict = {"drop_path_rate": 0.1}
+    if smoke:
+        if name.startswith("convnext"):
+            kwargs.update(SMOKE)
+        if "dcls" in name:
+            kwargs.update(kernel_count=4, dilated_kernel_size=5)
+    return kwargs
+
+
+def group_of(kernel_name: str) -> str:
+    """The :data:`KERNEL_GROUPS` group of a device kernel's name ("other" if none matches)."""
+    low = kernel_name.lower()
+    for group, fragments in KERNEL_GROUPS:
+        if any(f in low for f in fragments):
+            return group
+    return "other"
+
+
+class Bench:
+    """One model in one mode: its training step, its inference step, their timings."""
+
+    def __init__(self, name: str, mode: str, args: argparse.Namespace, device: torch.device) -> None:
+        _fresh(device)
+        torch.manual_seed(0)
+        self.name, self.mode, self.args, self.device = name, mode, args, device
+        self.net = create_model(name, num_classes=NUM_CLASSES, **_kwargs(name, args.smoke)).to(device)
+        self.opt = build_optimizer(self.net, "adamw", 1e-4, 0.05, 5.0, fused=device.type == "cuda")
+        frames = 256 if args.smoke else FRAMES
+        self.spec = torch.randn(args.batch_size, 1, 128, frames, device=device)
+        self.target = (torch.rand(args.batch_size, NUM_CLASSES, device=device) < 0.01).float()
+        self.forward = self.net if mode == "eager" else torch.compile(self.net, mode=mode)
+        self.graphs = mode in ("reduce-overhead", "max-autotune")
+
+    def train_step(self) -> None:
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with _autocast(self.device, self.args.precision):
+            logits = self.forward(self.spec)
+        F.binary_cross_entropy_with_logits(logits.float(), self.target).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def infer_step(self) -> None:
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.no_grad(), _autocast(self.device, self.args.precision):
+            self.forward(self.spec).float().sigmoid()
+
+    def timed(self, step) -> float:
+        """samples/s of ``step`` after the warm-up."""
+        for _ in range(self.args.warmup):
+            step()
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(self.args.steps):
+            step()
+        _sync(self.device)
+        return self.args.steps * self.args.batch_size / (time.perf_counter() - start)
+
+    def train_row(self) -> dict:
+        self.net.train()
+        rate = self.timed(self.train_step)
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else float("nan")
+        return {"train_samples_per_s": rate, "train_step_ms": 1000 * self.args.batch_size / rate, "peak_gib": peak}
+
+    def infer_row(self) -> dict:
+        self.net.eval()
+        if self.mode != "eager":
+            self.forward = torch.compile(self.net, mode=self.mode)  # a fresh graph for eval mode
+        return {"infer_samples_per_s": self.timed(self.infer_step)}
+
+    def profile(self) -> dict:
+        """Device kernel time of one training step by group, and the step's wall time."""
+        self.net.train()
+        for _ in range(3):
+            self.train_step()
+        _sync(self.device)
+        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=acts) as prof:
+            start = time.perf_counter()
+            self.train_step()
+            _sync(self.device)
+            wall_ms = 1000 * (time.perf_counter() - start)
+        groups: dict[str, float] = defaultdict(float)
+        kernels: dict[str, float] = defaultdict(float)
+        launches = 0
+        for event in prof.events():
+            if event.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            ms = event.device_time / 1000
+            groups[group_of(event.name)] += ms
+            kernels[event.name] += ms
+            launches += 1
+        busy = sum(groups.values())
+        top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+        return {
+            "wall_ms": wall_ms,
+            "kernel_ms": busy,
+            "busy_share": busy / wall_ms if wall_ms else float("nan"),
+            "kernels": launches,
+            "groups_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+            "top_kernels_ms": {k[:90]: v for k, v in top},
+        }
+
+
+def run_model(name: str, mode: str, conv: str, args: argparse.Namespace, device: torch.device) -> dict:
+    forced = dispatch.forced(conv=None if conv == "auto" else conv)
+    with forced:
+        bench = Bench(name, mode, args, device)
+        row = {"model": name, "mode": mode, "conv": conv, **bench.train_row()}
+        if args.profile and mode == "eager" and device.type == "cuda":
+            row["profile"] = bench.profile()
+        if args.infer:
+            row.update(bench.infer_row())
+    del bench
+    return row
+
+
+def print_table(report: dict) -> None:
+    rows = report["results"]
+    print(f"device: {report['device']}, torch {report['torch']}, {report['precision']}, batch {report['batch_size']}")
+    head = f"{'model':<27} {'mode':<15} {'conv':<9} {'train/s':>8} {'ms':>7} {'peak GiB':>8} {'infer/s':>8}"
+    print(head + f" {'train ratio':>11} {'infer ratio':>11} {'peak ratio':>10}")
+    for r in rows:
+        base = r.get("baseline")
+        ratios = ""
+        if base:
+            ratios = f" {r['train_ratio']:>11.2f} {r.get('infer_ratio', float('nan')):>11.2f} {r['peak_ratio']:>10.2f}"
+        print(
+            f"{r['model']:<27} {r['mode']:<15} {r['conv']:<9} {r['train_samples_per_s']:>8.1f} "
+            f"{r['train_step_ms']:>7.1f} {r['peak_gib']:>8.2f} {r.get('infer_samples_per_s', float('nan')):>8.1f}"
+            + ratios
+        )
+    for r in rows:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        print(
+            f"== {r['model']} ({r['conv']}) eager step: wall {prof['wall_ms']:.1f} ms, kernels "
+            f"{prof['kernel_ms']:.1f} ms ({100 * prof['busy_share']:.0f} % busy), {prof['kernels']} launches"
+        )
+        print("   " + ", ".join(f"{g} {ms:.1f}" for g, ms in prof["groups_ms"].items()))
+        for k, ms in list(prof["top_kernels_ms"].items())[:8]:
+            print(f"   {ms:7.2f} ms  {k}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--modes", nargs="+", default=["eager"], help="eager and/or torch.compile modes")
+    parser.add_argument("--convs", nargs="+", default=["auto"], choices=("auto", *dispatch.CONVS))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed steps first (compilation, autotuning)")
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--infer", action="store_true", help="also time inference (eval, no_grad)")
+    parser.add_argument("--profile", action="store_true", help="device time by kernel group (eager, CUDA)")
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU check: small models, batch 2, fp32")
+    parser.add_argument("--json", default=None, help="output JSON (default: results/bench_models.json)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.device, args.precision, args.batch_size, args.steps, args.warmup = "cpu", "fp32", 2, 1, 1
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    out = Path(args.json) if args.json else RESULTS / ("bench_models_smoke.json" if args.smoke else "bench_models.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"device": name, "torch": torch.__version__, "precision": args.precision, "batch_size": args.batch_size}
+    report["results"] = []
+    for family in args.families:
+        dcls_name, plain_name = FAMILIES[family]
+        for mode in args.modes:
+            plain = run_model(plain_name, mode, "auto", args, device)
+            report["results"].append(plain)
+            for conv in args.convs:
+                row = run_model(dcls_name, mode, conv, args, device)
+                row["baseline"] = plain_name
+                row["train_ratio"] = row["train_samples_per_s"] / plain["train_samples_per_s"]
+                row["peak_ratio"] = row["peak_gib"] / plain["peak_gib"] if plain["peak_gib"] else float("nan")
+                if args.infer:
+                    row["infer_ratio"] = row["infer_samples_per_s"] / plain["infer_samples_per_s"]
+                report["results"].append(row)
+                out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it measured
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
