@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 
 from torch import Tensor
 
-from .conv.common import PADDING_MODES
+from .conv.common import PADDING_MODES, crop_to_reach
 from .conv.fft.fused_layer import fused_dcls_fft
 from .conv.reference import conv_nd
 from .dispatch import build_kernel, select_conv, select_fused
@@ -78,7 +78,13 @@ def conv_with_kernel(
     groups: int,
     padding_mode: str = "zeros",
 ) -> Tensor:
-    """:func:`conv_nd` through the convolution the dispatcher selects (direct, FFT or ``F.conv``)."""
+    """:func:`conv_nd` through the convolution the dispatcher selects (direct, FFT or ``F.conv``).
+
+    With zero padding the kernel is first cut to the taps that can meet the input
+    (:func:`dcls_core.conv.common.crop_to_reach`): large kernels on small late-stage inputs
+    convolve only what they reach, on every path."""
+    if padding_mode == "zeros":
+        kernel, padding = crop_to_reach(kernel, input.shape[2 - kernel.dim() :], stride, padding)
     _, conv = select_conv(input, kernel, stride, padding, groups, padding_mode)
     return conv(input, kernel, bias, tuple(stride), tuple(padding), groups, padding_mode)
 

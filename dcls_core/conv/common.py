@@ -15,6 +15,7 @@ __all__ = [
     "apply_padding_mode",
     "bias_grad",
     "conv_geometry",
+    "crop_to_reach",
     "dtype_name",
     "reversed_padding_repeated_twice",
 ]
@@ -86,6 +87,33 @@ def conv_geometry(
     if min(out_full) < 1:
         raise ValueError(f"{owner}: kernel {ksize} larger than padded input {tuple(input.shape[2:])} + 2 x {padding}")
     return ConvGeometry(input, padding, out_full, out_dtype, unbatched)
+
+
+def crop_to_reach(
+    kernel: Tensor, spatial: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+) -> tuple[Tensor, tuple[int, ...]]:
+    """``(kernel, padding)`` with the kernel cut to the taps that meet the input, for a
+    zero-padded convolution; the output is unchanged, exactly.
+
+    Along an axis of input size ``S``, padding ``p``, stride ``s``, kernel size ``k`` and output
+    size ``O``, tap ``i`` meets the input for some output iff ``p - (O - 1) s <= i < p + S``. A
+    symmetric cut of ``c`` taps at both ends, ``c`` the smaller of the unreachable counts at the
+    two ends, with padding ``p - c``, keeps ``O`` and every sum (only zeros are dropped). A
+    23x23 kernel on a 8x7 input becomes 15x13. ``kernel`` is ``(C_out, C_in/groups, *k)``;
+    the result is a view (its gradient is zero outside the kept taps, as the full kernel's).
+    """
+    ndim = kernel.dim() - 2
+    cuts, pads = [], []
+    for size, s, p, k in zip(tuple(spatial)[-ndim:], stride, padding, kernel.shape[2:]):
+        out = (size + 2 * p - k) // s + 1
+        lo, hi = max(0, p - (out - 1) * s), min(k, p + size)
+        c = max(0, min(lo, k - hi, p)) if out >= 1 else 0  # no output: leave the error to the conv
+        cuts.append(c)
+        pads.append(p - c)
+    if not any(cuts):
+        return kernel, tuple(int(p) for p in padding)
+    index = (slice(None), slice(None), *(slice(c, k - c) for c, k in zip(cuts, kernel.shape[2:])))
+    return kernel[index], tuple(pads)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
