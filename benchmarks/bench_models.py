@@ -170,13 +170,13 @@ class Bench:
         groups: dict[str, float] = defaultdict(float)
         kernels: dict[str, float] = defaultdict(float)
         launches = 0
-        for event in prof.events():
-            if event.device_type != torch.autograd.DeviceType.CUDA:
+        for event in prof.key_averages():
+            if event.device_type != torch.autograd.DeviceType.CUDA:  # host-side operators
                 continue
-            ms = event.device_time / 1000
-            groups[group_of(event.name)] += ms
-            kernels[event.name] += ms
-            launches += 1
+            ms = event.self_device_time_total / 1000
+            groups[group_of(event.key)] += ms
+            kernels[event.key] += ms
+            launches += event.count
         busy = sum(groups.values())
         top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
         return {

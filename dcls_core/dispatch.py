@@ -5,7 +5,9 @@
   ``MIN_COUNT`` elements per kernel) or the reference einsum (:mod:`dcls_core.construction.reference`).
 * The convolution with that kernel: a registry of paths, :data:`CONV_PATHS`, in order of
   preference (:mod:`dcls_core.conv` states a path's contract). ``auto`` takes the first path that
-  supports the call and whose cost rule pays: the direct depthwise convolution on the tensor cores
+  supports the call and whose cost rule pays: the matrix depthwise convolution (CUDA, large
+  depthwise kernels on inputs of no more positions than the kernel has taps: one batched GEMM per
+  call), the direct depthwise convolution on the tensor cores
   (CUDA, 2-D, large depthwise kernels where half precision or TF32 is allowed), then the FFT
   (CUDA, large kernels), then the reference ``F.conv`` (everything else: small kernels, strides,
   tiny problems, the CPU). The rules were measured on an H100 (``benchmarks/NOTES_layers.md``).
@@ -18,7 +20,7 @@ Switches:
 * ``DCLS_IMPL=auto|reference|fast``: ``reference`` forces the reference construction and
   ``F.conv``; ``fast`` forces the fast paths wherever they apply (a path whose rule pays, else the
   FFT, :data:`FAST_CONV`, also on the CPU); ``auto`` (default) follows the rules.
-* ``DCLS_CONV=auto|direct|fft|reference``: forces the convolution alone where the named path
+* ``DCLS_CONV=auto|matrix|direct|fft|reference``: forces the convolution alone where the named path
   supports the call (elsewhere the rules above choose), over ``DCLS_IMPL``.
 * :func:`forced`: the same within a block, over both variables; ``forced(fused=False)`` keeps the
   construction and the convolution apart.
@@ -35,7 +37,7 @@ from torch import Tensor
 
 from .construction import fused as fused_construction
 from .construction.reference import construct_kernel
-from .conv import direct, fft, reference
+from .conv import direct, fft, matrix, reference
 from .conv.fft.conv import transform_sizes_for
 
 __all__ = [
@@ -56,10 +58,10 @@ __all__ = [
 
 IMPLS = ("auto", "reference", "fast")
 ENV_VAR = "DCLS_IMPL"
-CONV_ENV_VAR = "DCLS_CONV"  # auto | reference | fft | direct: the convolution, over DCLS_IMPL
+CONV_ENV_VAR = "DCLS_CONV"  # auto | reference | fft | direct | matrix: the convolution, over DCLS_IMPL
 
 # The convolution paths in order of preference (a new path: its folder under conv/ and one entry here).
-CONV_PATHS = {path.NAME: path for path in (direct, fft, reference)}
+CONV_PATHS = {path.NAME: path for path in (matrix, direct, fft, reference)}
 FAST_CONV = fft.NAME  # DCLS_IMPL=fast: the path of every call no other fast path's rule takes
 
 CONSTRUCTIONS = ("reference", "triton")

@@ -15,8 +15,9 @@ from dcls_testing import rel_err
 
 def test_every_registered_conv_path_keeps_the_contract():
     """Each path of the registry names itself and has a support test and a cost rule; where it
-    supports a call its function equals ``F.conv2d`` in float64 (on CPU tensors: the FFT and the
-    reference; the direct path needs CUDA); the reference comes last (the ``auto`` fallback)."""
+    supports a call its function equals ``F.conv2d`` in float64 (on CPU tensors: the matrix path,
+    the FFT and the reference; the direct path needs CUDA); the reference comes last (the ``auto``
+    fallback)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, 9, 10, dtype=torch.float64, generator=g)
     k = torch.randn(4, 1, 5, 5, dtype=torch.float64, generator=g)
@@ -29,7 +30,7 @@ def test_every_registered_conv_path_keeps_the_contract():
         if path.supports(x, k.shape, (1, 1), 4):
             assert rel_err(path.convolve(x, k, b, (1, 1), (2, 2), 4, "zeros"), want) < 1e-12, name
             checked.append(name)
-    assert checked == ["fft", "reference"]
+    assert checked == ["matrix", "fft", "reference"]
 
 
 def test_dispatcher_env_switch(monkeypatch):
@@ -86,6 +87,8 @@ def test_conv_environment_variable(monkeypatch):
     assert conv() == "fft"
     monkeypatch.setenv("DCLS_CONV", "direct")  # does not apply on the CPU: the auto rules choose
     assert conv() == "fft"
+    monkeypatch.setenv("DCLS_CONV", "matrix")  # plain torch: applies on the CPU too
+    assert conv() == "matrix"
     monkeypatch.setenv("DCLS_CONV", "winograd")
     with pytest.raises(ValueError, match="DCLS_CONV must be one of"):
         conv()
@@ -183,3 +186,27 @@ def test_dispatcher_direct_rule_cuda(monkeypatch):
     assert conv() == "fft"
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     assert conv() == "direct"
+
+
+@pytest.mark.cuda
+def test_dispatcher_matrix_rule_cuda(monkeypatch):
+    """The matrix path for large depthwise kernels on inputs of no more positions than taps (the
+    last two ConvNeXt stages), in every dtype; the direct path above that; never for small
+    kernels, channel mixing or the CPU."""
+    monkeypatch.setenv("DCLS_IMPL", "auto")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+
+    def conv(c, h, w, k=23, groups=None, device="cuda", dtype=torch.float32):
+        x = torch.randn(8, c, h, w, device=device, dtype=dtype)
+        kernel = torch.randn(c, 1 if groups is None else c, k, k, device=device, dtype=dtype)
+        return dispatch.select_conv(x, kernel, (1, 1), (k // 2, k // 2), c if groups is None else groups, "zeros")[0]
+
+    assert conv(384, 16, 15) == "matrix"
+    assert conv(768, 8, 7) == "matrix"
+    assert conv(768, 8, 7, dtype=torch.float64) == "matrix"
+    assert conv(192, 32, 31) == "direct"  # 992 positions > 529 taps
+    assert conv(384, 16, 15, k=7) == "reference"  # 7x7: cuDNN
+    assert conv(64, 16, 15, groups=1) == "fft"
+    assert conv(384, 16, 15, device="cpu") == "reference"
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert conv(384, 16, 15) == "matrix"

@@ -1,0 +1,14 @@
+"""The matrix convolution path: a depthwise kernel on a small input as one matrix product per
+channel (batched GEMM), any number of spatial axes, any device.
+
+* :mod:`.conv`: ``matrix_dw_conv`` (the path's function), its index tables and cost rule.
+"""
+
+from __future__ import annotations
+
+from .conv import matrix_dw_conv, pays, supports
+
+__all__ = ["NAME", "convolve", "matrix_dw_conv", "pays", "supports"]
+
+NAME = "matrix"
+convolve = matrix_dw_conv

@@ -1,0 +1,273 @@
+"""Depthwise convolution of a small input as one matrix product per channel.
+
+When the input is small next to the kernel (a 23x23 kernel on the 16x15 and 8x7 inputs of the
+last ConvNeXt stages), every output depends on most of the input, and the convolution of one
+channel is a dense ``(S_in, S_out)`` matrix ``T`` with ``T[r, o] = k[r - o * stride + pad]``
+(0 where that tap does not exist), ``S`` the flattened spatial sizes:
+
+    y[:, c, :] = x[:, c, :] @ T_c            (batched over channels: one cuBLAS batched GEMM)
+    dx[:, c, :] = dy[:, c, :] @ T_c^T
+    dk[c, t] = sum of (x[:, c, :]^T @ dy[:, c, :])[r, o] over the pairs (r, o) of tap t
+
+``T`` is gathered from the kernel through an index table built once per shape; the kernel
+gradient sums the entries of each tap in a fixed order (a segment sum over entries sorted by
+tap: deterministic, no atomics). The product has ``S_in x S_out`` terms per channel and row
+against ``taps x S_out`` for a direct convolution, so it pays where ``S_in <= taps`` (the cost
+rule). The products run in the autocast dtype (or the input's), with float32 accumulation; the
+kernel gradient is summed in float32. ``T`` is not kept for the backward pass (it is gathered
+again). Plain torch operations: any device; under ``torch.compile`` the passes are
+``torch.library`` custom ops (:func:`dcls_core._custom_op.register_op`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..._custom_op import register_op
+from ..common import bias_grad, conv_geometry, dtype_name
+from ..cost import large_kernel
+
+__all__ = ["MAX_MATRIX_BYTES", "matrix_dw_conv", "pays", "supports", "tap_tables"]
+
+MAX_MATRIX_BYTES = 256 << 20  # the per-call matrices T (all channels, half precision) at most
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class TapTables(NamedTuple):
+    """Index tables of one shape (on one device).
+
+    ``gather``: ``(S_in * S_out,)`` tap index of each matrix entry (``taps`` where none);
+    ``order``: the entries that hold a tap, sorted by tap; ``lengths``: entries per tap ``(taps,)``.
+    """
+
+    gather: Tensor
+    order: Tensor
+    lengths: Tensor
+
+
+_TABLES: dict[tuple, TapTables] = {}
+_LOCK = threading.Lock()
+
+
+def _tables_numpy(
+    in_sizes: Sequence[int], out_sizes: Sequence[int], k_sizes: Sequence[int], stride: Sequence[int], pad: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ndim = len(k_sizes)
+    taps = math.prod(k_sizes)
+    flat = np.zeros((), dtype=np.int64)
+    valid = np.ones((), dtype=bool)
+    tap_stride = 1
+    per_axis = []
+    for a in reversed(range(ndim)):  # last axis varies fastest in the flattened kernel
+        r = np.arange(in_sizes[a])[:, None]
+        o = np.arange(out_sizes[a])[None, :]
+        tap = r - o * stride[a] + pad[a]  # (S_in_a, S_out_a)
+        per_axis.append((a, tap, tap_stride))
+        tap_stride *= k_sizes[a]
+    for a, tap, step in per_axis:
+        shape = [1] * (2 * ndim)
+        shape[a], shape[ndim + a] = in_sizes[a], out_sizes[a]
+        tap = tap.reshape(shape)
+        flat = flat + tap * step
+        valid = valid & (tap >= 0) & (tap < k_sizes[a])
+    gather = np.where(valid, flat, taps).reshape(-1)
+    order = np.argsort(gather, kind="stable")
+    order = order[gather[order] < taps]
+    lengths = np.bincount(gather[order], minlength=taps)
+    return gather, order, lengths
+
+
+def tap_tables(
+    in_sizes: Sequence[int],
+    out_sizes: Sequence[int],
+    k_sizes: Sequence[int],
+    stride: Sequence[int],
+    pad: Sequence[int],
+    device: torch.device,
+) -> TapTables:
+    """The :class:`TapTables` of one shape on ``device`` (built once, then cached)."""
+    key = (tuple(in_sizes), tuple(out_sizes), tuple(k_sizes), tuple(stride), tuple(pad), str(device))
+    tables = _TABLES.get(key)
+    if tables is None:
+        gather, order, lengths = _tables_numpy(in_sizes, out_sizes, k_sizes, stride, pad)
+        tables = TapTables(*(torch.from_numpy(t).to(device) for t in (gather, order, lengths)))
+        with _LOCK:
+            tables = _TABLES.setdefault(key, tables)
+    return tables
+
+
+def supports(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
+    """True if :func:`matrix_dw_conv` computes this call: a depthwise kernel ``(C, 1, *k)`` with
+    ``C == groups == C_in``, one to three spatial axes, a floating input on any device."""
+    ndim = len(kernel_shape) - 2
+    return (
+        1 <= ndim <= 3
+        and kernel_shape[1] == 1
+        and kernel_shape[0] == groups
+        and input.dim() in (ndim + 1, ndim + 2)
+        and input.shape[-ndim - 1] == groups
+        and len(stride) == ndim
+        and input.dtype in DTYPES
+    )
+
+
+def _matrix_sizes(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int]) -> tuple[int, int]:
+    """``(S_in, S_out)`` with the padding that makes the output as large as the input (the cost
+    rule sees no padding; this is the size a ``same`` convolution has)."""
+    ndim = len(kernel_shape) - 2
+    spatial = input.shape[-ndim:]
+    s_out = math.prod(-(-s // max(1, int(st))) for s, st in zip(spatial, stride))
+    return math.prod(spatial), s_out
+
+
+def pays(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
+    """The ``auto`` rule: CUDA, a large kernel (:func:`dcls_core.conv.cost.large_kernel`) on an
+    input of no more positions than the kernel has taps (the matrix product then does no more
+    multiply-adds than a direct convolution, on cuBLAS), and matrices under
+    :data:`MAX_MATRIX_BYTES`."""
+    if not input.is_cuda or not large_kernel(input, kernel_shape, stride):
+        return False
+    s_in, s_out = _matrix_sizes(input, kernel_shape, stride)
+    taps = math.prod(kernel_shape[2:])
+    return s_in <= taps and kernel_shape[0] * s_in * s_out * 2 <= MAX_MATRIX_BYTES
+
+
+# -- the passes --------------------------------------------------------------------------
+def _channels_first(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(N, C, *S)`` -> contiguous ``(C, N, prod S)`` in ``dtype`` (one copy)."""
+    n, c = t.shape[:2]
+    out = torch.empty((c, n, math.prod(t.shape[2:])), device=t.device, dtype=dtype)
+    return out.copy_(t.reshape(n, c, -1).transpose(0, 1))
+
+
+def _bmm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """``a @ b`` batched, accumulated in float32, the result in ``out_dtype`` (half-precision
+    products write float32 directly on CUDA)."""
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16) and out_dtype == torch.float32:
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a, b).to(out_dtype)
+
+
+def _matrices(k: Tensor, tables: TapTables, s_in: int, s_out: int, dtype: torch.dtype) -> Tensor:
+    """``T (C, S_in, S_out)`` in ``dtype`` gathered from ``k (C, 1, *k)``."""
+    c = k.shape[0]
+    flat = torch.nn.functional.pad(k.reshape(c, -1).to(dtype), (0, 1))  # the last column: no tap
+    return flat.index_select(1, tables.gather).view(c, s_in, s_out)
+
+
+def _forward(
+    x: Tensor,
+    k: Tensor,
+    bias: Optional[Tensor],
+    padding: list[int],
+    stride: list[int],
+    out_sizes: list[int],
+    dtype: str,
+) -> Tensor:
+    compute = getattr(torch, dtype)
+    n, c = x.shape[:2]
+    in_sizes = x.shape[2:]
+    tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, x.device)
+    s_in, s_out = math.prod(in_sizes), math.prod(out_sizes)
+    t = _matrices(k, tables, s_in, s_out, compute)
+    xc = _channels_first(x, compute)
+    if bias is None:
+        y = torch.bmm(xc, t)
+    else:
+        y = torch.baddbmm(bias.to(compute).view(c, 1, 1).expand(c, n, s_out), xc, t)
+    return y.transpose(0, 1).reshape(n, c, *out_sizes)
+
+
+def _forward_fake(x, k, bias, padding, stride, out_sizes, dtype):
+    return x.new_empty((x.shape[0], x.shape[1], *out_sizes), dtype=getattr(torch, dtype))
+
+
+def _backward(
+    dy: Tensor,
+    x: Tensor,
+    k: Tensor,
+    bias: Optional[Tensor],
+    padding: list[int],
+    stride: list[int],
+    dtype: str,
+    need_x: bool,
+    need_k: bool,
+    need_b: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    compute = getattr(torch, dtype)
+    n, c = x.shape[:2]
+    in_sizes, out_sizes = x.shape[2:], dy.shape[2:]
+    tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, x.device)
+    s_in, s_out = math.prod(in_sizes), math.prod(out_sizes)
+    dx, dk = x.new_empty(0), k.new_empty(0)
+    if need_x or need_k:
+        dyc = _channels_first(dy, compute)  # (C, N, S_out)
+        if need_x:
+            t = _matrices(k, tables, s_in, s_out, compute)
+            dx = _bmm(dyc, t.transpose(1, 2), x.dtype).transpose(0, 1).reshape(x.shape)
+        if need_k:
+            xc = _channels_first(x, compute)  # (C, N, S_in)
+            acc = torch.promote_types(compute, torch.float32)
+            entries = _bmm(xc.transpose(1, 2), dyc, acc).view(c, -1)  # (C, S_in * S_out)
+            sorted_entries = entries.index_select(1, tables.order)
+            lengths = tables.lengths.expand(c, -1)
+            dk = torch.segment_reduce(sorted_entries, "sum", lengths=lengths, axis=1).view(k.shape).to(k.dtype)
+    db = bias_grad(dy, len(in_sizes), bias.dtype) if need_b and bias is not None else dy.new_empty(0)
+    return dx, dk, db
+
+
+def _backward_settings(padding, stride, out_sizes, dtype):
+    return padding, stride, dtype
+
+
+_matrix = register_op(
+    "matrix_dw_conv", _forward, _backward, _forward_fake, num_tensors=3, backward_settings=_backward_settings
+)
+
+
+def matrix_dw_conv(
+    input: Tensor,
+    kernel: Tensor,
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+    padding_mode: str = "zeros",
+) -> Tensor:
+    """``F.conv{1,2,3}d(input, kernel, bias, stride, padding, groups=C)`` for a depthwise kernel.
+
+    Args:
+        input: ``(N, C, *S)`` or unbatched ``(C, *S)``, one to three spatial axes, any strides.
+        kernel: ``(C, 1, *k)``; ``groups`` must be ``C``.
+        bias: ``(C,)`` or None.
+        stride, padding: one int per axis; ``padding_mode`` as in ``nn.ConvNd``.
+
+    Returns:
+        ``(N, C, *S_out)`` (unbatched if the input was) in the input's dtype (under autocast:
+        the autocast dtype).
+    """
+    if not supports(input, kernel.shape, stride, groups):
+        raise ValueError(
+            f"matrix_dw_conv: needs an (N, C, *S) floating input and a (C, 1, *k) kernel with groups == C; got "
+            f"input {tuple(input.shape)} ({input.dtype}), kernel {tuple(kernel.shape)}, groups {groups}"
+        )
+    geo = conv_geometry(input, kernel.shape, stride, padding, groups, padding_mode, "matrix_dw_conv")
+    stride = [int(s) for s in stride]
+    out_sizes = [(full - 1) // s + 1 for full, s in zip(geo.out_full, stride)]
+    with torch.autocast(geo.input.device.type, enabled=False):
+        y = _matrix(
+            geo.input,
+            kernel,
+            bias if bias is None else bias.contiguous(),
+            list(geo.padding),
+            stride,
+            out_sizes,
+            dtype_name(geo.out_dtype),
+        )
+    return y.squeeze(0) if geo.unbatched else y

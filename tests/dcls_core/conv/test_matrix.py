@@ -1,0 +1,183 @@
+"""The matrix depthwise convolution (one batched GEMM per call) against float64 ``F.conv``.
+
+On the CPU in float64 for one to three axes, strides, bias, layouts and unbatched inputs; on CUDA
+in every precision for the ConvNeXt late-stage shapes, as the path of a ``Dcls2d`` layer, and
+under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dcls_core
+from dcls_core import dispatch
+from dcls_core.conv import matrix
+from dcls_core.conv.matrix.conv import tap_tables
+
+from dcls_testing import (
+    AUTOCAST,
+    TOL,
+    check_depthwise_against_float64,
+    compare_to_fp64,
+    compile_matches_eager,
+    randomise,
+    rel_err,
+)
+
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+CASES = [
+    # N, C, spatial, kernel, stride, padding
+    (2, 3, (8, 7), (23, 23), (1, 1), (11, 11)),  # the kernel larger than the input
+    (2, 3, (8, 7), (15, 13), (1, 1), (7, 6)),  # the same, cut to what it reaches
+    (3, 4, (9, 11), (5, 7), (2, 1), (2, 3)),  # strides
+    (2, 5, (6, 6), (3, 3), (1, 1), (0, 0)),  # no padding
+    (3, 2, (20,), (9,), (3,), (4,)),
+    (2, 2, (4, 5, 6), (3, 5, 3), (1, 2, 1), (1, 2, 0)),
+]
+
+
+def _float64_case(case, seed=0):
+    n, c, spatial, ksize, stride, padding = case
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, *spatial, dtype=torch.float64, generator=g)
+    k = torch.randn(c, 1, *ksize, dtype=torch.float64, generator=g)
+    b = torch.randn(c, dtype=torch.float64, generator=g)
+    return x, k, b
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_matrix_equals_conv_in_float64(case, with_bias):
+    _, c, spatial, _, stride, padding = case
+    x, k, b = (t.requires_grad_() for t in _float64_case(case))
+    bias = b if with_bias else None
+    want = CONV[len(spatial)](x, k, bias, stride, padding, 1, c)
+    got = matrix.matrix_dw_conv(x, k, bias, stride, padding, c)
+    assert got.shape == want.shape and got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    dy = torch.randn_like(want)
+    leaves = (x, k, b) if with_bias else (x, k)
+    for name, g, w in zip("xkb", torch.autograd.grad(got, leaves, dy), torch.autograd.grad(want, leaves, dy)):
+        torch.testing.assert_close(g, w, rtol=1e-11, atol=1e-11, msg=f"gradient of {name}")
+
+
+def test_matrix_takes_any_layout_and_unbatched_inputs():
+    x, k, b = _float64_case(CASES[0])
+    x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
+    got = matrix.matrix_dw_conv(x_cl, k, b, (1, 1), (11, 11), 3)
+    want = F.conv2d(x, k, b, 1, 11, 1, 3)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    ones = torch.ones((), dtype=torch.float64).expand_as(got)  # an expanded (stride 0) gradient
+    (gx,) = torch.autograd.grad(got, (x_cl,), ones)
+    x_ref = x.clone().requires_grad_()
+    (want_gx,) = torch.autograd.grad(F.conv2d(x_ref, k, b, 1, 11, 1, 3), (x_ref,), torch.ones_like(want))
+    torch.testing.assert_close(gx, want_gx, rtol=1e-12, atol=1e-12)
+    single = matrix.matrix_dw_conv(x[0], k, b, (1, 1), (11, 11), 3)
+    torch.testing.assert_close(single, want[0], rtol=1e-12, atol=1e-12)
+
+
+def test_matrix_refuses_what_it_does_not_compute():
+    x = torch.randn(2, 4, 6, 6)
+    assert not matrix.supports(x, (4, 4, 3, 3), (1, 1), 1)  # channel mixing
+    assert not matrix.supports(x.int(), (4, 1, 3, 3), (1, 1), 4)
+    with pytest.raises(ValueError, match="matrix_dw_conv: needs"):
+        matrix.matrix_dw_conv(x, torch.randn(4, 4, 3, 3), None, (1, 1), (1, 1), 1)
+    assert not matrix.pays(torch.randn(8, 384, 16, 15), (384, 1, 23, 23), (1, 1), 384)  # the CPU
+
+
+def test_tap_tables_list_every_reachable_pair_once_by_tap():
+    in_sizes, out_sizes, k_sizes = (5, 4), (5, 4), (7, 5)
+    tables = tap_tables(in_sizes, out_sizes, k_sizes, (1, 1), (3, 2), torch.device("cpu"))
+    taps = 35
+    gather, order, lengths = tables
+    assert gather.shape == (20 * 20,)
+    pairs = [
+        (r0 * 4 + r1) * 20 + (o0 * 4 + o1)
+        for r0 in range(5)
+        for r1 in range(4)
+        for o0 in range(5)
+        for o1 in range(4)
+        if 0 <= r0 - o0 + 3 < 7 and 0 <= r1 - o1 + 2 < 5
+    ]
+    assert sorted(order.tolist()) == pairs  # the entries that hold a tap, each once
+    assert (gather[order].diff() >= 0).all()  # sorted by tap
+    assert int(lengths.sum()) == len(pairs) and lengths.shape == (taps,)
+    assert int((gather == taps).sum()) == 400 - len(pairs)
+    r0, r1, o0, o1 = 4, 0, 2, 1  # one entry by hand: tap (r0 - o0 + 3, r1 - o1 + 2) = (5, 1)
+    assert int(gather[(r0 * 4 + r1) * 20 + o0 * 4 + o1]) == 5 * 5 + 1
+
+
+MODES = ["fp32", "bf16", "fp16"]
+SHAPES = [
+    # N, C, H, W, kH, kW, pH, pW
+    (8, 96, 16, 15, 23, 23, 11, 11),  # ConvNeXt-T stage 3 (fewer channels)
+    (8, 96, 8, 7, 23, 23, 11, 11),  # stage 4, uncut
+    (8, 96, 8, 7, 15, 13, 7, 6),  # stage 4, cut to what it reaches
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_matrix_equals_float64_cuda(shape, mode, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    check_depthwise_against_float64(matrix.matrix_dw_conv, shape, mode, TOL[mode])
+
+
+@pytest.mark.cuda
+def test_matrix_kernel_gradient_is_deterministic_cuda():
+    x, k, b = (t.float().cuda() for t in _float64_case((16, 64, (16, 15), (23, 23), (1, 1), (11, 11))))
+    k.requires_grad_()
+    dy = torch.randn(16, 64, 16, 15, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        first = torch.autograd.grad(matrix.matrix_dw_conv(x, k, b, (1, 1), (11, 11), 64), k, dy)[0]
+        again = torch.autograd.grad(matrix.matrix_dw_conv(x, k, b, (1, 1), (11, 11), 64), k, dy)[0]
+    assert torch.equal(first, again)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("version", ["v0", "gauss"])
+@pytest.mark.parametrize("mode", ["fp32", "bf16"])
+def test_dcls2d_on_matrix_path_equals_float64_cuda(monkeypatch, version, mode):
+    """The ConvNeXt DCLS layer at a late-stage size goes to the matrix path on the auto rules
+    and equals the float64 reference, every gradient."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    layer = randomise(
+        dcls_core.Dcls2d(32, 32, kernel_count=26, dilated_kernel_size=23, padding=11, groups=32, version=version)
+    )
+    x = torch.randn(8, 32, 16, 15)
+    with torch.autocast("cuda", dtype=AUTOCAST.get(mode, torch.float32), enabled=mode in AUTOCAST):
+        kernel = layer.cuda().construct_kernel()
+        assert dispatch.select_conv(x.cuda(), kernel, (1, 1), (11, 11), 32, "zeros")[0] == "matrix"
+    compare_to_fp64(monkeypatch, layer.cpu(), x, "auto", TOL[mode], AUTOCAST.get(mode), device="cuda")
+
+
+def test_torch_compile_matrix_matches_eager_cpu():
+    """The matrix path's custom ops under torch.compile (aot_eager: no C++ compiler needed)."""
+    torch._dynamo.reset()
+    with dispatch.forced(conv="matrix"):
+        compile_matches_eager("cpu", "aot_eager")
+
+
+@pytest.mark.cuda
+def test_torch_compile_matrix_matches_eager_cuda(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch._dynamo.reset()
+    with dispatch.forced(conv="matrix"):
+        compile_matches_eager("cuda", "inductor")
+
+
+def test_a_matrix_gradient_error_is_relative_to_float64_cpu_float32():
+    """float32 on the CPU: products and the kernel-gradient sums within float32 accuracy."""
+    x, k, b = (t.float().requires_grad_() for t in _float64_case(CASES[0]))
+    got = matrix.matrix_dw_conv(x, k, b, (1, 1), (11, 11), 3)
+    x64, k64, b64 = (t.detach().double().requires_grad_() for t in (x, k, b))
+    want = F.conv2d(x64, k64, b64, 1, 11, 1, 3)
+    dy = torch.randn_like(want)
+    assert rel_err(got, want) < TOL["fp32"]
+    for g, w in zip(torch.autograd.grad(got, (x, k, b), dy.float()), torch.autograd.grad(want, (x64, k64, b64), dy)):
+        assert rel_err(g, w) < TOL["fp32"]
