@@ -5,7 +5,7 @@ Modules with the parameter layout of ``dcls`` 0.1.1, a functional ``construct_ke
 (``DCLS_IMPL=reference|fast|auto``, ``DCLS_CONV``, :func:`dcls_core.dispatch.forced`).
 
 Folders: :mod:`.construction` (the dense kernel: reference, fused Triton, cache), :mod:`.conv`
-(the convolution paths: reference, FFT, direct). Public modules: :mod:`.modules`,
+(the convolution paths: reference, FFT, direct, matrix). Public modules: :mod:`.modules`,
 :mod:`.functional`, :mod:`.dispatch`.
 """
 
