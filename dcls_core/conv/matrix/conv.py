@@ -181,11 +181,12 @@ def _forward(
         y = torch.bmm(xc, t)
     else:
         y = torch.baddbmm(bias.to(compute).view(c, 1, 1).expand(c, n, s_out), xc, t)
-    return y.transpose(0, 1).reshape(n, c, *out_sizes)
+    return y.transpose(0, 1).view(n, c, *out_sizes)  # channels outermost in memory: no copy
 
 
 def _forward_fake(x, k, bias, padding, stride, out_sizes, dtype):
-    return x.new_empty((x.shape[0], x.shape[1], *out_sizes), dtype=getattr(torch, dtype))
+    n, c = x.shape[:2]
+    return x.new_empty((c, n, *out_sizes), dtype=getattr(torch, dtype)).transpose(0, 1)
 
 
 def _backward(
@@ -210,14 +211,17 @@ def _backward(
         dyc = _channels_first(dy, compute)  # (C, N, S_out)
         if need_x:
             t = _matrices(k, tables, s_in, s_out, compute)
-            dx = _bmm(dyc, t.transpose(1, 2), x.dtype).transpose(0, 1).reshape(x.shape)
+            dx_cf = _bmm(dyc, t.transpose(1, 2), x.dtype)  # (C, N, S_in)
+            dx = torch.empty_like(x).copy_(dx_cf.transpose(0, 1).view(x.shape))  # x's layout
         if need_k:
             xc = _channels_first(x, compute)  # (C, N, S_in)
             acc = torch.promote_types(compute, torch.float32)
             entries = _bmm(xc.transpose(1, 2), dyc, acc).view(c, -1)  # (C, S_in * S_out)
             sorted_entries = entries.index_select(1, tables.order)
             lengths = tables.lengths.expand(c, -1)
-            dk = torch.segment_reduce(sorted_entries, "sum", lengths=lengths, axis=1).view(k.shape).to(k.dtype)
+            # unsafe: the lengths are ours (checking them would read them on the host: a device wait)
+            dk = torch.segment_reduce(sorted_entries, "sum", lengths=lengths, axis=1, unsafe=True)
+            dk = dk.view(k.shape).to(k.dtype)
     db = bias_grad(dy, len(in_sizes), bias.dtype) if need_b and bias is not None else dy.new_empty(0)
     return dx, dk, db
 

@@ -139,6 +139,21 @@ def test_matrix_kernel_gradient_is_deterministic_cuda():
 
 
 @pytest.mark.cuda
+def test_matrix_passes_never_wait_for_the_device_cuda():
+    x, k, b = (t.float().cuda().requires_grad_() for t in _float64_case((16, 64, (16, 15), (23, 23), (1, 1), (11, 11))))
+    dy = torch.randn(16, 64, 16, 15, device="cuda")
+    matrix.matrix_dw_conv(x, k, b, (1, 1), (11, 11), 64)  # index tables built (copied to the device) once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = matrix.matrix_dw_conv(x, k, b, (1, 1), (11, 11), 64)
+        torch.autograd.grad(y, (x, k, b), dy)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("version", ["v0", "gauss"])
 @pytest.mark.parametrize("mode", ["fp32", "bf16"])
 def test_dcls2d_on_matrix_path_equals_float64_cuda(monkeypatch, version, mode):
@@ -149,7 +164,7 @@ def test_dcls2d_on_matrix_path_equals_float64_cuda(monkeypatch, version, mode):
     layer = randomise(
         dcls_core.Dcls2d(32, 32, kernel_count=26, dilated_kernel_size=23, padding=11, groups=32, version=version)
     )
-    x = torch.randn(8, 32, 16, 15)
+    x = torch.randn(16, 32, 16, 15)
     with torch.autocast("cuda", dtype=AUTOCAST.get(mode, torch.float32), enabled=mode in AUTOCAST):
         kernel = layer.cuda().construct_kernel()
         assert dispatch.select_conv(x.cuda(), kernel, (1, 1), (11, 11), 32, "zeros")[0] == "matrix"
@@ -181,3 +196,20 @@ def test_a_matrix_gradient_error_is_relative_to_float64_cpu_float32():
     assert rel_err(got, want) < TOL["fp32"]
     for g, w in zip(torch.autograd.grad(got, (x, k, b), dy.float()), torch.autograd.grad(want, (x64, k64, b64), dy)):
         assert rel_err(g, w) < TOL["fp32"]
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_matrix_custom_ops_pass_opcheck(layout):
+    """The ops' fake implementations give the real outputs' shapes, dtypes and strides (what
+    torch.compile relies on), forward and backward."""
+    x = torch.randn(2, 3, 8, 7).to(memory_format=layout)
+    k, b = torch.randn(3, 1, 15, 13), torch.randn(3)
+    forward = torch.ops.dcls_core.matrix_dw_conv.default
+    backward = torch.ops.dcls_core.matrix_dw_conv_backward.default
+    for result in (
+        torch.library.opcheck(forward, (x.requires_grad_(), k.requires_grad_(), b, [7, 6], [1, 1], [8, 7], "float32")),
+        torch.library.opcheck(
+            backward, (torch.randn(2, 3, 8, 7), x.detach(), k.detach(), b, [7, 6], [1, 1], "float32", True, True, True)
+        ),
+    ):
+        assert set(result.values()) == {"SUCCESS"}, result
