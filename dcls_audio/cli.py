@@ -289,8 +289,8 @@ def _add_pack_parser(subparsers) -> None:
             "Unreadable files and files without labels are listed and skipped. --codec flac|opus stores each "
             "clip's encoded bytes instead (readers detect the codec from the file); --from converts an existing "
             "PANNs file; --shards writes litdata shards. Clips are encoded in parts by -j processes: a run stopped "
-            "part-way continues where it stopped when started again. The output is written under a "
-            "temporary name and renamed when complete."
+            "part-way continues where it stopped when started again; one pack at a time writes an OUTPUT (a "
+            "lock file next to it). The output is written under a temporary name and renamed when complete."
         ),
         formatter_class=_HelpFormatter,
     )

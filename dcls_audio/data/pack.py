@@ -11,7 +11,8 @@ decoded. Files without an audio extension are listed in the report, not packed.
 ``codec`` ``flac``/``opus`` stores each clip's encoded bytes instead of int16
 (:mod:`~.clip_codecs`); :func:`pack_panns` converts an existing PANNs file (``--from``);
 ``shards`` writes a folder of litdata shards (:mod:`~.shards`) instead of one HDF5 file. The
-work is done in resumable parts (:mod:`~.pack_parts`).
+work is done in resumable parts (:mod:`~.pack_parts`), by one pack per output at a time
+(:mod:`~.pack_claim`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .classes import load_class_names, mid_to_index
 from .clip_codecs import OPUS_BITRATE, check_encoder
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_encoded_layout, create_layout, file_codec, inspect_file
+from .pack_claim import claim_output, is_pack_file
 from .pack_parts import Block, PartStore, fingerprint_of, read_part, run_blocks
 from .shards import is_shard_location, require_litdata
 
@@ -424,7 +426,9 @@ def pack_folder(
     Clips are encoded by ``num_workers`` processes into part files of ``part_clips`` clips
     (:mod:`~.pack_parts`): a run stopped or killed part-way continues where it stopped when
     started again with the same inputs. The output is written under a temporary name and renamed
-    when complete. Raises ``FileExistsError`` if ``output`` exists and ``overwrite`` is False,
+    when complete. The pack holds OUTPUT's lock while it runs (:mod:`~.pack_claim`): another pack
+    of the same ``output`` raises :class:`~.pack_claim.OutputBusy` at once. Raises
+    ``FileExistsError`` if ``output`` exists and ``overwrite`` is False,
     ``ValueError`` for a codec this machine cannot encode (before any work), if no file could
     be packed, if ``output`` is the labels or class CSV, or a CSV is not UTF-8 text. The report
     lists what was skipped and why, the labelled segments without an audio file, and notes on
@@ -434,12 +438,46 @@ def pack_folder(
     check_encoder(codec, bitrate)
     if not audio_dir.is_dir():
         raise FileNotFoundError(f"audio folder not found: {audio_dir}")
+    with claim_output(output):
+        return _pack_folder(
+            audio_dir,
+            labels_csv,
+            output,
+            class_csv,
+            overwrite,
+            num_workers=num_workers,
+            progress=progress,
+            clip_samples=clip_samples,
+            codec=codec,
+            bitrate=bitrate,
+            shards=shards,
+            part_clips=part_clips,
+        )
+
+
+def _pack_folder(
+    audio_dir: Path,
+    labels_csv: Path,
+    output: Path,
+    class_csv: str | os.PathLike | None,
+    overwrite: bool,
+    *,
+    num_workers: int,
+    progress: bool,
+    clip_samples: int,
+    codec: str,
+    bitrate: int,
+    shards: bool,
+    part_clips: int,
+) -> PackReport:
+    """:func:`pack_folder` once OUTPUT's lock is held."""
     _check_output(output, [labels_csv, class_csv], overwrite, shards)
     classes = load_class_names(class_csv)
     notes: list[str] = []
     labels = read_segments_csv(labels_csv, notes)
     report = PackReport(output=output, num_classes=len(classes), notes=notes, codec=codec)
-    files, report.not_audio = list_files(audio_dir)
+    files, not_audio = list_files(audio_dir)
+    report.not_audio = [p for p in not_audio if not is_pack_file(output, p)]  # an OUTPUT inside AUDIO_DIR
     # never over an audio file, a folder or a device, even with --overwrite; checked before decoding
     _check_output(output, [labels_csv, class_csv, *files], True, shards)
     if not files:
@@ -508,7 +546,42 @@ def pack_panns(
         target = h5["target"][()]
     if class_csv is not None and len(load_class_names(class_csv)) != num_classes:
         raise UsageError(f"--class-csv {class_csv}: its class count differs from the {num_classes} of {source}")
-    _check_output(output, [source, class_csv], overwrite, shards)
+    with claim_output(output):
+        _check_output(output, [source, class_csv], overwrite, shards)
+        return _pack_rows(
+            source,
+            output,
+            names,
+            target,
+            codec,
+            num_classes,
+            clip_samples,
+            class_csv,
+            num_workers=num_workers,
+            progress=progress,
+            bitrate=bitrate,
+            shards=shards,
+            part_clips=part_clips,
+        )
+
+
+def _pack_rows(
+    source: Path,
+    output: Path,
+    names: np.ndarray,
+    target: np.ndarray,
+    codec: str,
+    num_classes: int,
+    clip_samples: int,
+    class_csv: str | os.PathLike | None,
+    *,
+    num_workers: int,
+    progress: bool,
+    bitrate: int,
+    shards: bool,
+    part_clips: int,
+) -> PackReport:
+    """:func:`pack_panns` once OUTPUT's lock is held and checked."""
     report = PackReport(output=output, num_classes=num_classes, codec=codec)
     planned = []
     for row, name in enumerate(names):

@@ -3,12 +3,14 @@
 The clips to pack are cut into numbered blocks (:class:`Block`: sources and their labels). Each
 block is decoded and encoded by one worker process (or in this process with 0 workers) and
 written as one part file ``part-NNNNNN.npz`` in a staging folder next to the output, under a
-temporary name and renamed when complete: a part file is complete or absent. The staging folder
+temporary name holding the writer's pid (``part-NNNNNN.npz.PID.tmp``) and renamed when
+complete: a part file is complete or absent. The staging folder
 holds ``plan.json``, the fingerprint of what is packed (inputs, sizes and times, codec, bit rate,
 clip length, classes, block size). A later run with the same fingerprint finds the parts that
 are already there and encodes only the others (resuming after a crash or Ctrl-C); a different
 fingerprint discards them. The caller then assembles the parts into the output (one HDF5 file
-or a folder of shards) and removes the staging folder.
+or a folder of shards) and removes the staging folder. The caller holds the output's lock
+(:mod:`~.pack_claim`) throughout: one pack at a time uses a staging folder.
 
 A part holds ``names`` (S, one per clip), ``labels`` (int32 class indices of all clips,
 concatenated) with ``label_offsets`` (n + 1,), the clips (``pcm``: int16 (n, S); otherwise
@@ -98,7 +100,7 @@ class PartStore:
             shutil.rmtree(self.folder)
             self.discarded = True
         self.folder.mkdir(parents=True)
-        tmp = plan.with_suffix(".tmp")
+        tmp = plan.with_name(f"{plan.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.fingerprint))
         os.replace(tmp, plan)
 
@@ -145,7 +147,7 @@ def _encode_block(job: tuple[Block, Path, ClipReader, str, int]) -> tuple[int, i
     else:
         arrays["encoded"] = np.concatenate(clips) if clips else np.zeros(0, np.uint8)
         arrays["offsets"] = np.cumsum([0] + [len(c) for c in clips]).astype(np.int64)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
         handle.flush()

@@ -1,0 +1,91 @@
+"""`dcls-audio pack` when things go wrong around it: two packs of one OUTPUT, a worker killed,
+a pack killed while it assembles the output, source files the system cannot read for a moment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dcls_audio import cli
+from dcls_audio.data import AudioSetHDF5, pack_parts
+from dcls_audio.data.pack import pack_panns
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _everything(path: Path) -> dict:
+    dataset = AudioSetHDF5(path)
+    return dataset.__getitems__(range(len(dataset))).collated
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+
+
+def test_a_second_pack_of_the_same_output_stops_at_once_naming_it(panns, tmp_path, capsys):
+    out = tmp_path / "eval_flac.h5"
+    staging = tmp_path / f".{out.name}.parts"
+    code = (
+        "import pack_faults; pack_faults.pack_with(pack_faults.SlowRow, "
+        f"{str(panns)!r}, {str(out)!r}, 'flac', progress=False, part_clips=1)"
+    )
+    first = subprocess.Popen([sys.executable, "-c", code], env=_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not list(staging.glob("part-*.npz")) and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None and list(staging.glob("part-*.npz")), "the first pack did not start"
+        started = time.monotonic()
+        with pytest.raises(OSError, match="another pack") as info:
+            pack_panns(panns, out, "flac", progress=False, part_clips=1, overwrite=True)
+        assert time.monotonic() - started < 10  # at once, not after the first one ends
+        assert str(out) in str(info.value) and f"process {first.pid}" in str(info.value)
+        assert cli.main(["pack", "--from", str(panns), str(out), "--codec", "flac", "--no-progress"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "another pack" in err and str(out) in err
+        assert first.poll() is None  # the first pack goes on undisturbed
+    finally:
+        first.kill()
+        first.wait(30)
+    report = pack_panns(panns, out, "flac", progress=False, part_clips=1)  # the lock died with it
+    assert report.resumed_parts >= 1 and report.packed == 12
+    assert _everything(out)["waveform"].equal(_everything(panns)["waveform"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no lock file, no parts left
+
+
+def test_part_files_are_written_under_names_of_this_process(panns, tmp_path, monkeypatch):
+    """Temporary names carry the pid: even two writers without the lock never share one."""
+    replaced = []
+    real_replace = os.replace
+
+    def recording_replace(src, dst):
+        if Path(dst).parent.name == ".out.h5.parts":
+            replaced.append(Path(src).name)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pack_parts.os, "replace", recording_replace)
+    pack_panns(panns, tmp_path / "out.h5", "flac", progress=False, part_clips=5)
+    assert len(replaced) == 4  # plan.json and three parts
+    assert all(f".{os.getpid()}." in name and name.endswith(".tmp") for name in replaced), replaced
+
+
+def test_an_output_inside_the_audio_folder_does_not_report_its_own_files(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from dcls_audio.data.pack import pack_folder
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    sf.write(audio / "abc.wav", np.zeros(16000, np.float32), 16000)
+    labels = tmp_path / "segments.csv"
+    labels.write_text('abc, 0, 10, "/m/09x0r"\n')
+    (audio / ".out.h5.parts").mkdir()  # an earlier pack's parts, and its lock, in AUDIO_DIR
+    (audio / ".out.h5.parts" / "plan.json").write_text("{}")
+    report = pack_folder(audio, labels, audio / "out.h5", progress=False)
+    assert report.packed == 1 and report.not_audio == []
