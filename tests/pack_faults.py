@@ -42,3 +42,16 @@ def pack_with(reader: type, *args, **kwargs):
         return pack.pack_panns(*args, **kwargs)
     finally:
         pack._PannsRow = real
+
+
+def pack_killed_while_assembling(*args, **kwargs):
+    """``pack_panns`` whose process SIGKILLs itself once the output's temporary file is written,
+    before the rename: what a kill during assembly leaves behind."""
+
+    def write_then_die(path, *write_args):
+        real_write(path, *write_args)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    real_write = pack._write_hdf5
+    pack._write_hdf5 = write_then_die
+    return pack.pack_panns(*args, **kwargs)

@@ -41,7 +41,7 @@ from .classes import load_class_names, mid_to_index
 from .clip_codecs import OPUS_BITRATE, check_encoder
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_encoded_layout, create_layout, file_codec, inspect_file
-from .pack_claim import claim_output, is_pack_file
+from .pack_claim import TEMP_TAG, claim_output, is_pack_file, remove_stale_temporaries
 from .pack_parts import Block, PartStore, fingerprint_of, read_part, run_blocks
 from .shards import is_shard_location, require_litdata
 
@@ -332,8 +332,14 @@ def _encode_and_assemble(
     """Encode ``planned`` into parts (resuming), then write the output from them."""
     codec, bitrate, output = report.codec, settings["bitrate"], report.output
     blocks = _blocks(planned, part_clips)
+    stale = remove_stale_temporaries(output)
     store = PartStore(output, fingerprint_of([[src, name, labels] for src, name, labels in planned], settings))
     store.open()
+    stale += store.stale
+    if stale:
+        names = ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else "")
+        files = f"{len(stale)} temporary file{'s' if len(stale) > 1 else ''}"
+        report.notes.append(f"removed {files} an earlier pack left when it was stopped: {names}")
     if store.discarded:
         report.notes.append(f"a partial pack of other inputs in {store.folder} was discarded")
     report.resumed_parts = sum(store.done(b.number) for b in blocks)
@@ -357,7 +363,7 @@ def _encode_and_assemble(
 
         write_shards(output, parts, codec, report.num_classes, clip_samples, bitrate)
     else:
-        with atomic_output(output) as tmp:
+        with atomic_output(output, tag=TEMP_TAG) as tmp:
             _write_hdf5(tmp, parts, codec, report.num_classes, clip_samples, name_width, bitrate)
     store.remove()
 

@@ -6,19 +6,30 @@ removed), it holds an exclusive lock on ``.OUTPUT.lock`` next to OUTPUT
 releases the lock however the pack ends, SIGKILL included). A second pack of the same OUTPUT
 stops at once with :class:`OutputBusy`, which names OUTPUT and the process writing it, instead
 of sharing the staging folder of :mod:`~.pack_parts`.
+
+A pack killed while it assembles the output (SIGKILL, a power cut) leaves the output's
+temporary file (or temporary shard folders) of full size next to OUTPUT: they are named
+``.NAME.pack-*.tmp`` (:data:`TEMP_TAG`). Under the lock no other pack writes them, so the next
+pack of OUTPUT removes every such name (:func:`remove_stale_temporaries`) and says so in its
+report.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..locks import FileLock
 
-__all__ = ["OutputBusy", "claim_output", "is_pack_file", "lock_path"]
+__all__ = ["TEMP_TAG", "OutputBusy", "claim_output", "is_pack_file", "lock_path", "remove_stale_temporaries"]
+
+#: in the names of pack's temporaries next to OUTPUT: ``.NAME.pack-*.tmp``
+TEMP_TAG = "pack-"
 
 
 class OutputBusy(OSError):
@@ -63,3 +74,16 @@ def claim_output(output: Path) -> Iterator[FileLock]:
         yield lock
     finally:
         lock.release()
+
+
+def remove_stale_temporaries(output: Path) -> list[Path]:
+    """Delete the temporaries (files or folders ``.NAME.pack-*.tmp``) that packs of ``output``
+    killed part-way left next to it; the caller holds ``output``'s lock. Returns them."""
+    removed = []
+    for path in sorted(output.parent.glob(f".{glob.escape(output.name)}.{TEMP_TAG}*.tmp")):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

@@ -86,9 +86,12 @@ class PartStore:
         self.folder = output.parent / f".{output.name}.parts"
         self.fingerprint = fingerprint
         self.discarded = False  # an earlier staging folder of other inputs was removed
+        self.stale: list[Path] = []  # temporaries of killed writers removed by open()
 
     def open(self) -> None:
-        """Create the folder, or keep the existing one if its plan matches (else start over)."""
+        """Create the folder, or keep the existing one if its plan matches (else start over).
+        A kept folder loses the temporaries of writers killed part-way (``*.tmp``: under the
+        output's lock no other process writes there)."""
         plan = self.folder / "plan.json"
         if self.folder.is_dir():
             try:
@@ -96,6 +99,9 @@ class PartStore:
             except (OSError, ValueError):
                 same = False
             if same:
+                self.stale = sorted(self.folder.glob("*.tmp"))
+                for path in self.stale:
+                    path.unlink(missing_ok=True)
                 return
             shutil.rmtree(self.folder)
             self.discarded = True

@@ -35,6 +35,7 @@ from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .clip_codecs import CODECS, ClipDecodeError, decode_clip_bytes
 from .constants import CLIP_SAMPLES
 from .hdf5_dataset import ClipBatch
+from .pack_claim import TEMP_TAG
 
 __all__ = [
     "AudioSetShards",
@@ -78,12 +79,14 @@ def is_shard_location(location: str | os.PathLike) -> bool:
 def write_shards(output: Path, parts: Sequence, codec: str, num_classes: int, clip_samples: int, bitrate: int) -> None:
     """Write the clips of ``parts`` (:class:`~.pack_parts.EncodedPart`) as litdata shards into the
     folder ``output``: built in a temporary folder next to it and renamed when complete (an
-    existing ``output`` is replaced only then)."""
+    existing ``output`` is replaced only then). Both temporary folders are named
+    ``.NAME.pack-*.tmp``, which the next pack of ``output`` removes if a kill left them
+    (:func:`~.pack_claim.remove_stale_temporaries`)."""
     require_litdata("--shards")
     from litdata.streaming.writer import BinaryWriter
 
     output = Path(output)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.{TEMP_TAG}", suffix=".tmp", dir=output.parent))
     try:
         writer = BinaryWriter(str(staging), chunk_bytes=SHARD_BYTES)
         index = 0
@@ -105,7 +108,7 @@ def write_shards(output: Path, parts: Sequence, codec: str, num_classes: int, cl
             json.dumps({"codec": codec, "clips": index, "clip_samples": clip_samples, "bitrate": bitrate})
         )
         if output.exists():
-            old = output.with_name(f".{output.name}.old")
+            old = output.with_name(f".{output.name}.{TEMP_TAG}old.tmp")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(output, old)
             os.replace(staging, output)

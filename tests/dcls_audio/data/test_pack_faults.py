@@ -89,3 +89,30 @@ def test_an_output_inside_the_audio_folder_does_not_report_its_own_files(tmp_pat
     (audio / ".out.h5.parts" / "plan.json").write_text("{}")
     report = pack_folder(audio, labels, audio / "out.h5", progress=False)
     assert report.packed == 1 and report.not_audio == []
+
+
+def test_the_next_run_removes_what_a_pack_killed_while_assembling_left(panns, tmp_path):
+    out = tmp_path / "eval_flac.h5"
+    code = f"import pack_faults; pack_faults.pack_killed_while_assembling({str(panns)!r}, {str(out)!r}, 'flac')"
+    killed = subprocess.run([sys.executable, "-c", code], env=_env(), timeout=300)
+    assert killed.returncode == -9 and not out.exists()
+    left = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(left) == 1 and left[0].stat().st_size > 100_000  # the whole output under a temporary name
+    staging = tmp_path / f".{out.name}.parts"
+    (staging / f"part-000000.npz.{2**22 + 1}.tmp").write_bytes(b"half a part")  # a killed worker's
+    report = pack_panns(panns, out, "flac", progress=False)
+    assert report.resumed_parts == 1  # the parts were complete: only assembled again
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    assert _everything(out)["waveform"].equal(_everything(panns)["waveform"])
+    assert any("removed 2 temporary files" in note for note in report.notes), report.notes
+
+
+def test_stale_shard_staging_folders_are_removed_too(panns, tmp_path):
+    pytest.importorskip("litdata", reason="the shards extra (litdata) is not installed")
+    out = tmp_path / "shards"
+    stale = tmp_path / ".shards.pack-abc123.tmp"  # as write_shards names its staging folder
+    (stale / "sub").mkdir(parents=True)
+    (stale / "chunk-0-0.bin").write_bytes(bytes(1000))
+    report = pack_panns(panns, out, "flac", progress=False, shards=True)
+    assert report.packed == 12 and not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
