@@ -4,8 +4,10 @@ a pack killed while it assembles the output, source files the system cannot read
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import pytest
 from dcls_audio import cli
 from dcls_audio.data import AudioSetHDF5, pack_parts
 from dcls_audio.data.pack import pack_panns
+
+import pack_faults
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -116,3 +120,67 @@ def test_stale_shard_staging_folders_are_removed_too(panns, tmp_path):
     report = pack_panns(panns, out, "flac", progress=False, shards=True)
     assert report.packed == 12 and not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def _in_a_thread(function, timeout: float):
+    """``function()``'s (result, exception), or a failure if it has not returned in ``timeout`` s."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = function()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"no return within {timeout} s: the pack hangs"
+    return outcome.get("result"), outcome.get("error")
+
+
+def test_a_killed_worker_stops_the_pack_naming_its_part_and_the_same_command_resumes(panns, tmp_path):
+    """A worker SIGKILLed (as by the out-of-memory killer) while it encodes part 3 (rows 7 and 8:
+    row 5 is left out): the pack returns with an error the CLI prints on one line, keeps the
+    parts done, and the same command resumes to a correct file."""
+    out = tmp_path / "eval_flac.h5"
+    staging = tmp_path / f".{out.name}.parts"
+    args = (panns, out, "flac")
+    kwargs = dict(progress=False, part_clips=2, num_workers=2)
+    _, error = _in_a_thread(lambda: pack_faults.pack_with(pack_faults.KillingRow, *args, **kwargs), timeout=120)
+    assert isinstance(error, OSError), repr(error)  # the CLI prints OSError on one line, no traceback
+    message = str(error)
+    assert "\n" not in message and "worker process" in message, message
+    assert "part 3 " in message and f"{panns}:7" in message, message
+    assert "run the same command again" in message
+    assert not out.exists() and not list(staging.glob("*.tmp"))
+    done = len(list(staging.glob("part-*.npz")))
+    assert 2 <= done < 6
+    report = pack_panns(*args, **kwargs)
+    assert report.resumed_parts == done and report.packed == 12
+    assert _everything(out)["waveform"].equal(_everything(panns)["waveform"])
+
+
+def test_ctrl_c_stops_the_workers_at_once_and_they_leave_no_temporary_file(panns, tmp_path):
+    """Ctrl-C does not wait for the parts in progress (a part of 12 slow rows takes 6 s here)."""
+    out = tmp_path / "eval_flac.h5"
+    staging = tmp_path / f".{out.name}.parts"
+    code = (
+        "import pack_faults; pack_faults.pack_with(pack_faults.SlowRow, "
+        f"{str(panns)!r}, {str(out)!r}, 'flac', progress=False, part_clips=12, num_workers=2)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(staging.glob("part-*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert list(staging.glob("part-*.tmp")), "no worker started a part"
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - sent < 4.0, "Ctrl-C waited for the part in progress"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert "KeyboardInterrupt" in err and not out.exists()
+    assert list(staging.iterdir()) == [staging / "plan.json"]  # nothing half-written left
