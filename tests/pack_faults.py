@@ -4,6 +4,7 @@ pickle into spawned worker processes, which import this module from ``tests/`` o
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import signal
@@ -55,3 +56,21 @@ def pack_killed_while_assembling(*args, **kwargs):
     real_write = pack._write_hdf5
     pack._write_hdf5 = write_then_die
     return pack.pack_panns(*args, **kwargs)
+
+
+class FailingRow(pack._PannsRow):
+    """Reads rows; in a worker process, row ``FAIL_ROW`` fails with EIO every time (a disk
+    error). A worker shortens the retries' waits when it receives the reader."""
+
+    FAIL_ROW = 7
+
+    def __setstate__(self, state: dict) -> None:
+        from dcls_audio.data import read_retry
+
+        read_retry.RETRY_DELAYS_S = (0.01, 0.01, 0.01)  # in the worker only: the parent never unpickles it
+        self.__dict__.update(state)
+
+    def __call__(self, source: str):
+        if int(source.rsplit(":", 1)[1]) == self.FAIL_ROW and multiprocessing.parent_process() is not None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return super().__call__(source)

@@ -6,7 +6,9 @@ the YTID, ``Y<YTID>``, or either followed by ``_<start>`` or ``_<start>_<end>`` 
 Each clip is decoded (libsndfile, else FFmpeg through PyAV: the formats of
 :data:`~.audio_decode.AUDIO_EXTENSIONS`), mixed down to mono, resampled to 32 kHz, padded/cut
 to 10 s and stored as int16; ``audio_name`` holds the YTID. Only the first 10 s of a file are
-decoded. Files without an audio extension are listed in the report, not packed.
+decoded. Files without an audio extension are listed in the report, not packed; so are files
+that do not decode. A read error of the system rather than of the file (:mod:`~.read_retry`)
+is tried again, and stops the pack with :class:`~.read_retry.SourceReadError` if it lasts.
 
 ``codec`` ``flac``/``opus`` stores each clip's encoded bytes instead of int16
 (:mod:`~.clip_codecs`); :func:`pack_panns` converts an existing PANNs file (``--from``);
@@ -33,6 +35,7 @@ from ..errors import UsageError
 from ..outputs import atomic_output, check_output_path, same_file
 from .audio_io import (
     AUDIO_EXTENSIONS,
+    AudioReadError,
     float_to_int16,
     pad_or_trim,
     read_head,
@@ -43,6 +46,7 @@ from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_encoded_layout, create_layout, file_codec, inspect_file
 from .pack_claim import TEMP_TAG, claim_output, is_pack_file, remove_stale_temporaries
 from .pack_parts import Block, PartStore, fingerprint_of, read_part, run_blocks
+from .read_retry import probe_file, transient_errno
 from .shards import is_shard_location, require_litdata
 
 __all__ = [
@@ -210,13 +214,28 @@ def decode_clip(path: Path, clip_samples: int = CLIP_SAMPLES) -> np.ndarray:
 
 
 class _FileClip:
-    """Picklable ``source -> int16 clip`` for audio files (a pack worker's reader)."""
+    """Picklable ``source -> int16 clip`` for audio files (a pack worker's reader). When
+    libsndfile fails with a bare "System error" (it keeps the error number to itself), the file
+    is read with Python to raise the ``OSError`` the system gives now (a transient one is read
+    again, :mod:`~.read_retry`); a file Python reads well is an undecodable clip as before."""
 
     def __init__(self, clip_samples: int) -> None:
         self.clip_samples = clip_samples
 
     def __call__(self, source: str) -> np.ndarray:
-        return decode_clip(Path(source), self.clip_samples)
+        try:
+            return decode_clip(Path(source), self.clip_samples)
+        except AudioReadError as exc:
+            if _LIBSNDFILE_SYSTEM_ERROR in exc.reason and transient_errno(exc) is None:
+                try:
+                    probe_file(Path(source))
+                except OSError as err:
+                    raise err from exc
+            raise
+
+
+#: libsndfile's text for a failed system call (its SFE_SYSTEM), without the error number
+_LIBSNDFILE_SYSTEM_ERROR = "System error"
 
 
 class _PannsRow:

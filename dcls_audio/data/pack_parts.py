@@ -36,6 +36,7 @@ import torch
 
 from .clip_codecs import OPUS_BITRATE, encode_clip
 from .pack_workers import WorkerDied, map_unordered
+from .read_retry import SourceReadError, read_with_retries
 
 __all__ = ["Block", "EncodedPart", "PartStore", "read_part", "run_blocks"]
 
@@ -73,7 +74,8 @@ class EncodedPart:
 
 
 #: a function ``(source) -> int16 (clip_samples,)`` that raises ``ValueError``/``OSError`` with a
-#: reason for a source it cannot read
+#: reason for a source it cannot read; it is tried again while the error is a transient one of
+#: the system (:mod:`~.read_retry`), and the pack stops if that lasts
 ClipReader = Callable[[str], np.ndarray]
 
 
@@ -133,8 +135,10 @@ def _block_arrays(block: Block, read_clip: ClipReader, codec: str, bitrate: int)
     names, labels, clips, skipped = [], [], [], []
     for source, name, label in zip(block.sources, block.names, block.labels):
         try:
-            clip = read_clip(source)
+            clip = read_with_retries(read_clip, source)
             clips.append(clip if codec == "pcm" else np.frombuffer(encode_clip(clip, codec, bitrate), np.uint8))
+        except SourceReadError:
+            raise  # the system failed, not the clip: stop the pack (the parts written so far are kept)
         except (ValueError, OSError) as exc:
             skipped.append((source, getattr(exc, "reason", None) or " ".join(str(exc).split()) or type(exc).__name__))
             continue

@@ -3,7 +3,9 @@ a pack killed while it assembles the output, source files the system cannot read
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -11,11 +13,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from dcls_audio import cli
 from dcls_audio.data import AudioSetHDF5, pack_parts
-from dcls_audio.data.pack import pack_panns
+from dcls_audio.data import pack as pack_module
+from dcls_audio.data.pack import pack_folder, pack_panns
+from dcls_audio.data.read_retry import RETRY_DELAYS_S
 
 import pack_faults
 
@@ -79,11 +85,6 @@ def test_part_files_are_written_under_names_of_this_process(panns, tmp_path, mon
 
 
 def test_an_output_inside_the_audio_folder_does_not_report_its_own_files(tmp_path):
-    import numpy as np
-    import soundfile as sf
-
-    from dcls_audio.data.pack import pack_folder
-
     audio = tmp_path / "audio"
     audio.mkdir()
     sf.write(audio / "abc.wav", np.zeros(16000, np.float32), 16000)
@@ -184,3 +185,151 @@ def test_ctrl_c_stops_the_workers_at_once_and_they_leave_no_temporary_file(panns
         proc.wait(10)
     assert "KeyboardInterrupt" in err and not out.exists()
     assert list(staging.iterdir()) == [staging / "plan.json"]  # nothing half-written left
+
+
+@pytest.fixture()
+def three_files(tmp_path):
+    """An audio folder of three labelled WAV files, and its segments CSV."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i, name in enumerate(("aaa", "bbb", "ccc")):
+        sf.write(audio / f"{name}.wav", 0.1 * (i + 1) * np.ones(8000, np.float32), 16000)
+    labels = tmp_path / "segments.csv"
+    labels.write_text("".join(f'{name}, 0, 10, "/m/09x0r"\n' for name in ("aaa", "bbb", "ccc")))
+    return audio, labels
+
+
+def _flaky_decode(monkeypatch, failures: int, code: int) -> list:
+    """``decode_clip`` failing with OSError ``code`` ``failures`` times for bbb.wav (the system:
+    too many open files, a disk error), then reading it; returns the list of its calls."""
+    calls = []
+    real = pack_module.decode_clip
+
+    def decode(path, *args):
+        if path.name == "bbb.wav":
+            calls.append(path)
+            if len(calls) <= failures:
+                raise OSError(code, os.strerror(code), str(path))
+        return real(path, *args)
+
+    monkeypatch.setattr(pack_module, "decode_clip", decode)
+    return calls
+
+
+def test_a_clip_the_system_could_not_read_for_a_moment_is_read_again_and_packed(three_files, tmp_path, monkeypatch):
+    audio, labels = three_files
+    calls = _flaky_decode(monkeypatch, failures=2, code=errno.EMFILE)
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    report = pack_folder(audio, labels, tmp_path / "out.h5", progress=False)
+    assert report.packed == 3 and report.unreadable == []
+    assert len(calls) == 3 and len(waits) == 2 and 0 < waits[0] < waits[1]  # two waits, growing
+    assert sorted(AudioSetHDF5(tmp_path / "out.h5")[i]["audio_name"] for i in range(3)) == ["aaa", "bbb", "ccc"]
+
+
+def test_a_lasting_system_error_stops_the_pack_naming_the_file_and_a_rerun_resumes(
+    three_files, tmp_path, monkeypatch, capsys
+):
+    """The clip is not bad: it must not be skipped silently; the pack stops and says so."""
+    audio, labels = three_files
+    out = tmp_path / "out.h5"
+    calls = _flaky_decode(monkeypatch, failures=100, code=errno.EIO)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    assert cli.main(["pack", str(audio), str(labels), str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(audio / "bbb.wav") in err and "Input/output error" in err
+    calls.clear()
+    with pytest.raises(OSError, match="Input/output error") as info:
+        pack_folder(audio, labels, out, progress=False, part_clips=1)
+    message = str(info.value)
+    assert str(audio / "bbb.wav") in message and "run the same command again" in message
+    assert len(calls) == len(RETRY_DELAYS_S) + 1 and not out.exists()  # read again before giving up
+    monkeypatch.undo()
+    report = pack_folder(audio, labels, out, progress=False, part_clips=1)  # the disk is back
+    assert report.resumed_parts == 1 and report.packed == 3 and report.unreadable == []
+
+
+def test_a_lasting_system_error_in_a_worker_stops_the_pack_naming_the_row(panns, tmp_path):
+    out = tmp_path / "eval_flac.h5"
+    kwargs = dict(progress=False, part_clips=2, num_workers=2)
+    _, error = _in_a_thread(lambda: pack_faults.pack_with(pack_faults.FailingRow, panns, out, "flac", **kwargs), 120)
+    assert isinstance(error, OSError) and f"{panns}:7" in str(error) and "Input/output error" in str(error)
+    assert f"after {len(RETRY_DELAYS_S) + 1} attempts" in str(error)  # read again in the worker
+    assert not out.exists()
+    report = pack_panns(panns, out, "flac", **kwargs)
+    assert report.packed == 12 and report.resumed_parts >= 2
+
+
+def test_undecodable_files_are_still_reported_and_skipped_without_retries(three_files, tmp_path, monkeypatch):
+    audio, labels = three_files
+    (audio / "bbb.wav").write_bytes(b"RIFF" + bytes(60))
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    report = pack_folder(audio, labels, tmp_path / "out.h5", progress=False)
+    assert report.packed == 2 and [p.name for p, _ in report.unreadable] == ["bbb.wav"] and waits == []
+
+
+_EXHAUSTED = """
+import os, resource, sys
+from pathlib import Path
+import av  # imported before the descriptors run out
+from dcls_audio.data import audio_decode
+from dcls_audio.data.pack import _FileClip
+from dcls_audio.data.read_retry import transient_errno
+if sys.argv[2] == "libsndfile-only":  # FFmpeg fails as for a file it cannot parse
+    class Unparsable(audio_decode.AudioSource):
+        def __init__(self, path):
+            raise audio_decode.AudioReadError(path, "Invalid data found when processing input")
+    audio_decode.PyAVSource = Unparsable
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+try:
+    _FileClip(32000)(sys.argv[1])
+    found = "read"
+except Exception as exc:
+    found = transient_errno(exc)
+for fd in held:
+    os.close(fd)
+print(found)
+"""
+
+
+@pytest.mark.parametrize("decoders", ["both", "libsndfile-only"])
+def test_running_out_of_file_descriptors_is_seen_as_transient_through_the_real_decoders(three_files, decoders):
+    """Real libsndfile and FFmpeg errors with every descriptor in use: the errno is found (from
+    PyAV's error, or by reading the file when libsndfile only says "System error")."""
+    audio, _ = three_files
+    done = subprocess.run(
+        [sys.executable, "-c", _EXHAUSTED, str(audio / "aaa.wav"), decoders],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(errno.EMFILE)
+
+
+def test_transient_errors_are_found_in_the_cause_chain_and_h5py_messages():
+    from dcls_audio.data.audio_decode import AudioReadError
+    from dcls_audio.data.read_retry import SourceReadError, transient_errno
+
+    try:
+        try:
+            raise OSError(errno.ENFILE, "Too many open files in system")
+        except OSError as cause:
+            raise AudioReadError("x.wav", "Too many open files in system") from cause
+    except AudioReadError as exc:
+        assert transient_errno(exc) == errno.ENFILE
+    h5py_style = OSError("Can't read data (file read failed: time = x, errno = 5, error message = 'I/O error')")
+    assert transient_errno(h5py_style) == errno.EIO
+    assert transient_errno(OSError(errno.ENOENT, "No such file")) is None
+    assert transient_errno(AudioReadError("x.wav", "truncated")) is None
+    err = SourceReadError("a.wav", errno.EIO, 4, 7.5)
+    again = pickle.loads(pickle.dumps(err))  # crosses worker processes
+    assert type(again) is SourceReadError and str(again) == str(err) and again.errno == errno.EIO
