@@ -286,11 +286,13 @@ def _add_pack_parser(subparsers) -> None:
             "mixed down to mono, resampled to 32 kHz, padded/cut to 10 s and stored as int16. Labels come from a "
             'CSV in AudioSet segments format (YTID, start_seconds, end_seconds, "mid,mid"; # starts a comment); '
             "a file matches a YTID when its name is <YTID>, Y<YTID>, or either followed by _<start>[_<end>]. "
-            "Unreadable files and files without labels are listed and skipped. --codec flac|opus stores each "
-            "clip's encoded bytes instead (readers detect the codec from the file); --from converts an existing "
+            "Unreadable files and files without labels are listed and skipped; a read error of the system "
+            "(too many open files, a disk error) is tried again and, if it lasts, stops the pack. --codec "
+            "flac|opus stores each clip's encoded bytes instead (readers detect the codec from the file); --from "
+            "converts an existing "
             "PANNs file; --shards writes litdata shards. Clips are encoded in parts by -j processes: a run stopped "
-            "part-way continues where it stopped when started again. The output is written under a "
-            "temporary name and renamed when complete."
+            "part-way continues where it stopped when started again; one pack at a time writes an OUTPUT (a "
+            "lock file next to it). The output is written under a temporary name and renamed when complete."
         ),
         formatter_class=_HelpFormatter,
     )

@@ -161,18 +161,19 @@ def _write_error(err: BaseException, path: Path, kept: str | None = None) -> Out
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
+def atomic_output(path: str | Path, tag: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block ends without an error the file
     is flushed to disk, gets the permissions a new file would get (umask) and replaces ``path``
     in one rename. On any error (KeyboardInterrupt included) the temporary file is removed and
     ``path`` is left as it was; write errors (full disk, read-only folder, torch's zip writer
-    failing) are raised as :class:`OutputError` naming ``path``.
+    failing) are raised as :class:`OutputError` naming ``path``. The temporary file is named
+    ``.<name>.<tag><random>.tmp``: ``tag`` lets a writer recognise what a killed run of it left.
     """
     path = Path(path)
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{tag}", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
         yield tmp

@@ -6,12 +6,15 @@ the YTID, ``Y<YTID>``, or either followed by ``_<start>`` or ``_<start>_<end>`` 
 Each clip is decoded (libsndfile, else FFmpeg through PyAV: the formats of
 :data:`~.audio_decode.AUDIO_EXTENSIONS`), mixed down to mono, resampled to 32 kHz, padded/cut
 to 10 s and stored as int16; ``audio_name`` holds the YTID. Only the first 10 s of a file are
-decoded. Files without an audio extension are listed in the report, not packed.
+decoded. Files without an audio extension are listed in the report, not packed; so are files
+that do not decode. A read error of the system rather than of the file (:mod:`~.read_retry`)
+is tried again, and stops the pack with :class:`~.read_retry.SourceReadError` if it lasts.
 
 ``codec`` ``flac``/``opus`` stores each clip's encoded bytes instead of int16
 (:mod:`~.clip_codecs`); :func:`pack_panns` converts an existing PANNs file (``--from``);
 ``shards`` writes a folder of litdata shards (:mod:`~.shards`) instead of one HDF5 file. The
-work is done in resumable parts (:mod:`~.pack_parts`).
+work is done in resumable parts (:mod:`~.pack_parts`), by one pack per output at a time
+(:mod:`~.pack_claim`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ..errors import UsageError
 from ..outputs import atomic_output, check_output_path, same_file
 from .audio_io import (
     AUDIO_EXTENSIONS,
+    AudioReadError,
     float_to_int16,
     pad_or_trim,
     read_head,
@@ -40,7 +44,9 @@ from .classes import load_class_names, mid_to_index
 from .clip_codecs import OPUS_BITRATE, check_encoder
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_encoded_layout, create_layout, file_codec, inspect_file
+from .pack_claim import TEMP_TAG, claim_output, is_pack_file, remove_stale_temporaries
 from .pack_parts import Block, PartStore, fingerprint_of, read_part, run_blocks
+from .read_retry import probe_file, transient_errno
 from .shards import is_shard_location, require_litdata
 
 __all__ = [
@@ -208,13 +214,28 @@ def decode_clip(path: Path, clip_samples: int = CLIP_SAMPLES) -> np.ndarray:
 
 
 class _FileClip:
-    """Picklable ``source -> int16 clip`` for audio files (a pack worker's reader)."""
+    """Picklable ``source -> int16 clip`` for audio files (a pack worker's reader). When
+    libsndfile fails with a bare "System error" (it keeps the error number to itself), the file
+    is read with Python to raise the ``OSError`` the system gives now (a transient one is read
+    again, :mod:`~.read_retry`); a file Python reads well is an undecodable clip as before."""
 
     def __init__(self, clip_samples: int) -> None:
         self.clip_samples = clip_samples
 
     def __call__(self, source: str) -> np.ndarray:
-        return decode_clip(Path(source), self.clip_samples)
+        try:
+            return decode_clip(Path(source), self.clip_samples)
+        except AudioReadError as exc:
+            if _LIBSNDFILE_SYSTEM_ERROR in exc.reason and transient_errno(exc) is None:
+                try:
+                    probe_file(Path(source))
+                except OSError as err:
+                    raise err from exc
+            raise
+
+
+#: libsndfile's text for a failed system call (its SFE_SYSTEM), without the error number
+_LIBSNDFILE_SYSTEM_ERROR = "System error"
 
 
 class _PannsRow:
@@ -330,8 +351,14 @@ def _encode_and_assemble(
     """Encode ``planned`` into parts (resuming), then write the output from them."""
     codec, bitrate, output = report.codec, settings["bitrate"], report.output
     blocks = _blocks(planned, part_clips)
+    stale = remove_stale_temporaries(output)
     store = PartStore(output, fingerprint_of([[src, name, labels] for src, name, labels in planned], settings))
     store.open()
+    stale += store.stale
+    if stale:
+        names = ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else "")
+        files = f"{len(stale)} temporary file{'s' if len(stale) > 1 else ''}"
+        report.notes.append(f"removed {files} an earlier pack left when it was stopped: {names}")
     if store.discarded:
         report.notes.append(f"a partial pack of other inputs in {store.folder} was discarded")
     report.resumed_parts = sum(store.done(b.number) for b in blocks)
@@ -355,7 +382,7 @@ def _encode_and_assemble(
 
         write_shards(output, parts, codec, report.num_classes, clip_samples, bitrate)
     else:
-        with atomic_output(output) as tmp:
+        with atomic_output(output, tag=TEMP_TAG) as tmp:
             _write_hdf5(tmp, parts, codec, report.num_classes, clip_samples, name_width, bitrate)
     store.remove()
 
@@ -424,7 +451,9 @@ def pack_folder(
     Clips are encoded by ``num_workers`` processes into part files of ``part_clips`` clips
     (:mod:`~.pack_parts`): a run stopped or killed part-way continues where it stopped when
     started again with the same inputs. The output is written under a temporary name and renamed
-    when complete. Raises ``FileExistsError`` if ``output`` exists and ``overwrite`` is False,
+    when complete. The pack holds OUTPUT's lock while it runs (:mod:`~.pack_claim`): another pack
+    of the same ``output`` raises :class:`~.pack_claim.OutputBusy` at once. Raises
+    ``FileExistsError`` if ``output`` exists and ``overwrite`` is False,
     ``ValueError`` for a codec this machine cannot encode (before any work), if no file could
     be packed, if ``output`` is the labels or class CSV, or a CSV is not UTF-8 text. The report
     lists what was skipped and why, the labelled segments without an audio file, and notes on
@@ -434,12 +463,46 @@ def pack_folder(
     check_encoder(codec, bitrate)
     if not audio_dir.is_dir():
         raise FileNotFoundError(f"audio folder not found: {audio_dir}")
+    with claim_output(output):
+        return _pack_folder(
+            audio_dir,
+            labels_csv,
+            output,
+            class_csv,
+            overwrite,
+            num_workers=num_workers,
+            progress=progress,
+            clip_samples=clip_samples,
+            codec=codec,
+            bitrate=bitrate,
+            shards=shards,
+            part_clips=part_clips,
+        )
+
+
+def _pack_folder(
+    audio_dir: Path,
+    labels_csv: Path,
+    output: Path,
+    class_csv: str | os.PathLike | None,
+    overwrite: bool,
+    *,
+    num_workers: int,
+    progress: bool,
+    clip_samples: int,
+    codec: str,
+    bitrate: int,
+    shards: bool,
+    part_clips: int,
+) -> PackReport:
+    """:func:`pack_folder` once OUTPUT's lock is held."""
     _check_output(output, [labels_csv, class_csv], overwrite, shards)
     classes = load_class_names(class_csv)
     notes: list[str] = []
     labels = read_segments_csv(labels_csv, notes)
     report = PackReport(output=output, num_classes=len(classes), notes=notes, codec=codec)
-    files, report.not_audio = list_files(audio_dir)
+    files, not_audio = list_files(audio_dir)
+    report.not_audio = [p for p in not_audio if not is_pack_file(output, p)]  # an OUTPUT inside AUDIO_DIR
     # never over an audio file, a folder or a device, even with --overwrite; checked before decoding
     _check_output(output, [labels_csv, class_csv, *files], True, shards)
     if not files:
@@ -508,7 +571,42 @@ def pack_panns(
         target = h5["target"][()]
     if class_csv is not None and len(load_class_names(class_csv)) != num_classes:
         raise UsageError(f"--class-csv {class_csv}: its class count differs from the {num_classes} of {source}")
-    _check_output(output, [source, class_csv], overwrite, shards)
+    with claim_output(output):
+        _check_output(output, [source, class_csv], overwrite, shards)
+        return _pack_rows(
+            source,
+            output,
+            names,
+            target,
+            codec,
+            num_classes,
+            clip_samples,
+            class_csv,
+            num_workers=num_workers,
+            progress=progress,
+            bitrate=bitrate,
+            shards=shards,
+            part_clips=part_clips,
+        )
+
+
+def _pack_rows(
+    source: Path,
+    output: Path,
+    names: np.ndarray,
+    target: np.ndarray,
+    codec: str,
+    num_classes: int,
+    clip_samples: int,
+    class_csv: str | os.PathLike | None,
+    *,
+    num_workers: int,
+    progress: bool,
+    bitrate: int,
+    shards: bool,
+    part_clips: int,
+) -> PackReport:
+    """:func:`pack_panns` once OUTPUT's lock is held and checked."""
     report = PackReport(output=output, num_classes=num_classes, codec=codec)
     planned = []
     for row, name in enumerate(names):

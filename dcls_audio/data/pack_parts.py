@@ -1,14 +1,17 @@
 """The resumable middle of ``dcls-audio pack``: clips encoded in parallel into part files.
 
 The clips to pack are cut into numbered blocks (:class:`Block`: sources and their labels). Each
-block is decoded and encoded by one worker process (or in this process with 0 workers) and
-written as one part file ``part-NNNNNN.npz`` in a staging folder next to the output, under a
-temporary name and renamed when complete: a part file is complete or absent. The staging folder
-holds ``plan.json``, the fingerprint of what is packed (inputs, sizes and times, codec, bit rate,
+block is decoded and encoded by one worker process (:mod:`~.pack_workers`; a worker that dies
+stops the pack with an error naming its part) or in this process with 0 workers, and written
+as one part file ``part-NNNNNN.npz`` in a staging folder next to the output, under a temporary
+name holding the writer's pid (``part-NNNNNN.npz.PID.tmp``, created when the block starts) and
+renamed when complete: a part file is complete or absent. The staging folder holds
+``plan.json``, the fingerprint of what is packed (inputs, sizes and times, codec, bit rate,
 clip length, classes, block size). A later run with the same fingerprint finds the parts that
 are already there and encodes only the others (resuming after a crash or Ctrl-C); a different
 fingerprint discards them. The caller then assembles the parts into the output (one HDF5 file
-or a folder of shards) and removes the staging folder.
+or a folder of shards) and removes the staging folder. The caller holds the output's lock
+(:mod:`~.pack_claim`) throughout: one pack at a time uses a staging folder.
 
 A part holds ``names`` (S, one per clip), ``labels`` (int32 class indices of all clips,
 concatenated) with ``label_offsets`` (n + 1,), the clips (``pcm``: int16 (n, S); otherwise
@@ -20,11 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,8 @@ import numpy as np
 import torch
 
 from .clip_codecs import OPUS_BITRATE, encode_clip
+from .pack_workers import WorkerDied, map_unordered
+from .read_retry import SourceReadError, read_with_retries
 
 __all__ = ["Block", "EncodedPart", "PartStore", "read_part", "run_blocks"]
 
@@ -69,7 +74,8 @@ class EncodedPart:
 
 
 #: a function ``(source) -> int16 (clip_samples,)`` that raises ``ValueError``/``OSError`` with a
-#: reason for a source it cannot read
+#: reason for a source it cannot read; it is tried again while the error is a transient one of
+#: the system (:mod:`~.read_retry`), and the pack stops if that lasts
 ClipReader = Callable[[str], np.ndarray]
 
 
@@ -84,9 +90,12 @@ class PartStore:
         self.folder = output.parent / f".{output.name}.parts"
         self.fingerprint = fingerprint
         self.discarded = False  # an earlier staging folder of other inputs was removed
+        self.stale: list[Path] = []  # temporaries of killed writers removed by open()
 
     def open(self) -> None:
-        """Create the folder, or keep the existing one if its plan matches (else start over)."""
+        """Create the folder, or keep the existing one if its plan matches (else start over).
+        A kept folder loses the temporaries of writers killed part-way (``*.tmp``: under the
+        output's lock no other process writes there)."""
         plan = self.folder / "plan.json"
         if self.folder.is_dir():
             try:
@@ -94,11 +103,14 @@ class PartStore:
             except (OSError, ValueError):
                 same = False
             if same:
+                self.stale = sorted(self.folder.glob("*.tmp"))
+                for path in self.stale:
+                    path.unlink(missing_ok=True)
                 return
             shutil.rmtree(self.folder)
             self.discarded = True
         self.folder.mkdir(parents=True)
-        tmp = plan.with_suffix(".tmp")
+        tmp = plan.with_name(f"{plan.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.fingerprint))
         os.replace(tmp, plan)
 
@@ -118,14 +130,15 @@ def fingerprint_of(items: list, settings: dict) -> dict:
     return {**settings, "items": digest, "count": len(items)}
 
 
-def _encode_block(job: tuple[Block, Path, ClipReader, str, int]) -> tuple[int, int, list[tuple[str, str]]]:
-    """Decode and encode one block, write its part file; -> (number, clips, skipped)."""
-    block, path, read_clip, codec, bitrate = job
+def _block_arrays(block: Block, read_clip: ClipReader, codec: str, bitrate: int) -> tuple[dict, int, list]:
+    """Decode and encode one block's clips; -> (the part file's arrays, clips, skipped)."""
     names, labels, clips, skipped = [], [], [], []
     for source, name, label in zip(block.sources, block.names, block.labels):
         try:
-            clip = read_clip(source)
+            clip = read_with_retries(read_clip, source)
             clips.append(clip if codec == "pcm" else np.frombuffer(encode_clip(clip, codec, bitrate), np.uint8))
+        except SourceReadError:
+            raise  # the system failed, not the clip: stop the pack (the parts written so far are kept)
         except (ValueError, OSError) as exc:
             skipped.append((source, getattr(exc, "reason", None) or " ".join(str(exc).split()) or type(exc).__name__))
             continue
@@ -145,13 +158,36 @@ def _encode_block(job: tuple[Block, Path, ClipReader, str, int]) -> tuple[int, i
     else:
         arrays["encoded"] = np.concatenate(clips) if clips else np.zeros(0, np.uint8)
         arrays["offsets"] = np.cumsum([0] + [len(c) for c in clips]).astype(np.int64)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return block.number, len(names), skipped
+    return arrays, len(names), skipped
+
+
+#: the temporary part file this process is writing (a worker removes it when terminated)
+_writing: Path | None = None
+
+
+def _encode_block(job: tuple[Block, Path, ClipReader, str, int]) -> tuple[int, int, list[tuple[str, str]]]:
+    """Decode and encode one block, write its part file; -> (number, clips, skipped).
+
+    The temporary file ``part-N.npz.PID.tmp`` is created before the first clip is read: while
+    the block is encoded it names the part this process works on, so that a worker killed on
+    the way leaves the name of its part behind (:func:`run_blocks`). Any error removes it."""
+    global _writing
+    block, path, read_clip, codec, bitrate = job
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    _writing = tmp
+    try:
+        with open(tmp, "wb") as handle:
+            arrays, count, skipped = _block_arrays(block, read_clip, codec, bitrate)
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _writing = None
+    return block.number, count, skipped
 
 
 def read_part(path: Path) -> EncodedPart:
@@ -164,9 +200,42 @@ def read_part(path: Path) -> EncodedPart:
     return EncodedPart(names, labels, skipped, Path(path))
 
 
+def _terminated(signum: int, frame) -> None:
+    """A worker's SIGTERM (the pool stopping): remove the part file it was writing, and exit."""
+    if _writing is not None:
+        _writing.unlink(missing_ok=True)
+    os._exit(128 + signum)
+
+
 def _init_worker() -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it stops the pool)
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _worker_died(blocks: list[Block], store: PartStore) -> WorkerDied:
+    """The error for a broken pool, naming the part(s) whose temporary file a dead worker left
+    (workers the pool terminated removed theirs); the files are removed."""
+    lost = []
+    for tmp in sorted(store.folder.glob("part-*.npz.*.tmp")):
+        lost.append(int(tmp.name.split(".")[0].removeprefix("part-")))
+        tmp.unlink(missing_ok=True)
+    by_number = {b.number: b for b in blocks}
+    kept = sum(store.done(b.number) for b in blocks)
+    if lost:
+        what = "; ".join(
+            f"part {n} ({len(by_number[n].sources)} clips from {by_number[n].sources[0]} on)"
+            for n in lost
+            if n in by_number
+        )
+        where = f" while encoding {what}"
+    else:
+        where = ""  # it had no part file open, or a SIGTERM made it remove its own
+    return WorkerDied(
+        f"a pack worker process ended abruptly (killed: out of memory, or a signal){where}; "
+        f"the {kept} of {len(blocks)} parts written are kept in {store.folder}: run the same command again to "
+        "resume (with fewer -j processes if memory ran out)"
+    )
 
 
 def run_blocks(
@@ -177,13 +246,17 @@ def run_blocks(
     bitrate: int = OPUS_BITRATE,
     num_workers: int = 0,
 ) -> Iterator[tuple[int, int]]:
-    """Encode the blocks whose part file is missing; yields (block number, clips) as each is written."""
+    """Encode the blocks whose part file is missing; yields (block number, clips) as each is
+    written. With workers (:mod:`~.pack_workers`), a worker that dies stops the pack with
+    :class:`~.pack_workers.WorkerDied` naming the part it was encoding."""
     jobs = [(b, store.path(b.number), read_clip, codec, bitrate) for b in blocks if not store.done(b.number)]
     if num_workers <= 0:
         for job in jobs:
             number, count, _ = _encode_block(job)
             yield number, count
         return
-    with multiprocessing.get_context("spawn").Pool(num_workers, initializer=_init_worker) as pool:
-        for number, count, _ in pool.imap_unordered(_encode_block, jobs):
+    try:
+        for number, count, _ in map_unordered(_encode_block, jobs, num_workers, _init_worker):
             yield number, count
+    except BrokenProcessPool:
+        raise _worker_died(blocks, store) from None

@@ -6,7 +6,12 @@ into a local cache).
 Each item is a dict: ``audio_name`` (str), ``codec`` (``pcm``, ``flac`` or ``opus``),
 ``num_classes`` (int), ``labels`` (int32 class indices) and ``audio`` (bytes: int16 samples for
 ``pcm``, else the encoded clip, see :mod:`~.clip_codecs`). Shards are chunks of about
-:data:`SHARD_BYTES` bytes.
+:data:`SHARD_BYTES` bytes. Next to litdata's index, ``clips.json`` says the codec and count,
+and :data:`LABELS_FILE` (``labels.npz``) holds every clip's labels (``labels`` int32, all
+clips' class indices concatenated, ``label_offsets`` int64 (n + 1,), ``num_classes``), so that
+the balanced sampler's weights (:meth:`AudioSetShards.iter_targets`) need no item read: from a
+bucket, each would download a chunk. Shards without it (written by an older pack), or with one
+that does not match them, are scanned item by item, with a warning.
 
 :class:`AudioSetShards` reads them by global index (litdata's random access into its chunks),
 so the samplers of :mod:`~.samplers` apply unchanged: every clip once per epoch across all ranks,
@@ -35,9 +40,11 @@ from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .clip_codecs import CODECS, ClipDecodeError, decode_clip_bytes
 from .constants import CLIP_SAMPLES
 from .hdf5_dataset import ClipBatch
+from .pack_claim import TEMP_TAG
 
 __all__ = [
     "AudioSetShards",
+    "LABELS_FILE",
     "SHARD_BYTES",
     "ShardReadError",
     "is_shard_location",
@@ -50,6 +57,8 @@ log = logging.getLogger(__name__)
 #: bytes per shard (litdata chunk): large enough for streaming reads, small enough to cache a few
 SHARD_BYTES = "64MB"
 _INDEX = "index.json"
+#: the labels of all clips, next to the index (see the module docstring)
+LABELS_FILE = "labels.npz"
 _REMOTE = ("s3://", "gs://", "gcs://", "azure://", "az://", "hf://")
 
 
@@ -78,17 +87,21 @@ def is_shard_location(location: str | os.PathLike) -> bool:
 def write_shards(output: Path, parts: Sequence, codec: str, num_classes: int, clip_samples: int, bitrate: int) -> None:
     """Write the clips of ``parts`` (:class:`~.pack_parts.EncodedPart`) as litdata shards into the
     folder ``output``: built in a temporary folder next to it and renamed when complete (an
-    existing ``output`` is replaced only then)."""
+    existing ``output`` is replaced only then). Both temporary folders are named
+    ``.NAME.pack-*.tmp``, which the next pack of ``output`` removes if a kill left them
+    (:func:`~.pack_claim.remove_stale_temporaries`)."""
     require_litdata("--shards")
     from litdata.streaming.writer import BinaryWriter
 
     output = Path(output)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.{TEMP_TAG}", suffix=".tmp", dir=output.parent))
     try:
         writer = BinaryWriter(str(staging), chunk_bytes=SHARD_BYTES)
         index = 0
+        all_labels: list[np.ndarray] = []
         for part in parts:
             for name, labels, clip in zip(part.names, part.labels, part.clips):
+                all_labels.append(np.asarray(labels, dtype=np.int32))
                 audio = np.asarray(clip, dtype=np.int16).tobytes() if codec == "pcm" else bytes(clip)
                 item = {
                     "audio_name": name,
@@ -101,11 +114,12 @@ def write_shards(output: Path, parts: Sequence, codec: str, num_classes: int, cl
                 index += 1
         writer.done()
         writer.merge()
+        _write_labels(staging / LABELS_FILE, all_labels, num_classes)
         (staging / "clips.json").write_text(
             json.dumps({"codec": codec, "clips": index, "clip_samples": clip_samples, "bitrate": bitrate})
         )
         if output.exists():
-            old = output.with_name(f".{output.name}.old")
+            old = output.with_name(f".{output.name}.{TEMP_TAG}old.tmp")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(output, old)
             os.replace(staging, output)
@@ -114,6 +128,16 @@ def write_shards(output: Path, parts: Sequence, codec: str, num_classes: int, cl
             os.replace(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_labels(path: Path, labels: list[np.ndarray], num_classes: int) -> None:
+    """The :data:`LABELS_FILE` of clips whose class indices are ``labels``."""
+    np.savez(
+        path,
+        labels=np.concatenate(labels) if labels else np.zeros(0, np.int32),
+        label_offsets=np.cumsum([0] + [len(x) for x in labels]).astype(np.int64),
+        num_classes=np.int64(num_classes),
+    )
 
 
 def _check_local_shards(folder: Path) -> None:
@@ -160,6 +184,9 @@ class AudioSetShards(Dataset):
         if first["codec"] not in CODECS:
             raise UsageError(f"{self.location}: clips stored as {first['codec']!r}; this version reads {CODECS}")
         self.num_classes = int(first["num_classes"])
+        self._first_labels = np.asarray(first["labels"], dtype=np.int64)
+        self._labels: tuple[np.ndarray, np.ndarray] | None = None  # from LABELS_FILE
+        self._labels_read = False
         self.classes: list[ClassInfo] = resolve_class_names(
             self.num_classes, class_csv, data_source=f"{self.location}: num_classes"
         )
@@ -275,11 +302,76 @@ class AudioSetShards(Dataset):
             }
         )
 
+    def _labels_file(self) -> Path | None:
+        """The local path of :data:`LABELS_FILE` (downloaded into litdata's cache for a bucket),
+        or None when the shards have none."""
+        if not self.location.startswith(_REMOTE):
+            path = Path(self.location) / LABELS_FILE
+            return path if path.is_file() else None
+        try:  # litdata's downloader of this location, as it fetches index.json
+            from litdata.streaming.downloader import get_downloader
+
+            folder = self._dataset().input_dir
+            path = Path(folder.path) / LABELS_FILE
+            get_downloader(folder.url, folder.path, []).download_file(os.path.join(folder.url, LABELS_FILE), str(path))
+        except Exception as err:  # noqa: BLE001 - no sidecar (older shards) or no access: scan instead
+            log.info("%s: no %s fetched (%s)", self.location, LABELS_FILE, err)
+            return None
+        return path if path.is_file() else None
+
+    def _read_labels(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels, label_offsets) of :data:`LABELS_FILE` if it matches the shards, else None
+        (with a warning: the caller reads every item instead)."""
+        path = self._labels_file()
+        if path is None:
+            log.warning(
+                "%s: no %s with the shards (written by an older pack?): reading every clip's labels, which is "
+                "slow from a bucket; pack the shards again to write it",
+                self.location,
+                LABELS_FILE,
+            )
+            return None
+        try:
+            with np.load(path) as sidecar:
+                labels = sidecar["labels"].astype(np.int64)
+                offsets = sidecar["label_offsets"].astype(np.int64)
+                num_classes = int(sidecar["num_classes"])
+        except (OSError, ValueError, KeyError) as err:
+            labels, offsets, num_classes = np.zeros(0, np.int64), np.zeros(0, np.int64), -1
+            log.debug("%s: %s", path, err)
+        matches = (
+            num_classes == self.num_classes
+            and len(offsets) == len(self) + 1
+            and offsets[0] == 0
+            and offsets[-1] == len(labels)
+            and bool(np.all(np.diff(offsets) >= 0))
+            and bool(np.all((labels >= 0) & (labels < self.num_classes)))
+            and np.array_equal(labels[offsets[0] : offsets[1]], self._first_labels)
+        )
+        if not matches:
+            log.warning(
+                "%s: %s does not match the shards (clip count, classes or first clip): reading every clip's labels",
+                self.location,
+                LABELS_FILE,
+            )
+            return None
+        return labels, offsets
+
     def iter_targets(self, chunk_rows: int = 65536):
-        """Bool target rows (n, C) of all clips, a chunk at a time (reads every item: slow remotely)."""
+        """Bool target rows (n, C) of all clips, a chunk at a time: from :data:`LABELS_FILE`
+        without reading any item, else from every item (slow remotely; see the module docstring)."""
+        if not self._labels_read:
+            self._labels, self._labels_read = self._read_labels(), True
         for start in range(0, len(self), chunk_rows):
             stop = min(start + chunk_rows, len(self))
-            yield np.stack([self._target(self._item(i)) > 0 for i in range(start, stop)])
+            if self._labels is None:
+                yield np.stack([self._target(self._item(i)) > 0 for i in range(start, stop)])
+                continue
+            labels, offsets = self._labels
+            rows = np.zeros((stop - start, self.num_classes), dtype=bool)
+            clip = np.repeat(np.arange(stop - start), np.diff(offsets[start : stop + 1]))
+            rows[clip, labels[offsets[start] : offsets[stop]]] = True
+            yield rows
 
     def close(self) -> None:
         self._stream = None
@@ -287,4 +379,5 @@ class AudioSetShards(Dataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_stream"] = state["_pid"] = None
+        state["_labels"], state["_labels_read"] = None, False  # the sampler's, not the loader workers'
         return state

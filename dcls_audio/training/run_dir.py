@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..locks import FileLock
 from ..outputs import atomic_output
 
 __all__ = [
@@ -83,59 +84,16 @@ class RunClaim:
 
 
 # ----------------------------------------------------------------------------- locks
-#: descriptors of the locks this process holds: a forked child (a data-loader worker) closes its
-#: copies at once, so a killed run's lock is free when the process dies, not when its workers notice
-_HELD_LOCK_FDS: set[int] = set()
-
-
-def _close_inherited_locks() -> None:
-    for fd in list(_HELD_LOCK_FDS):
-        try:
-            os.close(fd)  # the parent's descriptor keeps the lock
-        except OSError:
-            pass
-    _HELD_LOCK_FDS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_locks)
-
-
-class RunDirLock:
-    """An exclusive, non-blocking ``flock`` on ``<run_dir>/.lock`` (holder's pid written in it)."""
+class RunDirLock(FileLock):
+    """An exclusive, non-blocking ``flock`` on ``<run_dir>/.lock`` (holder's pid written in it;
+    :class:`~dcls_audio.locks.FileLock`, the file kept)."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return False
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        _HELD_LOCK_FDS.add(fd)
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            _HELD_LOCK_FDS.discard(fd)
-            os.close(fd)  # closing the descriptor releases the flock
+        super().__init__(Path(run_dir) / LOCK_FILE)
 
 
 def _holder(run_dir: Path) -> str:
-    try:
-        pid = (run_dir / LOCK_FILE).read_text().strip()
-    except OSError:
-        return "another process"
-    return f"process {pid}" if pid.isdigit() else "another process"
+    return RunDirLock(run_dir).holder()
 
 
 def in_use(run_dir: Path) -> bool:

@@ -4,7 +4,6 @@ decode are left out and counted, the epoch goes on."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -19,27 +18,11 @@ import pytest
 from dcls_audio import cli
 from dcls_audio.data import AudioSetDataModule, AudioSetHDF5, pack_parts
 from dcls_audio.data import pack as pack_module
-from dcls_audio.data.demo import iter_demo_clips
-from dcls_audio.data.hdf5_dataset import inspect_file, write_hdf5
+from dcls_audio.data.hdf5_dataset import inspect_file
 from dcls_audio.data.pack import pack_panns
 from dcls_audio.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def panns(tmp_path_factory) -> Path:
-    """A PANNs file of 12 demo clips and one failed download (empty name, zero clip) at row 5."""
-    clips = list(itertools.islice(iter_demo_clips("eval"), 0, 160, 13))[:12]
-    names = [name for name, _, _ in clips]
-    waves = np.stack([clip for _, clip, _ in clips])
-    targets = np.zeros((12, 527), bool)
-    for i, (_, _, labels) in enumerate(clips):
-        targets[i, labels] = True
-    names.insert(5, "")
-    waves = np.insert(waves, 5, 0, axis=0)
-    targets = np.insert(targets, 5, False, axis=0)
-    return write_hdf5(tmp_path_factory.mktemp("panns") / "eval.h5", names, waves, targets)
 
 
 def _everything(path: Path) -> dict:

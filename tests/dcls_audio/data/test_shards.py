@@ -6,6 +6,7 @@ naming it."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -158,3 +159,65 @@ def test_shards_never_replace_a_folder_that_is_not_shards_or_that_holds_an_input
     with pytest.raises(UsageError, match="holds an input .* refusing to replace it"):
         pack_panns(inside, out, "flac", progress=False, shards=True, overwrite=True)
     assert keep.read_text() == "mine" and copy.read_bytes() == inside.read_bytes() == source.read_bytes()
+
+
+def _balanced_sampler(location):
+    dm = AudioSetDataModule(train_files=[location], sampler="balanced", batch_size=2, num_workers=0, seed=0)
+    dm.setup("fit")  # opens the shards (reads one item for the codec and class count)
+    return dm
+
+
+def test_the_balanced_sampler_takes_the_labels_sidecar_and_reads_no_item(source, shards, tmp_path, monkeypatch, caplog):
+    """pack writes labels.npz next to the index: the sampler's weights need no item read (each
+    would download a chunk from a bucket); shards without it are scanned, with the same weights."""
+    reads: list[int] = []
+    real_item = AudioSetShards._item
+    monkeypatch.setattr(AudioSetShards, "_item", lambda self, index: reads.append(index) or real_item(self, index))
+    assert (shards / "labels.npz").is_file()
+    with_sidecar = _balanced_sampler(shards)
+    reads.clear()
+    sampler = with_sidecar.train_sampler()
+    assert reads == []
+
+    older = _copy(shards, tmp_path)
+    (older / "labels.npz").unlink()  # as shards of an older pack
+    without = _balanced_sampler(older)
+    reads.clear()
+    with caplog.at_level(logging.WARNING, logger="dcls_audio.data.shards"):
+        scanned = without.train_sampler()
+    assert sorted(reads) == list(range(len(LABELS)))
+    assert "labels.npz" in caplog.text and "reading every clip" in caplog.text
+    assert np.array_equal(sampler.probabilities, scanned.probabilities)
+    hdf5 = AudioSetDataModule(train_files=[source], sampler="balanced", batch_size=2, num_workers=0)
+    hdf5.setup("fit")
+    np.testing.assert_allclose(sampler.probabilities, hdf5.train_sampler().probabilities, rtol=1e-12)
+
+
+def test_a_labels_sidecar_that_does_not_match_the_shards_is_not_used(shards, tmp_path, caplog):
+    copy = _copy(shards, tmp_path)
+    with np.load(copy / "labels.npz") as sidecar:
+        labels, offsets = sidecar["labels"], sidecar["label_offsets"]
+    np.savez(copy / "labels.npz", labels=labels[:-1], label_offsets=offsets[:-1], num_classes=np.int64(527))
+    dataset = AudioSetShards(copy)
+    with caplog.at_level(logging.WARNING, logger="dcls_audio.data.shards"):
+        targets = np.concatenate(list(dataset.iter_targets()))
+    assert "does not match" in caplog.text
+    expected = np.zeros((len(LABELS), 527), bool)
+    for row, classes in enumerate(LABELS):
+        expected[row, classes] = True
+    assert np.array_equal(targets, expected)
+
+
+def test_the_labels_sidecar_of_a_remote_location_is_fetched_into_the_cache(shards, tmp_path, monkeypatch):
+    """litdata's ``local:`` locations go through its downloader and chunk cache as a bucket's do."""
+    from dcls_audio.data import shards as shards_module
+
+    monkeypatch.setattr(shards_module, "_REMOTE", (*shards_module._REMOTE, "local:"))
+    remote = AudioSetShards(f"local:{shards}", cache_dir=str(tmp_path / "cache"))
+    reads: list[int] = []
+    real_item = AudioSetShards._item
+    monkeypatch.setattr(AudioSetShards, "_item", lambda self, index: reads.append(index) or real_item(self, index))
+    targets = np.concatenate(list(remote.iter_targets()))
+    assert reads == [] and len(list((tmp_path / "cache").rglob("labels.npz"))) == 1
+    assert np.array_equal(targets, np.concatenate(list(AudioSetShards(shards).iter_targets())))
+    assert [sorted(np.flatnonzero(row)) for row in targets] == [sorted(labels) for labels in LABELS]
