@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
-#   part: tests | layers | train | data | infer | all (default)
+#   part: tests | layers | models | train | data | infer | all (default)
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -19,6 +19,12 @@ if [[ $part == layers || $part == all ]]; then
   timeout 300 python3 benchmarks/bench_layers.py --out "$OUT/bench_layers.json" 2>&1 | grep -A6 "stage sums" | tee "$OUT/bench_layers.log"
   timeout 150 python3 benchmarks/profile_layers.py --json "$OUT/profile_layers.json" 2>&1 | grep "^sum" | tee "$OUT/profile_layers.log"
   timeout 90 python3 benchmarks/profile_host.py --json "$OUT/profile_host.json" 2>&1 | grep "ms/step" | tee "$OUT/profile_host.log"
+fi
+if [[ $part == models || $part == all ]]; then
+  timeout 240 python3 benchmarks/bench_models.py --convs auto direct --infer --profile \
+    --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
+  timeout 300 python3 benchmarks/bench_models.py --families convnext --modes default reduce-overhead --convs auto \
+    --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1; tail -8 "$OUT/bench_models_compiled.log"
 fi
 if [[ $part == train || $part == all ]]; then
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --steps 30 --warmup 15 \
