@@ -35,7 +35,9 @@ from ..cost import large_kernel
 
 __all__ = ["MAX_MATRIX_BYTES", "matrix_dw_conv", "pays", "supports", "tap_tables"]
 
-MAX_MATRIX_BYTES = 256 << 20  # the per-call matrices T (all channels, half precision) at most
+#: the matrices T of one call (all channels, in the products' dtype) at most; the kernel
+#: gradient's float32 entries and their sorted copy take up to 4x that again (half precision)
+MAX_MATRIX_BYTES = 256 << 20
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -130,12 +132,14 @@ def pays(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], grou
     """The ``auto`` rule: CUDA, a large kernel (:func:`dcls_core.conv.cost.large_kernel`) on an
     input of no more positions than the kernel has taps (the matrix product then does no more
     multiply-adds than a direct convolution, on cuBLAS), and matrices under
-    :data:`MAX_MATRIX_BYTES`."""
+    :data:`MAX_MATRIX_BYTES` in the products' dtype (the autocast dtype, else the input's)."""
     if not input.is_cuda or not large_kernel(input, kernel_shape, stride):
         return False
     s_in, s_out = _matrix_sizes(input, kernel_shape, stride)
     taps = math.prod(kernel_shape[2:])
-    return s_in <= taps and kernel_shape[0] * s_in * s_out * 2 <= MAX_MATRIX_BYTES
+    autocast = torch.is_autocast_enabled(input.device.type)
+    dtype = torch.get_autocast_dtype(input.device.type) if autocast else input.dtype
+    return s_in <= taps and kernel_shape[0] * s_in * s_out * dtype.itemsize <= MAX_MATRIX_BYTES
 
 
 # -- the passes --------------------------------------------------------------------------
