@@ -15,8 +15,15 @@ tap: deterministic, no atomics). The product has ``S_in x S_out`` terms per chan
 against ``taps x S_out`` for a direct convolution, so it pays where ``S_in <= taps`` (the cost
 rule). The products run in the autocast dtype (or the input's), with float32 accumulation; the
 kernel gradient is summed in float32. ``T`` is not kept for the backward pass (it is gathered
-again). Plain torch operations: any device; under ``torch.compile`` the passes are
-``torch.library`` custom ops (:func:`dcls_core._custom_op.register_op`).
+again). No pass reads anything on the host (no device wait).
+
+The op itself works on channels-first ``(C, N, S)`` tensors in the products' dtype: the input is
+copied into that layout once, by a differentiable copy outside the op, so the input gradient
+returns to the input's dtype and layout through the copy's backward (as under autocast for
+``F.conv``), and that copy is what the kernel gradient reads. The output is an ``(N, C, *S)``
+view of the GEMM's ``(C, N, S)`` result. Plain torch operations: any device; under
+``torch.compile`` the passes are ``torch.library`` custom ops
+(:func:`dcls_core._custom_op.register_op`).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..._custom_op import register_op
-from ..common import bias_grad, conv_geometry, dtype_name
+from ..common import bias_grad, conv_geometry
 from ..cost import large_kernel
 
 __all__ = ["MAX_MATRIX_BYTES", "matrix_dw_conv", "pays", "supports", "tap_tables"]
@@ -166,77 +173,61 @@ def _matrices(k: Tensor, tables: TapTables, s_in: int, s_out: int, dtype: torch.
 
 
 def _forward(
-    x: Tensor,
+    xc: Tensor,
     k: Tensor,
     bias: Optional[Tensor],
+    in_sizes: list[int],
+    out_sizes: list[int],
     padding: list[int],
     stride: list[int],
-    out_sizes: list[int],
-    dtype: str,
 ) -> Tensor:
-    compute = getattr(torch, dtype)
-    n, c = x.shape[:2]
-    in_sizes = x.shape[2:]
-    tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, x.device)
-    s_in, s_out = math.prod(in_sizes), math.prod(out_sizes)
-    t = _matrices(k, tables, s_in, s_out, compute)
-    xc = _channels_first(x, compute)
+    """``xc (C, N, S_in)`` -> ``yc (C, N, S_out)``, both in the products' dtype (``xc``'s)."""
+    c, n = xc.shape[:2]
+    tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, xc.device)
+    t = _matrices(k, tables, math.prod(in_sizes), math.prod(out_sizes), xc.dtype)
     if bias is None:
-        y = torch.bmm(xc, t)
-    else:
-        y = torch.baddbmm(bias.to(compute).view(c, 1, 1).expand(c, n, s_out), xc, t)
-    return y.transpose(0, 1).view(n, c, *out_sizes)  # channels outermost in memory: no copy
+        return torch.bmm(xc, t)
+    return torch.baddbmm(bias.to(xc.dtype).view(c, 1, 1).expand(c, n, t.shape[2]), xc, t)
 
 
-def _forward_fake(x, k, bias, padding, stride, out_sizes, dtype):
-    n, c = x.shape[:2]
-    return x.new_empty((c, n, *out_sizes), dtype=getattr(torch, dtype)).transpose(0, 1)
+def _forward_fake(xc, k, bias, in_sizes, out_sizes, padding, stride):
+    return xc.new_empty((xc.shape[0], xc.shape[1], math.prod(out_sizes)))
 
 
 def _backward(
-    dy: Tensor,
-    x: Tensor,
+    dyc: Tensor,
+    xc: Tensor,
     k: Tensor,
     bias: Optional[Tensor],
+    in_sizes: list[int],
+    out_sizes: list[int],
     padding: list[int],
     stride: list[int],
-    dtype: str,
     need_x: bool,
     need_k: bool,
     need_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    compute = getattr(torch, dtype)
-    n, c = x.shape[:2]
-    in_sizes, out_sizes = x.shape[2:], dy.shape[2:]
-    tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, x.device)
-    s_in, s_out = math.prod(in_sizes), math.prod(out_sizes)
-    dx, dk = x.new_empty(0), k.new_empty(0)
-    if need_x or need_k:
-        dyc = _channels_first(dy, compute)  # (C, N, S_out)
-        if need_x:
-            t = _matrices(k, tables, s_in, s_out, compute)
-            dx_cf = _bmm(dyc, t.transpose(1, 2), x.dtype)  # (C, N, S_in)
-            dx = torch.empty_like(x).copy_(dx_cf.transpose(0, 1).view(x.shape))  # x's layout
-        if need_k:
-            xc = _channels_first(x, compute)  # (C, N, S_in)
-            acc = torch.promote_types(compute, torch.float32)
-            entries = _bmm(xc.transpose(1, 2), dyc, acc).view(c, -1)  # (C, S_in * S_out)
-            sorted_entries = entries.index_select(1, tables.order)
-            lengths = tables.lengths.expand(c, -1)
-            # unsafe: the lengths are ours (checking them would read them on the host: a device wait)
-            dk = torch.segment_reduce(sorted_entries, "sum", lengths=lengths, axis=1, unsafe=True)
-            dk = dk.view(k.shape).to(k.dtype)
-    db = bias_grad(dy, len(in_sizes), bias.dtype) if need_b and bias is not None else dy.new_empty(0)
+    """Gradients of ``xc`` (in its dtype), ``k`` and ``bias`` from ``dyc (C, N, S_out)``."""
+    c = xc.shape[0]
+    tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, xc.device)
+    dyc = dyc.to(xc.dtype).contiguous()
+    dx, dk = xc.new_empty(0), k.new_empty(0)
+    if need_x:
+        t = _matrices(k, tables, math.prod(in_sizes), math.prod(out_sizes), xc.dtype)
+        dx = torch.bmm(dyc, t.transpose(1, 2))
+    if need_k:
+        acc = torch.promote_types(xc.dtype, torch.float32)
+        entries = _bmm(xc.transpose(1, 2), dyc, acc).view(c, -1)  # (C, S_in * S_out)
+        sorted_entries = entries.index_select(1, tables.order)
+        lengths = tables.lengths.expand(c, -1)
+        # unsafe: the lengths are ours (checking them would read them on the host: a device wait)
+        dk = torch.segment_reduce(sorted_entries, "sum", lengths=lengths, axis=1, unsafe=True)
+        dk = dk.view(k.shape).to(k.dtype)
+    db = bias_grad(dyc.transpose(0, 1), 1, bias.dtype) if need_b and bias is not None else dyc.new_empty(0)
     return dx, dk, db
 
 
-def _backward_settings(padding, stride, out_sizes, dtype):
-    return padding, stride, dtype
-
-
-_matrix = register_op(
-    "matrix_dw_conv", _forward, _backward, _forward_fake, num_tensors=3, backward_settings=_backward_settings
-)
+_matrix = register_op("matrix_dw_conv", _forward, _backward, _forward_fake, num_tensors=3)
 
 
 def matrix_dw_conv(
@@ -268,14 +259,13 @@ def matrix_dw_conv(
     geo = conv_geometry(input, kernel.shape, stride, padding, groups, padding_mode, "matrix_dw_conv")
     stride = [int(s) for s in stride]
     out_sizes = [(full - 1) // s + 1 for full, s in zip(geo.out_full, stride)]
-    with torch.autocast(geo.input.device.type, enabled=False):
-        y = _matrix(
-            geo.input,
-            kernel,
-            bias if bias is None else bias.contiguous(),
-            list(geo.padding),
-            stride,
-            out_sizes,
-            dtype_name(geo.out_dtype),
-        )
+    x = geo.input
+    n, c = x.shape[:2]
+    with torch.autocast(x.device.type, enabled=False):
+        # the layout change and the cast are plain (differentiable) torch copies, outside the op:
+        # the op keeps its channels-first input for the kernel gradient, and its input gradient
+        # goes back to the input's dtype and layout through the copy's backward
+        xc = _channels_first(x, geo.out_dtype)
+        yc = _matrix(xc, kernel, bias, list(x.shape[2:]), out_sizes, list(geo.padding), stride)
+    y = yc.transpose(0, 1).view(n, c, *out_sizes)  # channels outermost in memory: no copy
     return y.squeeze(0) if geo.unbatched else y

@@ -198,18 +198,20 @@ def test_a_matrix_gradient_error_is_relative_to_float64_cpu_float32():
         assert rel_err(g, w) < TOL["fp32"]
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_matrix_custom_ops_pass_opcheck(layout):
+@pytest.mark.parametrize("cut", [False, True])
+def test_matrix_custom_ops_pass_opcheck(cut):
     """The ops' fake implementations give the real outputs' shapes, dtypes and strides (what
-    torch.compile relies on), forward and backward."""
-    x = torch.randn(2, 3, 8, 7).to(memory_format=layout)
-    k, b = torch.randn(3, 1, 15, 13), torch.randn(3)
+    torch.compile relies on), forward and backward; also for a kernel that is a cut (strided) view."""
+    xc = torch.randn(3, 2, 56)  # (C, N, S_in) of an 8x7 input
+    k = torch.randn(3, 1, 23, 23)[:, :, 4:19, 5:18] if cut else torch.randn(3, 1, 15, 13)
+    b = torch.randn(3)
     forward = torch.ops.dcls_core.matrix_dw_conv.default
     backward = torch.ops.dcls_core.matrix_dw_conv_backward.default
+    settings = ([8, 7], [8, 7], [7, 6], [1, 1])
     for result in (
-        torch.library.opcheck(forward, (x.requires_grad_(), k.requires_grad_(), b, [7, 6], [1, 1], [8, 7], "float32")),
+        torch.library.opcheck(forward, (xc.requires_grad_(), k.requires_grad_(), b, *settings)),
         torch.library.opcheck(
-            backward, (torch.randn(2, 3, 8, 7), x.detach(), k.detach(), b, [7, 6], [1, 1], "float32", True, True, True)
+            backward, (torch.randn(3, 2, 56), xc.detach(), k.detach(), b, *settings, True, True, True)
         ),
     ):
         assert set(result.values()) == {"SUCCESS"}, result
