@@ -29,13 +29,6 @@ R = TypeVar("R")
 class WorkerDied(OSError):
     """A worker process ended abruptly; ``str()`` is the whole message (what was lost, what to do)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
 
 def _stop(executor: ProcessPoolExecutor, before: set) -> None:
     """Terminate this pool's workers (the children started since ``before``) and wait for them."""

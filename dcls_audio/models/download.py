@@ -33,13 +33,6 @@ TIMEOUT_S = 30.0
 class DownloadError(OSError):
     """A download that failed or did not verify; ``str()`` is one line saying what to do."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
 
 def parse_checksum(checksum: str) -> tuple[str, str]:
     """``"sha256:ab12..."`` -> ``("sha256", "ab12...")``; a bare hex string is SHA-256."""
