@@ -37,6 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import sync  # noqa: E402
+
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
 from dcls_audio.data.constants import CLIP_SAMPLES  # noqa: E402
 from dcls_audio.data.demo import iter_demo_clips  # noqa: E402
@@ -91,11 +93,6 @@ def cpu_seconds() -> float:
     """CPU time of this process and its reaped children (loader workers, once joined)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_config(path, workers, args, device, front) -> dict:

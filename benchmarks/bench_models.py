@@ -25,7 +25,6 @@ untimed steps, then ``--steps`` steps between two device synchronisations.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
 import sys
@@ -37,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import fresh, sync  # noqa: E402
 
 from dcls_audio.models import create_model  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
@@ -63,19 +64,6 @@ KERNEL_GROUPS = (
     ("element-wise", ("elementwise", "vectorized", "unrolled", "triton_poi", "triton_per", "fused")),
 )
 SMOKE = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _fresh(device: torch.device) -> None:
-    gc.collect()
-    torch._dynamo.reset()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -106,7 +94,7 @@ class Bench:
     """One model in one mode: its training step, its inference step, their timings."""
 
     def __init__(self, name: str, mode: str, args: argparse.Namespace, device: torch.device) -> None:
-        _fresh(device)
+        fresh(device)
         torch.manual_seed(0)
         self.name, self.mode, self.args, self.device = name, mode, args, device
         self.net = create_model(name, num_classes=NUM_CLASSES, **_kwargs(name, args.smoke)).to(device)
@@ -136,11 +124,11 @@ class Bench:
         """samples/s of ``step`` after the warm-up."""
         for _ in range(self.args.warmup):
             step()
-        _sync(self.device)
+        sync(self.device)
         start = time.perf_counter()
         for _ in range(self.args.steps):
             step()
-        _sync(self.device)
+        sync(self.device)
         return self.args.steps * self.args.batch_size / (time.perf_counter() - start)
 
     def train_row(self) -> dict:
@@ -160,12 +148,12 @@ class Bench:
         self.net.train()
         for _ in range(3):
             self.train_step()
-        _sync(self.device)
+        sync(self.device)
         acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=acts) as prof:
             start = time.perf_counter()
             self.train_step()
-            _sync(self.device)
+            sync(self.device)
             wall_ms = 1000 * (time.perf_counter() - start)
         groups: dict[str, float] = defaultdict(float)
         kernels: dict[str, float] = defaultdict(float)

@@ -22,7 +22,6 @@ ends. Prints a table and writes JSON (default: benchmarks/results/bench_train_lo
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
 import sys
@@ -37,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import fresh, sync  # noqa: E402
 
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
@@ -69,11 +70,6 @@ def make_hdf5(path: Path, clips: int, clip_samples: int, block: int = 256) -> No
         targets[:] = rng.random((clips, NUM_CLASSES)) < 0.01
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _model_kwargs(name: str, args: argparse.Namespace) -> dict:
     kwargs = {"drop_path_rate": 0.1, **(TINY if args.smoke else {})}
     if "dcls" in name and args.smoke:
@@ -86,18 +82,10 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def _fresh(device: torch.device) -> None:
-    gc.collect()
-    torch._dynamo.reset()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
 # ----------------------------------------------------------------------------- bare step
 def bare_step(name: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict:
     """The backbone alone: log-mel batch on the device, BCE, AdamW (fused on CUDA)."""
-    _fresh(device)
+    fresh(device)
     torch.manual_seed(0)
     net = create_model(name, num_classes=NUM_CLASSES, **_model_kwargs(name, args)).to(device).train()
     opt = build_optimizer(net, "adamw", 1e-4, 0.05, 5.0, fused=device.type == "cuda")
@@ -117,11 +105,11 @@ def bare_step(name: str, mode: str, args: argparse.Namespace, device: torch.devi
 
     for _ in range(args.warmup):
         step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - start
     return {"samples_per_s": args.steps * args.batch_size / seconds, "step_ms": 1000 * seconds / args.steps}
 
@@ -138,12 +126,12 @@ class StepTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup and self._t0 is None:
-            _sync(pl_module.device)
+            sync(pl_module.device)
             self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup + self.steps and self._t0 is not None:
-            _sync(pl_module.device)
+            sync(pl_module.device)
             self.seconds = time.perf_counter() - self._t0
             if pl_module.device.type == "cuda":
                 self.peak_bytes = torch.cuda.max_memory_allocated(pl_module.device)
@@ -169,7 +157,7 @@ class StepProfiler(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.prof is not None and trainer.global_step == self.start + self.steps:
-            _sync(pl_module.device)
+            sync(pl_module.device)
             self.prof.__exit__(None, None, None)
             events = self.prof.key_averages()
             print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
@@ -191,7 +179,7 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
 
     ``pin``: "loader" (the DataLoader's pin-memory thread, the default) or "main" (no loader
     pinning: the module's batch copier pins on the main thread)."""
-    _fresh(device)
+    fresh(device)
     torch.manual_seed(0)
     dm = AudioSetDataModule(
         train_files=h5,
@@ -265,12 +253,12 @@ def augment_ms(args: argparse.Namespace, device: torch.device) -> float:
 
     for _ in range(3):
         once()
-    _sync(device)
+    sync(device)
     reps = max(3, args.steps)
     start = time.perf_counter()
     for _ in range(reps):
         once()
-    _sync(device)
+    sync(device)
     return 1000 * (time.perf_counter() - start) / reps
 
 
