@@ -6,9 +6,9 @@ device. The compute stream then waits for that stream (an event, no host wait), 
 tensor is marked as used by the compute stream (``record_stream``), so the caching allocator
 reuses its memory only once the step that read it has run. CPU tensors that are not in pinned
 memory (a loader without ``pin_memory``) are first copied into pinned memory on the host (from
-torch's pinned-block cache): a copy from pageable memory, however small, is staged by the driver
-and did not overlap the busy compute stream on an H200. Other devices: the tensors'
-``.to(device)``.
+torch's pinned-block cache): a copy from pageable memory is staged by the driver and the host
+waits for it, so every tensor, however small, goes through pinned memory. Other devices: the
+tensors' ``.to(device)``.
 """
 
 from __future__ import annotations
