@@ -20,8 +20,12 @@ Switches:
 * ``DCLS_IMPL=auto|reference|fast``: ``reference`` forces the reference construction and
   ``F.conv``; ``fast`` forces the fast paths wherever they apply (a path whose rule pays, else the
   FFT, :data:`FAST_CONV`, also on the CPU); ``auto`` (default) follows the rules.
-* ``DCLS_CONV=auto|matrix|direct|fft|reference``: forces the convolution alone where the named path
-  supports the call (elsewhere the rules above choose), over ``DCLS_IMPL``.
+* ``DCLS_CONV=auto|autotune|matrix|direct|fft|reference``: forces the convolution alone where the
+  named path supports the call (elsewhere the rules above choose), over ``DCLS_IMPL``;
+  ``autotune`` measures every path that supports a call (:mod:`dcls_core.conv.autotune`), on any device.
+* ``DCLS_AUTOTUNE=1|0`` (default 1): under ``auto`` on CUDA, where the rules choose a fast path and
+  several fast paths' rules pay, the fastest of them for the call's shape is measured once and
+  cached (:mod:`dcls_core.conv.autotune`); ``0`` keeps the fixed order.
 * :func:`forced`: the same within a block, over both variables; ``forced(fused=False)`` keeps the
   construction and the convolution apart.
 """
@@ -37,17 +41,21 @@ from torch import Tensor
 
 from .construction import fused as fused_construction
 from .construction.reference import construct_kernel
-from .conv import direct, fft, matrix, reference
+from .conv import autotune, direct, fft, matrix, reference
 from .conv.fft.conv import transform_sizes_for
 
 __all__ = [
+    "AUTOTUNE",
+    "AUTOTUNE_ENV_VAR",
     "CONSTRUCTIONS",
+    "CONV_CHOICES",
     "CONVS",
     "CONV_ENV_VAR",
     "CONV_PATHS",
     "ENV_VAR",
     "FAST_CONV",
     "IMPLS",
+    "autotune_enabled",
     "build_kernel",
     "current_impl",
     "forced",
@@ -58,7 +66,9 @@ __all__ = [
 
 IMPLS = ("auto", "reference", "fast")
 ENV_VAR = "DCLS_IMPL"
-CONV_ENV_VAR = "DCLS_CONV"  # auto | reference | fft | direct | matrix: the convolution, over DCLS_IMPL
+CONV_ENV_VAR = "DCLS_CONV"  # auto | autotune | reference | fft | direct | matrix: the convolution, over DCLS_IMPL
+AUTOTUNE_ENV_VAR = "DCLS_AUTOTUNE"  # 1 (default) | 0: measure the fast paths per shape under auto on CUDA
+AUTOTUNE = "autotune"
 
 # The convolution paths in order of preference (a new path: its folder under conv/ and one entry here).
 CONV_PATHS = {path.NAME: path for path in (matrix, direct, fft, reference)}
@@ -66,6 +76,7 @@ FAST_CONV = fft.NAME  # DCLS_IMPL=fast: the path of every call no other fast pat
 
 CONSTRUCTIONS = ("reference", "triton")
 CONVS = tuple(CONV_PATHS)
+CONV_CHOICES = (*CONVS, AUTOTUNE)
 _forced: dict[str, Optional[str]] = {"construct": None, "conv": None, "fused": None}
 
 ConvFn = Callable[..., Tensor]
@@ -88,8 +99,8 @@ def forced(construct: Optional[str] = None, conv: Optional[str] = None, fused: O
     this one does not name stay forced."""
     if construct is not None and construct not in CONSTRUCTIONS:
         raise ValueError(f"construct must be one of {CONSTRUCTIONS}, got {construct!r}")
-    if conv is not None and conv not in CONVS:
-        raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
+    if conv is not None and conv not in CONV_CHOICES:
+        raise ValueError(f"conv must be one of {CONV_CHOICES}, got {conv!r}")
     saved = dict(_forced)
     wanted = {"construct": construct, "conv": conv, "fused": "off" if fused is False else None}
     _forced.update({k: v for k, v in wanted.items() if v is not None})  # nested blocks keep the rest
@@ -104,9 +115,17 @@ def _conv_from_env() -> Optional[str]:
     value = os.environ.get(CONV_ENV_VAR, "auto").strip().lower() or "auto"
     if value == "auto":
         return None
-    if value not in CONVS:
-        raise ValueError(f"{CONV_ENV_VAR} must be one of {('auto', *CONVS)}, got {value!r}")
+    if value not in CONV_CHOICES:
+        raise ValueError(f"{CONV_ENV_VAR} must be one of {('auto', *CONV_CHOICES)}, got {value!r}")
     return value
+
+
+def autotune_enabled() -> bool:
+    """False if ``$DCLS_AUTOTUNE`` is ``0`` (measuring under ``auto`` is on by default)."""
+    value = os.environ.get(AUTOTUNE_ENV_VAR, "1").strip().lower() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"{AUTOTUNE_ENV_VAR} must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 # -- construction ------------------------------------------------------------------------
@@ -136,20 +155,74 @@ def build_kernel(
 
 
 # -- convolution -------------------------------------------------------------------------
-def _conv_name(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> str:
+class _Call:
+    """What a measurement needs beyond the shapes the rules read: the kernel's dtype, the padding
+    and whether the backward runs."""
+
+    def __init__(self, kernel_dtype: torch.dtype, padding: Sequence[int], padding_mode: str, backward: bool) -> None:
+        self.kernel_dtype, self.padding, self.padding_mode, self.backward = (
+            kernel_dtype,
+            tuple(padding),
+            padding_mode,
+            backward,
+        )
+
+
+def _measured(
+    input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int, call: _Call, names: Sequence[str]
+) -> Optional[str]:
+    """The fastest of ``names`` for this call (:mod:`dcls_core.conv.autotune`: cached, else measured
+    where allowed), or None. A cached name that no longer supports the call is ignored."""
+    key = autotune.call_key(
+        input, kernel_shape, call.kernel_dtype, stride, call.padding, groups, call.padding_mode, call.backward
+    )
+    cached = autotune.choice(key)
+    if cached is not None:
+        return cached if cached in names else None
+    if len(names) < 2:
+        return names[0] if names else None
+    chosen = autotune.measure(
+        key,
+        {name: CONV_PATHS[name].convolve for name in names},
+        input,
+        kernel_shape,
+        call.kernel_dtype,
+        stride,
+        call.padding,
+        groups,
+        call.padding_mode,
+        call.backward,
+    )
+    return chosen
+
+
+def _conv_name(
+    input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int, call: Optional[_Call] = None
+) -> str:
     wanted = _forced["conv"] or _conv_from_env()
-    if wanted is not None and CONV_PATHS[wanted].supports(input, kernel_shape, stride, groups):
+    if wanted == AUTOTUNE and call is not None:
+        names = [name for name, path in CONV_PATHS.items() if path.supports(input, kernel_shape, stride, groups)]
+        chosen = _measured(input, kernel_shape, stride, groups, call, names)
+        if chosen is not None:
+            return chosen
+    elif wanted is not None and wanted != AUTOTUNE and CONV_PATHS[wanted].supports(input, kernel_shape, stride, groups):
         return wanted
     impl = current_impl()
     if impl == "reference":
         return reference.NAME
-    for name, path in CONV_PATHS.items():
-        if (
-            name != reference.NAME
-            and path.supports(input, kernel_shape, stride, groups)
-            and path.pays(input, kernel_shape, stride, groups)
-        ):
-            return name
+    paying = [
+        name
+        for name, path in CONV_PATHS.items()
+        if name != reference.NAME
+        and path.supports(input, kernel_shape, stride, groups)
+        and path.pays(input, kernel_shape, stride, groups)
+    ]
+    if len(paying) > 1 and call is not None and input.is_cuda and autotune_enabled():
+        chosen = _measured(input, kernel_shape, stride, groups, call, paying)
+        if chosen is not None:
+            return chosen
+    if paying:
+        return paying[0]
     return FAST_CONV if impl == "fast" else reference.NAME
 
 
@@ -163,7 +236,9 @@ def select_conv(
 ) -> tuple[str, ConvFn]:
     """``(name, fn)``: the convolution for this call; ``fn(input, kernel, bias, stride,
     padding, groups, padding_mode)`` equals :func:`dcls_core.functional.conv_nd`."""
-    name = _conv_name(input, kernel.shape, stride, groups)
+    backward = torch.is_grad_enabled() and (input.requires_grad or kernel.requires_grad)
+    call = _Call(kernel.dtype, padding, padding_mode, backward)
+    name = _conv_name(input, kernel.shape, stride, groups, call)
     return name, CONV_PATHS[name].convolve
 
 
@@ -190,7 +265,8 @@ def select_fused(
     if select_construct(weight, P, SIG, dilated_kernel_size, version)[0] != "triton":
         return False
     groups = input.shape[-ndim - 1] // weight.shape[1]
-    if _conv_name(input, (*weight.shape[:2], *dilated_kernel_size), stride, groups) != fft.NAME:
+    call = _Call(weight.dtype, padding, padding_mode, backward=True)
+    if _conv_name(input, (*weight.shape[:2], *dilated_kernel_size), stride, groups, call) != fft.NAME:
         return False
     sizes = transform_sizes_for(input.shape[-ndim:], padding, dilated_kernel_size, padding_mode, input.device.type)
     return fused_construction.places(sizes)

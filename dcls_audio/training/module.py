@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcls_core.conv import autotune
+
 from ..evaluation.metrics import AudioSetMetrics
 from ..features import LogMelFrontEnd
 from ..features.augment import MixupDraws, apply_mixup, sample_mixup_draws
@@ -55,6 +57,7 @@ _CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 
 
 _BATCHES_KEY = "dcls_audio_batches_trained"
+_CONV_CHOICES_KEY = "dcls_core_conv_choices"  # the convolution path measured per call shape
 
 
 def batch_seed(seed: int, rank: int, batch: int) -> int:
@@ -313,9 +316,12 @@ class AudioTaggingModule(L.LightningModule):
         # for the device, as writing a checkpoint does anyway)
         self._check_non_finite_now()
         checkpoint[_BATCHES_KEY] = self._batches_trained
+        checkpoint[_CONV_CHOICES_KEY] = autotune.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._batches_trained = int(checkpoint.get(_BATCHES_KEY, 0))
+        # a resumed run convolves each layer on the path it measured first
+        autotune.load_state_dict(checkpoint.get(_CONV_CHOICES_KEY, {}))
 
     def _seed_batch(self) -> None:
         """Seed every random draw of this training batch from (seed, rank, batches trained): the

@@ -17,6 +17,7 @@ from dcls_audio.models import load_checkpoint
 from dcls_audio.training.config import load_config
 from dcls_audio.training.optim import cosine_with_warmup
 from dcls_audio.training.run import TrainingStopped, resolve_run_dir, train
+from dcls_core.conv import autotune
 
 CONFIGS = [
     "demo",
@@ -160,14 +161,20 @@ def test_interrupted_run_resumes_at_the_same_step(tiny_data, tmp_path):
         "ema.decay": "0.5",
     }
     cfg = load_config("demo", overrides)
+    autotune.clear()
+    autotune.load_state_dict({"cpu|a measured call": "fft"})  # as if measured in this run
     first = train(cfg, callbacks=[_RaiseSignalAt(3, signal.SIGINT)])  # Ctrl-C in step 4 of 8
     assert first.interrupted and first.global_step == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     saved = torch.load(first.last_checkpoint, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 3
+    assert saved["dcls_core_conv_choices"] == {"cpu|a measured call": "fft"}
 
+    autotune.clear()  # a new process: the resumed run takes the paths the first one measured
     recorder = _RecordStart()
     second = train(cfg, callbacks=[recorder])  # auto-resume from the run directory
+    assert autotune.state_dict() == {"cpu|a measured call": "fft"}
+    autotune.clear()
     assert second.run_dir == first.run_dir and recorder.start_step == 3
     assert not second.interrupted and second.global_step == 8
     run = second.run_dir
