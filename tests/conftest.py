@@ -35,6 +35,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _fixed_conv_rules(monkeypatch):
+    """Every test sees the dispatcher's fixed rules (no per-shape measurement, whose choice depends
+    on the machine's timings); tests of the measurement set ``DCLS_AUTOTUNE=1`` themselves."""
+    monkeypatch.setenv("DCLS_AUTOTUNE", "0")
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
