@@ -40,6 +40,7 @@ from ..._custom_op import register_op
 from ..common import bias_grad, conv_geometry, dtype_name
 from ..cost import large_kernel
 from . import passes
+from .passes import channels_last
 from .sizes import transform_sizes
 
 __all__ = [
@@ -157,6 +158,14 @@ def kernel_spectrum(g: Tensor) -> Tensor:
     return torch.fft.rfftn(g, dim=tuple(range(-ndim, 0)), norm="forward")
 
 
+def _output(x: Tensor, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """The forward's output, uninitialised: channels-last where the input is
+    (:func:`.passes.channels_last`) and the output keeps a spatial shape, contiguous otherwise."""
+    if channels_last(x) and len(shape) == 4:
+        return torch.empty(tuple(shape), device=x.device, dtype=dtype, memory_format=torch.channels_last)
+    return torch.empty(tuple(shape), device=x.device, dtype=dtype)
+
+
 def forward_spectral(
     x: Tensor,
     g_f: Tensor,
@@ -173,7 +182,7 @@ def forward_spectral(
     work = torch.float64 if g_f.dtype == torch.complex128 else torch.float32
     c_out = g_f.shape[0]
     out_shape = [-(-o // s) for o, s in zip(out_full, stride)]
-    y = torch.empty((x.shape[0], c_out, *out_shape), device=x.device, dtype=out_dtype)
+    y = _output(x, (x.shape[0], c_out, *out_shape), out_dtype)
     chunk = _chunk_size(x, g_f)
     strided = any(s != 1 for s in stride)
     for s in range(0, x.shape[0], chunk):
@@ -261,7 +270,7 @@ def _forward(
 
 def _forward_fake(x, g, bias, sizes, out_full, stride, groups, out_dtype):
     out_shape = [-(-o // s) for o, s in zip(out_full, stride)]
-    return x.new_empty((x.shape[0], g.shape[0], *out_shape), dtype=getattr(torch, out_dtype))
+    return _output(x, (x.shape[0], g.shape[0], *out_shape), getattr(torch, out_dtype))
 
 
 def _backward(

@@ -21,12 +21,13 @@ from torch import Tensor
 
 from ..._triton import triton_available
 
-__all__ = ["FORCE_TORCH", "backward_mix_", "crop_into", "padded", "spectral_mul_", "torch_only"]
+__all__ = ["FORCE_TORCH", "backward_mix_", "channels_last", "crop_into", "padded", "spectral_mul_", "torch_only"]
 
 FORCE_TORCH = False
 _TILE = 1024  # elements per program of pad / crop: rows x a power-of-2 of columns
 _BLOCK = 1024  # complex elements per program of the spectrum product
 _MIX_BLOCK = 128  # (channel, frequency) slots per program of the depthwise backward
+_CL_TILE = (32, 32)  # channels x columns per step of the channels-last pad / crop programs
 
 
 def _tile(cols: int) -> tuple[int, int]:
@@ -71,6 +72,18 @@ def _strides4(t: Tensor, ndim: int) -> tuple[int, int, int, int]:
     return (s[0], s[1], 0, s[2]) if ndim == 1 else tuple(s)  # type: ignore[return-value]
 
 
+def channels_last(t: Tensor) -> bool:
+    """True for a 4-D ``(N, C, H, W)`` tensor laid out channels-last (channel stride 1, more than
+    one channel and position): what a timm ConvNeXt or ConvFormer block hands its depthwise
+    convolution. The FFT's output then takes that layout too, as ``F.conv2d``'s does."""
+    return (
+        t.dim() == 4
+        and t.shape[1] > 1
+        and t.shape[2] * t.shape[3] > 1
+        and t.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
 def padded(x: Tensor, sizes: Sequence[int], work: torch.dtype) -> Tensor:
     """``x (n, C, *spatial)`` (any dtype, any strides) zero-padded at the end of each spatial
     axis to ``sizes``, as a contiguous ``work``-dtype tensor ``(n, C, *sizes)``."""
@@ -83,6 +96,11 @@ def padded(x: Tensor, sizes: Sequence[int], work: torch.dtype) -> Tensor:
         return out
     H, W = _planes(x.shape, ndim)
     LH, LW = _planes(sizes, ndim)
+    if ndim == 2 and channels_last(x):
+        bc, bw = _CL_TILE
+        s_n, _, s_h, s_w = x.stride()
+        _programs().pad_cast_cl[(n * LH, -(-c // bc))](x, out, c, H, W, LH, LW, s_n, s_h, s_w, BC=bc, BW=bw)
+        return out
     rows = n * c * LH
     rb, bw = _tile(LW)
     _programs().pad_cast[(-(-rows // rb),)](x, out, rows, c, H, W, LH, LW, *_strides4(x, ndim), RB=rb, BW=bw)
@@ -100,6 +118,26 @@ def crop_into(dst: Tensor, full: Tensor, bias: Optional[Tensor] = None) -> None:
         return
     H, W = _planes(dst.shape, ndim)
     LH, LW = _planes(full.shape, ndim)
+    if ndim == 2 and channels_last(dst):
+        bc, bw = _CL_TILE
+        d_n, _, d_h, d_w = dst.stride()
+        _programs().crop_cast_cl[(dst.shape[0] * H, -(-c // bc))](
+            full,
+            dst,
+            bias.contiguous() if bias is not None else full,
+            c,
+            H,
+            W,
+            LH,
+            LW,
+            d_n,
+            d_h,
+            d_w,
+            HAS_BIAS=bias is not None,
+            BC=bc,
+            BW=bw,
+        )
+        return
     rows = dst.shape[0] * c * H
     rb, bw = _tile(W)
     _programs().crop_cast[(-(-rows // rb),)](

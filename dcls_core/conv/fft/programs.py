@@ -11,7 +11,7 @@ No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`
 import triton
 import triton.language as tl
 
-__all__ = ["backward_mix", "crop_cast", "pad_cast", "spectral_mul"]
+__all__ = ["backward_mix", "crop_cast", "crop_cast_cl", "pad_cast", "pad_cast_cl", "spectral_mul"]
 
 
 @triton.jit
@@ -72,6 +72,67 @@ def crop_cast(
         if HAS_BIAS:
             v = v + b[:, None]
         tl.store(dst_ptr + dst_row[:, None] + w[None, :] * d_w, v.to(dst_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def pad_cast_cl(src_ptr, dst_ptr, C, H, W, LH, LW, s_n, s_h, s_w, BC: tl.constexpr, BW: tl.constexpr):
+    """:func:`pad_cast` for a source with channel stride 1 (channels-last): blocks of ``BC``
+    channels (contiguous in the source) by ``BW`` columns (contiguous in ``dst``), so both the
+    reads and the writes are coalesced. Grid ``(N * LH, cdiv(C, BC))``: a program writes row
+    ``h`` of ``BC`` planes, zeros where ``h >= H`` or ``w >= W``."""
+    nh = tl.program_id(0)
+    n = (nh // LH).to(tl.int64)
+    h = nh % LH
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    c_ok = c < C
+    src_row = src_ptr + n * s_n + h.to(tl.int64) * s_h
+    dst_row = dst_ptr + ((n * C + c.to(tl.int64)) * LH + h) * LW
+    for w0 in range(0, LW, BW):
+        w = w0 + tl.arange(0, BW)
+        v = tl.load(
+            src_row + c[:, None] + w.to(tl.int64)[None, :] * s_w,
+            mask=c_ok[:, None] & (w < W)[None, :] & (h < H),
+            other=0.0,
+        )
+        tl.store(dst_row[:, None] + w[None, :], v.to(tl.float32), mask=c_ok[:, None] & (w < LW)[None, :])
+
+
+@triton.jit
+def crop_cast_cl(
+    src_ptr,
+    dst_ptr,
+    bias_ptr,
+    C,
+    H,
+    W,
+    LH,
+    LW,
+    d_n,
+    d_h,
+    d_w,
+    HAS_BIAS: tl.constexpr,
+    BC: tl.constexpr,
+    BW: tl.constexpr,
+):
+    """:func:`crop_cast` into a destination with channel stride 1 (channels-last): blocks of
+    ``BC`` channels by ``BW`` columns, read along the columns and written along the channels.
+    Grid ``(N * H, cdiv(C, BC))``."""
+    nh = tl.program_id(0)
+    n = (nh // H).to(tl.int64)
+    h = nh % H
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    c_ok = c < C
+    src_row = src_ptr + ((n * C + c.to(tl.int64)) * LH + h) * LW
+    dst_row = dst_ptr + n * d_n + h.to(tl.int64) * d_h
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    for w0 in range(0, W, BW):
+        w = w0 + tl.arange(0, BW)
+        m = c_ok[:, None] & (w < W)[None, :]
+        v = tl.load(src_row[:, None] + w[None, :], mask=m, other=0.0)
+        if HAS_BIAS:
+            v = v + b[:, None]
+        tl.store(dst_row + c[:, None] + w.to(tl.int64)[None, :] * d_w, v.to(dst_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit

@@ -47,6 +47,34 @@ def test_pad_cast_any_strides_and_dtype(launched):
     assert launched == {"pad_cast"}
 
 
+def test_pad_cast_reads_channels_last_by_channel_blocks(launched):
+    """A channels-last input (40 channels: one full block of 32 and a part) is read by the
+    channels-last program and equals the torch padding, zero rows and columns included."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 9, 13).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    assert passes.channels_last(x) and not passes.channels_last(x.contiguous())
+    got = passes.padded(x, (12, 40), torch.float32)
+    assert got.is_contiguous() and got.shape == (2, 40, 12, 40)
+    with passes.torch_only():
+        want = passes.padded(x, (12, 40), torch.float32)
+    assert torch.equal(got, want)
+    assert launched == {"pad_cast_cl"}
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_crop_cast_writes_channels_last_by_channel_blocks(launched, with_bias):
+    torch.manual_seed(0)
+    full = torch.randn(2, 40, 12, 40)
+    bias = torch.randn(40) if with_bias else None
+    got = torch.full((2, 40, 9, 35), float("nan"), dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    want = torch.empty(2, 40, 9, 35, dtype=torch.float16)
+    passes.crop_into(got, full, bias)
+    with passes.torch_only():
+        passes.crop_into(want, full, bias)
+    assert not got.isnan().any() and rel_err(got, want) < TOL  # every element written
+    assert launched == {"crop_cast_cl"}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_crop_cast_with_and_without_bias(launched, dtype, with_bias):
@@ -129,3 +157,27 @@ def test_depthwise_convolution_through_the_programs_equals_float64(launched):
     for name, a, r in zip(("input", "kernel", "bias"), grads, want_grads):
         assert rel_err(a, r) < TOL, name
     assert launched == {"pad_cast", "crop_cast", "spectral_mul", "backward_mix"}
+
+
+def test_channels_last_convolution_keeps_its_layout_and_equals_float64(launched):
+    """A channels-last input gives a channels-last output and input gradient (as ``F.conv2d``),
+    through the channels-last pad and crop programs, and the float64 result."""
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    x = torch.randn(2, 36, 10, 9, dtype=torch.float64).contiguous(memory_format=cl)
+    k = torch.randn(36, 1, 7, 5, dtype=torch.float64)
+    b = torch.randn(36, dtype=torch.float64)
+    xr, kr, br = (t.clone().requires_grad_() for t in (x, k, b))
+    want = F.conv2d(xr, kr, br, padding=(3, 2), groups=36)
+    dy = torch.randn_like(want).contiguous(memory_format=cl)
+    want_grads = torch.autograd.grad(want, (xr, kr, br), dy)
+    x32 = x.float().contiguous(memory_format=cl).requires_grad_()
+    k32, b32 = (t.float().requires_grad_() for t in (k, b))
+    got = fft_conv_nd(x32, k32, b32, (1, 1), (3, 2), 36)
+    assert got.is_contiguous(memory_format=cl) and not got.is_contiguous()
+    grads = torch.autograd.grad(got, (x32, k32, b32), dy.float())
+    assert grads[0].is_contiguous(memory_format=cl)
+    assert rel_err(got, want) < TOL
+    for name, a, r in zip(("input", "kernel", "bias"), grads, want_grads):
+        assert rel_err(a, r) < TOL, name
+    assert launched == {"pad_cast_cl", "crop_cast_cl", "spectral_mul", "backward_mix"}
