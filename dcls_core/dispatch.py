@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -155,17 +155,13 @@ def build_kernel(
 
 
 # -- convolution -------------------------------------------------------------------------
-class _Call:
-    """What a measurement needs beyond the shapes the rules read: the kernel's dtype, the padding
-    and whether the backward runs."""
+class _Call(NamedTuple):
+    """What a measurement needs beyond the shapes the rules read."""
 
-    def __init__(self, kernel_dtype: torch.dtype, padding: Sequence[int], padding_mode: str, backward: bool) -> None:
-        self.kernel_dtype, self.padding, self.padding_mode, self.backward = (
-            kernel_dtype,
-            tuple(padding),
-            padding_mode,
-            backward,
-        )
+    kernel_dtype: torch.dtype
+    padding: Sequence[int]
+    padding_mode: str
+    backward: bool  # gradients are recorded: time the forward and the backward
 
 
 def _measured(
@@ -181,7 +177,7 @@ def _measured(
         return cached if cached in names else None
     if len(names) < 2:
         return names[0] if names else None
-    chosen = autotune.measure(
+    return autotune.measure(
         key,
         {name: CONV_PATHS[name].convolve for name in names},
         input,
@@ -193,7 +189,6 @@ def _measured(
         call.padding_mode,
         call.backward,
     )
-    return chosen
 
 
 def _conv_name(
