@@ -45,6 +45,7 @@ from bench_common import fresh, sync  # noqa: E402
 from dcls_audio.models import create_model  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
 from dcls_core import dispatch  # noqa: E402
+from dcls_core.conv import autotune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAMILIES = {
@@ -191,6 +192,8 @@ def run_model(name: str, mode: str, conv: str, args: argparse.Namespace, device:
             row["profile"] = bench.profile()
         if args.infer:
             row.update(bench.infer_row())
+    if conv in ("auto", "autotune"):
+        row["measured_paths_ms"] = autotune.timings()  # per call shape: each candidate path's median
     del bench
     return row
 

@@ -23,10 +23,11 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["REPEATS", "call_key", "choice", "clear", "load_state_dict", "measure", "state_dict"]
+__all__ = ["REPEATS", "call_key", "choice", "clear", "load_state_dict", "measure", "state_dict", "timings"]
 
 REPEATS = 3
 _choices: dict[str, str] = {}
+_timings: dict[str, dict[str, float]] = {}  # key -> path name -> median ms, of this process's measurements
 _SEED = 0x5EED
 
 
@@ -157,6 +158,7 @@ def measure(
     if not math.isfinite(times[best]):
         return None
     _choices[key] = best
+    _timings[key] = times
     return best
 
 
@@ -174,6 +176,12 @@ def load_state_dict(state: Mapping[str, str]) -> None:
         _choices[key] = name
 
 
+def timings() -> dict[str, dict[str, float]]:
+    """What this process measured: ``key -> {path name: median ms}`` (benchmarks print it)."""
+    return {key: dict(times) for key, times in _timings.items()}
+
+
 def clear() -> None:
-    """Forget every cached choice."""
+    """Forget every cached choice and measurement."""
     _choices.clear()
+    _timings.clear()

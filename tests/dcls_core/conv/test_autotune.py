@@ -62,6 +62,8 @@ def test_the_fastest_candidate_wins_and_failures_are_left_out():
     assert autotune.measure(key, candidates, **_conv_args(x, k), backward=True) == "fast"
     assert calls.count(30) == calls.count(1) == 1 + autotune.REPEATS  # one untimed run each
     assert autotune.choice(key) == "fast"
+    times = autotune.timings()[key]
+    assert set(times) == {"slow", "fast"} and times["slow"] >= 30 > times["fast"]
     # cached: no second measurement
     calls.clear()
     assert autotune.measure(key, candidates, **_conv_args(x, k), backward=True) == "fast"
