@@ -23,11 +23,24 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["REPEATS", "call_key", "choice", "clear", "load_state_dict", "measure", "state_dict", "timings"]
+__all__ = [
+    "REPEATS",
+    "CallKey",
+    "call_key",
+    "choice",
+    "clear",
+    "key_text",
+    "load_state_dict",
+    "measure",
+    "state_dict",
+    "timings",
+]
 
 REPEATS = 3
-_choices: dict[str, str] = {}
-_timings: dict[str, dict[str, float]] = {}  # key -> path name -> median ms, of this process's measurements
+CallKey = tuple  # what call_key returns: hashable, cheap to build on every call
+_choices: dict[CallKey, str] = {}
+_saved: dict[str, str] = {}  # choices loaded from a checkpoint, by key text, adopted on first use
+_timings: dict[CallKey, dict[str, float]] = {}  # key -> path name -> median ms, of this process's measurements
 _SEED = 0x5EED
 
 
@@ -40,32 +53,57 @@ def call_key(
     groups: int,
     padding_mode: str,
     backward: bool,
-) -> str:
-    """A string naming everything a path's speed depends on: device type, dtypes (with the
-    autocast dtype and TF32 switch), shapes, strides, conv arguments and whether the backward
-    runs. Strings, so that the cache goes into a checkpoint as it is."""
+) -> CallKey:
+    """Everything a path's speed depends on: device type, dtypes (with the autocast dtype and
+    TF32 switch), shapes, strides, conv arguments and whether the backward runs. A tuple, built on
+    every dispatched call; :func:`key_text` names it in a checkpoint."""
     device = input.device.type
-    autocast = str(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else "off"
+    autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    return (
+        device,
+        input.dtype,
+        kernel_dtype,
+        autocast,
+        bool(torch.backends.cudnn.allow_tf32),
+        tuple(input.shape),
+        tuple(input.stride()),
+        tuple(kernel_shape),
+        tuple(stride),
+        tuple(padding),
+        int(groups),
+        padding_mode,
+        bool(backward),
+    )
+
+
+def key_text(key: CallKey) -> str:
+    """A call key as text (the form saved in checkpoints), e.g. ``cuda|torch.float32|...|train``."""
+    device, dtype, kernel_dtype, autocast, tf32, shape, strides, kshape, stride, padding, groups, mode, backward = key
     parts = (
         device,
-        str(input.dtype),
+        str(dtype),
         str(kernel_dtype),
-        autocast,
-        f"tf32={int(torch.backends.cudnn.allow_tf32)}",
-        f"x={tuple(input.shape)}@{tuple(input.stride())}",
-        f"k={tuple(kernel_shape)}",
-        f"s={tuple(stride)}",
-        f"p={tuple(padding)}",
+        "off" if autocast is None else str(autocast),
+        f"tf32={int(tf32)}",
+        f"x={shape}@{strides}",
+        f"k={kshape}",
+        f"s={stride}",
+        f"p={padding}",
         f"g={groups}",
-        padding_mode,
+        mode,
         "train" if backward else "infer",
     )
     return "|".join(parts)
 
 
-def choice(key: str) -> Optional[str]:
-    """The cached path name for ``key``, or None."""
-    return _choices.get(key)
+def choice(key: CallKey) -> Optional[str]:
+    """The cached path name for ``key`` (measured here or loaded), or None."""
+    name = _choices.get(key)
+    if name is None and _saved:
+        name = _saved.pop(key_text(key), None)
+        if name is not None:
+            _choices[key] = name
+    return name
 
 
 def _measuring_allowed(input: Tensor) -> bool:
@@ -110,7 +148,7 @@ class _Clock:
 
 
 def measure(
-    key: str,
+    key: CallKey,
     candidates: Mapping[str, Callable[..., Tensor]],
     input: Tensor,
     kernel_shape: Sequence[int],
@@ -125,8 +163,9 @@ def measure(
     call of this shape, cache the fastest under ``key`` and return its name. Returns the cached
     name without measuring if there is one, and None where measuring is not allowed here (while
     compiling or capturing) or every candidate failed."""
-    if key in _choices:
-        return _choices[key]
+    cached = choice(key)
+    if cached is not None:
+        return cached
     if not candidates or not _measuring_allowed(input):
         return None
     generator = torch.Generator(device=input.device).manual_seed(_SEED)
@@ -163,25 +202,28 @@ def measure(
 
 
 def state_dict() -> dict[str, str]:
-    """The cached choices, ``key -> path name`` (plain strings)."""
-    return dict(_choices)
+    """The cached choices, ``key text -> path name`` (plain strings, for a checkpoint)."""
+    return {**_saved, **{key_text(key): name for key, name in _choices.items()}}
 
 
 def load_state_dict(state: Mapping[str, str]) -> None:
     """Adopt saved choices (a resumed run computes with the paths it started with); they replace
     cached choices of the same keys."""
-    for key, name in state.items():
-        if not isinstance(key, str) or not isinstance(name, str):
-            raise ValueError(f"dcls_core.autotune: a saved choice must map str to str, got {key!r}: {name!r}")
-        _choices[key] = name
+    for text, name in state.items():
+        if not isinstance(text, str) or not isinstance(name, str):
+            raise ValueError(f"dcls_core.autotune: a saved choice must map str to str, got {text!r}: {name!r}")
+    for key in [key for key in _choices if key_text(key) in state]:
+        del _choices[key]
+    _saved.update(state)
 
 
 def timings() -> dict[str, dict[str, float]]:
-    """What this process measured: ``key -> {path name: median ms}`` (benchmarks print it)."""
-    return {key: dict(times) for key, times in _timings.items()}
+    """What this process measured: ``key text -> {path name: median ms}`` (benchmarks print it)."""
+    return {key_text(key): dict(times) for key, times in _timings.items()}
 
 
 def clear() -> None:
     """Forget every cached choice and measurement."""
     _choices.clear()
+    _saved.clear()
     _timings.clear()

@@ -62,7 +62,7 @@ def test_the_fastest_candidate_wins_and_failures_are_left_out():
     assert autotune.measure(key, candidates, **_conv_args(x, k), backward=True) == "fast"
     assert calls.count(30) == calls.count(1) == 1 + autotune.REPEATS  # one untimed run each
     assert autotune.choice(key) == "fast"
-    times = autotune.timings()[key]
+    times = autotune.timings()[autotune.key_text(key)]
     assert set(times) == {"slow", "fast"} and times["slow"] >= 30 > times["fast"]
     # cached: no second measurement
     calls.clear()
@@ -106,12 +106,23 @@ def test_no_measurement_while_compiling(monkeypatch):
 
 
 def test_choices_round_trip_and_bad_state_is_refused():
-    autotune.load_state_dict({"cpu|a": "fft", "cpu|b": "reference"})
+    """Choices go into a checkpoint as text and come back for the same calls; a loaded choice
+    replaces one measured for the same key."""
+    x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
+    a, b = _key(x, k), _key(x, k, backward=False)
+    autotune.measure(a, {"fft": _sleeping(0, [])}, **_conv_args(x, k), backward=True)
+    autotune.measure(b, {"reference": _sleeping(0, [])}, **_conv_args(x, k), backward=False)
     saved = autotune.state_dict()
+    assert saved == {autotune.key_text(a): "fft", autotune.key_text(b): "reference"}
+    assert all(isinstance(t, str) and t.startswith("cpu|torch.float32|") for t in saved)
     autotune.clear()
-    assert autotune.state_dict() == {}
+    assert autotune.state_dict() == {} and autotune.choice(a) is None
     autotune.load_state_dict(saved)
-    assert autotune.choice("cpu|a") == "fft" and autotune.choice("cpu|b") == "reference"
+    assert autotune.state_dict() == saved  # not yet used: kept as loaded
+    assert autotune.choice(a) == "fft" and autotune.choice(b) == "reference"
+    assert autotune.state_dict() == saved
+    autotune.load_state_dict({autotune.key_text(a): "matrix"})
+    assert autotune.choice(a) == "matrix"
     with pytest.raises(ValueError, match="must map str to str"):
         autotune.load_state_dict({"cpu|c": 3})
 
@@ -133,8 +144,8 @@ def test_dispatcher_autotune_switch_measures_each_shape_once(monkeypatch):
     y = layer(x)
     y.sum().backward()
     assert measured == [{"matrix", "fft", "reference"}]
-    (key,) = autotune.state_dict()
-    assert "train" in key and autotune.choice(key) in {"matrix", "fft", "reference"}
+    ((text, name),) = autotune.state_dict().items()
+    assert text.endswith("|train") and name in {"matrix", "fft", "reference"}
     with dispatch.forced(conv="reference"):
         want = layer(x)
     assert rel_err(y, want) < 1e-12
@@ -149,10 +160,10 @@ def test_dispatcher_ignores_a_saved_choice_that_no_longer_applies(monkeypatch):
     monkeypatch.setenv("DCLS_CONV", "autotune")
     x, k = torch.randn(2, 4, 16, 16), torch.randn(4, 1, 23, 23)
     key = autotune.call_key(x, k.shape, k.dtype, (1, 1), (11, 11), 4, "zeros", False)
-    autotune.load_state_dict({key: "direct"})  # needs CUDA: not a candidate here
+    autotune.load_state_dict({autotune.key_text(key): "direct"})  # needs CUDA: not a candidate here
     monkeypatch.setattr(autotune, "measure", lambda *a, **kw: pytest.fail("measured a cached key"))
     assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "reference"  # the CPU rule
-    autotune.load_state_dict({key: "fft"})
+    autotune.load_state_dict({autotune.key_text(key): "fft"})
     assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "fft"
 
 
@@ -182,9 +193,9 @@ def test_auto_measures_the_paying_fast_paths_on_cuda(monkeypatch):
     monkeypatch.setenv("DCLS_AUTOTUNE", "1")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         name = dispatch.select_conv(x, k, (1, 1), (11, 11), 64, "zeros")[0]
-        (key,) = autotune.state_dict()
-        assert name == autotune.choice(key) and name in {"matrix", "direct", "fft"}
-        assert "torch.bfloat16" in key and "train" in key
+        ((text, chosen),) = autotune.state_dict().items()
+        assert name == chosen and name in {"matrix", "direct", "fft"}
+        assert "|torch.bfloat16|" in text and text.endswith("|train")
         y = dispatch.CONV_PATHS[name].convolve(x, k, None, (1, 1), (11, 11), 64, "zeros")
     want = F.conv2d(x.double(), k.double(), padding=11, groups=64)
     assert rel_err(y.double(), want) < 2e-2
