@@ -99,7 +99,7 @@ def key_text(key: CallKey) -> str:
 def choice(key: CallKey) -> Optional[str]:
     """The cached path name for ``key`` (measured here or loaded), or None."""
     name = _choices.get(key)
-    if name is None and _saved:
+    if name is None and _saved and not torch.compiler.is_compiling():  # text keys: eager calls only
         name = _saved.pop(key_text(key), None)
         if name is not None:
             _choices[key] = name
