@@ -6,7 +6,8 @@ inputs of the call's shape, strides and dtypes (fresh tensors drawn from a priva
 the caller's random streams are untouched): one untimed run (Triton compiles here), then
 :data:`REPEATS` timed runs; the fastest median wins. Training calls (gradients recorded) time the
 forward and backward, the output gradient taking the input's memory format; inference calls time
-the forward alone. A path that fails (out of memory, say) is left out.
+the forward alone. A path that fails (out of memory, a GPU program that does not compile on this
+machine) is left out.
 
 A choice is made once per process and key, and the measurement waits for the device; calls made
 while ``torch.compile`` traces or a CUDA graph is captured never measure: they read the cache and
@@ -188,7 +189,7 @@ def measure(
             try:
                 run(convolve)  # untimed: compiles, allocates
                 samples = sorted(clock.time(lambda c=convolve: run(c)) for _ in range(REPEATS))
-            except (RuntimeError, ValueError, torch.OutOfMemoryError):
+            except Exception:  # out of memory, a program that does not compile here, ...: not a candidate
                 continue
             times[name] = samples[len(samples) // 2]
     if not times:
