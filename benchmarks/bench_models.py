@@ -265,6 +265,17 @@ def main(argv: list[str] | None = None) -> int:
                 out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it measured
     out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
+    measured = autotune.timings()
+    if measured:
+        print("== paths measured per call shape (median ms; the fastest is taken):")
+        for text, times in measured.items():
+            parts = text.split("|")  # device|dtype|kernel dtype|autocast|tf32|x=shape@strides|k=..|..|train
+            best = min(times, key=times.get)
+            print(
+                f"   {parts[5]:<48} {parts[6]:<18} {parts[-1]:<5} "
+                + ", ".join(f"{name} {ms:.3f}" for name, ms in times.items())
+                + f" -> {best}"
+            )
     print(f"wrote {out}")
     return 0
 
