@@ -184,17 +184,30 @@ class Bench:
 def run_model(name: str, mode: str, conv: str, args: argparse.Namespace, device: torch.device) -> dict:
     forced = dispatch.forced(conv=None if conv in ("auto", "rules") else conv)
     # "rules": the dispatcher's fixed order, without measuring paths per shape
+    saved_env = os.environ.get(dispatch.AUTOTUNE_ENV_VAR)
     os.environ[dispatch.AUTOTUNE_ENV_VAR] = "0" if conv == "rules" else "1"
-    with forced:
-        bench = Bench(name, mode, args, device)
-        row = {"model": name, "mode": mode, "conv": conv, **bench.train_row()}
-        if args.profile and mode == "eager" and device.type == "cuda":
-            row["profile"] = bench.profile()
-        if args.infer:
-            row.update(bench.infer_row())
-    if conv in ("auto", "autotune"):
-        row["measured_paths_ms"] = autotune.timings()  # per call shape: each candidate path's median
-    del bench
+    before = set(autotune.timings())
+    try:
+        with forced:
+            row = _measure_model(name, mode, conv, args, device)
+    finally:
+        if saved_env is None:
+            os.environ.pop(dispatch.AUTOTUNE_ENV_VAR, None)
+        else:
+            os.environ[dispatch.AUTOTUNE_ENV_VAR] = saved_env
+    measured = {key: times for key, times in autotune.timings().items() if key not in before}
+    if measured:
+        row["measured_paths_ms"] = measured  # this model's call shapes: each candidate path's median
+    return row
+
+
+def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, device: torch.device) -> dict:
+    bench = Bench(name, mode, args, device)
+    row = {"model": name, "mode": mode, "conv": conv, **bench.train_row()}
+    if args.profile and mode == "eager" and device.type == "cuda":
+        row["profile"] = bench.profile()
+    if args.infer:
+        row.update(bench.infer_row())
     return row
 
 
@@ -269,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     if measured:
         print("== paths measured per call shape (median ms; the fastest is taken):")
         for text, times in measured.items():
-            parts = text.split("|")  # device|dtype|kernel dtype|autocast|tf32|x=shape@strides|k=..|..|train
+            fields = dict(part.split("=", 1) for part in text.split("|") if "=" in part)  # x=, k=, grads=, ...
             best = min(times, key=times.get)
             print(
-                f"   {parts[5]:<48} {parts[6]:<18} {parts[-1]:<5} "
+                f"   x={fields.get('x', '?'):<48} k={fields.get('k', '?'):<16} grads={fields.get('grads', '?'):<4} "
                 + ", ".join(f"{name} {ms:.3f}" for name, ms in times.items())
                 + f" -> {best}"
             )

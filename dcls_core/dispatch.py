@@ -42,6 +42,7 @@ from torch import Tensor
 from .construction import fused as fused_construction
 from .construction.reference import construct_kernel
 from .conv import autotune, direct, fft, matrix, reference
+from .conv.common import reach_cuts
 from .conv.fft.conv import transform_sizes_for
 
 __all__ = [
@@ -161,34 +162,37 @@ class _Call(NamedTuple):
     kernel_dtype: torch.dtype
     padding: Sequence[int]
     padding_mode: str
-    backward: bool  # gradients are recorded: time the forward and the backward
+    grads: tuple[bool, bool]  # (input, kernel) gradients recorded: the backward passes to time
 
 
 def _measured(
     input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int, call: _Call, names: Sequence[str]
 ) -> Optional[str]:
     """The fastest of ``names`` for this call (:mod:`dcls_core.conv.autotune`: cached, else measured
-    where allowed), or None. A cached name that no longer supports the call is ignored."""
-    key = autotune.call_key(
-        input, kernel_shape, call.kernel_dtype, stride, call.padding, groups, call.padding_mode, call.backward
-    )
-    cached = autotune.choice(key)
-    if cached is not None:
-        return cached if cached in names else None
+    where allowed), or None: while compiling (shapes stay symbolic, nothing is looked up) or
+    under deterministic algorithms. A cached name that does not support the call is ignored."""
+    if torch.compiler.is_compiling() or torch.are_deterministic_algorithms_enabled():
+        return None
     if len(names) < 2:
         return names[0] if names else None
-    return autotune.measure(
-        key,
-        {name: CONV_PATHS[name].convolve for name in names},
-        input,
-        kernel_shape,
-        call.kernel_dtype,
-        stride,
-        call.padding,
-        groups,
-        call.padding_mode,
-        call.backward,
+    key = autotune.call_key(
+        input, kernel_shape, call.kernel_dtype, stride, call.padding, groups, call.padding_mode, call.grads, names
     )
+    chosen = autotune.choice(key)
+    if chosen is None:
+        chosen = autotune.measure(
+            key,
+            {name: CONV_PATHS[name].convolve for name in names},
+            input,
+            kernel_shape,
+            call.kernel_dtype,
+            stride,
+            call.padding,
+            groups,
+            call.padding_mode,
+            call.grads,
+        )
+    return chosen if chosen in names else None
 
 
 def _conv_name(
@@ -231,8 +235,10 @@ def select_conv(
 ) -> tuple[str, ConvFn]:
     """``(name, fn)``: the convolution for this call; ``fn(input, kernel, bias, stride,
     padding, groups, padding_mode)`` equals :func:`dcls_core.functional.conv_nd`."""
-    backward = torch.is_grad_enabled() and (input.requires_grad or kernel.requires_grad)
-    call = _Call(kernel.dtype, padding, padding_mode, backward)
+    recording = torch.is_grad_enabled()
+    call = _Call(
+        kernel.dtype, padding, padding_mode, (recording and input.requires_grad, recording and kernel.requires_grad)
+    )
     name = _conv_name(input, kernel.shape, stride, groups, call)
     return name, CONV_PATHS[name].convolve
 
@@ -260,8 +266,14 @@ def select_fused(
     if select_construct(weight, P, SIG, dilated_kernel_size, version)[0] != "triton":
         return False
     groups = input.shape[-ndim - 1] // weight.shape[1]
-    call = _Call(weight.dtype, padding, padding_mode, backward=True)
-    if _conv_name(input, (*weight.shape[:2], *dilated_kernel_size), stride, groups, call) != fft.NAME:
+    # the call conv_with_kernel would make: the kernel cut to the taps that meet the input
+    kernel_shape, cut_padding = (*weight.shape[:2], *dilated_kernel_size), tuple(padding)
+    if padding_mode == "zeros":
+        cuts, cut_padding = reach_cuts(dilated_kernel_size, input.shape, stride, padding)
+        kernel_shape = (*weight.shape[:2], *(k - 2 * c for k, c in zip(dilated_kernel_size, cuts)))
+    params_grad = any(t is not None and t.requires_grad for t in (weight, P, SIG))
+    call = _Call(weight.dtype, cut_padding, padding_mode, (input.requires_grad, params_grad))
+    if _conv_name(input, kernel_shape, stride, groups, call) != fft.NAME:
         return False
     sizes = transform_sizes_for(input.shape[-ndim:], padding, dilated_kernel_size, padding_mode, input.device.type)
     return fused_construction.places(sizes)

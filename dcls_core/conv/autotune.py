@@ -1,24 +1,27 @@
 """The convolution path per call shape, measured once and cached (as ``cudnn.benchmark`` does for
 cuDNN's algorithms).
 
-Where :mod:`dcls_core.dispatch` autotunes a call, every registered path that supports it runs on
-inputs of the call's shape, strides and dtypes (fresh tensors drawn from a private generator, so
-the caller's random streams are untouched): one untimed run (Triton compiles here), then
-:data:`REPEATS` timed runs; the fastest median wins. Training calls (gradients recorded) time the
-forward and backward, the output gradient taking the input's memory format; inference calls time
-the forward alone. A path that fails (out of memory, a GPU program that does not compile on this
-machine) is left out.
+Where :mod:`dcls_core.dispatch` autotunes a call, every candidate path runs on inputs of the
+call's shape, strides and dtypes (fresh tensors drawn from a private generator, so the caller's
+random streams are untouched; the caller's saved-tensor hooks, e.g. activation checkpointing,
+do not see them): one untimed run (Triton compiles here), then :data:`REPEATS` timed runs; the
+fastest median wins. Calls that record gradients time the forward and the gradients they need
+(the output gradient taking the input's memory format); inference calls time the forward alone.
+A path that fails is left out (out of memory silently; anything else with a warning naming the
+path and the call). A call where every path fails keeps the fixed rules, remembered so that it
+is not measured again.
 
-A choice is made once per process and key, and the measurement waits for the device; calls made
-while ``torch.compile`` traces or a CUDA graph is captured never measure: they read the cache and
-otherwise keep the fixed rules. :func:`state_dict` / :func:`load_state_dict` carry the choices in
-a training checkpoint, so a resumed run computes with the paths it started with.
+A choice is made once per process and key (the key names the candidates too, so ``auto`` and
+``DCLS_CONV=autotune`` do not share choices), and the measurement waits for the device. Nothing
+is measured while ``torch.compile`` traces, a CUDA graph is captured, or
+``torch.use_deterministic_algorithms`` is on. :func:`state_dict` / :func:`load_state_dict` carry
+the choices in a training checkpoint, so a resumed run computes with the paths it measured.
 """
 
 from __future__ import annotations
 
-import math
 import time
+import warnings
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
@@ -33,6 +36,7 @@ __all__ = [
     "key_text",
     "load_state_dict",
     "measure",
+    "measuring_allowed",
     "state_dict",
     "timings",
 ]
@@ -42,6 +46,7 @@ CallKey = tuple  # what call_key returns: hashable, cheap to build on every call
 _choices: dict[CallKey, str] = {}
 _saved: dict[str, str] = {}  # choices loaded from a checkpoint, by key text, adopted on first use
 _timings: dict[CallKey, dict[str, float]] = {}  # key -> path name -> median ms, of this process's measurements
+_unmeasurable: set[CallKey] = set()  # keys where every candidate failed: the fixed rules choose
 _SEED = 0x5EED
 
 
@@ -53,19 +58,22 @@ def call_key(
     padding: Sequence[int],
     groups: int,
     padding_mode: str,
-    backward: bool,
+    grads: tuple[bool, bool],
+    candidates: Sequence[str],
 ) -> CallKey:
-    """Everything a path's speed depends on: device type, dtypes (with the autocast dtype and
-    TF32 switch), shapes, strides, conv arguments and whether the backward runs. A tuple, built on
-    every dispatched call; :func:`key_text` names it in a checkpoint."""
+    """Everything a path's speed depends on: device type, dtypes (with the autocast dtype and the
+    TF32 switches of convolutions and matrix products), shapes, strides, conv arguments, which
+    gradients ``(input, kernel)`` are needed, and the candidate paths. A tuple, built on every
+    dispatched call; :func:`key_text` names it in a checkpoint."""
     device = input.device.type
     autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    tf32 = (bool(torch.backends.cudnn.allow_tf32), bool(torch.backends.cuda.matmul.allow_tf32))
     return (
         device,
         input.dtype,
         kernel_dtype,
         autocast,
-        bool(torch.backends.cudnn.allow_tf32),
+        tf32,
         tuple(input.shape),
         tuple(input.stride()),
         tuple(kernel_shape),
@@ -73,26 +81,31 @@ def call_key(
         tuple(padding),
         int(groups),
         padding_mode,
-        bool(backward),
+        (bool(grads[0]), bool(grads[1])),
+        tuple(candidates),
     )
 
 
 def key_text(key: CallKey) -> str:
-    """A call key as text (the form saved in checkpoints), e.g. ``cuda|torch.float32|...|train``."""
-    device, dtype, kernel_dtype, autocast, tf32, shape, strides, kshape, stride, padding, groups, mode, backward = key
+    """A call key as text (the form saved in checkpoints), e.g.
+    ``cuda|torch.float32|torch.float32|torch.bfloat16|tf32=1,1|x=(...)@(...)|k=...|...|grads=1,1|direct,fft``."""
+    device, dtype, kernel_dtype, autocast, tf32, shape, strides, kshape, stride, padding, groups, mode, grads, names = (
+        key
+    )
     parts = (
         device,
         str(dtype),
         str(kernel_dtype),
         "off" if autocast is None else str(autocast),
-        f"tf32={int(tf32)}",
+        f"tf32={int(tf32[0])},{int(tf32[1])}",
         f"x={shape}@{strides}",
         f"k={kshape}",
         f"s={stride}",
         f"p={padding}",
         f"g={groups}",
         mode,
-        "train" if backward else "infer",
+        f"grads={int(grads[0])},{int(grads[1])}",
+        ",".join(names),
     )
     return "|".join(parts)
 
@@ -107,20 +120,21 @@ def choice(key: CallKey) -> Optional[str]:
     return name
 
 
-def _measuring_allowed(input: Tensor) -> bool:
-    if torch.compiler.is_compiling():
+def measuring_allowed(input: Tensor) -> bool:
+    """False while ``torch.compile`` traces, while a CUDA graph is captured, and under
+    ``torch.use_deterministic_algorithms`` (the fixed rules then choose)."""
+    if torch.compiler.is_compiling() or torch.are_deterministic_algorithms_enabled():
         return False
-    if input.is_cuda and torch.cuda.is_current_stream_capturing():
-        return False
-    return True
+    return not (input.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-def _fresh(like: Tensor, dtype: torch.dtype, generator: torch.Generator, requires_grad: bool) -> Tensor:
-    """A tensor of ``like``'s shape and strides in ``dtype`` with normal values from ``generator``."""
-    t = torch.empty_strided(like.shape, like.stride(), dtype=dtype, device=like.device)
-    with torch.no_grad():
-        t.normal_(generator=generator)
-    return t.requires_grad_(requires_grad)
+def _fresh(like: Tensor, generator: torch.Generator, requires_grad: bool) -> Tensor:
+    """A leaf of ``like``'s shape, strides and dtype (overlapping strides too) with normal values
+    drawn from ``generator`` into a dense buffer."""
+    span = 1 + sum((n - 1) * st for n, st in zip(like.shape, like.stride()) if n > 0) if like.numel() else 0
+    base = torch.empty(span, dtype=like.dtype, device=like.device)
+    base.normal_(generator=generator)
+    return base.as_strided(like.shape, like.stride()).detach().requires_grad_(requires_grad)
 
 
 def _output_gradient(y: Tensor, input: Tensor, generator: torch.Generator) -> Tensor:
@@ -158,23 +172,53 @@ def measure(
     padding: Sequence[int],
     groups: int,
     padding_mode: str,
-    backward: bool,
+    grads: tuple[bool, bool],
 ) -> Optional[str]:
     """Time each candidate ``name -> convolve`` (the paths' contract, :mod:`dcls_core.conv`) on a
-    call of this shape, cache the fastest under ``key`` and return its name. Returns the cached
-    name without measuring if there is one, and None where measuring is not allowed here (while
-    compiling or capturing) or every candidate failed."""
+    call of this shape, computing the gradients ``grads = (input, kernel)`` asks for; cache the
+    fastest under ``key`` and return its name. Returns the cached name without measuring if there
+    is one, and None where measuring is not allowed (:func:`measuring_allowed`) or every candidate
+    failed (remembered: that key is not measured again)."""
     cached = choice(key)
-    if cached is not None:
+    if cached is not None or key in _unmeasurable:
         return cached
-    if not candidates or not _measuring_allowed(input):
+    if not candidates or not measuring_allowed(input):
         return None
+    # the caller's saved-tensor hooks (activation checkpointing, offloading) must not see these
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        times = _time_candidates(
+            key, candidates, input, kernel_shape, kernel_dtype, stride, padding, groups, padding_mode, grads
+        )
+    if not times:
+        _unmeasurable.add(key)
+        return None
+    best = min(times, key=lambda name: (times[name], list(candidates).index(name)))
+    _choices[key] = best
+    _timings[key] = times
+    return best
+
+
+def _time_candidates(
+    key: CallKey,
+    candidates: Mapping[str, Callable[..., Tensor]],
+    input: Tensor,
+    kernel_shape: Sequence[int],
+    kernel_dtype: torch.dtype,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+    padding_mode: str,
+    grads: tuple[bool, bool],
+) -> dict[str, float]:
+    """``name -> median ms`` of the candidates that ran."""
     generator = torch.Generator(device=input.device).manual_seed(_SEED)
     clock = _Clock(input.device)
+    backward = any(grads)
     with torch.enable_grad() if backward else torch.no_grad():
-        x = _fresh(input, input.dtype, generator, backward)
+        x = _fresh(input, generator, grads[0])
         k = torch.randn(tuple(kernel_shape), generator=generator, device=input.device, dtype=kernel_dtype)
-        k.requires_grad_(backward)
+        k.requires_grad_(grads[1])
+        wrt = tuple(t for t, need in zip((x, k), grads) if need)
         dy: list[Tensor] = []
 
         def run(convolve: Callable[..., Tensor]) -> None:
@@ -182,24 +226,23 @@ def measure(
             if backward:
                 if not dy:
                     dy.append(_output_gradient(y, input, generator))
-                torch.autograd.grad(y, (x, k), dy[0])
+                torch.autograd.grad(y, wrt, dy[0])
 
         times: dict[str, float] = {}
         for name, convolve in candidates.items():
             try:
                 run(convolve)  # untimed: compiles, allocates
                 samples = sorted(clock.time(lambda c=convolve: run(c)) for _ in range(REPEATS))
-            except Exception:  # out of memory, a program that does not compile here, ...: not a candidate
+            except torch.OutOfMemoryError:
+                continue
+            except Exception as exc:  # e.g. a GPU program that does not compile on this machine
+                warnings.warn(
+                    f"dcls_core.autotune: the {name} path failed on {key_text(key)} and is left out: {exc}",
+                    stacklevel=2,
+                )
                 continue
             times[name] = samples[len(samples) // 2]
-    if not times:
-        return None
-    best = min(times, key=lambda name: (times[name], list(candidates).index(name)))
-    if not math.isfinite(times[best]):
-        return None
-    _choices[key] = best
-    _timings[key] = times
-    return best
+    return times
 
 
 def state_dict() -> dict[str, str]:
@@ -228,3 +271,4 @@ def clear() -> None:
     _choices.clear()
     _saved.clear()
     _timings.clear()
+    _unmeasurable.clear()

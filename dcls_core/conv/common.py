@@ -17,6 +17,7 @@ __all__ = [
     "conv_geometry",
     "crop_to_reach",
     "dtype_name",
+    "reach_cuts",
     "reversed_padding_repeated_twice",
 ]
 
@@ -89,6 +90,21 @@ def conv_geometry(
     return ConvGeometry(input, padding, out_full, out_dtype, unbatched)
 
 
+def reach_cuts(
+    kernel_size: Sequence[int], spatial: Sequence[int], stride: Sequence[int], padding: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(cuts, padding)``: the taps :func:`crop_to_reach` drops at each end of each axis, and the
+    padding left (``kernel_size`` the spatial kernel sizes)."""
+    cuts, pads = [], []
+    for size, s, p, k in zip(tuple(spatial)[-len(kernel_size) :], stride, padding, kernel_size):
+        out = (size + 2 * p - k) // s + 1
+        lo, hi = max(0, p - (out - 1) * s), min(k, p + size)
+        c = max(0, min(lo, k - hi, p)) if out >= 1 else 0  # no output: leave the error to the conv
+        cuts.append(int(c))
+        pads.append(int(p - c))
+    return tuple(cuts), tuple(pads)
+
+
 def crop_to_reach(
     kernel: Tensor, spatial: Sequence[int], stride: Sequence[int], padding: Sequence[int]
 ) -> tuple[Tensor, tuple[int, ...]]:
@@ -102,18 +118,11 @@ def crop_to_reach(
     23x23 kernel on a 8x7 input becomes 15x13. ``kernel`` is ``(C_out, C_in/groups, *k)``;
     the result is a view (its gradient is zero outside the kept taps, as the full kernel's).
     """
-    ndim = kernel.dim() - 2
-    cuts, pads = [], []
-    for size, s, p, k in zip(tuple(spatial)[-ndim:], stride, padding, kernel.shape[2:]):
-        out = (size + 2 * p - k) // s + 1
-        lo, hi = max(0, p - (out - 1) * s), min(k, p + size)
-        c = max(0, min(lo, k - hi, p)) if out >= 1 else 0  # no output: leave the error to the conv
-        cuts.append(c)
-        pads.append(p - c)
+    cuts, pads = reach_cuts(kernel.shape[2:], spatial, stride, padding)
     if not any(cuts):
         return kernel, tuple(int(p) for p in padding)
     index = (slice(None), slice(None), *(slice(c, k - c) for c, k in zip(cuts, kernel.shape[2:])))
-    return kernel[index], tuple(pads)
+    return kernel[index], pads
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -163,6 +163,13 @@ def test_interrupted_run_resumes_at_the_same_step(tiny_data, tmp_path):
     cfg = load_config("demo", overrides)
     autotune.clear()
     autotune.load_state_dict({"cpu|a measured call": "fft"})  # as if measured in this run
+    try:
+        _interrupt_and_resume(cfg)
+    finally:
+        autotune.clear()
+
+
+def _interrupt_and_resume(cfg) -> None:
     first = train(cfg, callbacks=[_RaiseSignalAt(3, signal.SIGINT)])  # Ctrl-C in step 4 of 8
     assert first.interrupted and first.global_step == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

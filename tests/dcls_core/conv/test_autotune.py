@@ -1,6 +1,7 @@
 """The per-shape path measurement (``dcls_core.conv.autotune``) and its use by the dispatcher:
-the fastest path wins, failures are left out, the caller's random streams are untouched, choices
-are cached per key, survive a checkpoint and are never measured while compiling."""
+the fastest path wins, failures are left out (and remembered), the caller's random streams and
+saved-tensor hooks are untouched, choices are cached per key, survive a checkpoint, and nothing
+is measured or looked up while compiling or under deterministic algorithms."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import dcls_core
 from dcls_core import dispatch
 from dcls_core.conv import autotune
 
 from dcls_testing import rel_err
+
+BOTH = (True, True)
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +28,7 @@ def _fresh_cache():
     autotune.clear()
 
 
-def _conv_args(x, k):
+def _conv_args(x, k, grads=BOTH):
     return dict(
         input=x,
         kernel_shape=k.shape,
@@ -33,12 +37,12 @@ def _conv_args(x, k):
         padding=(2, 2),
         groups=x.shape[1],
         padding_mode="zeros",
+        grads=grads,
     )
 
 
-def _key(x, k, backward=True):
-    args = _conv_args(x, k)
-    return autotune.call_key(**args, backward=backward)
+def _key(x, k, grads=BOTH, names=("a", "b")):
+    return autotune.call_key(**_conv_args(x, k, grads), candidates=names)
 
 
 def _sleeping(ms: float, calls: list):
@@ -50,58 +54,119 @@ def _sleeping(ms: float, calls: list):
     return convolve
 
 
+def _measure(key, candidates, x, k, grads=BOTH):
+    return autotune.measure(key, candidates, **_conv_args(x, k, grads))
+
+
 def test_the_fastest_candidate_wins_and_failures_are_left_out():
     x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
     calls: list = []
 
-    def broken(*args):
-        raise RuntimeError("out of memory (simulated)")
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("simulated")
 
-    candidates = {"slow": _sleeping(30, calls), "broken": broken, "fast": _sleeping(1, calls)}
+    candidates = {"slow": _sleeping(30, calls), "oom": out_of_memory, "fast": _sleeping(1, calls)}
     key = _key(x, k)
-    assert autotune.measure(key, candidates, **_conv_args(x, k), backward=True) == "fast"
+    assert _measure(key, candidates, x, k) == "fast"
     assert calls.count(30) == calls.count(1) == 1 + autotune.REPEATS  # one untimed run each
     assert autotune.choice(key) == "fast"
     times = autotune.timings()[autotune.key_text(key)]
     assert set(times) == {"slow", "fast"} and times["slow"] >= 30 > times["fast"]
-    # cached: no second measurement
     calls.clear()
-    assert autotune.measure(key, candidates, **_conv_args(x, k), backward=True) == "fast"
+    assert _measure(key, candidates, x, k) == "fast"  # cached: no second measurement
     assert calls == []
-    assert autotune.measure(_key(x, k, backward=False), {"broken": broken}, **_conv_args(x, k), backward=False) is None
 
 
-def test_measuring_leaves_the_callers_random_streams_alone():
+def test_a_failing_path_is_named_in_a_warning_and_a_key_where_all_fail_is_not_measured_again():
+    x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
+    calls: list = []
+
+    def broken(*args):
+        calls.append("broken")
+        raise RuntimeError("a GPU program that does not compile (simulated)")
+
+    key = _key(x, k, names=("broken",))
+    with pytest.warns(UserWarning, match="the broken path failed on cpu.*simulated"):
+        assert _measure(key, {"broken": broken}, x, k) is None
+    assert calls == ["broken"] and autotune.state_dict() == {}
+    assert _measure(key, {"broken": broken}, x, k) is None
+    assert calls == ["broken"]  # remembered
+
+
+def test_measuring_leaves_the_callers_random_streams_and_saved_tensor_hooks_alone():
     x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
     torch.manual_seed(123)
     want = torch.rand(4)
     torch.manual_seed(123)
-    autotune.measure(_key(x, k), {"a": _sleeping(0, []), "b": _sleeping(0, [])}, **_conv_args(x, k), backward=True)
+    packed: list = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        _measure(_key(x, k), {"a": _sleeping(0, []), "b": _sleeping(0, [])}, x, k)
     assert torch.equal(torch.rand(4), want)
+    assert packed == []
+
+
+def test_overlapping_input_strides_are_measured_as_they_are():
+    """An expanded input (stride 0) is reproduced with its strides, not refused."""
+    x = torch.randn(1, 3, 8, 1).expand(2, 3, 8, 8)
+    k = torch.randn(3, 1, 5, 5)
+    seen: list = []
+
+    def recording(input, kernel, bias, stride, padding, groups, padding_mode):
+        seen.append(input.stride())
+        return F.conv2d(input, kernel, bias, stride, padding, groups=groups)
+
+    assert _measure(_key(x, k), {"a": recording, "b": recording}, x, k) in {"a", "b"}
+    assert set(seen) == {x.stride()}
+
+
+def test_only_the_needed_gradients_are_timed():
+    x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
+    wanted: list = []
+
+    def recording(input, kernel, bias, stride, padding, groups, padding_mode):
+        wanted.append((input.requires_grad, kernel.requires_grad, torch.is_grad_enabled()))
+        return F.conv2d(input, kernel, bias, stride, padding, groups=groups)
+
+    _measure(_key(x, k, (False, True)), {"a": recording, "b": recording}, x, k, (False, True))
+    assert set(wanted) == {(False, True, True)}
+    wanted.clear()
+    _measure(_key(x, k, (False, False)), {"a": recording, "b": recording}, x, k, (False, False))
+    assert set(wanted) == {(False, False, False)}
 
 
 def test_keys_tell_apart_what_changes_the_speed():
     x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
     keys = {
         _key(x, k),
-        _key(x, k, backward=False),
+        _key(x, k, grads=(False, True)),
+        _key(x, k, grads=(False, False)),
+        _key(x, k, names=("a", "b", "c")),
         _key(x.to(memory_format=torch.channels_last), k),
         _key(x.double(), k),
         _key(torch.randn(4, 3, 8, 8), k),
         _key(x, torch.randn(3, 1, 3, 3)),
     }
-    assert len(keys) == 6
+    assert len(keys) == 8
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _key(x, k) not in keys
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32
+    matmul.allow_tf32 = not saved  # the matrix path's products follow it
+    try:
+        assert _key(x, k) not in keys
+    finally:
+        matmul.allow_tf32 = saved
     assert _key(x, k) == _key(x.clone(), k.clone())
 
 
-def test_no_measurement_while_compiling(monkeypatch):
+def test_nothing_is_measured_under_deterministic_algorithms():
     x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
     calls: list = []
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    candidates = {"a": _sleeping(0, calls), "b": _sleeping(0, calls)}
-    assert autotune.measure(_key(x, k), candidates, **_conv_args(x, k), backward=True) is None
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert _measure(_key(x, k), {"a": _sleeping(0, calls), "b": _sleeping(0, calls)}, x, k) is None
+    finally:
+        torch.use_deterministic_algorithms(False)
     assert calls == [] and autotune.state_dict() == {}
 
 
@@ -109,9 +174,9 @@ def test_choices_round_trip_and_bad_state_is_refused():
     """Choices go into a checkpoint as text and come back for the same calls; a loaded choice
     replaces one measured for the same key."""
     x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
-    a, b = _key(x, k), _key(x, k, backward=False)
-    autotune.measure(a, {"fft": _sleeping(0, [])}, **_conv_args(x, k), backward=True)
-    autotune.measure(b, {"reference": _sleeping(0, [])}, **_conv_args(x, k), backward=False)
+    a, b = _key(x, k, names=("fft", "x")), _key(x, k, (False, False), names=("reference", "x"))
+    _measure(a, {"fft": _sleeping(0, []), "x": _sleeping(5, [])}, x, k)
+    _measure(b, {"reference": _sleeping(0, []), "x": _sleeping(5, [])}, x, k, (False, False))
     saved = autotune.state_dict()
     assert saved == {autotune.key_text(a): "fft", autotune.key_text(b): "reference"}
     assert all(isinstance(t, str) and t.startswith("cpu|torch.float32|") for t in saved)
@@ -121,10 +186,14 @@ def test_choices_round_trip_and_bad_state_is_refused():
     assert autotune.state_dict() == saved  # not yet used: kept as loaded
     assert autotune.choice(a) == "fft" and autotune.choice(b) == "reference"
     assert autotune.state_dict() == saved
-    autotune.load_state_dict({autotune.key_text(a): "matrix"})
-    assert autotune.choice(a) == "matrix"
+    autotune.load_state_dict({autotune.key_text(a): "x"})
+    assert autotune.choice(a) == "x"
     with pytest.raises(ValueError, match="must map str to str"):
         autotune.load_state_dict({"cpu|c": 3})
+
+
+def _layer():
+    return dcls_core.Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=9, padding=4, groups=4).double()
 
 
 def test_dispatcher_autotune_switch_measures_each_shape_once(monkeypatch):
@@ -134,18 +203,19 @@ def test_dispatcher_autotune_switch_measures_each_shape_once(monkeypatch):
     monkeypatch.setenv("DCLS_CONV", "autotune")
     measured: list = []
     real = autotune.measure
-    monkeypatch.setattr(
-        autotune,
-        "measure",
-        lambda key, candidates, *a, **kw: measured.append(set(candidates)) or real(key, candidates, *a, **kw),
-    )
-    layer = dcls_core.Dcls2d(4, 4, kernel_count=3, dilated_kernel_size=9, padding=4, groups=4).double()
+
+    def counted(key, candidates, *args, **kwargs):
+        measured.append(set(candidates))
+        return real(key, candidates, *args, **kwargs)
+
+    monkeypatch.setattr(autotune, "measure", counted)
+    layer = _layer()
     x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
     y = layer(x)
     y.sum().backward()
     assert measured == [{"matrix", "fft", "reference"}]
     ((text, name),) = autotune.state_dict().items()
-    assert text.endswith("|train") and name in {"matrix", "fft", "reference"}
+    assert "|grads=1,1|" in text and name in {"matrix", "fft", "reference"}
     with dispatch.forced(conv="reference"):
         want = layer(x)
     assert rel_err(y, want) < 1e-12
@@ -156,10 +226,43 @@ def test_dispatcher_autotune_switch_measures_each_shape_once(monkeypatch):
     assert len(measured) == 2 and len(autotune.state_dict()) == 2
 
 
+def test_a_layer_under_non_reentrant_checkpointing_measures_and_recomputes(monkeypatch):
+    """Measuring inside ``checkpoint(..., use_reentrant=False)``: the recomputation in the
+    backward reads the cache, and the gradients equal the uncheckpointed ones."""
+    monkeypatch.setenv("DCLS_CONV", "autotune")
+    layer = _layer()
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    checkpoint(layer, x, use_reentrant=False).sum().backward()
+    got = (x.grad.clone(), layer.weight.grad.clone())
+    x.grad = None
+    layer.zero_grad()
+    layer(x).sum().backward()
+    assert rel_err(got[0], x.grad) < 1e-12 and rel_err(got[1], layer.weight.grad) < 1e-12
+
+
+def test_compiled_calls_neither_measure_nor_specialise_on_shapes(monkeypatch):
+    """Under ``torch.compile`` (dynamic shapes) the dispatcher keeps the fixed rules: nothing is
+    measured, and a new batch size does not recompile."""
+    monkeypatch.setenv("DCLS_CONV", "autotune")
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    layer = _layer()
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=True)
+    for batch in (2, 3, 4):
+        x = torch.randn(batch, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+        y = compiled(x)
+        y.sum().backward()
+        with dispatch.forced(conv="reference"):
+            assert rel_err(y, layer(x)) < 1e-12
+    assert autotune.state_dict() == {}
+    torch._dynamo.reset()
+
+
 def test_dispatcher_ignores_a_saved_choice_that_no_longer_applies(monkeypatch):
     monkeypatch.setenv("DCLS_CONV", "autotune")
     x, k = torch.randn(2, 4, 16, 16), torch.randn(4, 1, 23, 23)
-    key = autotune.call_key(x, k.shape, k.dtype, (1, 1), (11, 11), 4, "zeros", False)
+    names = ("matrix", "fft", "reference")
+    key = autotune.call_key(x, k.shape, k.dtype, (1, 1), (11, 11), 4, "zeros", (False, False), names)
     autotune.load_state_dict({autotune.key_text(key): "direct"})  # needs CUDA: not a candidate here
     monkeypatch.setattr(autotune, "measure", lambda *a, **kw: pytest.fail("measured a cached key"))
     assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "reference"  # the CPU rule
@@ -195,7 +298,7 @@ def test_auto_measures_the_paying_fast_paths_on_cuda(monkeypatch):
         name = dispatch.select_conv(x, k, (1, 1), (11, 11), 64, "zeros")[0]
         ((text, chosen),) = autotune.state_dict().items()
         assert name == chosen and name in {"matrix", "direct", "fft"}
-        assert "|torch.bfloat16|" in text and text.endswith("|train")
+        assert "|torch.bfloat16|" in text and text.endswith("|grads=1,1|matrix,direct,fft")
         y = dispatch.CONV_PATHS[name].convolve(x, k, None, (1, 1), (11, 11), 64, "zeros")
     want = F.conv2d(x.double(), k.double(), padding=11, groups=64)
     assert rel_err(y.double(), want) < 2e-2

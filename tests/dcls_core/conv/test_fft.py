@@ -187,8 +187,9 @@ def test_fft_depthwise_equals_float64_cuda(shape, mode, passes, monkeypatch):
 def test_fft_custom_ops_pass_opcheck(monkeypatch, layout):
     """The ops' fake implementations give the real outputs' shapes, dtypes and strides (what
     torch.compile relies on), forward and backward; a channels-last input gives a channels-last
-    output and input gradient, as ``F.conv2d``'s. (opcheck's AOT-dispatch comparison is left
-    out: it fails for this op with contiguous inputs too, while the compiled-model tests pass.)"""
+    output and input gradient, as ``F.conv2d``'s. The forward also passes opcheck's AOT-dispatch
+    comparison; the backward op fails it in both layouts (an older finding, left open in the
+    notes: compiled training matches eager in the compile tests)."""
     x = torch.randn(2, 6, 9, 8)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -204,7 +205,7 @@ def test_fft_custom_ops_pass_opcheck(monkeypatch, layout):
     dy = torch.randn_like(y)
     checks = ("test_schema", "test_autograd_registration", "test_faketensor")
     for result in (
-        torch.library.opcheck(forward, (xs.requires_grad_(), g.requires_grad_(), b, *settings), test_utils=checks),
+        torch.library.opcheck(forward, (xs.requires_grad_(), g.requires_grad_(), b, *settings)),
         torch.library.opcheck(
             backward, (dy, xs.detach(), g.detach(), b, *settings[:-1], True, True, True), test_utils=checks
         ),
@@ -213,9 +214,11 @@ def test_fft_custom_ops_pass_opcheck(monkeypatch, layout):
     # opcheck compares shapes and dtypes; the strides, which inductor takes from the fake, here
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    real_dx = backward(dy, xs.detach(), g.detach(), None, *settings[:-1], True, False, False)[0]
     with FakeTensorMode() as mode:
         fake_y = forward(mode.from_tensor(xs), mode.from_tensor(g), mode.from_tensor(b), *settings)
         fake_dx = backward(
             mode.from_tensor(dy), mode.from_tensor(xs), mode.from_tensor(g), None, *settings[:-1], True, False, False
         )[0]
-    assert fake_y.stride() == y.stride() and fake_dx.stride() == xs.stride()
+    assert fake_y.stride() == y.stride() and fake_dx.stride() == real_dx.stride()
+    assert real_dx.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
