@@ -10,8 +10,9 @@ For each family (ConvNeXt-T, FastViT-SA24, ConvFormer-S18) and each mode (``eage
 
 and prints the table with DCLS / plain ratios. ``--convs`` repeats the DCLS rows with the
 convolution path forced (``dcls_core.dispatch.forced(conv=...)``), ``auto`` being the
-dispatcher's own choice (paths measured per shape on CUDA), ``rules`` its fixed order
-(``DCLS_AUTOTUNE=0``) and ``autotune`` a measurement of every path that supports a call.
+dispatcher's own choice as configured, ``measured`` with the fast paths measured per call shape
+(``DCLS_AUTOTUNE=1``), ``rules`` its fixed order (``DCLS_AUTOTUNE=0``) and ``autotune`` a
+measurement of every path that supports a call.
 ``--profile`` adds, per model in eager mode, where one training
 step's device time goes: total kernel time against the step's wall time (device busy share)
 and kernel time by group (DCLS programs, convolutions, GEMMs, normalisation, element-wise,
@@ -182,10 +183,11 @@ class Bench:
 
 
 def run_model(name: str, mode: str, conv: str, args: argparse.Namespace, device: torch.device) -> dict:
-    forced = dispatch.forced(conv=None if conv in ("auto", "rules") else conv)
-    # "rules": the dispatcher's fixed order, without measuring paths per shape
+    forced = dispatch.forced(conv=None if conv in ("auto", "measured", "rules") else conv)
+    # "measured" / "rules": the dispatcher with / without the fast paths measured per call shape
     saved_env = os.environ.get(dispatch.AUTOTUNE_ENV_VAR)
-    os.environ[dispatch.AUTOTUNE_ENV_VAR] = "0" if conv == "rules" else "1"
+    if conv in ("measured", "rules"):
+        os.environ[dispatch.AUTOTUNE_ENV_VAR] = "1" if conv == "measured" else "0"
     before = set(autotune.timings())
     try:
         with forced:
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--modes", nargs="+", default=["eager"], help="eager and/or torch.compile modes")
-    parser.add_argument("--convs", nargs="+", default=["auto"], choices=("auto", "rules", *dispatch.CONV_CHOICES))
+    convs = ("auto", "measured", "rules", *dispatch.CONV_CHOICES)
+    parser.add_argument("--convs", nargs="+", default=["auto"], choices=convs)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=8, help="untimed steps first (compilation, autotuning)")

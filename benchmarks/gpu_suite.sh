@@ -21,10 +21,10 @@ if [[ $part == layers || $part == all ]]; then
   timeout 90 python3 benchmarks/profile_host.py --json "$OUT/profile_host.json" 2>&1 | grep "ms/step" | tee "$OUT/profile_host.log"
 fi
 if [[ $part == models || $part == all ]]; then
-  timeout 380 python3 benchmarks/bench_models.py --convs auto rules fft --infer --profile \
+  timeout 380 python3 benchmarks/bench_models.py --convs measured rules fft --infer --profile \
     --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
   # eager first in the same process: the compiled rows read the paths it measured per shape
-  timeout 400 python3 benchmarks/bench_models.py --families convnext --modes eager default reduce-overhead --convs auto rules \
+  timeout 400 python3 benchmarks/bench_models.py --families convnext --modes eager default reduce-overhead --convs measured rules \
     --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1; tail -8 "$OUT/bench_models_compiled.log"
 fi
 if [[ $part == train || $part == all ]]; then

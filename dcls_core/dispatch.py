@@ -23,9 +23,9 @@ Switches:
 * ``DCLS_CONV=auto|autotune|matrix|direct|fft|reference``: forces the convolution alone where the
   named path supports the call (elsewhere the rules above choose), over ``DCLS_IMPL``;
   ``autotune`` measures every path that supports a call (:mod:`dcls_core.conv.autotune`), on any device.
-* ``DCLS_AUTOTUNE=1|0`` (default 1): under ``auto`` on CUDA, where the rules choose a fast path and
-  several fast paths' rules pay, the fastest of them for the call's shape is measured once and
-  cached (:mod:`dcls_core.conv.autotune`); ``0`` keeps the fixed order.
+* ``DCLS_AUTOTUNE=1|0`` (default 0): with ``1``, under ``auto`` on CUDA, where the rules choose a
+  fast path and several fast paths' rules pay, the fastest of them for the call's shape is
+  measured once and cached (:mod:`dcls_core.conv.autotune`); ``0`` keeps the fixed order.
 * :func:`forced`: the same within a block, over both variables; ``forced(fused=False)`` keeps the
   construction and the convolution apart.
 """
@@ -47,6 +47,7 @@ from .conv.fft.conv import transform_sizes_for
 
 __all__ = [
     "AUTOTUNE",
+    "AUTOTUNE_DEFAULT",
     "AUTOTUNE_ENV_VAR",
     "CONSTRUCTIONS",
     "CONV_CHOICES",
@@ -68,7 +69,9 @@ __all__ = [
 IMPLS = ("auto", "reference", "fast")
 ENV_VAR = "DCLS_IMPL"
 CONV_ENV_VAR = "DCLS_CONV"  # auto | autotune | reference | fft | direct | matrix: the convolution, over DCLS_IMPL
-AUTOTUNE_ENV_VAR = "DCLS_AUTOTUNE"  # 1 (default) | 0: measure the fast paths per shape under auto on CUDA
+AUTOTUNE_ENV_VAR = "DCLS_AUTOTUNE"  # 1 | 0 (default): measure the fast paths per shape under auto on CUDA
+# off until the measured choice has been timed against the fixed order on a GPU (benchmarks/bench_models.py)
+AUTOTUNE_DEFAULT = "0"
 AUTOTUNE = "autotune"
 
 # The convolution paths in order of preference (a new path: its folder under conv/ and one entry here).
@@ -122,8 +125,8 @@ def _conv_from_env() -> Optional[str]:
 
 
 def autotune_enabled() -> bool:
-    """False if ``$DCLS_AUTOTUNE`` is ``0`` (measuring under ``auto`` is on by default)."""
-    value = os.environ.get(AUTOTUNE_ENV_VAR, "1").strip().lower() or "1"
+    """True if ``$DCLS_AUTOTUNE`` is ``1`` (default :data:`AUTOTUNE_DEFAULT`)."""
+    value = os.environ.get(AUTOTUNE_ENV_VAR, AUTOTUNE_DEFAULT).strip().lower() or AUTOTUNE_DEFAULT
     if value not in ("0", "1"):
         raise ValueError(f"{AUTOTUNE_ENV_VAR} must be 0 or 1, got {value!r}")
     return value == "1"

@@ -274,10 +274,10 @@ def test_autotune_environment_switch(monkeypatch):
     monkeypatch.setenv("DCLS_AUTOTUNE", "maybe")
     with pytest.raises(ValueError, match="DCLS_AUTOTUNE must be 0 or 1"):
         dispatch.autotune_enabled()
-    monkeypatch.setenv("DCLS_AUTOTUNE", "0")
-    assert not dispatch.autotune_enabled()
-    monkeypatch.delenv("DCLS_AUTOTUNE")
+    monkeypatch.setenv("DCLS_AUTOTUNE", "1")
     assert dispatch.autotune_enabled()
+    monkeypatch.delenv("DCLS_AUTOTUNE")
+    assert dispatch.autotune_enabled() == (dispatch.AUTOTUNE_DEFAULT == "1")
     with pytest.raises(ValueError, match="conv must be one of"):
         with dispatch.forced(conv="fastest"):
             pass
