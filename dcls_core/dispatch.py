@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -159,18 +159,7 @@ def build_kernel(
 
 
 # -- convolution -------------------------------------------------------------------------
-class _Call(NamedTuple):
-    """What a measurement needs beyond the shapes the rules read."""
-
-    kernel_dtype: torch.dtype
-    padding: Sequence[int]
-    padding_mode: str
-    grads: tuple[bool, bool]  # (input, kernel) gradients recorded: the backward passes to time
-
-
-def _measured(
-    input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int, call: _Call, names: Sequence[str]
-) -> Optional[str]:
+def _measured(call: autotune.ConvCall, names: Sequence[str]) -> Optional[str]:
     """The fastest of ``names`` for this call (:mod:`dcls_core.conv.autotune`: cached, else measured
     where allowed), or None: while compiling (shapes stay symbolic, nothing is looked up) or
     under deterministic algorithms. A cached name that does not support the call is ignored."""
@@ -178,33 +167,25 @@ def _measured(
         return None
     if len(names) < 2:
         return names[0] if names else None
-    key = autotune.call_key(
-        input, kernel_shape, call.kernel_dtype, stride, call.padding, groups, call.padding_mode, call.grads, names
-    )
+    key = autotune.call_key(call, names)
     chosen = autotune.choice(key)
     if chosen is None:
-        chosen = autotune.measure(
-            key,
-            {name: CONV_PATHS[name].convolve for name in names},
-            input,
-            kernel_shape,
-            call.kernel_dtype,
-            stride,
-            call.padding,
-            groups,
-            call.padding_mode,
-            call.grads,
-        )
+        chosen = autotune.measure(key, {name: CONV_PATHS[name].convolve for name in names}, call)
     return chosen if chosen in names else None
 
 
 def _conv_name(
-    input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int, call: Optional[_Call] = None
+    input: Tensor,
+    kernel_shape: Sequence[int],
+    stride: Sequence[int],
+    groups: int,
+    call: Optional[autotune.ConvCall] = None,
 ) -> str:
+    """The path for this call; ``call`` (the whole call) lets the fastest be measured."""
     wanted = _forced["conv"] or _conv_from_env()
     if wanted == AUTOTUNE and call is not None:
         names = [name for name, path in CONV_PATHS.items() if path.supports(input, kernel_shape, stride, groups)]
-        chosen = _measured(input, kernel_shape, stride, groups, call, names)
+        chosen = _measured(call, names)
         if chosen is not None:
             return chosen
     elif wanted is not None and wanted != AUTOTUNE and CONV_PATHS[wanted].supports(input, kernel_shape, stride, groups):
@@ -220,7 +201,7 @@ def _conv_name(
         and path.pays(input, kernel_shape, stride, groups)
     ]
     if len(paying) > 1 and call is not None and input.is_cuda and autotune_enabled():
-        chosen = _measured(input, kernel_shape, stride, groups, call, paying)
+        chosen = _measured(call, paying)
         if chosen is not None:
             return chosen
     if paying:
@@ -239,9 +220,8 @@ def select_conv(
     """``(name, fn)``: the convolution for this call; ``fn(input, kernel, bias, stride,
     padding, groups, padding_mode)`` equals :func:`dcls_core.functional.conv_nd`."""
     recording = torch.is_grad_enabled()
-    call = _Call(
-        kernel.dtype, padding, padding_mode, (recording and input.requires_grad, recording and kernel.requires_grad)
-    )
+    grads = (recording and input.requires_grad, recording and kernel.requires_grad)
+    call = autotune.ConvCall(input, kernel.shape, kernel.dtype, stride, padding, groups, padding_mode, grads)
     name = _conv_name(input, kernel.shape, stride, groups, call)
     return name, CONV_PATHS[name].convolve
 
@@ -275,7 +255,9 @@ def select_fused(
         cuts, cut_padding = reach_cuts(dilated_kernel_size, input.shape, stride, padding)
         kernel_shape = (*weight.shape[:2], *(k - 2 * c for k, c in zip(dilated_kernel_size, cuts)))
     params_grad = any(t is not None and t.requires_grad for t in (weight, P, SIG))
-    call = _Call(weight.dtype, cut_padding, padding_mode, (input.requires_grad, params_grad))
+    call = autotune.ConvCall(
+        input, kernel_shape, weight.dtype, stride, cut_padding, groups, padding_mode, (input.requires_grad, params_grad)
+    )
     if _conv_name(input, kernel_shape, stride, groups, call) != fft.NAME:
         return False
     sizes = transform_sizes_for(input.shape[-ndim:], padding, dilated_kernel_size, padding_mode, input.device.type)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from torch import Tensor
 __all__ = [
     "REPEATS",
     "CallKey",
+    "ConvCall",
     "call_key",
     "choice",
     "clear",
@@ -50,38 +51,43 @@ _unmeasurable: set[CallKey] = set()  # keys where every candidate failed: the fi
 _SEED = 0x5EED
 
 
-def call_key(
-    input: Tensor,
-    kernel_shape: Sequence[int],
-    kernel_dtype: torch.dtype,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    groups: int,
-    padding_mode: str,
-    grads: tuple[bool, bool],
-    candidates: Sequence[str],
-) -> CallKey:
+class ConvCall(NamedTuple):
+    """One convolution call as the paths' ``convolve`` receives it, less the values, plus the
+    gradients ``(input, kernel)`` it must produce."""
+
+    input: Tensor
+    kernel_shape: Sequence[int]
+    kernel_dtype: torch.dtype
+    stride: Sequence[int]
+    padding: Sequence[int]
+    groups: int
+    padding_mode: str
+    grads: tuple[bool, bool]
+
+
+def call_key(call: ConvCall, candidates: Sequence[str]) -> CallKey:
     """Everything a path's speed depends on: device type, dtypes (with the autocast dtype and the
     TF32 switches of convolutions and matrix products), shapes, strides, conv arguments, which
-    gradients ``(input, kernel)`` are needed, and the candidate paths. A tuple, built on every
-    dispatched call; :func:`key_text` names it in a checkpoint."""
+    gradients are needed, and the candidate paths. A tuple, built on every dispatched call;
+    :func:`key_text` names it in a checkpoint."""
+    input = call.input
     device = input.device.type
     autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
     tf32 = (bool(torch.backends.cudnn.allow_tf32), bool(torch.backends.cuda.matmul.allow_tf32))
     return (
         device,
         input.dtype,
-        kernel_dtype,
+        call.kernel_dtype,
         autocast,
         tf32,
         tuple(input.shape),
         tuple(input.stride()),
-        tuple(kernel_shape),
-        tuple(stride),
-        tuple(padding),
-        int(groups),
-        padding_mode,
-        (bool(grads[0]), bool(grads[1])),
+        tuple(call.kernel_shape),
+        tuple(call.stride),
+        tuple(call.padding),
+        int(call.groups),
+        call.padding_mode,
+        (bool(call.grads[0]), bool(call.grads[1])),
         tuple(candidates),
     )
 
@@ -162,33 +168,37 @@ class _Clock:
         return (time.perf_counter() - t0) * 1e3
 
 
-def measure(
-    key: CallKey,
-    candidates: Mapping[str, Callable[..., Tensor]],
-    input: Tensor,
-    kernel_shape: Sequence[int],
-    kernel_dtype: torch.dtype,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    groups: int,
-    padding_mode: str,
-    grads: tuple[bool, bool],
-) -> Optional[str]:
+def measure(key: CallKey, candidates: Mapping[str, Callable[..., Tensor]], call: ConvCall) -> Optional[str]:
     """Time each candidate ``name -> convolve`` (the paths' contract, :mod:`dcls_core.conv`) on a
-    call of this shape, computing the gradients ``grads = (input, kernel)`` asks for; cache the
+    call like ``call``, computing the gradients ``call.grads`` asks for; cache the
     fastest under ``key`` and return its name. Returns the cached name without measuring if there
     is one, and None where measuring is not allowed (:func:`measuring_allowed`) or every candidate
     failed (remembered: that key is not measured again)."""
     cached = choice(key)
     if cached is not None or key in _unmeasurable:
         return cached
-    if not candidates or not measuring_allowed(input):
+    if not candidates or not measuring_allowed(call.input):
         return None
+    input, grads = call.input, call.grads
     # the caller's saved-tensor hooks (activation checkpointing, offloading) must not see these
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        times = _time_candidates(
-            key, candidates, input, kernel_shape, kernel_dtype, stride, padding, groups, padding_mode, grads
-        )
+        generator = torch.Generator(device=input.device).manual_seed(_SEED)
+        backward = any(grads)
+        with torch.enable_grad() if backward else torch.no_grad():
+            x = _fresh(input, generator, grads[0])
+            k = torch.randn(tuple(call.kernel_shape), generator=generator, device=input.device, dtype=call.kernel_dtype)
+            k.requires_grad_(grads[1])
+            wrt = tuple(t for t, need in zip((x, k), grads) if need)
+            dy: list[Tensor] = []
+
+            def run(convolve: Callable[..., Tensor]) -> None:
+                y = convolve(x, k, None, tuple(call.stride), tuple(call.padding), call.groups, call.padding_mode)
+                if backward:
+                    if not dy:
+                        dy.append(_output_gradient(y, input, generator))
+                    torch.autograd.grad(y, wrt, dy[0])
+
+            times = _time_candidates(key, candidates, run, _Clock(input.device))
     if not times:
         _unmeasurable.add(key)
         return None
@@ -201,47 +211,25 @@ def measure(
 def _time_candidates(
     key: CallKey,
     candidates: Mapping[str, Callable[..., Tensor]],
-    input: Tensor,
-    kernel_shape: Sequence[int],
-    kernel_dtype: torch.dtype,
-    stride: Sequence[int],
-    padding: Sequence[int],
-    groups: int,
-    padding_mode: str,
-    grads: tuple[bool, bool],
+    run: Callable[[Callable[..., Tensor]], None],
+    clock: _Clock,
 ) -> dict[str, float]:
-    """``name -> median ms`` of the candidates that ran."""
-    generator = torch.Generator(device=input.device).manual_seed(_SEED)
-    clock = _Clock(input.device)
-    backward = any(grads)
-    with torch.enable_grad() if backward else torch.no_grad():
-        x = _fresh(input, generator, grads[0])
-        k = torch.randn(tuple(kernel_shape), generator=generator, device=input.device, dtype=kernel_dtype)
-        k.requires_grad_(grads[1])
-        wrt = tuple(t for t, need in zip((x, k), grads) if need)
-        dy: list[Tensor] = []
-
-        def run(convolve: Callable[..., Tensor]) -> None:
-            y = convolve(x, k, None, tuple(stride), tuple(padding), groups, padding_mode)
-            if backward:
-                if not dy:
-                    dy.append(_output_gradient(y, input, generator))
-                torch.autograd.grad(y, wrt, dy[0])
-
-        times: dict[str, float] = {}
-        for name, convolve in candidates.items():
-            try:
-                run(convolve)  # untimed: compiles, allocates
-                samples = sorted(clock.time(lambda c=convolve: run(c)) for _ in range(REPEATS))
-            except torch.OutOfMemoryError:
-                continue
-            except Exception as exc:  # e.g. a GPU program that does not compile on this machine
-                warnings.warn(
-                    f"dcls_core.autotune: the {name} path failed on {key_text(key)} and is left out: {exc}",
-                    stacklevel=2,
-                )
-                continue
-            times[name] = samples[len(samples) // 2]
+    """``name -> median ms`` of ``run(convolve)`` for the candidates that ran (one untimed run each
+    first: Triton compiles, the allocator warms up)."""
+    times: dict[str, float] = {}
+    for name, convolve in candidates.items():
+        try:
+            run(convolve)
+            samples = sorted(clock.time(lambda c=convolve: run(c)) for _ in range(REPEATS))
+        except torch.OutOfMemoryError:
+            continue
+        except Exception as exc:  # e.g. a GPU program that does not compile on this machine
+            warnings.warn(
+                f"dcls_core.autotune: the {name} path failed on {key_text(key)} and is left out: {exc}",
+                stacklevel=3,
+            )
+            continue
+        times[name] = samples[len(samples) // 2]
     return times
 
 

@@ -28,21 +28,12 @@ def _fresh_cache():
     autotune.clear()
 
 
-def _conv_args(x, k, grads=BOTH):
-    return dict(
-        input=x,
-        kernel_shape=k.shape,
-        kernel_dtype=k.dtype,
-        stride=(1, 1),
-        padding=(2, 2),
-        groups=x.shape[1],
-        padding_mode="zeros",
-        grads=grads,
-    )
+def _call(x, k, grads=BOTH):
+    return autotune.ConvCall(x, k.shape, k.dtype, (1, 1), (2, 2), x.shape[1], "zeros", grads)
 
 
 def _key(x, k, grads=BOTH, names=("a", "b")):
-    return autotune.call_key(**_conv_args(x, k, grads), candidates=names)
+    return autotune.call_key(_call(x, k, grads), names)
 
 
 def _sleeping(ms: float, calls: list):
@@ -55,7 +46,7 @@ def _sleeping(ms: float, calls: list):
 
 
 def _measure(key, candidates, x, k, grads=BOTH):
-    return autotune.measure(key, candidates, **_conv_args(x, k, grads))
+    return autotune.measure(key, candidates, _call(x, k, grads))
 
 
 def test_the_fastest_candidate_wins_and_failures_are_left_out():
@@ -65,13 +56,13 @@ def test_the_fastest_candidate_wins_and_failures_are_left_out():
     def out_of_memory(*args):
         raise torch.OutOfMemoryError("simulated")
 
-    candidates = {"slow": _sleeping(30, calls), "oom": out_of_memory, "fast": _sleeping(1, calls)}
+    candidates = {"slow": _sleeping(80, calls), "oom": out_of_memory, "fast": _sleeping(0, calls)}
     key = _key(x, k)
     assert _measure(key, candidates, x, k) == "fast"
-    assert calls.count(30) == calls.count(1) == 1 + autotune.REPEATS  # one untimed run each
+    assert calls.count(80) == calls.count(0) == 1 + autotune.REPEATS  # one untimed run each
     assert autotune.choice(key) == "fast"
     times = autotune.timings()[autotune.key_text(key)]
-    assert set(times) == {"slow", "fast"} and times["slow"] >= 30 > times["fast"]
+    assert set(times) == {"slow", "fast"} and times["slow"] >= 80 and times["fast"] < times["slow"]
     calls.clear()
     assert _measure(key, candidates, x, k) == "fast"  # cached: no second measurement
     assert calls == []
@@ -262,7 +253,8 @@ def test_dispatcher_ignores_a_saved_choice_that_no_longer_applies(monkeypatch):
     monkeypatch.setenv("DCLS_CONV", "autotune")
     x, k = torch.randn(2, 4, 16, 16), torch.randn(4, 1, 23, 23)
     names = ("matrix", "fft", "reference")
-    key = autotune.call_key(x, k.shape, k.dtype, (1, 1), (11, 11), 4, "zeros", (False, False), names)
+    call = autotune.ConvCall(x, k.shape, k.dtype, (1, 1), (11, 11), 4, "zeros", (False, False))
+    key = autotune.call_key(call, names)
     autotune.load_state_dict({autotune.key_text(key): "direct"})  # needs CUDA: not a candidate here
     monkeypatch.setattr(autotune, "measure", lambda *a, **kw: pytest.fail("measured a cached key"))
     assert dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0] == "reference"  # the CPU rule
