@@ -235,18 +235,20 @@ def test_compiled_calls_neither_measure_nor_specialise_on_shapes(monkeypatch):
     """Under ``torch.compile`` (dynamic shapes) the dispatcher keeps the fixed rules: nothing is
     measured, and a new batch size does not recompile."""
     monkeypatch.setenv("DCLS_CONV", "autotune")
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch._dynamo.reset()
     layer = _layer()
     compiled = torch.compile(layer, backend="aot_eager", dynamic=True)
-    for batch in (2, 3, 4):
-        x = torch.randn(batch, 4, 6, 7, dtype=torch.float64, requires_grad=True)
-        y = compiled(x)
-        y.sum().backward()
-        with dispatch.forced(conv="reference"):
-            assert rel_err(y, layer(x)) < 1e-12
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for batch in (2, 3, 4):
+                x = torch.randn(batch, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+                y = compiled(x)
+                y.sum().backward()
+                with dispatch.forced(conv="reference"):
+                    assert rel_err(y, layer(x)) < 1e-12
+    finally:
+        torch._dynamo.reset()
     assert autotune.state_dict() == {}
-    torch._dynamo.reset()
 
 
 def test_dispatcher_ignores_a_saved_choice_that_no_longer_applies(monkeypatch):
