@@ -159,9 +159,9 @@ def kernel_spectrum(g: Tensor) -> Tensor:
 
 
 def _output(x: Tensor, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
-    """The forward's output, uninitialised: channels-last where the input is
-    (:func:`.passes.channels_last`) and the output keeps a spatial shape, contiguous otherwise."""
-    if channels_last(x) and len(shape) == 4:
+    """The forward's output, uninitialised: channels-last where the (4-D) input is
+    (:func:`.passes.channels_last`), contiguous otherwise."""
+    if channels_last(x):
         return torch.empty(tuple(shape), device=x.device, dtype=dtype, memory_format=torch.channels_last)
     return torch.empty(tuple(shape), device=x.device, dtype=dtype)
 
