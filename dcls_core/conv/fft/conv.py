@@ -130,7 +130,7 @@ def _mix(a_f: Tensor, b_f: Tensor, groups: int, transpose: bool) -> Tensor:
     b_g = b_f.reshape(groups, cout_g, cin_g, -1)
     if transpose:
         a_g = a_f.reshape(n, groups, cout_g, -1)
-        out = torch.einsum("ngof,gocf->ngcf", a_g, b_g.conj())
+        out = torch.einsum("ngof,gocf->ngcf", a_g, torch.conj_physical(b_g))  # no lazy conj: see passes
         return out.reshape(n, groups * cin_g, *freq)
     a_g = a_f.reshape(n, groups, cin_g, -1)
     out = torch.einsum("ngcf,gocf->ngof", a_g, b_g)
@@ -143,7 +143,9 @@ def _kernel_grad(dy_f: Tensor, x_f: Tensor, groups: int, c_out: int) -> Tensor:
     freq = dy_f.shape[2:]
     cin_g = x_f.shape[1] // groups
     cout_g = c_out // groups
-    out = torch.einsum("ngof,ngcf->gocf", dy_f.reshape(n, groups, cout_g, -1), x_f.reshape(n, groups, cin_g, -1).conj())
+    out = torch.einsum(
+        "ngof,ngcf->gocf", dy_f.reshape(n, groups, cout_g, -1), torch.conj_physical(x_f.reshape(n, groups, cin_g, -1))
+    )
     return out.reshape(c_out, cin_g, *freq)
 
 

@@ -186,7 +186,9 @@ def backward_mix_(
     fused = all(t.dtype == torch.complex64 and t.is_contiguous() for t in tensors) and _triton_ok(dy_f)
     if not fused:
         if need_g:
-            part = torch.linalg.vecdot(x_f, dy_f, dim=0).reshape(dg_f.shape)
+            # conj_physical, never a lazy conj() view: compiled (AOT) graphs run custom ops without
+            # the conjugate-bit fallback, where a conj view reads as the plain tensor
+            part = (torch.conj_physical(x_f) * dy_f).sum(0).reshape(dg_f.shape)
             if scale != 1.0:
                 part = part * scale
             if accumulate:
@@ -194,7 +196,7 @@ def backward_mix_(
             else:
                 dg_f.copy_(part)
         if need_x:
-            dy_f.mul_(g_f.conj().reshape(dy_f.shape[1:]))
+            dy_f.mul_(torch.conj_physical(g_f).reshape(dy_f.shape[1:]))
         return dy_f
     per_sample = g_f.numel()
     dummy = torch.view_as_real(dy_f)
