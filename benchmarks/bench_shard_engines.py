@@ -96,7 +96,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=2000)
     parser.add_argument(
-        "--clip-bytes", type=int, default=83_000, help="bytes per encoded clip (Opus 64 kbit/s: ~83 kB)"
+        "--clip-bytes", type=int, default=84_000, help="bytes per encoded clip (Opus at the default rate: ~84 kB)"
     )
     parser.add_argument("--shard-mb", type=int, default=64)
     parser.add_argument("--tmpdir", default=None)
