@@ -10,7 +10,7 @@ import torch
 
 import dcls_core
 from dcls_core import dispatch
-from dcls_core.conv import direct
+from dcls_core.conv import direct, matrix
 
 from dcls_testing import AUTOCAST, TOL, compare_to_fp64, randomise
 
@@ -28,8 +28,9 @@ from dcls_testing import AUTOCAST, TOL, compare_to_fp64, randomise
 )
 def test_fused_layer_equals_float64_cuda(monkeypatch, version, mode, name, channels, spatial, impl):
     """The fused layer path (placed construction + FFT in one autograd node) is selected (the
-    direct convolution ruled out) and equals the float64 reference, every gradient."""
+    direct and matrix convolutions ruled out) and equals the float64 reference, every gradient."""
     monkeypatch.setattr(direct, "pays", lambda *args: False)
+    monkeypatch.setattr(matrix, "pays", lambda *args: False)
     torch.manual_seed(0)
     ndim = len(spatial)
     layer = randomise(
