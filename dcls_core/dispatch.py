@@ -23,9 +23,13 @@ Switches:
 * ``DCLS_CONV=auto|autotune|matrix|direct|fft|reference``: forces the convolution alone where the
   named path supports the call (elsewhere the rules above choose), over ``DCLS_IMPL``;
   ``autotune`` measures every path that supports a call (:mod:`dcls_core.conv.autotune`), on any device.
-* ``DCLS_AUTOTUNE=1|0`` (default 0): with ``1``, under ``auto`` on CUDA, where the rules choose a
+* ``DCLS_AUTOTUNE=train|1|0`` (default ``train``): under ``auto`` on CUDA, where the rules choose a
   fast path and several fast paths' rules pay, the fastest of them for the call's shape is
-  measured once and cached (:mod:`dcls_core.conv.autotune`); ``0`` keeps the fixed order.
+  measured once and cached (:mod:`dcls_core.conv.autotune`): with ``train`` for calls that record
+  gradients (training steps), with ``1`` for every call; ``0`` keeps the fixed order. Inference
+  calls keep the fixed order by default: on an H100 the measured choice trained the DCLS
+  ConvNeXt-T 25 % faster than the fixed order but ran its inference a third slower
+  (``benchmarks/NOTES_layers.md``, run 9).
 * :func:`forced`: the same within a block, over both variables; ``forced(fused=False)`` keeps the
   construction and the convolution apart.
 """
@@ -49,6 +53,7 @@ __all__ = [
     "AUTOTUNE",
     "AUTOTUNE_DEFAULT",
     "AUTOTUNE_ENV_VAR",
+    "AUTOTUNE_MODES",
     "CONSTRUCTIONS",
     "CONV_CHOICES",
     "CONVS",
@@ -69,9 +74,10 @@ __all__ = [
 IMPLS = ("auto", "reference", "fast")
 ENV_VAR = "DCLS_IMPL"
 CONV_ENV_VAR = "DCLS_CONV"  # auto | autotune | reference | fft | direct | matrix: the convolution, over DCLS_IMPL
-AUTOTUNE_ENV_VAR = "DCLS_AUTOTUNE"  # 1 | 0 (default): measure the fast paths per shape under auto on CUDA
-# off until the measured choice has been timed against the fixed order on a GPU (benchmarks/bench_models.py)
-AUTOTUNE_DEFAULT = "0"
+AUTOTUNE_ENV_VAR = "DCLS_AUTOTUNE"  # train (default) | 1 | 0: measure the fast paths per shape under auto on CUDA
+AUTOTUNE_MODES = ("train", "1", "0")
+# training calls only: where benchmarks/bench_models.py timed the measured choice faster than the fixed order
+AUTOTUNE_DEFAULT = "train"
 AUTOTUNE = "autotune"
 
 # The convolution paths in order of preference (a new path: its folder under conv/ and one entry here).
@@ -124,12 +130,13 @@ def _conv_from_env() -> Optional[str]:
     return value
 
 
-def autotune_enabled() -> bool:
-    """True if ``$DCLS_AUTOTUNE`` is ``1`` (default :data:`AUTOTUNE_DEFAULT`)."""
+def autotune_enabled(records_grad: bool = True) -> bool:
+    """True if ``$DCLS_AUTOTUNE`` (default :data:`AUTOTUNE_DEFAULT`) has the fast paths measured for a
+    call that records gradients (``records_grad``) or does not: ``1`` both, ``train`` the first."""
     value = os.environ.get(AUTOTUNE_ENV_VAR, AUTOTUNE_DEFAULT).strip().lower() or AUTOTUNE_DEFAULT
-    if value not in ("0", "1"):
-        raise ValueError(f"{AUTOTUNE_ENV_VAR} must be 0 or 1, got {value!r}")
-    return value == "1"
+    if value not in AUTOTUNE_MODES:
+        raise ValueError(f"{AUTOTUNE_ENV_VAR} must be one of {', '.join(AUTOTUNE_MODES)}, got {value!r}")
+    return value == "1" or (value == "train" and records_grad)
 
 
 # -- construction ------------------------------------------------------------------------
@@ -200,7 +207,7 @@ def _conv_name(
         and path.supports(input, kernel_shape, stride, groups)
         and path.pays(input, kernel_shape, stride, groups)
     ]
-    if len(paying) > 1 and call is not None and input.is_cuda and autotune_enabled():
+    if len(paying) > 1 and call is not None and input.is_cuda and autotune_enabled(any(call.grads)):
         chosen = _measured(call, paying)
         if chosen is not None:
             return chosen

@@ -266,12 +266,14 @@ def test_dispatcher_ignores_a_saved_choice_that_no_longer_applies(monkeypatch):
 
 def test_autotune_environment_switch(monkeypatch):
     monkeypatch.setenv("DCLS_AUTOTUNE", "maybe")
-    with pytest.raises(ValueError, match="DCLS_AUTOTUNE must be 0 or 1"):
+    with pytest.raises(ValueError, match="DCLS_AUTOTUNE must be one of train, 1, 0"):
         dispatch.autotune_enabled()
-    monkeypatch.setenv("DCLS_AUTOTUNE", "1")
-    assert dispatch.autotune_enabled()
+    expected = {"1": (True, True), "train": (True, False), "0": (False, False), " Train ": (True, False)}
+    for value, (training, inference) in expected.items():
+        monkeypatch.setenv("DCLS_AUTOTUNE", value)
+        assert (dispatch.autotune_enabled(True), dispatch.autotune_enabled(False)) == (training, inference), value
     monkeypatch.delenv("DCLS_AUTOTUNE")
-    assert dispatch.autotune_enabled() == (dispatch.AUTOTUNE_DEFAULT == "1")
+    assert (dispatch.autotune_enabled(True), dispatch.autotune_enabled(False)) == (True, False)  # train
     with pytest.raises(ValueError, match="conv must be one of"):
         with dispatch.forced(conv="fastest"):
             pass
@@ -280,14 +282,18 @@ def test_autotune_environment_switch(monkeypatch):
 @pytest.mark.cuda
 def test_auto_measures_the_paying_fast_paths_on_cuda(monkeypatch):
     """Under ``auto`` on CUDA a large depthwise kernel on a small input (several fast paths pay)
-    is measured once among them; ``DCLS_AUTOTUNE=0`` keeps the fixed order (the matrix path)."""
+    is measured once among them when it records gradients (``DCLS_AUTOTUNE=train``, the default);
+    an inference call and ``DCLS_AUTOTUNE=0`` keep the fixed order (the matrix path)."""
     monkeypatch.delenv("DCLS_CONV", raising=False)
     x = torch.randn(16, 64, 16, 15, device="cuda", requires_grad=True)
     k = torch.randn(64, 1, 23, 23, device="cuda", requires_grad=True)
     monkeypatch.setenv("DCLS_AUTOTUNE", "0")
     assert dispatch.select_conv(x, k, (1, 1), (11, 11), 64, "zeros")[0] == "matrix"
     assert autotune.state_dict() == {}
-    monkeypatch.setenv("DCLS_AUTOTUNE", "1")
+    monkeypatch.setenv("DCLS_AUTOTUNE", "train")
+    with torch.no_grad():  # an inference call keeps the fixed order under train
+        assert dispatch.select_conv(x, k, (1, 1), (11, 11), 64, "zeros")[0] == "matrix"
+    assert autotune.state_dict() == {}
     with torch.autocast("cuda", dtype=torch.bfloat16):
         name = dispatch.select_conv(x, k, (1, 1), (11, 11), 64, "zeros")[0]
         ((text, chosen),) = autotune.state_dict().items()
