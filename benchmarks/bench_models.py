@@ -10,12 +10,12 @@ For each family (ConvNeXt-T, FastViT-SA24, ConvFormer-S18) and each mode (``eage
 
 and prints the table with DCLS / plain ratios. ``--convs`` repeats the DCLS rows with the
 convolution path forced (``dcls_core.dispatch.forced(conv=...)``), ``auto`` being the
-dispatcher's own choice as configured, ``measured`` with the fast paths measured per call shape
-(``DCLS_AUTOTUNE=1``), ``rules`` its fixed order (``DCLS_AUTOTUNE=0``) and ``autotune`` a
-measurement of every path that supports a call.
-``--profile`` adds, per model in eager mode, where one training
-step's device time goes: total kernel time against the step's wall time (device busy share)
-and kernel time by group (DCLS programs, convolutions, GEMMs, normalisation, element-wise,
+dispatcher's own choice as configured (by default: measured for training calls), ``measured``
+with the fast paths measured per call shape (``DCLS_AUTOTUNE=1``), ``rules`` its fixed order
+(``DCLS_AUTOTUNE=0``) and ``autotune`` a measurement of every path that supports a call.
+``--profile`` adds, per model in eager mode, where one training step's (with ``--infer`` also
+one inference step's) device time goes: total kernel time against the step's wall time (device
+busy share) and kernel time by group (DCLS programs, convolutions, GEMMs, normalisation, element-wise,
 copies, optimizer), so a gap can be traced to GPU work or to host time. Timing: ``--warmup``
 untimed steps, then ``--steps`` steps between two device synchronisations.
 
@@ -148,16 +148,17 @@ class Bench:
             self.forward = torch.compile(self.net, mode=self.mode)  # a fresh graph for eval mode
         return {"infer_samples_per_s": self.timed(self.infer_step)}
 
-    def profile(self) -> dict:
-        """Device kernel time of one training step by group, and the step's wall time."""
-        self.net.train()
+    def profile(self, infer: bool = False) -> dict:
+        """Device kernel time of one training (``infer``: inference) step by group, and the step's wall time."""
+        step = self.infer_step if infer else self.train_step
+        self.net.train(not infer)
         for _ in range(3):
-            self.train_step()
+            step()
         sync(self.device)
         acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=acts) as prof:
             start = time.perf_counter()
-            self.train_step()
+            step()
             sync(self.device)
             wall_ms = 1000 * (time.perf_counter() - start)
         groups: dict[str, float] = defaultdict(float)
@@ -210,6 +211,8 @@ def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, de
         row["profile"] = bench.profile()
     if args.infer:
         row.update(bench.infer_row())
+        if args.profile and mode == "eager" and device.type == "cuda":
+            row["profile_infer"] = bench.profile(infer=True)
     return row
 
 
@@ -229,16 +232,17 @@ def print_table(report: dict) -> None:
             + ratios
         )
     for r in rows:
-        prof = r.get("profile")
-        if not prof:
-            continue
-        print(
-            f"== {r['model']} ({r['conv']}) eager step: wall {prof['wall_ms']:.1f} ms, kernels "
-            f"{prof['kernel_ms']:.1f} ms ({100 * prof['busy_share']:.0f} % busy), {prof['kernels']} launches"
-        )
-        print("   " + ", ".join(f"{g} {ms:.1f}" for g, ms in prof["groups_ms"].items()))
-        for k, ms in list(prof["top_kernels_ms"].items())[:8]:
-            print(f"   {ms:7.2f} ms  {k}")
+        for key, step in (("profile", "training"), ("profile_infer", "inference")):
+            prof = r.get(key)
+            if not prof:
+                continue
+            print(
+                f"== {r['model']} ({r['conv']}) eager {step} step: wall {prof['wall_ms']:.1f} ms, kernels "
+                f"{prof['kernel_ms']:.1f} ms ({100 * prof['busy_share']:.0f} % busy), {prof['kernels']} launches"
+            )
+            print("   " + ", ".join(f"{g} {ms:.1f}" for g, ms in prof["groups_ms"].items()))
+            for k, ms in list(prof["top_kernels_ms"].items())[:8]:
+                print(f"   {ms:7.2f} ms  {k}")
 
 
 def main(argv: list[str] | None = None) -> int:
