@@ -19,11 +19,13 @@ Several files are concatenated (e.g. balanced + unbalanced train). h5py handles 
 lazily in each process on its first read (after DataLoader workers fork), never shared across
 processes, and kept open.
 
-A DataLoader with a batch size fetches a whole batch through ``__getitems__``: the batch's rows
-are sorted per file and read with one h5py call per file (runs of adjacent rows come out as one
-hyperslab) straight into one preallocated (B, S) array (in shared memory inside a loader worker,
-so handing it to the main process copies nothing), then put back in the sampler's order. Use
-:func:`collate_clips` as the loader's ``collate_fn`` to pass such batches through unchanged.
+A DataLoader with a batch size fetches a whole batch through ``__getitems__`` into one
+preallocated (B, S) array (in shared memory inside a loader worker, so handing it to the main
+process copies nothing), in the sampler's order. Contiguous int16 waveforms (the PANNs files)
+are read row by row with ``os.preadv`` straight into that array (:mod:`.contiguous_rows`);
+other layouts with one h5py call per file (rows sorted; runs of adjacent rows come out as one
+hyperslab), then put in place. Use :func:`collate_clips` as the loader's ``collate_fn`` to pass
+such batches through unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from ..errors import UsageError
 from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .clip_codecs import CODECS, ClipDecodeError, decode_clip_bytes
 from .constants import CLIP_SAMPLES
+from .contiguous_rows import ContiguousRows
 
 __all__ = [
     "AudioSetHDF5",
@@ -299,6 +302,7 @@ class AudioSetHDF5(Dataset):
         self.dropped_per_file: list[int] = dropped_per_file
         self._handles: list[h5py.File] | None = None
         self._readers: list[tuple[h5py.Dataset, h5py.Dataset]] | None = None
+        self._contiguous: list[ContiguousRows | None] | None = None  # pread readers of PANNs waveforms
         self._pid: int | None = None
         self.codecs: list[str] = []
         for path in self.files:
@@ -339,6 +343,10 @@ class AudioSetHDF5(Dataset):
             self._readers = [
                 (h5["waveform"] if codec == "pcm" else h5["encoded"], h5["target"])
                 for h5, codec in zip(files, self.codecs)
+            ]
+            self._contiguous = [
+                ContiguousRows.of(path, waves) if codec == "pcm" else None
+                for path, codec, (waves, _) in zip(self.files, self.codecs, self._readers)
             ]
             self._pid = os.getpid()
         return self._readers[file_no]
@@ -396,7 +404,11 @@ class AudioSetHDF5(Dataset):
             waves, targets = self._datasets(int(file_no))
             target[slots] = targets[unique_rows][where]
             if self.codecs[file_no] == "pcm":
-                wave_np[slots] = waves[unique_rows][where]
+                contiguous = self._contiguous[file_no]
+                if contiguous is not None:  # straight into the batch (contiguous_rows: measured faster)
+                    contiguous.read_into(wave_np, slots, rows)
+                else:
+                    wave_np[slots] = waves[unique_rows][where]
                 continue
             stored = waves[unique_rows]
             for slot, row, data in zip(slots, rows, stored[where]):
@@ -446,12 +458,16 @@ class AudioSetHDF5(Dataset):
         if self._handles is not None and self._pid == os.getpid():
             for h5 in self._handles:
                 h5.close()
+            for reader in self._contiguous or []:
+                if reader is not None:
+                    reader.close()
         self._handles = None
         self._readers = None
+        self._contiguous = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"] = state["_readers"] = state["_pid"] = None
+        state["_handles"] = state["_readers"] = state["_contiguous"] = state["_pid"] = None
         return state
 
     def __del__(self) -> None:

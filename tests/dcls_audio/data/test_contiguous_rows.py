@@ -1,0 +1,100 @@
+"""Rows read with os.preadv equal what h5py reads; layouts it cannot read fall back to h5py."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from dcls_audio.data import AudioSetHDF5
+from dcls_audio.data.contiguous_rows import ContiguousRows
+from dcls_audio.data.hdf5_dataset import collate_clips, create_layout, write_hdf5
+from dcls_audio.errors import UsageError
+
+S = 4000  # short clips keep the files small; the reader does not care about the length
+
+
+def _write(path, rows=9, seed=0, **layout):
+    rng = np.random.default_rng(seed)
+    waves = rng.integers(-32768, 32767, size=(rows, S), dtype=np.int16, endpoint=True)
+    targets = rng.random((rows, 5)) < 0.3
+    if not layout:
+        write_hdf5(path, [f"Y{i}" for i in range(rows)], waves, targets)
+        return waves
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("audio_name", data=np.array([f"Y{i}".encode() for i in range(rows)], dtype="S20"))
+        h5.create_dataset("waveform", data=waves, **layout)
+        h5.create_dataset("target", data=targets)
+    return waves
+
+
+def test_rows_equal_h5py_in_any_order_with_repeats(tmp_path):
+    waves = _write(tmp_path / "a.h5")
+    with h5py.File(tmp_path / "a.h5", "r") as h5:
+        reader = ContiguousRows.of(tmp_path / "a.h5", h5["waveform"])
+    assert reader is not None
+    rows = np.array([8, 0, 3, 3, 7, 1])
+    slots = np.array([5, 4, 3, 2, 1, 0])
+    out = np.full((6, S), 99, dtype=np.int16)
+    reader.read_into(out, slots, rows)
+    assert np.array_equal(out, waves[rows[np.argsort(slots)]])
+    with pytest.raises(IndexError, match="row 9 out of range"):
+        reader.read_into(out, np.array([0]), np.array([9]))
+    with pytest.raises(ValueError, match="C-contiguous int16"):
+        reader.read_into(out[:, ::2], slots, rows)
+    reader.close()
+
+
+@pytest.mark.parametrize(
+    "layout", [dict(chunks=(1, S)), dict(chunks=(1, S), compression="gzip")], ids=["chunked", "compressed"]
+)
+def test_layouts_it_cannot_read_fall_back_to_h5py(tmp_path, layout):
+    waves = _write(tmp_path / "a.h5", **layout)
+    with h5py.File(tmp_path / "a.h5", "r") as h5:
+        assert ContiguousRows.of(tmp_path / "a.h5", h5["waveform"]) is None
+    ds = AudioSetHDF5(tmp_path / "a.h5", clip_samples=S)
+    batch = collate_clips(ds.__getitems__([4, 1, 4]))
+    assert np.array_equal(batch["waveform"].numpy(), waves[[4, 1, 4]])
+    ds.close()
+
+
+def test_dataset_reads_panns_files_through_it(tmp_path, monkeypatch):
+    """A PANNs-layout file (contiguous int16) goes through the reader, in this process and in
+    loader workers, and gives the same batches as h5py."""
+    waves_a = _write(tmp_path / "a.h5", seed=1)
+    waves_b = _write(tmp_path / "b.h5", rows=4, seed=2)
+    calls = []
+    read_into = ContiguousRows.read_into
+    monkeypatch.setattr(ContiguousRows, "read_into", lambda self, *a: calls.append(self.path) or read_into(self, *a))
+    ds = AudioSetHDF5([tmp_path / "a.h5", tmp_path / "b.h5"], clip_samples=S)
+    order = [10, 2, 0, 12, 2]
+    batch = collate_clips(ds.__getitems__(order))
+    assert sorted(calls) == [tmp_path / "a.h5", tmp_path / "b.h5"]
+    every = np.concatenate([waves_a, waves_b])
+    assert np.array_equal(batch["waveform"].numpy(), every[order])
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, sampler=order, num_workers=1, collate_fn=collate_clips)
+    (from_worker,) = list(loader)
+    assert torch.equal(from_worker["waveform"], batch["waveform"])
+    ds.close()
+
+
+def test_a_foreign_byte_order_is_left_to_h5py(tmp_path):
+    _write(tmp_path / "a.h5", dtype=">i2")
+    with h5py.File(tmp_path / "a.h5", "r") as h5:
+        assert ContiguousRows.of(tmp_path / "a.h5", h5["waveform"]) is None
+
+
+def test_a_file_that_ends_inside_a_row_is_an_error_naming_it(tmp_path):
+    _write(tmp_path / "a.h5", rows=2)
+    size = (tmp_path / "a.h5").stat().st_size
+    reader = ContiguousRows(tmp_path / "a.h5", size - S, (2, S), np.dtype(np.int16))  # row 0 runs past the end
+    with pytest.raises(UsageError, match=r"a\.h5: the file ends inside row 0"):
+        reader.read_into(np.empty((1, S), np.int16), np.array([0]), np.array([0]))
+    reader.close()
+
+
+def test_an_empty_dataset_has_no_offset_and_falls_back(tmp_path):
+    with h5py.File(tmp_path / "e.h5", "w") as h5:
+        create_layout(h5, 0, 5, S)
+        assert ContiguousRows.of(tmp_path / "e.h5", h5["waveform"]) is None
