@@ -27,9 +27,8 @@ Switches:
   fast path and several fast paths' rules pay, the fastest of them for the call's shape is
   measured once and cached (:mod:`dcls_core.conv.autotune`): with ``train`` for calls that record
   gradients (training steps), with ``1`` for every call; ``0`` keeps the fixed order. Inference
-  calls keep the fixed order by default: on an H100 the measured choice trained the DCLS
-  ConvNeXt-T 25 % faster than the fixed order but ran its inference a third slower
-  (``benchmarks/NOTES_layers.md``, run 9).
+  calls keep the fixed order by default: there the measured choice lost to it at model level,
+  while in training it won (``benchmarks/NOTES_layers.md``, run 9).
 * :func:`forced`: the same within a block, over both variables; ``forced(fused=False)`` keeps the
   construction and the convolution apart.
 """

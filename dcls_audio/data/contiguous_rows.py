@@ -3,10 +3,9 @@
 The PANNs files store ``waveform`` int16 (N, S) contiguously (no chunks, no filters): row ``r``
 is the ``S * 2`` bytes at ``offset + r * S * 2`` of the file, where ``offset`` is where HDF5
 placed the data (h5py reports it). :class:`ContiguousRows` reads each wanted row with one
-``os.preadv`` into the caller's array: no intermediate arrays and no selection machinery.
-Reading a batch of 64 random 10 s clips (41 MB, warm page cache) this way took about 7 ms on the
-development machine where h5py's fancy selection took 11 ms and the copies that followed it
-(back into the sampler's order, then into the batch array) another 20 ms.
+``os.preadv`` into the caller's array: no intermediate arrays and no selection machinery (a
+loader worker spends a quarter less CPU per clip than with h5py's selection and the copies after
+it: ``benchmarks/bench_data.py``, numbers in the README).
 
 :meth:`ContiguousRows.of` returns None where this does not apply (a chunked, filtered or external
 dataset, a byte order other than the machine's, no data written yet, or no ``os.preadv`` on
@@ -31,8 +30,11 @@ __all__ = ["ContiguousRows"]
 class ContiguousRows:
     """The rows of one contiguous 2-D dataset of ``path``, read with ``os.preadv``."""
 
-    def __init__(self, path: Path, offset: int, shape: tuple[int, int], dtype: np.dtype) -> None:
+    def __init__(
+        self, path: Path, offset: int, shape: tuple[int, int], dtype: np.dtype, name: str = "waveform"
+    ) -> None:
         self.path, self.offset, self.shape, self.dtype = Path(path), int(offset), shape, np.dtype(dtype)
+        self.name = name  # the dataset's name, for messages
         self.row_bytes = shape[1] * self.dtype.itemsize
         self._fd: Optional[int] = None
         self._pid: Optional[int] = None
@@ -48,7 +50,7 @@ class ContiguousRows:
         offset = dataset.id.get_offset()  # None until the data is allocated in the file
         if offset is None:
             return None
-        return cls(path, offset, tuple(int(n) for n in dataset.shape), native)
+        return cls(path, offset, tuple(int(n) for n in dataset.shape), native, dataset.name.lstrip("/"))
 
     def _descriptor(self) -> int:
         if self._fd is None or self._pid != os.getpid():
@@ -73,7 +75,7 @@ class ContiguousRows:
                 at = self.offset + row * self.row_bytes + done
                 got = os.preadv(fd, [flat[start + done : start + self.row_bytes]], at)
                 if got == 0:
-                    raise UsageError(f"{self.path}: the file ends inside row {row} of 'waveform': it is truncated")
+                    raise UsageError(f"{self.path}: the file ends inside row {row} of '{self.name}': it is truncated")
                 done += got
 
     def close(self) -> None:
