@@ -7,10 +7,13 @@ placed the data (h5py reports it). :class:`ContiguousRows` reads each wanted row
 loader worker spends a quarter less CPU per clip than with h5py's selection and the copies after
 it: ``benchmarks/bench_data.py``, numbers in the README).
 
-:meth:`ContiguousRows.of` returns None where this does not apply (a chunked, filtered or external
-dataset, a byte order other than the machine's, no data written yet, or no ``os.preadv`` on
-this system); the caller then reads through h5py. The file is opened on first read in each
-process (a descriptor inherited through ``fork`` is never used) and closed by :meth:`close`.
+:meth:`ContiguousRows.of` returns None where this does not apply (a chunked, filtered, compact,
+virtual or external dataset, an integer type whose stored bits h5py would convert: a reduced
+precision, a bit offset or a byte order other than the machine's; no data written yet; a file
+driver other than the default ``sec2``; no ``os.preadv`` on this system); the caller then reads
+through h5py. The reader duplicates the descriptor of the h5py file it was made from, so it reads
+the very file h5py opened even if the path is replaced afterwards; readers are made per process
+(a descriptor inherited through ``fork`` is never used) and closed by :meth:`close`.
 """
 
 from __future__ import annotations
@@ -31,26 +34,39 @@ class ContiguousRows:
     """The rows of one contiguous 2-D dataset of ``path``, read with ``os.preadv``."""
 
     def __init__(
-        self, path: Path, offset: int, shape: tuple[int, int], dtype: np.dtype, name: str = "waveform"
+        self,
+        path: Path,
+        offset: int,
+        shape: tuple[int, int],
+        dtype: np.dtype,
+        name: str = "waveform",
+        fd: Optional[int] = None,
     ) -> None:
+        """``fd``: an open descriptor of ``path`` this reader now owns (None: opened on first read)."""
         self.path, self.offset, self.shape, self.dtype = Path(path), int(offset), shape, np.dtype(dtype)
         self.name = name  # the dataset's name, for messages
         self.row_bytes = shape[1] * self.dtype.itemsize
-        self._fd: Optional[int] = None
-        self._pid: Optional[int] = None
+        self._fd: Optional[int] = fd
+        self._pid: Optional[int] = None if fd is None else os.getpid()
 
     @classmethod
     def of(cls, path: Path, dataset: h5py.Dataset) -> Optional[ContiguousRows]:
         """A reader of ``dataset`` (2-D, of file ``path``), or None where only h5py can read it."""
         if not hasattr(os, "preadv") or dataset.ndim != 2 or dataset.chunks is not None:
             return None
-        native = dataset.dtype.newbyteorder("=")
-        if dataset.compression is not None or dataset.external or dataset.dtype != native:
+        if dataset.compression is not None or dataset.external or dataset.file.driver != "sec2":
             return None
-        offset = dataset.id.get_offset()  # None until the data is allocated in the file
+        stored = dataset.id.get_type()
+        native = dataset.dtype.newbyteorder("=")
+        if not isinstance(stored, h5py.h5t.TypeIntegerID) or dataset.dtype != native:
+            return None
+        if stored.get_precision() != 8 * native.itemsize or stored.get_offset() != 0:
+            return None  # h5py shifts and sign-extends such values; the raw bytes are not them
+        offset = dataset.id.get_offset()  # None until the data is allocated in the file (and if virtual)
         if offset is None:
             return None
-        return cls(path, offset, tuple(int(n) for n in dataset.shape), native, dataset.name.lstrip("/"))
+        fd = os.dup(dataset.file.id.get_vfd_handle())  # the file h5py has open, whatever the path is now
+        return cls(path, offset, tuple(int(n) for n in dataset.shape), native, dataset.name.lstrip("/"), fd)
 
     def _descriptor(self) -> int:
         if self._fd is None or self._pid != os.getpid():
@@ -63,12 +79,16 @@ class ContiguousRows:
         dataset's dtype and row length. Rows are read in increasing order (sequential on disk)."""
         if out.dtype != self.dtype or out.ndim != 2 or out.shape[1] != self.shape[1] or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous {self.dtype} (B, {self.shape[1]}), got {out.dtype} {out.shape}")
+        if len(slots) != len(rows):
+            raise ValueError(f"slots and rows differ in length: {len(slots)} and {len(rows)}")
         fd = self._descriptor()
         flat = memoryview(out).cast("B")
         for i in np.argsort(rows, kind="stable"):
             row, slot = int(rows[i]), int(slots[i])
             if not 0 <= row < self.shape[0]:
                 raise IndexError(f"{self.path}: row {row} out of range for {self.shape[0]} rows")
+            if not 0 <= slot < out.shape[0]:
+                raise IndexError(f"slot {slot} out of range for a batch of {out.shape[0]}")
             start = slot * self.row_bytes
             done = 0
             while done < self.row_bytes:  # a short read is legal: carry on where it stopped

@@ -41,7 +41,7 @@ from .audio_io import (
     read_head,
 )
 from .classes import load_class_names, mid_to_index
-from .clip_codecs import OPUS_BITRATE, check_encoder
+from .clip_codecs import OPUS_BITRATE, OPUS_PACKET_MS, check_encoder
 from .constants import CLIP_SAMPLES, SAMPLE_RATE
 from .hdf5_dataset import create_encoded_layout, create_layout, file_codec, inspect_file
 from .pack_claim import TEMP_TAG, claim_output, is_pack_file, remove_stale_temporaries
@@ -399,6 +399,7 @@ def _write_hdf5(
             h5.attrs["clip_samples"] = clip_samples
             if codec == "opus":
                 h5.attrs["bitrate"] = bitrate
+                h5.attrs["opus_packet_ms"] = OPUS_PACKET_MS
         h5.attrs["codec"] = codec
         h5.attrs["sample_rate"] = SAMPLE_RATE
         row = 0
@@ -424,6 +425,7 @@ def _settings(codec: str, bitrate: int, clip_samples: int, classes: list, part_c
         "version": 1,
         "codec": codec,
         "bitrate": int(bitrate) if codec == "opus" else 0,
+        "opus_packet_ms": OPUS_PACKET_MS if codec == "opus" else 0,  # parts of another packet size: not resumed
         "clip_samples": clip_samples,
         "classes": [c.mid for c in classes],
         "part_clips": part_clips,

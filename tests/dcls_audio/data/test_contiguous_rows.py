@@ -43,7 +43,37 @@ def test_rows_equal_h5py_in_any_order_with_repeats(tmp_path):
         reader.read_into(out, np.array([0]), np.array([9]))
     with pytest.raises(ValueError, match="C-contiguous int16"):
         reader.read_into(out[:, ::2], slots, rows)
+    with pytest.raises(IndexError, match="slot 6 out of range for a batch of 6"):
+        reader.read_into(out, np.array([6]), np.array([0]))
+    with pytest.raises(ValueError, match="differ in length: 2 and 1"):
+        reader.read_into(out, np.array([0, 1]), np.array([0]))
     reader.close()
+
+
+def test_reduced_precision_integers_are_left_to_h5py(tmp_path):
+    """A 12-bit integer type reads as int16 through h5py (which sign-extends it); its raw bytes are not
+    those values, so the reader declines it and the dataset still matches h5py."""
+    values = np.arange(-6, 6, dtype=np.int16).reshape(3, 4)
+    stored = h5py.h5t.STD_I16LE.copy()
+    stored.set_precision(12)
+    with h5py.File(tmp_path / "p.h5", "w") as h5:
+        space = h5py.h5s.create_simple(values.shape)
+        h5py.h5d.create(h5.id, b"waveform", stored, space).write(h5py.h5s.ALL, h5py.h5s.ALL, values)
+        assert np.array_equal(h5["waveform"][()], values)
+        assert ContiguousRows.of(tmp_path / "p.h5", h5["waveform"]) is None
+
+
+def test_a_replaced_file_is_still_read_from_the_file_h5py_opened(tmp_path):
+    """The reader reads through the descriptor of h5py's own open file: replacing the path (as a
+    pack into the same name would) changes neither the batch rows nor their targets."""
+    old = _write(tmp_path / "a.h5", seed=1)
+    _write(tmp_path / "new.h5", seed=2)
+    ds = AudioSetHDF5(tmp_path / "a.h5", clip_samples=S)
+    assert np.array_equal(ds[0]["waveform"].numpy(), old[0])  # h5py opens the file: one item
+    (tmp_path / "new.h5").replace(tmp_path / "a.h5")
+    after = collate_clips(ds.__getitems__([3, 1]))  # the first batch read, after the replacement
+    assert np.array_equal(after["waveform"].numpy(), old[[3, 1]])
+    ds.close()
 
 
 @pytest.mark.parametrize(
@@ -62,20 +92,35 @@ def test_layouts_it_cannot_read_fall_back_to_h5py(tmp_path, layout):
 def test_dataset_reads_panns_files_through_it(tmp_path, monkeypatch):
     """A PANNs-layout file (contiguous int16) goes through the reader, in this process and in
     loader workers, and gives the same batches as h5py."""
+    import os
+
     waves_a = _write(tmp_path / "a.h5", seed=1)
     waves_b = _write(tmp_path / "b.h5", rows=4, seed=2)
-    calls = []
+    marks = tmp_path / "readers.txt"
     read_into = ContiguousRows.read_into
-    monkeypatch.setattr(ContiguousRows, "read_into", lambda self, *a: calls.append(self.path) or read_into(self, *a))
+
+    def spy(self, *args):
+        with open(marks, "a") as f:  # from any process (a forked worker inherits the patch)
+            f.write(f"{os.getpid()} {self.path.name}\n")
+        return read_into(self, *args)
+
+    monkeypatch.setattr(ContiguousRows, "read_into", spy)
     ds = AudioSetHDF5([tmp_path / "a.h5", tmp_path / "b.h5"], clip_samples=S)
     order = [10, 2, 0, 12, 2]
     batch = collate_clips(ds.__getitems__(order))
-    assert sorted(calls) == [tmp_path / "a.h5", tmp_path / "b.h5"]
     every = np.concatenate([waves_a, waves_b])
     assert np.array_equal(batch["waveform"].numpy(), every[order])
-    loader = torch.utils.data.DataLoader(ds, batch_size=5, sampler=order, num_workers=1, collate_fn=collate_clips)
+    here = sorted(line.split()[1] for line in marks.read_text().splitlines())
+    assert here == ["a.h5", "b.h5"]
+    marks.unlink()
+    ctx = torch.multiprocessing.get_context("fork")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=5, sampler=order, num_workers=1, collate_fn=collate_clips, multiprocessing_context=ctx
+    )
     (from_worker,) = list(loader)
     assert torch.equal(from_worker["waveform"], batch["waveform"])
+    workers = {line.split()[0] for line in marks.read_text().splitlines()}
+    assert workers and str(os.getpid()) not in workers
     ds.close()
 
 

@@ -62,6 +62,8 @@ def test_opus_is_a_sixth_of_pcm_and_close(panns, tmp_path):
     report = pack_panns(panns, out, "opus", progress=False)
     assert report.packed == 12
     assert out.stat().st_size <= panns.stat().st_size / 6
+    with h5py.File(out, "r") as h5:  # what a reader needs to know of the encoding
+        assert (h5.attrs["codec"], int(h5.attrs["bitrate"]), int(h5.attrs["opus_packet_ms"])) == ("opus", 72000, 60)
     ref, got = _everything(panns), _everything(out)
     assert ref["target"].equal(got["target"]) and ref["audio_name"] == got["audio_name"]
     a, b = ref["waveform"].double(), got["waveform"].double()
