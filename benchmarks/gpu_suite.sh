@@ -21,7 +21,7 @@ if [[ $part == layers || $part == all ]]; then
   timeout 90 python3 benchmarks/profile_host.py --json "$OUT/profile_host.json" 2>&1 | grep "ms/step" | tee "$OUT/profile_host.log"
 fi
 if [[ $part == models || $part == all ]]; then
-  timeout 380 python3 benchmarks/bench_models.py --convs auto rules measured --infer --profile \
+  timeout 380 python3 benchmarks/bench_models.py --convs auto rules --infer --profile \
     --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
   # compiled calls keep the dispatcher's fixed order (nothing is measured while tracing)
   timeout 300 python3 benchmarks/bench_models.py --families convnext --modes default reduce-overhead --convs rules \
