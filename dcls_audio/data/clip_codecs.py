@@ -8,7 +8,7 @@
   clip is resampled 32 -> 48 kHz before encoding and 48 -> 32 kHz after decoding, both with
   :func:`~.resample.resample`. Packets hold :data:`OPUS_PACKET_MS` of audio (three 20 ms
   frames) rather than libopus's default 20 ms: decoding makes a third of the calls and costs
-  about a quarter less CPU per clip. At the same bit rate these packets come out 5-15 % smaller
+  a fifth to a quarter less CPU per clip. At the same bit rate these packets come out 5-15 % smaller
   and a little coarser on the demo sounds, so the rate is 72 kbit/s instead of the 64 kbit/s at
   which Xiph's recommended settings put fullband music (libopus codes the full 20 kHz band
   there, above the 14 kHz top of the log-mel front end): about the same bytes as 64 kbit/s in
