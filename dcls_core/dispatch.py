@@ -169,7 +169,7 @@ def _measured(call: autotune.ConvCall, names: Sequence[str]) -> Optional[str]:
     """The fastest of ``names`` for this call (:mod:`dcls_core.conv.autotune`: cached, else measured
     where allowed), or None: while compiling (shapes stay symbolic, nothing is looked up) or
     under deterministic algorithms. A cached name that does not support the call is ignored."""
-    if torch.compiler.is_compiling() or torch.are_deterministic_algorithms_enabled():
+    if not autotune.lookups_allowed():
         return None
     if len(names) < 2:
         return names[0] if names else None

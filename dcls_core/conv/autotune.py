@@ -36,6 +36,7 @@ __all__ = [
     "clear",
     "key_text",
     "load_state_dict",
+    "lookups_allowed",
     "measure",
     "measuring_allowed",
     "state_dict",
@@ -126,12 +127,15 @@ def choice(key: CallKey) -> Optional[str]:
     return name
 
 
+def lookups_allowed() -> bool:
+    """False while ``torch.compile`` traces (shapes may be symbolic: a key would specialise them)
+    and under ``torch.use_deterministic_algorithms`` (the fixed rules then choose)."""
+    return not (torch.compiler.is_compiling() or torch.are_deterministic_algorithms_enabled())
+
+
 def measuring_allowed(input: Tensor) -> bool:
-    """False while ``torch.compile`` traces, while a CUDA graph is captured, and under
-    ``torch.use_deterministic_algorithms`` (the fixed rules then choose)."""
-    if torch.compiler.is_compiling() or torch.are_deterministic_algorithms_enabled():
-        return False
-    return not (input.is_cuda and torch.cuda.is_current_stream_capturing())
+    """:func:`lookups_allowed`, and no CUDA graph being captured (a cached choice may still be used then)."""
+    return lookups_allowed() and not (input.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def _fresh(like: Tensor, generator: torch.Generator, requires_grad: bool) -> Tensor:
