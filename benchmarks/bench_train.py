@@ -152,15 +152,28 @@ class StepProfiler(L.Callback):
             acts = [torch.profiler.ProfilerActivity.CPU]
             if pl_module.device.type == "cuda":
                 acts.append(torch.profiler.ProfilerActivity.CUDA)
+            sync(pl_module.device)
             self.prof = torch.profiler.profile(activities=acts)
             self.prof.__enter__()
+            self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.prof is not None and trainer.global_step == self.start + self.steps:
             sync(pl_module.device)
+            wall_ms = 1000 * (time.perf_counter() - self.started) / self.steps
             self.prof.__exit__(None, None, None)
             events = self.prof.key_averages()
             print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+            device_events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+            if device_events:  # is the step bound by the device's work or by the host?
+                kernel_ms = sum(e.self_device_time_total for e in device_events) / 1000 / self.steps
+                print(
+                    f"== device kernels {kernel_ms:.1f} ms of {wall_ms:.1f} ms wall per step "
+                    f"({100 * kernel_ms / wall_ms:.0f} % busy); top kernels, ms per step:"
+                )
+                for e in sorted(device_events, key=lambda e: -e.self_device_time_total)[:20]:
+                    ms = e.self_device_time_total / 1000 / self.steps
+                    print(f"   {ms:7.2f}  {e.count // self.steps:4d}x  {e.key[:90]}")
             keys = (
                 "aten::item",
                 "aten::_local_scalar_dense",
