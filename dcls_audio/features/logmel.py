@@ -11,6 +11,7 @@ from torch import nn
 from ..data.audio_io import pad_or_trim
 from ..data.constants import CLIP_SAMPLES, INT16_SCALE, LOGMEL_MEAN, LOGMEL_STD, SAMPLE_RATE
 from .augment import AugmentConfig, FrontEndDraws, apply_erase, apply_time_warp, sample_front_end
+from .logmel_passes import db_normalised, fused_front_end_enabled, power_erased, windowed_frames
 from .spectral import AmplitudeToDB, MelScale, Spectrogram
 
 __all__ = ["LogMelFrontEnd"]
@@ -24,6 +25,11 @@ class LogMelFrontEnd(nn.Module):
     spectrogram]; ``MelScale(128, 32000, 50, 14000, n_stft=513)``; ``AmplitudeToDB()``;
     ``(x - mean) / std``. Augmentations run only in ``.train()`` mode and when ``augment`` is
     enabled. The whole chain runs in fp32 with autocast disabled.
+
+    On CUDA the chain runs as three fused passes around the FFT and the mel product
+    (:mod:`.logmel_passes`: same result up to float32 rounding, a fraction of the memory
+    traffic); on the CPU, under ``torch.compile`` or with ``DCLS_AUDIO_FRONT_END=reference``
+    it runs op by op as written above.
 
     ``seed`` seeds a private CPU generator for the augmentation draws (use a different seed
     per rank under DDP); ``None`` uses torch's global RNG.
@@ -106,11 +112,15 @@ class LogMelFrontEnd(nn.Module):
         if waveform.ndim != 2:
             raise ValueError(f"LogMelFrontEnd: expected (batch, samples), got shape {tuple(waveform.shape)}")
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            x = pad_or_trim(self.to_float(waveform), self.clip_samples)
+            if waveform.dtype != torch.int16 and not torch.is_floating_point(waveform):
+                raise TypeError(f"LogMelFrontEnd: waveform must be int16 or floating, got {waveform.dtype}")
             if not self.augmenting:
                 draws = None
             elif draws is None:
-                draws = self.sample_augmentations(x.shape[0]).to(x.device)  # one non-blocking copy
+                draws = self.sample_augmentations(waveform.shape[0]).to(waveform.device)  # one non-blocking copy
+            if self._fusable() and fused_front_end_enabled(waveform):
+                return self._fused(waveform, draws)
+            x = pad_or_trim(self.to_float(waveform), self.clip_samples)
             if draws is not None:
                 x = apply_time_warp(x, draws.shift, draws.speed)
             power = self.spectrogram(x)
@@ -123,6 +133,42 @@ class LogMelFrontEnd(nn.Module):
                 power = apply_erase(power, draws.erase)
             logmel = self.to_db(self.mel_scale(power))
             return ((logmel - self.mean) / self.std).unsqueeze(1)
+
+    def _fusable(self) -> bool:
+        """Whether this front end's settings are those the fused passes implement."""
+        spec, to_db = self.spectrogram, self.to_db
+        return (
+            spec.win_length == spec.n_fft
+            and spec.center
+            and spec.pad_mode == "reflect"
+            and spec.pad == 0
+            and spec.power == 2.0
+            and not spec.normalized
+            and spec.onesided
+            and to_db.stype == "power"
+            and to_db.top_db is None
+            and to_db.db_multiplier == 0.0
+        )
+
+    def _fused(self, waveform: torch.Tensor, draws: FrontEndDraws | None) -> torch.Tensor:
+        """forward's chain as :mod:`.logmel_passes`' three passes; ``waveform`` (B, clip_samples)."""
+        if waveform.shape[-1] != self.clip_samples:
+            waveform = pad_or_trim(waveform, self.clip_samples)
+        shift = draws.shift if draws is not None else None
+        speed = draws.speed if draws is not None else None
+        frames = windowed_frames(waveform, self.spectrogram.window, self.spectrogram.hop_length, shift, speed)
+        spec = torch.fft.rfft(frames)  # (B, F, n_fft // 2 + 1)
+        del frames
+        erase = draws.erase if draws is not None else None
+        if erase is not None and tuple(spec.shape[-1:-3:-1]) != draws.erase_shape:
+            raise ValueError(
+                f"LogMelFrontEnd: erase boxes drawn for {draws.erase_shape}, "
+                f"spectrogram is {tuple(spec.shape[-1:-3:-1])}"
+            )
+        power = power_erased(spec, erase)
+        del spec
+        mel = torch.matmul(power, self.mel_scale.fb)  # (B, F, n_mels)
+        return db_normalised(mel, self.mean, self.std, self.to_db.amin)
 
     def extra_repr(self) -> str:
         return f"clip_samples={self.clip_samples}, mean={self.mean}, std={self.std}, augment={self.augment}"
