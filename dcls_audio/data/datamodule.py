@@ -29,6 +29,7 @@ from typing import Sequence
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from ..errors import UsageError
@@ -311,6 +312,10 @@ class AudioSetDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: AudioSetHDF5, sampler, batch_size: int, drop_last: bool) -> DataLoader:
         settings = self.loader_settings()
+        if isinstance(dataset, AudioSetHDF5):
+            # PCM rows are read by the pin-memory thread straight into the pinned batch (one copy
+            # instead of three: contiguous_rows.PendingRows); the loader pins only with a GPU
+            dataset.defer_pcm_reads = settings.pin_memory and torch.cuda.is_available()
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -44,7 +44,7 @@ from ..errors import UsageError
 from .classes import ClassInfo, display_names, mids, resolve_class_names
 from .clip_codecs import CODECS, ClipDecodeError, decode_clip_bytes
 from .constants import CLIP_SAMPLES
-from .contiguous_rows import ContiguousRows
+from .contiguous_rows import ContiguousRows, PendingRows
 
 __all__ = [
     "AudioSetHDF5",
@@ -94,13 +94,17 @@ class ClipBatch(list):
     """What :meth:`AudioSetHDF5.__getitems__` returns: the list of item dicts (views into the
     batch, so any ``collate_fn`` works) and, as ``.collated``, the batch itself (``waveform``
     int16 (B, S), ``target`` float32 (B, C), ``index`` int64 (B,), ``audio_name`` list[str],
-    ``undecodable`` int: rows of the batch left out because they did not decode)."""
+    ``undecodable`` int: rows of the batch left out because they did not decode). A batch whose
+    waveform is still to be read (a :class:`~.contiguous_rows.PendingRows`, see
+    ``AudioSetHDF5.defer_pcm_reads``) has ``None`` as each item's waveform."""
 
     def __init__(self, collated: dict) -> None:
         names = collated["audio_name"]
+        waveform = collated["waveform"]
+        pending = isinstance(waveform, PendingRows)
         super().__init__(
             {
-                "waveform": collated["waveform"][i],
+                "waveform": None if pending else waveform[i],
                 "target": collated["target"][i],
                 "index": collated["index"][i],
                 "audio_name": names[i],
@@ -310,6 +314,10 @@ class AudioSetHDF5(Dataset):
                 self.codecs.append(file_codec(h5, path))
         #: (file, row, reason) of the rows this process could not decode (left out of their batches)
         self.undecodable: list[tuple[Path, int, str]] = []
+        #: batches of contiguous PCM rows come out of :meth:`__getitems__` with their waveform a
+        #: :class:`~.contiguous_rows.PendingRows`, read when the loader pins the batch (set by a
+        #: DataModule whose loader pins memory; anything else must read it)
+        self.defer_pcm_reads = False
 
     # ------------------------------------------------------------------ bookkeeping
     def __len__(self) -> int:
@@ -387,6 +395,11 @@ class AudioSetHDF5(Dataset):
             bad = order[(order < 0) | (order >= len(self))][0]
             raise IndexError(f"index {bad} out of range for {len(self)} clips")
         batch, num_classes = len(order), self.num_classes
+        file_of = np.searchsorted(self._offsets, order, side="right") - 1
+        if self.defer_pcm_reads:
+            pending = self._pending_rows(order, file_of)
+            if pending is not None:
+                return pending
         if get_worker_info() is not None:  # handed to the main process through shared memory,
             # allocated there directly (share_memory_() would allocate, then copy)
             storage = torch.UntypedStorage._new_shared(batch * self.clip_samples * 2)
@@ -394,7 +407,6 @@ class AudioSetHDF5(Dataset):
         else:
             waveform = torch.empty((batch, self.clip_samples), dtype=torch.int16)
         target = np.empty((batch, num_classes), dtype=bool)
-        file_of = np.searchsorted(self._offsets, order, side="right") - 1
         wave_np = waveform.numpy()
         failed: list[int] = []
         for file_no in np.unique(file_of):
@@ -433,6 +445,32 @@ class AudioSetHDF5(Dataset):
                 "index": torch.from_numpy(order.copy()),
                 "audio_name": [self.audio_name(int(i)) for i in order],
                 "undecodable": len(failed),
+            }
+        )
+
+    def _pending_rows(self, order: np.ndarray, file_of: np.ndarray) -> ClipBatch | None:
+        """The batch with its waveform a :class:`PendingRows` (read when the batch is pinned), or
+        None unless every clip of it is in a contiguous PCM file."""
+        files = np.unique(file_of)
+        self._datasets(int(files[0]) if len(files) else 0)
+        if not all(self._contiguous[int(f)] is not None for f in files):
+            return None
+        target = np.empty((len(order), self.num_classes), dtype=bool)
+        parts = []
+        for file_no in files:
+            slots = np.flatnonzero(file_of == file_no)
+            rows = self._rows[file_no][order[slots] - self._offsets[file_no]]
+            unique_rows, where = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
+            target[slots] = self._datasets(int(file_no))[1][unique_rows][where]
+            parts.append((self._contiguous[file_no], slots, rows))
+        waveform = PendingRows((len(order), self.clip_samples), np.int16, parts)
+        return ClipBatch(
+            {
+                "waveform": waveform,
+                "target": torch.from_numpy(target.astype(np.float32)),
+                "index": torch.from_numpy(order.copy()),
+                "audio_name": [self.audio_name(int(i)) for i in order],
+                "undecodable": 0,
             }
         )
 

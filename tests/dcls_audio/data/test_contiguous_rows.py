@@ -143,3 +143,99 @@ def test_an_empty_dataset_has_no_offset_and_falls_back(tmp_path):
     with h5py.File(tmp_path / "e.h5", "w") as h5:
         create_layout(h5, 0, 5, S)
         assert ContiguousRows.of(tmp_path / "e.h5", h5["waveform"]) is None
+
+
+# --- rows read later, by the loader's pin-memory stage ------------------------------------------
+
+
+def _open_descriptors() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_deferred_batches_read_the_same_rows_in_another_process(tmp_path):
+    """With ``defer_pcm_reads`` a batch carries which rows to read; read after a pickle round trip
+    (a worker hands it to the main process) it equals the batch read at once, targets and all,
+    with the rows split over the read threads, and leaves no descriptor open."""
+    import pickle
+
+    from dcls_audio.data.contiguous_rows import PendingRows
+
+    waves_a = _write(tmp_path / "a.h5", rows=40, seed=1)
+    waves_b = _write(tmp_path / "b.h5", rows=30, seed=2)
+    every = np.concatenate([waves_a, waves_b])
+    ds = AudioSetHDF5([tmp_path / "a.h5", tmp_path / "b.h5"], clip_samples=S)
+    order = [69, 2, 0, 45, 2, *range(5, 35), 41, 68]
+    now = collate_clips(ds.__getitems__(order))
+    ds.defer_pcm_reads = True
+    items = ds.__getitems__(order)
+    later = collate_clips(items)
+    assert isinstance(later["waveform"], PendingRows) and len(later["waveform"]) == len(order)
+    assert items[0]["waveform"] is None and items[0]["index"] == 69
+    for key in ("target", "index"):
+        assert torch.equal(later[key], now[key])
+    assert later["audio_name"] == now["audio_name"] and later["undecodable"] == 0
+    sent = pickle.loads(pickle.dumps(later["waveform"]))
+    before = _open_descriptors()
+    wave = sent.read()
+    assert _open_descriptors() == before
+    assert wave.dtype == torch.int16 and torch.equal(wave, now["waveform"])
+    assert np.array_equal(wave.numpy(), every[order])
+    ds.close()
+
+
+def test_a_deferred_read_refuses_a_replaced_file(tmp_path):
+    _write(tmp_path / "a.h5", seed=1)
+    _write(tmp_path / "new.h5", seed=2)
+    ds = AudioSetHDF5(tmp_path / "a.h5", clip_samples=S)
+    ds.defer_pcm_reads = True
+    import pickle
+
+    pending = pickle.loads(pickle.dumps(collate_clips(ds.__getitems__([3, 1]))["waveform"]))
+    (tmp_path / "new.h5").replace(tmp_path / "a.h5")
+    with pytest.raises(UsageError, match=r"a\.h5: the file was replaced while it was being read"):
+        pending.read()
+    ds.close()
+
+
+def test_batches_with_encoded_or_chunked_rows_are_read_at_once(tmp_path):
+    waves = _write(tmp_path / "a.h5")
+    _write(tmp_path / "c.h5", chunks=(1, S))
+    ds = AudioSetHDF5([tmp_path / "a.h5", tmp_path / "c.h5"], clip_samples=S)
+    ds.defer_pcm_reads = True
+    mixed = collate_clips(ds.__getitems__([1, 10]))["waveform"]  # row 10 is in the chunked file
+    assert isinstance(mixed, torch.Tensor) and np.array_equal(mixed.numpy()[0], waves[1])
+    from dcls_audio.data.contiguous_rows import PendingRows
+
+    assert isinstance(collate_clips(ds.__getitems__([1, 2]))["waveform"], PendingRows)  # all contiguous
+    ds.close()
+
+
+def test_the_data_module_defers_only_where_the_loader_pins(tmp_path):
+    from dcls_audio.data import AudioSetDataModule
+
+    _write(tmp_path / "a.h5")
+    dm = AudioSetDataModule(train_files=tmp_path / "a.h5", batch_size=2, num_workers=0, pin_memory=True, clip_samples=S)
+    dm.setup("fit")
+    dm.train_dataloader()
+    assert dm.datasets["train"].defer_pcm_reads is torch.cuda.is_available()
+    dm.teardown()
+
+
+@pytest.mark.cuda
+def test_cuda_loader_workers_hand_over_rows_read_into_pinned_memory(tmp_path):
+    """On a GPU machine the DataModule's loader (workers, pinning) delivers pinned batches equal to
+    the file's rows, read in the main process."""
+    from dcls_audio.data import AudioSetDataModule
+
+    waves = _write(tmp_path / "a.h5", rows=64)
+    dm = AudioSetDataModule(train_files=tmp_path / "a.h5", batch_size=8, num_workers=2, clip_samples=S, seed=0)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert dm.datasets["train"].defer_pcm_reads
+    for batch in loader:
+        assert batch["waveform"].is_pinned()
+        assert np.array_equal(batch["waveform"].numpy(), waves[batch["index"].numpy()])
+    dm.teardown()
