@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -156,19 +157,21 @@ class LogMelFrontEnd(nn.Module):
             waveform = pad_or_trim(waveform, self.clip_samples)
         shift = draws.shift if draws is not None else None
         speed = draws.speed if draws is not None else None
-        frames = windowed_frames(waveform, self.spectrogram.window, self.spectrogram.hop_length, shift, speed)
-        spec = torch.fft.rfft(frames)  # (B, F, n_fft // 2 + 1)
-        del frames
         erase = draws.erase if draws is not None else None
-        if erase is not None and tuple(spec.shape[-1:-3:-1]) != draws.erase_shape:
+        if erase is not None and draws.erase_shape != self.power_shape():
             raise ValueError(
-                f"LogMelFrontEnd: erase boxes drawn for {draws.erase_shape}, "
-                f"spectrogram is {tuple(spec.shape[-1:-3:-1])}"
+                f"LogMelFrontEnd: erase boxes drawn for {draws.erase_shape}, spectrogram is {self.power_shape()}"
             )
-        power = power_erased(spec, erase)
-        del spec
-        mel = torch.matmul(power, self.mel_scale.fb)  # (B, F, n_mels)
-        return db_normalised(mel, self.mean, self.std, self.to_db.amin)
+        # Triton launches on the current device: make it the batch's (cuda:1 from a cuda:0 process)
+        on_device = torch.cuda.device(waveform.device) if waveform.is_cuda else contextlib.nullcontext()
+        with on_device:
+            frames = windowed_frames(waveform, self.spectrogram.window, self.spectrogram.hop_length, shift, speed)
+            spec = torch.fft.rfft(frames)  # (B, F, n_fft // 2 + 1)
+            del frames
+            power = power_erased(spec, erase)
+            del spec
+            mel = torch.matmul(power, self.mel_scale.fb)  # (B, F, n_mels)
+            return db_normalised(mel, self.mean, self.std, self.to_db.amin)
 
     def extra_repr(self) -> str:
         return f"clip_samples={self.clip_samples}, mean={self.mean}, std={self.std}, augment={self.augment}"
