@@ -9,7 +9,8 @@ shards of --shard-codec clips), then for each format and worker count measures
   - end-to-end: the same batches moved to the device and through LogMelFrontEnd in train mode
                 (roll, speed perturbation, random erasing), synchronised.
 Bytes per clip are the format's size on disk over its clips. The front end alone (one batch
-already on the device) is measured once. Prints a table and writes JSON (--out).
+already on the device) is measured once per path: op by op and, on CUDA, the fused passes
+(``DCLS_AUDIO_FRONT_END``). Prints a table and writes JSON (--out).
 
     .venv/bin/python benchmarks/bench_data.py --out bench_data.json
     .venv/bin/python benchmarks/bench_data.py --clips 4096 --seconds 20 --workers 4,8,12,16 --cold   # GPU host
@@ -45,6 +46,7 @@ from dcls_audio.data.demo import iter_demo_clips  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
 from dcls_audio.data.pack import pack_panns  # noqa: E402
 from dcls_audio.features import LogMelFrontEnd  # noqa: E402
+from dcls_audio.features.logmel_passes import FRONT_END_ENV_VAR  # noqa: E402
 
 FORMATS = ("pcm", "flac", "opus", "shards")
 
@@ -147,6 +149,23 @@ def run_config(path, workers, args, device, front) -> dict:
     return result
 
 
+def frontend_paths(front, args, device) -> dict[str, float]:
+    """clips/s of the front end alone per path: the op-by-op chain (``reference``) and, on CUDA,
+    the fused passes (``fused``), forced through ``DCLS_AUDIO_FRONT_END``."""
+    saved = os.environ.get(FRONT_END_ENV_VAR)
+    rates = {}
+    try:
+        for path in ("reference", "fused") if device.type == "cuda" else ("reference",):
+            os.environ[FRONT_END_ENV_VAR] = path
+            rates[path] = frontend_only(front, args, device)
+    finally:
+        if saved is None:
+            os.environ.pop(FRONT_END_ENV_VAR, None)
+        else:
+            os.environ[FRONT_END_ENV_VAR] = saved
+    return rates
+
+
 def frontend_only(front, args, device) -> float:
     wave = torch.randint(-3000, 3000, (args.batch_size, CLIP_SAMPLES), dtype=torch.int16, device=device)
     with torch.no_grad():
@@ -195,7 +214,7 @@ def main() -> int:
         with h5py.File(pcm, "r") as h5:
             num_clips = len(h5["audio_name"])
         print(f"wrote {num_clips} clips ({pcm.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.1f} s")
-        fe_rate = frontend_only(front, args, device)
+        fe_rates = frontend_paths(front, args, device)
         rows = []
         for fmt in formats:
             path = pcm
@@ -223,7 +242,13 @@ def main() -> int:
         f"augment={args.augment}, cold={args.cold}, torch threads {torch.get_num_threads()}, "
         f"data: {args.source or 'demo sounds'}, shards: {args.shard_codec}"
     )
-    print(f"front end alone: {fe_rate:.1f} clips/s")
+    print(
+        "front end alone: "
+        + ", ".join(
+            f"{path} {rate:.1f} clips/s ({1e3 * args.batch_size / rate:.2f} ms/batch)"
+            for path, rate in fe_rates.items()
+        )
+    )
     header = f"{'format':>6} | {'workers':>7} | {'kB/clip':>8} | {'loader clips/s':>14} | "
     header += f"{'CPU ms/clip':>11} | {'end-to-end clips/s':>18}"
     print(header)
@@ -247,7 +272,7 @@ def main() -> int:
             "cold": args.cold,
             "seconds": args.seconds,
             "torch": torch.__version__,
-            "frontend_only_clips_per_s": fe_rate,
+            "frontend_only_clips_per_s": fe_rates,
             "results": rows,
         }
         Path(args.out).write_text(json.dumps(report, indent=2))
