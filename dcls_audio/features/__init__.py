@@ -1,6 +1,6 @@
-"""Waveforms to model input: the log-mel front end (plain torch, on the batch's device), its ONNX
-twin built from convolutions, and the train-time augmentations (time roll, speed perturbation,
-random erasing, batch mixup).
+"""Waveforms to model input: the log-mel front end (on the batch's device: op by op in plain torch,
+or on CUDA as three fused Triton passes), its ONNX twin built from convolutions, and the
+train-time augmentations (time roll, speed perturbation, random erasing, batch mixup).
 
 Names are imported on first use.
 """
