@@ -116,7 +116,7 @@ def windowed_frames(
         raise ValueError(f"windowed_frames: {length} samples are too few for reflection padding of {n_fft // 2}")
     frames = length // hop_length + 1
     exact = 4 * length < _EXACT_INDEX  # |stretched * step| < 2 * (2 * length) stays exact
-    if _use_programs(waveform, use_programs) and exact:
+    if _use_programs(waveform, use_programs) and exact and batch > 0:
         x = waveform.contiguous()
         out = torch.empty((batch, frames, n_fft), dtype=torch.float32, device=x.device)
         window = window.to(device=x.device, dtype=torch.float32).contiguous()
@@ -165,7 +165,7 @@ def power_erased(spec: Tensor, erase: EraseBoxes | None = None, use_programs: bo
     if spec.ndim != 3 or spec.dtype != torch.complex64:
         raise ValueError(f"power_erased: expected (B, F, K) complex64, got {tuple(spec.shape)} {spec.dtype}")
     batch, frames, bins = spec.shape
-    if _use_programs(spec, use_programs):
+    if _use_programs(spec, use_programs) and spec.numel() > 0:
         parts = torch.view_as_real(spec.contiguous())
         out = torch.empty((batch, frames, bins), dtype=torch.float32, device=spec.device)
         rb, bk = 4, min(1024, triton_next_power_of_2(bins))
@@ -191,7 +191,7 @@ def db_normalised(
     if mel.ndim != 3:
         raise ValueError(f"db_normalised: expected (B, F, M), got shape {tuple(mel.shape)}")
     batch, frames, mels = mel.shape
-    if _use_programs(mel, use_programs):
+    if _use_programs(mel, use_programs) and mel.numel() > 0:
         src = mel.float().contiguous()
         out = torch.empty((batch, 1, mels, frames), dtype=torch.float32, device=mel.device)
         bf, bm = 64, 32

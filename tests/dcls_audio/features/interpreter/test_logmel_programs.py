@@ -101,3 +101,11 @@ def test_fused_front_end_equals_the_op_by_op_chain(monkeypatch, launched):
     got = front(wave, draws)
     assert launched == {"windowed_frames", "power_erased", "db_normalised"}
     torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
+
+
+def test_an_empty_batch_launches_nothing(launched):
+    frames = passes.windowed_frames(torch.zeros(0, S, dtype=torch.int16), torch.hann_window(N), HOP, use_programs=True)
+    assert frames.shape == (0, S // HOP + 1, N)
+    power = passes.power_erased(torch.zeros(0, S // HOP + 1, N // 2 + 1, dtype=torch.complex64), use_programs=True)
+    assert passes.db_normalised(power[..., :20], 0.0, 1.0, use_programs=True).shape == (0, 1, 20, S // HOP + 1)
+    assert launched == set()
