@@ -40,8 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import sync  # noqa: E402
 
-from dcls_audio.data import AudioSetDataModule  # noqa: E402
+from dcls_audio.data import AudioSetDataModule, AudioSetHDF5  # noqa: E402
 from dcls_audio.data.constants import CLIP_SAMPLES  # noqa: E402
+from dcls_audio.data.contiguous_rows import PendingRows  # noqa: E402
 from dcls_audio.data.demo import iter_demo_clips  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
 from dcls_audio.data.pack import pack_panns  # noqa: E402
@@ -97,7 +98,10 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_config(path, workers, args, device, front) -> dict:
+def run_config(path, workers, args, device, front, pcm_reads: str = "worker") -> dict:
+    """``pcm_reads``: where PANNs rows are read, ``worker`` (into the batch the worker hands over)
+    or ``main`` (the worker hands over which rows; the main process reads them: by the loader's
+    pin-memory thread where it pins, else in the loop; see contiguous_rows.PendingRows)."""
     dm = AudioSetDataModule(
         train_files=path,
         batch_size=args.batch_size,
@@ -108,7 +112,9 @@ def run_config(path, workers, args, device, front) -> dict:
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
-    result = {"workers": workers}
+    if isinstance(dm.datasets["train"], AudioSetHDF5):
+        dm.datasets["train"].defer_pcm_reads = pcm_reads == "main"  # read by the workers when they start
+    result = {"workers": workers, "pcm_reads": pcm_reads}
     for mode in ("loader", "end_to_end"):
         if args.cold:
             evict(Path(path))
@@ -119,6 +125,8 @@ def run_config(path, workers, args, device, front) -> dict:
             loader.sampler.set_epoch(epoch)
             batch_iter = iter(loader)
             for batch in batch_iter:
+                if isinstance(batch["waveform"], PendingRows):  # a loader that does not pin
+                    batch["waveform"] = batch["waveform"].read()
                 if mode == "end_to_end":
                     wave = batch["waveform"].to(device, non_blocking=True)
                     with torch.no_grad():
@@ -195,6 +203,12 @@ def main() -> int:
     parser.add_argument("--source", default=None, help="PANNs HDF5 file whose first --clips rows are measured")
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"formats to measure, of {', '.join(FORMATS)}")
     parser.add_argument("--shard-codec", default="opus", choices=("pcm", "flac", "opus"), help="codec of the shards")
+    parser.add_argument(
+        "--pcm-reads",
+        default="worker,main",
+        help="where PCM rows are read: worker (into the batch it hands over), main (by the main process: "
+        "the pin-memory thread on CUDA, the default there), or both",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -225,11 +239,15 @@ def main() -> int:
                 pack_panns(pcm, path, codec, num_workers=cores, progress=False, shards=fmt == "shards")
                 print(f"{fmt}: packed in {time.perf_counter() - t0:.1f} s with {cores} processes", flush=True)
             per_clip = size_on_disk(path) / num_clips
-            for workers in counts:
-                row = {"format": fmt, "bytes_per_clip": per_clip, **run_config(path, workers, args, device, front)}
+            for workers, reads in itertools.product(counts, args.pcm_reads.split(",") if fmt == "pcm" else ["worker"]):
+                row = {
+                    "format": fmt,
+                    "bytes_per_clip": per_clip,
+                    **run_config(path, workers, args, device, front, reads),
+                }
                 rows.append(row)
                 print(
-                    f"{fmt:>6} workers={workers:2d}  loader {row['loader_clips_per_s']:8.1f} clips/s "
+                    f"{fmt:>6} reads={reads:6s} workers={workers:2d}  loader {row['loader_clips_per_s']:8.1f} clips/s "
                     f"({row['loader_cpu_s_per_clip'] * 1e3:.1f} ms CPU/clip)  "
                     f"end-to-end {row['end_to_end_clips_per_s']:8.1f} clips/s",
                     flush=True,
@@ -249,13 +267,13 @@ def main() -> int:
             for path, rate in fe_rates.items()
         )
     )
-    header = f"{'format':>6} | {'workers':>7} | {'kB/clip':>8} | {'loader clips/s':>14} | "
+    header = f"{'format':>6} | {'reads':>6} | {'workers':>7} | {'kB/clip':>8} | {'loader clips/s':>14} | "
     header += f"{'CPU ms/clip':>11} | {'end-to-end clips/s':>18}"
     print(header)
     print("-" * len(header))
     for row in rows:
         print(
-            f"{row['format']:>6} | {row['workers']:>7} | {row['bytes_per_clip'] / 1e3:>8.1f} | "
+            f"{row['format']:>6} | {row['pcm_reads']:>6} | {row['workers']:>7} | {row['bytes_per_clip'] / 1e3:>8.1f} | "
             f"{row['loader_clips_per_s']:>14.1f} | {row['loader_cpu_s_per_clip'] * 1e3:>11.2f} | "
             f"{row['end_to_end_clips_per_s']:>18.1f}"
         )

@@ -1,5 +1,5 @@
 """Waveforms to model input: the log-mel front end (on the batch's device: op by op in plain torch,
-or on CUDA as three fused Triton passes), its ONNX twin built from convolutions, and the
+or as three fused passes, Triton programs on CUDA), its ONNX twin built from convolutions, and the
 train-time augmentations (time roll, speed perturbation, random erasing, batch mixup).
 
 Names are imported on first use.

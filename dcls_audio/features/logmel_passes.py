@@ -16,9 +16,9 @@ passes, each one read and one write:
 
 Each pass has a plain torch twin here (``use_programs=False``), which is also what runs on the
 CPU; the Triton programs are in :mod:`.logmel_programs`. :func:`fused_front_end_enabled` is the
-dispatcher: the programs on CUDA tensors when Triton is present and outside ``torch.compile``
-(which fuses the plain chain itself); the environment variable ``DCLS_AUDIO_FRONT_END``
-(``fused`` / ``reference``) forces either.
+switch, the environment variable ``DCLS_AUDIO_FRONT_END``: ``reference`` (the default) keeps the
+op-by-op chain, ``fused`` runs the three passes (the programs on CUDA tensors when Triton is
+present). Under ``torch.compile`` the op-by-op chain is traced either way (the compiler fuses it).
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ __all__ = [
     "windowed_frames",
 ]
 
-#: ``fused`` or ``reference`` forces the front end's path; unset (or ``auto``): fused on CUDA
+#: the front end's path: ``reference`` (unset: the op-by-op chain) or ``fused`` (the three passes)
 FRONT_END_ENV_VAR = "DCLS_AUDIO_FRONT_END"
-_MODES = ("auto", "fused", "reference")
+_MODES = ("reference", "fused")
 #: the time warp's float32 index product rounds exactly below this (see ``_round_half_even``)
 _EXACT_INDEX = 2**22
 
@@ -63,22 +63,17 @@ def programs_available() -> bool:
 
 
 def _mode() -> str:
-    mode = os.environ.get(FRONT_END_ENV_VAR, "auto").strip().lower() or "auto"
+    mode = os.environ.get(FRONT_END_ENV_VAR, "reference").strip().lower() or "reference"
     if mode not in _MODES:
         raise ValueError(f"{FRONT_END_ENV_VAR}={mode!r}: expected one of {', '.join(_MODES)}")
     return mode
 
 
 def fused_front_end_enabled(waveform: Tensor) -> bool:
-    """Whether the front end runs as the three passes with their Triton programs for ``waveform``.
-
-    ``reference`` in :data:`FRONT_END_ENV_VAR` forces the plain chain; ``fused`` forces the
-    passes (their programs need CUDA: on the CPU the passes' torch twins run). Otherwise:
-    CUDA tensors with Triton, outside ``torch.compile``."""
-    mode = _mode()
-    if mode == "reference" or torch.compiler.is_compiling():
-        return False
-    return mode == "fused" or (waveform.is_cuda and programs_available())
+    """Whether the front end runs as the three passes for ``waveform``: ``fused`` in
+    :data:`FRONT_END_ENV_VAR`, outside ``torch.compile``. The passes launch their Triton programs
+    on CUDA tensors (when Triton is present) and run their torch twins elsewhere."""
+    return _mode() == "fused" and not torch.compiler.is_compiling()
 
 
 def _programs():

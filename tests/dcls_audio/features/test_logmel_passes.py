@@ -51,9 +51,12 @@ def test_a_short_clip_is_padded_as_in_the_chain(clips, monkeypatch):
 def test_environment_switch(clips, monkeypatch):
     cpu = clips[:1]
     monkeypatch.delenv(passes.FRONT_END_ENV_VAR, raising=False)
-    assert passes.fused_front_end_enabled(cpu) is False  # the CPU keeps the op-by-op chain
+    assert passes.fused_front_end_enabled(cpu) is False  # the default: the op-by-op chain
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "fused")
     assert passes.fused_front_end_enabled(cpu) is True
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert passes.fused_front_end_enabled(cpu) is False  # traced: the compiler fuses the chain
+    monkeypatch.undo()
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "Reference")
     assert passes.fused_front_end_enabled(cpu) is False
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "fast")
@@ -84,7 +87,8 @@ def test_pass_inputs_are_checked():
 @pytest.mark.cuda
 @pytest.mark.parametrize("train", [False, True])
 def test_cuda_programs_give_the_op_by_op_log_mel(clips, monkeypatch, train):
-    """The default on CUDA is the programs; they equal the chain on the GPU and on the CPU."""
+    """With ``fused`` the passes launch their programs on CUDA; they equal the chain on the GPU
+    and on the CPU."""
     front = LogMelFrontEnd(seed=3, clip_samples=S).train(train)
     draws = front.sample_augmentations(len(clips))
     gpu = front.cuda()
@@ -98,7 +102,7 @@ def test_cuda_programs_give_the_op_by_op_log_mel(clips, monkeypatch, train):
             return getattr(real, name)
 
     monkeypatch.setattr(passes, "_programs", Counting)
-    monkeypatch.delenv(passes.FRONT_END_ENV_VAR, raising=False)
+    monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "fused")
     moved = draws.to("cuda") if draws is not None else None
     got = gpu(x, moved)
     assert launched == {"windowed_frames", "power_erased", "db_normalised"}
