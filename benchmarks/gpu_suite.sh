@@ -31,10 +31,16 @@ if [[ $part == train || $part == all ]]; then
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --steps 30 --warmup 15 \
     --profile-steps 5 --json "$OUT/bench_train.json" >"$OUT/bench_train.log" 2>&1
   grep -E "^(device|augment|model|convnext|fastvit|convformer|== host)" "$OUT/bench_train.log"
+  # the loop with the front end's fused passes (opt-in) against the default run above
+  DCLS_AUDIO_FRONT_END=fused timeout 200 python3 benchmarks/bench_train.py --modes eager --steps 30 --warmup 15 \
+    --json "$OUT/bench_train_fused_front_end.json" >"$OUT/bench_train_fused_front_end.log" 2>&1
+  grep -E "^(model|convnext)" "$OUT/bench_train_fused_front_end.log"
 fi
 if [[ $part == data || $part == all ]]; then
-  timeout 300 python3 benchmarks/bench_data.py --clips 2048 --seconds 6 --workers 4,8,12,16 --formats pcm,flac,opus \
-    --out "$OUT/bench_data_formats.json" >"$OUT/bench_data_formats.log" 2>&1; tail -22 "$OUT/bench_data_formats.log"
+  # pcm twice: rows read by the workers and by the pin-memory thread (the default on a GPU)
+  timeout 360 python3 benchmarks/bench_data.py --clips 2048 --seconds 6 --workers 4,8,12,16 --formats pcm,flac,opus \
+    --pcm-reads worker,main --out "$OUT/bench_data_formats.json" >"$OUT/bench_data_formats.log" 2>&1
+  tail -26 "$OUT/bench_data_formats.log"
 fi
 if [[ $part == infer || $part == all ]]; then
   timeout 120 python3 benchmarks/bench_infer.py --devices cuda --precisions bf16,fp32 --out "$OUT/bench_infer.json" 2>&1 | tail -12 | tee "$OUT/bench_infer.log"
