@@ -1,5 +1,5 @@
-"""Helpers shared by the dcls_core test modules (``tests/dcls_core/``): float64 comparisons, layer
-randomisation, the torch.compile check and one float64 depthwise-convolution case.
+"""Helpers shared by the test modules: float64 comparisons, layer randomisation, the torch.compile
+check, one float64 depthwise-convolution case and a record of the Triton programs a module launches.
 
 Errors are relative by norm, ``||got - want|| / ||want||``, against a float64 reference, with
 one tolerance per dtype.
@@ -17,6 +17,21 @@ import dcls_core
 # relative error by norm, per dtype of the result
 TOL = {"fp32": 2e-5, "bf16": 3e-2, "fp16": 8e-3}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def record_programs(monkeypatch, module) -> set:
+    """Names of the Triton programs that ``module`` (one whose ``_programs()`` returns its programs
+    module) launches from now on, in the set returned."""
+    names: set = set()
+    real = module._programs()
+
+    class Recording:
+        def __getattr__(self, name):
+            names.add(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(module, "_programs", Recording)
+    return names
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:

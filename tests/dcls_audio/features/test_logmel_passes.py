@@ -11,6 +11,8 @@ import torch
 from dcls_audio.features import LogMelFrontEnd
 from dcls_audio.features import logmel_passes as passes
 
+from dcls_testing import record_programs
+
 S = 64000
 
 
@@ -93,15 +95,7 @@ def test_cuda_programs_give_the_op_by_op_log_mel(clips, monkeypatch, train):
     draws = front.sample_augmentations(len(clips))
     gpu = front.cuda()
     x = clips.cuda()
-    launched: set = set()
-    real = passes._programs()
-
-    class Counting:
-        def __getattr__(self, name):
-            launched.add(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(passes, "_programs", Counting)
+    launched = record_programs(monkeypatch, passes)
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "fused")
     moved = draws.to("cuda") if draws is not None else None
     got = gpu(x, moved)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from dcls_core.conv.fft import passes
 from dcls_core.conv.fft.conv import fft_conv_nd
 
-from dcls_testing import rel_err
+from dcls_testing import record_programs, rel_err
 
 TOL = 2e-6
 
@@ -21,16 +21,7 @@ TOL = 2e-6
 def launched(monkeypatch) -> set:
     """Sends the passes to the programs on the CPU and records which programs they launch."""
     monkeypatch.setattr(passes, "_triton_ok", lambda t: not passes.FORCE_TORCH)
-    names: set = set()
-    real = passes._programs()
-
-    class Counting:
-        def __getattr__(self, name):
-            names.add(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(passes, "_programs", Counting)
-    return names
+    return record_programs(monkeypatch, passes)
 
 
 def test_pad_cast_any_strides_and_dtype(launched):

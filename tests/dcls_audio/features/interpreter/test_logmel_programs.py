@@ -12,22 +12,15 @@ from dcls_audio.features import LogMelFrontEnd
 from dcls_audio.features import logmel_passes as passes
 from dcls_audio.features.augment import SpeedDraws, sample_erase_boxes, sample_roll, sample_speed
 
+from dcls_testing import record_programs
+
 B, S, N, HOP = 3, 3000, 256, 100
 
 
 @pytest.fixture
 def launched(monkeypatch) -> set:
     """Records which programs the passes launch."""
-    names: set = set()
-    real = passes._programs()
-
-    class Counting:
-        def __getattr__(self, name):
-            names.add(name)
-            return getattr(real, name)
-
-    monkeypatch.setattr(passes, "_programs", Counting)
-    return names
+    return record_programs(monkeypatch, passes)
 
 
 def _wave(dtype=torch.int16) -> torch.Tensor:
