@@ -394,43 +394,45 @@ class AudioSetHDF5(Dataset):
         if len(order) and (order.min() < 0 or order.max() >= len(self)):
             bad = order[(order < 0) | (order >= len(self))][0]
             raise IndexError(f"index {bad} out of range for {len(self)} clips")
-        batch, num_classes = len(order), self.num_classes
+        batch = len(order)
         file_of = np.searchsorted(self._offsets, order, side="right") - 1
-        if self.defer_pcm_reads:
-            pending = self._pending_rows(order, file_of)
-            if pending is not None:
-                return pending
+        groups = []  # (file, slots in the batch, rows of the file), targets read on the way
+        target = np.empty((batch, self.num_classes), dtype=bool)
+        for file_no in np.unique(file_of).tolist():
+            slots = np.flatnonzero(file_of == file_no)
+            rows = self._rows[file_no][order[slots] - self._offsets[file_no]]
+            unique_rows, where = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
+            target[slots] = self._datasets(file_no)[1][unique_rows][where]
+            groups.append((file_no, slots, rows))
+        readers = [self._contiguous[file_no] for file_no, _, _ in groups]
+        if self.defer_pcm_reads and all(r is not None for r in readers):  # read when the batch is pinned
+            parts = [(reader, slots, rows) for reader, (_, slots, rows) in zip(readers, groups)]
+            return self._collated(order, PendingRows((batch, self.clip_samples), np.int16, parts), target, 0)
         if get_worker_info() is not None:  # handed to the main process through shared memory,
             # allocated there directly (share_memory_() would allocate, then copy)
             storage = torch.UntypedStorage._new_shared(batch * self.clip_samples * 2)
             waveform = torch.empty(0, dtype=torch.int16).set_(storage).view(batch, self.clip_samples)
         else:
             waveform = torch.empty((batch, self.clip_samples), dtype=torch.int16)
-        target = np.empty((batch, num_classes), dtype=bool)
         wave_np = waveform.numpy()
         failed: list[int] = []
-        for file_no in np.unique(file_of):
-            slots = np.flatnonzero(file_of == file_no)
-            rows = self._rows[file_no][order[slots] - self._offsets[file_no]]
-            unique_rows, where = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
-            waves, targets = self._datasets(int(file_no))
-            target[slots] = targets[unique_rows][where]
-            if self.codecs[file_no] == "pcm":
-                contiguous = self._contiguous[file_no]
-                if contiguous is not None:  # straight into the batch (contiguous_rows: measured faster)
-                    contiguous.read_into(wave_np, slots, rows)
-                else:
-                    wave_np[slots] = waves[unique_rows][where]
+        for (file_no, slots, rows), contiguous in zip(groups, readers):
+            if contiguous is not None:  # straight into the batch (contiguous_rows: measured faster)
+                contiguous.read_into(wave_np, slots, rows)
                 continue
-            stored = waves[unique_rows]
+            unique_rows, where = np.unique(rows, return_inverse=True)
+            stored = self._datasets(file_no)[0][unique_rows]
+            if self.codecs[file_no] == "pcm":
+                wave_np[slots] = stored[where]
+                continue
             for slot, row, data in zip(slots, rows, stored[where]):
-                clip = self._decode(int(file_no), int(row), data)
+                clip = self._decode(file_no, int(row), data)
                 if clip is None:
                     failed.append(int(slot))
                 else:
                     wave_np[slot] = clip
         if len(failed) == batch:  # an empty batch would give a NaN loss and stop training obscurely
-            files = ", ".join(sorted({str(self.files[int(f)]) for f in np.unique(file_of)}))
+            files = ", ".join(sorted({str(self.files[f]) for f, _, _ in groups}))
             raise UsageError(
                 f"{files}: none of the {batch} clips of a batch could be decoded; the file is damaged: pack it again"
             )
@@ -438,39 +440,18 @@ class AudioSetHDF5(Dataset):
             keep = np.setdiff1d(np.arange(batch), failed)
             order, target = order[keep], target[keep]
             waveform = waveform[torch.from_numpy(keep)]
-        return ClipBatch(
-            {
-                "waveform": waveform,
-                "target": torch.from_numpy(target.astype(np.float32)),
-                "index": torch.from_numpy(order.copy()),
-                "audio_name": [self.audio_name(int(i)) for i in order],
-                "undecodable": len(failed),
-            }
-        )
+        return self._collated(order, waveform, target, len(failed))
 
-    def _pending_rows(self, order: np.ndarray, file_of: np.ndarray) -> ClipBatch | None:
-        """The batch with its waveform a :class:`PendingRows` (read when the batch is pinned), or
-        None unless every clip of it is in a contiguous PCM file."""
-        files = np.unique(file_of)
-        self._datasets(int(files[0]) if len(files) else 0)
-        if not all(self._contiguous[int(f)] is not None for f in files):
-            return None
-        target = np.empty((len(order), self.num_classes), dtype=bool)
-        parts = []
-        for file_no in files:
-            slots = np.flatnonzero(file_of == file_no)
-            rows = self._rows[file_no][order[slots] - self._offsets[file_no]]
-            unique_rows, where = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
-            target[slots] = self._datasets(int(file_no))[1][unique_rows][where]
-            parts.append((self._contiguous[file_no], slots, rows))
-        waveform = PendingRows((len(order), self.clip_samples), np.int16, parts)
+    def _collated(self, order: np.ndarray, waveform, target: np.ndarray, undecodable: int) -> ClipBatch:
+        """The :class:`ClipBatch` of the clips ``order`` (global indices) with their waveforms (a
+        (B, S) tensor or a :class:`PendingRows`) and bool targets (B, C)."""
         return ClipBatch(
             {
                 "waveform": waveform,
                 "target": torch.from_numpy(target.astype(np.float32)),
                 "index": torch.from_numpy(order.copy()),
                 "audio_name": [self.audio_name(int(i)) for i in order],
-                "undecodable": 0,
+                "undecodable": undecodable,
             }
         )
 
