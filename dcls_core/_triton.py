@@ -1,7 +1,8 @@
 """Whether the Triton GPU programs can run here: Triton imports and a CUDA device is present.
 
 Only the ``programs.py`` modules import Triton at module level, and only when a launcher first
-needs them; everything else asks :func:`triton_available` first.
+needs them; everything else asks :func:`triton_available` first (as do the log-mel front end's
+fused passes in ``dcls_audio.features.logmel_passes``).
 """
 
 from __future__ import annotations

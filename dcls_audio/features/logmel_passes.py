@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dcls_core._triton import triton_available
+
 from .augment import EraseBoxes, SpeedDraws, apply_time_warp, erase_mask
 
 __all__ = [
@@ -36,7 +38,6 @@ __all__ = [
     "db_normalised",
     "fused_front_end_enabled",
     "power_erased",
-    "programs_available",
     "windowed_frames",
 ]
 
@@ -45,21 +46,6 @@ FRONT_END_ENV_VAR = "DCLS_AUDIO_FRONT_END"
 _MODES = ("reference", "fused")
 #: the time warp's float32 index product rounds exactly below this (see ``_round_half_even``)
 _EXACT_INDEX = 2**22
-
-_TRITON: list[bool] = []
-
-
-def programs_available() -> bool:
-    """True if Triton imports and CUDA is present (checked once)."""
-    if not _TRITON:
-        try:
-            import triton  # noqa: F401
-            import triton.language  # noqa: F401
-
-            _TRITON.append(torch.cuda.is_available())
-        except Exception:  # noqa: BLE001 - any import failure: no programs
-            _TRITON.append(False)
-    return _TRITON[0]
 
 
 def _mode() -> str:
@@ -84,7 +70,7 @@ def _programs():
 
 def _use_programs(x: Tensor, use_programs: bool | None) -> bool:
     if use_programs is None:
-        return x.is_cuda and programs_available()
+        return x.is_cuda and triton_available()
     return use_programs
 
 
@@ -116,7 +102,7 @@ def windowed_frames(
         out = torch.empty((batch, frames, n_fft), dtype=torch.float32, device=x.device)
         window = window.to(device=x.device, dtype=torch.float32).contiguous()
         scale = 1.0 / 32768.0 if x.dtype == torch.int16 else 1.0
-        rb, bk = 4, min(1024, triton_next_power_of_2(n_fft))
+        rb, bk = 4, min(1024, _next_power_of_2(n_fft))
         grid = (-(-batch * frames // rb), -(-n_fft // bk))
         dummy = window
         _programs().windowed_frames[grid](
@@ -149,7 +135,7 @@ def windowed_frames(
     return padded.unfold(-1, n_fft, hop_length) * window.to(x.device, torch.float32)
 
 
-def triton_next_power_of_2(n: int) -> int:
+def _next_power_of_2(n: int) -> int:
     """The smallest power of 2 >= n."""
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -163,7 +149,7 @@ def power_erased(spec: Tensor, erase: EraseBoxes | None = None, use_programs: bo
     if _use_programs(spec, use_programs) and spec.numel() > 0:
         parts = torch.view_as_real(spec.contiguous())
         out = torch.empty((batch, frames, bins), dtype=torch.float32, device=spec.device)
-        rb, bk = 4, min(1024, triton_next_power_of_2(bins))
+        rb, bk = 4, min(1024, _next_power_of_2(bins))
         grid = (-(-batch * frames // rb), -(-bins // bk))
         boxes = (erase.apply, erase.top, erase.left, erase.height, erase.width) if erase is not None else (out,) * 5
         _programs().power_erased[grid](

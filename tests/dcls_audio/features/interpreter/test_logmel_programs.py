@@ -89,7 +89,6 @@ def test_fused_front_end_equals_the_op_by_op_chain(monkeypatch, launched):
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "reference")
     want = front(wave, draws)
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "fused")
-    monkeypatch.setattr(passes, "programs_available", lambda: True)
     monkeypatch.setattr(passes, "_use_programs", lambda x, use: True)
     got = front(wave, draws)
     assert launched == {"windowed_frames", "power_erased", "db_normalised"}
