@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import h5py
 import numpy as np
@@ -160,17 +161,10 @@ def run_config(path, workers, args, device, front, pcm_reads: str = "worker") ->
 def frontend_paths(front, args, device) -> dict[str, float]:
     """clips/s of the front end alone per path: the op-by-op chain (``reference``) and, on CUDA,
     the fused passes (``fused``), forced through ``DCLS_AUDIO_FRONT_END``."""
-    saved = os.environ.get(FRONT_END_ENV_VAR)
     rates = {}
-    try:
-        for path in ("reference", "fused") if device.type == "cuda" else ("reference",):
-            os.environ[FRONT_END_ENV_VAR] = path
+    for path in ("reference", "fused") if device.type == "cuda" else ("reference",):
+        with mock.patch.dict(os.environ, {FRONT_END_ENV_VAR: path}):
             rates[path] = frontend_only(front, args, device)
-    finally:
-        if saved is None:
-            os.environ.pop(FRONT_END_ENV_VAR, None)
-        else:
-            os.environ[FRONT_END_ENV_VAR] = saved
     return rates
 
 
