@@ -13,10 +13,15 @@ The convolution paths and the fused construction use it; each gives:
 * ``forward_fake(*tensors, *settings) -> Tensor``: an empty tensor of the output's shape and dtype.
 
 The Function's backward is ``once_differentiable``: a second derivative raises.
+
+Both run with the first CUDA tensor's device current: Triton launches on the current device, so a
+layer on ``cuda:1`` called while ``cuda:0`` is current would otherwise run its programs on the
+wrong GPU.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -28,6 +33,23 @@ __all__ = ["register_op"]
 
 def _same(*settings):
     return settings
+
+
+def _on_tensor_device(fn: Callable) -> Callable:
+    """``fn`` run with the device of its first CUDA tensor argument current (a no-op guard when that
+    device already is, or no argument is a CUDA tensor)."""
+
+    @functools.wraps(fn)
+    def guarded(*args):
+        for a in args:
+            if isinstance(a, Tensor) and a.is_cuda:
+                if a.device.index != torch.cuda.current_device():
+                    with torch.cuda.device(a.device):
+                        return fn(*args)
+                break
+        return fn(*args)
+
+    return guarded
 
 
 def register_op(
@@ -46,6 +68,7 @@ def register_op(
     the Function otherwise (cheaper to call eagerly).
     """
     n = num_tensors
+    forward, backward = _on_tensor_device(forward), _on_tensor_device(backward)
     forward_op = torch.library.custom_op(f"dcls_core::{name}", forward, mutates_args=(), device_types=device_types)
     forward_op.register_fake(forward_fake)
     backward_op = torch.library.custom_op(
