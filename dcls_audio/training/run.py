@@ -45,7 +45,7 @@ from ..models.checkpoint import shorten_keys
 from ..outputs import atomic_output, ensure_writable_dir
 from .config import ConfigError, TrainConfig, dump_config
 from .epoch_report import EpochReport
-from .loggers import build_loggers
+from .loggers import build_loggers, finish_loggers
 from .module import AudioTaggingModule, NonFiniteLossError
 from .optim import scaled_lr
 from .progress import TrainProgressBar
@@ -597,6 +597,7 @@ def _train_in(
     finally:
         os.environ.pop(RUN_DIR_ENV, None)
         os.environ.pop(RESUME_ENV, None)
+        finish_loggers(loggers)
     interrupted = interrupted or (trainer.interrupted and not _fit_done(trainer))
     last = ckpt_dir / LAST_CHECKPOINT
     if not interrupted and trainer.is_global_zero and not cfg.trainer.fast_dev_run:

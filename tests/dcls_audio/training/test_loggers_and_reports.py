@@ -42,15 +42,21 @@ def test_a_missing_logger_package_names_the_extra(monkeypatch):
         check_logger_packages(["csv", "wandb"])
 
 
-def test_run_with_all_loggers_prints_map_and_logs_figures(tiny_data, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def offline_loggers(tmp_path, monkeypatch):
+    """W&B offline with its files under ``tmp_path``, MLflow's local file store."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONSOLE", "off")  # W&B would otherwise take over stdout, which capsys reads
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _tiny_run(tiny_data, output_dir: Path, loggers: str, max_epochs: int) -> dict[str, str]:
     train_h5, val_h5 = tiny_data
-    overrides = {
+    return {
         "model.name": "convnext_dcls_audio_tiny",
         "model.depths": "[1, 1, 1, 1]",
         "model.dims": "[8, 16, 32, 64]",
@@ -64,12 +70,16 @@ def test_run_with_all_loggers_prints_map_and_logs_figures(tiny_data, tmp_path, m
         "trainer.accelerator": "cpu",
         "trainer.devices": "1",
         "trainer.precision": "32",
-        "trainer.max_epochs": "2",
+        "trainer.max_epochs": str(max_epochs),
         "trainer.log_every_n_steps": "1",
-        "trainer.logger": "tensorboard,csv,wandb,mlflow",
-        "run.output_dir": str(tmp_path / "runs"),
+        "trainer.logger": loggers,
+        "run.output_dir": str(output_dir),
         "run.name": "loggers",
     }
+
+
+def test_run_with_all_loggers_prints_map_and_logs_figures(tiny_data, tmp_path, offline_loggers, capsys):
+    overrides = _tiny_run(tiny_data, tmp_path / "runs", "tensorboard,csv,wandb,mlflow", max_epochs=2)
     argv = ["train", "--config", "demo"] + [f"--{k}={v}" for k, v in overrides.items()]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
@@ -107,3 +117,44 @@ def test_run_with_all_loggers_prints_map_and_logs_figures(tiny_data, tmp_path, m
     assert run.info.run_name == "version_0"
     history = client.get_metric_history(run.info.run_id, "val/mAP")
     assert [round(m.value, 4) for m in history] == [round(v, 4) for _, _, v in logged]
+
+
+def _argv(overrides: dict[str, str], *extra: str) -> list[str]:
+    return ["train", "--config", "demo", *extra] + [f"--{k}={v}" for k, v in overrides.items()]
+
+
+def test_a_resumed_run_logs_into_the_same_wandb_and_mlflow_runs(tiny_data, tmp_path, offline_loggers, capsys):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from dcls_audio.training.loggers import LOGGER_RUNS_FILE
+
+    output_dir = tmp_path / "runs"
+    run_dir = output_dir / "loggers" / "version_0"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert cli.main(_argv(_tiny_run(tiny_data, output_dir, "wandb,mlflow", max_epochs=1))) == 0
+    recorded = json.loads((run_dir / LOGGER_RUNS_FILE).read_text())
+    assert recorded["wandb"]["project"] == "dcls-audio"
+    assert cli.main(_argv(_tiny_run(tiny_data, output_dir, "wandb,mlflow", max_epochs=2), "--resume", str(last))) == 0
+    capsys.readouterr()
+    assert json.loads((run_dir / LOGGER_RUNS_FILE).read_text()) == recorded
+
+    # W&B: both offline folders (start, resume) belong to the recorded run id
+    folders = sorted((run_dir / "wandb").glob("offline-run-*"))
+    named = re.compile(r"offline-run-\d{8}_\d{6}-" + recorded["wandb"]["id"] + r"(-\d+)?")  # -1: same second
+    assert len(folders) == 2 and all(named.fullmatch(f.name) for f in folders), folders
+
+    # MLflow: one run, with val/mAP of both epochs
+    client = MlflowClient(tracking_uri=recorded["mlflow"]["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("loggers").experiment_id])
+    assert run.info.run_id == recorded["mlflow"]["id"]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/mAP")]
+    assert len(steps) == 2 and steps[0] < steps[1]  # epoch 0 (first start), epoch 1 (resume)
+
+    # the MLflow run deleted from its store: the next resume starts a new one and records it
+    client.delete_run(run.info.run_id)
+    assert cli.main(_argv(_tiny_run(tiny_data, output_dir, "wandb,mlflow", max_epochs=3), "--resume", str(last))) == 0
+    now = json.loads((run_dir / LOGGER_RUNS_FILE).read_text())
+    assert now["wandb"] == recorded["wandb"] and now["mlflow"]["id"] not in (None, recorded["mlflow"]["id"])
+    assert client.get_run(now["mlflow"]["id"]).info.run_name == "version_0"
