@@ -107,14 +107,17 @@ def _pads(placement: Optional[Placement]) -> tuple[int, int]:
     return (0, 0) if placement is None else _pair(placement[1], 0)
 
 
-def _flat_params(weight: Tensor, P: Tensor, SIG: Optional[Tensor], n: int, version: str):
-    """``(count, Q, weight, P (n, Q, count), SIG (n, Q, count) or P, row_h, row_w, row_d)`` as
-    the programs read them (``Q`` kernel slots of ``count`` elements)."""
+def _flat_params(weight: Tensor, P: Tensor, SIG: Optional[Tensor], n: int, version: str) -> tuple:
+    """``(count, Q, weight, P, SIG or P, rows)`` as the programs read them: ``Q`` kernel slots of
+    ``count`` elements, ``P`` and ``SIG`` contiguous ``(n, *weight.shape)``, read as ``n`` rows of
+    ``Q * count``; ``rows`` = the rows of the (height, width, depth) axes as the programs'
+    ``RH``, ``RW``, ``RD`` (no views: each view is one more host operation per call)."""
     count = weight.shape[-1]
     Q = weight.numel() // count
-    p = P.contiguous().reshape(n, Q, count)
-    s = SIG.contiguous().reshape(n, Q, count) if SIG is not None else p
-    return (count, Q, weight.contiguous(), p, s, *_axis_rows(n, version))
+    p = P.contiguous()
+    s = SIG.contiguous() if SIG is not None else p
+    rh, rw, rd = _axis_rows(n, version)
+    return count, Q, weight.contiguous(), p, s, dict(ROW=Q * count, RH=rh, RW=rw, RD=rd)
 
 
 def launch_forward(
@@ -129,22 +132,11 @@ def launch_forward(
     (L, padding)``, its circular ``(*prefix, *L)`` plane for the FFT convolution (tap ``i`` at
     ``(padding - i) mod L`` per axis, as :func:`dcls_core.conv.fft.conv.placed_kernel`)."""
     fwd, _ = _programs()
-    count, Q, w, p, s, rh, rw, rd = _flat_params(weight, P, SIG, len(sizes), version)
+    count, Q, w, p, s, rows = _flat_params(weight, P, SIG, len(sizes), version)
     shape = sizes if placement is None else placement[0]
     kernel = torch.empty((*weight.shape[:-1], *shape), device=weight.device, dtype=torch.float32)
-    fwd[(Q,)](
-        w,
-        p[rh],
-        p[rw],
-        s[rh],
-        s[rw],
-        p[rd],
-        s[rd],
-        kernel,
-        count,
-        *_pads(placement),
-        **_meta(count, sizes, version, SIG is not None, placement),
-    )
+    meta = _meta(count, sizes, version, SIG is not None, placement)
+    fwd[(Q,)](w, p, s, kernel, count, *_pads(placement), **rows, **meta)
     return kernel
 
 
@@ -160,32 +152,24 @@ def launch_backward(
     """Run the backward program: gradients of ``weight``, ``P`` and ``SIG`` (None without SIG);
     ``grad`` is that of the kernel, or of its placed plane with ``placement``."""
     _, bwd = _programs()
-    n = len(sizes)
-    count, Q, w, p, s, rh, rw, rd = _flat_params(weight, P, SIG, n, version)
+    count, Q, w, p, s, rows = _flat_params(weight, P, SIG, len(sizes), version)
     dw = torch.empty(weight.shape, device=w.device, dtype=torch.float32)
-    dP = torch.empty((n, Q, count), device=w.device, dtype=torch.float32)
-    dS = torch.empty((n, Q, count), device=w.device, dtype=torch.float32) if SIG is not None else dP
+    dP = torch.empty(P.shape, device=w.device, dtype=torch.float32)
+    dS = torch.empty(P.shape, device=w.device, dtype=torch.float32) if SIG is not None else dP
     bwd[(Q,)](
         w,
-        p[rh],
-        p[rw],
-        s[rh],
-        s[rw],
-        p[rd],
-        s[rd],
+        p,
+        s,
         grad.contiguous().float(),
         dw,
-        dP[rh],
-        dP[rw],
-        dS[rh],
-        dS[rw],
-        dP[rd],
-        dS[rd],
+        dP,
+        dS,
         count,
         *_pads(placement),
+        **rows,
         **_meta(count, sizes, version, SIG is not None, placement),
     )
-    return dw, dP.reshape(P.shape), (dS.reshape(P.shape) if SIG is not None else None)
+    return dw, dP, (dS if SIG is not None else None)
 
 
 def _forward(weight: Tensor, P: Tensor, SIG: Optional[Tensor], sizes: list[int], version: str) -> Tensor:

@@ -144,16 +144,16 @@ def _placement(a, KH: tl.constexpr, LH: tl.constexpr, PH, BLH: tl.constexpr):
 @triton.jit
 def construct_fwd(
     w_ptr,
-    ph_ptr,
-    pw_ptr,
-    sh_ptr,
-    sw_ptr,
-    pd_ptr,
-    sd_ptr,
+    p_ptr,
+    s_ptr,
     k_ptr,
     Mc,
     PH,
     PW,
+    ROW,
+    RH: tl.constexpr,
+    RW: tl.constexpr,
+    RD: tl.constexpr,
     KD: tl.constexpr,
     BKD: tl.constexpr,
     KH: tl.constexpr,
@@ -171,6 +171,8 @@ def construct_fwd(
     BLW: tl.constexpr,
 ):
     q = tl.program_id(0).to(tl.int64)  # q * plane size can pass 2**31
+    ph_ptr, pw_ptr, pd_ptr = p_ptr + RH * ROW, p_ptr + RW * ROW, p_ptr + RD * ROW
+    sh_ptr, sw_ptr, sd_ptr = s_ptr + RH * ROW, s_ptr + RW * ROW, s_ptr + RD * ROW
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
     a = tl.arange(0, BKH)
     b = tl.arange(0, BKW)
@@ -208,23 +210,19 @@ def construct_fwd(
 @triton.jit
 def construct_bwd(
     w_ptr,
-    ph_ptr,
-    pw_ptr,
-    sh_ptr,
-    sw_ptr,
-    pd_ptr,
-    sd_ptr,
+    p_ptr,
+    s_ptr,
     g_ptr,
     dw_ptr,
-    dph_ptr,
-    dpw_ptr,
-    dsh_ptr,
-    dsw_ptr,
-    dpd_ptr,
-    dsd_ptr,
+    dp_ptr,
+    ds_ptr,
     Mc,
     PH,
     PW,
+    ROW,
+    RH: tl.constexpr,
+    RW: tl.constexpr,
+    RD: tl.constexpr,
     KD: tl.constexpr,
     BKD: tl.constexpr,
     KH: tl.constexpr,
@@ -242,6 +240,10 @@ def construct_bwd(
     BLW: tl.constexpr,
 ):
     q = tl.program_id(0).to(tl.int64)  # q * plane size can pass 2**31
+    ph_ptr, pw_ptr, pd_ptr = p_ptr + RH * ROW, p_ptr + RW * ROW, p_ptr + RD * ROW
+    sh_ptr, sw_ptr, sd_ptr = s_ptr + RH * ROW, s_ptr + RW * ROW, s_ptr + RD * ROW
+    dph_ptr, dpw_ptr, dpd_ptr = dp_ptr + RH * ROW, dp_ptr + RW * ROW, dp_ptr + RD * ROW
+    dsh_ptr, dsw_ptr, dsd_ptr = ds_ptr + RH * ROW, ds_ptr + RW * ROW, ds_ptr + RD * ROW
     m, m_ok, w, p_h, p_w, s_h, s_w = _load_params(w_ptr, ph_ptr, pw_ptr, sh_ptr, sw_ptr, q, Mc, BMC, HAS_SIG)
     a = tl.arange(0, BKH)
     b = tl.arange(0, BKW)
