@@ -11,8 +11,9 @@
   (CUDA, 2-D, large depthwise kernels where half precision or TF32 is allowed), then the FFT
   (CUDA, large kernels), then the reference ``F.conv`` (everything else: small kernels, strides,
   tiny problems, the CPU). The rules were measured on an H100 (``benchmarks/NOTES_layers.md``).
-* The whole layer: where the fused construction and the FFT are both chosen for a 1-D or 2-D DCLS
-  layer while gradients are recorded (eager training), :func:`select_fused` sends it through
+* The whole layer: :func:`plan_layer` makes every choice of a layer call once (construction, kernel
+  cut, convolution); where the fused construction and the FFT are both chosen for a 1-D or 2-D
+  DCLS layer while gradients are recorded (eager training), it sends the layer through
   :mod:`dcls_core.conv.fft.fused_layer` (one autograd node, fewer launches).
 
 Switches:
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -61,10 +62,12 @@ __all__ = [
     "ENV_VAR",
     "FAST_CONV",
     "IMPLS",
+    "LayerPlan",
     "autotune_enabled",
     "build_kernel",
     "current_impl",
     "forced",
+    "plan_layer",
     "select_construct",
     "select_conv",
     "select_fused",
@@ -233,6 +236,60 @@ def select_conv(
 
 
 # -- the whole layer ---------------------------------------------------------------------
+class LayerPlan(NamedTuple):
+    """How one DCLS layer call runs (:func:`plan_layer`)."""
+
+    fused: bool  # the whole layer through dcls_core.conv.fft.fused_layer (the fields below unused)
+    construct: Callable[..., Tensor]  # (weight, P, SIG, dilated_kernel_size, version) -> dense kernel
+    conv: ConvFn  # the convolution, as select_conv's
+    cuts: tuple[int, ...]  # taps cut from both ends of each kernel axis (crop_to_reach), zeros padding
+    padding: tuple[int, ...]  # the convolution's padding after the cuts
+
+
+def plan_layer(
+    input: Tensor,
+    weight: Tensor,
+    P: Tensor,
+    SIG: Optional[Tensor],
+    dilated_kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    padding_mode: str,
+    version: str,
+) -> LayerPlan:
+    """Every choice of one layer call, made once: the construction, the kernel cut to the taps
+    that meet the input (zero padding), the convolution of that cut kernel (the call
+    :func:`select_conv` would see) and whether the fused FFT layer runs it instead: gradients
+    recorded, not compiling, stride 1, the fused construction and the FFT selected, and the
+    transform planes fit the construction's register block."""
+    ndim = len(dilated_kernel_size)
+    construct_name, construct = select_construct(weight, P, SIG, dilated_kernel_size, version)
+    groups = input.shape[-ndim - 1] // weight.shape[1]
+    cuts, cut_padding = (0,) * ndim, tuple(int(p) for p in padding)
+    if padding_mode == "zeros":
+        cuts, cut_padding = reach_cuts(dilated_kernel_size, input.shape, stride, padding)
+    kernel_shape = (*weight.shape[:2], *(k - 2 * c for k, c in zip(dilated_kernel_size, cuts)))
+    recording = torch.is_grad_enabled()
+    params_grad = recording and any(t is not None and t.requires_grad for t in (weight, P, SIG))
+    grads = (recording and input.requires_grad, params_grad)
+    call = autotune.ConvCall(input, kernel_shape, weight.dtype, stride, cut_padding, groups, padding_mode, grads)
+    conv_name = _conv_name(input, kernel_shape, stride, groups, call)
+    fused = (
+        conv_name == fft.NAME
+        and construct_name == "triton"
+        and _forced["fused"] != "off"
+        and recording
+        and not torch.compiler.is_compiling()
+        and ndim <= 2
+        and all(s == 1 for s in stride)
+        and input.dim() >= ndim + 1
+        and fused_construction.places(
+            transform_sizes_for(input.shape[-ndim:], padding, dilated_kernel_size, padding_mode, input.device.type)
+        )
+    )
+    return LayerPlan(fused, construct, CONV_PATHS[conv_name].convolve, cuts, cut_padding)
+
+
 def select_fused(
     input: Tensor,
     weight: Tensor,
@@ -244,27 +301,6 @@ def select_fused(
     padding_mode: str,
     version: str,
 ) -> bool:
-    """True if :func:`dcls_core.conv.fft.fused_layer.fused_dcls_fft` runs this layer call: gradients
-    are recorded, not compiling, stride 1, the fused construction and the FFT are selected, and
-    the transform planes fit the construction's register block."""
-    if _forced["fused"] == "off" or not torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return False
-    ndim = len(dilated_kernel_size)
-    if ndim > 2 or any(s != 1 for s in stride) or input.dim() < ndim + 1:
-        return False
-    if select_construct(weight, P, SIG, dilated_kernel_size, version)[0] != "triton":
-        return False
-    groups = input.shape[-ndim - 1] // weight.shape[1]
-    # the call conv_with_kernel would make: the kernel cut to the taps that meet the input
-    kernel_shape, cut_padding = (*weight.shape[:2], *dilated_kernel_size), tuple(padding)
-    if padding_mode == "zeros":
-        cuts, cut_padding = reach_cuts(dilated_kernel_size, input.shape, stride, padding)
-        kernel_shape = (*weight.shape[:2], *(k - 2 * c for k, c in zip(dilated_kernel_size, cuts)))
-    params_grad = any(t is not None and t.requires_grad for t in (weight, P, SIG))
-    call = autotune.ConvCall(
-        input, kernel_shape, weight.dtype, stride, cut_padding, groups, padding_mode, (input.requires_grad, params_grad)
-    )
-    if _conv_name(input, kernel_shape, stride, groups, call) != fft.NAME:
-        return False
-    sizes = transform_sizes_for(input.shape[-ndim:], padding, dilated_kernel_size, padding_mode, input.device.type)
-    return fused_construction.places(sizes)
+    """True if :func:`dcls_core.conv.fft.fused_layer.fused_dcls_fft` runs this layer call
+    (:func:`plan_layer`'s ``fused``)."""
+    return plan_layer(input, weight, P, SIG, dilated_kernel_size, stride, padding, padding_mode, version).fused

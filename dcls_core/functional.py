@@ -12,10 +12,10 @@ from typing import Optional, Sequence, Union
 
 from torch import Tensor
 
-from .conv.common import PADDING_MODES, crop_to_reach
+from .conv.common import PADDING_MODES, crop_to_reach, cut_kernel
 from .conv.fft.fused_layer import fused_dcls_fft
 from .conv.reference import conv_nd
-from .dispatch import build_kernel, select_conv, select_fused
+from .dispatch import plan_layer, select_conv
 
 __all__ = [
     "IntOrTuple",
@@ -60,13 +60,17 @@ def dcls_conv(
 ) -> Tensor:
     """DCLS convolution over ``len(dilated_kernel_size)`` spatial axes (all learned).
 
-    The whole layer goes through :mod:`dcls_core.conv.fft.fused_layer` where the dispatcher selects
-    it (:func:`dcls_core.dispatch.select_fused`); otherwise the dense kernel is built and convolved.
+    The dispatcher plans the call once (:func:`dcls_core.dispatch.plan_layer`): the whole layer goes
+    through :mod:`dcls_core.conv.fft.fused_layer` where it selects that; otherwise the dense kernel
+    is built, cut to the taps that meet the input, and convolved.
     """
-    if select_fused(input, weight, P, SIG, dilated_kernel_size, stride, padding, padding_mode, version):
+    plan = plan_layer(input, weight, P, SIG, dilated_kernel_size, stride, padding, padding_mode, version)
+    if plan.fused:
         return fused_dcls_fft(input, weight, P, SIG, bias, dilated_kernel_size, padding, groups, padding_mode, version)
-    kernel = build_kernel(weight, P, SIG, tuple(dilated_kernel_size), version)
-    return conv_with_kernel(input, kernel, bias, stride, padding, groups, padding_mode)
+    kernel = plan.construct(weight, P, SIG, tuple(dilated_kernel_size), version)
+    if any(plan.cuts):
+        kernel = cut_kernel(kernel, plan.cuts)
+    return plan.conv(input, kernel, bias, tuple(stride), plan.padding, groups, padding_mode)
 
 
 def conv_with_kernel(

@@ -16,6 +16,7 @@ __all__ = [
     "bias_grad",
     "conv_geometry",
     "crop_to_reach",
+    "cut_kernel",
     "dtype_name",
     "reach_cuts",
     "reversed_padding_repeated_twice",
@@ -121,8 +122,12 @@ def crop_to_reach(
     cuts, pads = reach_cuts(kernel.shape[2:], spatial, stride, padding)
     if not any(cuts):
         return kernel, tuple(int(p) for p in padding)
-    index = (slice(None), slice(None), *(slice(c, k - c) for c, k in zip(cuts, kernel.shape[2:])))
-    return kernel[index], pads
+    return cut_kernel(kernel, cuts), pads
+
+
+def cut_kernel(kernel: Tensor, cuts: Sequence[int]) -> Tensor:
+    """``kernel (C_out, C_in/groups, *k)`` without ``cuts[a]`` taps at both ends of axis ``a`` (a view)."""
+    return kernel[(slice(None), slice(None), *(slice(c, k - c) for c, k in zip(cuts, kernel.shape[2:])))]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
