@@ -231,15 +231,13 @@ def _backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     compute = getattr(torch, dtype)
     kh, kw = k.shape[-2:]
-    dx, dk = x.new_empty(0), k.new_empty(0)
-    if need_x or need_k:
-        dy_rows = _rows_contiguous(dy)
-        if need_x:
-            dx = _conv(
-                dy_rows, k, None, (kh - 1 - padding[0], kw - 1 - padding[1]), x.shape[-2:], x.dtype, compute, flip=True
-            )
-        if need_k:
-            dk = _kernel_grad(x, dy_rows, k.shape, padding, compute).to(k.dtype)
+    dy_rows = _rows_contiguous(dy) if need_x or need_k else dy
+    if need_x:
+        flipped_pad = (kh - 1 - padding[0], kw - 1 - padding[1])
+        dx = _conv(dy_rows, k, None, flipped_pad, x.shape[-2:], x.dtype, compute, flip=True)
+    else:
+        dx = x.new_empty(0)
+    dk = _kernel_grad(x, dy_rows, k.shape, padding, compute).to(k.dtype) if need_k else k.new_empty(0)
     db = bias_grad(dy, 2, bias.dtype) if need_b and bias is not None else dy.new_empty(0)
     return dx, dk, db
 

@@ -288,9 +288,10 @@ def _backward(
     need_g: bool,
     need_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dg = x.new_empty(0), g.new_empty(0)
     if need_x or need_g:
         dx, dg = backward_spectral(dy, x, kernel_spectrum(g), sizes, out_full, stride, groups, need_x, need_g)
+    else:
+        dx, dg = x.new_empty(0), g.new_empty(0)
     db = bias_grad(dy, len(sizes), bias.dtype) if need_b and bias is not None else dy.new_empty(0)
     return dx, dg, db
 

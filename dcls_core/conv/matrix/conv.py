@@ -211,10 +211,11 @@ def _backward(
     c = xc.shape[0]
     tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, xc.device)
     dyc = dyc.to(xc.dtype).contiguous()
-    dx, dk = xc.new_empty(0), k.new_empty(0)
     if need_x:
         t = _matrices(k, tables, math.prod(in_sizes), math.prod(out_sizes), xc.dtype)
         dx = torch.bmm(dyc, t.transpose(1, 2))
+    else:
+        dx = xc.new_empty(0)
     if need_k:
         acc = torch.promote_types(xc.dtype, torch.float32)
         entries = _bmm(xc.transpose(1, 2), dyc, acc).view(c, -1)  # (C, S_in * S_out)
@@ -223,6 +224,8 @@ def _backward(
         # unsafe: the lengths are ours (checking them would read them on the host: a device wait)
         dk = torch.segment_reduce(sorted_entries, "sum", lengths=lengths, axis=1, unsafe=True)
         dk = dk.view(k.shape).to(k.dtype)
+    else:
+        dk = k.new_empty(0)
     db = bias_grad(dyc.transpose(0, 1), 1, bias.dtype) if need_b and bias is not None else dyc.new_empty(0)
     return dx, dk, db
 
