@@ -102,7 +102,7 @@ def count(path: str, device: str) -> dict:
     layer = dcls_core.Dcls2d(c, c, kernel_count=26, dilated_kernel_size=23, padding=11, groups=c).to(device)
     x = torch.randn(2, c, h, w, device=device).to(memory_format=torch.channels_last).requires_grad_()
     row: dict = {"path": path, "input": [2, c, h, w]}
-    with dispatch.forced(construct="triton", conv=path, fused=None if path == "fft" else False):
+    with dispatch.forced(construct="triton", conv=path):
         layer(x).sum().backward()  # compiles the programs
         for phase in ("forward", "backward"):
             launches.clear()

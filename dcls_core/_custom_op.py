@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["register_op"]
+__all__ = ["RegisteredOp", "register_op"]
 
 
 def _same(*settings):
@@ -52,6 +52,21 @@ def _on_tensor_device(fn: Callable) -> Callable:
     return guarded
 
 
+class RegisteredOp:
+    """What :func:`register_op` returns: call it as the op (``op(*tensors, *settings)``); its
+    eager ``forward``, ``backward`` and ``backward_settings`` (with the device guard) are there
+    for a caller that runs the op's passes inside a larger autograd node
+    (:mod:`dcls_core.conv.layer_node`)."""
+
+    def __init__(self, name: str, apply: Callable[..., Tensor], forward, backward, backward_settings) -> None:
+        self.__name__ = name
+        self._apply = apply
+        self.forward, self.backward, self.backward_settings = forward, backward, backward_settings
+
+    def __call__(self, *inputs) -> Tensor:
+        return self._apply(*inputs)
+
+
 def register_op(
     name: str,
     forward: Callable[..., Tensor],
@@ -60,12 +75,12 @@ def register_op(
     num_tensors: int,
     backward_settings: Callable[..., tuple] = _same,
     device_types: Optional[str] = None,
-) -> Callable[..., Tensor]:
+) -> RegisteredOp:
     """Register ``dcls_core::{name}`` and ``dcls_core::{name}_backward`` and an autograd.Function
     over ``forward``/``backward`` (contracts in the module docstring).
 
-    Returns ``apply(*tensors, *settings) -> Tensor``: the custom op while ``torch.compile`` traces,
-    the Function otherwise (cheaper to call eagerly).
+    Returns the op: called, it runs the custom op while ``torch.compile`` traces, the Function
+    otherwise (cheaper to call eagerly).
     """
     n = num_tensors
     forward, backward = _on_tensor_device(forward), _on_tensor_device(backward)
@@ -118,5 +133,4 @@ def register_op(
     def apply(*inputs) -> Tensor:
         return forward_op(*inputs) if torch.compiler.is_compiling() else Function.apply(*inputs)
 
-    apply.__name__ = name
-    return apply
+    return RegisteredOp(name, apply, forward, backward, backward_settings)

@@ -12,9 +12,10 @@
   (CUDA, large kernels), then the reference ``F.conv`` (everything else: small kernels, strides,
   tiny problems, the CPU). The rules were measured on an H100 (``benchmarks/NOTES_layers.md``).
 * The whole layer: :func:`plan_layer` makes every choice of a layer call once (construction, kernel
-  cut, convolution); where the fused construction and the FFT are both chosen for a 1-D or 2-D
-  DCLS layer while gradients are recorded (eager training), it sends the layer through
-  :mod:`dcls_core.conv.fft.fused_layer` (one autograd node, fewer launches).
+  cut, convolution). Where the fused construction is chosen while gradients are recorded (eager
+  training), the layer runs as one autograd node: through :mod:`dcls_core.conv.fft.fused_layer`
+  where the FFT is chosen for a 1-D or 2-D layer (fewer launches too), through
+  :mod:`dcls_core.conv.layer_node` where the direct or matrix path is.
 
 Switches:
 
@@ -31,14 +32,14 @@ Switches:
   calls keep the fixed order by default: there the measured choice lost to it at model level,
   while in training it won (``benchmarks/NOTES_layers.md``, run 9).
 * :func:`forced`: the same within a block, over both variables; ``forced(fused=False)`` keeps the
-  construction and the convolution apart.
+  construction and the convolution apart (two autograd nodes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -107,7 +108,7 @@ def forced(construct: Optional[str] = None, conv: Optional[str] = None, fused: O
     """Within the block, use the named construction / convolution where it applies
     (benchmarks and tests; a construction that does not apply falls back to the reference, a
     convolution that does not apply to the ``auto`` rules);
-    ``fused=False`` never takes the fused layer path. Choices an enclosing block forced and
+    ``fused=False`` never runs a layer as one autograd node. Choices an enclosing block forced and
     this one does not name stay forced."""
     if construct is not None and construct not in CONSTRUCTIONS:
         raise ValueError(f"construct must be one of {CONSTRUCTIONS}, got {construct!r}")
@@ -244,6 +245,7 @@ class LayerPlan(NamedTuple):
     conv: ConvFn  # the convolution, as select_conv's
     cuts: tuple[int, ...]  # taps cut from both ends of each kernel axis (crop_to_reach), zeros padding
     padding: tuple[int, ...]  # the convolution's padding after the cuts
+    prepare: Optional[Callable[..., Any]]  # the conv path's prepare where conv.layer_node runs the call
 
 
 def plan_layer(
@@ -259,9 +261,11 @@ def plan_layer(
 ) -> LayerPlan:
     """Every choice of one layer call, made once: the construction, the kernel cut to the taps
     that meet the input (zero padding), the convolution of that cut kernel (the call
-    :func:`select_conv` would see) and whether the fused FFT layer runs it instead: gradients
-    recorded, not compiling, stride 1, the fused construction and the FFT selected, and the
-    transform planes fit the construction's register block."""
+    :func:`select_conv` would see), and whether one autograd node runs the whole call (gradients
+    recorded, not compiling, the fused construction selected, not ``forced(fused=False)``): the
+    fused FFT layer where the FFT is selected, stride 1 and the transform planes fit the
+    construction's register block; else :mod:`dcls_core.conv.layer_node` where the path has a
+    ``prepare`` (direct, matrix)."""
     ndim = len(dilated_kernel_size)
     construct_name, construct = select_construct(weight, P, SIG, dilated_kernel_size, version)
     groups = input.shape[-ndim - 1] // weight.shape[1]
@@ -274,12 +278,12 @@ def plan_layer(
     grads = (recording and input.requires_grad, params_grad)
     call = autotune.ConvCall(input, kernel_shape, weight.dtype, stride, cut_padding, groups, padding_mode, grads)
     conv_name = _conv_name(input, kernel_shape, stride, groups, call)
+    one_node = (
+        construct_name == "triton" and _forced["fused"] != "off" and recording and not torch.compiler.is_compiling()
+    )
     fused = (
-        conv_name == fft.NAME
-        and construct_name == "triton"
-        and _forced["fused"] != "off"
-        and recording
-        and not torch.compiler.is_compiling()
+        one_node
+        and conv_name == fft.NAME
         and ndim <= 2
         and all(s == 1 for s in stride)
         and input.dim() >= ndim + 1
@@ -287,7 +291,9 @@ def plan_layer(
             transform_sizes_for(input.shape[-ndim:], padding, dilated_kernel_size, padding_mode, input.device.type)
         )
     )
-    return LayerPlan(fused, construct, CONV_PATHS[conv_name].convolve, cuts, cut_padding)
+    path = CONV_PATHS[conv_name]
+    prepare = getattr(path, "prepare", None) if one_node and not fused else None
+    return LayerPlan(fused, construct, path.convolve, cuts, cut_padding, prepare)
 
 
 def select_fused(

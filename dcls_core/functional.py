@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .conv.common import PADDING_MODES, crop_to_reach, cut_kernel
 from .conv.fft.fused_layer import fused_dcls_fft
+from .conv.layer_node import construct_and_convolve
 from .conv.reference import conv_nd
 from .dispatch import plan_layer, select_conv
 
@@ -60,13 +61,19 @@ def dcls_conv(
 ) -> Tensor:
     """DCLS convolution over ``len(dilated_kernel_size)`` spatial axes (all learned).
 
-    The dispatcher plans the call once (:func:`dcls_core.dispatch.plan_layer`): the whole layer goes
-    through :mod:`dcls_core.conv.fft.fused_layer` where it selects that; otherwise the dense kernel
-    is built, cut to the taps that meet the input, and convolved.
+    The dispatcher plans the call once (:func:`dcls_core.dispatch.plan_layer`): the whole layer runs
+    as one autograd node (:mod:`dcls_core.conv.fft.fused_layer`, :mod:`dcls_core.conv.layer_node`) where
+    it plans that; otherwise the dense kernel is built, cut to the taps that meet the input, and
+    convolved.
     """
     plan = plan_layer(input, weight, P, SIG, dilated_kernel_size, stride, padding, padding_mode, version)
     if plan.fused:
         return fused_dcls_fft(input, weight, P, SIG, bias, dilated_kernel_size, padding, groups, padding_mode, version)
+    if plan.prepare is not None:
+        return construct_and_convolve(
+            input, weight, P, SIG, bias, dilated_kernel_size, plan.cuts, plan.prepare, stride, plan.padding, groups,
+            padding_mode, version,
+        )  # fmt: skip
     kernel = plan.construct(weight, P, SIG, tuple(dilated_kernel_size), version)
     if any(plan.cuts):
         kernel = cut_kernel(kernel, plan.cuts)

@@ -3,7 +3,7 @@ bias gradient."""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from torch import Tensor
 __all__ = [
     "PADDING_MODES",
     "ConvGeometry",
+    "PreparedConv",
     "apply_padding_mode",
     "bias_grad",
     "conv_geometry",
@@ -49,6 +50,25 @@ class ConvGeometry(NamedTuple):
     out_full: list[int]  # stride-1 output size per axis
     out_dtype: torch.dtype  # the input's dtype, or the autocast dtype
     unbatched: bool
+
+
+class PreparedConv(NamedTuple):
+    """One call of a convolution path laid out for its registered op (a path's ``prepare``):
+    ``op(input, kernel, bias, *settings)`` is the path's output before :meth:`finish`. ``input``
+    may be a differentiable copy of the caller's input (another layout or dtype)."""
+
+    op: Any  # dcls_core._custom_op.RegisteredOp
+    input: Tensor
+    bias: Optional[Tensor]
+    settings: tuple
+    unbatched: bool
+    view: Optional[Callable[[Tensor], Tensor]] = None  # the op's output -> (N, C_out, *out), if not already
+
+    def finish(self, y: Tensor) -> Tensor:
+        """The op's output as the path returns it."""
+        if self.view is not None:
+            y = self.view(y)
+        return y.squeeze(0) if self.unbatched else y
 
 
 def conv_geometry(

@@ -7,9 +7,9 @@ transform and no workspace.
 
 from __future__ import annotations
 
-from .conv import MAX_KW, direct_dw_conv2d, pays, supports
+from .conv import MAX_KW, direct_dw_conv2d, pays, prepare, supports
 
-__all__ = ["MAX_KW", "NAME", "convolve", "direct_dw_conv2d", "pays", "supports"]
+__all__ = ["MAX_KW", "NAME", "convolve", "direct_dw_conv2d", "pays", "prepare", "supports"]
 
 NAME = "direct"
 convolve = direct_dw_conv2d

@@ -25,10 +25,10 @@ from torch import Tensor
 
 from ..._custom_op import register_op
 from ..._triton import triton_available
-from ..common import bias_grad, conv_geometry, dtype_name
+from ..common import PreparedConv, bias_grad, conv_geometry, dtype_name
 from ..cost import large_kernel
 
-__all__ = ["DTYPES", "MAX_KW", "direct_dw_conv2d", "pays", "supports"]
+__all__ = ["DTYPES", "MAX_KW", "direct_dw_conv2d", "pays", "prepare", "supports"]
 
 # tile settings: the best of the sweeps in benchmarks/NOTES_layers.md
 _BM = 32  # output rows (n, h) per program of the forward / input gradient
@@ -262,6 +262,30 @@ def pays(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], grou
     return dtype != torch.float32 or torch.backends.cudnn.allow_tf32
 
 
+def prepare(
+    input: Tensor,
+    kernel_shape: Sequence[int],
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+    padding_mode: str = "zeros",
+) -> PreparedConv:
+    """Check a call of :func:`direct_dw_conv2d` and lay it out for its op (the op's tensors besides
+    the kernel, its settings, the output's last step); taken under the caller's autocast state."""
+    if not supports(input, kernel_shape, stride, groups):
+        raise ValueError(
+            f"direct_dw_conv2d: needs a CUDA (N, C, H, W) input and a (C, 1, kH, kW) kernel with groups == C, "
+            f"kW <= {MAX_KW}, stride 1; got input {tuple(input.shape)} on {input.device}, kernel "
+            f"{tuple(kernel_shape)}, groups {groups}, stride {tuple(stride)}"
+        )
+    geo = conv_geometry(input, kernel_shape, stride, padding, groups, padding_mode, "direct_dw_conv2d")
+    # products and result in the output dtype: autocast on CUDA is half precision, else the input's dtype
+    settings = (list(geo.padding), geo.out_full, dtype_name(geo.out_dtype))
+    bias = bias if bias is None else bias.contiguous()
+    return PreparedConv(_direct, _rows_contiguous(geo.input), bias, settings, geo.unbatched)
+
+
 def direct_dw_conv2d(
     input: Tensor,
     kernel: Tensor,
@@ -283,22 +307,6 @@ def direct_dw_conv2d(
         ``(N, C, H_out, W_out)`` (unbatched if the input was) in the input's dtype (under
         autocast: the autocast dtype).
     """
-    if not supports(input, kernel.shape, stride, groups):
-        raise ValueError(
-            f"direct_dw_conv2d: needs a CUDA (N, C, H, W) input and a (C, 1, kH, kW) kernel with groups == C, "
-            f"kW <= {MAX_KW}, stride 1; got input {tuple(input.shape)} on {input.device}, kernel "
-            f"{tuple(kernel.shape)}, groups {groups}, stride {tuple(stride)}"
-        )
-    geo = conv_geometry(input, kernel.shape, stride, padding, groups, padding_mode, "direct_dw_conv2d")
-    # products and result in the output dtype: autocast on CUDA is half precision, else the input's dtype
-    with torch.autocast(geo.input.device.type, enabled=False):
-        args = (
-            _rows_contiguous(geo.input),
-            kernel,
-            bias if bias is None else bias.contiguous(),
-            list(geo.padding),
-            geo.out_full,
-            dtype_name(geo.out_dtype),
-        )
-        y = _direct(*args)
-    return y.squeeze(0) if geo.unbatched else y
+    call = prepare(input, kernel.shape, bias, stride, padding, groups, padding_mode)
+    with torch.autocast(input.device.type, enabled=False):
+        return call.finish(call.op(call.input, kernel, call.bias, *call.settings))

@@ -6,9 +6,9 @@ channel (batched GEMM), any number of spatial axes, any device.
 
 from __future__ import annotations
 
-from .conv import matrix_dw_conv, pays, supports
+from .conv import matrix_dw_conv, pays, prepare, supports
 
-__all__ = ["NAME", "convolve", "matrix_dw_conv", "pays", "supports"]
+__all__ = ["NAME", "convolve", "matrix_dw_conv", "pays", "prepare", "supports"]
 
 NAME = "matrix"
 convolve = matrix_dw_conv

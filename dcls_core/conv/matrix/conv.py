@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 
 from ..._custom_op import register_op
-from ..common import bias_grad, conv_geometry
+from ..common import PreparedConv, bias_grad, conv_geometry
 from ..cost import large_kernel
 
-__all__ = ["MAX_MATRIX_BYTES", "matrix_dw_conv", "pays", "supports", "tap_tables"]
+__all__ = ["MAX_MATRIX_BYTES", "matrix_dw_conv", "pays", "prepare", "supports", "tap_tables"]
 
 #: the matrices T of one call (all channels, in the products' dtype) at most; the kernel
 #: gradient's float32 entries and their sorted copy take up to 4x that again (half precision)
@@ -233,6 +233,42 @@ def _backward(
 _matrix = register_op("matrix_dw_conv", _forward, _backward, _forward_fake, num_tensors=3)
 
 
+def prepare(
+    input: Tensor,
+    kernel_shape: Sequence[int],
+    bias: Optional[Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    groups: int,
+    padding_mode: str = "zeros",
+) -> PreparedConv:
+    """Check a call of :func:`matrix_dw_conv` and lay it out for its op: the input as its
+    channels-first copy in the products' dtype (a differentiable copy), the settings, and the
+    ``(N, C, *S_out)`` view of the op's ``(C, N, S_out)`` output; taken under the caller's
+    autocast state."""
+    if not supports(input, kernel_shape, stride, groups):
+        raise ValueError(
+            f"matrix_dw_conv: needs an (N, C, *S) floating input and a (C, 1, *k) kernel with groups == C; got "
+            f"input {tuple(input.shape)} ({input.dtype}), kernel {tuple(kernel_shape)}, groups {groups}"
+        )
+    geo = conv_geometry(input, kernel_shape, stride, padding, groups, padding_mode, "matrix_dw_conv")
+    stride = [int(s) for s in stride]
+    out_sizes = [(full - 1) // s + 1 for full, s in zip(geo.out_full, stride)]
+    x = geo.input
+    n, c = x.shape[:2]
+    with torch.autocast(x.device.type, enabled=False):
+        # the layout change and the cast are plain (differentiable) torch copies, outside the op:
+        # the op keeps its channels-first input for the kernel gradient, and its input gradient
+        # goes back to the input's dtype and layout through the copy's backward
+        xc = _channels_first(x, geo.out_dtype)
+    settings = (list(x.shape[2:]), out_sizes, list(geo.padding), stride)
+
+    def view(yc: Tensor) -> Tensor:
+        return yc.transpose(0, 1).view(n, c, *out_sizes)  # channels outermost in memory: no copy
+
+    return PreparedConv(_matrix, xc, bias, settings, geo.unbatched, view)
+
+
 def matrix_dw_conv(
     input: Tensor,
     kernel: Tensor,
@@ -254,21 +290,6 @@ def matrix_dw_conv(
         ``(N, C, *S_out)`` (unbatched if the input was) in the input's dtype (under autocast:
         the autocast dtype).
     """
-    if not supports(input, kernel.shape, stride, groups):
-        raise ValueError(
-            f"matrix_dw_conv: needs an (N, C, *S) floating input and a (C, 1, *k) kernel with groups == C; got "
-            f"input {tuple(input.shape)} ({input.dtype}), kernel {tuple(kernel.shape)}, groups {groups}"
-        )
-    geo = conv_geometry(input, kernel.shape, stride, padding, groups, padding_mode, "matrix_dw_conv")
-    stride = [int(s) for s in stride]
-    out_sizes = [(full - 1) // s + 1 for full, s in zip(geo.out_full, stride)]
-    x = geo.input
-    n, c = x.shape[:2]
-    with torch.autocast(x.device.type, enabled=False):
-        # the layout change and the cast are plain (differentiable) torch copies, outside the op:
-        # the op keeps its channels-first input for the kernel gradient, and its input gradient
-        # goes back to the input's dtype and layout through the copy's backward
-        xc = _channels_first(x, geo.out_dtype)
-        yc = _matrix(xc, kernel, bias, list(x.shape[2:]), out_sizes, list(geo.padding), stride)
-    y = yc.transpose(0, 1).view(n, c, *out_sizes)  # channels outermost in memory: no copy
-    return y.squeeze(0) if geo.unbatched else y
+    call = prepare(input, kernel.shape, bias, stride, padding, groups, padding_mode)
+    with torch.autocast(input.device.type, enabled=False):
+        return call.finish(call.op(call.input, kernel, call.bias, *call.settings))
