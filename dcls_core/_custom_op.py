@@ -80,7 +80,8 @@ def register_op(
     over ``forward``/``backward`` (contracts in the module docstring).
 
     Returns the op: called, it runs the custom op while ``torch.compile`` traces, the Function
-    otherwise (cheaper to call eagerly).
+    where a gradient is recorded, else the forward alone (eager calls: no custom-op dispatch, and
+    no autograd node where none is needed).
     """
     n = num_tensors
     forward, backward = _on_tensor_device(forward), _on_tensor_device(backward)
@@ -131,6 +132,10 @@ def register_op(
     Function.__name__ = Function.__qualname__ = f"{name}_function"
 
     def apply(*inputs) -> Tensor:
-        return forward_op(*inputs) if torch.compiler.is_compiling() else Function.apply(*inputs)
+        if torch.compiler.is_compiling():
+            return forward_op(*inputs)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs[:n]):
+            return Function.apply(*inputs)
+        return forward(*inputs)  # no gradient to record (inference): no autograd node to build
 
     return RegisteredOp(name, apply, forward, backward, backward_settings)
