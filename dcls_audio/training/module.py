@@ -71,6 +71,20 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf (outside fp16 loss scaling)."""
 
 
+def _seed_global_generators(seed: int, device: torch.device) -> None:
+    """Seed torch's global generators that a training step on ``device`` draws from: the CPU's and
+    ``device``'s. ``torch.manual_seed`` would seed every backend too, and for backends not
+    initialised in this process it records the caller's stack each time (a per-step host cost)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
+    elif device.type != "cpu":
+        torch.manual_seed(seed)
+
+
 class AudioTaggingModule(L.LightningModule):
     """Audio tagging: front end + backbone + BCE, AdamW/LAMB with warm-up cosine, EMA.
 
@@ -333,7 +347,7 @@ class AudioTaggingModule(L.LightningModule):
         self.front_end.set_seed(seed)
         self._mixup_generator.manual_seed(seed + 1)
         if not self._reused_outputs:
-            torch.manual_seed(seed + 2)
+            _seed_global_generators(seed + 2, self.device)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

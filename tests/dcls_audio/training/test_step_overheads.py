@@ -134,6 +134,28 @@ def test_the_loss_is_not_a_per_step_progress_bar_metric_and_the_bar_shows_a_rece
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses.logged[-1], rel=1e-6)
 
 
+# ----------------------------------------------------------------------------- per-batch seeding
+def test_steps_seed_their_generators_without_torch_manual_seed(monkeypatch):
+    """torch.manual_seed seeds every backend and records the caller's stack for the ones not
+    initialised: a host cost each step. The steps seed the generators they draw from instead."""
+    calls: list = []
+    real = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: (calls.append(seed), real(seed))[1])
+    _fit_tiny([])
+    assert calls == [0]  # _fit_tiny's own
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_seeding_a_step_draws_what_torch_manual_seed_would(device):
+    from dcls_audio.training.module import _seed_global_generators
+
+    _seed_global_generators(1234, torch.device(device))
+    got = (torch.rand(5), torch.rand(5, device=device))
+    torch.manual_seed(1234)
+    want = (torch.rand(5), torch.rand(5, device=device))
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 # ----------------------------------------------------------------------------- side-stream batch copy
 Pair = collections.namedtuple("Pair", "a b")
 
