@@ -28,14 +28,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["RegisteredOp", "register_op"]
+__all__ = ["RegisteredOp", "on_tensor_device", "register_op"]
 
 
 def _same(*settings):
     return settings
 
 
-def _on_tensor_device(fn: Callable) -> Callable:
+def on_tensor_device(fn: Callable) -> Callable:
     """``fn`` run with the device of its first CUDA tensor argument current (a no-op guard when that
     device already is, or no argument is a CUDA tensor)."""
 
@@ -84,7 +84,7 @@ def register_op(
     no autograd node where none is needed).
     """
     n = num_tensors
-    forward, backward = _on_tensor_device(forward), _on_tensor_device(backward)
+    forward, backward = on_tensor_device(forward), on_tensor_device(backward)
     forward_op = torch.library.custom_op(f"dcls_core::{name}", forward, mutates_args=(), device_types=device_types)
     forward_op.register_fake(forward_fake)
     backward_op = torch.library.custom_op(

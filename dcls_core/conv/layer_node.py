@@ -11,7 +11,8 @@ fast GPU an eager DCLS model waits for exactly that host time, so here one
   gradient (back at full size if cut) goes straight to the construction's backward program,
   which writes the weight, position and sigma gradients in one launch.
 
-The results equal the two nodes' (same programs, same order of operations). Taken by
+The results equal the two nodes' (same programs, same order of operations). Forward and backward
+run with the input's GPU current, as the registered ops do (:func:`dcls_core._custom_op.on_tensor_device`). Taken by
 :func:`dcls_core.functional.dcls_conv` where :func:`dcls_core.dispatch.plan_layer` plans it
 (gradients recorded, not compiling, the fused construction and a path with ``prepare``: the
 direct and matrix paths); under ``torch.compile`` the separate custom ops run instead.
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .._custom_op import on_tensor_device
 from ..construction import fused as fused_construction
 from ..construction.reference import SIGMA_VERSIONS
 from .common import PreparedConv, cut_kernel, reversed_padding_repeated_twice
@@ -35,6 +37,7 @@ __all__ = ["construct_and_convolve"]
 
 class _ConstructAndConvolve(torch.autograd.Function):
     @staticmethod
+    @on_tensor_device
     def forward(ctx, x, weight, P, SIG, bias, ksize, version, cuts, op, settings):
         kernel = fused_construction.launch_forward(weight, P, SIG, ksize, version)
         if any(cuts):
@@ -46,6 +49,7 @@ class _ConstructAndConvolve(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @on_tensor_device
     def backward(ctx, dy):
         x, kernel, weight, P, SIG, bias = ctx.saved_tensors
         ksize, version, cuts, op, saved = ctx.args

@@ -47,7 +47,7 @@ def current(monkeypatch):
 
 def test_guard_makes_the_first_cuda_tensors_device_current(current):
     seen = []
-    body = _custom_op._on_tensor_device(lambda *args: seen.append(torch.cuda.current_device()) or len(args))
+    body = _custom_op.on_tensor_device(lambda *args: seen.append(torch.cuda.current_device()) or len(args))
     on_gpu = torch.Tensor._make_subclass(_OnGpu, torch.zeros(2))
     assert body(None, on_gpu, 3) == 3
     assert seen == [1] and current["entered"] == [1] and current["index"] == 0
@@ -55,7 +55,7 @@ def test_guard_makes_the_first_cuda_tensors_device_current(current):
 
 def test_guard_leaves_cpu_calls_and_the_current_device_alone(current):
     seen = []
-    body = _custom_op._on_tensor_device(lambda *args: seen.append(torch.cuda.current_device()))
+    body = _custom_op.on_tensor_device(lambda *args: seen.append(torch.cuda.current_device()))
     body(torch.zeros(2), None, "x")
     current["index"] = 1
     body(torch.Tensor._make_subclass(_OnGpu, torch.zeros(2)))

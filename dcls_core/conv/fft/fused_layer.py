@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..._custom_op import on_tensor_device
 from ...construction import fused as fused_construction
 from ...construction.reference import SIGMA_VERSIONS
 from ..common import bias_grad
@@ -35,6 +36,7 @@ __all__ = ["fused_dcls_fft"]
 
 class _DclsFFT(torch.autograd.Function):
     @staticmethod
+    @on_tensor_device
     def forward(ctx, x, weight, P, SIG, bias, ksize, sizes, padding, out_full, groups, version, out_dtype):
         placement = (sizes, padding)
         g = fused_construction.launch_forward(weight, P, SIG, ksize, version, placement)
@@ -49,6 +51,7 @@ class _DclsFFT(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @on_tensor_device
     def backward(ctx, dy):
         x, weight, P, SIG, g_f = ctx.saved_tensors
         ksize, sizes, padding, out_full, groups, version = ctx.args
