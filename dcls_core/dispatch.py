@@ -268,7 +268,7 @@ def plan_layer(
     ``prepare`` (direct, matrix)."""
     ndim = len(dilated_kernel_size)
     construct_name, construct = select_construct(weight, P, SIG, dilated_kernel_size, version)
-    groups = input.shape[-ndim - 1] // weight.shape[1]
+    groups = input.shape[-ndim - 1] // weight.shape[1] if input.dim() > ndim else 1  # else the path names the error
     cuts, cut_padding = (0,) * ndim, tuple(int(p) for p in padding)
     if padding_mode == "zeros":
         cuts, cut_padding = reach_cuts(dilated_kernel_size, input.shape, stride, padding)
