@@ -291,7 +291,7 @@ class AudioSetDataModule(L.LightningDataModule):
             devices = max(1, int(getattr(trainer, "num_devices", 1) or 1))
             kind = type(getattr(trainer, "accelerator", None)).__name__
             accelerator = kind.replace("Accelerator", "").lower() if kind.endswith("Accelerator") else "cpu"
-        elif self.requested_loader["num_workers"] is None:
+        elif self.requested_loader["num_workers"] is None or self.requested_loader["pin_memory"] is None:
             import torch  # no trainer: judge by what this process could train on
 
             accelerator = "cuda" if torch.cuda.is_available() else "cpu"

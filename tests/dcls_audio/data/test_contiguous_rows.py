@@ -224,6 +224,20 @@ def test_the_data_module_defers_only_where_the_loader_pins(tmp_path):
     dm.teardown()
 
 
+def test_without_a_trainer_pinning_follows_the_machine_whatever_the_workers(tmp_path, monkeypatch):
+    """No trainer attached (a DataModule used by hand): an unset pin_memory follows what this process
+    could train on, also when the worker count is given."""
+    from dcls_audio.data import AudioSetDataModule
+
+    _write(tmp_path / "a.h5")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    common = dict(train_files=tmp_path / "a.h5", batch_size=2, clip_samples=S)
+    for workers in (None, 0, 2):
+        assert AudioSetDataModule(num_workers=workers, **common).loader_settings().pin_memory, workers
+    assert not AudioSetDataModule(num_workers=2, pin_memory=False, **common).loader_settings().pin_memory
+
+
 @pytest.mark.cuda
 def test_cuda_loader_workers_hand_over_rows_read_into_pinned_memory(tmp_path):
     """On a GPU machine the DataModule's loader (workers, pinning) delivers pinned batches equal to
