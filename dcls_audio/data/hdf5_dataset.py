@@ -396,17 +396,17 @@ class AudioSetHDF5(Dataset):
             raise IndexError(f"index {bad} out of range for {len(self)} clips")
         batch = len(order)
         file_of = np.searchsorted(self._offsets, order, side="right") - 1
-        groups = []  # (file, slots in the batch, rows of the file), targets read on the way
+        groups = []  # (file, slots in the batch, rows of the file, its distinct rows, slot -> distinct row)
         target = np.empty((batch, self.num_classes), dtype=bool)
         for file_no in np.unique(file_of).tolist():
             slots = np.flatnonzero(file_of == file_no)
             rows = self._rows[file_no][order[slots] - self._offsets[file_no]]
             unique_rows, where = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
             target[slots] = self._datasets(file_no)[1][unique_rows][where]
-            groups.append((file_no, slots, rows))
-        readers = [self._contiguous[file_no] for file_no, _, _ in groups]
+            groups.append((file_no, slots, rows, unique_rows, where))  # targets read on the way
+        readers = [self._contiguous[group[0]] for group in groups]
         if self.defer_pcm_reads and all(r is not None for r in readers):  # read when the batch is pinned
-            parts = [(reader, slots, rows) for reader, (_, slots, rows) in zip(readers, groups)]
+            parts = [(reader, slots, rows) for reader, (_, slots, rows, *_) in zip(readers, groups)]
             return self._collated(order, PendingRows((batch, self.clip_samples), np.int16, parts), target, 0)
         if get_worker_info() is not None:  # handed to the main process through shared memory,
             # allocated there directly (share_memory_() would allocate, then copy)
@@ -416,11 +416,10 @@ class AudioSetHDF5(Dataset):
             waveform = torch.empty((batch, self.clip_samples), dtype=torch.int16)
         wave_np = waveform.numpy()
         failed: list[int] = []
-        for (file_no, slots, rows), contiguous in zip(groups, readers):
+        for (file_no, slots, rows, unique_rows, where), contiguous in zip(groups, readers):
             if contiguous is not None:  # straight into the batch (contiguous_rows: measured faster)
                 contiguous.read_into(wave_np, slots, rows)
                 continue
-            unique_rows, where = np.unique(rows, return_inverse=True)
             stored = self._datasets(file_no)[0][unique_rows]
             if self.codecs[file_no] == "pcm":
                 wave_np[slots] = stored[where]
@@ -432,7 +431,7 @@ class AudioSetHDF5(Dataset):
                 else:
                     wave_np[slot] = clip
         if len(failed) == batch:  # an empty batch would give a NaN loss and stop training obscurely
-            files = ", ".join(sorted({str(self.files[f]) for f, _, _ in groups}))
+            files = ", ".join(sorted({str(self.files[f]) for f, *_ in groups}))
             raise UsageError(
                 f"{files}: none of the {batch} clips of a batch could be decoded; the file is damaged: pack it again"
             )
