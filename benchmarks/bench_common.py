@@ -23,3 +23,10 @@ def fresh(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def is_kernel(event) -> bool:
+    """Whether a profiler event (or average) is device work: a kernel or a copy on the device, not
+    a host operator and not a range annotated on the device timeline (``Optimizer.step#...``),
+    whose time spans kernels already counted."""
+    return event.device_type == torch.autograd.DeviceType.CUDA and not getattr(event, "is_user_annotation", False)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import fresh, sync  # noqa: E402
+from bench_common import fresh, is_kernel, sync  # noqa: E402
 
 from dcls_audio.models import create_model  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
@@ -156,7 +156,7 @@ class Bench:
             step()
         sync(self.device)
         acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
+        with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
             start = time.perf_counter()
             step()
             sync(self.device)
@@ -165,7 +165,7 @@ class Bench:
         kernels: dict[str, float] = defaultdict(float)
         launches = 0
         for event in prof.key_averages():
-            if event.device_type != torch.autograd.DeviceType.CUDA:  # host-side operators
+            if not is_kernel(event):  # host-side operators and ranges annotated on the device
                 continue
             ms = event.self_device_time_total / 1000
             groups[group_of(event.key)] += ms
@@ -173,6 +173,13 @@ class Bench:
             launches += event.count
         busy = sum(groups.values())
         top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+        # host operators by the device time of the kernels they launch themselves, per input shape
+        ops = []
+        for event in prof.key_averages(group_by_input_shape=True):
+            if event.device_type == torch.autograd.DeviceType.CUDA or event.self_device_time_total <= 0:
+                continue
+            ops.append((event.self_device_time_total / 1000, event.count, f"{event.key} {event.input_shapes}"))
+        ops.sort(key=lambda t: -t[0])
         return {
             "wall_ms": wall_ms,
             "kernel_ms": busy,
@@ -180,6 +187,7 @@ class Bench:
             "kernels": launches,
             "groups_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
             "top_kernels_ms": {k[:90]: v for k, v in top},
+            "top_ops_ms": [{"ms": ms, "calls": n, "op": name[:160]} for ms, n, name in ops[:25]],
         }
 
 
@@ -243,6 +251,9 @@ def print_table(report: dict) -> None:
             print("   " + ", ".join(f"{g} {ms:.1f}" for g, ms in prof["groups_ms"].items()))
             for k, ms in list(prof["top_kernels_ms"].items())[:8]:
                 print(f"   {ms:7.2f} ms  {k}")
+            print("   by host operator (its own kernels), with input shapes:")
+            for op in prof.get("top_ops_ms", [])[:25]:
+                print(f"   {op['ms']:7.2f} ms {op['calls']:4d}x  {op['op']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,9 @@ ends. Prints a table and writes JSON (default: benchmarks/results/bench_train_lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import fresh, sync  # noqa: E402
+from bench_common import fresh, is_kernel, sync  # noqa: E402
 
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
@@ -49,6 +51,7 @@ from dcls_audio.features.augment import (  # noqa: E402
     sample_front_end,
     sample_mixup_draws,
 )
+from dcls_audio.features.logmel_passes import DEFAULT_FRONT_END, FRONT_END_ENV_VAR  # noqa: E402
 from dcls_audio.models import create_model  # noqa: E402
 from dcls_audio.training.module import AudioTaggingModule  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
@@ -164,7 +167,7 @@ class StepProfiler(L.Callback):
             self.prof.__exit__(None, None, None)
             events = self.prof.key_averages()
             print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
-            device_events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+            device_events = [e for e in events if is_kernel(e)]
             if device_events:  # is the step bound by the device's work or by the host?
                 kernel_ms = sum(e.self_device_time_total for e in device_events) / 1000 / self.steps
                 print(
@@ -244,35 +247,108 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
     return row
 
 
-# ----------------------------------------------------------------------------- augmentations alone
-def augment_ms(args: argparse.Namespace, device: torch.device) -> float:
-    """Host draws + device ops of roll, speed, erasing and mixup for one batch, in ms."""
-    front = LogMelFrontEnd(clip_samples=args.clip_samples, seed=0).train()
+# ----------------------------------------------------------------------------- augmentations
+@contextlib.contextmanager
+def front_end_path(front_end: str):
+    """``DCLS_AUDIO_FRONT_END`` set to ``front_end`` for the block (the front end reads it per call)."""
+    saved = os.environ.get(FRONT_END_ENV_VAR)
+    os.environ[FRONT_END_ENV_VAR] = front_end
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(FRONT_END_ENV_VAR, None)
+        else:
+            os.environ[FRONT_END_ENV_VAR] = saved
+
+
+def default_front_end() -> str:
+    """The path the front end takes here: ``DCLS_AUDIO_FRONT_END`` if set, else the product's default."""
+    return os.environ.get(FRONT_END_ENV_VAR, "").strip().lower() or DEFAULT_FRONT_END
+
+
+def _ms_per_call(fn, reps: int, device: torch.device) -> float:
+    for _ in range(3):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return 1000 * (time.perf_counter() - start) / reps
+
+
+def augment_ms(args: argparse.Namespace, device: torch.device, front_end: str) -> dict:
+    """What the augmentations and mixup add to a step of ``--batch-size`` int16 clips, in ms.
+
+    ``in_front_end``: the front end in training mode with this step's draws (host draws and their
+    copy included) plus mixup, less the front end in eval mode (no augmentation), both on the
+    ``front_end`` path. ``ops_alone``: the draws and the op-by-op augmentations and mixup on their
+    own (the reference ops, whatever the path)."""
+    front = LogMelFrontEnd(clip_samples=args.clip_samples, seed=0).to(device)
     height, width = front.power_shape()
     batch = args.batch_size
-    wave = torch.randn(batch, args.clip_samples, device=device)
-    power = torch.rand(batch, height, width, device=device)
-    logmel = torch.randn(batch, 1, 128, width, device=device)
+    wave = torch.randint(-3000, 3000, (batch, args.clip_samples), device=device, dtype=torch.int16)
     target = (torch.rand(batch, NUM_CLASSES, device=device) < 0.01).float()
     gen = torch.Generator().manual_seed(0)
+    reps = max(10, args.steps)
 
-    def once() -> None:
+    def plain() -> None:
+        front.eval()(wave)
+
+    def augmented() -> None:
+        draws = front.train().sample_augmentations(batch).to(device)
+        mix = sample_mixup_draws(batch, 0.8, gen).to(device)
+        apply_mixup(front(wave, draws), target, mix, 0.1)
+
+    power = torch.rand(batch, height, width, device=device)
+    logmel = torch.randn(batch, 1, 128, width, device=device)
+    floats = wave.float()
+
+    def ops_alone() -> None:
         draws = sample_front_end(batch, args.clip_samples, True, ((0.5, 1.5), 0.5), ((height, width), 0.25), gen)
         draws = draws.to(device)
         mix = sample_mixup_draws(batch, 0.8, gen).to(device)
-        apply_time_warp(wave, draws.shift, draws.speed)
+        apply_time_warp(floats, draws.shift, draws.speed)
         apply_erase(power, draws.erase)
         apply_mixup(logmel, target, mix, 0.1)
 
-    for _ in range(3):
-        once()
-    sync(device)
-    reps = max(3, args.steps)
-    start = time.perf_counter()
-    for _ in range(reps):
-        once()
-    sync(device)
-    return 1000 * (time.perf_counter() - start) / reps
+    with front_end_path(front_end):
+        plain_ms = _ms_per_call(plain, reps, device)
+        augmented_ms = _ms_per_call(augmented, reps, device)
+    return {
+        "front_end_ms": plain_ms,
+        "in_front_end": augmented_ms - plain_ms,
+        "ops_alone": _ms_per_call(ops_alone, reps, device),
+    }
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """Per (model, mode, pin, front end): the median bare and loop samples/s of its runs, the
+    ratio of those medians and the lowest and highest single-run ratio."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["mode"], r["pin"], r["front_end"]), []).append(r)
+    out = []
+    for (model, mode, pin, path), runs in groups.items():
+        bare = float(np.median([r["bare_samples_per_s"] for r in runs]))
+        loop = float(np.median([r["loop_samples_per_s"] for r in runs]))
+        ratios = [r["ratio"] for r in runs]
+        out.append(
+            {
+                "model": model,
+                "mode": mode,
+                "pin": pin,
+                "front_end": path,
+                "runs": len(runs),
+                "bare_samples_per_s": bare,
+                "loop_samples_per_s": loop,
+                "ratio": loop / bare,
+                "ratio_low": min(ratios),
+                "ratio_high": max(ratios),
+            }
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------- main
@@ -303,6 +379,17 @@ def main(argv: list[str] | None = None) -> int:
         default=["loader"],
         choices=("loader", "main"),
         help="where batches are pinned: the loader's pin-memory thread and/or the main thread (one loop run each)",
+    )
+    parser.add_argument(
+        "--front-ends",
+        nargs="+",
+        default=None,
+        choices=("reference", "fused"),
+        help="the front end's path (DCLS_AUDIO_FRONT_END) of the eager loop runs, one run each "
+        "(default: the product's default; compiled runs trace the op-by-op chain either way)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of every bare step and loop variant, in turn (medians printed)"
     )
     parser.add_argument("--tmpdir", default=None, help="where to write the HDF5 file")
     parser.add_argument(
@@ -337,41 +424,62 @@ def main(argv: list[str] | None = None) -> int:
         "clips": clips,
         "results": [],
     }
-    report["augment_mixup_ms_per_step"] = augment_ms(args, device)
+    front_ends = args.front_ends or [default_front_end()]
+    report["augment_mixup_ms_per_step"] = {path: augment_ms(args, device, path) for path in front_ends}
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         h5 = Path(tmp) / "bench_train.h5"
         make_hdf5(h5, clips, args.clip_samples)
         for name in args.models:
             for mode in args.modes:
-                bare = bare_step(name, mode, args, device)
-                for pin in args.pin:
-                    loop = loop_step(name, mode, h5, args, device, pin)
-                    row = {
-                        "model": name,
-                        "mode": mode,
-                        "pin": pin,
-                        "bare_samples_per_s": bare["samples_per_s"],
-                        "loop_samples_per_s": loop["samples_per_s"],
-                        "ratio": loop["samples_per_s"] / bare["samples_per_s"],
-                        "bare_step_ms": bare["step_ms"],
-                        "loop_step_ms": loop["step_ms"],
-                        **{k: v for k, v in loop.items() if k not in ("samples_per_s", "step_ms")},
-                    }
-                    report["results"].append(row)
-                    out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it measured
+                paths = front_ends if mode == "eager" else [default_front_end()]
+                for repeat in range(args.repeats):
+                    # the bare step and every loop variant once per repeat, in turn: a drift of the
+                    # machine over the run touches all of them alike
+                    bare = bare_step(name, mode, args, device)
+                    for pin, path in ((pin, path) for pin in args.pin for path in paths):
+                        with front_end_path(path):
+                            loop = loop_step(name, mode, h5, args, device, pin)
+                        row = {
+                            "model": name,
+                            "mode": mode,
+                            "pin": pin,
+                            "front_end": path,
+                            "repeat": repeat,
+                            "bare_samples_per_s": bare["samples_per_s"],
+                            "loop_samples_per_s": loop["samples_per_s"],
+                            "ratio": loop["samples_per_s"] / bare["samples_per_s"],
+                            "bare_step_ms": bare["step_ms"],
+                            "loop_step_ms": loop["step_ms"],
+                            **{k: v for k, v in loop.items() if k not in ("samples_per_s", "step_ms")},
+                        }
+                        report["results"].append(row)
+                        report["medians"] = medians(report["results"])
+                        out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it has
 
     print(f"device: {device_name}, torch {torch.__version__}, {args.precision}, batch {args.batch_size}")
-    print(f"augmentations + mixup alone: {report['augment_mixup_ms_per_step']:.2f} ms per step")
-    print(
-        f"{'model':<26} {'mode':<16} {'pin':<6} {'bare/s':>9} {'loop/s':>9} {'ratio':>6} "
-        f"{'bare ms':>8} {'loop ms':>8} {'workers':>7}"
-    )
+    for path, ms in report["augment_mixup_ms_per_step"].items():
+        print(
+            f"augmentations + mixup, {path} front end: {ms['in_front_end']:.2f} ms per step in the front end "
+            f"(front end alone {ms['front_end_ms']:.2f} ms); reference ops alone {ms['ops_alone']:.2f} ms"
+        )
+    head = f"{'model':<26} {'mode':<16} {'pin':<6} {'front end':<10} {'bare/s':>9} {'loop/s':>9} {'ratio':>6}"
+    print(f"{head} {'bare ms':>8} {'loop ms':>8} {'workers':>7} {'run':>4}")
     for r in report["results"]:
         print(
-            f"{r['model']:<26} {r['mode']:<16} {r['pin']:<6} "
+            f"{r['model']:<26} {r['mode']:<16} {r['pin']:<6} {r['front_end']:<10} "
             f"{r['bare_samples_per_s']:>9.1f} {r['loop_samples_per_s']:>9.1f} "
-            f"{r['ratio']:>6.2f} {r['bare_step_ms']:>8.1f} {r['loop_step_ms']:>8.1f} {r['num_workers']:>7}"
+            f"{r['ratio']:>6.2f} {r['bare_step_ms']:>8.1f} {r['loop_step_ms']:>8.1f} {r['num_workers']:>7} "
+            f"{r['repeat']:>4}"
         )
+    if args.repeats > 1:
+        print(f"medians of {args.repeats} runs (ratio: of the medians; spread: lowest and highest run's ratio)")
+        print(f"{head} {'spread':>11}")
+        for m in report["medians"]:
+            print(
+                f"{m['model']:<26} {m['mode']:<16} {m['pin']:<6} {m['front_end']:<10} "
+                f"{m['bare_samples_per_s']:>9.1f} {m['loop_samples_per_s']:>9.1f} {m['ratio']:>6.2f} "
+                f"{m['ratio_low']:>5.2f}-{m['ratio_high']:.2f}"
+            )
     print(f"wrote {out}")
     return 0
 
