@@ -16,9 +16,11 @@ passes, each one read and one write:
 
 Each pass has a plain torch twin here (``use_programs=False``), which is also what runs on the
 CPU; the Triton programs are in :mod:`.logmel_programs`. :func:`fused_front_end_enabled` is the
-switch, the environment variable ``DCLS_AUDIO_FRONT_END``: ``reference`` (the default) keeps the
-op-by-op chain, ``fused`` runs the three passes (the programs on CUDA tensors when Triton is
-present). Under ``torch.compile`` the op-by-op chain is traced either way (the compiler fuses it).
+switch, the environment variable ``DCLS_AUDIO_FRONT_END``: ``auto`` (the default) runs the three
+passes on CUDA tensors when Triton is present and the op-by-op chain elsewhere (the CPU keeps
+the chain's exact result), ``reference`` keeps the op-by-op chain everywhere, ``fused`` runs the
+passes everywhere (the programs on CUDA tensors when Triton is present, their torch twins
+elsewhere). Under ``torch.compile`` the op-by-op chain is traced either way (the compiler fuses it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dcls_core._triton import triton_available
 from .augment import EraseBoxes, SpeedDraws, apply_time_warp, erase_mask
 
 __all__ = [
+    "DEFAULT_FRONT_END",
     "FRONT_END_ENV_VAR",
     "db_normalised",
     "fused_front_end_enabled",
@@ -43,23 +46,29 @@ __all__ = [
 
 #: the front end's path: ``reference`` (unset: the op-by-op chain) or ``fused`` (the three passes)
 FRONT_END_ENV_VAR = "DCLS_AUDIO_FRONT_END"
-_MODES = ("reference", "fused")
+_MODES = ("auto", "reference", "fused")
+#: the path when :data:`FRONT_END_ENV_VAR` is unset
+DEFAULT_FRONT_END = "auto"
 #: the time warp's float32 index product rounds exactly below this (see ``_round_half_even``)
 _EXACT_INDEX = 2**22
 
 
 def _mode() -> str:
-    mode = os.environ.get(FRONT_END_ENV_VAR, "reference").strip().lower() or "reference"
+    mode = os.environ.get(FRONT_END_ENV_VAR, "").strip().lower() or DEFAULT_FRONT_END
     if mode not in _MODES:
         raise ValueError(f"{FRONT_END_ENV_VAR}={mode!r}: expected one of {', '.join(_MODES)}")
     return mode
 
 
 def fused_front_end_enabled(waveform: Tensor) -> bool:
-    """Whether the front end runs as the three passes for ``waveform``: ``fused`` in
-    :data:`FRONT_END_ENV_VAR`, outside ``torch.compile``. The passes launch their Triton programs
-    on CUDA tensors (when Triton is present) and run their torch twins elsewhere."""
-    return _mode() == "fused" and not torch.compiler.is_compiling()
+    """Whether the front end runs as the three passes for ``waveform``, outside ``torch.compile``:
+    with ``fused`` in :data:`FRONT_END_ENV_VAR` always, with ``auto`` (unset) for a CUDA
+    ``waveform`` when Triton is present. The passes launch their Triton programs on CUDA tensors
+    (when Triton is present) and run their torch twins elsewhere."""
+    mode = _mode()
+    if torch.compiler.is_compiling() or mode == "reference":
+        return False
+    return mode == "fused" or (waveform.is_cuda and triton_available())
 
 
 def _programs():

@@ -53,7 +53,9 @@ def test_a_short_clip_is_padded_as_in_the_chain(clips, monkeypatch):
 def test_environment_switch(clips, monkeypatch):
     cpu = clips[:1]
     monkeypatch.delenv(passes.FRONT_END_ENV_VAR, raising=False)
-    assert passes.fused_front_end_enabled(cpu) is False  # the default: the op-by-op chain
+    assert passes.fused_front_end_enabled(cpu) is False  # the default on the CPU: the op-by-op chain
+    monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "auto")
+    assert passes.fused_front_end_enabled(cpu) is False
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "fused")
     assert passes.fused_front_end_enabled(cpu) is True
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
@@ -64,6 +66,31 @@ def test_environment_switch(clips, monkeypatch):
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "fast")
     with pytest.raises(ValueError, match="DCLS_AUDIO_FRONT_END='fast'"):
         passes.fused_front_end_enabled(cpu)
+
+
+class _CudaLike:
+    """Stands for a CUDA waveform: the switch reads ``is_cuda`` only."""
+
+    is_cuda = True
+
+
+@pytest.mark.parametrize("triton", [False, True])
+def test_default_runs_the_passes_on_cuda_with_triton(monkeypatch, triton):
+    monkeypatch.setattr(passes, "triton_available", lambda: triton)
+    cuda = _CudaLike()
+    for unset_or_auto in (None, "auto", " AUTO "):
+        if unset_or_auto is None:
+            monkeypatch.delenv(passes.FRONT_END_ENV_VAR, raising=False)
+        else:
+            monkeypatch.setenv(passes.FRONT_END_ENV_VAR, unset_or_auto)
+        assert passes.fused_front_end_enabled(cuda) is triton
+    monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "reference")
+    assert passes.fused_front_end_enabled(cuda) is False
+    monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "fused")
+    assert passes.fused_front_end_enabled(cuda) is True
+    monkeypatch.delenv(passes.FRONT_END_ENV_VAR)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert passes.fused_front_end_enabled(cuda) is False
 
 
 def test_settings_the_passes_do_not_implement_keep_the_chain(clips, monkeypatch):
@@ -99,6 +126,10 @@ def test_cuda_programs_give_the_op_by_op_log_mel(clips, monkeypatch, train):
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "fused")
     moved = draws.to("cuda") if draws is not None else None
     got = gpu(x, moved)
+    assert launched == {"windowed_frames", "power_erased", "db_normalised"}
+    monkeypatch.delenv(passes.FRONT_END_ENV_VAR)  # the default on CUDA: the passes again
+    launched.clear()
+    torch.testing.assert_close(gpu(x, moved), got, rtol=0, atol=0)
     assert launched == {"windowed_frames", "power_erased", "db_normalised"}
     monkeypatch.setenv(passes.FRONT_END_ENV_VAR, "reference")
     torch.testing.assert_close(got, gpu(x, moved), rtol=0, atol=1e-4)
