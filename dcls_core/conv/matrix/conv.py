@@ -92,6 +92,42 @@ def _tables_numpy(
     return gather, order, lengths
 
 
+def _to_device_outside_graph_pools(arrays: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
+    """``arrays`` as tensors on ``device`` in the caching allocator's ordinary pool.
+
+    A call compiled with CUDA graphs (``torch.compile(mode="reduce-overhead")``) runs its first,
+    warm-up pass with every allocation of the calling thread routed to the graphs' private pool;
+    a cached tensor made there stays alive outside the graphs' outputs, which cudagraph trees
+    reject ("tensor(s) in the cudagraph pool not tracked as outputs"). So CUDA tensors are made on
+    a helper thread, whose allocations the routing leaves alone, and are complete when it ends.
+    They cannot be made while a CUDA graph is being captured: warm up first."""
+    if device.type != "cuda":
+        return [torch.from_numpy(a).to(device) for a in arrays]
+    if torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "matrix_dw_conv: the index tables of a new call shape cannot be built while a CUDA graph is "
+            "captured; run the call once before capturing it (torch.compile's CUDA graphs warm up first)"
+        )
+    made: list[Tensor] = []
+    failed: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            host = [torch.from_numpy(a) for a in arrays]
+            with torch.cuda.device(device):
+                made.extend(t.to(device) for t in host)
+                torch.cuda.current_stream(device).synchronize()
+        except BaseException as err:  # handed to the caller's thread
+            failed.append(err)
+
+    worker = threading.Thread(target=build, name="dcls-matrix-tables")
+    worker.start()
+    worker.join()
+    if failed:
+        raise failed[0]
+    return made
+
+
 def tap_tables(
     in_sizes: Sequence[int],
     out_sizes: Sequence[int],
@@ -100,12 +136,16 @@ def tap_tables(
     pad: Sequence[int],
     device: torch.device,
 ) -> TapTables:
-    """The :class:`TapTables` of one shape on ``device`` (built once, then cached)."""
+    """The :class:`TapTables` of one shape on ``device`` (built once, then cached; on CUDA outside
+    any CUDA-graph memory pool)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     key = (tuple(in_sizes), tuple(out_sizes), tuple(k_sizes), tuple(stride), tuple(pad), str(device))
     tables = _TABLES.get(key)
     if tables is None:
-        gather, order, lengths = _tables_numpy(in_sizes, out_sizes, k_sizes, stride, pad)
-        tables = TapTables(*(torch.from_numpy(t).to(device) for t in (gather, order, lengths)))
+        arrays = _tables_numpy(in_sizes, out_sizes, k_sizes, stride, pad)
+        tables = TapTables(*_to_device_outside_graph_pools(arrays, device))
         with _LOCK:
             tables = _TABLES.setdefault(key, tables)
     return tables

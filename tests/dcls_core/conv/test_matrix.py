@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import dcls_core
 from dcls_core import dispatch
 from dcls_core.conv import matrix
+from dcls_core.conv.matrix import conv as matrix_conv
 from dcls_core.conv.matrix.conv import tap_tables
 
 from dcls_testing import (
@@ -110,6 +111,24 @@ def test_tap_tables_list_every_reachable_pair_once_by_tap():
     assert int(gather[(r0 * 4 + r1) * 20 + o0 * 4 + o1]) == 5 * 5 + 1
 
 
+def test_tables_of_a_new_shape_are_refused_during_graph_capture(monkeypatch):
+    """Under capture the tables could not be copied to the device: a clear error, not a broken graph."""
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="run the call once before capturing"):
+        matrix_conv._to_device_outside_graph_pools([torch.arange(3).numpy()], torch.device("cuda", 0))
+
+
+def test_an_error_on_the_table_thread_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+    def broken(array):
+        raise ValueError("no tables here")
+
+    monkeypatch.setattr(torch, "from_numpy", broken)
+    with pytest.raises(ValueError, match="no tables here"):
+        matrix_conv._to_device_outside_graph_pools([torch.arange(3).numpy()], torch.device("cuda", 0))
+
+
 MODES = ["fp32", "bf16", "fp16"]
 SHAPES = [
     # N, C, H, W, kH, kW, pH, pW
@@ -184,6 +203,32 @@ def test_torch_compile_matrix_matches_eager_cuda(monkeypatch):
     torch._dynamo.reset()
     with dispatch.forced(conv="matrix"):
         compile_matches_eager("cuda", "inductor")
+
+
+@pytest.mark.cuda
+def test_cuda_graphs_over_a_shape_not_seen_before_cuda(monkeypatch):
+    """``torch.compile(mode="reduce-overhead")`` whose first call meets a new call shape: the
+    index tables are made outside the CUDA graphs' memory pool (cudagraph trees reject a cached
+    tensor made inside it), and the replayed steps equal eager, every gradient."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(matrix_conv, "_TABLES", {})
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = randomise(dcls_core.Dcls2d(32, 32, kernel_count=26, dilated_kernel_size=23, padding=11, groups=32))
+    layer = layer.cuda()
+    x = torch.randn(16, 32, 16, 15, device="cuda", requires_grad=True)
+    leaves = [x, *layer.parameters()]
+    with dispatch.forced(conv="matrix"):
+        compiled = torch.compile(layer, mode="reduce-overhead")
+        for _ in range(3):  # warm-up, recording, replay
+            torch.compiler.cudagraph_mark_step_begin()
+            out = compiled(x)
+            got = [out.detach().clone(), *torch.autograd.grad(out.square().sum(), leaves)]
+        assert len(matrix_conv._TABLES) == 1
+        want_out = layer(x)
+        want = [want_out.detach(), *torch.autograd.grad(want_out.square().sum(), leaves)]
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-4
 
 
 def test_a_matrix_gradient_error_is_relative_to_float64_cpu_float32():
