@@ -27,10 +27,10 @@ class LogMelFrontEnd(nn.Module):
     ``(x - mean) / std``. Augmentations run only in ``.train()`` mode and when ``augment`` is
     enabled. The whole chain runs in fp32 with autocast disabled.
 
-    With ``DCLS_AUDIO_FRONT_END=fused`` the chain runs as three fused passes around the FFT and
-    the mel product (:mod:`.logmel_passes`: the same result up to float32 rounding, Triton
-    programs on CUDA); by default, and always under ``torch.compile``, it runs op by op as
-    written above.
+    On CUDA with Triton (and everywhere with ``DCLS_AUDIO_FRONT_END=fused``) the chain runs as
+    three fused passes around the FFT and the mel product (:mod:`.logmel_passes`: the same result
+    up to float32 rounding); on the CPU, with ``DCLS_AUDIO_FRONT_END=reference`` and always under
+    ``torch.compile``, it runs op by op as written above.
 
     ``seed`` seeds a private CPU generator for the augmentation draws (use a different seed
     per rank under DDP); ``None`` uses torch's global RNG.
