@@ -10,9 +10,11 @@ Each augmentation has two halves:
   indexing, so it queues its kernels without waiting for the device, compiles with
   ``torch.compile(fullgraph=True)`` and can be replayed in a CUDA graph.
 
-Between the two, :func:`move_draws` packs a step's draws into one float64 tensor and sends it
-with a single pinned, ``non_blocking`` copy (the caching host allocator keeps the pinned buffer
-alive until the copy has run, so the host never waits). The convenience functions
+Between the two, :func:`move_draws` packs a step's draws (their bytes) into one pinned buffer and
+sends it with a single ``non_blocking`` copy (the caching host allocator keeps the pinned buffer
+alive until the copy has run, so the host never waits); on the device every draw is a view of
+that buffer, so moving them launches nothing else. :func:`draws_to` moves several draw objects
+(a step's front-end and mixup draws) through that one copy. The convenience functions
 :func:`random_roll`, :func:`speed_perturb`, :func:`random_erase` and :func:`mixup` do all three.
 
 Semantics follow the upstream DCLS-Audio training pipeline:
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ __all__ = [
     "apply_erase",
     "apply_mixup",
     "apply_time_warp",
+    "draws_to",
     "erase_mask",
     "mixup",
     "move_draws",
@@ -108,29 +111,79 @@ def _check_batch(x: Tensor, ndim: int, name: str) -> None:
         raise ValueError(f"{name}: expected a {ndim}-D batch, got shape {tuple(x.shape)}")
 
 
+#: byte alignment of each draw in the packed buffer: every dtype's view of it is aligned
+_ALIGN = 8
+
+
 def move_draws(device: torch.device | str, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """Small CPU tensors (a step's random draws) on ``device`` through ONE pinned ``non_blocking``
-    copy; each comes back with its shape and dtype. Values must be exact in float64 (ints below
-    2**53, bools, float32/float64). On the CPU the tensors are returned as they are."""
+    """Small CPU tensors (a step's random draws) on ``device`` through ONE ``non_blocking`` copy of
+    their bytes (from pinned memory on CUDA); each comes back with its shape, dtype and values, as
+    a view of the copied buffer (no further device work). On the CPU the tensors are returned as
+    they are."""
     device = torch.device(device)
     if device.type == "cpu" or not tensors:
         return tensors
-    packed = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
-    if device.type == "cuda":
-        packed = packed.pin_memory()
-    packed = packed.to(device, non_blocking=True)
-    out, start = [], 0
+    packed, offsets = _pack_bytes(tensors, pin=device.type == "cuda")
+    return _unpack_bytes(packed.to(device, non_blocking=True), offsets, tensors)
+
+
+def _pack_bytes(tensors: tuple[Tensor, ...], pin: bool) -> tuple[Tensor, list[int]]:
+    """The tensors' bytes in one uint8 CPU tensor, each at an offset aligned to :data:`_ALIGN`
+    (returned with the offsets)."""
+    offsets, total = [], 0
     for t in tensors:
-        out.append(packed[start : start + t.numel()].view(t.shape).to(t.dtype))
-        start += t.numel()
-    return tuple(out)
+        offsets.append(total)
+        total += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+    packed = torch.empty(total, dtype=torch.uint8, pin_memory=pin)
+    for t, start in zip(tensors, offsets):
+        if t.numel():
+            raw = t.detach().reshape(-1).view(torch.uint8)
+            packed[start : start + raw.numel()].copy_(raw)
+    return packed, offsets
 
 
-def _dataclass_to(obj, device: torch.device | str):
-    """A copy of a dataclass of tensors with every tensor on ``device`` (one copy for all)."""
-    names = [f.name for f in fields(obj)]
-    moved = move_draws(device, *(getattr(obj, n) for n in names))
-    return type(obj)(**dict(zip(names, moved)))
+def _unpack_bytes(packed: Tensor, offsets: list[int], like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Views of ``packed`` (from :func:`_pack_bytes`) with the shapes and dtypes of ``like``."""
+    return tuple(
+        packed[start : start + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+        for t, start in zip(like, offsets)
+    )
+
+
+def _draw_tensors(obj) -> list[Tensor]:
+    """The tensors of a draws dataclass in field order (nested draws included, None skipped)."""
+    out: list[Tensor] = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Tensor):
+            out.append(value)
+        elif is_dataclass(value):
+            out.extend(_draw_tensors(value))
+    return out
+
+
+def _with_tensors(obj, moved):
+    """A copy of the draws dataclass ``obj`` whose tensors are the next ones of ``moved``, in
+    :func:`_draw_tensors`' order."""
+    values = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Tensor):
+            value = next(moved)
+        elif is_dataclass(value):
+            value = _with_tensors(value, moved)
+        values[f.name] = value
+    return type(obj)(**values)
+
+
+def draws_to(device: torch.device | str, *draws):
+    """Draw objects (:class:`FrontEndDraws`, :class:`MixupDraws`, ... or None) on ``device``, all
+    through one :func:`move_draws` copy; returns them in order (None stays None). One object comes
+    back as itself, not in a tuple."""
+    tensors = [t for d in draws if d is not None for t in _draw_tensors(d)]
+    moved = iter(move_draws(device, *tensors))
+    out = tuple(None if d is None else _with_tensors(d, moved) for d in draws)
+    return out[0] if len(out) == 1 else out
 
 
 # ----------------------------------------------------------------------------- roll + speed
@@ -150,7 +203,7 @@ class SpeedDraws:
     end: Tensor  # int64: stretched length ceil(S * rate)
 
     def to(self, device: torch.device | str) -> SpeedDraws:
-        return _dataclass_to(self, device)
+        return draws_to(device, self)
 
 
 def sample_speed(
@@ -232,7 +285,7 @@ class EraseBoxes:
     width: Tensor
 
     def to(self, device: torch.device | str) -> EraseBoxes:
-        return _dataclass_to(self, device)
+        return draws_to(device, self)
 
 
 def sample_erase_boxes(
@@ -312,17 +365,7 @@ class FrontEndDraws:
 
     def to(self, device: torch.device | str) -> FrontEndDraws:
         """All draws on ``device`` through one copy."""
-        parts: list[Tensor] = []
-        if self.shift is not None:
-            parts.append(self.shift)
-        for group in (self.speed, self.erase):
-            if group is not None:
-                parts.extend(getattr(group, f.name) for f in fields(group))
-        moved = iter(move_draws(device, *parts))
-        shift = next(moved) if self.shift is not None else None
-        speed = SpeedDraws(*(next(moved) for _ in fields(SpeedDraws))) if self.speed is not None else None
-        erase = EraseBoxes(*(next(moved) for _ in fields(EraseBoxes))) if self.erase is not None else None
-        return FrontEndDraws(shift, speed, erase, self.erase_shape)
+        return draws_to(device, self)
 
 
 def sample_front_end(
@@ -358,7 +401,7 @@ class MixupDraws:
     one_minus_lam: Tensor
 
     def to(self, device: torch.device | str) -> MixupDraws:
-        return _dataclass_to(self, device)
+        return draws_to(device, self)
 
 
 def sample_mixup(batch_size: int, alpha: float, generator: torch.Generator | None = None) -> tuple[float, Tensor]:

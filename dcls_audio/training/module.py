@@ -6,7 +6,7 @@ training mode) -> batch mixup + label smoothing (training) -> backbone -> logits
 BCE-with-logits.
 
 The training step never waits for the device: the batch is copied on a side stream
-(:mod:`.transfer`), the augmentation and mixup draws are made on the host and sent with a
+(:mod:`.transfer`), the augmentation and mixup draws are made on the host and sent together with one
 non-blocking copy, the loss is logged as a device tensor for the loggers only (converted at
 their logging steps; a progress-bar metric would be read every step), the progress bar's loss
 is a host copy that is never waited for (:attr:`AudioTaggingModule.recent_loss`), the non-finite
@@ -36,7 +36,7 @@ from dcls_core.conv import autotune
 
 from ..evaluation.metrics import AudioSetMetrics
 from ..features import LogMelFrontEnd
-from ..features.augment import MixupDraws, apply_mixup, sample_mixup_draws
+from ..features.augment import MixupDraws, apply_mixup, draws_to, sample_mixup_draws
 from ..models import CheckpointMismatchError, create_model, load_checkpoint
 from .config import AugmentSection, ModelConfig, OptimConfig
 from .ema import make_ema, update_ema
@@ -269,11 +269,11 @@ class AudioTaggingModule(L.LightningModule):
         self._undecodable += int(batch.get("undecodable", 0))  # a host int: no device wait
         hp = self.hparams
         self._seed_batch()
-        draws = self.front_end.sample_augmentations(waveform.shape[0])  # host draws, then one copy each
-        draws = draws.to(waveform.device) if draws is not None else None
+        draws = self.front_end.sample_augmentations(waveform.shape[0])  # host draws
         mix = None
         if hp.mixup_alpha > 0:
-            mix = sample_mixup_draws(waveform.shape[0], hp.mixup_alpha, self._mixup_generator).to(waveform.device)
+            mix = sample_mixup_draws(waveform.shape[0], hp.mixup_alpha, self._mixup_generator)
+        draws, mix = draws_to(waveform.device, draws, mix)  # both in one non-blocking copy
         if self._reused_outputs:
             torch.compiler.cudagraph_mark_step_begin()
         loss = self._train_forward_fn()(waveform, target, draws, mix)

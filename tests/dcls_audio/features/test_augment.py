@@ -12,6 +12,7 @@ import pytest
 import torch
 from timm.data.mixup import one_hot
 from timm.data.random_erasing import RandomErasing
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dcls_audio.features import LogMelFrontEnd, mixup
 from dcls_audio.features.augment import (
@@ -331,3 +332,59 @@ def test_a_front_end_with_every_augmentation_switched_off_moves_its_empty_draws(
     draws = front_end.sample_augmentations(2)
     if draws is not None:
         draws.to("meta")  # a non-CPU device: the one packed copy has nothing to pack
+
+
+# ----------------------------------------------------------------------------- moving draws
+def test_packed_draws_come_back_bit_for_bit():
+    """Every dtype a draw has, 0-d, empty and non-contiguous tensors: the bytes the one copy moves
+    are the tensors' own, at aligned offsets."""
+    from dcls_audio.features.augment import _ALIGN, _pack_bytes, _unpack_bytes
+
+    g = gen(11)
+    tensors = (
+        torch.randint(-(2**62), 2**62, (5,), generator=g),  # int64 beyond float64's exact range
+        torch.rand(3, generator=g) < 0.5,
+        torch.tensor(0.1234567, dtype=torch.float32),
+        torch.rand(2, 3, dtype=torch.float64, generator=g).t(),
+        torch.empty(0, dtype=torch.int64),
+        torch.randint(0, 9, (7,), dtype=torch.int32, generator=g),
+        torch.tensor([float("nan"), -0.0], dtype=torch.float32),
+    )
+    packed, offsets = _pack_bytes(tensors, pin=False)
+    assert packed.dtype == torch.uint8 and all(o % _ALIGN == 0 for o in offsets)
+    for got, want in zip(_unpack_bytes(packed.clone(), offsets, tensors), tensors):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got.reshape(-1).view(torch.uint8), want.reshape(-1).contiguous().view(torch.uint8))
+
+
+class _DeviceOps(TorchDispatchMode):
+    """The operators that create or touch tensors on a device other than the CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.device.type != "cpu" for t in torch.utils._pytree.tree_leaves(out)):
+            self.ops.append(func.overloadpacket.__name__)
+        return out
+
+
+def test_a_steps_draws_reach_the_device_in_one_copy_and_views():
+    """The training step's front-end and mixup draws: one host -> device copy, the rest views."""
+    from dcls_audio.features.augment import draws_to
+
+    front = LogMelFrontEnd(seed=0, clip_samples=64000).train()
+    draws, mix = front.sample_augmentations(4), sample_mixup_draws(4, 0.8, gen(12))
+    with _DeviceOps() as device_ops:
+        moved, moved_mix, nothing = draws_to("meta", draws, mix, None)
+    assert device_ops.ops.count("_to_copy") == 1
+    assert set(device_ops.ops) <= {"_to_copy", "slice", "view", "detach"}, device_ops.ops  # views only
+    assert nothing is None and moved.erase_shape == draws.erase_shape
+    for got, want in zip(
+        [moved.shift, moved.speed.offset, moved.speed.step, moved.erase.apply, moved_mix.perm, moved_mix.lam],
+        [draws.shift, draws.speed.offset, draws.speed.step, draws.erase.apply, mix.perm, mix.lam],
+    ):
+        assert got.device.type == "meta" and got.dtype == want.dtype and got.shape == want.shape
+    assert draws_to("cpu", mix).perm is mix.perm  # the CPU keeps the draws as they are
