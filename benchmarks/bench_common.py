@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 
 import torch
 
-__all__ = ["fresh", "sync"]
+__all__ = ["env_var", "fresh", "is_kernel", "sync"]
 
 
 def sync(device: torch.device) -> None:
@@ -30,3 +32,20 @@ def is_kernel(event) -> bool:
     a host operator and not a range annotated on the device timeline (``Optimizer.step#...``),
     whose time spans kernels already counted."""
     return event.device_type == torch.autograd.DeviceType.CUDA and not getattr(event, "is_user_annotation", False)
+
+
+@contextlib.contextmanager
+def env_var(name: str, value: str | None):
+    """The environment variable ``name`` set to ``value`` (None: unset) for the block."""
+    saved = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved

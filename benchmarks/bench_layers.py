@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import statistics
 import sys
 import time
@@ -31,6 +30,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import env_var  # noqa: E402
 
 import dcls_core  # noqa: E402
 from dcls_core import dispatch  # noqa: E402
@@ -66,22 +67,6 @@ def _peak_mib(fn: Callable[[], None], device: torch.device) -> Optional[float]:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-@contextlib.contextmanager
-def _env(name: str, value: Optional[str]):
-    saved = os.environ.get(name)
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = saved
 
 
 def fwd_bwd_step(module: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype]) -> Callable[[], None]:
@@ -217,8 +202,8 @@ def _layer_rows(
 
         if theirs is not None:
             add("dcls-0.1.1", theirs)
-        add("ours-reference", ours, lambda: _env("DCLS_IMPL", "reference"))
-        add("ours-fast", ours, lambda: _env("DCLS_IMPL", None), note=_chosen_conv(ours, x, dtype))
+        add("ours-reference", ours, lambda: env_var("DCLS_IMPL", "reference"))
+        add("ours-fast", ours, lambda: env_var("DCLS_IMPL", None), note=_chosen_conv(ours, x, dtype))
         if variants:
             chosen = _chosen_conv(ours, x, dtype)
             if not chosen.endswith("fft"):
@@ -371,7 +356,10 @@ def construction_memory(device) -> list[dict]:
     def their_build():
         return theirs.DCK(theirs.weight, theirs.P, theirs.SIG)
 
-    variants = {"ours-reference": lambda: _env("DCLS_IMPL", "reference"), "ours-fast": lambda: _env("DCLS_IMPL", None)}
+    variants = {
+        "ours-reference": lambda: env_var("DCLS_IMPL", "reference"),
+        "ours-fast": lambda: env_var("DCLS_IMPL", None),
+    }
     for impl, ctx in variants.items():
         try:
             r = measure(build_step(ours.construct_kernel), device, ctx)

@@ -9,20 +9,22 @@ For each model and each compile mode (``eager`` or a ``torch.compile`` mode) it 
   the real LightningModule (front end, augmentations, mixup, BCE, optimizer and schedule, the
   non-finite guard) through ``lightning.Trainer``;
 
-and prints samples/s of both and their ratio (loop / bare). It also times the augmentations and
-mixup alone (host draws + their device ops) per step of ``--batch-size`` clips. After
+and prints samples/s of both and their ratio (loop / bare). ``--front-ends`` runs the eager loop
+once per front-end path, ``--repeats N`` every variant N times in turn (medians printed). It also
+times what the augmentations and mixup add to the front end per step of ``--batch-size`` clips
+(host draws included), per path, and the reference ops alone. After
 ``--warmup`` untimed steps, ``--steps`` steps are timed with the device synchronised at both
 ends. Prints a table and writes JSON (default: benchmarks/results/bench_train_loop_vs_bare.json).
 
     python benchmarks/bench_train.py                                  # both ConvNeXt-T, eager + compiled
     python benchmarks/bench_train.py --modes eager reduce-overhead --steps 100
+    python benchmarks/bench_train.py --modes eager --front-ends reference fused --repeats 3
     python benchmarks/bench_train.py --smoke                          # tiny CPU check
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import fresh, is_kernel, sync  # noqa: E402
+from bench_common import env_var, fresh, is_kernel, sync  # noqa: E402
 
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
@@ -248,18 +250,9 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
 
 
 # ----------------------------------------------------------------------------- augmentations
-@contextlib.contextmanager
 def front_end_path(front_end: str):
     """``DCLS_AUDIO_FRONT_END`` set to ``front_end`` for the block (the front end reads it per call)."""
-    saved = os.environ.get(FRONT_END_ENV_VAR)
-    os.environ[FRONT_END_ENV_VAR] = front_end
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(FRONT_END_ENV_VAR, None)
-        else:
-            os.environ[FRONT_END_ENV_VAR] = saved
+    return env_var(FRONT_END_ENV_VAR, front_end)
 
 
 def default_front_end() -> str:
@@ -384,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "--front-ends",
         nargs="+",
         default=None,
-        choices=("reference", "fused"),
+        choices=("auto", "reference", "fused"),
         help="the front end's path (DCLS_AUDIO_FRONT_END) of the eager loop runs, one run each "
         "(default: the product's default; compiled runs trace the op-by-op chain either way)",
     )
@@ -405,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.warmup, args.clip_samples = 2, 2, 128000
         args.modes = [m for m in args.modes if m == "eager"] or ["eager"]
         args.num_workers = 0 if args.num_workers is None else args.num_workers
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.profile_steps > args.warmup:
         parser.error("--profile-steps must not exceed --warmup (the profiled steps are warm-up steps)")
     if args.device == "cpu" and args.precision == "16-mixed":
