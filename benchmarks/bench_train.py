@@ -50,6 +50,7 @@ from dcls_audio.features.augment import (  # noqa: E402
     apply_erase,
     apply_mixup,
     apply_time_warp,
+    draws_to,
     sample_front_end,
     sample_mixup_draws,
 )
@@ -290,9 +291,8 @@ def augment_ms(args: argparse.Namespace, device: torch.device, front_end: str) -
         front.eval()(wave)
 
     def augmented() -> None:
-        draws = front.train().sample_augmentations(batch).to(device)
-        mix = sample_mixup_draws(batch, 0.8, gen).to(device)
-        apply_mixup(front(wave, draws), target, mix, 0.1)
+        draws, mix = draws_to(device, front.train().sample_augmentations(batch), sample_mixup_draws(batch, 0.8, gen))
+        apply_mixup(front(wave, draws), target, mix, 0.1)  # as the training step does
 
     power = torch.rand(batch, height, width, device=device)
     logmel = torch.randn(batch, 1, 128, width, device=device)
