@@ -36,6 +36,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -224,6 +225,44 @@ def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, de
     return row
 
 
+def medians(rows: list[dict]) -> list[dict]:
+    """Per (model, mode, conv): the median samples/s of its runs, DCLS / 7x7 as the ratio of the
+    medians, and the lowest and highest single-run training ratio."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["mode"], r["conv"]), []).append(r)
+    out = []
+    for (model, mode, conv), runs in groups.items():
+        row = {"model": model, "mode": mode, "conv": conv, "runs": len(runs)}
+        for key in ("train_samples_per_s", "infer_samples_per_s", "peak_gib"):
+            if key in runs[0]:
+                row[key] = float(np.median([r[key] for r in runs]))
+        base = runs[0].get("baseline")
+        if base:
+            plain = next(m for m in out if m["model"] == base and m["mode"] == mode)
+            row["baseline"] = base
+            row["train_ratio"] = row["train_samples_per_s"] / plain["train_samples_per_s"]
+            row["train_ratio_low"] = min(r["train_ratio"] for r in runs)
+            row["train_ratio_high"] = max(r["train_ratio"] for r in runs)
+            if "infer_samples_per_s" in row:
+                row["infer_ratio"] = row["infer_samples_per_s"] / plain["infer_samples_per_s"]
+            row["peak_ratio"] = row["peak_gib"] / plain["peak_gib"] if plain["peak_gib"] else float("nan")
+        out.append(row)
+    return out
+
+
+def print_medians(rows: list[dict], repeats: int) -> None:
+    print(f"medians of {repeats} runs (ratios: of the medians; spread: lowest and highest run's train ratio)")
+    print(f"{'model':<27} {'mode':<15} {'conv':<9} {'train/s':>8} {'infer/s':>8} {'train ratio':>11} {'spread':>11}")
+    for r in rows:
+        spread = f"{r['train_ratio_low']:.2f}-{r['train_ratio_high']:.2f}" if "train_ratio" in r else ""
+        ratio = f"{r['train_ratio']:.2f}" if "train_ratio" in r else ""
+        print(
+            f"{r['model']:<27} {r['mode']:<15} {r['conv']:<9} {r['train_samples_per_s']:>8.1f} "
+            f"{r.get('infer_samples_per_s', float('nan')):>8.1f} {ratio:>11} {spread:>11}"
+        )
+
+
 def print_table(report: dict) -> None:
     rows = report["results"]
     print(f"device: {report['device']}, torch {report['torch']}, {report['precision']}, batch {report['batch_size']}")
@@ -270,8 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infer", action="store_true", help="also time inference (eval, no_grad)")
     parser.add_argument("--profile", action="store_true", help="device time by kernel group (eager, CUDA)")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU check: small models, batch 2, fp32")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs of the 7x7 model and every DCLS variant, in turn (medians printed)"
+    )
     parser.add_argument("--json", default=None, help="output JSON (default: results/bench_models.json)")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.smoke:
         args.device, args.precision, args.batch_size, args.steps, args.warmup = "cpu", "fp32", 2, 1, 1
     device = torch.device(args.device)
@@ -283,19 +327,26 @@ def main(argv: list[str] | None = None) -> int:
     for family in args.families:
         dcls_name, plain_name = FAMILIES[family]
         for mode in args.modes:
-            plain = run_model(plain_name, mode, "auto", args, device)
-            report["results"].append(plain)
-            for conv in args.convs:
-                row = run_model(dcls_name, mode, conv, args, device)
-                row["baseline"] = plain_name
-                row["train_ratio"] = row["train_samples_per_s"] / plain["train_samples_per_s"]
-                row["peak_ratio"] = row["peak_gib"] / plain["peak_gib"] if plain["peak_gib"] else float("nan")
-                if args.infer:
-                    row["infer_ratio"] = row["infer_samples_per_s"] / plain["infer_samples_per_s"]
-                report["results"].append(row)
-                out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it measured
+            for repeat in range(args.repeats):  # the 7x7 model and each DCLS variant in turn
+                plain = run_model(plain_name, mode, "auto", args, device)
+                plain["repeat"] = repeat
+                report["results"].append(plain)
+                for conv in args.convs:
+                    row = run_model(dcls_name, mode, conv, args, device)
+                    row["repeat"] = repeat
+                    row["baseline"] = plain_name
+                    row["train_ratio"] = row["train_samples_per_s"] / plain["train_samples_per_s"]
+                    row["peak_ratio"] = row["peak_gib"] / plain["peak_gib"] if plain["peak_gib"] else float("nan")
+                    if args.infer:
+                        row["infer_ratio"] = row["infer_samples_per_s"] / plain["infer_samples_per_s"]
+                    report["results"].append(row)
+                    report["medians"] = medians(report["results"])
+                    out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps what it measured
+    report["medians"] = medians(report["results"])
     out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
+    if args.repeats > 1:
+        print_medians(report["medians"], args.repeats)
     measured = autotune.timings()
     if measured:
         print("== paths measured per call shape (median ms; the fastest is taken):")
