@@ -44,7 +44,8 @@ __all__ = [
     "windowed_frames",
 ]
 
-#: the front end's path: ``reference`` (unset: the op-by-op chain) or ``fused`` (the three passes)
+#: the front end's path: ``auto`` (unset: the passes on CUDA with Triton, the chain elsewhere),
+#: ``reference`` (the op-by-op chain) or ``fused`` (the three passes)
 FRONT_END_ENV_VAR = "DCLS_AUDIO_FRONT_END"
 _MODES = ("auto", "reference", "fused")
 #: the path when :data:`FRONT_END_ENV_VAR` is unset

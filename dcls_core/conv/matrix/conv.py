@@ -138,9 +138,6 @@ def tap_tables(
 ) -> TapTables:
     """The :class:`TapTables` of one shape on ``device`` (built once, then cached; on CUDA outside
     any CUDA-graph memory pool)."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
     key = (tuple(in_sizes), tuple(out_sizes), tuple(k_sizes), tuple(stride), tuple(pad), str(device))
     tables = _TABLES.get(key)
     if tables is None:
