@@ -144,6 +144,78 @@ class StepTimer(L.Callback):
             trainer.should_stop = True
 
 
+class StepTimeline(L.Callback):
+    """Where the timed steps' time goes, from host clocks and CUDA events (light enough to leave
+    the timing alone): per step, the host's time between the previous step's end and this step's
+    start (the batch: loader, copy, Lightning), in the step, and of that waiting for the
+    non-finite guard's copy (the host is ahead of the device then); on CUDA also the device's time
+    from the step's start to its end and from its end to the next step's start. Medians in ms."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.first, self.last = warmup, warmup + steps
+        self.rows: list[dict] = []
+        self._guard_ms = 0.0
+        self._start = self._end_host = None
+        self._events: list[tuple] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        guard = pl_module._guard
+        poll = guard.poll
+
+        def timed_poll(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return poll(*args, **kwargs)
+            finally:
+                self._guard_ms += 1000 * (time.perf_counter() - t0)
+
+        guard.poll = timed_poll
+
+    def _timed(self, trainer) -> bool:
+        return self.first <= trainer.global_step < self.last
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._timed(trainer):
+            return
+        now = time.perf_counter()
+        event = None
+        if pl_module.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+        between = 1000 * (now - self._end_host) if self._end_host is not None else float("nan")
+        self._start = (now, event, between)
+        self._guard_ms = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._start is None:
+            return
+        now = time.perf_counter()
+        start, start_event, between = self._start
+        end_event = None
+        if start_event is not None:
+            end_event = torch.cuda.Event(enable_timing=True)
+            end_event.record()
+        self.rows.append({"between_ms": between, "step_ms": 1000 * (now - start), "guard_wait_ms": self._guard_ms})
+        self._events.append((start_event, end_event))
+        self._end_host, self._start = now, None
+
+    def summary(self) -> dict:
+        """Medians over the timed steps (device columns on CUDA only)."""
+        if not self.rows:
+            return {}
+        if self._events and self._events[0][0] is not None:
+            self._events[-1][1].synchronize()
+            for i, (start, end) in enumerate(self._events):
+                self.rows[i]["device_step_ms"] = start.elapsed_time(end)
+                if i + 1 < len(self._events):
+                    self.rows[i + 1]["device_between_ms"] = end.elapsed_time(self._events[i + 1][0])
+        keys = {k for r in self.rows for k in r}
+        return {
+            f"host_{k}" if not k.startswith("device") else k: float(np.nanmedian([r.get(k, np.nan) for r in self.rows]))
+            for k in sorted(keys)
+        }
+
+
 class StepProfiler(L.Callback):
     """Profiles ``steps`` training steps from step ``start``; prints the top host and device
     operators and the host syncs (``aten::item``, ``aten::_local_scalar_dense``, synchronisations)."""
@@ -220,6 +292,7 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
     if args.smoke:  # a shorter clip: the front end's length follows the file
         module.front_end.clip_samples = args.clip_samples
     timer = StepTimer(args.warmup, args.steps)
+    timeline = StepTimeline(args.warmup, args.steps)
     profiler = StepProfiler(args.warmup - args.profile_steps, args.profile_steps) if args.profile_steps else None
     trainer = L.Trainer(
         accelerator=device.type,
@@ -232,7 +305,7 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[timer, *([profiler] if profiler else [])],
+        callbacks=[timer, timeline, *([profiler] if profiler else [])],
     )
     trainer.fit(module, datamodule=dm)
     settings = dm.loader_settings()
@@ -243,6 +316,7 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
         "num_workers": settings.num_workers,
         "prefetch_factor": settings.prefetch_factor,
         "pin_memory": settings.pin_memory,
+        "timeline_ms": timeline.summary(),
     }
     if profiler is not None:
         row["profiled_syncs"] = profiler.syncs
@@ -465,6 +539,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['bare_samples_per_s']:>9.1f} {r['loop_samples_per_s']:>9.1f} "
             f"{r['ratio']:>6.2f} {r['bare_step_ms']:>8.1f} {r['loop_step_ms']:>8.1f} {r['num_workers']:>7} "
             f"{r['repeat']:>4}"
+        )
+    print(
+        "loop step timeline (medians, ms): host between steps (batch), host in the step, of which waiting for "
+        "the guard's copy (host ahead); device from step start to end, and to the next step's start"
+    )
+    columns = f"{'between':>8} {'step':>8} {'guard':>8} {'dev step':>9} {'dev gap':>8}"
+    print(f"{'model':<26} {'mode':<16} {'front end':<10} {'run':>4} {columns}")
+    for r in report["results"]:
+        t = r.get("timeline_ms", {})
+        cols = [t.get(k, float("nan")) for k in ("host_between_ms", "host_step_ms", "host_guard_wait_ms")]
+        dev = [t.get(k, float("nan")) for k in ("device_step_ms", "device_between_ms")]
+        print(
+            f"{r['model']:<26} {r['mode']:<16} {r['front_end']:<10} {r['repeat']:>4} "
+            + " ".join(f"{v:>8.2f}" for v in cols)
+            + f" {dev[0]:>9.2f} {dev[1]:>8.2f}"
         )
     if args.repeats > 1:
         print(f"medians of {args.repeats} runs (ratio: of the medians; spread: lowest and highest run's ratio)")

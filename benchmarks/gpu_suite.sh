@@ -36,7 +36,7 @@ fi
 if [[ $part == train || $part == all ]]; then
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --repeats 3 --steps 30 --warmup 15 \
     --json "$OUT/bench_train.json" >"$OUT/bench_train.log" 2>&1
-  grep -E "^(device|augment)" "$OUT/bench_train.log"; grep -A6 "^medians" "$OUT/bench_train.log"
+  grep -E "^(device|augment)" "$OUT/bench_train.log"; grep -A14 "^loop step timeline" "$OUT/bench_train.log"
 fi
 if [[ $part == front-ends || $part == all ]]; then
   # the eager loop per front-end path (the fused passes are the default on CUDA)
