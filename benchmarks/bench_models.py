@@ -22,6 +22,7 @@ untimed steps, then ``--steps`` steps between two device synchronisations.
     python benchmarks/bench_models.py                                         # all six, eager
     python benchmarks/bench_models.py --families convnext --modes eager default reduce-overhead
     python benchmarks/bench_models.py --families convnext --convs auto fft --profile
+    python benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules rules@fft,direct
     python benchmarks/bench_models.py --smoke                                 # tiny CPU check
 """
 
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import fresh, is_kernel, sync  # noqa: E402
+from bench_common import env_var, fresh, is_kernel, sync  # noqa: E402
 
 from dcls_audio.models import create_model  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
@@ -192,21 +193,28 @@ class Bench:
         }
 
 
+def _conv_variant(value: str, names: tuple[str, ...]) -> str:
+    base, _, order = value.partition("@")
+    if base not in names:
+        raise argparse.ArgumentTypeError(f"{base!r} is not one of {', '.join(names)}")
+    if order:
+        with env_var(dispatch.CONV_ORDER_ENV_VAR, order):
+            try:
+                dispatch.conv_order()
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def run_model(name: str, mode: str, conv: str, args: argparse.Namespace, device: torch.device) -> dict:
-    forced = dispatch.forced(conv=None if conv in ("auto", "measured", "rules") else conv)
+    base, _, order = conv.partition("@")  # "rules@fft,direct": the fixed rules in that order
+    forced = dispatch.forced(conv=None if base in ("auto", "measured", "rules") else base)
     # "measured" / "rules": the dispatcher with / without the fast paths measured per call shape
-    saved_env = os.environ.get(dispatch.AUTOTUNE_ENV_VAR)
-    if conv in ("measured", "rules"):
-        os.environ[dispatch.AUTOTUNE_ENV_VAR] = "1" if conv == "measured" else "0"
+    autotune_env = {"measured": "1", "rules": "0"}.get(base, os.environ.get(dispatch.AUTOTUNE_ENV_VAR))
+    order_env = order or os.environ.get(dispatch.CONV_ORDER_ENV_VAR)
     before = set(autotune.timings())
-    try:
-        with forced:
-            row = _measure_model(name, mode, conv, args, device)
-    finally:
-        if saved_env is None:
-            os.environ.pop(dispatch.AUTOTUNE_ENV_VAR, None)
-        else:
-            os.environ[dispatch.AUTOTUNE_ENV_VAR] = saved_env
+    with env_var(dispatch.AUTOTUNE_ENV_VAR, autotune_env), env_var(dispatch.CONV_ORDER_ENV_VAR, order_env), forced:
+        row = _measure_model(name, mode, conv, args, device)
     measured = {key: times for key, times in autotune.timings().items() if key not in before}
     if measured:
         row["measured_paths_ms"] = measured  # this model's call shapes: each candidate path's median
@@ -253,12 +261,12 @@ def medians(rows: list[dict]) -> list[dict]:
 
 def print_medians(rows: list[dict], repeats: int) -> None:
     print(f"medians of {repeats} runs (ratios: of the medians; spread: lowest and highest run's train ratio)")
-    print(f"{'model':<27} {'mode':<15} {'conv':<9} {'train/s':>8} {'infer/s':>8} {'train ratio':>11} {'spread':>11}")
+    print(f"{'model':<27} {'mode':<15} {'conv':<17} {'train/s':>8} {'infer/s':>8} {'train ratio':>11} {'spread':>11}")
     for r in rows:
         spread = f"{r['train_ratio_low']:.2f}-{r['train_ratio_high']:.2f}" if "train_ratio" in r else ""
         ratio = f"{r['train_ratio']:.2f}" if "train_ratio" in r else ""
         print(
-            f"{r['model']:<27} {r['mode']:<15} {r['conv']:<9} {r['train_samples_per_s']:>8.1f} "
+            f"{r['model']:<27} {r['mode']:<15} {r['conv']:<17} {r['train_samples_per_s']:>8.1f} "
             f"{r.get('infer_samples_per_s', float('nan')):>8.1f} {ratio:>11} {spread:>11}"
         )
 
@@ -266,7 +274,7 @@ def print_medians(rows: list[dict], repeats: int) -> None:
 def print_table(report: dict) -> None:
     rows = report["results"]
     print(f"device: {report['device']}, torch {report['torch']}, {report['precision']}, batch {report['batch_size']}")
-    head = f"{'model':<27} {'mode':<15} {'conv':<9} {'train/s':>8} {'ms':>7} {'peak GiB':>8} {'infer/s':>8}"
+    head = f"{'model':<27} {'mode':<15} {'conv':<17} {'train/s':>8} {'ms':>7} {'peak GiB':>8} {'infer/s':>8}"
     print(head + f" {'train ratio':>11} {'infer ratio':>11} {'peak ratio':>10}")
     for r in rows:
         base = r.get("baseline")
@@ -274,7 +282,7 @@ def print_table(report: dict) -> None:
         if base:
             ratios = f" {r['train_ratio']:>11.2f} {r.get('infer_ratio', float('nan')):>11.2f} {r['peak_ratio']:>10.2f}"
         print(
-            f"{r['model']:<27} {r['mode']:<15} {r['conv']:<9} {r['train_samples_per_s']:>8.1f} "
+            f"{r['model']:<27} {r['mode']:<15} {r['conv']:<17} {r['train_samples_per_s']:>8.1f} "
             f"{r['train_step_ms']:>7.1f} {r['peak_gib']:>8.2f} {r.get('infer_samples_per_s', float('nan')):>8.1f}"
             + ratios
         )
@@ -300,7 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--modes", nargs="+", default=["eager"], help="eager and/or torch.compile modes")
     convs = ("auto", "measured", "rules", *dispatch.CONV_CHOICES)
-    parser.add_argument("--convs", nargs="+", default=["auto"], choices=convs)
+    parser.add_argument(
+        "--convs",
+        nargs="+",
+        default=["auto"],
+        type=lambda v: _conv_variant(v, convs),
+        help=f"DCLS variants, of {', '.join(convs)}; NAME@ORDER sets DCLS_CONV_ORDER (e.g. rules@fft,direct)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=8, help="untimed steps first (compilation, autotuning)")

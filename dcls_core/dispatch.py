@@ -25,6 +25,10 @@ Switches:
 * ``DCLS_CONV=auto|autotune|matrix|direct|fft|reference``: forces the convolution alone where the
   named path supports the call (elsewhere the rules above choose), over ``DCLS_IMPL``;
   ``autotune`` measures every path that supports a call (:mod:`dcls_core.conv.autotune`), on any device.
+* ``DCLS_CONV_ORDER=matrix,direct,fft`` (the default order): the order of preference of the fast
+  paths under ``auto`` where several rules pay and nothing is measured (compiled calls,
+  ``DCLS_AUTOTUNE=0``, inference by default); a comma-separated permutation of some of them,
+  the paths it leaves out after it in the default order.
 * ``DCLS_AUTOTUNE=train|1|0`` (default ``train``): under ``auto`` on CUDA, where the rules choose a
   fast path and several fast paths' rules pay, the fastest of them for the call's shape is
   measured once and cached (:mod:`dcls_core.conv.autotune`): with ``train`` for calls that record
@@ -59,6 +63,7 @@ __all__ = [
     "CONV_CHOICES",
     "CONVS",
     "CONV_ENV_VAR",
+    "CONV_ORDER_ENV_VAR",
     "CONV_PATHS",
     "ENV_VAR",
     "FAST_CONV",
@@ -66,6 +71,7 @@ __all__ = [
     "LayerPlan",
     "autotune_enabled",
     "build_kernel",
+    "conv_order",
     "current_impl",
     "forced",
     "plan_layer",
@@ -82,6 +88,7 @@ AUTOTUNE_MODES = ("train", "1", "0")
 # training calls only: where benchmarks/bench_models.py timed the measured choice faster than the fixed order
 AUTOTUNE_DEFAULT = "train"
 AUTOTUNE = "autotune"
+CONV_ORDER_ENV_VAR = "DCLS_CONV_ORDER"  # the fast paths' order of preference where several rules pay
 
 # The convolution paths in order of preference (a new path: its folder under conv/ and one entry here).
 CONV_PATHS = {path.NAME: path for path in (matrix, direct, fft, reference)}
@@ -131,6 +138,22 @@ def _conv_from_env() -> Optional[str]:
     if value not in CONV_CHOICES:
         raise ValueError(f"{CONV_ENV_VAR} must be one of {('auto', *CONV_CHOICES)}, got {value!r}")
     return value
+
+
+def conv_order() -> tuple[str, ...]:
+    """The fast paths in ``$DCLS_CONV_ORDER``'s order of preference (default: :data:`CONV_PATHS`'
+    order); paths it does not name follow in the default order."""
+    default = tuple(name for name in CONV_PATHS if name != reference.NAME)
+    value = os.environ.get(CONV_ORDER_ENV_VAR, "").strip().lower()
+    if not value:
+        return default
+    named = tuple(part.strip() for part in value.split(","))
+    if not set(named) <= set(default) or len(set(named)) != len(named):
+        raise ValueError(
+            f"{CONV_ORDER_ENV_VAR}={value!r}: expected a comma-separated order of some of {', '.join(default)}, "
+            "each once"
+        )
+    return named + tuple(name for name in default if name not in named)
 
 
 def autotune_enabled(records_grad: bool = True) -> bool:
@@ -205,10 +228,9 @@ def _conv_name(
         return reference.NAME
     paying = [
         name
-        for name, path in CONV_PATHS.items()
-        if name != reference.NAME
-        and path.supports(input, kernel_shape, stride, groups)
-        and path.pays(input, kernel_shape, stride, groups)
+        for name in conv_order()
+        if CONV_PATHS[name].supports(input, kernel_shape, stride, groups)
+        and CONV_PATHS[name].pays(input, kernel_shape, stride, groups)
     ]
     if len(paying) > 1 and call is not None and input.is_cuda and autotune_enabled(any(call.grads)):
         chosen = _measured(call, paying)

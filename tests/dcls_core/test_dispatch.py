@@ -94,6 +94,31 @@ def test_conv_environment_variable(monkeypatch):
         conv()
 
 
+def test_conv_order_variable(monkeypatch):
+    """DCLS_CONV_ORDER orders the fast paths where several rules pay and nothing is measured; the
+    paths it leaves out follow in the default order; bad values are named."""
+    from dcls_core.conv import direct, fft, matrix
+
+    for path in (matrix, direct, fft):  # every fast rule pays for this call
+        monkeypatch.setattr(path, "supports", lambda *args: True)
+        monkeypatch.setattr(path, "pays", lambda *args: True)
+    x, k = torch.randn(2, 4, 16, 16), torch.randn(4, 1, 23, 23)
+
+    def conv():
+        return dispatch.select_conv(x, k, (1, 1), (11, 11), 4, "zeros")[0]
+
+    monkeypatch.delenv("DCLS_CONV_ORDER", raising=False)
+    assert dispatch.conv_order() == ("matrix", "direct", "fft") and conv() == "matrix"
+    monkeypatch.setenv("DCLS_CONV_ORDER", "fft, Direct")
+    assert dispatch.conv_order() == ("fft", "direct", "matrix") and conv() == "fft"
+    monkeypatch.setenv("DCLS_CONV_ORDER", "direct")
+    assert dispatch.conv_order() == ("direct", "matrix", "fft") and conv() == "direct"
+    for bad in ("fft,fft", "winograd", "reference", "fft,,direct"):
+        monkeypatch.setenv("DCLS_CONV_ORDER", bad)
+        with pytest.raises(ValueError, match="DCLS_CONV_ORDER="):
+            conv()
+
+
 @pytest.mark.cuda
 def test_dispatcher_choices_on_cuda(monkeypatch):
     """The FFT rules, in strict float32 (TF32 off: no direct convolution)."""
