@@ -388,3 +388,26 @@ def test_a_steps_draws_reach_the_device_in_one_copy_and_views():
     ):
         assert got.device.type == "meta" and got.dtype == want.dtype and got.shape == want.shape
     assert draws_to("cpu", mix).perm is mix.perm  # the CPU keeps the draws as they are
+
+
+def test_compiled_ops_take_draws_that_are_views_of_one_buffer():
+    """On a GPU a step's draws arrive as views of one byte buffer (different dtypes, one storage);
+    the compiled ops (fullgraph) take them as such and agree with eager on separate tensors."""
+    from dcls_audio.features.augment import _draw_tensors, _pack_bytes, _unpack_bytes, _with_tensors
+
+    x, spec = torch.randn(4, 256, generator=gen(0)), torch.randn(4, 20, 30, generator=gen(1))
+    image, target = torch.randn(4, 1, 6, 7, generator=gen(2)), (torch.rand(4, 5, generator=gen(3)) < 0.5).float()
+    draws, boxes, mix = _draw_all()
+    tensors = tuple(t for d in (draws, boxes, mix) for t in _draw_tensors(d))
+    packed, offsets = _pack_bytes(tensors, pin=False)
+    views = iter(_unpack_bytes(packed, offsets, tensors))
+    as_views = [_with_tensors(d, views) for d in (draws, boxes, mix)]
+    assert len({t.untyped_storage().data_ptr() for d in as_views for t in _draw_tensors(d)}) == 1
+    eager = _all_ops(x, spec, image, target, draws, boxes, mix)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(_all_ops, fullgraph=True, backend="aot_eager")(x, spec, image, target, *as_views)
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
