@@ -143,8 +143,20 @@ def _conv_from_env() -> Optional[str]:
 def conv_order() -> tuple[str, ...]:
     """The fast paths in ``$DCLS_CONV_ORDER``'s order of preference (default: :data:`CONV_PATHS`'
     order); paths it does not name follow in the default order."""
+    text = os.environ.get(CONV_ORDER_ENV_VAR, "")
+    order = _CONV_ORDERS.get(text)
+    if order is None:  # parsed once per value: asked on every dispatched call
+        order = _CONV_ORDERS[text] = _parsed_conv_order(text)
+    return order
+
+
+_CONV_ORDERS: dict[str, tuple[str, ...]] = {}
+
+
+def _parsed_conv_order(text: str) -> tuple[str, ...]:
+    """:func:`conv_order` for the variable's text."""
     default = tuple(name for name in CONV_PATHS if name != reference.NAME)
-    value = os.environ.get(CONV_ORDER_ENV_VAR, "").strip().lower()
+    value = text.strip().lower()
     if not value:
         return default
     named = tuple(part.strip() for part in value.split(","))
