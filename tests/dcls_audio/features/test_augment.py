@@ -390,6 +390,54 @@ def test_a_steps_draws_reach_the_device_in_one_copy_and_views():
     assert draws_to("cpu", mix).perm is mix.perm  # the CPU keeps the draws as they are
 
 
+class _AllOps(TorchDispatchMode):
+    """Every operator called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+# torch's CPU kernels of these hand float tensors to MKL's vector math, which starts a thread team per
+# call (milliseconds on a busy many-core host, every training step)
+_VECTOR_MATH = {"exp", "sqrt", "log", "log1p", "expm1", "sin", "cos", "tan", "tanh", "erf", "pow", "lgamma"}
+
+
+def test_a_steps_host_draws_stay_off_threaded_vector_math():
+    front = LogMelFrontEnd(seed=0, clip_samples=64000).train()
+    with _AllOps() as called:
+        front.sample_augmentations(64)
+        sample_mixup_draws(64, 0.8, gen(13))
+    assert called.ops and not called.ops & _VECTOR_MATH, sorted(called.ops & _VECTOR_MATH)
+
+
+def test_erase_box_sizes_follow_the_rule_in_python_floats():
+    """Box sides = round(sqrt(area * aspect)), round(sqrt(area / aspect)) for the first of the
+    attempts that fits, with the same uniform draws, computed here with Python's math."""
+    batch, height, width, attempts = 256, 20, 30, 10
+    boxes = sample_erase_boxes(batch, height, width, p=1.0, attempts=attempts, generator=gen(14))
+    g = gen(14)
+    _u((batch,), g)  # apply
+    area = (_u((batch, attempts), g, 0.02, 1 / 3) * (height * width)).tolist()
+    log_aspect = _u((batch, attempts), g, math.log(0.3), math.log(1 / 0.3)).tolist()
+    fitted = 0
+    for b in range(batch):
+        sides = [
+            (round(math.sqrt(a * math.exp(r))), round(math.sqrt(a / math.exp(r))))
+            for a, r in zip(area[b], log_aspect[b])
+        ]
+        fits = [(h, w) for h, w in sides if h < height and w < width]
+        assert bool(boxes.apply[b]) == bool(fits)
+        if fits:
+            fitted += 1
+            assert (int(boxes.height[b]), int(boxes.width[b])) == fits[0]
+    assert fitted > batch // 2
+
+
 def test_compiled_ops_take_draws_that_are_views_of_one_buffer():
     """On a GPU a step's draws arrive as views of one byte buffer (different dtypes, one storage);
     the compiled ops (fullgraph) take them as such and agree with eager on separate tensors."""
