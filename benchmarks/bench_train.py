@@ -58,6 +58,7 @@ from dcls_audio.features.logmel_passes import DEFAULT_FRONT_END, FRONT_END_ENV_V
 from dcls_audio.models import create_model  # noqa: E402
 from dcls_audio.training.module import AudioTaggingModule  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
+from dcls_core.conv import autotune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
@@ -109,15 +110,35 @@ def bare_step(name: str, mode: str, args: argparse.Namespace, device: torch.devi
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(args.warmup):
+    for _ in range(args.warmup - args.profile_steps):
         step()
+    if args.profile_steps:  # the last warm-up steps, as the loop's
+        _profiled(step, args.profile_steps, device, f"bare {name} {mode}")
     sync(device)
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
     sync(device)
     seconds = time.perf_counter() - start
-    return {"samples_per_s": args.steps * args.batch_size / seconds, "step_ms": 1000 * seconds / args.steps}
+    return {
+        "samples_per_s": args.steps * args.batch_size / seconds,
+        "step_ms": 1000 * seconds / args.steps,
+        "conv_paths": autotune.state_dict(),
+    }
+
+
+def _profiled(step, steps: int, device: torch.device, label: str) -> None:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    sync(device)
+    with torch.profiler.profile(activities=acts) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        wall_ms = 1000 * (time.perf_counter() - start) / steps
+    print_profile(prof, steps, wall_ms, label)
 
 
 # ----------------------------------------------------------------------------- loop step
@@ -200,7 +221,7 @@ class StepTimeline(L.Callback):
         self._end_host, self._start = now, None
 
     def summary(self) -> dict:
-        """Medians over the timed steps (device columns on CUDA only)."""
+        """Medians and maxima over the timed steps (device columns on CUDA only)."""
         if not self.rows:
             return {}
         if self._events and self._events[0][0] is not None:
@@ -209,11 +230,44 @@ class StepTimeline(L.Callback):
                 self.rows[i]["device_step_ms"] = start.elapsed_time(end)
                 if i + 1 < len(self._events):
                     self.rows[i + 1]["device_between_ms"] = end.elapsed_time(self._events[i + 1][0])
-        keys = {k for r in self.rows for k in r}
-        return {
-            f"host_{k}" if not k.startswith("device") else k: float(np.nanmedian([r.get(k, np.nan) for r in self.rows]))
-            for k in sorted(keys)
-        }
+        out = {}
+        for k in sorted({k for r in self.rows for k in r}):
+            values = [r.get(k, np.nan) for r in self.rows]
+            name = k if k.startswith("device") else f"host_{k}"
+            out[name] = float(np.nanmedian(values))
+            out[name.replace("_ms", "_max_ms")] = float(np.nanmax(values))  # stalls the median hides
+        return out
+
+
+SYNC_KEYS = (
+    "aten::item",
+    "aten::_local_scalar_dense",
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "Memcpy DtoH",
+)
+
+
+def print_profile(prof, steps: int, wall_ms: float, label: str) -> dict[str, int]:
+    """Prints a profile's top host operators, whether the device's kernels fill the wall time, the top
+    kernels per step, and returns the host syncs (name -> count) of the ``steps`` profiled steps."""
+    events = prof.key_averages()
+    print(f"== {label}: top host operators of {steps} steps")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
+    device_events = [e for e in events if is_kernel(e)]
+    if device_events:  # is the step bound by the device's work or by the host?
+        kernel_ms = sum(e.self_device_time_total for e in device_events) / 1000 / steps
+        print(
+            f"== {label}: device kernels {kernel_ms:.1f} ms of {wall_ms:.1f} ms wall per step "
+            f"({100 * kernel_ms / wall_ms:.0f} % busy); top kernels, ms per step:"
+        )
+        for e in sorted(device_events, key=lambda e: -e.self_device_time_total)[:20]:
+            ms = e.self_device_time_total / 1000 / steps
+            print(f"   {ms:7.2f}  {e.count // steps:4d}x  {e.key[:90]}")
+    syncs = {e.key: e.count for e in events if any(k in e.key for k in SYNC_KEYS)}
+    print(f"== {label}: host syncs in {steps} profiled steps: {syncs}")
+    return syncs
 
 
 class StepProfiler(L.Callback):
@@ -240,28 +294,7 @@ class StepProfiler(L.Callback):
             sync(pl_module.device)
             wall_ms = 1000 * (time.perf_counter() - self.started) / self.steps
             self.prof.__exit__(None, None, None)
-            events = self.prof.key_averages()
-            print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60))
-            device_events = [e for e in events if is_kernel(e)]
-            if device_events:  # is the step bound by the device's work or by the host?
-                kernel_ms = sum(e.self_device_time_total for e in device_events) / 1000 / self.steps
-                print(
-                    f"== device kernels {kernel_ms:.1f} ms of {wall_ms:.1f} ms wall per step "
-                    f"({100 * kernel_ms / wall_ms:.0f} % busy); top kernels, ms per step:"
-                )
-                for e in sorted(device_events, key=lambda e: -e.self_device_time_total)[:20]:
-                    ms = e.self_device_time_total / 1000 / self.steps
-                    print(f"   {ms:7.2f}  {e.count // self.steps:4d}x  {e.key[:90]}")
-            keys = (
-                "aten::item",
-                "aten::_local_scalar_dense",
-                "cudaStreamSynchronize",
-                "cudaDeviceSynchronize",
-                "cudaEventSynchronize",
-                "Memcpy DtoH",
-            )
-            self.syncs = {e.key: e.count for e in events if any(k in e.key for k in keys)}
-            print(f"== host syncs in {self.steps} profiled steps: {self.syncs}")
+            self.syncs = print_profile(self.prof, self.steps, wall_ms, "loop")
             self.prof = None
 
 
@@ -317,6 +350,7 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
         "prefetch_factor": settings.prefetch_factor,
         "pin_memory": settings.pin_memory,
         "timeline_ms": timeline.summary(),
+        "conv_paths": autotune.state_dict(),
     }
     if profiler is not None:
         row["profiled_syncs"] = profiler.syncs
@@ -518,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                             "loop_samples_per_s": loop["samples_per_s"],
                             "ratio": loop["samples_per_s"] / bare["samples_per_s"],
                             "bare_step_ms": bare["step_ms"],
+                            "bare_conv_paths": bare["conv_paths"],
                             "loop_step_ms": loop["step_ms"],
                             **{k: v for k, v in loop.items() if k not in ("samples_per_s", "step_ms")},
                         }
@@ -544,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         "loop step timeline (medians, ms): host between steps (batch), host in the step, of which waiting for "
         "the guard's copy (host ahead); device from step start to end, and to the next step's start"
     )
-    columns = f"{'between':>8} {'step':>8} {'guard':>8} {'dev step':>9} {'dev gap':>8}"
+    columns = f"{'between':>8} {'step':>8} {'guard':>8} {'dev step':>9} {'dev gap':>8} {'max betw':>8} {'max step':>8}"
     print(f"{'model':<26} {'mode':<16} {'front end':<10} {'run':>4} {columns}")
     for r in report["results"]:
         t = r.get("timeline_ms", {})
@@ -554,7 +589,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:<26} {r['mode']:<16} {r['front_end']:<10} {r['repeat']:>4} "
             + " ".join(f"{v:>8.2f}" for v in cols)
             + f" {dev[0]:>9.2f} {dev[1]:>8.2f}"
+            + "".join(f" {t.get(k, float('nan')):>8.2f}" for k in ("host_between_max_ms", "host_step_max_ms"))
         )
+        if r.get("conv_paths") != r.get("bare_conv_paths"):
+            differ = {
+                k
+                for k in {**r["conv_paths"], **r["bare_conv_paths"]}
+                if r["conv_paths"].get(k) != r["bare_conv_paths"].get(k)
+            }
+            print(f"   {len(differ)} convolution call shapes took other paths in the loop than in the bare step")
     if args.repeats > 1:
         print(f"medians of {args.repeats} runs (ratio: of the medians; spread: lowest and highest run's ratio)")
         print(f"{head} {'spread':>11}")
