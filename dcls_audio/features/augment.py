@@ -111,8 +111,8 @@ def _host_math(fn: Any, t: Tensor) -> Tensor:
 
     torch's CPU ``exp``/``sqrt``/``log``... of float tensors go to MKL's vector math, which starts a
     thread team even for a few hundred values: on a GPU host whose cores the loader's workers keep
-    busy that took 2-4 ms per call, most of a 10 ms host stall per training step (a profile of
-    the eager loop on an H100 host); numpy's libm computes the same values in microseconds."""
+    busy, milliseconds of host time per call, every training step (``benchmarks/NOTES_layers.md``,
+    run 12); numpy's libm computes the same values without threads."""
     return torch.from_numpy(fn(t.numpy()))
 
 
