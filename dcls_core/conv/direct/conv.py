@@ -2,12 +2,15 @@
 
 ``direct_dw_conv2d`` computes what ``F.conv2d(x, k, b, 1, padding, groups=C)`` computes for a
 depthwise kernel ``k (C, 1, kH, kW)`` with Triton programs (:mod:`.programs`, imported on first
-use): every block of output rows is ``kH`` products of an input block with a banded (Toeplitz)
-matrix made from one kernel row. Forward, input gradient and kernel gradient each take one
-launch (plus the banded matrices, and the sum of the kernel gradient's per-block partial sums),
-and need no memory beyond their outputs and the banded matrices (``C x kH x 64 x 32`` values for
-a 23-wide kernel): where the FFT convolution keeps several transforms of batch chunks, this path
-keeps none.
+use): each 8x8 patch of a channel's output is the input window it reads times one matrix
+built from the kernel, the same for every patch, so the samples and patches of a channel are the
+rows of one product on the tensor cores. The windows are read from a zero-padded contiguous copy
+(one pass; it also reads channels-last inputs at full width). Forward and input gradient take
+the copy, the patch matrix and the products; the kernel gradient takes the transposed products
+summed over the rows and then along their diagonals, in a fixed order (deterministic). Beyond
+its outputs the path needs the padded copies and the patch matrices (``C x 30 x 32 x 64``
+values for a 23x23 kernel): where the FFT convolution keeps several transforms of batch chunks,
+this path keeps none.
 
 Precision follows ``nn.Conv2d``: float32 inputs run as TF32 on the tensor cores when
 ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default) and in full float32
@@ -18,7 +21,7 @@ Under ``torch.compile`` the passes run as ``torch.library`` custom ops
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -30,14 +33,13 @@ from ..cost import large_kernel
 
 __all__ = ["DTYPES", "MAX_KW", "direct_dw_conv2d", "pays", "prepare", "supports"]
 
-# tile settings: the best of the sweeps in benchmarks/NOTES_layers.md
-_BM = 32  # output rows (n, h) per program of the forward / input gradient
+# tile settings: benchmarks/NOTES_layers.md, run 13 (the sweep moved stage times by a few %)
+_PATCH = (8, 8)  # output rows x columns per patch
+_BM = 64  # product rows (patch, sample) per program
 _NUM_WARPS = 4
-_NUM_STAGES = 2
-_BM_GRAD = 32  # rows per step of the kernel gradient's reduction
-_GRAD_NUM_STAGES = 3
+_NUM_STAGES = 3
 _MIN_GRAD_PROGRAMS = 1024  # the kernel gradient splits its rows until this many programs run
-MAX_KW = 64  # widest kernel row (the banded block is at most 128 columns)
+MAX_KW = 64  # widest kernel row (a window row is at most 128 columns)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _PROGRAMS: list = []  # the GPU program module, imported on first use
 
@@ -68,13 +70,6 @@ def supports(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], 
     )
 
 
-def _rows_contiguous(t: Tensor) -> Tensor:
-    """``t`` with contiguous rows: the programs read rows of one channel, which channels_last
-    strides (a timm ConvNeXt block's permutes give them to the input and the output gradient)
-    scatter over the memory; one copy costs less than those reads."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _dot_dtype(compute: torch.dtype) -> tuple[str, str]:
     """``(dtype name, input precision)`` of the tensor-core products for ``compute``."""
     if compute in (torch.bfloat16, torch.float16):
@@ -82,136 +77,187 @@ def _dot_dtype(compute: torch.dtype) -> tuple[str, str]:
     return "float32", "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
 
 
-def _tiles(w_out: int, kw: int) -> tuple[int, int]:
-    """``(BW, BJ)``: output columns per block and the banded block's input columns."""
-    bw = 32 if w_out > 16 else 16
-    bj = max(16, 1 << (bw + kw - 2).bit_length())
-    return bw, bj
+class _PatchPlan(NamedTuple):
+    """Tiles of the patch products for an output plane: patches of ``ph x pw`` positions,
+    ``nph x npw`` of them, windows of ``rows`` rows read ``bk / u`` rows of ``u`` columns at a
+    time (``u`` a power of two, at least ``pw + kW - 1``)."""
+
+    ph: int
+    pw: int
+    nph: int
+    npw: int
+    u: int
+    bk: int
+    rows: int
+
+    @property
+    def step_rows(self) -> int:
+        return self.bk // self.u
+
+    def extent(self) -> tuple[int, int]:
+        """Rows and columns of the padded input that the windows read (the last step may read
+        ``step_rows - 1`` rows past a window: zeros there)."""
+        return (self.nph - 1) * self.ph + self.rows + self.step_rows - 1, (self.npw - 1) * self.pw + self.u
 
 
-def _rows_reaching(k: int, pad: int, size_in: int, size_out: int) -> tuple[int, int]:
-    """Kernel rows ``[lo, hi)`` that meet the input for some output row."""
-    return max(0, pad - size_out + 1), min(k, size_in + pad)
+def _patch_plan(h_out: int, w_out: int, kh: int, kw: int, col_shift: int = 0) -> _PatchPlan:
+    """Patches over an ``h_out x w_out`` output whose first patch column starts ``col_shift``
+    columns left of the output."""
+    ph, pw = _PATCH
+    u = max(16, 1 << (pw + kw - 2).bit_length())
+    return _PatchPlan(ph, pw, -(-h_out // ph), -(-(w_out + col_shift) // pw), u, max(64, u), ph + kh - 1)
 
 
-def _conv(
-    x: Tensor,
+def _padded(x: Tensor, top: int, left: int, rows: int, cols: int, dtype: torch.dtype) -> Tensor:
+    """``(N, C, LH, LW)`` contiguous ``dtype`` copy of ``x (N, C, H, W)`` (any strides) at row
+    ``top`` and column ``left`` (negative: cut), zeros elsewhere; ``LH >= rows``, ``LW >= cols``,
+    both large enough for the input, ``LW`` a multiple of 16 (aligned rows)."""
+    n, c, h, w = x.shape
+    lh = max(rows, top + h)
+    lw = -(-max(cols, left + w) // 16) * 16
+    out = torch.empty((n, c, lh, lw), device=x.device, dtype=dtype)
+    _programs().pad_planes[(n * lh, -(-c // 32))](x, out, c, h, w, top, left, lh, lw, *x.stride(), BC=32, BW=32)
+    return out
+
+
+def _patch_products(
+    xp: Tensor,
     k: Tensor,
     bias: Optional[Tensor],
-    pad: Sequence[int],
-    out_hw: Sequence[int],
-    out_dtype: torch.dtype,
-    compute: torch.dtype,
+    plan: _PatchPlan,
+    rows_with_input: tuple[int, int],
+    y: Tensor,
     flip: bool,
+    col_shift: int = 0,
 ) -> Tensor:
-    """``(N, C, *out_hw)`` correlation of ``x (N, C, H, W)`` with ``k (C, 1, kH, kW)``
-    (rotated by 180 degrees with ``flip``), zero padding ``pad``."""
-    n, c, h_in, w_in = x.shape
+    """``y (N, C, H_out, W_out)`` (any strides) = the correlation of the padded input ``xp``
+    (:func:`_padded`, the products' dtype; its rows ``rows_with_input = [lo, hi)`` hold the
+    input) with ``k (C, 1, kH, kW)`` (rotated by 180 degrees with ``flip``): each patch is its
+    window times the patch matrix; the windows of patch column ``j`` start at ``xp`` column ``j *
+    PW`` and its outputs at column ``j * PW - col_shift``."""
+    n, c = xp.shape[:2]
     kh, kw = k.shape[-2:]
-    h_out, w_out = out_hw
-    y = torch.empty((n, c, h_out, w_out), device=x.device, dtype=out_dtype)
-    if y.numel() == 0:
-        return y.zero_()
-    dot, precision = _dot_dtype(compute)
-    bw, bj = _tiles(w_out, kw)
-    lo, hi = _rows_reaching(kh, pad[0], h_in, h_out)
-    m = n * h_out
-    band = _banded(k, bw, bj, flip, compute)
-    _programs().dw_conv2d[(-(-m // _BM), -(-w_out // bw), c)](
-        x,
-        band,
-        bias if bias is not None else band,
+    bn = plan.ph * plan.pw
+    b = torch.empty((c, plan.rows, plan.u, bn), device=xp.device, dtype=xp.dtype)
+    prog = _programs()
+    prog.patch_matrix[(c * plan.rows,)](k.contiguous(), b, kh, kw, plan.rows, FLIP=flip, PW=plan.pw, U=plan.u, BN=bn)
+    m = n * plan.nph * plan.npw
+    prog.dw_conv2d_patches[(-(-m // _BM), c)](
+        xp,
+        b,
+        bias if bias is not None else b,
         y,
+        n,
         m,
-        h_in,
-        w_in,
-        h_out,
-        w_out,
-        kh,
-        kw,
-        pad[0],
-        pad[1],
-        lo,
-        hi,
-        *x.stride(),
+        plan.npw,
+        y.shape[2],
+        y.shape[3],
+        rows_with_input[0],
+        rows_with_input[1],
+        col_shift,
+        plan.rows,
+        *xp.stride()[:3],
         *y.stride(),
         HAS_BIAS=bias is not None,
-        DOT_DTYPE=_programs().language_dtype(dot),
-        PRECISION=precision,
+        PRECISION=_dot_dtype(xp.dtype)[1],
+        PH=plan.ph,
+        PW=plan.pw,
+        U=plan.u,
         BM=_BM,
-        BW=bw,
-        BJ=bj,
+        BK=plan.bk,
         num_warps=_NUM_WARPS,
         num_stages=_NUM_STAGES,
     )
     return y
 
 
-def _banded(k: Tensor, bw: int, bj: int, flip: bool, compute: torch.dtype) -> Tensor:
-    """``(C, kH, BJ, BW)`` banded matrices ``T_i[u, v] = k[c, i, u - v]`` (0 outside the band)
-    of ``k (C, 1, kH, kW)`` (rotated by 180 degrees with ``flip``), in the products' dtype."""
-    c, _, kh, kw = k.shape
-    band = torch.empty((c, kh, bj, bw), device=k.device, dtype=compute)
-    _programs().banded[(c * kh,)](k.contiguous(), band, kh, kw, FLIP=flip, BJ=bj, BW=bw)
-    return band
+def _patch_forward(
+    x: Tensor, k: Tensor, bias: Optional[Tensor], pad: Sequence[int], out_hw: Sequence[int], dtype: torch.dtype
+) -> Tensor:
+    """The forward through the patch products (``dtype``: products and output)."""
+    n, c, h_in, _ = x.shape
+    if n * c * out_hw[0] * out_hw[1] == 0:
+        return torch.zeros((n, c, *out_hw), device=x.device, dtype=dtype)
+    plan = _patch_plan(*out_hw, *k.shape[-2:])
+    xp = _padded(x, pad[0], pad[1], *plan.extent(), dtype)
+    y = torch.empty((n, c, *out_hw), device=x.device, dtype=dtype)
+    return _patch_products(xp, k, bias, plan, (pad[0], pad[0] + h_in), y, False)
 
 
-def _kernel_grad(x: Tensor, dy: Tensor, kshape: Sequence[int], pad: Sequence[int], compute: torch.dtype) -> Tensor:
-    """``dk (C, 1, kH, kW)`` float32 from ``x (N, C, H, W)`` and ``dy (N, C, H_out, W_out)``."""
+def _patch_backward(
+    dy: Tensor, x: Tensor, k: Tensor, pad: Sequence[int], compute: torch.dtype, need_x: bool, need_k: bool
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """``(dx, dk)`` through the patch products: the input gradient convolves the padded output
+    gradient with the rotated kernel; the kernel gradient sums window-by-patch products over the
+    rows, then along their diagonals (a fixed-order sum: deterministic). ``dk`` is float32."""
     n, c, h_in, w_in = x.shape
-    kh, kw = kshape[-2:]
+    kh, kw = k.shape[-2:]
     h_out, w_out = dy.shape[-2:]
-    m = n * h_out
-    if m == 0 or w_out == 0:
-        return torch.zeros((c, 1, kh, kw), device=x.device, dtype=torch.float32)
-    dot, precision = _dot_dtype(compute)
-    bw, bj = _tiles(w_out, kw)
-    col_blocks = -(-w_out // bw)
-    row_groups = -(-kh // 4)
-    programs = c * row_groups * col_blocks
-    steps = -(-m // _BM_GRAD)
+    if n * c * h_out * w_out == 0:
+        dx = torch.zeros_like(x) if need_x else None
+        return dx, (torch.zeros((c, 1, kh, kw), device=x.device, dtype=torch.float32) if need_k else None)
+    forward = _patch_plan(h_out, w_out, kh, kw)
+    # dy sits at column ``left`` (a multiple of the patch width: the kernel gradient's patch
+    # loads are aligned); the input gradient's patch grid starts ``shift`` columns left of its
+    # output, so its windows start at multiples of the patch width too
+    top, reach = kh - 1 - pad[0], kw - 1 - pad[1]
+    left = -(-max(reach, 0) // forward.pw) * forward.pw
+    shift = left - reach
+    backward = _patch_plan(h_in, w_in, kh, kw, shift)
+    rows, cols = backward.extent() if need_x else (0, 0)
+    if need_k:  # the kernel gradient reads whole output patches
+        rows, cols = max(rows, top + forward.nph * forward.ph), max(cols, left + forward.npw * forward.pw)
+    dyp = _padded(dy, top, left, rows, cols, compute)
+    dx = None
+    if need_x:
+        dx = torch.empty((n, c, h_in, w_in), device=x.device, dtype=x.dtype)
+        dx = _patch_products(dyp, k, None, backward, (top, top + h_out), dx, True, shift)
+        if not x.is_contiguous():  # the op returns gradients in its inputs' layouts
+            dx = torch.empty_like(x).copy_(dx)
+    if not need_k:
+        return dx, None
+    xp = _padded(x, pad[0], pad[1], *forward.extent(), compute)
+    m = n * forward.nph * forward.npw
+    k_steps = -(-forward.rows // forward.step_rows)
+    programs = c * k_steps
+    steps = -(-m // _BM)
     splits = max(1, min(steps, -(-_MIN_GRAD_PROGRAMS // programs)))
-    rows_per_split = -(-steps // splits) * _BM_GRAD
+    rows_per_split = -(-steps // splits) * _BM
     splits = -(-m // rows_per_split)
-    part = torch.empty((splits * col_blocks, c, kh, kw), device=x.device, dtype=torch.float32)
-    lo, hi = _rows_reaching(kh, pad[0], h_in, h_out)
-    args = (
-        x,
-        dy,
+    bn = forward.ph * forward.pw
+    part = torch.empty((splits, c, forward.rows, forward.u, bn), device=x.device, dtype=torch.float32)
+    _programs().dw_conv2d_patches_kernel_grad[(programs, splits)](
+        xp,
+        dyp,
         part,
+        n,
         m,
+        forward.npw,
         c,
-        h_in,
-        w_in,
-        h_out,
-        w_out,
-        kh,
-        kw,
-        pad[0],
-        pad[1],
-        lo,
-        hi,
+        forward.rows,
+        top,
+        left,
         rows_per_split,
-        *x.stride(),
-        *dy.stride(),
+        *xp.stride()[:3],
+        *dyp.stride()[:3],
+        PRECISION=_dot_dtype(compute)[1],
+        PH=forward.ph,
+        PW=forward.pw,
+        U=forward.u,
+        BM=_BM,
+        BK=forward.bk,
+        num_warps=_NUM_WARPS,
+        num_stages=_NUM_STAGES,
     )
-    _programs().dw_conv2d_kernel_grad[(c * row_groups, col_blocks, splits)](
-        *args,
-        DOT_DTYPE=_programs().language_dtype(dot),
-        PRECISION=precision,
-        BM=_BM_GRAD,
-        BW=bw,
-        BJ=bj,
-        BK=max(16, 1 << (kw - 1).bit_length()),
-        num_warps=8 if dot == "float32" else 4,
-        num_stages=_GRAD_NUM_STAGES,
-    )
-    return (part[0] if part.shape[0] == 1 else part.sum(0)).unsqueeze(1)
+    # tap (i, j) gathers part[s, c, i + vh, j + vw, vh * PW + vw] over s, vh, vw
+    ss, sc, sr, su, _ = part.stride()
+    diagonals = part.as_strided((splits, c, kh, kw, forward.ph, forward.pw), (ss, sc, sr, su, sr + forward.pw, su + 1))
+    return dx, diagonals.sum((0, 4, 5)).unsqueeze(1)
 
 
 def _forward(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: list[int], out_hw: list[int], dtype: str) -> Tensor:
     d = getattr(torch, dtype)
-    return _conv(x, k, bias, padding, out_hw, d, d, flip=False)
+    return _patch_forward(x, k, bias, padding, out_hw, d)
 
 
 def _forward_fake(x, k, bias, padding, out_hw, dtype):
@@ -230,14 +276,9 @@ def _backward(
     need_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     compute = getattr(torch, dtype)
-    kh, kw = k.shape[-2:]
-    dy_rows = _rows_contiguous(dy) if need_x or need_k else dy
-    if need_x:
-        flipped_pad = (kh - 1 - padding[0], kw - 1 - padding[1])
-        dx = _conv(dy_rows, k, None, flipped_pad, x.shape[-2:], x.dtype, compute, flip=True)
-    else:
-        dx = x.new_empty(0)
-    dk = _kernel_grad(x, dy_rows, k.shape, padding, compute).to(k.dtype) if need_k else k.new_empty(0)
+    dx, dk = _patch_backward(dy, x, k, padding, compute, need_x, need_k)
+    dx = x.new_empty(0) if dx is None else dx
+    dk = k.new_empty(0) if dk is None else dk.to(k.dtype)
     db = bias_grad(dy, 2, bias.dtype) if need_b and bias is not None else dy.new_empty(0)
     return dx, dk, db
 
@@ -283,7 +324,7 @@ def prepare(
     # products and result in the output dtype: autocast on CUDA is half precision, else the input's dtype
     settings = (list(geo.padding), geo.out_full, dtype_name(geo.out_dtype))
     bias = bias if bias is None else bias.contiguous()
-    return PreparedConv(_direct, _rows_contiguous(geo.input), bias, settings, geo.unbatched)
+    return PreparedConv(_direct, geo.input, bias, settings, geo.unbatched)
 
 
 def direct_dw_conv2d(

@@ -1,18 +1,11 @@
 """Triton GPU programs of the direct depthwise 2-D convolution (:mod:`.conv` imports this module,
 and with it Triton, on first use).
 
-Each output row ``(n, h)`` of one channel is a sum over the kernel rows ``i`` of an input
-row times a banded (Toeplitz) matrix built from kernel row ``i``:
-
-    y[n, c, h, w0 + v] = sum_i sum_u x[n, c, h + i - ph, w0 - pw + u] * T_i[u, v],
-    T_i[u, v] = k[c, i, u - v]  (0 <= u - v < kW, else 0)
-
-so a block of ``BM`` output rows and ``BW`` output columns is ``kH`` matrix products
-``(BM, BJ) @ (BJ, BW)`` on the tensor cores, with ``BJ >= BW + kW - 1`` input columns. The
-input is read through masks (no padded copy); the banded matrices ``T (C, kH, BJ, BW)`` are
-built once per call by the caller (they do not depend on the column block). The same program
-computes the input gradient from the kernel rotated by 180 degrees and padding ``k - 1 - p``;
-the kernel gradient is the transposed product summed over rows, whose diagonals are the taps.
+Each output patch of ``PH x PW`` positions of one channel is the window of the input it reads
+times one patch matrix made from the kernel (the same for every patch: the rows of one product
+are the samples and patches of a channel); see the section below. The input gradient is the same
+product of the output gradient with the kernel rotated by 180 degrees; the kernel gradient is the
+transposed product summed over the rows, whose diagonals hold the taps.
 
 No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`` hints.
 """
@@ -20,7 +13,13 @@ No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`
 import triton
 import triton.language as tl
 
-__all__ = ["banded", "dw_conv2d", "dw_conv2d_kernel_grad", "language_dtype"]
+__all__ = [
+    "dw_conv2d_patches",
+    "dw_conv2d_patches_kernel_grad",
+    "language_dtype",
+    "pad_planes",
+    "patch_matrix",
+]
 
 
 def language_dtype(name: str):
@@ -28,197 +27,213 @@ def language_dtype(name: str):
     return getattr(tl, name)
 
 
+# ---- patch tiles: a block of output positions of one channel as one matrix product ----------
+#
+# An output patch of PH x PW positions (``BN = PH * PW``) of channel ``c`` is a product of the
+# input window it reads, ``(PH + kH - 1) x (PW + kW - 1)`` positions flattened, with one matrix
+#
+#     B[r, u, v] = k[c, r - vh, u - vw]   (v = vh * PW + vw; 0 where the tap is outside the kernel)
+#
+# that is the same for every patch (the convolution is translation invariant), so the batch
+# gives the rows of the product: ``y[n, patch] = window[n, :] @ B``. Per output this multiplies
+# (PH + kH - 1)(PW + kW - 1) values (900 for 8x8 patches and 23x23 kernels, against 529 taps),
+# and each program reads its window once; banded products per kernel row (the design measured
+# before this one) read every input row once per kernel row. The windows are read from a
+# zero-padded copy of the input (:func:`pad_planes`: contiguous rows, the padding in place, the
+# products' dtype), so the loads need no bounds and a window row starts at a multiple of PW.
+
+
 @triton.jit
-def banded(k_ptr, t_ptr, KH, KW, FLIP: tl.constexpr, BJ: tl.constexpr, BW: tl.constexpr):
-    """``t[c, i, u, v] = k[c, i, u - v]`` inside the band ``0 <= u - v < kW``, else 0, in t's
-    dtype (``FLIP``: ``k[c, kH-1-i, kW-1-(u-v)]``); ``k (C, kH, kW)`` contiguous, ``t (C, kH,
-    BJ, BW)``. One program per ``(c, i)``."""
-    ci = tl.program_id(0)
-    u = tl.arange(0, BJ)[:, None]
-    v = tl.arange(0, BW)[None, :]
-    d = u - v
-    inside = (d >= 0) & (d < KW)
+def pad_planes(src_ptr, dst_ptr, C, H, W, top, left, LH, LW, s_n, s_c, s_h, s_w, BC: tl.constexpr, BW: tl.constexpr):
+    """``dst[n, c, top + h, left + w] = src[n, c, h, w]``, 0 elsewhere, in dst's dtype; ``dst (N,
+    C, LH, LW)`` contiguous, ``src`` any strides (blocks of ``BC`` channels by ``BW`` columns, so
+    channels-last and contiguous sources both read whole sectors). Grid ``(N * LH, cdiv(C, BC))``."""
+    row = tl.program_id(0)
+    n = row // LH
+    hp = row - n * LH
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    c_ok = (c < C)[:, None]
+    h = hp - top
+    h_ok = (h >= 0) & (h < H)
+    src_row = src_ptr + n.to(tl.int64) * s_n + (c.to(tl.int64) * s_c)[:, None] + h.to(tl.int64) * s_h
+    dst_row = dst_ptr + ((n.to(tl.int64) * C + c) * LH + hp)[:, None] * LW
+    for w0 in range(0, LW, BW):
+        wp = w0 + tl.arange(0, BW)
+        w = (wp - left)[None, :]
+        v = tl.load(src_row + w * s_w, mask=c_ok & h_ok & (w >= 0) & (w < W), other=0.0)
+        tl.store(dst_row + wp[None, :], v.to(dst_ptr.dtype.element_ty), mask=c_ok & (wp < LW)[None, :])
+
+
+@triton.jit
+def patch_matrix(k_ptr, b_ptr, KH, KW, R_ROWS, FLIP: tl.constexpr, PW: tl.constexpr, U: tl.constexpr, BN: tl.constexpr):
+    """``b[c, r, u, v] = k[c, r - vh, u - vw]`` inside the kernel, else 0 (``v = vh * PW + vw``;
+    ``FLIP``: ``k[c, kH-1-(r-vh), kW-1-(u-vw)]``), in b's dtype; ``k (C, kH, kW)`` contiguous,
+    ``b (C, R_ROWS, U, BN)``. One program per ``(c, r)``."""
+    cr = tl.program_id(0)
+    c = cr // R_ROWS
+    r = cr - c * R_ROWS
+    u = tl.arange(0, U)[:, None]
+    v = tl.arange(0, BN)[None, :]
+    dh = r - v // PW
+    dw = u - v % PW
+    inside = (dh >= 0) & (dh < KH) & (dw >= 0) & (dw < KW)
     if FLIP:
-        c = ci // KH
-        src = k_ptr + (c * KH + KH - 1 - (ci - c * KH)).to(tl.int64) * KW + (KW - 1 - d)
+        tap = (KH - 1 - dh) * KW + (KW - 1 - dw)
     else:
-        src = k_ptr + ci.to(tl.int64) * KW + d
-    t = tl.load(src, mask=inside, other=0.0)
-    tl.store(t_ptr + ci.to(tl.int64) * BJ * BW + u * BW + v, t.to(t_ptr.dtype.element_ty))
+        tap = dh * KW + dw
+    t = tl.load(k_ptr + c.to(tl.int64) * KH * KW + tap, mask=inside, other=0.0)
+    tl.store(b_ptr + cr.to(tl.int64) * U * BN + u * BN + v, t.to(b_ptr.dtype.element_ty))
 
 
 @triton.jit
-def dw_conv2d(
-    x_ptr,
-    t_ptr,
+def _patch_rows(m, N, NPW, PH: tl.constexpr, PW: tl.constexpr):
+    """Row ``m = patch * N + n`` of a product -> ``(n, first output row, first window column)``
+    (the window columns of patch column ``j`` start at ``j * PW``: aligned loads)."""
+    p = m // N
+    n = m - p * N
+    ph = p // NPW
+    return n, ph * PH, (p - ph * NPW) * PW
+
+
+@triton.jit
+def dw_conv2d_patches(
+    xp_ptr,
     b_ptr,
+    bias_ptr,
     y_ptr,
+    N,
     M,
-    H_in,
-    W_in,
+    NPW,
     H_out,
     W_out,
-    KH,
-    KW,
-    pad_h,
-    pad_w,
-    kh_lo,
-    kh_hi,
+    row_lo,
+    row_hi,
+    col_shift,
+    R_ROWS,
     sxn,
     sxc,
     sxh,
-    sxw,
     syn,
     syc,
     syh,
     syw,
     HAS_BIAS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    U: tl.constexpr,
     BM: tl.constexpr,
-    BW: tl.constexpr,
-    BJ: tl.constexpr,
+    BK: tl.constexpr,
 ):
-    """``y[n, c, h, w] = sum_i sum_u x[n, c, h + i - ph, w0 - pw + u] T[c, i, u, w - w0] (+ b[c])``
-    with the banded matrices ``t (C, kH, BJ, BW)``. Rows ``m = n * H_out + h < M``; grid
-    ``(cdiv(M, BM), cdiv(W_out, BW), C)``; only kernel rows ``kh_lo <= i < kh_hi`` can reach
-    the input."""
-    c = tl.program_id(2)
-    m = tl.program_id(0) * BM + tl.arange(0, BM)
-    w0 = tl.program_id(1) * BW
+    """``y[n, c, oh0 + vh, j PW - col_shift + vw] = sum_{r, u} xp[n, c, oh0 + r, j PW + u] B[c, r,
+    u, v] (+ b[c])`` for the ``BM`` rows ``m = patch * N + n`` of a program (patch column ``j``)
+    and its ``PH x PW`` patch positions ``v`` (outputs outside ``y`` are not stored): ``xp`` the
+    zero-padded input (:func:`pad_planes`, unit column stride; its rows ``[row_lo, row_hi)`` hold
+    the input, the others are skipped), ``B (C, R_ROWS, U, PH * PW)`` from :func:`patch_matrix` in
+    xp's dtype. Grid ``(cdiv(M, BM), C)``."""
+    BN: tl.constexpr = PH * PW
+    RK: tl.constexpr = BK // U  # window rows per step
+    c = tl.program_id(1)
+    m_first = tl.program_id(0) * BM
+    m = m_first + tl.arange(0, BM)
     m_ok = m < M
-    n = m // H_out
-    h = m - n * H_out
-    u = tl.arange(0, BJ)
-    v = tl.arange(0, BW)
-    col = w0 - pad_w + u
-    col_ok = (col >= 0) & (col < W_in) & (u < BW + KW - 1)
-    x_rows = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
-    x_cols = col.to(tl.int64) * sxw
-    t_plane = t_ptr + c.to(tl.int64) * KH * BJ * BW + u[:, None] * BW + v[None, :]
-    acc = tl.zeros((BM, BW), dtype=tl.float32)
-    for i in range(kh_lo, kh_hi):
-        r = h + i - pad_h
-        r_ok = m_ok & (r >= 0) & (r < H_in)
-        a = tl.load(
-            x_rows[:, None] + (r.to(tl.int64) * sxh)[:, None] + x_cols[None, :],
-            mask=r_ok[:, None] & col_ok[None, :],
-            other=0.0,
-        )
-        t = tl.load(t_plane + i * BJ * BW)
-        acc = tl.dot(a.to(DOT_DTYPE), t, acc, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + c).to(tl.float32)
-    out_col = w0 + v
-    y_off = (n.to(tl.int64) * syn + c.to(tl.int64) * syc + (h.to(tl.int64) * syh))[:, None] + (
-        out_col.to(tl.int64) * syw
-    )[None, :]
-    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & (out_col < W_out)[None, :])
-
-
-@triton.jit
-def _input_rows(x_chan, n, h, m_ok, i, col, col_ok, pad_h, H_in, sxn, sxh, sxw, KH, kh_lo, kh_hi):
-    """``(BM, BJ)`` input block of kernel row ``i``: ``x[n, c, h + i - ph, col]``, 0 outside."""
-    r = h + i - pad_h
-    ok = m_ok & (r >= 0) & (r < H_in) & (i < KH) & (i >= kh_lo) & (i < kh_hi)
-    return tl.load(
-        x_chan + (n.to(tl.int64) * sxn + r.to(tl.int64) * sxh)[:, None] + (col.to(tl.int64) * sxw)[None, :],
-        mask=ok[:, None] & col_ok[None, :],
-        other=0.0,
+    n, oh0, ow0 = _patch_rows(m, N, NPW, PH, PW)
+    # window rows holding input for some row of this block (the patches' first rows grow with m)
+    top = (m_first // N // NPW) * PH
+    bottom = ((tl.minimum(m_first + BM, M) - 1) // N // NPW) * PH
+    lo = tl.maximum(row_lo - bottom, 0)
+    hi = tl.minimum(row_hi - top, R_ROWS)
+    kk = tl.arange(0, BK)
+    rr = kk // U
+    uu = kk - rr * U
+    v = tl.arange(0, BN)
+    a_ptrs = (
+        xp_ptr
+        + (n.to(tl.int64) * sxn + c.to(tl.int64) * sxc + (oh0 + lo).to(tl.int64) * sxh + ow0)[:, None]
+        + (rr * sxh + uu)[None, :]
     )
+    b_ptrs = b_ptr + c.to(tl.int64) * R_ROWS * U * BN + lo * U * BN + kk[:, None] * BN + v[None, :]
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for r0 in range(lo, hi, RK):
+        a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
+        bt = tl.load(b_ptrs, mask=(r0 + rr < R_ROWS)[:, None], other=0.0)
+        acc = tl.dot(a, bt, acc, input_precision=PRECISION)
+        a_ptrs += RK * sxh
+        b_ptrs += BK * BN
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c).to(tl.float32)
+    oh = oh0[:, None] + (v // PW)[None, :]
+    ow = (ow0 - col_shift)[:, None] + (v % PW)[None, :]
+    y_off = (n.to(tl.int64) * syn + c.to(tl.int64) * syc)[:, None] + oh.to(tl.int64) * syh + ow.to(tl.int64) * syw
+    y_ok = m_ok[:, None] & (oh < H_out) & (ow >= 0) & (ow < W_out)
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
 
 
 @triton.jit
-def _store_taps(part_ptr, g, row, i, KH, KW, d, j):
-    taps = tl.zeros(j.shape, dtype=tl.float32)
-    for jj in range(0, KW):
-        taps = tl.where(j == jj, tl.sum(tl.where(d == jj, g, 0.0)), taps)
-    tl.store(part_ptr + (row + i) * KW + j, taps, mask=(j < KW) & (i < KH))
-
-
-@triton.jit
-def dw_conv2d_kernel_grad(
-    x_ptr,
-    dy_ptr,
+def dw_conv2d_patches_kernel_grad(
+    xp_ptr,
+    dyp_ptr,
     part_ptr,
+    N,
     M,
+    NPW,
     C,
-    H_in,
-    W_in,
-    H_out,
-    W_out,
-    KH,
-    KW,
-    pad_h,
-    pad_w,
-    kh_lo,
-    kh_hi,
+    R_ROWS,
+    dy_top,
+    dy_left,
     rows_per_split,
     sxn,
     sxc,
     sxh,
-    sxw,
     sdn,
     sdc,
     sdh,
-    sdw,
-    DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
+    PH: tl.constexpr,
+    PW: tl.constexpr,
+    U: tl.constexpr,
     BM: tl.constexpr,
-    BW: tl.constexpr,
-    BJ: tl.constexpr,
     BK: tl.constexpr,
 ):
-    """Partial kernel gradients ``part[s, c, i, j] = sum_{m in split s, w in column block}
-    dy[n, c, h, w] x[n, c, h + i - ph, w + j - pw]``; ``part (splits * column blocks, C, kH,
-    kW)`` float32, summed by the caller. A program takes four kernel rows (four products
-    ``(BJ, BM) @ (BM, BW)`` per block of rows), so each block of ``dy`` is read once for them
-    and their input rows overlap in the cache; tap ``j`` of row ``i`` is the ``j``-th diagonal
-    of its product. Grid ``(C * cdiv(kH, 4), cdiv(W_out, BW), splits)``."""
-    groups = tl.cdiv(KH, 4)
-    cg = tl.program_id(0)
-    c = cg // groups
-    i0 = (cg - c * groups) * 4
-    w0 = tl.program_id(1) * BW
-    split = tl.program_id(2)
-    u = tl.arange(0, BJ)
-    v = tl.arange(0, BW)
-    col = w0 - pad_w + u
-    col_ok = (col >= 0) & (col < W_in) & (u < BW + KW - 1)
-    out_col = w0 + v
-    out_ok = out_col < W_out
+    """Partial products ``part[s, c, r, u, v] = sum_{m in split s} xp[n, c, oh0 + r, ow0 + u]
+    dy[n, c, oh0 + vh, ow0 + vw]`` (rows ``m = patch * N + n``) for the ``BK`` window positions of
+    step ``kb``: ``xp`` the forward's zero-padded input, ``dyp`` a zero-padded output gradient
+    holding ``dy[n, c, h, w]`` at ``(dy_top + h, dy_left + w)`` (both with unit column stride,
+    zero beyond the output); ``part (splits, C, R_ROWS * U, PH * PW)`` float32. The kernel
+    gradient is its sum over the splits and along the diagonals, ``dk[c, i, j] = sum_v part[c,
+    i + vh, j + vw, v]`` (the caller's). Grid ``(C * cdiv(R_ROWS, BK / U), splits)``."""
+    BN: tl.constexpr = PH * PW
+    RK: tl.constexpr = BK // U
+    steps = tl.cdiv(R_ROWS, RK)
+    ck = tl.program_id(0)
+    c = ck // steps
+    kb = ck - c * steps
+    split = tl.program_id(1)
+    kk = tl.arange(0, BK)
+    rr = kk // U
+    uu = kk - rr * U
+    v = tl.arange(0, BN)
+    vh = v // PW
+    vw = v - vh * PW
+    k_ok = kb * RK + rr < R_ROWS
+    x_cols = ((kb * RK + rr) * sxh + uu)[None, :]
+    e_cols = ((dy_top + vh) * sdh + dy_left + vw)[None, :]
+    x_chan = xp_ptr + c.to(tl.int64) * sxc
+    dy_chan = dyp_ptr + c.to(tl.int64) * sdc
+    g = tl.zeros((BK, BN), dtype=tl.float32)
     m_start = split * rows_per_split
     m_end = tl.minimum(M, m_start + rows_per_split)
-    m_end = tl.where((i0 + 3 >= kh_lo) & (i0 < kh_hi), m_end, m_start)
-    x_chan = x_ptr + c.to(tl.int64) * sxc
-    dy_chan = dy_ptr + c.to(tl.int64) * sdc
-    g0 = tl.zeros((BJ, BW), dtype=tl.float32)
-    g1 = tl.zeros((BJ, BW), dtype=tl.float32)
-    g2 = tl.zeros((BJ, BW), dtype=tl.float32)
-    g3 = tl.zeros((BJ, BW), dtype=tl.float32)
     for m0 in range(m_start, m_end, BM):
         m = m0 + tl.arange(0, BM)
-        m_ok = m < m_end
-        n = m // H_out
-        h = m - n * H_out
-        e = tl.load(
-            dy_chan + (n.to(tl.int64) * sdn + h.to(tl.int64) * sdh)[:, None] + (out_col.to(tl.int64) * sdw)[None, :],
-            mask=m_ok[:, None] & out_ok[None, :],
+        m_ok = (m < m_end)[:, None]
+        n, oh0, ow0 = _patch_rows(m, N, NPW, PH, PW)
+        a = tl.load(
+            x_chan + (n.to(tl.int64) * sxn + oh0.to(tl.int64) * sxh + ow0)[:, None] + x_cols,
+            mask=m_ok & k_ok[None, :],
             other=0.0,
-        ).to(DOT_DTYPE)
-        a = _input_rows(x_chan, n, h, m_ok, i0, col, col_ok, pad_h, H_in, sxn, sxh, sxw, KH, kh_lo, kh_hi)
-        g0 = tl.dot(tl.trans(a.to(DOT_DTYPE)), e, g0, input_precision=PRECISION)
-        a = _input_rows(x_chan, n, h, m_ok, i0 + 1, col, col_ok, pad_h, H_in, sxn, sxh, sxw, KH, kh_lo, kh_hi)
-        g1 = tl.dot(tl.trans(a.to(DOT_DTYPE)), e, g1, input_precision=PRECISION)
-        a = _input_rows(x_chan, n, h, m_ok, i0 + 2, col, col_ok, pad_h, H_in, sxn, sxh, sxw, KH, kh_lo, kh_hi)
-        g2 = tl.dot(tl.trans(a.to(DOT_DTYPE)), e, g2, input_precision=PRECISION)
-        a = _input_rows(x_chan, n, h, m_ok, i0 + 3, col, col_ok, pad_h, H_in, sxn, sxh, sxw, KH, kh_lo, kh_hi)
-        g3 = tl.dot(tl.trans(a.to(DOT_DTYPE)), e, g3, input_precision=PRECISION)
-    d = u[:, None] - v[None, :]
-    j = tl.arange(0, BK)
-    block = split * tl.num_programs(1) + tl.program_id(1)
-    row = (block.to(tl.int64) * C + c) * KH + i0
-    _store_taps(part_ptr, g0, row, 0, KH - i0, KW, d, j)
-    _store_taps(part_ptr, g1, row, 1, KH - i0, KW, d, j)
-    _store_taps(part_ptr, g2, row, 2, KH - i0, KW, d, j)
-    _store_taps(part_ptr, g3, row, 3, KH - i0, KW, d, j)
+        )
+        e_rows = (n.to(tl.int64) * sdn + oh0.to(tl.int64) * sdh + ow0)[:, None]
+        e = tl.load(dy_chan + e_rows + e_cols, mask=m_ok, other=0.0)
+        g = tl.dot(tl.trans(a), e, g, input_precision=PRECISION)
+    row = (split.to(tl.int64) * C + c) * R_ROWS * U + kb * BK
+    tl.store(part_ptr + (row + kk)[:, None] * BN + v[None, :], g, mask=k_ok[:, None])

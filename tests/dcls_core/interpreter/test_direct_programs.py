@@ -1,8 +1,8 @@
 """The direct convolution's GPU programs (:mod:`dcls_core.conv.direct.programs`) on the CPU under
 Triton's interpreter (float32 products): forward, input, kernel and bias gradients equal float64
-``F.conv2d`` over column and row blocks, kernels larger than the image, padding modes,
-channels_last, split kernel-gradient rows; the custom ops under torch.compile give the eager
-gradients (see ``conftest.py``)."""
+``F.conv2d`` over several patches, kernels larger than the image, padding modes and padding
+beyond the kernel, channels_last, split kernel-gradient rows, the model's 23x23 kernel; the
+custom ops under torch.compile give the eager gradients (see ``conftest.py``)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ CASES = [  # N, C, H, W, kH, kW, pH, pW, padding mode, channels_last
     (2, 3, 4, 9, 3, 3, 0, 0, "zeros", False),  # no padding
     (1, 2, 4, 5, 3, 3, 3, 2, "zeros", False),  # padding beyond kernel - 1
     (5, 2, 40, 7, 5, 5, 2, 2, "zeros", False),  # 200 rows: several row blocks and splits
+    (2, 2, 20, 19, 23, 23, 11, 11, "zeros", True),  # the model's kernel: shifted input-gradient patches
 ]
 
 
@@ -43,7 +44,7 @@ def launched(monkeypatch) -> set:
             names.add(self.name)
             return self.real[grid]
 
-    for name in ("dw_conv2d", "dw_conv2d_kernel_grad"):
+    for name in ("dw_conv2d_patches", "dw_conv2d_patches_kernel_grad"):
         monkeypatch.setattr(programs, name, Spy(getattr(programs, name), name))
     return names
 
@@ -63,11 +64,12 @@ def test_direct_equals_float64_conv2d(launched, N, C, H, W, kh, kw, ph, pw, mode
     xin = x32.to(memory_format=torch.channels_last) if channels_last else x32
     got = direct_conv.direct_dw_conv2d(xin, k32, b32, (1, 1), (ph, pw), C, mode)
     g = dy.float().to(memory_format=torch.channels_last) if channels_last else dy.float()  # as after a permute
-    grads = torch.autograd.grad(got, (x32, k32, b32), g)
+    grads = torch.autograd.grad(got, (xin, k32, b32), g)
     assert rel_err(got, want) < TOL
     for name, a, r in zip(("input", "kernel", "bias"), grads, want_grads):
         assert rel_err(a, r) < TOL, name
-    assert launched == {"dw_conv2d", "dw_conv2d_kernel_grad"}
+    assert launched == {"dw_conv2d_patches", "dw_conv2d_patches_kernel_grad"}
+    assert got.is_contiguous() and grads[0].stride() == xin.stride()  # the op's layout contract
 
 
 def test_custom_ops_under_compile_give_eager_gradients(launched):
@@ -96,4 +98,14 @@ def test_only_the_input_gradient_launches_no_kernel_gradient(launched):
     x = torch.randn(2, 3, 6, 5, requires_grad=True)
     y = direct_conv.direct_dw_conv2d(x, torch.randn(3, 1, 5, 5), None, (1, 1), (2, 2), 3)
     y.sum().backward()
-    assert launched == {"dw_conv2d"}, launched
+    assert launched == {"dw_conv2d_patches"}, launched
+
+
+def test_kernel_gradient_is_deterministic(launched):
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 19, 21, requires_grad=True)
+    k = torch.randn(2, 1, 9, 7, requires_grad=True)
+    y = direct_conv.direct_dw_conv2d(x, k, None, (1, 1), (4, 3), 2)
+    dy = torch.randn_like(y)
+    first, second = (torch.autograd.grad(y, k, dy, retain_graph=True)[0] for _ in range(2))
+    assert torch.equal(first, second)
