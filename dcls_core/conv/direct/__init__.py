@@ -1,5 +1,5 @@
 """The direct convolution path: 2-D depthwise kernels on the tensor cores (CUDA, Triton), no
-transform and no workspace.
+transform; its workspace is a zero-padded copy of the input and one matrix per channel.
 
 * :mod:`.conv`: ``direct_dw_conv2d`` (the path's function), its launchers and cost rule;
 * :mod:`.programs`: its Triton GPU programs.

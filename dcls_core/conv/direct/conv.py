@@ -1,4 +1,4 @@
-"""Direct depthwise 2-D convolution on the tensor cores: no transform, no workspace.
+"""Direct depthwise 2-D convolution on the tensor cores: no transform, little workspace.
 
 ``direct_dw_conv2d`` computes what ``F.conv2d(x, k, b, 1, padding, groups=C)`` computes for a
 depthwise kernel ``k (C, 1, kH, kW)`` with Triton programs (:mod:`.programs`, imported on first
@@ -295,8 +295,8 @@ _direct = register_op(
 def pays(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
     """The ``auto`` rule: large kernels (:func:`dcls_core.conv.cost.large_kernel`) whose products may
     run on the tensor cores (half precision, or float32 with ``torch.backends.cudnn.allow_tf32``,
-    as ``nn.Conv2d`` does). Without the tensor cores the FFT is faster; with them this path needs
-    no workspace."""
+    as ``nn.Conv2d`` does). Without the tensor cores the FFT is faster; with them this path is
+    faster at every ConvNeXt-T stage and needs less workspace (NOTES run 13)."""
     if not large_kernel(input, kernel_shape, stride):
         return False
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else input.dtype

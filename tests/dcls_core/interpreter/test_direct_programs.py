@@ -109,3 +109,37 @@ def test_kernel_gradient_is_deterministic(launched):
     dy = torch.randn_like(y)
     first, second = (torch.autograd.grad(y, k, dy, retain_graph=True)[0] for _ in range(2))
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_direct_custom_ops_pass_opcheck(launched, layout):
+    """The ops' fake implementations give the real outputs' shapes, dtypes and strides (what
+    torch.compile relies on), forward and backward: the output is contiguous whatever the
+    input's layout (a channels-last output written per channel was slower, NOTES run 13), the
+    input gradient has the input's layout."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 9, 8)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    k, b = torch.randn(6, 1, 7, 5), torch.randn(6)
+    call = direct_conv.prepare(x, k.shape, b, (1, 1), (3, 2), 6)
+    forward = torch.ops.dcls_core.direct_dw_conv2d.default
+    backward = torch.ops.dcls_core.direct_dw_conv2d_backward.default
+    y = forward(call.input, k, call.bias, *call.settings)
+    dy = torch.randn_like(y)
+    padding, _, dtype = call.settings
+    for result in (
+        torch.library.opcheck(forward, (call.input.requires_grad_(), k.requires_grad_(), b, *call.settings)),
+        torch.library.opcheck(backward, (dy, call.input.detach(), k.detach(), b, padding, dtype, True, True, True)),
+    ):
+        assert set(result.values()) == {"SUCCESS"}, result
+    real_dx = backward(dy, x, k.detach(), None, padding, dtype, True, False, False)[0]
+    with FakeTensorMode() as mode:
+        fake_y = forward(mode.from_tensor(x), mode.from_tensor(k), mode.from_tensor(b), *call.settings)
+        fake_dx = backward(
+            mode.from_tensor(dy), mode.from_tensor(x), mode.from_tensor(k), None, padding, dtype, True, False, False
+        )[0]
+    assert y.is_contiguous() and fake_y.stride() == y.stride()
+    assert fake_dx.stride() == real_dx.stride() == x.stride()
