@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
-#   part: tests | layers | models | train | front-ends | data | infer | all (default)
+#   part: tests | stages | layers | models | train | front-ends | data | infer | all (default)
 # Wheels a torch + Lightning image may lack (versions as in requirements.lock): av, soundfile, cffi,
 # pycparser (soundfile's), dcls==0.1.1 (the tests' reference).
 # Eager steps vary by milliseconds between runs and hosts: the model and loop rows run three times
@@ -19,6 +19,11 @@ if [[ $part == tests || $part == all ]]; then
   timeout 480 python3 -m pytest -q -m cuda -p no:cacheprovider tests/ >"$OUT/cuda_tests.log" 2>&1
   echo "pytest exit status $? (124: timed out)" | tee -a "$OUT/cuda_tests.log"; tail -25 "$OUT/cuda_tests.log"
 fi
+if [[ $part == stages || $part == all ]]; then
+  # one layer step per ConvNeXt-T stage and path, in the model's layouts, with its kernels
+  timeout 150 python3 benchmarks/bench_stage_paths.py --profile --top 6 --json "$OUT/bench_stage_paths.json" \
+    >"$OUT/bench_stage_paths.log" 2>&1; grep -E "^(C=|ConvNeXt)" "$OUT/bench_stage_paths.log"
+fi
 if [[ $part == layers || $part == all ]]; then
   timeout 300 python3 benchmarks/bench_layers.py --out "$OUT/bench_layers.json" 2>&1 | grep -A6 "stage sums" | tee "$OUT/bench_layers.log"
   timeout 150 python3 benchmarks/profile_layers.py --json "$OUT/profile_layers.json" 2>&1 | grep "^sum" | tee "$OUT/profile_layers.log"
@@ -29,11 +34,10 @@ if [[ $part == models || $part == all ]]; then
     --json "$OUT/bench_models_convnext.json" >"$OUT/bench_models_convnext.log" 2>&1; grep -A4 "^medians" "$OUT/bench_models_convnext.log"
   timeout 380 python3 benchmarks/bench_models.py --convs auto rules --infer --profile \
     --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
-  # compiled calls keep the dispatcher's fixed order (nothing is measured while tracing): the default
-  # order against the FFT before the direct path (eager measurements pick the FFT at stages 1-2)
-  timeout 420 python3 benchmarks/bench_models.py --families convnext --modes default reduce-overhead \
-    --convs rules rules@fft,direct \
-    --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1; tail -8 "$OUT/bench_models_compiled.log"
+  # compiled calls keep the dispatcher's fixed order (nothing is measured while tracing): matrix at
+  # the last two ConvNeXt-T stages, direct at the first two (the fastest per stage, NOTES run 13)
+  timeout 300 python3 benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules \
+    --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1; tail -4 "$OUT/bench_models_compiled.log"
 fi
 if [[ $part == train || $part == all ]]; then
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --repeats 3 --steps 30 --warmup 15 \
