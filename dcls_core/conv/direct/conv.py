@@ -94,6 +94,11 @@ class _PatchPlan(NamedTuple):
     def step_rows(self) -> int:
         return self.bk // self.u
 
+    def launch_settings(self) -> dict:
+        """The tile and launch settings the patch programs share."""
+        tiles = dict(PH=self.ph, PW=self.pw, U=self.u, BM=_BM, BK=self.bk)
+        return dict(tiles, num_warps=_NUM_WARPS, num_stages=_NUM_STAGES)
+
     def extent(self) -> tuple[int, int]:
         """Rows and columns of the padded input that the windows read (the last step may read
         ``step_rows - 1`` rows past a window: zeros there)."""
@@ -160,13 +165,7 @@ def _patch_products(
         *y.stride(),
         HAS_BIAS=bias is not None,
         PRECISION=_dot_dtype(xp.dtype)[1],
-        PH=plan.ph,
-        PW=plan.pw,
-        U=plan.u,
-        BM=_BM,
-        BK=plan.bk,
-        num_warps=_NUM_WARPS,
-        num_stages=_NUM_STAGES,
+        **plan.launch_settings(),
     )
     return y
 
@@ -241,13 +240,7 @@ def _patch_backward(
         *xp.stride()[:3],
         *dyp.stride()[:3],
         PRECISION=_dot_dtype(compute)[1],
-        PH=forward.ph,
-        PW=forward.pw,
-        U=forward.u,
-        BM=_BM,
-        BK=forward.bk,
-        num_warps=_NUM_WARPS,
-        num_stages=_NUM_STAGES,
+        **forward.launch_settings(),
     )
     # tap (i, j) gathers part[s, c, i + vh, j + vw, vh * PW + vw] over s, vh, vw
     ss, sc, sr, su, _ = part.stride()
