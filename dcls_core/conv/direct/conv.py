@@ -9,8 +9,8 @@ rows of one product on the tensor cores. The windows are read from a zero-padded
 the copy, the patch matrix and the products; the kernel gradient takes the transposed products
 summed over the rows and then along their diagonals, in a fixed order (deterministic). Beyond
 its outputs the path needs the padded copies and the patch matrices (``C x 30 x 32 x 64``
-values for a 23x23 kernel): where the FFT convolution keeps several transforms of batch chunks,
-this path keeps none.
+values for a 23x23 kernel), and it saves only its input for the backward, where the FFT
+convolution keeps several transforms of batch chunks.
 
 Precision follows ``nn.Conv2d``: float32 inputs run as TF32 on the tensor cores when
 ``torch.backends.cudnn.allow_tf32`` is set (PyTorch's default) and in full float32

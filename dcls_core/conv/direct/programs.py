@@ -199,9 +199,10 @@ def dw_conv2d_patches_kernel_grad(
     dy[n, c, oh0 + vh, ow0 + vw]`` (rows ``m = patch * N + n``) for the ``BK`` window positions of
     step ``kb``: ``xp`` the forward's zero-padded input, ``dyp`` a zero-padded output gradient
     holding ``dy[n, c, h, w]`` at ``(dy_top + h, dy_left + w)`` (both with unit column stride,
-    zero beyond the output); ``part (splits, C, R_ROWS * U, PH * PW)`` float32. The kernel
-    gradient is its sum over the splits and along the diagonals, ``dk[c, i, j] = sum_v part[c,
-    i + vh, j + vw, v]`` (the caller's). Grid ``(C * cdiv(R_ROWS, BK / U), splits)``."""
+    zero beyond the output; rows with ``dy_top + h < 0`` are cut and read as 0); ``part (splits,
+    C, R_ROWS * U, PH * PW)`` float32. The kernel gradient is its sum over the splits and along
+    the diagonals, ``dk[c, i, j] = sum_v part[c, i + vh, j + vw, v]`` (the caller's). Grid ``(C *
+    cdiv(R_ROWS, BK / U), splits)``."""
     BN: tl.constexpr = PH * PW
     RK: tl.constexpr = BK // U
     steps = tl.cdiv(R_ROWS, RK)
@@ -233,7 +234,9 @@ def dw_conv2d_patches_kernel_grad(
             other=0.0,
         )
         e_rows = (n.to(tl.int64) * sdn + oh0.to(tl.int64) * sdh + ow0)[:, None]
-        e = tl.load(dy_chan + e_rows + e_cols, mask=m_ok, other=0.0)
+        # with padding beyond kH - 1 the top output rows see no input (their dy was cut: dy_top < 0)
+        e_ok = m_ok & (dy_top + oh0[:, None] + vh[None, :] >= 0)
+        e = tl.load(dy_chan + e_rows + e_cols, mask=e_ok, other=0.0)
         g = tl.dot(tl.trans(a), e, g, input_precision=PRECISION)
     row = (split.to(tl.int64) * C + c) * R_ROWS * U + kb * BK
     tl.store(part_ptr + (row + kk)[:, None] * BN + v[None, :], g, mask=k_ok[:, None])

@@ -143,3 +143,33 @@ def test_direct_custom_ops_pass_opcheck(launched, layout):
         )[0]
     assert y.is_contiguous() and fake_y.stride() == y.stride()
     assert fake_dx.stride() == real_dx.stride() == x.stride()
+
+
+@pytest.mark.parametrize("ph,pw", [(3, 2), (1, 1), (0, 4)])
+def test_programs_read_only_inside_the_padded_copies(launched, monkeypatch, ph, pw):
+    """Every padded copy sits between two guard blocks of NaN: a program that read outside its copy
+    (padding beyond the kernel moves the output gradient's rows above the copy) would turn the
+    results NaN; they stay equal to float64 ``F.conv2d``."""
+    real = direct_conv._padded
+
+    def guarded(*args):
+        out = real(*args)
+        guard = out.numel()
+        store = torch.full((guard * 3,), float("nan"), dtype=out.dtype)
+        inner = store[guard : 2 * guard].view(out.shape)
+        inner.copy_(out)
+        return inner
+
+    monkeypatch.setattr(direct_conv, "_padded", guarded)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    want = F.conv2d(x, k, None, 1, (ph, pw), 1, 3)
+    dy = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, (x, k), dy)
+    x32, k32 = (t.detach().float().requires_grad_() for t in (x, k))
+    got = direct_conv.direct_dw_conv2d(x32, k32, None, (1, 1), (ph, pw), 3)
+    grads = torch.autograd.grad(got, (x32, k32), dy.float())
+    assert rel_err(got, want) < TOL
+    for a, r in zip(grads, want_grads):
+        assert rel_err(a, r) < TOL
