@@ -145,8 +145,17 @@ def test_direct_custom_ops_pass_opcheck(launched, layout):
     assert fake_dx.stride() == real_dx.stride() == x.stride()
 
 
-@pytest.mark.parametrize("ph,pw", [(3, 2), (1, 1), (0, 4)])
-def test_programs_read_only_inside_the_padded_copies(launched, monkeypatch, ph, pw):
+@pytest.mark.parametrize(
+    "N,C,H,W,kh,kw,ph,pw",
+    [
+        (2, 3, 5, 6, 3, 3, 3, 2),  # padding beyond the kernel: cut rows of the gradient's copy
+        (2, 3, 5, 6, 3, 3, 1, 1),
+        (2, 3, 5, 6, 3, 3, 0, 4),
+        (2, 2, 8, 7, 23, 23, 11, 11),  # the model's kernel on the last stage's plane, uncut
+        (3, 2, 20, 19, 9, 7, 4, 3),  # several patches each way
+    ],
+)
+def test_programs_read_only_inside_the_padded_copies(launched, monkeypatch, N, C, H, W, kh, kw, ph, pw):
     """Every padded copy sits between two guard blocks of NaN: a program that read outside its copy
     (padding beyond the kernel moves the output gradient's rows above the copy) would turn the
     results NaN; they stay equal to float64 ``F.conv2d``."""
@@ -162,13 +171,13 @@ def test_programs_read_only_inside_the_padded_copies(launched, monkeypatch, ph, 
 
     monkeypatch.setattr(direct_conv, "_padded", guarded)
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-    want = F.conv2d(x, k, None, 1, (ph, pw), 1, 3)
+    x = torch.randn(N, C, H, W, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(C, 1, kh, kw, dtype=torch.float64, requires_grad=True)
+    want = F.conv2d(x, k, None, 1, (ph, pw), 1, C)
     dy = torch.randn_like(want)
     want_grads = torch.autograd.grad(want, (x, k), dy)
     x32, k32 = (t.detach().float().requires_grad_() for t in (x, k))
-    got = direct_conv.direct_dw_conv2d(x32, k32, None, (1, 1), (ph, pw), 3)
+    got = direct_conv.direct_dw_conv2d(x32, k32, None, (1, 1), (ph, pw), C)
     grads = torch.autograd.grad(got, (x32, k32), dy.float())
     assert rel_err(got, want) < TOL
     for a, r in zip(grads, want_grads):
