@@ -13,10 +13,11 @@ convolution path forced (``dcls_core.dispatch.forced(conv=...)``), ``auto`` bein
 dispatcher's own choice as configured (by default: measured for training calls), ``measured``
 with the fast paths measured per call shape (``DCLS_AUTOTUNE=1``), ``rules`` its fixed order
 (``DCLS_AUTOTUNE=0``) and ``autotune`` a measurement of every path that supports a call.
-``--profile`` adds, per model in eager mode, where one training step's (with ``--infer`` also
-one inference step's) device time goes: total kernel time against the step's wall time (device
-busy share) and kernel time by group (DCLS programs, convolutions, GEMMs, normalisation, element-wise,
-copies, optimizer), so a gap can be traced to GPU work or to host time. Timing: ``--warmup``
+``--profile`` adds, per model in eager mode or a compile mode without CUDA graphs (``default``),
+where one training step's (with ``--infer`` also one inference step's) device time goes: total
+kernel time against the step's wall time (device busy share) and kernel time by group (DCLS
+programs, convolutions, GEMMs, normalisation, element-wise, copies, optimizer), so a gap can be
+traced to GPU work or to host time. Timing: ``--warmup``
 untimed steps, then ``--steps`` steps between two device synchronisations.
 
     python benchmarks/bench_models.py                                         # all six, eager
@@ -224,11 +225,12 @@ def run_model(name: str, mode: str, conv: str, args: argparse.Namespace, device:
 def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, device: torch.device) -> dict:
     bench = Bench(name, mode, args, device)
     row = {"model": name, "mode": mode, "conv": conv, **bench.train_row()}
-    if args.profile and mode == "eager" and device.type == "cuda":
+    profiled = args.profile and not bench.graphs and device.type == "cuda"
+    if profiled:
         row["profile"] = bench.profile()
     if args.infer:
         row.update(bench.infer_row())
-        if args.profile and mode == "eager" and device.type == "cuda":
+        if profiled:
             row["profile_infer"] = bench.profile(infer=True)
     return row
 
@@ -292,7 +294,7 @@ def print_table(report: dict) -> None:
             if not prof:
                 continue
             print(
-                f"== {r['model']} ({r['conv']}) eager {step} step: wall {prof['wall_ms']:.1f} ms, kernels "
+                f"== {r['model']} ({r['conv']}) {r['mode']} {step} step: wall {prof['wall_ms']:.1f} ms, kernels "
                 f"{prof['kernel_ms']:.1f} ms ({100 * prof['busy_share']:.0f} % busy), {prof['kernels']} launches"
             )
             print("   " + ", ".join(f"{g} {ms:.1f}" for g, ms in prof["groups_ms"].items()))
@@ -321,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp16", "fp32"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--infer", action="store_true", help="also time inference (eval, no_grad)")
-    parser.add_argument("--profile", action="store_true", help="device time by kernel group (eager, CUDA)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="device time by kernel group (CUDA; eager and compile modes without CUDA graphs, e.g. default)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny CPU check: small models, batch 2, fp32")
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs of the 7x7 model and every DCLS variant, in turn (medians printed)"

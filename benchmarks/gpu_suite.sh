@@ -38,6 +38,10 @@ if [[ $part == models || $part == all ]]; then
   # the last two ConvNeXt-T stages, direct at the first two (the fastest per stage, NOTES run 13)
   timeout 300 python3 benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules \
     --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1; tail -4 "$OUT/bench_models_compiled.log"
+  # where a compiled step's device time goes (no CUDA graphs, so the profiler sees each kernel)
+  timeout 300 python3 benchmarks/bench_models.py --families convnext --modes default --convs rules --profile \
+    --json "$OUT/bench_models_compiled_profile.json" >"$OUT/bench_models_compiled_profile.log" 2>&1
+  grep -A12 "^==" "$OUT/bench_models_compiled_profile.log"
 fi
 if [[ $part == train || $part == all ]]; then
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --repeats 3 --steps 30 --warmup 15 \
