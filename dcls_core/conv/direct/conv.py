@@ -271,8 +271,14 @@ def _backward(
     compute = getattr(torch, dtype)
     dx, dk = _patch_backward(dy, x, k, padding, compute, need_x, need_k)
     dx = x.new_empty(0) if dx is None else dx
-    dk = k.new_empty(0) if dk is None else dk.to(k.dtype)
-    db = bias_grad(dy, 2, bias.dtype) if need_b and bias is not None else dy.new_empty(0)
+    if dk is None:
+        dk = k.new_empty(0)
+    else:  # in the kernel's dtype and layout, as the op's fake says
+        dk = dk.to(k.dtype) if k.is_contiguous() else torch.empty_like(k).copy_(dk)
+    if bias is None:
+        db = dy.new_empty(0)
+    else:
+        db = bias_grad(dy, 2, bias.dtype) if need_b else bias.new_empty(0)
     return dx, dk, db
 
 

@@ -60,7 +60,7 @@ def pad_planes(src_ptr, dst_ptr, C, H, W, top, left, LH, LW, s_n, s_c, s_h, s_w,
     for w0 in range(0, LW, BW):
         wp = w0 + tl.arange(0, BW)
         w = (wp - left)[None, :]
-        v = tl.load(src_row + w * s_w, mask=c_ok & h_ok & (w >= 0) & (w < W), other=0.0)
+        v = tl.load(src_row + w.to(tl.int64) * s_w, mask=c_ok & h_ok & (w >= 0) & (w < W), other=0.0)
         tl.store(dst_row + wp[None, :], v.to(dst_ptr.dtype.element_ty), mask=c_ok & (wp < LW)[None, :])
 
 

@@ -182,3 +182,24 @@ def test_programs_read_only_inside_the_padded_copies(launched, monkeypatch, N, C
     assert rel_err(got, want) < TOL
     for a, r in zip(grads, want_grads):
         assert rel_err(a, r) < TOL
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (True, True, False), (False, True, False), (True, False, True)])
+def test_backward_fake_matches_real_outputs(launched, needs):
+    """Shapes, dtypes and strides of every backward output, real against fake, for a kernel with
+    permuted strides and a bias whose gradient may be unwanted."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, 8).contiguous(memory_format=torch.channels_last)
+    k = torch.randn(1, 7, 5, 4).permute(3, 0, 1, 2)  # (4, 1, 7, 5), not contiguous
+    b = torch.randn(4)
+    call = direct_conv.prepare(x, k.shape, b, (1, 1), (3, 2), 4)
+    padding, _, dtype = call.settings
+    backward = torch.ops.dcls_core.direct_dw_conv2d_backward.default
+    dy = torch.randn(2, 4, 9, 8)
+    real = backward(dy, x, k, b, padding, dtype, *needs)
+    with FakeTensorMode() as mode:
+        fake = backward(*(mode.from_tensor(t) for t in (dy, x, k, b)), padding, dtype, *needs)
+    for r, f in zip(real, fake):
+        assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())
