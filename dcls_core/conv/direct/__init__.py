@@ -7,9 +7,9 @@ transform; its workspace is a zero-padded copy of the input and one matrix per c
 
 from __future__ import annotations
 
-from .conv import MAX_KW, direct_dw_conv2d, pays, prepare, supports
+from .conv import MAX_CHANNELS, MAX_KW, direct_dw_conv2d, pays, prepare, supports
 
-__all__ = ["MAX_KW", "NAME", "convolve", "direct_dw_conv2d", "pays", "prepare", "supports"]
+__all__ = ["MAX_CHANNELS", "MAX_KW", "NAME", "convolve", "direct_dw_conv2d", "pays", "prepare", "supports"]
 
 NAME = "direct"
 convolve = direct_dw_conv2d

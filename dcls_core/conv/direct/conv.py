@@ -31,7 +31,7 @@ from ..._triton import triton_available
 from ..common import PreparedConv, bias_grad, conv_geometry, dtype_name
 from ..cost import large_kernel
 
-__all__ = ["DTYPES", "MAX_KW", "direct_dw_conv2d", "pays", "prepare", "supports"]
+__all__ = ["DTYPES", "MAX_CHANNELS", "MAX_KW", "direct_dw_conv2d", "pays", "prepare", "supports"]
 
 # tile settings: benchmarks/NOTES_layers.md, run 13 (the sweep moved stage times by a few %)
 _PATCH = (8, 8)  # output rows x columns per patch
@@ -40,6 +40,7 @@ _NUM_WARPS = 4
 _NUM_STAGES = 3
 _MIN_GRAD_PROGRAMS = 1024  # the kernel gradient splits its rows until this many programs run
 MAX_KW = 64  # widest kernel row (a window row is at most 128 columns)
+MAX_CHANNELS = 65535  # the forward's grid has one program column per channel (CUDA's limit)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _PROGRAMS: list = []  # the GPU program module, imported on first use
 
@@ -54,12 +55,12 @@ def _programs():
 
 def supports(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], groups: int) -> bool:
     """True if :func:`direct_dw_conv2d` computes this call: CUDA (Triton), a 2-D depthwise
-    kernel ``(C, 1, kH, kW)`` with ``C == groups == C_in``, ``kW <= MAX_KW``, stride 1, a
-    float32 / bfloat16 / float16 input."""
+    kernel ``(C, 1, kH, kW)`` with ``C == groups == C_in <= MAX_CHANNELS``, ``kW <= MAX_KW``,
+    stride 1, a float32 / bfloat16 / float16 input."""
     return (
         len(kernel_shape) == 4
         and kernel_shape[1] == 1
-        and kernel_shape[0] == groups
+        and kernel_shape[0] == groups <= MAX_CHANNELS
         and input.dim() in (3, 4)
         and input.shape[-3] == groups
         and all(int(s) == 1 for s in stride)

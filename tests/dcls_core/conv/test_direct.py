@@ -39,6 +39,24 @@ def test_direct_supports_only_what_it_computes():
         direct.direct_dw_conv2d(x, torch.randn(8, 1, 5, 5), None, (1, 1), (2, 2), 8)
 
 
+def test_direct_supports_at_most_max_channels(monkeypatch):
+    """The forward launches one program column per channel: CUDA allows 65535."""
+    from dcls_core.conv.direct import conv as direct_conv
+
+    monkeypatch.setattr(direct_conv, "triton_available", lambda: True)
+    limit = direct.MAX_CHANNELS
+
+    class OnCuda:  # what supports() reads of an input, without a GPU
+        def __init__(self, channels):
+            self.shape, self.dtype, self.is_cuda = (1, channels, 4, 4), torch.float32, True
+
+        def dim(self):
+            return 4
+
+    assert direct.supports(OnCuda(limit), (limit, 1, 5, 5), (1, 1), limit)
+    assert not direct.supports(OnCuda(limit + 1), (limit + 1, 1, 5, 5), (1, 1), limit + 1)
+
+
 SHAPES = [
     # N, C, H, W, kH, kW, pH, pW
     (4, 96, 64, 62, 23, 23, 11, 11),  # ConvNeXt-T stage 1 (4 clips)
