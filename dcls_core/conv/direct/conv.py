@@ -71,11 +71,12 @@ def supports(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[int], 
     )
 
 
-def _dot_dtype(compute: torch.dtype) -> tuple[str, str]:
-    """``(dtype name, input precision)`` of the tensor-core products for ``compute``."""
-    if compute in (torch.bfloat16, torch.float16):
-        return dtype_name(compute), "ieee"
-    return "float32", "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+def _precision(compute: torch.dtype) -> str:
+    """Triton's ``input_precision`` of the tensor-core products in ``compute``: TF32 for float32
+    where ``torch.backends.cudnn.allow_tf32`` allows it (as ``nn.Conv2d``), else exact."""
+    if compute == torch.float32 and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
 
 
 class _PatchPlan(NamedTuple):
@@ -165,7 +166,7 @@ def _patch_products(
         *xp.stride()[:3],
         *y.stride(),
         HAS_BIAS=bias is not None,
-        PRECISION=_dot_dtype(xp.dtype)[1],
+        PRECISION=_precision(xp.dtype),
         **plan.launch_settings(),
     )
     return y
@@ -240,7 +241,7 @@ def _patch_backward(
         rows_per_split,
         *xp.stride()[:3],
         *dyp.stride()[:3],
-        PRECISION=_dot_dtype(compute)[1],
+        PRECISION=_precision(compute),
         **forward.launch_settings(),
     )
     # tap (i, j) gathers part[s, c, i + vh, j + vw, vh * PW + vw] over s, vh, vw

@@ -16,15 +16,9 @@ import triton.language as tl
 __all__ = [
     "dw_conv2d_patches",
     "dw_conv2d_patches_kernel_grad",
-    "language_dtype",
     "pad_planes",
     "patch_matrix",
 ]
-
-
-def language_dtype(name: str):
-    """The ``triton.language`` dtype named ``name`` (``"float32"``, ``"bfloat16"``, ``"float16"``)."""
-    return getattr(tl, name)
 
 
 # ---- patch tiles: a block of output positions of one channel as one matrix product ----------
