@@ -69,13 +69,17 @@ def _peak_mib(fn: Callable[[], None], device: torch.device) -> Optional[float]:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def fwd_bwd_step(module: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype]) -> Callable[[], None]:
-    """One forward + backward of ``module`` on ``x`` (input and parameter gradients)."""
+def fwd_bwd_step(
+    module: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype], grad: Optional[torch.Tensor] = None
+) -> Callable[[], None]:
+    """One forward + backward of ``module`` on ``x`` (input and parameter gradients), with the
+    output gradient ``grad`` (default: random, contiguous)."""
     params = [p for p in module.parameters() if p.requires_grad]
     device_type = x.device.type
-    with torch.no_grad(), torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        out_shape = module(x).shape
-    grad = torch.randn(out_shape, device=x.device, dtype=dtype or x.dtype)
+    if grad is None:
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out_shape = module(x).shape
+        grad = torch.randn(out_shape, device=x.device, dtype=dtype or x.dtype)
 
     def step() -> None:
         with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):

@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import is_kernel  # noqa: E402
-from bench_layers import STAGES, _peak_mib  # noqa: E402
+from bench_layers import STAGES, _peak_mib, fwd_bwd_step  # noqa: E402
 
 from dcls_core import Dcls2d, dispatch  # noqa: E402
 from dcls_core.conv.direct import conv as direct_conv  # noqa: E402
@@ -43,14 +43,8 @@ def _context(path: str):
 
 
 def _step(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor):
-    params = [p for p in layer.parameters() if p.requires_grad]
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            y = layer(x)
-        torch.autograd.grad(y, [x, *params], dy)
-
-    return step
+    """One training step of ``layer`` under bf16 autocast with the output gradient ``dy``."""
+    return fwd_bwd_step(layer, x, torch.bfloat16, dy)
 
 
 def _kernels(step, top: int) -> dict:
