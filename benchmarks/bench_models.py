@@ -151,6 +151,14 @@ class Bench:
             self.forward = torch.compile(self.net, mode=self.mode)  # a fresh graph for eval mode
         return {"infer_samples_per_s": self.timed(self.infer_step)}
 
+    def explain(self) -> dict:
+        """Graphs and graph breaks dynamo makes of the training forward (``torch._dynamo.explain``)."""
+        self.net.train()
+        with _autocast(self.device, self.args.precision):
+            info = torch._dynamo.explain(self.net)(self.spec)
+        reasons = sorted({str(b.reason).splitlines()[0][:200] for b in info.break_reasons})
+        return {"graphs": info.graph_count, "graph_breaks": info.graph_break_count, "break_reasons": reasons}
+
     def profile(self, infer: bool = False) -> dict:
         """Device kernel time of one training (``infer``: inference) step by group, and the step's wall time."""
         step = self.infer_step if infer else self.train_step
@@ -175,7 +183,7 @@ class Bench:
             kernels[event.key] += ms
             launches += event.count
         busy = sum(groups.values())
-        top = sorted(kernels.items(), key=lambda kv: -kv[1])[:12]
+        top = sorted(kernels.items(), key=lambda kv: -kv[1])[:30]
         # host operators by the device time of the kernels they launch themselves, per input shape
         ops = []
         for event in prof.key_averages(group_by_input_shape=True):
@@ -225,6 +233,8 @@ def run_model(name: str, mode: str, conv: str, args: argparse.Namespace, device:
 def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, device: torch.device) -> dict:
     bench = Bench(name, mode, args, device)
     row = {"model": name, "mode": mode, "conv": conv, **bench.train_row()}
+    if args.explain and mode != "eager":
+        row["explain"] = bench.explain()
     profiled = args.profile and not bench.graphs and device.type == "cuda"
     if profiled:
         row["profile"] = bench.profile()
@@ -289,6 +299,11 @@ def print_table(report: dict) -> None:
             + ratios
         )
     for r in rows:
+        if "explain" in r:
+            e = r["explain"]
+            print(f"== {r['model']} ({r['conv']}) {r['mode']}: {e['graphs']} graphs, {e['graph_breaks']} graph breaks")
+            for reason in e["break_reasons"]:
+                print(f"   break: {reason}")
         for key, step in (("profile", "training"), ("profile_infer", "inference")):
             prof = r.get(key)
             if not prof:
@@ -298,7 +313,7 @@ def print_table(report: dict) -> None:
                 f"{prof['kernel_ms']:.1f} ms ({100 * prof['busy_share']:.0f} % busy), {prof['kernels']} launches"
             )
             print("   " + ", ".join(f"{g} {ms:.1f}" for g, ms in prof["groups_ms"].items()))
-            for k, ms in list(prof["top_kernels_ms"].items())[:8]:
+            for k, ms in list(prof["top_kernels_ms"].items())[:20]:
                 print(f"   {ms:7.2f} ms  {k}")
             print("   by host operator (its own kernels), with input shapes:")
             for op in prof.get("top_ops_ms", [])[:25]:
@@ -327,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         action="store_true",
         help="device time by kernel group (CUDA; eager and compile modes without CUDA graphs, e.g. default)",
+    )
+    parser.add_argument(
+        "--explain", action="store_true", help="compile modes: graphs and graph breaks of the training forward"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny CPU check: small models, batch 2, fp32")
     parser.add_argument(

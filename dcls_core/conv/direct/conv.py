@@ -5,7 +5,10 @@ depthwise kernel ``k (C, 1, kH, kW)`` with Triton programs (:mod:`.programs`, im
 use): each 8x8 patch of a channel's output is the input window it reads times one matrix
 built from the kernel, the same for every patch, so the samples and patches of a channel are the
 rows of one product on the tensor cores. The windows are read from a zero-padded contiguous copy
-(one pass; it also reads channels-last inputs at full width). Forward and input gradient take
+(one pass; it also reads channels-last inputs at full width). The programs write contiguous
+planes; where the input is channels-last, one more pass gives the output (and the input
+gradient) that layout, as ``F.conv2d`` does, so that the ops after it (a ConvNeXt block's
+permute and LayerNorm) read it without a copy. Forward and input gradient take
 the copy, the patch matrix and the products; the kernel gradient takes the transposed products
 summed over the rows and then along their diagonals, in a fixed order (deterministic). Beyond
 its outputs the path needs the padded copies and the patch matrices (``C x 30 x 32 x 64``
@@ -21,6 +24,7 @@ Under ``torch.compile`` the passes run as ``torch.library`` custom ops
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Optional, Sequence
 
 import torch
@@ -31,7 +35,7 @@ from ..._triton import triton_available
 from ..common import PreparedConv, bias_grad, conv_geometry, dtype_name
 from ..cost import large_kernel
 
-__all__ = ["DTYPES", "MAX_CHANNELS", "MAX_KW", "direct_dw_conv2d", "pays", "prepare", "supports"]
+__all__ = ["DTYPES", "MAX_CHANNELS", "MAX_KW", "OUTPUT_ENV_VAR", "direct_dw_conv2d", "pays", "prepare", "supports"]
 
 # tile settings: benchmarks/NOTES_layers.md, run 13 (the sweep moved stage times by a few %)
 _PATCH = (8, 8)  # output rows x columns per patch
@@ -39,6 +43,12 @@ _BM = 64  # product rows (patch, sample) per program
 _NUM_WARPS = 4
 _NUM_STAGES = 3
 _MIN_GRAD_PROGRAMS = 1024  # the kernel gradient splits its rows until this many programs run
+# kernel gradient: window positions per program (its output tile is this many by one patch),
+# and warps; each program loads an output-gradient tile once per step of rows, so wider
+# programs load it fewer times (tile sweep: benchmarks/bench_stage_paths.py --sweep)
+_GRAD_BK = 128
+_GRAD_WARPS = 4
+OUTPUT_ENV_VAR = "DCLS_DIRECT_OUTPUT"  # "contiguous": outputs in the programs' layout (benchmarks)
 MAX_KW = 64  # widest kernel row (a window row is at most 128 columns)
 MAX_CHANNELS = 65535  # the forward's grid has one program column per channel (CUDA's limit)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -123,8 +133,45 @@ def _padded(x: Tensor, top: int, left: int, rows: int, cols: int, dtype: torch.d
     lh = max(rows, top + h)
     lw = -(-max(cols, left + w) // 16) * 16
     out = torch.empty((n, c, lh, lw), device=x.device, dtype=dtype)
-    _programs().pad_planes[(n * lh, -(-c // 32))](x, out, c, h, w, top, left, lh, lw, *x.stride(), BC=32, BW=32)
-    return out
+    return _copy_planes(x, out, top, left)
+
+
+def _copy_planes(src: Tensor, dst: Tensor, top: int = 0, left: int = 0) -> Tensor:
+    """``dst (N, C, LH, LW)`` (any strides) = ``src (N, C, H, W)`` (any strides) placed at row
+    ``top`` and column ``left``, zeros around it, in dst's dtype: one pass that moves blocks of
+    32 channels by 32 columns, coalesced in both NCHW and channels-last layouts."""
+    n, c, h, w = src.shape
+    lh, lw = dst.shape[2:]
+    _programs().pad_planes[(n * lh, -(-c // 32))](
+        src, dst, c, h, w, top, left, lh, lw, *src.stride(), *dst.stride(), BC=32, BW=32
+    )
+    return dst
+
+
+def _output_format(x: Tensor) -> torch.memory_format:
+    """The layout of the output for an input ``x (N, C, H, W)``: channels-last where ``x`` is
+    channels-last and not also contiguous (as ``F.conv2d``'s output follows its input), else
+    contiguous; ``$DCLS_DIRECT_OUTPUT=contiguous`` keeps every output contiguous (the layout
+    the programs write, saving one pass; for benchmarks)."""
+    if os.environ.get(OUTPUT_ENV_VAR) == "contiguous":
+        return torch.contiguous_format
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _in_layout(t: Tensor, layout: Tensor | torch.memory_format) -> Tensor:
+    """``t (N, C, H, W)`` contiguous, or a copy in ``layout`` (a memory format, or a tensor of
+    ``t``'s shape whose layout ``empty_like`` keeps); the programs write contiguous planes, the
+    op answers in its input's layout."""
+    if isinstance(layout, Tensor):
+        if layout.stride() == t.stride():
+            return t
+        out = torch.empty_like(layout, dtype=t.dtype)
+    elif layout == torch.contiguous_format:
+        return t
+    else:
+        out = torch.empty(t.shape, device=t.device, dtype=t.dtype, memory_format=layout)
+    return _copy_planes(t, out)
 
 
 def _patch_products(
@@ -178,11 +225,12 @@ def _patch_forward(
     """The forward through the patch products (``dtype``: products and output)."""
     n, c, h_in, _ = x.shape
     if n * c * out_hw[0] * out_hw[1] == 0:
-        return torch.zeros((n, c, *out_hw), device=x.device, dtype=dtype)
+        return torch.empty((n, c, *out_hw), device=x.device, dtype=dtype, memory_format=_output_format(x)).zero_()
     plan = _patch_plan(*out_hw, *k.shape[-2:])
     xp = _padded(x, pad[0], pad[1], *plan.extent(), dtype)
     y = torch.empty((n, c, *out_hw), device=x.device, dtype=dtype)
-    return _patch_products(xp, k, bias, plan, (pad[0], pad[0] + h_in), y, False)
+    y = _patch_products(xp, k, bias, plan, (pad[0], pad[0] + h_in), y, False)
+    return _in_layout(y, _output_format(x))
 
 
 def _patch_backward(
@@ -213,13 +261,13 @@ def _patch_backward(
     if need_x:
         dx = torch.empty((n, c, h_in, w_in), device=x.device, dtype=x.dtype)
         dx = _patch_products(dyp, k, None, backward, (top, top + h_out), dx, True, shift)
-        if not x.is_contiguous():  # the op returns gradients in its inputs' layouts
-            dx = torch.empty_like(x).copy_(dx)
+        dx = _in_layout(dx, x)  # the op returns gradients in its inputs' layouts
     if not need_k:
         return dx, None
     xp = _padded(x, pad[0], pad[1], *forward.extent(), compute)
     m = n * forward.nph * forward.npw
-    k_steps = -(-forward.rows // forward.step_rows)
+    grad_bk = max(_GRAD_BK, forward.u)
+    k_steps = -(-forward.rows // (grad_bk // forward.u))
     programs = c * k_steps
     steps = -(-m // _BM)
     splits = max(1, min(steps, -(-_MIN_GRAD_PROGRAMS // programs)))
@@ -242,7 +290,7 @@ def _patch_backward(
         *xp.stride()[:3],
         *dyp.stride()[:3],
         PRECISION=_precision(compute),
-        **forward.launch_settings(),
+        **dict(forward.launch_settings(), BK=grad_bk, num_warps=_GRAD_WARPS),
     )
     # tap (i, j) gathers part[s, c, i + vh, j + vw, vh * PW + vw] over s, vh, vw
     ss, sc, sr, su, _ = part.stride()
@@ -256,7 +304,8 @@ def _forward(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: list[int], o
 
 
 def _forward_fake(x, k, bias, padding, out_hw, dtype):
-    return x.new_empty((x.shape[0], x.shape[1], *out_hw), dtype=getattr(torch, dtype))
+    shape = (x.shape[0], x.shape[1], *out_hw)
+    return torch.empty(shape, device=x.device, dtype=getattr(torch, dtype), memory_format=_output_format(x))
 
 
 def _backward(
@@ -347,7 +396,7 @@ def direct_dw_conv2d(
 
     Returns:
         ``(N, C, H_out, W_out)`` (unbatched if the input was) in the input's dtype (under
-        autocast: the autocast dtype).
+        autocast: the autocast dtype), channels-last where the input is (as ``F.conv2d``).
     """
     call = prepare(input, kernel.shape, bias, stride, padding, groups, padding_mode)
     with torch.autocast(input.device.type, enabled=False):

@@ -38,10 +38,31 @@ __all__ = [
 
 
 @triton.jit
-def pad_planes(src_ptr, dst_ptr, C, H, W, top, left, LH, LW, s_n, s_c, s_h, s_w, BC: tl.constexpr, BW: tl.constexpr):
+def pad_planes(
+    src_ptr,
+    dst_ptr,
+    C,
+    H,
+    W,
+    top,
+    left,
+    LH,
+    LW,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    d_n,
+    d_c,
+    d_h,
+    d_w,
+    BC: tl.constexpr,
+    BW: tl.constexpr,
+):
     """``dst[n, c, top + h, left + w] = src[n, c, h, w]``, 0 elsewhere, in dst's dtype; ``dst (N,
-    C, LH, LW)`` contiguous, ``src`` any strides (blocks of ``BC`` channels by ``BW`` columns, so
-    channels-last and contiguous sources both read whole sectors). Grid ``(N * LH, cdiv(C, BC))``."""
+    C, LH, LW)`` and ``src`` any strides (blocks of ``BC`` channels by ``BW`` columns, so
+    channels-last and contiguous tensors both move whole sectors on either side: also the
+    layout change between the two). Grid ``(N * LH, cdiv(C, BC))``."""
     row = tl.program_id(0)
     n = row // LH
     hp = row - n * LH
@@ -50,12 +71,13 @@ def pad_planes(src_ptr, dst_ptr, C, H, W, top, left, LH, LW, s_n, s_c, s_h, s_w,
     h = hp - top
     h_ok = (h >= 0) & (h < H)
     src_row = src_ptr + n.to(tl.int64) * s_n + (c.to(tl.int64) * s_c)[:, None] + h.to(tl.int64) * s_h
-    dst_row = dst_ptr + ((n.to(tl.int64) * C + c) * LH + hp)[:, None] * LW
+    dst_row = dst_ptr + n.to(tl.int64) * d_n + (c.to(tl.int64) * d_c)[:, None] + hp.to(tl.int64) * d_h
     for w0 in range(0, LW, BW):
         wp = w0 + tl.arange(0, BW)
         w = (wp - left)[None, :]
         v = tl.load(src_row + w.to(tl.int64) * s_w, mask=c_ok & h_ok & (w >= 0) & (w < W), other=0.0)
-        tl.store(dst_row + wp[None, :], v.to(dst_ptr.dtype.element_ty), mask=c_ok & (wp < LW)[None, :])
+        dst = dst_row + wp.to(tl.int64)[None, :] * d_w
+        tl.store(dst, v.to(dst_ptr.dtype.element_ty), mask=c_ok & (wp < LW)[None, :])
 
 
 @triton.jit

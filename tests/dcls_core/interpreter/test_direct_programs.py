@@ -69,7 +69,10 @@ def test_direct_equals_float64_conv2d(launched, N, C, H, W, kh, kw, ph, pw, mode
     for name, a, r in zip(("input", "kernel", "bias"), grads, want_grads):
         assert rel_err(a, r) < TOL, name
     assert launched == {"dw_conv2d_patches", "dw_conv2d_patches_kernel_grad"}
-    assert got.is_contiguous() and grads[0].stride() == xin.stride()  # the op's layout contract
+    # the op's layout contract: output and input gradient in the input's layout, as F.conv2d's
+    assert got.stride() == F.conv2d(xin.detach(), k32.detach(), None, 1, (ph, pw), 1, C).stride()
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert grads[0].stride() == xin.stride()
 
 
 def test_custom_ops_under_compile_give_eager_gradients(launched):
@@ -114,9 +117,8 @@ def test_kernel_gradient_is_deterministic(launched):
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_direct_custom_ops_pass_opcheck(launched, layout):
     """The ops' fake implementations give the real outputs' shapes, dtypes and strides (what
-    torch.compile relies on), forward and backward: the output is contiguous whatever the
-    input's layout (a channels-last output written per channel was slower, NOTES run 13), the
-    input gradient has the input's layout."""
+    torch.compile relies on), forward and backward: the output and the input gradient have the
+    input's layout (channels-last or contiguous)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     torch.manual_seed(0)
@@ -141,7 +143,7 @@ def test_direct_custom_ops_pass_opcheck(launched, layout):
         fake_dx = backward(
             mode.from_tensor(dy), mode.from_tensor(x), mode.from_tensor(k), None, padding, dtype, True, False, False
         )[0]
-    assert y.is_contiguous() and fake_y.stride() == y.stride()
+    assert fake_y.stride() == y.stride() == x.stride()
     assert fake_dx.stride() == real_dx.stride() == x.stride()
 
 
@@ -203,3 +205,46 @@ def test_backward_fake_matches_real_outputs(launched, needs):
         fake = backward(*(mode.from_tensor(t) for t in (dy, x, k, b)), padding, dtype, *needs)
     for r, f in zip(real, fake):
         assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())
+
+
+@pytest.mark.parametrize("grad_bk", [64, 128, 256])
+@pytest.mark.parametrize("N,C,H,W,kh,kw,ph,pw", [(2, 2, 20, 19, 23, 23, 11, 11), (3, 2, 9, 40, 7, 5, 3, 2)])
+def test_kernel_gradient_per_tile_width(launched, monkeypatch, grad_bk, N, C, H, W, kh, kw, ph, pw):
+    """The kernel gradient's programs cover 64 to 256 window positions each (1 to 8 window rows
+    of a step, the last step cut at the window's end); every width equals float64 ``F.conv2d``."""
+    monkeypatch.setattr(direct_conv, "_GRAD_BK", grad_bk)
+    torch.manual_seed(0)
+    x = torch.randn(N, C, H, W, dtype=torch.float64)
+    k = torch.randn(C, 1, kh, kw, dtype=torch.float64, requires_grad=True)
+    want = F.conv2d(x, k, None, 1, (ph, pw), 1, C)
+    dy = torch.randn_like(want)
+    (want_dk,) = torch.autograd.grad(want, (k,), dy)
+    k32 = k.detach().float().requires_grad_()
+    got = direct_conv.direct_dw_conv2d(x.float(), k32, None, (1, 1), (ph, pw), C)
+    (dk,) = torch.autograd.grad(got, (k32,), dy.float())
+    assert rel_err(dk, want_dk) < TOL
+    assert "dw_conv2d_patches_kernel_grad" in launched
+
+
+def test_contiguous_output_switch(launched, monkeypatch):
+    """``$DCLS_DIRECT_OUTPUT=contiguous``: a channels-last input's output stays in the programs'
+    contiguous layout, real and fake alike, with the same values; the input gradient keeps the
+    input's layout."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    k = torch.randn(4, 1, 7, 5)
+    channels_last = direct_conv.direct_dw_conv2d(x, k, None, (1, 1), (3, 2), 4)
+    monkeypatch.setenv(direct_conv.OUTPUT_ENV_VAR, "contiguous")
+    y = direct_conv.direct_dw_conv2d(x, k, None, (1, 1), (3, 2), 4)
+    (dx,) = torch.autograd.grad(y, (x,), torch.randn_like(y))
+    call = direct_conv.prepare(x, k.shape, None, (1, 1), (3, 2), 4)
+    plain = x.detach()
+    with FakeTensorMode() as mode:
+        fake = torch.ops.dcls_core.direct_dw_conv2d.default(
+            mode.from_tensor(plain), mode.from_tensor(k), None, *call.settings
+        )
+    assert channels_last.is_contiguous(memory_format=torch.channels_last) and not channels_last.is_contiguous()
+    assert y.is_contiguous() and fake.stride() == y.stride()
+    assert torch.equal(y, channels_last) and dx.stride() == x.stride()
