@@ -6,8 +6,8 @@ For each ConvNeXt-T audio stage (batch 64 by default) and each path that support
 ``Dcls2d(C, C, 26, 23, padding=11, groups=C, version="gauss")`` layer: forward under autocast,
 then the gradients of the input and of every parameter; the input is channels-last, as a timm
 ConvNeXt block's permute leaves it, and so is the output gradient. Median ms over CUDA events
-(``triton.testing.do_bench``), peak MiB above the inputs, and (``--profile``) the step's kernel
-time by kernel, to see where a path spends it.
+(``triton.testing.do_bench``), the host's time to issue one step, peak MiB above the inputs,
+and (``--profile``) the step's kernel time by kernel, to see where a path spends it.
 
     python benchmarks/bench_stage_paths.py --json results/bench_stage_paths.json
     python benchmarks/bench_stage_paths.py --paths direct fft --profile
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import is_kernel  # noqa: E402
 from bench_layers import STAGES, _peak_mib, fwd_bwd_step  # noqa: E402
+from profile_host import per_call_us  # noqa: E402
 
 from dcls_core import Dcls2d, dispatch  # noqa: E402
 from dcls_core.conv.direct import conv as direct_conv  # noqa: E402
@@ -81,6 +82,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                     torch.cuda.synchronize()
                     row["peak_mib"] = round(_peak_mib(step, torch.device("cuda")), 1)
                     row["ms"] = float(triton.testing.do_bench(step, warmup=25, rep=150, return_mode="median"))
+                    # the host's time to issue one step (no wait for the device): above the
+                    # kernels' time, an eager model of such layers waits for its host
+                    row["host_ms"] = per_call_us(step, 30, wait_for_gpu=False) / 1000
                     if args.profile:
                         row["kernels_ms"] = _kernels(step, args.top)
             except Exception as exc:  # the row says what broke; the others still run
@@ -128,6 +132,8 @@ def _line(row: dict) -> str:
     if "error" in row:
         return f"{row['stage']:<14} {row['path']:<8} error: {row['error']}"
     text = f"{row['stage']:<14} {row['path']:<8} {row['ms']:8.3f} ms {row.get('peak_mib', float('nan')):9.1f} MiB"
+    if "host_ms" in row:
+        text += f"  host {row['host_ms']:.3f} ms"
     for name, ms in row.get("kernels_ms", {}).items():
         text += f"\n{'':<30}{ms:8.3f}  {name}"
     return text
