@@ -159,21 +159,6 @@ def _output_format(x: Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def _in_layout(t: Tensor, layout: Tensor | torch.memory_format) -> Tensor:
-    """``t (N, C, H, W)`` contiguous, or a copy in ``layout`` (a memory format, or a tensor of
-    ``t``'s shape whose layout ``empty_like`` keeps); the programs write contiguous planes, the
-    op answers in its input's layout."""
-    if isinstance(layout, Tensor):
-        if layout.stride() == t.stride():
-            return t
-        out = torch.empty_like(layout, dtype=t.dtype)
-    elif layout == torch.contiguous_format:
-        return t
-    else:
-        out = torch.empty(t.shape, device=t.device, dtype=t.dtype, memory_format=layout)
-    return _copy_planes(t, out)
-
-
 def _patch_products(
     xp: Tensor,
     k: Tensor,
@@ -230,7 +215,9 @@ def _patch_forward(
     xp = _padded(x, pad[0], pad[1], *plan.extent(), dtype)
     y = torch.empty((n, c, *out_hw), device=x.device, dtype=dtype)
     y = _patch_products(xp, k, bias, plan, (pad[0], pad[0] + h_in), y, False)
-    return _in_layout(y, _output_format(x))
+    layout = _output_format(x)
+    # the programs write contiguous planes (a channels-last store from them is slower, NOTES run 13)
+    return y if layout == torch.contiguous_format else _copy_planes(y, torch.empty_like(y, memory_format=layout))
 
 
 def _patch_backward(
@@ -261,7 +248,8 @@ def _patch_backward(
     if need_x:
         dx = torch.empty((n, c, h_in, w_in), device=x.device, dtype=x.dtype)
         dx = _patch_products(dyp, k, None, backward, (top, top + h_out), dx, True, shift)
-        dx = _in_layout(dx, x)  # the op returns gradients in its inputs' layouts
+        if dx.stride() != x.stride():  # the op returns gradients in its inputs' layouts
+            dx = _copy_planes(dx, torch.empty_like(x))
     if not need_k:
         return dx, None
     xp = _padded(x, pad[0], pad[1], *forward.extent(), compute)
