@@ -48,6 +48,15 @@ def _step(layer: nn.Module, x: torch.Tensor, dy: torch.Tensor):
     return fwd_bwd_step(layer, x, torch.bfloat16, dy)
 
 
+def _stage_case(c: int, h: int, w: int, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The stage's DCLS layer, its channels-last input and bf16 output gradient (seeded)."""
+    torch.manual_seed(0)
+    dcls = Dcls2d(c, c, kernel_count=26, dilated_kernel_size=23, padding=11, groups=c, version="gauss").cuda()
+    x = torch.randn(batch, c, h, w, device="cuda").to(memory_format=torch.channels_last).requires_grad_()
+    dy = torch.randn(batch, c, h, w, device="cuda", dtype=torch.bfloat16)
+    return dcls, x, dy.to(memory_format=torch.channels_last)
+
+
 def _kernels(step, top: int) -> dict:
     step()
     torch.cuda.synchronize()
@@ -66,12 +75,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     rows = []
     for c, h, w in STAGES:
-        torch.manual_seed(0)
-        dcls = Dcls2d(c, c, kernel_count=26, dilated_kernel_size=23, padding=11, groups=c, version="gauss").cuda()
+        dcls, x, dy = _stage_case(c, h, w, args.batch)
         plain = nn.Conv2d(c, c, 7, padding=3, groups=c).cuda()
-        x = torch.randn(args.batch, c, h, w, device="cuda").to(memory_format=torch.channels_last).requires_grad_()
-        dy = torch.randn(args.batch, c, h, w, device="cuda", dtype=torch.bfloat16)
-        dy = dy.to(memory_format=torch.channels_last)
         for path in args.paths:
             layer = plain if path == "conv7x7" else dcls
             row = {"stage": f"C={c}@{h}x{w}", "path": path}
@@ -107,11 +112,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
     saved = direct_conv._GRAD_BK, direct_conv._GRAD_WARPS
     rows = []
     for c, h, w in STAGES:
-        torch.manual_seed(0)
-        dcls = Dcls2d(c, c, kernel_count=26, dilated_kernel_size=23, padding=11, groups=c, version="gauss").cuda()
-        x = torch.randn(args.batch, c, h, w, device="cuda").to(memory_format=torch.channels_last).requires_grad_()
-        dy = torch.randn(args.batch, c, h, w, device="cuda", dtype=torch.bfloat16)
-        step = _step(dcls, x, dy.to(memory_format=torch.channels_last))
+        step = _step(*_stage_case(c, h, w, args.batch))
         for setting in SWEEP:
             direct_conv._GRAD_BK, direct_conv._GRAD_WARPS = setting
             row = {"stage": f"C={c}@{h}x{w}", "path": "direct", "setting": setting}
@@ -119,7 +120,8 @@ def sweep(args: argparse.Namespace) -> list[dict]:
                 with _context("direct"):
                     step()
                     row["ms"] = float(triton.testing.do_bench(step, warmup=25, rep=100, return_mode="median"))
-                    row["kernels_ms"] = _kernels(step, 3)
+                    # all the step's kernels (--top): a wider tile also changes the splits' diagonal sum
+                    row["kernels_ms"] = _kernels(step, args.top)
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
             rows.append(row)
