@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .._custom_op import register_op
+from .._launch import launch
 from .._triton import triton_available
 from .reference import SIGMA_VERSIONS, VERSIONS, position_axes
 
@@ -136,7 +137,7 @@ def launch_forward(
     shape = sizes if placement is None else placement[0]
     kernel = torch.empty((*weight.shape[:-1], *shape), device=weight.device, dtype=torch.float32)
     meta = _meta(count, sizes, version, SIG is not None, placement)
-    fwd[(Q,)](w, p, s, kernel, count, *_pads(placement), **rows, **meta)
+    launch(fwd, (Q,), (w, p, s, kernel), count, *_pads(placement), **rows, **meta)
     return kernel
 
 
@@ -156,14 +157,10 @@ def launch_backward(
     dw = torch.empty(weight.shape, device=w.device, dtype=torch.float32)
     dP = torch.empty(P.shape, device=w.device, dtype=torch.float32)
     dS = torch.empty(P.shape, device=w.device, dtype=torch.float32) if SIG is not None else dP
-    bwd[(Q,)](
-        w,
-        p,
-        s,
-        grad.contiguous().float(),
-        dw,
-        dP,
-        dS,
+    launch(
+        bwd,
+        (Q,),
+        (w, p, s, grad.contiguous().float(), dw, dP, dS),
         count,
         *_pads(placement),
         **rows,

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..._custom_op import register_op
+from ..._launch import launch
 from ..._triton import triton_available
 from ..common import PreparedConv, bias_grad, conv_geometry, dtype_name
 from ..cost import large_kernel
@@ -142,8 +143,21 @@ def _copy_planes(src: Tensor, dst: Tensor, top: int = 0, left: int = 0) -> Tenso
     32 channels by 32 columns, coalesced in both NCHW and channels-last layouts."""
     n, c, h, w = src.shape
     lh, lw = dst.shape[2:]
-    _programs().pad_planes[(n * lh, -(-c // 32))](
-        src, dst, c, h, w, top, left, lh, lw, *src.stride(), *dst.stride(), BC=32, BW=32
+    launch(
+        _programs().pad_planes,
+        (n * lh, -(-c // 32)),
+        (src, dst),
+        c,
+        h,
+        w,
+        top,
+        left,
+        lh,
+        lw,
+        *src.stride(),
+        *dst.stride(),
+        BC=32,
+        BW=32,
     )
     return dst
 
@@ -179,13 +193,23 @@ def _patch_products(
     bn = plan.ph * plan.pw
     b = torch.empty((c, plan.rows, plan.u, bn), device=xp.device, dtype=xp.dtype)
     prog = _programs()
-    prog.patch_matrix[(c * plan.rows,)](k.contiguous(), b, kh, kw, plan.rows, FLIP=flip, PW=plan.pw, U=plan.u, BN=bn)
+    launch(
+        prog.patch_matrix,
+        (c * plan.rows,),
+        (k.contiguous(), b),
+        kh,
+        kw,
+        plan.rows,
+        FLIP=flip,
+        PW=plan.pw,
+        U=plan.u,
+        BN=bn,
+    )
     m = n * plan.nph * plan.npw
-    prog.dw_conv2d_patches[(-(-m // _BM), c)](
-        xp,
-        b,
-        bias if bias is not None else b,
-        y,
+    launch(
+        prog.dw_conv2d_patches,
+        (-(-m // _BM), c),
+        (xp, b, bias if bias is not None else b, y),
         n,
         m,
         plan.npw,
@@ -263,10 +287,10 @@ def _patch_backward(
     splits = -(-m // rows_per_split)
     bn = forward.ph * forward.pw
     part = torch.empty((splits, c, forward.rows, forward.u, bn), device=x.device, dtype=torch.float32)
-    _programs().dw_conv2d_patches_kernel_grad[(programs, splits)](
-        xp,
-        dyp,
-        part,
+    launch(
+        _programs().dw_conv2d_patches_kernel_grad,
+        (programs, splits),
+        (xp, dyp, part),
         n,
         m,
         forward.npw,

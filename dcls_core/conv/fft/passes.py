@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..._launch import launch
 from ..._triton import triton_available
 
 __all__ = ["FORCE_TORCH", "backward_mix_", "channels_last", "crop_into", "padded", "spectral_mul_", "torch_only"]
@@ -99,11 +100,11 @@ def padded(x: Tensor, sizes: Sequence[int], work: torch.dtype) -> Tensor:
     if ndim == 2 and channels_last(x):
         bc, bw = _CL_TILE
         s_n, _, s_h, s_w = x.stride()
-        _programs().pad_cast_cl[(n * LH, -(-c // bc))](x, out, c, H, W, LH, LW, s_n, s_h, s_w, BC=bc, BW=bw)
+        launch(_programs().pad_cast_cl, (n * LH, -(-c // bc)), (x, out), c, H, W, LH, LW, s_n, s_h, s_w, BC=bc, BW=bw)
         return out
     rows = n * c * LH
     rb, bw = _tile(LW)
-    _programs().pad_cast[(-(-rows // rb),)](x, out, rows, c, H, W, LH, LW, *_strides4(x, ndim), RB=rb, BW=bw)
+    launch(_programs().pad_cast, (-(-rows // rb),), (x, out), rows, c, H, W, LH, LW, *_strides4(x, ndim), RB=rb, BW=bw)
     return out
 
 
@@ -121,10 +122,10 @@ def crop_into(dst: Tensor, full: Tensor, bias: Optional[Tensor] = None) -> None:
     if ndim == 2 and channels_last(dst):
         bc, bw = _CL_TILE
         d_n, _, d_h, d_w = dst.stride()
-        _programs().crop_cast_cl[(dst.shape[0] * H, -(-c // bc))](
-            full,
-            dst,
-            bias.contiguous() if bias is not None else full,
+        launch(
+            _programs().crop_cast_cl,
+            (dst.shape[0] * H, -(-c // bc)),
+            (full, dst, bias.contiguous() if bias is not None else full),
             c,
             H,
             W,
@@ -140,10 +141,10 @@ def crop_into(dst: Tensor, full: Tensor, bias: Optional[Tensor] = None) -> None:
         return
     rows = dst.shape[0] * c * H
     rb, bw = _tile(W)
-    _programs().crop_cast[(-(-rows // rb),)](
-        full,
-        dst,
-        bias.contiguous() if bias is not None else full,
+    launch(
+        _programs().crop_cast,
+        (-(-rows // rb),),
+        (full, dst, bias.contiguous() if bias is not None else full),
         rows,
         c,
         H,
@@ -162,8 +163,12 @@ def spectral_mul_(a_f: Tensor, b_f: Tensor) -> Tensor:
     if a_f.dtype != torch.complex64 or not _triton_ok(a_f) or not (a_f.is_contiguous() and b_f.is_contiguous()):
         return a_f.mul_(b_f.reshape(a_f.shape[1:]))
     per_sample = b_f.numel()
-    _programs().spectral_mul[(a_f.shape[0], -(-per_sample // _BLOCK))](
-        torch.view_as_real(a_f), torch.view_as_real(b_f), per_sample, BLOCK=_BLOCK
+    launch(
+        _programs().spectral_mul,
+        (a_f.shape[0], -(-per_sample // _BLOCK)),
+        (torch.view_as_real(a_f), torch.view_as_real(b_f)),
+        per_sample,
+        BLOCK=_BLOCK,
     )
     return a_f
 
@@ -200,11 +205,15 @@ def backward_mix_(
         return dy_f
     per_sample = g_f.numel()
     dummy = torch.view_as_real(dy_f)
-    _programs().backward_mix[(-(-per_sample // _MIX_BLOCK),)](
-        dummy,
-        torch.view_as_real(x_f) if need_g else dummy,
-        torch.view_as_real(g_f),
-        torch.view_as_real(dg_f) if need_g else dummy,
+    launch(
+        _programs().backward_mix,
+        (-(-per_sample // _MIX_BLOCK),),
+        (
+            dummy,
+            torch.view_as_real(x_f) if need_g else dummy,
+            torch.view_as_real(g_f),
+            torch.view_as_real(dg_f) if need_g else dummy,
+        ),
         dy_f.shape[0],
         per_sample,
         float(scale),

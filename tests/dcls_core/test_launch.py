@@ -1,0 +1,169 @@
+"""Bound Triton launches (:mod:`dcls_core._launch`): which calls reuse a bound kernel, which go
+through the JIT, and (``cuda``) that a DCLS layer step gives the same bits either way.
+
+The CPU tests stand in a recording program for a Triton ``JITFunction``: calling it with a grid
+is the JIT's launch, which returns a compiled kernel whose ``[grid]`` launcher records the
+bound launches.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from dcls_core import _launch
+
+
+class _Kernel:
+    """A compiled kernel: ``kernel[grid](*values)`` is a bound launch."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def __getitem__(self, grid):
+        return lambda *values: self.calls.append(("bound", grid, values))
+
+
+class _Program:
+    """A JIT program with parameters ``names``: ``program[grid](*args, **settings)`` is the JIT's
+    launch (recorded) and returns the compiled kernel."""
+
+    def __init__(self, *names: str) -> None:
+        self.params = [types.SimpleNamespace(name=n) for n in names]
+        self.calls: list = []
+
+    def __getitem__(self, grid):
+        def run(*args, **settings):
+            self.calls.append(("jit", grid, args, settings))
+            return _Kernel(self.calls)
+
+        return run
+
+
+@pytest.fixture(autouse=True)
+def _fresh(monkeypatch):
+    monkeypatch.setattr(_launch, "_BOUND", True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    _launch.clear()
+    yield
+    _launch.clear()
+
+
+def test_the_second_call_of_a_configuration_is_bound_with_the_constexprs_in_order():
+    prog = _Program("x", "y", "n", "m", "BLOCK", "FLAG")
+    x, y = torch.zeros(64), torch.zeros(64)
+    _launch.launch(prog, (4, 2), (x, y), 7, 3, FLAG=True, BLOCK=128, num_warps=4)
+    x2, y2 = torch.ones(64), torch.ones(64)  # other tensors, same dtypes and alignment
+    _launch.launch(prog, (4, 2), (x2, y2), 7, 3, FLAG=True, BLOCK=128, num_warps=4)
+    assert [c[0] for c in prog.calls] == ["jit", "bound"]
+    assert prog.calls[0][2] == (x, y, 7, 3) and prog.calls[0][3] == dict(FLAG=True, BLOCK=128, num_warps=4)
+    kind, grid, values = prog.calls[1]
+    assert grid == (4, 2)
+    assert values[0] is x2 and values[1] is y2 and values[2:] == (7, 3, 128, True)  # parameter order
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["scalar", "setting", "grid", "dtype", "alignment", "device"],
+)
+def test_whatever_the_jit_specializes_on_makes_a_new_configuration(change, monkeypatch):
+    prog = _Program("x", "n", "BLOCK")
+    base = torch.zeros(64)
+    _launch.launch(prog, (1,), (base,), 5, BLOCK=32)
+    x, n, grid, settings = torch.zeros(64), 5, (1,), dict(BLOCK=32)
+    if change == "scalar":
+        n = 16  # divisible by 16: the JIT specializes on it
+    elif change == "setting":
+        settings = dict(BLOCK=64)
+    elif change == "grid":
+        grid = (2,)
+    elif change == "dtype":
+        x = torch.zeros(64, dtype=torch.float16)
+    elif change == "alignment":
+        x = torch.zeros(65)[1:]  # 4 bytes past a 16-byte boundary
+        assert x.data_ptr() % 16 != 0
+    else:
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    _launch.launch(prog, grid, (x,), n, **settings)
+    _launch.launch(prog, grid, (x,), n, **settings)
+    assert [c[0] for c in prog.calls] == ["jit", "jit", "bound"]
+
+
+def test_scalars_are_keyed_by_type_too():
+    """1.0 == 1 in Python; a float and an int argument are typed apart by the JIT."""
+    prog = _Program("x", "scale")
+    x = torch.zeros(8)
+    _launch.launch(prog, (1,), (x,), 1)
+    _launch.launch(prog, (1,), (x,), 1.0)
+    assert [c[0] for c in prog.calls] == ["jit", "jit"]
+
+
+def test_a_parameter_left_to_its_default_keeps_the_jit():
+    """The bound launch passes every parameter; one the caller left out (a default) is unknown."""
+    prog = _Program("x", "n", "BLOCK", "EXTRA")
+    x = torch.zeros(8)
+    for _ in range(3):
+        _launch.launch(prog, (1,), (x,), 2, BLOCK=16)
+    assert [c[0] for c in prog.calls] == ["jit"] * 3
+
+
+def test_the_switch_and_the_interpreter_keep_the_jit(monkeypatch):
+    prog = _Program("x", "n")
+    x = torch.zeros(8)
+    monkeypatch.setattr(_launch, "_BOUND", False)
+    for _ in range(2):
+        _launch.launch(prog, (1,), (x,), 2)
+    assert [c[0] for c in prog.calls] == ["jit"] * 2
+
+    monkeypatch.setattr(_launch, "_BOUND", True)
+    calls = []
+
+    class Interpreted:  # no ``params``: Triton's interpreter runs it
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append(args)
+
+    for _ in range(2):
+        _launch.launch(Interpreted(), (1,), (x,), 2)
+    assert len(calls) == 2 and not _launch._LAUNCHERS
+
+
+def test_configurations_are_bounded(monkeypatch):
+    monkeypatch.setattr(_launch, "_MAX_ENTRIES", 4)
+    prog = _Program("x", "n")
+    x = torch.zeros(8)
+    for n in range(10):
+        _launch.launch(prog, (1,), (x,), n)
+    assert len(_launch._LAUNCHERS) <= 4
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("conv", ["direct", "fft"])
+def test_bound_launches_give_the_jits_bits_cuda(monkeypatch, conv):
+    """A DCLS layer step (fused construction and the path's programs) launched through bound
+    kernels equals the JIT-launched step bit for bit, and its launches were bound."""
+    import dcls_core
+    from dcls_core import dispatch
+
+    torch.manual_seed(0)
+    layer = dcls_core.Dcls2d(32, 32, kernel_count=26, dilated_kernel_size=23, padding=11, groups=32).cuda()
+    x = torch.randn(4, 32, 40, 37, device="cuda").to(memory_format=torch.channels_last).requires_grad_()
+    dy = torch.randn(4, 32, 40, 37, device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(x)
+        grads = torch.autograd.grad(y, [x, *layer.parameters()], dy.to(y.dtype))
+        return [y.float(), *grads]
+
+    with dispatch.forced(construct="triton", conv=conv):
+        monkeypatch.setattr(_launch, "_BOUND", False)
+        jit = step()
+        monkeypatch.setattr(_launch, "_BOUND", True)
+        step()  # binds
+        bound = [step() for _ in range(2)]
+    assert any(v is not None for v in _launch._LAUNCHERS.values())
+    for run in bound:
+        for a, b in zip(jit, run):
+            assert torch.equal(a, b)
