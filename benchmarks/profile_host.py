@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_layers import DTYPES, STAGES, fwd_bwd_step  # noqa: E402
 
 import dcls_core  # noqa: E402
-from dcls_core._launch import launch  # noqa: E402
+from dcls_core._triton import launch  # noqa: E402
 
 
 def per_call_us(fn: Callable[[], object], iters: int, wait_for_gpu: bool) -> float:

@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 
 from .._custom_op import register_op
-from .._launch import launch
-from .._triton import triton_available
+from .._triton import launch, triton_available
 from .reference import SIGMA_VERSIONS, VERSIONS, position_axes
 
 __all__ = [

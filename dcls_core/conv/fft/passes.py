@@ -19,8 +19,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..._launch import launch
-from ..._triton import triton_available
+from ..._triton import launch, triton_available
 
 __all__ = ["FORCE_TORCH", "backward_mix_", "channels_last", "crop_into", "padded", "spectral_mul_", "torch_only"]
 

@@ -1,4 +1,4 @@
-"""Bound Triton launches (:mod:`dcls_core._launch`): which calls reuse a bound kernel, which go
+"""Bound Triton launches (:func:`dcls_core._triton.launch`): which calls reuse a bound kernel, which go
 through the JIT, and (``cuda``) that a DCLS layer step gives the same bits either way.
 
 The CPU tests stand in a recording program for a Triton ``JITFunction``: calling it with a grid
@@ -13,7 +13,7 @@ import types
 import pytest
 import torch
 
-from dcls_core import _launch
+from dcls_core import _triton
 
 
 class _Kernel:
@@ -44,19 +44,19 @@ class _Program:
 
 @pytest.fixture(autouse=True)
 def _fresh(monkeypatch):
-    monkeypatch.setattr(_launch, "_BOUND", True)
+    monkeypatch.setattr(_triton, "_BOUND", True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    _launch.clear()
+    _triton.clear_bound_launches()
     yield
-    _launch.clear()
+    _triton.clear_bound_launches()
 
 
 def test_the_second_call_of_a_configuration_is_bound_with_the_constexprs_in_order():
     prog = _Program("x", "y", "n", "m", "BLOCK", "FLAG")
     x, y = torch.zeros(64), torch.zeros(64)
-    _launch.launch(prog, (4, 2), (x, y), 7, 3, FLAG=True, BLOCK=128, num_warps=4)
+    _triton.launch(prog, (4, 2), (x, y), 7, 3, FLAG=True, BLOCK=128, num_warps=4)
     x2, y2 = torch.ones(64), torch.ones(64)  # other tensors, same dtypes and alignment
-    _launch.launch(prog, (4, 2), (x2, y2), 7, 3, FLAG=True, BLOCK=128, num_warps=4)
+    _triton.launch(prog, (4, 2), (x2, y2), 7, 3, FLAG=True, BLOCK=128, num_warps=4)
     assert [c[0] for c in prog.calls] == ["jit", "bound"]
     assert prog.calls[0][2] == (x, y, 7, 3) and prog.calls[0][3] == dict(FLAG=True, BLOCK=128, num_warps=4)
     kind, grid, values = prog.calls[1]
@@ -71,7 +71,7 @@ def test_the_second_call_of_a_configuration_is_bound_with_the_constexprs_in_orde
 def test_whatever_the_jit_specializes_on_makes_a_new_configuration(change, monkeypatch):
     prog = _Program("x", "n", "BLOCK")
     base = torch.zeros(64)
-    _launch.launch(prog, (1,), (base,), 5, BLOCK=32)
+    _triton.launch(prog, (1,), (base,), 5, BLOCK=32)
     x, n, grid, settings = torch.zeros(64), 5, (1,), dict(BLOCK=32)
     if change == "scalar":
         n = 16  # divisible by 16: the JIT specializes on it
@@ -86,8 +86,8 @@ def test_whatever_the_jit_specializes_on_makes_a_new_configuration(change, monke
         assert x.data_ptr() % 16 != 0
     else:
         monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    _launch.launch(prog, grid, (x,), n, **settings)
-    _launch.launch(prog, grid, (x,), n, **settings)
+    _triton.launch(prog, grid, (x,), n, **settings)
+    _triton.launch(prog, grid, (x,), n, **settings)
     assert [c[0] for c in prog.calls] == ["jit", "jit", "bound"]
 
 
@@ -95,8 +95,8 @@ def test_scalars_are_keyed_by_type_too():
     """1.0 == 1 in Python; a float and an int argument are typed apart by the JIT."""
     prog = _Program("x", "scale")
     x = torch.zeros(8)
-    _launch.launch(prog, (1,), (x,), 1)
-    _launch.launch(prog, (1,), (x,), 1.0)
+    _triton.launch(prog, (1,), (x,), 1)
+    _triton.launch(prog, (1,), (x,), 1.0)
     assert [c[0] for c in prog.calls] == ["jit", "jit"]
 
 
@@ -105,19 +105,19 @@ def test_a_parameter_left_to_its_default_keeps_the_jit():
     prog = _Program("x", "n", "BLOCK", "EXTRA")
     x = torch.zeros(8)
     for _ in range(3):
-        _launch.launch(prog, (1,), (x,), 2, BLOCK=16)
+        _triton.launch(prog, (1,), (x,), 2, BLOCK=16)
     assert [c[0] for c in prog.calls] == ["jit"] * 3
 
 
 def test_the_switch_and_the_interpreter_keep_the_jit(monkeypatch):
     prog = _Program("x", "n")
     x = torch.zeros(8)
-    monkeypatch.setattr(_launch, "_BOUND", False)
+    monkeypatch.setattr(_triton, "_BOUND", False)
     for _ in range(2):
-        _launch.launch(prog, (1,), (x,), 2)
+        _triton.launch(prog, (1,), (x,), 2)
     assert [c[0] for c in prog.calls] == ["jit"] * 2
 
-    monkeypatch.setattr(_launch, "_BOUND", True)
+    monkeypatch.setattr(_triton, "_BOUND", True)
     calls = []
 
     class Interpreted:  # no ``params``: Triton's interpreter runs it
@@ -125,17 +125,17 @@ def test_the_switch_and_the_interpreter_keep_the_jit(monkeypatch):
             return lambda *args, **kw: calls.append(args)
 
     for _ in range(2):
-        _launch.launch(Interpreted(), (1,), (x,), 2)
-    assert len(calls) == 2 and not _launch._LAUNCHERS
+        _triton.launch(Interpreted(), (1,), (x,), 2)
+    assert len(calls) == 2 and not _triton._LAUNCHERS
 
 
 def test_configurations_are_bounded(monkeypatch):
-    monkeypatch.setattr(_launch, "_MAX_ENTRIES", 4)
+    monkeypatch.setattr(_triton, "_MAX_ENTRIES", 4)
     prog = _Program("x", "n")
     x = torch.zeros(8)
     for n in range(10):
-        _launch.launch(prog, (1,), (x,), n)
-    assert len(_launch._LAUNCHERS) <= 4
+        _triton.launch(prog, (1,), (x,), n)
+    assert len(_triton._LAUNCHERS) <= 4
 
 
 @pytest.mark.cuda
@@ -158,12 +158,12 @@ def test_bound_launches_give_the_jits_bits_cuda(monkeypatch, conv):
         return [y.float(), *grads]
 
     with dispatch.forced(construct="triton", conv=conv):
-        monkeypatch.setattr(_launch, "_BOUND", False)
+        monkeypatch.setattr(_triton, "_BOUND", False)
         jit = step()
-        monkeypatch.setattr(_launch, "_BOUND", True)
+        monkeypatch.setattr(_triton, "_BOUND", True)
         step()  # binds
         bound = [step() for _ in range(2)]
-    assert any(v is not None for v in _launch._LAUNCHERS.values())
+    assert any(v is not None for v in _triton._LAUNCHERS.values())
     for run in bound:
         for a, b in zip(jit, run):
             assert torch.equal(a, b)
