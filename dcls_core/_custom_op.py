@@ -10,13 +10,7 @@ The convolution paths and the fused construction use it; each gives:
   hints, where ``saved = backward_settings(*settings)`` and ``needs`` says which gradients are
   wanted: a wanted gradient has the shape and dtype of its input, every other one is an empty
   tensor of the input's dtype (``new_empty(0)``; the op's fake implementation assumes so);
-* ``forward_fake(*tensors, *settings) -> Tensor``: an empty tensor of the output's shape and dtype;
-* optionally, for an eager caller that runs the op inside a larger autograd node
-  (:mod:`dcls_core.conv.layer_node`), ``forward_saving(needs, *tensors, *settings) -> (output,
-  saved, info)``: the forward, and the tensors (``saved``, None allowed) and plain values
-  (``info``) the backward needs in place of the first tensor input, which then need not be
-  kept (``needs``: the gradients wanted of the first two tensors); and ``backward_saved(grad,
-  saved, info, *tensors[1:], *backward_settings(*settings), *needs)``, the backward from them.
+* ``forward_fake(*tensors, *settings) -> Tensor``: an empty tensor of the output's shape and dtype.
 
 The Function's backward is ``once_differentiable``: a second derivative raises.
 
@@ -60,24 +54,14 @@ def on_tensor_device(fn: Callable) -> Callable:
 
 class RegisteredOp:
     """What :func:`register_op` returns: call it as the op (``op(*tensors, *settings)``); its
-    eager ``forward``, ``backward`` and ``backward_settings`` (with the device guard), and
-    ``forward_saving`` / ``backward_saved`` where the op has them (else None), are there for a
-    caller that runs the op's passes inside a larger autograd node (:mod:`dcls_core.conv.layer_node`)."""
+    eager ``forward``, ``backward`` and ``backward_settings`` (with the device guard) are there
+    for a caller that runs the op's passes inside a larger autograd node
+    (:mod:`dcls_core.conv.layer_node`)."""
 
-    def __init__(
-        self,
-        name: str,
-        apply: Callable[..., Tensor],
-        forward,
-        backward,
-        backward_settings,
-        forward_saving: Optional[Callable] = None,
-        backward_saved: Optional[Callable] = None,
-    ) -> None:
+    def __init__(self, name: str, apply: Callable[..., Tensor], forward, backward, backward_settings) -> None:
         self.__name__ = name
         self._apply = apply
         self.forward, self.backward, self.backward_settings = forward, backward, backward_settings
-        self.forward_saving, self.backward_saved = forward_saving, backward_saved
 
     def __call__(self, *inputs) -> Tensor:
         return self._apply(*inputs)
@@ -91,8 +75,6 @@ def register_op(
     num_tensors: int,
     backward_settings: Callable[..., tuple] = _same,
     device_types: Optional[str] = None,
-    forward_saving: Optional[Callable[..., tuple]] = None,
-    backward_saved: Optional[Callable[..., tuple]] = None,
 ) -> RegisteredOp:
     """Register ``dcls_core::{name}`` and ``dcls_core::{name}_backward`` and an autograd.Function
     over ``forward``/``backward`` (contracts in the module docstring).
@@ -156,6 +138,4 @@ def register_op(
             return Function.apply(*inputs)
         return forward(*inputs)  # no gradient to record (inference): no autograd node to build
 
-    if (forward_saving is None) != (backward_saved is None):
-        raise ValueError(f"register_op({name!r}): forward_saving and backward_saved come together")
-    return RegisteredOp(name, apply, forward, backward, backward_settings, forward_saving, backward_saved)
+    return RegisteredOp(name, apply, forward, backward, backward_settings)

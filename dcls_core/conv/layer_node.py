@@ -6,9 +6,7 @@ fast GPU an eager DCLS model waits for exactly that host time, so here one
 ``autograd.Function`` runs both:
 
 * forward: the fused construction's forward program writes the dense kernel, cut to the taps
-  that meet the input where the dispatcher cut it, and the path's forward pass convolves (the
-  direct path's keeps its padded input and the rotated kernel's patch matrix for the backward,
-  in place of the input: ``forward_saving`` in :mod:`dcls_core._custom_op`);
+  that meet the input where the dispatcher cut it, and the path's forward pass convolves;
 * backward: the path's backward pass gives the input, kernel and bias gradients; the kernel
   gradient (back at full size if cut) goes straight to the construction's backward program,
   which writes the weight, position and sigma gradients in one launch.
@@ -44,32 +42,24 @@ class _ConstructAndConvolve(torch.autograd.Function):
         kernel = fused_construction.launch_forward(weight, P, SIG, ksize, version)
         if any(cuts):
             kernel = cut_kernel(kernel, cuts)
-        if op.forward_saving is not None:  # the path keeps what its backward reads instead of x
-            need_x, need_w, need_p, need_s = ctx.needs_input_grad[:4]
-            y, inner, info = op.forward_saving((need_x, need_w or need_p or need_s), x, kernel, bias, *settings)
-        else:
-            y = op.forward(x, kernel, bias, *settings)
-            inner, info = (x,), None
-        ctx.save_for_backward(kernel, weight, P, SIG, bias, *inner)
-        ctx.args = (ksize, version, cuts, op, tuple(op.backward_settings(*settings)), info)
+        y = op.forward(x, kernel, bias, *settings)
+        ctx.save_for_backward(x, kernel, weight, P, SIG, bias)
+        ctx.args = (ksize, version, cuts, op, tuple(op.backward_settings(*settings)))
         return y
 
     @staticmethod
     @once_differentiable
     @on_tensor_device
     def backward(ctx, dy):
-        kernel, weight, P, SIG, bias, *inner = ctx.saved_tensors
-        ksize, version, cuts, op, saved, info = ctx.args
+        x, kernel, weight, P, SIG, bias = ctx.saved_tensors
+        ksize, version, cuts, op, saved = ctx.args
         need_x, need_w, need_p, need_s, need_b = ctx.needs_input_grad[:5]
         need_k = need_w or need_p or need_s
         need_b = need_b and bias is not None
         dw = dP = dS = None
         if not (need_x or need_k or need_b):
             return (None,) * 10
-        if op.backward_saved is not None:
-            dx, dk, db = op.backward_saved(dy, inner, info, kernel, bias, *saved, need_x, need_k, need_b)
-        else:
-            dx, dk, db = op.backward(dy, inner[0], kernel, bias, *saved, need_x, need_k, need_b)
+        dx, dk, db = op.backward(dy, x, kernel, bias, *saved, need_x, need_k, need_b)
         if need_k:
             if any(cuts):  # the cut taps get no gradient
                 dk = F.pad(dk, reversed_padding_repeated_twice(cuts))

@@ -81,24 +81,10 @@ def pad_planes(
 
 
 @triton.jit
-def patch_matrix(
-    k_ptr,
-    b_ptr,
-    rot_ptr,
-    KH,
-    KW,
-    R_ROWS,
-    FLIP: tl.constexpr,
-    ROTATED_TOO: tl.constexpr,
-    PW: tl.constexpr,
-    U: tl.constexpr,
-    BN: tl.constexpr,
-):
+def patch_matrix(k_ptr, b_ptr, KH, KW, R_ROWS, FLIP: tl.constexpr, PW: tl.constexpr, U: tl.constexpr, BN: tl.constexpr):
     """``b[c, r, u, v] = k[c, r - vh, u - vw]`` inside the kernel, else 0 (``v = vh * PW + vw``;
-    ``FLIP``: the kernel rotated by 180 degrees, ``k[c, kH-1-(r-vh), kW-1-(u-vw)]``), in b's
-    dtype; ``ROTATED_TOO``: also the rotated kernel's matrix into ``rot`` (the backward's, built
-    with the forward's). ``k (C, kH, kW)`` contiguous, ``b`` and ``rot (C, R_ROWS, U, BN)``. One
-    program per ``(c, r)``."""
+    ``FLIP``: ``k[c, kH-1-(r-vh), kW-1-(u-vw)]``), in b's dtype; ``k (C, kH, kW)`` contiguous,
+    ``b (C, R_ROWS, U, BN)``. One program per ``(c, r)``."""
     cr = tl.program_id(0)
     c = cr // R_ROWS
     r = cr - c * R_ROWS
@@ -107,18 +93,12 @@ def patch_matrix(
     dh = r - v // PW
     dw = u - v % PW
     inside = (dh >= 0) & (dh < KH) & (dw >= 0) & (dw < KW)
-    tap = dh * KW + dw
-    rotated = (KH - 1 - dh) * KW + (KW - 1 - dw)
-    k_chan = k_ptr + c.to(tl.int64) * KH * KW
-    row = cr.to(tl.int64) * U * BN + u * BN + v
     if FLIP:
-        t = tl.load(k_chan + rotated, mask=inside, other=0.0)
+        tap = (KH - 1 - dh) * KW + (KW - 1 - dw)
     else:
-        t = tl.load(k_chan + tap, mask=inside, other=0.0)
-    tl.store(b_ptr + row, t.to(b_ptr.dtype.element_ty))
-    if ROTATED_TOO:
-        t = tl.load(k_chan + rotated, mask=inside, other=0.0)
-        tl.store(rot_ptr + row, t.to(rot_ptr.dtype.element_ty))
+        tap = dh * KW + dw
+    t = tl.load(k_ptr + c.to(tl.int64) * KH * KW + tap, mask=inside, other=0.0)
+    tl.store(b_ptr + cr.to(tl.int64) * U * BN + u * BN + v, t.to(b_ptr.dtype.element_ty))
 
 
 @triton.jit

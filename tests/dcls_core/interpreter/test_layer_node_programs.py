@@ -100,31 +100,3 @@ def test_frozen_positions_get_no_gradient_and_weights_still_learn(node_runs):
     assert node_runs and len(grads) == len(want) == 3  # input, weight, bias
     for a, r in zip(grads, want):
         assert rel_err(a, r) < TOL
-
-
-@pytest.mark.parametrize("frozen_input", [False, True])
-def test_direct_node_keeps_its_padded_input_instead_of_the_input(node_runs, frozen_input):
-    """What the direct path's node saves for its backward: the padded input (the forward's, in
-    the products' dtype) and the rotated kernel's patch matrix, never the input itself; with no
-    input gradient wanted, not that matrix either."""
-    leaves = _leaves((2, 4, 9, 11), (7, 5), "gauss", True)
-    x, w, P, S, b = [t.detach().float().requires_grad_() for t in leaves]
-    x.requires_grad_(not frozen_input)
-    saved: list = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with dispatch.forced(conv="direct"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = dcls_conv(x, w, P, S, b, (7, 5), (1, 1), (3, 2), 4, "zeros", "gauss")
-    assert node_runs
-    assert not any(t.data_ptr() == x.data_ptr() for t in saved if t is not None)
-    params = {t.data_ptr() for t in (w, P, S, b)}
-    inner = [tuple(t.shape) for t in saved if t is not None and t.data_ptr() not in params]
-    kernel, padded = (4, 1, 7, 5), [s for s in inner if s[:2] == (2, 4)]
-    assert kernel in inner
-    assert len(padded) == 1 and padded[0][2] > 9 and padded[0][3] > 11  # the padded copy
-    assert len(inner) == (2 if frozen_input else 3)  # and the rotated kernel's patch matrix
-    grads = torch.autograd.grad(y, [t for t in (x, w, P, S, b) if t.requires_grad], torch.ones_like(y))
-    assert all(torch.isfinite(g).all() for g in grads)
