@@ -25,7 +25,7 @@ Under ``torch.compile`` the passes run as ``torch.library`` custom ops
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -172,48 +172,41 @@ def _output_format(x: Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def _patch_matrices(k: Tensor, plan: _PatchPlan, dtype: torch.dtype, flip: bool, rotated_too: bool = False) -> tuple:
-    """``(B, B_rot or None)``: the patch matrix ``(C, rows, U, PH * PW)`` in ``dtype`` of ``k (C,
-    1, kH, kW)`` (rotated by 180 degrees with ``flip``) and, with ``rotated_too``, the rotated
-    kernel's, from one launch."""
-    c, _, kh, kw = k.shape
-    bn = plan.ph * plan.pw
-    b = torch.empty((c, plan.rows, plan.u, bn), device=k.device, dtype=dtype)
-    b_rot = torch.empty_like(b) if rotated_too else None
-    launch(
-        _programs().patch_matrix,
-        (c * plan.rows,),
-        (k.contiguous(), b, b_rot if rotated_too else b),
-        kh,
-        kw,
-        plan.rows,
-        FLIP=flip,
-        ROTATED_TOO=rotated_too,
-        PW=plan.pw,
-        U=plan.u,
-        BN=bn,
-    )
-    return b, b_rot
-
-
 def _patch_products(
     xp: Tensor,
-    b: Tensor,
+    k: Tensor,
     bias: Optional[Tensor],
     plan: _PatchPlan,
     rows_with_input: tuple[int, int],
     y: Tensor,
+    flip: bool,
     col_shift: int = 0,
 ) -> Tensor:
     """``y (N, C, H_out, W_out)`` (any strides) = the correlation of the padded input ``xp``
     (:func:`_padded`, the products' dtype; its rows ``rows_with_input = [lo, hi)`` hold the
-    input) with the kernel whose patch matrix is ``b`` (:func:`_patch_matrices`, xp's dtype):
-    each patch is its window times the patch matrix; the windows of patch column ``j`` start at
-    ``xp`` column ``j * PW`` and its outputs at column ``j * PW - col_shift``."""
+    input) with ``k (C, 1, kH, kW)`` (rotated by 180 degrees with ``flip``): each patch is its
+    window times the patch matrix; the windows of patch column ``j`` start at ``xp`` column ``j *
+    PW`` and its outputs at column ``j * PW - col_shift``."""
     n, c = xp.shape[:2]
+    kh, kw = k.shape[-2:]
+    bn = plan.ph * plan.pw
+    b = torch.empty((c, plan.rows, plan.u, bn), device=xp.device, dtype=xp.dtype)
+    prog = _programs()
+    launch(
+        prog.patch_matrix,
+        (c * plan.rows,),
+        (k.contiguous(), b),
+        kh,
+        kw,
+        plan.rows,
+        FLIP=flip,
+        PW=plan.pw,
+        U=plan.u,
+        BN=bn,
+    )
     m = n * plan.nph * plan.npw
     launch(
-        _programs().dw_conv2d_patches,
+        prog.dw_conv2d_patches,
         (-(-m // _BM), c),
         (xp, b, bias if bias is not None else b, y),
         n,
@@ -234,83 +227,34 @@ def _patch_products(
     return y
 
 
-class _Saved(NamedTuple):
-    """What :func:`_patch_forward` keeps for its backward in place of the input (``keep``): the
-    padded input the forward read (None where no kernel gradient is wanted) and the rotated
-    kernel's patch matrix (None where no input gradient is wanted)."""
-
-    xp: Optional[Tensor]
-    b_rot: Optional[Tensor]
-
-
-_NOTHING_SAVED = _Saved(None, None)
-
-
-class _InputInfo(NamedTuple):
-    """The input's shape, dtype and strides of its gradient (None: contiguous)."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    grad_strides: Optional[tuple[int, ...]]
-
-
-def _input_info(x: Tensor) -> _InputInfo:
-    """The gradient keeps a contiguous or channels-last input's strides (as ``empty_like``)."""
-    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-    return _InputInfo(tuple(x.shape), x.dtype, x.stride() if dense else None)
-
-
 def _patch_forward(
-    x: Tensor,
-    k: Tensor,
-    bias: Optional[Tensor],
-    pad: Sequence[int],
-    out_hw: Sequence[int],
-    dtype: torch.dtype,
-    keep: Optional[tuple[bool, bool]] = None,
-) -> tuple[Tensor, _Saved]:
-    """The forward through the patch products (``dtype``: products and output); with ``keep =
-    (need_x, need_k)``, also what the backward would otherwise rebuild (:class:`_Saved`)."""
+    x: Tensor, k: Tensor, bias: Optional[Tensor], pad: Sequence[int], out_hw: Sequence[int], dtype: torch.dtype
+) -> Tensor:
+    """The forward through the patch products (``dtype``: products and output)."""
     n, c, h_in, _ = x.shape
     if n * c * out_hw[0] * out_hw[1] == 0:
-        y = torch.empty((n, c, *out_hw), device=x.device, dtype=dtype, memory_format=_output_format(x)).zero_()
-        return y, _Saved(None, None)
+        return torch.empty((n, c, *out_hw), device=x.device, dtype=dtype, memory_format=_output_format(x)).zero_()
     plan = _patch_plan(*out_hw, *k.shape[-2:])
     xp = _padded(x, pad[0], pad[1], *plan.extent(), dtype)
-    rotated_too = keep is not None and keep[0]
-    b, b_rot = _patch_matrices(k, plan, dtype, False, rotated_too)
     y = torch.empty((n, c, *out_hw), device=x.device, dtype=dtype)
-    y = _patch_products(xp, b, bias, plan, (pad[0], pad[0] + h_in), y)
+    y = _patch_products(xp, k, bias, plan, (pad[0], pad[0] + h_in), y, False)
     layout = _output_format(x)
     # the programs write contiguous planes (a channels-last store from them is slower, NOTES run 13)
-    if layout != torch.contiguous_format:
-        y = _copy_planes(y, torch.empty_like(y, memory_format=layout))
-    return y, _Saved(xp if keep is not None and keep[1] else None, b_rot)
+    return y if layout == torch.contiguous_format else _copy_planes(y, torch.empty_like(y, memory_format=layout))
 
 
 def _patch_backward(
-    dy: Tensor,
-    x: Union[Tensor, _InputInfo],
-    k: Tensor,
-    pad: Sequence[int],
-    compute: torch.dtype,
-    need_x: bool,
-    need_k: bool,
-    saved: _Saved = _NOTHING_SAVED,
+    dy: Tensor, x: Tensor, k: Tensor, pad: Sequence[int], compute: torch.dtype, need_x: bool, need_k: bool
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """``(dx, dk)`` through the patch products: the input gradient convolves the padded output
     gradient with the rotated kernel; the kernel gradient sums window-by-patch products over the
-    rows, then along their diagonals (a fixed-order sum: deterministic). ``dk`` is float32.
-    ``x``: the input (``dx`` then has its strides as ``empty_like`` gives them), or its
-    :class:`_InputInfo` with the forward's ``saved`` (``dx`` then keeps contiguous and
-    channels-last strides, else is contiguous)."""
-    info = _input_info(x) if isinstance(x, Tensor) else x
-    n, c, h_in, w_in = info.shape
+    rows, then along their diagonals (a fixed-order sum: deterministic). ``dk`` is float32."""
+    n, c, h_in, w_in = x.shape
     kh, kw = k.shape[-2:]
     h_out, w_out = dy.shape[-2:]
     if n * c * h_out * w_out == 0:
-        dx = torch.zeros(info.shape, device=dy.device, dtype=info.dtype) if need_x else None
-        return dx, (torch.zeros((c, 1, kh, kw), device=dy.device, dtype=torch.float32) if need_k else None)
+        dx = torch.zeros_like(x) if need_x else None
+        return dx, (torch.zeros((c, 1, kh, kw), device=x.device, dtype=torch.float32) if need_k else None)
     forward = _patch_plan(h_out, w_out, kh, kw)
     # dy sits at column ``left`` (a multiple of the patch width: the kernel gradient's patch
     # loads are aligned); the input gradient's patch grid starts ``shift`` columns left of its
@@ -325,21 +269,13 @@ def _patch_backward(
     dyp = _padded(dy, top, left, rows, cols, compute)
     dx = None
     if need_x:
-        b_rot = saved.b_rot
-        if b_rot is None:  # the same matrix as the forward's plan gives: it depends on the kernel only
-            b_rot, _ = _patch_matrices(k, backward, compute, True)
-        dx = torch.empty(info.shape, device=dy.device, dtype=info.dtype)
-        dx = _patch_products(dyp, b_rot, None, backward, (top, top + h_out), dx, shift)
-        if isinstance(x, Tensor):  # the op returns gradients in its inputs' layouts (its fake: empty_like)
-            if dx.stride() != x.stride():
-                dx = _copy_planes(dx, torch.empty_like(x))
-        elif info.grad_strides is not None and dx.stride() != info.grad_strides:
-            dx = _copy_planes(
-                dx, torch.empty_strided(info.shape, info.grad_strides, device=dy.device, dtype=info.dtype)
-            )
+        dx = torch.empty((n, c, h_in, w_in), device=x.device, dtype=x.dtype)
+        dx = _patch_products(dyp, k, None, backward, (top, top + h_out), dx, True, shift)
+        if dx.stride() != x.stride():  # the op returns gradients in its inputs' layouts
+            dx = _copy_planes(dx, torch.empty_like(x))
     if not need_k:
         return dx, None
-    xp = saved.xp if saved.xp is not None else _padded(x, pad[0], pad[1], *forward.extent(), compute)
+    xp = _padded(x, pad[0], pad[1], *forward.extent(), compute)
     m = n * forward.nph * forward.npw
     grad_bk = max(_GRAD_BK, forward.u)
     k_steps = -(-forward.rows // (grad_bk // forward.u))
@@ -349,7 +285,7 @@ def _patch_backward(
     rows_per_split = -(-steps // splits) * _BM
     splits = -(-m // rows_per_split)
     bn = forward.ph * forward.pw
-    part = torch.empty((splits, c, forward.rows, forward.u, bn), device=dy.device, dtype=torch.float32)
+    part = torch.empty((splits, c, forward.rows, forward.u, bn), device=x.device, dtype=torch.float32)
     launch(
         _programs().dw_conv2d_patches_kernel_grad,
         (programs, splits),
@@ -374,7 +310,8 @@ def _patch_backward(
 
 
 def _forward(x: Tensor, k: Tensor, bias: Optional[Tensor], padding: list[int], out_hw: list[int], dtype: str) -> Tensor:
-    return _patch_forward(x, k, bias, padding, out_hw, getattr(torch, dtype))[0]
+    d = getattr(torch, dtype)
+    return _patch_forward(x, k, bias, padding, out_hw, d)
 
 
 def _forward_fake(x, k, bias, padding, out_hw, dtype):
@@ -393,25 +330,9 @@ def _backward(
     need_k: bool,
     need_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _gradients(dy, x, _NOTHING_SAVED, k, bias, padding, dtype, need_x, need_k, need_b)
-
-
-def _gradients(
-    dy: Tensor,
-    x: Union[Tensor, _InputInfo],
-    saved: _Saved,
-    k: Tensor,
-    bias: Optional[Tensor],
-    padding: list[int],
-    dtype: str,
-    need_x: bool,
-    need_k: bool,
-    need_b: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The op's three gradients, unwanted ones empty (``x``, ``saved``: as :func:`_patch_backward`)."""
-    dx, dk = _patch_backward(dy, x, k, padding, getattr(torch, dtype), need_x, need_k, saved)
-    if dx is None:
-        dx = torch.empty(0, device=dy.device, dtype=x.dtype)
+    compute = getattr(torch, dtype)
+    dx, dk = _patch_backward(dy, x, k, padding, compute, need_x, need_k)
+    dx = x.new_empty(0) if dx is None else dx
     if dk is None:
         dk = k.new_empty(0)
     else:  # in the kernel's dtype and layout, as the op's fake says
@@ -427,49 +348,8 @@ def _backward_settings(padding, out_hw, dtype):
     return padding, dtype
 
 
-def _forward_saving(
-    needs: Sequence[bool],
-    x: Tensor,
-    k: Tensor,
-    bias: Optional[Tensor],
-    padding: list[int],
-    out_hw: list[int],
-    dtype: str,
-) -> tuple[Tensor, tuple, _InputInfo]:
-    """The forward for an eager autograd node that saves what this returns in place of the input:
-    ``(y, tensors, info)``, the padded input (where the kernel gradient is wanted) and the
-    rotated kernel's patch matrix (where the input gradient is wanted, built in the forward's
-    launch), so that the backward neither pads the input again nor builds that matrix, and the
-    input itself need not be kept. ``needs``: the gradients wanted of ``(x, k)``."""
-    y, saved = _patch_forward(x, k, bias, padding, out_hw, getattr(torch, dtype), keep=(needs[0], needs[1]))
-    return y, tuple(saved), _input_info(x)
-
-
-def _backward_saved(
-    dy: Tensor,
-    tensors: Sequence[Optional[Tensor]],
-    info: _InputInfo,
-    k: Tensor,
-    bias: Optional[Tensor],
-    padding: list[int],
-    dtype: str,
-    need_x: bool,
-    need_k: bool,
-    need_b: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The op's backward from :func:`_forward_saving`'s ``tensors`` and ``info``."""
-    return _gradients(dy, info, _Saved(*tensors), k, bias, padding, dtype, need_x, need_k, need_b)
-
-
 _direct = register_op(
-    "direct_dw_conv2d",
-    _forward,
-    _backward,
-    _forward_fake,
-    num_tensors=3,
-    backward_settings=_backward_settings,
-    forward_saving=_forward_saving,
-    backward_saved=_backward_saved,
+    "direct_dw_conv2d", _forward, _backward, _forward_fake, num_tensors=3, backward_settings=_backward_settings
 )
 
 
