@@ -11,10 +11,9 @@ and looks it up. That is host time an eager DCLS layer pays on each of its dozen
 step, several times what the launch itself costs (``benchmarks/profile_host.py --micro``;
 benchmarks/NOTES_layers.md, run 15). :func:`launch` takes the same arguments, the tensors
 grouped. The first call of a configuration goes through the JIT (which compiles or finds the
-kernel and launches it); later calls with the same configuration call the compiled kernel's
-launcher directly (through Triton's ``CompiledKernel[grid]``, which calls them, while a launch
-hook such as a profiler's is set). A configuration is
-the program, the grid, the current device, every scalar argument and setting by type and value
+kernel and launches it); later calls with the same configuration launch the compiled kernel
+through Triton's ``CompiledKernel[grid]`` (launch hooks, a profiler's, still run). A
+configuration is the program, the grid, the current device, every scalar argument and setting by type and value
 and every tensor argument by dtype and 16-byte alignment: all that the JIT specializes on, so
 the kernel found is the one the JIT would have found. ``$DCLS_TRITON_LAUNCH=jit`` (read at
 import) sends every launch through the JIT; under Triton's interpreter (``TRITON_INTERPRET=1``)
