@@ -7,17 +7,16 @@ fused passes in ``dcls_audio.features.logmel_passes``).
 Launches bound once per configuration (:func:`launch`): ``program[grid](*args, **settings)``
 runs Triton's JIT launch path on every call: it binds and specializes each argument (pointer
 dtype and 16-byte alignment, integer divisibility), builds the cache key of the compiled kernel
-and looks it up. That is host time an eager DCLS layer pays on each of its dozen launches per
-step, several times what the launch itself costs (``benchmarks/profile_host.py --micro``;
-benchmarks/NOTES_layers.md, run 15). :func:`launch` takes the same arguments, the tensors
+and looks it up, host time an eager DCLS layer pays on each of its dozen launches per step
+(benchmarks/NOTES_layers.md, run 15). :func:`launch` takes the same arguments, the tensors
 grouped. The first call of a configuration goes through the JIT (which compiles or finds the
 kernel and launches it); later calls with the same configuration launch the compiled kernel
 through Triton's ``CompiledKernel[grid]`` (launch hooks, a profiler's, still run). A
-configuration is the program, the grid, the current device, every scalar argument and setting by type and value
-and every tensor argument by dtype and 16-byte alignment: all that the JIT specializes on, so
-the kernel found is the one the JIT would have found. ``$DCLS_TRITON_LAUNCH=jit`` (read at
-import) sends every launch through the JIT; under Triton's interpreter (``TRITON_INTERPRET=1``)
-every launch goes there.
+configuration is the program, the grid, the current device, every scalar argument and setting
+by type and value and every tensor argument by dtype and 16-byte alignment: all that the JIT
+specializes on, so the kernel found is the one the JIT would have found.
+``$DCLS_TRITON_LAUNCH=jit`` (read at import) sends every launch through the JIT; under Triton's
+interpreter (``TRITON_INTERPRET=1``) every launch goes there.
 """
 
 from __future__ import annotations
