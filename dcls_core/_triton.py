@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-__all__ = ["LAUNCH_ENV_VAR", "bound_launches", "clear_bound_launches", "launch", "triton_available"]
+__all__ = ["LAUNCH_ENV_VAR", "clear_bound_launches", "launch", "triton_available"]
 
 _AVAILABLE: list[bool] = []
 
@@ -50,11 +50,6 @@ _MAX_ENTRIES = 4096  # configurations kept (shapes that keep changing would grow
 # configuration -> (the compiled kernel's launcher for the grid, the trailing constexpr values),
 # or None where the program takes arguments this module cannot reproduce (then: the JIT)
 _LAUNCHERS: dict[tuple, Optional[tuple[Callable[..., Any], tuple]]] = {}
-
-
-def bound_launches() -> bool:
-    """True where :func:`launch` reuses bound kernels (not ``$DCLS_TRITON_LAUNCH=jit``)."""
-    return _BOUND
 
 
 def clear_bound_launches() -> None:

@@ -49,6 +49,7 @@ _MIN_GRAD_PROGRAMS = 1024  # the kernel gradient splits its rows until this many
 _GRAD_BK = 128
 _GRAD_WARPS = 4
 OUTPUT_ENV_VAR = "DCLS_DIRECT_OUTPUT"  # "contiguous": outputs in the programs' layout (benchmarks)
+_CONTIGUOUS_OUTPUT = os.environ.get(OUTPUT_ENV_VAR) == "contiguous"  # read once, at import
 MAX_KW = 64  # widest kernel row (a window row is at most 128 columns)
 MAX_CHANNELS = 65535  # the forward's grid has one program column per channel (CUDA's limit)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -164,9 +165,9 @@ def _copy_planes(src: Tensor, dst: Tensor, top: int = 0, left: int = 0) -> Tenso
 def _output_format(x: Tensor) -> torch.memory_format:
     """The layout of the output for an input ``x (N, C, H, W)``: channels-last where ``x`` is
     channels-last and not also contiguous (as ``F.conv2d``'s output follows its input), else
-    contiguous; ``$DCLS_DIRECT_OUTPUT=contiguous`` keeps every output contiguous (the layout
-    the programs write, saving one pass; for benchmarks)."""
-    if os.environ.get(OUTPUT_ENV_VAR) == "contiguous":
+    contiguous; ``$DCLS_DIRECT_OUTPUT=contiguous`` (read at import) keeps every output
+    contiguous (the layout the programs write, saving one pass; for benchmarks)."""
+    if _CONTIGUOUS_OUTPUT:
         return torch.contiguous_format
     channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     return torch.channels_last if channels_last else torch.contiguous_format

@@ -236,7 +236,7 @@ def test_contiguous_output_switch(launched, monkeypatch):
     x = torch.randn(2, 4, 9, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
     k = torch.randn(4, 1, 7, 5)
     channels_last = direct_conv.direct_dw_conv2d(x, k, None, (1, 1), (3, 2), 4)
-    monkeypatch.setenv(direct_conv.OUTPUT_ENV_VAR, "contiguous")
+    monkeypatch.setattr(direct_conv, "_CONTIGUOUS_OUTPUT", True)  # as $DCLS_DIRECT_OUTPUT=contiguous at import
     y = direct_conv.direct_dw_conv2d(x, k, None, (1, 1), (3, 2), 4)
     (dx,) = torch.autograd.grad(y, (x,), torch.randn_like(y))
     call = direct_conv.prepare(x, k.shape, None, (1, 1), (3, 2), 4)
