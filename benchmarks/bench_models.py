@@ -13,9 +13,10 @@ convolution path forced (``dcls_core.dispatch.forced(conv=...)``), ``auto`` bein
 dispatcher's own choice as configured (by default: measured for training calls), ``measured``
 with the fast paths measured per call shape (``DCLS_AUTOTUNE=1``), ``rules`` its fixed order
 (``DCLS_AUTOTUNE=0``) and ``autotune`` a measurement of every path that supports a call.
-``--profile`` adds, per model in eager mode or a compile mode without CUDA graphs (``default``),
-where one training step's (with ``--infer`` also one inference step's) device time goes: total
-kernel time against the step's wall time (device busy share) and kernel time by group (DCLS
+``--profile`` adds, per model and mode (in CUDA-graph modes the kernels of a graph's replay are
+listed, but no host operator owns them), where one training step's (with ``--infer`` also one
+inference step's) device time goes: total kernel time against the step's wall time (device busy
+share) and kernel time by group (DCLS
 programs, convolutions, GEMMs, normalisation, element-wise, copies, optimizer), so a gap can be
 traced to GPU work or to host time. Timing: ``--warmup``
 untimed steps, then ``--steps`` steps between two device synchronisations.
@@ -202,6 +203,13 @@ class Bench:
         }
 
 
+def _cudagraph_skips() -> int:
+    """How many compiled graphs Inductor has run without CUDA graphs so far (reasons: ``TORCH_LOGS=perf_hints``)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 def _conv_variant(value: str, names: tuple[str, ...]) -> str:
     base, _, order = value.partition("@")
     if base not in names:
@@ -232,10 +240,13 @@ def run_model(name: str, mode: str, conv: str, args: argparse.Namespace, device:
 
 def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, device: torch.device) -> dict:
     bench = Bench(name, mode, args, device)
+    skips_before = _cudagraph_skips()
     row = {"model": name, "mode": mode, "conv": conv, **bench.train_row()}
     if args.explain and mode != "eager":
         row["explain"] = bench.explain()
-    profiled = args.profile and not bench.graphs and device.type == "cuda"
+    if bench.graphs:
+        row["cudagraph_skips"] = _cudagraph_skips() - skips_before  # > 0: parts of the step ran without graphs
+    profiled = args.profile and device.type == "cuda"
     if profiled:
         row["profile"] = bench.profile()
     if args.infer:
@@ -299,6 +310,8 @@ def print_table(report: dict) -> None:
             + ratios
         )
     for r in rows:
+        if r.get("cudagraph_skips"):
+            print(f"== {r['model']} ({r['conv']}) {r['mode']}: {r['cudagraph_skips']} graph(s) ran without CUDA graphs")
         if "explain" in r:
             e = r["explain"]
             print(f"== {r['model']} ({r['conv']}) {r['mode']}: {e['graphs']} graphs, {e['graph_breaks']} graph breaks")
@@ -341,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="device time by kernel group (CUDA; eager and compile modes without CUDA graphs, e.g. default)",
+        help="device time by kernel group (CUDA; in CUDA-graph modes no host operator owns the kernels)",
     )
     parser.add_argument(
         "--explain", action="store_true", help="compile modes: graphs and graph breaks of the training forward"

@@ -97,7 +97,7 @@ def compile_matches_eager(device, backend):
     x = torch.randn(4, 8, 48, 64, device=device)
     eager_out = net(x)
     eager_grads = torch.autograd.grad(eager_out.square().sum(), list(net.parameters()))
-    compiled = torch.compile(net, backend=backend)
+    compiled = torch.compile(net, backend=backend, fullgraph=True)  # a graph break fails the test
     out = compiled(x)
     grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
     assert rel_err(out, eager_out) < 1e-5

@@ -168,7 +168,9 @@ def _matrix_sizes(input: Tensor, kernel_shape: Sequence[int], stride: Sequence[i
     rule sees no padding; this is the size a ``same`` convolution has)."""
     ndim = len(kernel_shape) - 2
     spatial = input.shape[-ndim:]
-    s_out = math.prod(-(-s // max(1, int(st))) for s, st in zip(spatial, stride))
+    # a list, not a generator: torch.compile cannot hand a generator to math.prod (a graph break
+    # at every layer of a compiled model)
+    s_out = math.prod([-(-s // max(1, int(st))) for s, st in zip(spatial, stride)])
     return math.prod(spatial), s_out
 
 

@@ -237,7 +237,7 @@ def test_compiled_calls_neither_measure_nor_specialise_on_shapes(monkeypatch):
     monkeypatch.setenv("DCLS_CONV", "autotune")
     torch._dynamo.reset()
     layer = _layer()
-    compiled = torch.compile(layer, backend="aot_eager", dynamic=True)
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
     try:
         with torch._dynamo.config.patch(error_on_recompile=True):
             for batch in (2, 3, 4):

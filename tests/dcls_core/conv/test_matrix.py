@@ -197,6 +197,24 @@ def test_torch_compile_matrix_matches_eager_cpu():
         compile_matches_eager("cpu", "aot_eager")
 
 
+def test_cost_rule_sizes_trace_without_a_graph_break_under_dynamic_shapes():
+    """``pays`` runs while a compiled model is traced (every depthwise layer on CUDA asks it): its
+    sizes must trace as one graph, symbolic shapes included (a generator handed to ``math.prod``
+    broke the graph at every layer)."""
+    torch._dynamo.reset()
+
+    def sizes(x):
+        s_in, s_out = matrix_conv._matrix_sizes(x, (4, 1, 23, 23), (2, 1))
+        return x.sum() * s_in + s_out
+
+    x = torch.randn(2, 4, 9, 11)
+    assert sizes(x).item() == pytest.approx(x.sum().item() * 99 + 5 * 11)
+    compiled = torch.compile(sizes, backend="eager", fullgraph=True, dynamic=True)
+    for shape in ((2, 4, 9, 11), (3, 4, 16, 15)):
+        x = torch.randn(shape)
+        assert torch.allclose(compiled(x), sizes(x))
+
+
 @pytest.mark.cuda
 def test_torch_compile_matrix_matches_eager_cuda(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -219,7 +237,7 @@ def test_cuda_graphs_over_a_shape_not_seen_before_cuda(monkeypatch):
     x = torch.randn(16, 32, 16, 15, device="cuda", requires_grad=True)
     leaves = [x, *layer.parameters()]
     with dispatch.forced(conv="matrix"):
-        compiled = torch.compile(layer, mode="reduce-overhead")
+        compiled = torch.compile(layer, mode="reduce-overhead", fullgraph=True)
         for _ in range(3):  # warm-up, recording, replay
             torch.compiler.cudagraph_mark_step_begin()
             out = compiled(x)
