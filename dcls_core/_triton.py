@@ -10,8 +10,10 @@ dtype and 16-byte alignment, integer divisibility), builds the cache key of the 
 and looks it up, host time an eager DCLS layer pays on each of its dozen launches per step
 (benchmarks/NOTES_layers.md, run 15). :func:`launch` takes the same arguments, the tensors
 grouped. The first call of a configuration goes through the JIT (which compiles or finds the
-kernel and launches it); later calls with the same configuration launch the compiled kernel
-through Triton's ``CompiledKernel[grid]`` (launch hooks, a profiler's, still run). A
+kernel and launches it); later calls with the same configuration call the compiled kernel's
+launcher directly (grid, the current stream, the kernel: no launch metadata) while no Triton
+launch hook is set, and go through Triton's ``CompiledKernel[grid]`` while one is (a profiler's
+hooks still run). A
 configuration is the program, the grid, the current device, every scalar argument and setting
 by type and value and every tensor argument by dtype and 16-byte alignment: all that the JIT
 specializes on, so the kernel found is the one the JIT would have found.
@@ -22,7 +24,7 @@ interpreter (``TRITON_INTERPRET=1``) every launch goes there.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
@@ -47,9 +49,6 @@ def triton_available() -> bool:
 LAUNCH_ENV_VAR = "DCLS_TRITON_LAUNCH"
 _BOUND = os.environ.get(LAUNCH_ENV_VAR, "bound") != "jit"
 _MAX_ENTRIES = 4096  # configurations kept (shapes that keep changing would grow it without end)
-# configuration -> (the compiled kernel's launcher for the grid, the trailing constexpr values),
-# or None where the program takes arguments this module cannot reproduce (then: the JIT)
-_LAUNCHERS: dict[tuple, Optional[tuple[Callable[..., Any], tuple]]] = {}
 
 
 def clear_bound_launches() -> None:
@@ -57,15 +56,51 @@ def clear_bound_launches() -> None:
     _LAUNCHERS.clear()
 
 
-def _bind(program: Any, grid: tuple, kernel: Any, num_args: int, settings: dict) -> Optional[tuple]:
-    """The launcher of ``kernel`` (what the JIT returned) for ``grid`` and the values of the
+class _Bound(NamedTuple):
+    """A configuration's compiled kernel, ready to launch."""
+
+    runner: Callable[..., Any]  # CompiledKernel[grid]: the launch with Triton's launch hooks
+    run: Optional[Callable[..., Any]]  # the kernel's launcher, called directly while no hook is set
+    function: Any
+    packed_metadata: Any
+    grid: tuple[int, int, int]
+    constexprs: tuple  # the values of the parameters after the positional ones
+
+
+# configuration -> its bound kernel, or None where the program takes arguments this module cannot
+# reproduce (then: the JIT)
+_LAUNCHERS: dict[tuple, Optional[_Bound]] = {}
+_HOOKS: list = []  # Triton's runtime knobs (launch hooks), found on the first bind
+
+
+def _raw_stream(device: int) -> int:
+    """The current CUDA stream's handle on ``device``, as Triton's launches take it."""
+    return torch._C._cuda_getCurrentRawStream(device)
+
+
+def _hooks_set() -> bool:
+    """True if a Triton launch hook is set (a profiler's): launches then go through the runner."""
+    runtime = _HOOKS[0]
+    enter, exit_ = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return bool(getattr(enter, "calls", enter is not None) or getattr(exit_, "calls", exit_ is not None))
+
+
+def _bind(program: Any, grid: tuple, kernel: Any, num_args: int, settings: dict) -> Optional[_Bound]:
+    """The launch of ``kernel`` (what the JIT returned) for ``grid`` with the values of the
     program's parameters after its ``num_args`` positional ones (the constexprs, in ``settings``)."""
     names = [p.name for p in program.params]
     rest = names[num_args:]
     if kernel is None or not hasattr(kernel, "__getitem__") or any(name not in settings for name in rest):
         return None
-    # the compiled kernel's launcher reads three grid sizes (the JIT pads them; it does not)
-    return kernel[(*grid, 1, 1)[:3]], tuple(settings[name] for name in rest)
+    grid3 = (*grid, 1, 1)[:3]  # a compiled kernel's launcher reads three sizes (the JIT pads them)
+    runner = kernel[grid3]
+    run = getattr(kernel, "run", None)  # after kernel[grid]: the kernel is loaded
+    if not _HOOKS:
+        from triton import knobs
+
+        _HOOKS.append(knobs.runtime)
+    function, packed = getattr(kernel, "function", None), getattr(kernel, "packed_metadata", None)
+    return _Bound(runner, run, function, packed, grid3, tuple(settings[name] for name in rest))
 
 
 def launch(program: Any, grid: tuple, tensors: tuple, *scalars: Any, **settings: Any) -> None:
@@ -74,27 +109,33 @@ def launch(program: Any, grid: tuple, tensors: tuple, *scalars: Any, **settings:
 
     ``tensors``: the program's leading pointer parameters (they may change from call to call);
     ``scalars``: the plain parameters after them (compared by type and value); ``grid``: a
-    tuple of ints;
-    ``settings``: every parameter after those (the constexprs) and the launch options
-    (``num_warps``, ``num_stages``)."""
+    tuple of ints; ``settings``: every parameter after those (the constexprs) and the launch
+    options (``num_warps``, ``num_stages``)."""
     if not _BOUND or not hasattr(program, "params"):  # the JIT's own path, or the interpreter's
         program[grid](*tensors, *scalars, **settings)
         return
-    layout = tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in tensors])
+    device = torch.cuda.current_device()
     # scalars by type too: 1 == 1.0 == True, but the JIT types them apart
     key = (
         id(program),
         grid,
-        torch.cuda.current_device(),
+        device,
         scalars,
         tuple(map(type, scalars)),
         tuple(settings.items()),
-        layout,
+        tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in tensors]),
     )
     bound = _LAUNCHERS.get(key, False)
     if bound:
-        launcher, constexprs = bound
-        launcher(*tensors, *scalars, *constexprs)
+        if bound.run is None or _hooks_set():
+            bound.runner(*tensors, *scalars, *bound.constexprs)
+        else:  # as the runner does, without building launch metadata for hooks that are not there
+            g0, g1, g2 = bound.grid
+            stream = _raw_stream(device)
+            bound.run(
+                g0, g1, g2, stream, bound.function, bound.packed_metadata, None, None, None,
+                *tensors, *scalars, *bound.constexprs,
+            )  # fmt: skip
         return
     kernel = program[grid](*tensors, *scalars, **settings)
     if bound is False:  # the first call of this configuration

@@ -100,6 +100,36 @@ def test_scalars_are_keyed_by_type_too():
     assert [c[0] for c in prog.calls] == ["jit", "jit"]
 
 
+def test_without_launch_hooks_the_kernels_launcher_runs_directly(monkeypatch):
+    """A compiled kernel with a launcher: bound launches call it with Triton's launch arguments
+    (grid, stream, the kernel, no metadata or hooks) while no launch hook is set, and go through
+    the kernel's runner (which calls the hooks) while one is."""
+    from triton import knobs
+
+    calls: list = []
+
+    class Loaded(_Kernel):
+        function, packed_metadata = "function", "packed"
+
+        def run(self, *launch_args):
+            calls.append(("run", launch_args))
+
+    prog = _Program("x", "n", "BLOCK")
+    monkeypatch.setattr(_Program, "__getitem__", lambda self, grid: lambda *a, **kw: Loaded(calls))
+    monkeypatch.setattr(_triton, "_raw_stream", lambda device: 77)
+    x = torch.zeros(8)
+    for _ in range(2):
+        _triton.launch(prog, (3,), (x,), 5, BLOCK=16)
+    assert calls[-1] == ("run", (3, 1, 1, 77, "function", "packed", None, None, None, x, 5, 16))
+    hook = lambda metadata: None  # noqa: E731
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        _triton.launch(prog, (3,), (x,), 5, BLOCK=16)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert calls[-1] == ("bound", (3, 1, 1), (x, 5, 16))
+
+
 def test_a_parameter_left_to_its_default_keeps_the_jit():
     """The bound launch passes every parameter; one the caller left out (a default) is unknown."""
     prog = _Program("x", "n", "BLOCK", "EXTRA")
