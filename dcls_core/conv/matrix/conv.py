@@ -29,6 +29,7 @@ view of the GEMM's ``(C, N, S)`` result. Plain torch operations: any device; und
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import NamedTuple, Optional, Sequence
 
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor
 
 from ..._custom_op import register_op
+from ..._triton import launch, triton_available
 from ..common import PreparedConv, bias_grad, conv_geometry
 from ..cost import large_kernel
 
@@ -247,7 +249,6 @@ def _backward(
     need_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of ``xc`` (in its dtype), ``k`` and ``bias`` from ``dyc (C, N, S_out)``."""
-    c = xc.shape[0]
     tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, xc.device)
     dyc = dyc.to(xc.dtype).contiguous()
     if need_x:
@@ -257,16 +258,86 @@ def _backward(
         dx = xc.new_empty(0)
     if need_k:
         acc = torch.promote_types(xc.dtype, torch.float32)
-        entries = _bmm(xc.transpose(1, 2), dyc, acc).view(c, -1)  # (C, S_in * S_out)
-        sorted_entries = entries.index_select(1, tables.order)
-        lengths = tables.lengths.expand(c, -1)
-        # unsafe: the lengths are ours (checking them would read them on the host: a device wait)
-        dk = torch.segment_reduce(sorted_entries, "sum", lengths=lengths, axis=1, unsafe=True)
+        if _program_sums(xc, acc, k.shape[2:]):
+            entries = _bmm(dyc.transpose(1, 2), xc, acc)  # (C, S_out, S_in): the program's tiles are rows
+            dk = _tap_sums_program(entries, in_sizes, out_sizes, k.shape[2:], padding, stride)
+        else:
+            dk = _tap_sums_segments(_bmm(xc.transpose(1, 2), dyc, acc), tables)
         dk = dk.view(k.shape).to(k.dtype)
     else:
         dk = k.new_empty(0)
     db = bias_grad(dyc.transpose(0, 1), 1, bias.dtype) if need_b and bias is not None else dyc.new_empty(0)
     return dx, dk, db
+
+
+def _tap_sums_segments(entries: Tensor, tables: TapTables) -> Tensor:
+    """Kernel gradient ``(C, taps)`` from ``entries = x^T @ dy (C, S_in, S_out)``: the entries
+    gathered into tap order, then one segment sum per tap (plain torch, any device and dtype)."""
+    c = entries.shape[0]
+    sorted_entries = entries.view(c, -1).index_select(1, tables.order)
+    lengths = tables.lengths.expand(c, -1)
+    # unsafe: the lengths are ours (checking them would read them on the host: a device wait)
+    return torch.segment_reduce(sorted_entries, "sum", lengths=lengths, axis=1, unsafe=True)
+
+
+TAP_SUMS_ENV_VAR = "DCLS_MATRIX_TAP_SUMS"  # program (default where it applies) | segments: the torch sums
+_SEGMENTS = os.environ.get(TAP_SUMS_ENV_VAR, "program").strip().lower() == "segments"  # read once, at import
+_MAX_PROGRAM_KW = 1024  # a tile row holds a kernel row
+_PROGRAM_BW_OUT = 16  # output columns per tile
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _program_sums(xc: Tensor, acc: torch.dtype, k_sizes: Sequence[int]) -> bool:
+    """True if the kernel gradient's sums run as :func:`_tap_sums_program`: CUDA with Triton,
+    float32 sums, one or two axes, kernel rows of at most :data:`_MAX_PROGRAM_KW` taps, and
+    ``$DCLS_MATRIX_TAP_SUMS`` not ``segments``."""
+    if _SEGMENTS or not xc.is_cuda or acc != torch.float32 or len(k_sizes) > 2:
+        return False
+    return k_sizes[-1] <= _MAX_PROGRAM_KW and triton_available()
+
+
+def _tap_sums_program(
+    entries: Tensor,
+    in_sizes: Sequence[int],
+    out_sizes: Sequence[int],
+    k_sizes: Sequence[int],
+    padding: Sequence[int],
+    stride: Sequence[int],
+) -> Tensor:
+    """Kernel gradient ``(C, taps)`` from ``entries = dy^T @ x (C, S_out, S_in)`` in one pass over
+    them (:func:`.programs.tap_sums`), where :func:`_tap_sums_segments` moves its entries three
+    times. One or two spatial axes; ``entries`` float32."""
+    from . import programs
+
+    if len(k_sizes) == 1:  # a 1-D call is a 2-D one with a single row
+        in_sizes, out_sizes, k_sizes, padding, stride = (
+            (1, *in_sizes), (1, *out_sizes), (1, *k_sizes), (0, *padding), (1, *stride)
+        )  # fmt: skip
+    (h_in, w_in), (h_out, w_out), (kh, kw) = in_sizes, out_sizes, k_sizes
+    (ph, pw), (sh, sw) = padding, stride
+    c = entries.shape[0]
+    dk = torch.empty((c, kh * kw), device=entries.device, dtype=torch.float32)
+    launch(
+        programs.tap_sums,
+        (c * kh,),
+        (entries.contiguous(), dk),
+        h_in,
+        w_in,
+        h_out,
+        w_out,
+        kh,
+        kw,
+        ph,
+        pw,
+        sh,
+        sw,
+        BW_OUT=min(_PROGRAM_BW_OUT, _pow2(w_out)),
+        BKW=_pow2(kw),
+    )
+    return dk
 
 
 _matrix = register_op("matrix_dw_conv", _forward, _backward, _forward_fake, num_tensors=3)

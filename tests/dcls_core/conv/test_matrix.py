@@ -216,6 +216,24 @@ def test_cost_rule_sizes_trace_without_a_graph_break_under_dynamic_shapes():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("in_sizes,k_sizes,padding", [((16, 15), (23, 23), (11, 11)), ((8, 7), (15, 13), (7, 6))])
+def test_tap_sum_program_equals_the_segment_sums_cuda(in_sizes, k_sizes, padding):
+    """The kernel gradient's sums at the ConvNeXt-T late-stage shapes on the GPU: the program (what
+    CUDA float32 entries take) against the gather and segment sum, and the same bits on every run."""
+    torch.manual_seed(0)
+    out_sizes = list(in_sizes)
+    entries = torch.randn(384, in_sizes[0] * in_sizes[1], out_sizes[0] * out_sizes[1], device="cuda")
+    assert matrix_conv._program_sums(entries, torch.float32, k_sizes)
+    tables = tap_tables(in_sizes, out_sizes, k_sizes, (1, 1), padding, entries.device)
+    want = matrix_conv._tap_sums_segments(entries.double(), tables)
+    transposed = entries.transpose(1, 2).contiguous()  # the program reads dy^T @ x
+    got = matrix_conv._tap_sums_program(transposed, in_sizes, out_sizes, k_sizes, padding, (1, 1))
+    assert rel_err(got.double(), want) < 1e-6
+    again = matrix_conv._tap_sums_program(transposed, in_sizes, out_sizes, k_sizes, padding, (1, 1))
+    assert torch.equal(got, again)
+
+
+@pytest.mark.cuda
 def test_torch_compile_matrix_matches_eager_cuda(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch._dynamo.reset()

@@ -1,0 +1,61 @@
+"""Triton GPU program of the matrix path's kernel gradient (:mod:`.conv` imports this module, and
+with it Triton, on first use).
+
+The kernel gradient of channel ``c`` sums the entries of the product of the output gradient and
+the input, ``E_c = dy_c^T @ x_c`` (``(S_out, S_in)``, float32), that belong to each tap: entry
+``(o, r)`` holds tap ``r - o * stride + pad`` per axis. Gathering the entries into tap order and
+summing segments moves ``E`` three times (read, write sorted, read again); this program reads it
+once. One program per channel and kernel row ``i``: for each output row ``oh`` it loads the
+entries of input row ``rh = oh * stride_h + i - pad_h`` as a skewed tile, row ``ow`` from column
+``ow * stride_w - pad_w`` on, so that column ``j`` of the tile holds kernel column ``j``: the
+kernel row is the tile's column sums, added up over the output rows (a fixed order: the same
+result on every run). Each tile row is contiguous in memory.
+
+No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`` hints.
+"""
+
+import triton
+import triton.language as tl
+
+__all__ = ["tap_sums"]
+
+
+@triton.jit
+def tap_sums(
+    e_ptr,
+    dk_ptr,
+    H_in,
+    W_in,
+    H_out,
+    W_out,
+    KH,
+    KW,
+    pad_h,
+    pad_w,
+    stride_h,
+    stride_w,
+    BW_OUT: tl.constexpr,
+    BKW: tl.constexpr,
+):
+    """``dk[c, i, j] = sum of e[c, oh * W_out + ow, rh * W_in + rw]`` over the entries with
+    ``rh - oh * stride_h + pad_h == i`` and ``rw - ow * stride_w + pad_w == j``; ``e (C, H_out *
+    W_out, H_in * W_in)`` and ``dk (C, KH, KW)`` contiguous float32; ``BKW >= KW``; ``BW_OUT``: output columns per tile
+    (both powers of two). Grid ``(C * KH,)``."""
+    pid = tl.program_id(0)
+    c = pid // KH
+    i = pid - c * KH
+    j = tl.arange(0, BKW)[None, :]
+    s_in = H_in * W_in
+    channel = e_ptr + c.to(tl.int64) * H_out * W_out * s_in
+    acc = tl.zeros((BKW,), dtype=tl.float32)
+    for oh in range(0, H_out):
+        rh = oh * stride_h + i - pad_h
+        row_ok = (rh >= 0) & (rh < H_in)
+        for ow0 in range(0, W_out, BW_OUT):  # blocks of BW_OUT output columns
+            ow = ow0 + tl.arange(0, BW_OUT)[:, None]
+            rw = ow * stride_w + j - pad_w  # the input column of tap column j for output column ow
+            inside = row_ok & (ow < W_out) & (j < KW) & (rw >= 0) & (rw < W_in)
+            rows = channel + (oh * W_out + ow).to(tl.int64) * s_in
+            acc += tl.sum(tl.load(rows + rh * W_in + rw, mask=inside, other=0.0), axis=0)
+    taps = tl.arange(0, BKW)
+    tl.store(dk_ptr + (c * KH + i).to(tl.int64) * KW + taps, acc, mask=taps < KW)

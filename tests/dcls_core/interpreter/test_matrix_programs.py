@@ -1,0 +1,69 @@
+"""The matrix path's tap-sum program (:mod:`dcls_core.conv.matrix.programs`) on the CPU under
+Triton's interpreter: the kernel gradient it sums from the products' entries equals the torch
+gather-and-segment-sum, and the whole path's kernel gradient through it equals float64
+``F.conv`` (see ``conftest.py``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dcls_core.conv.matrix import conv as matrix_conv
+from dcls_core.conv.matrix.conv import tap_tables
+
+from dcls_testing import rel_err
+
+CASES = [  # spatial in, kernel, stride, padding
+    ((16, 15), (23, 23), (1, 1), (11, 11)),  # ConvNeXt-T stage 3: every tap reaches the input
+    ((3, 40), (3, 5), (1, 1), (1, 2)),  # more output columns than one tile holds
+    ((8, 7), (15, 13), (1, 1), (7, 6)),  # stage 4, the kernel cut to what it reaches
+    ((9, 11), (5, 7), (2, 1), (2, 3)),  # strides: some entries hold no tap
+    ((6, 6), (3, 3), (1, 1), (0, 0)),  # no padding
+    ((20,), (9,), (3,), (4,)),  # one axis
+]
+
+
+def _out_sizes(in_sizes, k_sizes, stride, padding):
+    return [(s + 2 * p - k) // st + 1 for s, k, st, p in zip(in_sizes, k_sizes, stride, padding)]
+
+
+@pytest.mark.parametrize("in_sizes,k_sizes,stride,padding", CASES)
+def test_tap_sums_equal_the_segment_sums(in_sizes, k_sizes, stride, padding):
+    torch.manual_seed(0)
+    out_sizes = _out_sizes(in_sizes, k_sizes, stride, padding)
+    c, s_in, s_out = 3, torch.Size(in_sizes).numel(), torch.Size(out_sizes).numel()
+    entries = torch.randn(c, s_in, s_out)  # x^T @ dy: the segment sums' layout
+    tables = tap_tables(in_sizes, out_sizes, k_sizes, stride, padding, torch.device("cpu"))
+    want = matrix_conv._tap_sums_segments(entries, tables)
+    transposed = entries.transpose(1, 2).contiguous()  # dy^T @ x: the program's layout
+    got = matrix_conv._tap_sums_program(transposed, in_sizes, out_sizes, k_sizes, padding, stride)
+    assert got.shape == want.shape == (c, torch.Size(k_sizes).numel())
+    assert rel_err(got, want) < 1e-6
+
+
+@pytest.mark.parametrize("in_sizes,k_sizes,stride,padding", CASES)
+def test_kernel_gradient_through_the_program_equals_float64_conv(monkeypatch, in_sizes, k_sizes, stride, padding):
+    """The path's backward with the program taking the sums (as on CUDA) against float64
+    ``F.conv``, every gradient."""
+    calls = []
+    program = matrix_conv._tap_sums_program
+    monkeypatch.setattr(matrix_conv, "_program_sums", lambda *args: True)
+    monkeypatch.setattr(matrix_conv, "_tap_sums_program", lambda *a: calls.append(a) or program(*a))
+    torch.manual_seed(1)
+    n, c = 2, 3
+    conv = {1: F.conv1d, 2: F.conv2d}[len(k_sizes)]
+    x = torch.randn(n, c, *in_sizes, dtype=torch.float64)
+    k = torch.randn(c, 1, *k_sizes, dtype=torch.float64)
+    b = torch.randn(c, dtype=torch.float64)
+    want_leaves = [t.clone().requires_grad_() for t in (x, k, b)]
+    want = conv(*want_leaves, stride=stride, padding=padding, groups=c)
+    dy = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, want_leaves, dy)
+    leaves = [t.float().requires_grad_() for t in (x, k, b)]
+    got = matrix_conv.matrix_dw_conv(*leaves, stride, padding, c)
+    got_grads = torch.autograd.grad(got, leaves, dy.float())
+    assert len(calls) == 1
+    assert rel_err(got.double(), want) < 1e-5
+    for g, w in zip(got_grads, want_grads):
+        assert rel_err(g.double(), w) < 1e-5
