@@ -217,9 +217,11 @@ def test_cost_rule_sizes_trace_without_a_graph_break_under_dynamic_shapes():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("in_sizes,k_sizes,padding", [((16, 15), (23, 23), (11, 11)), ((8, 7), (15, 13), (7, 6))])
-def test_tap_sum_program_equals_the_segment_sums_cuda(in_sizes, k_sizes, padding):
+def test_tap_sum_program_equals_the_segment_sums_cuda(monkeypatch, in_sizes, k_sizes, padding):
     """The kernel gradient's sums at the ConvNeXt-T late-stage shapes on the GPU: the program (what
-    CUDA float32 entries take) against the gather and segment sum, and the same bits on every run."""
+    CUDA float32 entries take with ``DCLS_MATRIX_TAP_SUMS=program``) against the gather and
+    segment sum, and the same bits on every run."""
+    monkeypatch.setattr(matrix_conv, "_PROGRAM", True)
     torch.manual_seed(0)
     out_sizes = list(in_sizes)
     entries = torch.randn(384, in_sizes[0] * in_sizes[1], out_sizes[0] * out_sizes[1], device="cuda")
