@@ -48,7 +48,9 @@ _MIN_GRAD_PROGRAMS = 1024  # the kernel gradient splits its rows until this many
 # programs load it fewer times (tile sweep: benchmarks/bench_stage_paths.py --sweep)
 _GRAD_BK = 128
 _GRAD_WARPS = 4
-OUTPUT_ENV_VAR = "DCLS_DIRECT_OUTPUT"  # "contiguous": outputs in the programs' layout (benchmarks)
+# "contiguous": outputs in the programs' layout (eager benchmarks; under torch.compile Inductor
+# expects the input's layout and stops: NOTES run 16)
+OUTPUT_ENV_VAR = "DCLS_DIRECT_OUTPUT"
 _CONTIGUOUS_OUTPUT = os.environ.get(OUTPUT_ENV_VAR) == "contiguous"  # read once, at import
 MAX_KW = 64  # widest kernel row (a window row is at most 128 columns)
 MAX_CHANNELS = 65535  # the forward's grid has one program column per channel (CUDA's limit)
