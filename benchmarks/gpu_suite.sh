@@ -40,14 +40,16 @@ if [[ $part == models || $part == all ]]; then
   timeout 380 python3 benchmarks/bench_models.py --convs auto rules --infer --profile \
     --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
   # compiled calls keep the dispatcher's fixed order (nothing is measured while tracing): matrix at
-  # the last two ConvNeXt-T stages, direct at the first two (the fastest per stage, NOTES run 13)
+  # the last two ConvNeXt-T stages, direct at the first two (NOTES run 13). Alone on the device,
+  # three repeats (the graphs compile once), then the matrix path's tap-sum program (NOTES run 16)
+  # with a profile of one CUDA-graph step and the graphs that ran without CUDA graphs
   timeout 300 python3 benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules \
-    --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1; tail -4 "$OUT/bench_models_compiled.log"
-  # where a compiled step's device time goes (no CUDA graphs, so the profiler sees each kernel), and
-  # dynamo's graph breaks; compiling and profiling both models took over 240 s (NOTES run 14)
-  timeout 450 python3 benchmarks/bench_models.py --families convnext --modes default --convs rules --profile \
-    --explain --json "$OUT/bench_models_compiled_profile.json" >"$OUT/bench_models_compiled_profile.log" 2>&1
-  grep -A24 "^==" "$OUT/bench_models_compiled_profile.log"
+    --repeats 3 --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1
+  grep -A4 "^medians" "$OUT/bench_models_compiled.log"
+  DCLS_MATRIX_TAP_SUMS=program timeout 300 python3 benchmarks/bench_models.py --families convnext \
+    --modes reduce-overhead --convs rules --repeats 3 --profile --json "$OUT/bench_models_compiled_tap_sums.json" \
+    >"$OUT/bench_models_compiled_tap_sums.log" 2>&1
+  grep -A4 "^medians" "$OUT/bench_models_compiled_tap_sums.log"; grep -A3 "^==" "$OUT/bench_models_compiled_tap_sums.log"
 fi
 if [[ $part == train || $part == all ]]; then
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --repeats 3 --steps 30 --warmup 15 \
