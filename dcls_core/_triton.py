@@ -13,7 +13,7 @@ grouped. The first call of a configuration goes through the JIT (which compiles 
 kernel and launches it); later calls with the same configuration call the compiled kernel's
 launcher directly (grid, the current stream, the kernel: no launch metadata) while no Triton
 launch hook is set, and go through Triton's ``CompiledKernel[grid]`` while one is (a profiler's
-hooks still run). A
+hooks still run), or where this Triton's launcher is not one whose arguments are known. A
 configuration is the program, the grid, the current device, every scalar argument and setting
 by type and value and every tensor argument by dtype and 16-byte alignment: all that the JIT
 specializes on, so the kernel found is the one the JIT would have found.
@@ -59,8 +59,8 @@ def clear_bound_launches() -> None:
 class _Bound(NamedTuple):
     """A configuration's compiled kernel, ready to launch."""
 
-    runner: Callable[..., Any]  # CompiledKernel[grid]: the launch with Triton's launch hooks
-    run: Optional[Callable[..., Any]]  # the kernel's launcher, called directly while no hook is set
+    hooked_runner: Callable[..., Any]  # CompiledKernel[grid]: the launch with Triton's launch hooks
+    launcher: Optional[Callable[..., Any]]  # the kernel's launcher, called directly while no hook is set
     function: Any
     packed_metadata: Any
     grid: tuple[int, int, int]
@@ -70,7 +70,25 @@ class _Bound(NamedTuple):
 # configuration -> its bound kernel, or None where the program takes arguments this module cannot
 # reproduce (then: the JIT)
 _LAUNCHERS: dict[tuple, Optional[_Bound]] = {}
-_HOOKS: list = []  # Triton's runtime knobs (launch hooks), found on the first bind
+# Triton versions whose compiled kernels' launchers take (grid x3, stream, function, packed metadata,
+# launch metadata, enter hook, exit hook, *arguments): the direct call is made on these only
+_DIRECT_LAUNCH_VERSIONS = ("3.6.",)
+_KNOBS: list = []  # Triton's runtime knobs (launch hooks), or None where they are unknown
+
+
+def _runtime_knobs() -> Any:
+    """Triton's runtime knobs (its launch hooks), or None where this Triton has none this module
+    knows; looked up once."""
+    if not _KNOBS:
+        try:
+            import triton
+            from triton import knobs
+
+            known = triton.__version__.startswith(_DIRECT_LAUNCH_VERSIONS)
+            _KNOBS.append(knobs.runtime if known else None)
+        except (ImportError, AttributeError):
+            _KNOBS.append(None)
+    return _KNOBS[0]
 
 
 def _raw_stream(device: int) -> int:
@@ -80,27 +98,28 @@ def _raw_stream(device: int) -> int:
 
 def _hooks_set() -> bool:
     """True if a Triton launch hook is set (a profiler's): launches then go through the runner."""
-    runtime = _HOOKS[0]
+    runtime = _runtime_knobs()
     enter, exit_ = runtime.launch_enter_hook, runtime.launch_exit_hook
     return bool(getattr(enter, "calls", enter is not None) or getattr(exit_, "calls", exit_ is not None))
 
 
 def _bind(program: Any, grid: tuple, kernel: Any, num_args: int, settings: dict) -> Optional[_Bound]:
     """The launch of ``kernel`` (what the JIT returned) for ``grid`` with the values of the
-    program's parameters after its ``num_args`` positional ones (the constexprs, in ``settings``)."""
+    program's parameters after its ``num_args`` positional ones (the constexprs, in ``settings``).
+    The direct launcher call is left out (the runner kept) where this Triton is not one whose
+    launcher's arguments are known, or the kernel lacks what the call needs."""
     names = [p.name for p in program.params]
     rest = names[num_args:]
     if kernel is None or not hasattr(kernel, "__getitem__") or any(name not in settings for name in rest):
         return None
     grid3 = (*grid, 1, 1)[:3]  # a compiled kernel's launcher reads three sizes (the JIT pads them)
     runner = kernel[grid3]
-    run = getattr(kernel, "run", None)  # after kernel[grid]: the kernel is loaded
-    if not _HOOKS:
-        from triton import knobs
-
-        _HOOKS.append(knobs.runtime)
+    # after kernel[grid] the kernel is loaded: its launcher, function and metadata are there
+    launcher = getattr(kernel, "run", None)
     function, packed = getattr(kernel, "function", None), getattr(kernel, "packed_metadata", None)
-    return _Bound(runner, run, function, packed, grid3, tuple(settings[name] for name in rest))
+    if _runtime_knobs() is None or function is None or packed is None:
+        launcher = None
+    return _Bound(runner, launcher, function, packed, grid3, tuple(settings[name] for name in rest))
 
 
 def launch(program: Any, grid: tuple, tensors: tuple, *scalars: Any, **settings: Any) -> None:
@@ -127,12 +146,12 @@ def launch(program: Any, grid: tuple, tensors: tuple, *scalars: Any, **settings:
     )
     bound = _LAUNCHERS.get(key, False)
     if bound:
-        if bound.run is None or _hooks_set():
-            bound.runner(*tensors, *scalars, *bound.constexprs)
+        if bound.launcher is None or _hooks_set():
+            bound.hooked_runner(*tensors, *scalars, *bound.constexprs)
         else:  # as the runner does, without building launch metadata for hooks that are not there
             g0, g1, g2 = bound.grid
             stream = _raw_stream(device)
-            bound.run(
+            bound.launcher(
                 g0, g1, g2, stream, bound.function, bound.packed_metadata, None, None, None,
                 *tensors, *scalars, *bound.constexprs,
             )  # fmt: skip

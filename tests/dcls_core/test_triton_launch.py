@@ -130,6 +130,29 @@ def test_without_launch_hooks_the_kernels_launcher_runs_directly(monkeypatch):
     assert calls[-1] == ("bound", (3, 1, 1), (x, 5, 16))
 
 
+def test_an_unknown_triton_keeps_the_runner(monkeypatch):
+    """Where this Triton is not one whose launcher's arguments are known (or its knobs do not
+    import), bound launches go through the kernel's runner, never its launcher."""
+    calls: list = []
+
+    class Loaded(_Kernel):
+        function, packed_metadata = "function", "packed"
+
+        def run(self, *launch_args):
+            calls.append(("run", launch_args))
+
+    prog = _Program("x", "n", "BLOCK")
+    monkeypatch.setattr(_Program, "__getitem__", lambda self, grid: lambda *a, **kw: Loaded(calls))
+    monkeypatch.setattr(_triton, "_KNOBS", [None])
+    x = torch.zeros(8)
+    for _ in range(3):
+        _triton.launch(prog, (3,), (x,), 5, BLOCK=16)
+    assert [c[0] for c in calls] == ["bound", "bound"]
+    monkeypatch.setattr(_triton, "_KNOBS", [])
+    monkeypatch.setattr("triton.__version__", "9.9.0")
+    assert _triton._runtime_knobs() is None
+
+
 def test_a_parameter_left_to_its_default_keeps_the_jit():
     """The bound launch passes every parameter; one the caller left out (a default) is unknown."""
     prog = _Program("x", "n", "BLOCK", "EXTRA")
