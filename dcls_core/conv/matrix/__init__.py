@@ -1,7 +1,8 @@
 """The matrix convolution path: a depthwise kernel on a small input as one matrix product per
 channel (batched GEMM), any number of spatial axes, any device.
 
-* :mod:`.conv`: ``matrix_dw_conv`` (the path's function), its index tables and cost rule.
+* :mod:`.conv`: ``matrix_dw_conv`` (the path's function), its index tables and cost rule;
+* :mod:`.programs`: the Triton program of the kernel gradient's tap sums (opt-in, CUDA).
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ The op itself works on channels-first ``(C, N, S)`` tensors in the products' dty
 copied into that layout once, by a differentiable copy outside the op, so the input gradient
 returns to the input's dtype and layout through the copy's backward (as under autocast for
 ``F.conv``), and that copy is what the kernel gradient reads. The output is an ``(N, C, *S)``
-view of the GEMM's ``(C, N, S)`` result. Plain torch operations: any device; under
-``torch.compile`` the passes are ``torch.library`` custom ops
-(:func:`dcls_core._custom_op.register_op`).
+view of the GEMM's ``(C, N, S)`` result. Plain torch operations: any device; with
+``DCLS_MATRIX_TAP_SUMS=program`` the kernel gradient's tap sums of one- and two-axis calls run on
+CUDA as one Triton pass (:mod:`.programs`). Under ``torch.compile`` the passes are
+``torch.library`` custom ops (:func:`dcls_core._custom_op.register_op`).
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ def _backward(
         dx = xc.new_empty(0)
     if need_k:
         acc = torch.promote_types(xc.dtype, torch.float32)
-        if _program_sums(xc, acc, k.shape[2:]):
+        if _use_tap_sum_program(xc, acc, k.shape[2:]):
             entries = _bmm(dyc.transpose(1, 2), xc, acc)  # (C, S_out, S_in): the program's tiles are rows
             dk = _tap_sums_program(entries, in_sizes, out_sizes, k.shape[2:], padding, stride)
         else:
@@ -284,20 +285,22 @@ def _tap_sums_segments(entries: Tensor, tables: TapTables) -> Tensor:
 # program measured faster in the compiled model (NOTES run 16) but its CUDA tests have not run yet:
 # opt-in until they have.
 TAP_SUMS_ENV_VAR = "DCLS_MATRIX_TAP_SUMS"
-_PROGRAM = os.environ.get(TAP_SUMS_ENV_VAR, "segments").strip().lower() == "program"  # read once, at import
+_TAP_SUMS_PROGRAM = os.environ.get(TAP_SUMS_ENV_VAR, "segments").strip().lower() == "program"  # read at import
 _MAX_PROGRAM_KW = 1024  # a tile row holds a kernel row
-_PROGRAM_BW_OUT = 16  # output columns per tile
+_PROGRAM_BW_OUT = 16  # output columns per tile, at most
+_PROGRAM_TILE = 4096  # values per tile, at most (registers of one program)
 
 
 def _pow2(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``)."""
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _program_sums(xc: Tensor, acc: torch.dtype, k_sizes: Sequence[int]) -> bool:
+def _use_tap_sum_program(xc: Tensor, acc: torch.dtype, k_sizes: Sequence[int]) -> bool:
     """True if the kernel gradient's sums run as :func:`_tap_sums_program`: CUDA with Triton,
     float32 sums, one or two axes, kernel rows of at most :data:`_MAX_PROGRAM_KW` taps, and
     ``$DCLS_MATRIX_TAP_SUMS=program``."""
-    if not _PROGRAM or not xc.is_cuda or acc != torch.float32 or len(k_sizes) > 2:
+    if not _TAP_SUMS_PROGRAM or not xc.is_cuda or acc != torch.float32 or len(k_sizes) > 2:
         return False
     return k_sizes[-1] <= _MAX_PROGRAM_KW and triton_available()
 
@@ -337,7 +340,7 @@ def _tap_sums_program(
         pw,
         sh,
         sw,
-        BW_OUT=min(_PROGRAM_BW_OUT, _pow2(w_out)),
+        BW_OUT=max(1, min(_PROGRAM_BW_OUT, _pow2(w_out), _PROGRAM_TILE // _pow2(kw))),
         BKW=_pow2(kw),
     )
     return dk

@@ -48,9 +48,14 @@ def tap_sums(
     s_in = H_in * W_in
     channel = e_ptr + c.to(tl.int64) * H_out * W_out * s_in
     acc = tl.zeros((BKW,), dtype=tl.float32)
-    for oh in range(0, H_out):
+    # only the output rows whose input row rh = oh * stride_h + i - pad_h lies in the input (the
+    # divisions see no negative numerator: Triton divides toward zero, its interpreter downwards)
+    oh_lo = (tl.maximum(pad_h - i, 0) + stride_h - 1) // stride_h
+    last = H_in - 1 + pad_h - i
+    oh_hi = tl.minimum(H_out, tl.where(last >= 0, tl.maximum(last, 0) // stride_h + 1, 0))
+    for oh in range(oh_lo, oh_hi):
         rh = oh * stride_h + i - pad_h
-        row_ok = (rh >= 0) & (rh < H_in)
+        row_ok = (rh >= 0) & (rh < H_in)  # true within the bounds above
         for ow0 in range(0, W_out, BW_OUT):  # blocks of BW_OUT output columns
             ow = ow0 + tl.arange(0, BW_OUT)[:, None]
             rw = ow * stride_w + j - pad_w  # the input column of tap column j for output column ow

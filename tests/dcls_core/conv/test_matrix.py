@@ -138,16 +138,24 @@ SHAPES = [
 ]
 
 
+# the kernel gradient's sums: the torch segment sums (the default) and the Triton program
+TAP_SUMS = pytest.mark.parametrize("tap_sum_program", [False, True], ids=["segments", "program"])
+
+
 @pytest.mark.cuda
+@TAP_SUMS
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("mode", MODES)
-def test_matrix_equals_float64_cuda(shape, mode, monkeypatch):
+def test_matrix_equals_float64_cuda(shape, mode, tap_sum_program, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", tap_sum_program)
     check_depthwise_against_float64(matrix.matrix_dw_conv, shape, mode, TOL[mode])
 
 
 @pytest.mark.cuda
-def test_matrix_kernel_gradient_is_deterministic_cuda():
+@TAP_SUMS
+def test_matrix_kernel_gradient_is_deterministic_cuda(monkeypatch, tap_sum_program):
+    monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", tap_sum_program)
     x, k, b = (t.float().cuda() for t in _float64_case((16, 64, (16, 15), (23, 23), (1, 1), (11, 11))))
     k.requires_grad_()
     dy = torch.randn(16, 64, 16, 15, device="cuda")
@@ -158,7 +166,9 @@ def test_matrix_kernel_gradient_is_deterministic_cuda():
 
 
 @pytest.mark.cuda
-def test_matrix_passes_never_wait_for_the_device_cuda():
+@TAP_SUMS
+def test_matrix_passes_never_wait_for_the_device_cuda(monkeypatch, tap_sum_program):
+    monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", tap_sum_program)
     x, k, b = (t.float().cuda().requires_grad_() for t in _float64_case((16, 64, (16, 15), (23, 23), (1, 1), (11, 11))))
     dy = torch.randn(16, 64, 16, 15, device="cuda")
     matrix.matrix_dw_conv(x, k, b, (1, 1), (11, 11), 64)  # index tables built (copied to the device) once
@@ -221,11 +231,11 @@ def test_tap_sum_program_equals_the_segment_sums_cuda(monkeypatch, in_sizes, k_s
     """The kernel gradient's sums at the ConvNeXt-T late-stage shapes on the GPU: the program (what
     CUDA float32 entries take with ``DCLS_MATRIX_TAP_SUMS=program``) against the gather and
     segment sum, and the same bits on every run."""
-    monkeypatch.setattr(matrix_conv, "_PROGRAM", True)
+    monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", True)
     torch.manual_seed(0)
     out_sizes = list(in_sizes)
     entries = torch.randn(384, in_sizes[0] * in_sizes[1], out_sizes[0] * out_sizes[1], device="cuda")
-    assert matrix_conv._program_sums(entries, torch.float32, k_sizes)
+    assert matrix_conv._use_tap_sum_program(entries, torch.float32, k_sizes)
     tables = tap_tables(in_sizes, out_sizes, k_sizes, (1, 1), padding, entries.device)
     want = matrix_conv._tap_sums_segments(entries.double(), tables)
     transposed = entries.transpose(1, 2).contiguous()  # the program reads dy^T @ x
@@ -244,11 +254,13 @@ def test_torch_compile_matrix_matches_eager_cuda(monkeypatch):
 
 
 @pytest.mark.cuda
-def test_cuda_graphs_over_a_shape_not_seen_before_cuda(monkeypatch):
+@TAP_SUMS
+def test_cuda_graphs_over_a_shape_not_seen_before_cuda(monkeypatch, tap_sum_program):
     """``torch.compile(mode="reduce-overhead")`` whose first call meets a new call shape: the
     index tables are made outside the CUDA graphs' memory pool (cudagraph trees reject a cached
     tensor made inside it), and the replayed steps equal eager, every gradient."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", tap_sum_program)
     monkeypatch.setattr(matrix_conv, "_TABLES", {})
     torch._dynamo.reset()
     torch.manual_seed(0)

@@ -17,6 +17,7 @@ from dcls_testing import rel_err
 CASES = [  # spatial in, kernel, stride, padding
     ((16, 15), (23, 23), (1, 1), (11, 11)),  # ConvNeXt-T stage 3: every tap reaches the input
     ((3, 40), (3, 5), (1, 1), (1, 2)),  # more output columns than one tile holds
+    ((7, 37), (3, 9), (2, 2), (1, 4)),  # strides on both axes, two tiles of output columns
     ((8, 7), (15, 13), (1, 1), (7, 6)),  # stage 4, the kernel cut to what it reaches
     ((9, 11), (5, 7), (2, 1), (2, 3)),  # strides: some entries hold no tap
     ((6, 6), (3, 3), (1, 1), (0, 0)),  # no padding
@@ -48,7 +49,7 @@ def test_kernel_gradient_through_the_program_equals_float64_conv(monkeypatch, in
     ``F.conv``, every gradient."""
     calls = []
     program = matrix_conv._tap_sums_program
-    monkeypatch.setattr(matrix_conv, "_program_sums", lambda *args: True)
+    monkeypatch.setattr(matrix_conv, "_use_tap_sum_program", lambda *args: True)
     monkeypatch.setattr(matrix_conv, "_tap_sums_program", lambda *a: calls.append(a) or program(*a))
     torch.manual_seed(1)
     n, c = 2, 3
