@@ -144,6 +144,8 @@ def conv_order() -> tuple[str, ...]:
     """The fast paths in ``$DCLS_CONV_ORDER``'s order of preference (default: :data:`CONV_PATHS`'
     order); paths it does not name follow in the default order."""
     text = os.environ.get(CONV_ORDER_ENV_VAR, "")
+    if torch.compiler.is_compiling():  # no cache while tracing: the graph would be guarded on its contents
+        return _parsed_conv_order(text)
     order = _CONV_ORDERS.get(text)
     if order is None:  # parsed once per value: asked on every dispatched call
         order = _CONV_ORDERS[text] = _parsed_conv_order(text)
