@@ -4,8 +4,9 @@ the dispatcher's own rules, and the compiled step equal to the eager one.
 A graph break inside a DCLS layer splits a compiled model at every block: each piece recompiles
 per stage shape, CUDA graphs cover the pieces only, and the step runs at eager speed. The layers
 here have the recipe's kernel (23x23 from 26 elements) and the model sees a full 10 s spectrogram,
-so every stage's shape reaches the cost rules the full models reach (the matrix, direct and FFT
-paths' ``pays`` are all asked while tracing).
+so the stage shapes meet the cost rules the full models meet: every depthwise layer's tracing asks
+the matrix path's rule, and ConvNeXt's layers take both the direct path (early stages) and the
+matrix path (late stages), which the test checks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dcls_audio.models import create_model
+from dcls_core import dispatch
 
 from dcls_testing import rel_err
 
@@ -38,8 +40,15 @@ def test_dcls_backbone_compiles_as_one_graph_and_matches_eager_cuda(monkeypatch,
     torch._dynamo.reset()
     torch.manual_seed(0)
     net = create_model(name, **SMALL).cuda()
-    x = torch.randn(2, 1, 128, 1001, device="cuda")
-    target = (torch.rand(2, 10, device="cuda") < 0.3).float()
+    x = torch.randn(8, 1, 128, 1001, device="cuda")  # batch 8: the late stages have outputs enough to pay
+    target = (torch.rand(8, 10, device="cuda") < 0.3).float()
+    chosen = []
+    conv_name = dispatch._conv_name
+    with monkeypatch.context() as patch:  # the paths the rules give these layers (what tracing asks too)
+        patch.setattr(dispatch, "_conv_name", lambda *a, **kw: chosen.append(conv_name(*a, **kw)) or chosen[-1])
+        _step(net, x, target)
+    if name.startswith("convnext"):
+        assert {"matrix", "direct"} <= set(chosen), chosen
     compiled = torch.compile(net, backend="aot_eager", fullgraph=True)  # raises at a graph break
     try:
         net.train()
