@@ -204,7 +204,7 @@ class Bench:
 
 
 def _cudagraph_skips() -> int:
-    """How many compiled graphs Inductor has run without CUDA graphs so far (reasons: ``TORCH_LOGS=perf_hints``)."""
+    """How many graphs Inductor has compiled without CUDA graphs so far (reasons: ``TORCH_LOGS=cudagraphs``)."""
     from torch._dynamo.utils import counters
 
     return int(counters["inductor"]["cudagraph_skips"])
@@ -244,8 +244,6 @@ def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, de
     row = {"model": name, "mode": mode, "conv": conv, **bench.train_row()}
     if args.explain and mode != "eager":
         row["explain"] = bench.explain()
-    if bench.graphs:
-        row["cudagraph_skips"] = _cudagraph_skips() - skips_before  # > 0: parts of the step ran without graphs
     profiled = args.profile and device.type == "cuda"
     if profiled:
         row["profile"] = bench.profile()
@@ -253,6 +251,8 @@ def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, de
         row.update(bench.infer_row())
         if profiled:
             row["profile_infer"] = bench.profile(infer=True)
+    if bench.graphs:  # > 0: parts of the training or inference step were compiled without CUDA graphs
+        row["cudagraph_skips"] = _cudagraph_skips() - skips_before
     return row
 
 
@@ -311,7 +311,8 @@ def print_table(report: dict) -> None:
         )
     for r in rows:
         if r.get("cudagraph_skips"):
-            print(f"== {r['model']} ({r['conv']}) {r['mode']}: {r['cudagraph_skips']} graph(s) ran without CUDA graphs")
+            skips = r["cudagraph_skips"]
+            print(f"== {r['model']} ({r['conv']}) {r['mode']}: {skips} graph(s) compiled without CUDA graphs")
         if "explain" in r:
             e = r["explain"]
             print(f"== {r['model']} ({r['conv']}) {r['mode']}: {e['graphs']} graphs, {e['graph_breaks']} graph breaks")

@@ -41,7 +41,8 @@ if [[ $part == models || $part == all ]]; then
     --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
   # compiled calls keep the dispatcher's fixed order (nothing is measured while tracing): matrix at
   # the last two ConvNeXt-T stages, direct at the first two (NOTES run 13). Alone on the device,
-  # three repeats (the graphs compile once), then the matrix path's tap-sum program (NOTES run 16)
+  # three repeats (each compiles again, mostly from Inductor's cache), then the matrix path's
+  # tap-sum program (NOTES run 16)
   # with a profile of one CUDA-graph step and the graphs that ran without CUDA graphs
   timeout 300 python3 benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules \
     --repeats 3 --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1
