@@ -100,22 +100,29 @@ def test_scalars_are_keyed_by_type_too():
     assert [c[0] for c in prog.calls] == ["jit", "jit"]
 
 
+class _Loaded(_Kernel):
+    """A loaded compiled kernel: its launcher (``run``), function and metadata."""
+
+    function, packed_metadata = "function", "packed"
+
+    def run(self, *launch_args):
+        self.calls.append(("run", launch_args))
+
+
+def _loaded_program(monkeypatch) -> tuple[_Program, list]:
+    """A program whose JIT returns a :class:`_Loaded` kernel, and the list its launches go to."""
+    calls: list = []
+    monkeypatch.setattr(_Program, "__getitem__", lambda self, grid: lambda *a, **kw: _Loaded(calls))
+    return _Program("x", "n", "BLOCK"), calls
+
+
 def test_without_launch_hooks_the_kernels_launcher_runs_directly(monkeypatch):
     """A compiled kernel with a launcher: bound launches call it with Triton's launch arguments
     (grid, stream, the kernel, no metadata or hooks) while no launch hook is set, and go through
     the kernel's runner (which calls the hooks) while one is."""
     from triton import knobs
 
-    calls: list = []
-
-    class Loaded(_Kernel):
-        function, packed_metadata = "function", "packed"
-
-        def run(self, *launch_args):
-            calls.append(("run", launch_args))
-
-    prog = _Program("x", "n", "BLOCK")
-    monkeypatch.setattr(_Program, "__getitem__", lambda self, grid: lambda *a, **kw: Loaded(calls))
+    prog, calls = _loaded_program(monkeypatch)
     monkeypatch.setattr(_triton, "_raw_stream", lambda device: 77)
     x = torch.zeros(8)
     for _ in range(2):
@@ -133,16 +140,7 @@ def test_without_launch_hooks_the_kernels_launcher_runs_directly(monkeypatch):
 def test_an_unknown_triton_keeps_the_runner(monkeypatch):
     """Where this Triton is not one whose launcher's arguments are known (or its knobs do not
     import), bound launches go through the kernel's runner, never its launcher."""
-    calls: list = []
-
-    class Loaded(_Kernel):
-        function, packed_metadata = "function", "packed"
-
-        def run(self, *launch_args):
-            calls.append(("run", launch_args))
-
-    prog = _Program("x", "n", "BLOCK")
-    monkeypatch.setattr(_Program, "__getitem__", lambda self, grid: lambda *a, **kw: Loaded(calls))
+    prog, calls = _loaded_program(monkeypatch)
     monkeypatch.setattr(_triton, "_KNOBS", [None])
     x = torch.zeros(8)
     for _ in range(3):
