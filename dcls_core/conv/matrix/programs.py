@@ -39,8 +39,8 @@ def tap_sums(
 ):
     """``dk[c, i, j] = sum of e[c, oh * W_out + ow, rh * W_in + rw]`` over the entries with
     ``rh - oh * stride_h + pad_h == i`` and ``rw - ow * stride_w + pad_w == j``; ``e (C, H_out *
-    W_out, H_in * W_in)`` and ``dk (C, KH, KW)`` contiguous float32; ``BKW >= KW``; ``BW_OUT``: output columns per tile
-    (both powers of two). Grid ``(C * KH,)``."""
+    W_out, H_in * W_in)`` and ``dk (C, KH, KW)`` contiguous float32; ``BKW >= KW`` and ``BW_OUT``
+    (output columns per tile) powers of two. Grid ``(C * KH,)``."""
     pid = tl.program_id(0)
     c = pid // KH
     i = pid - c * KH
