@@ -166,8 +166,9 @@ def test_choices_round_trip_and_bad_state_is_refused():
     replaces one measured for the same key."""
     x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
     a, b = _key(x, k, names=("fft", "x")), _key(x, k, (False, False), names=("reference", "x"))
-    _measure(a, {"fft": _sleeping(0, []), "x": _sleeping(5, [])}, x, k)
-    _measure(b, {"reference": _sleeping(0, []), "x": _sleeping(5, [])}, x, k, (False, False))
+    # 40 ms apart: a loaded 2-core machine once timed the 0 ms candidate slower than a 5 ms one
+    _measure(a, {"fft": _sleeping(0, []), "x": _sleeping(40, [])}, x, k)
+    _measure(b, {"reference": _sleeping(0, []), "x": _sleeping(40, [])}, x, k, (False, False))
     saved = autotune.state_dict()
     assert saved == {autotune.key_text(a): "fft", autotune.key_text(b): "reference"}
     assert all(isinstance(t, str) and t.startswith("cpu|torch.float32|") for t in saved)
