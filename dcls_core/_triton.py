@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-__all__ = ["LAUNCH_ENV_VAR", "clear_bound_launches", "launch", "triton_available"]
+__all__ = ["LAUNCH_ENV_VAR", "clear_bound_launches", "launch", "next_power_of_2", "triton_available"]
 
 _AVAILABLE: list[bool] = []
 
@@ -44,6 +44,12 @@ def triton_available() -> bool:
         except Exception:
             _AVAILABLE.append(False)
     return _AVAILABLE[0]
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``): a program's block size (as
+    ``triton.next_power_of_2``, without importing Triton)."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 LAUNCH_ENV_VAR = "DCLS_TRITON_LAUNCH"

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dcls_core._triton import triton_available
+from dcls_core._triton import next_power_of_2, triton_available
 
 from .augment import EraseBoxes, SpeedDraws, apply_time_warp, erase_mask
 
@@ -112,7 +112,7 @@ def windowed_frames(
         out = torch.empty((batch, frames, n_fft), dtype=torch.float32, device=x.device)
         window = window.to(device=x.device, dtype=torch.float32).contiguous()
         scale = 1.0 / 32768.0 if x.dtype == torch.int16 else 1.0
-        rb, bk = 4, min(1024, _next_power_of_2(n_fft))
+        rb, bk = 4, min(1024, next_power_of_2(n_fft))
         grid = (-(-batch * frames // rb), -(-n_fft // bk))
         dummy = window
         _programs().windowed_frames[grid](
@@ -145,11 +145,6 @@ def windowed_frames(
     return padded.unfold(-1, n_fft, hop_length) * window.to(x.device, torch.float32)
 
 
-def _next_power_of_2(n: int) -> int:
-    """The smallest power of 2 >= n."""
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def power_erased(spec: Tensor, erase: EraseBoxes | None = None, use_programs: bool | None = None) -> Tensor:
     """(B, F, K) complex64 spectra -> (B, F, K) float32 power ``re^2 + im^2``; with ``erase``, the
     boxes (drawn for a (K, F) spectrogram: rows are frequency bins, columns frames) are 0."""
@@ -159,7 +154,7 @@ def power_erased(spec: Tensor, erase: EraseBoxes | None = None, use_programs: bo
     if _use_programs(spec, use_programs) and spec.numel() > 0:
         parts = torch.view_as_real(spec.contiguous())
         out = torch.empty((batch, frames, bins), dtype=torch.float32, device=spec.device)
-        rb, bk = 4, min(1024, _next_power_of_2(bins))
+        rb, bk = 4, min(1024, next_power_of_2(bins))
         grid = (-(-batch * frames // rb), -(-bins // bk))
         boxes = (erase.apply, erase.top, erase.left, erase.height, erase.width) if erase is not None else (out,) * 5
         _programs().power_erased[grid](

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .._custom_op import register_op
-from .._triton import launch, triton_available
+from .._triton import launch, next_power_of_2, triton_available
 from .reference import SIGMA_VERSIONS, VERSIONS, position_axes
 
 __all__ = [
@@ -43,10 +43,6 @@ VERSION_CODES = {"v0": 0, "v1": 1, "max": 2, "gauss": 3}
 MAX_COUNT = 256
 MAX_SIZE = 128
 MIN_COUNT = 2  # kernel_count 1 (learnable delays): one tiny program per (out, in) pair loses to einsum
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _programs():
@@ -73,12 +69,12 @@ def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool, placeme
     KH, KW = _pair(sizes[-2:], 1)
     meta = dict(
         KD=KD,
-        BKD=max(16, _next_pow2(KD)),
+        BKD=max(16, next_power_of_2(KD)),
         KH=KH,
         KW=KW,
-        BMC=max(16, _next_pow2(count)),
-        BKH=max(16, _next_pow2(KH)),
-        BKW=max(16, _next_pow2(KW)),
+        BMC=max(16, next_power_of_2(count)),
+        BKH=max(16, next_power_of_2(KH)),
+        BKW=max(16, next_power_of_2(KW)),
         VERSION=VERSION_CODES[version],
         HAS_SIG=has_sig,
         NAX=len(sizes),
@@ -93,7 +89,7 @@ def _meta(count: int, sizes: Sequence[int], version: str, has_sig: bool, placeme
         if len(sizes) > 2:
             raise ValueError("placement: one or two learned axes only")
         LH, LW = _pair(placement[0], 1)
-        meta.update(LH=LH, LW=LW, BLH=max(16, _next_pow2(LH)), BLW=max(16, _next_pow2(LW)))
+        meta.update(LH=LH, LW=LW, BLH=max(16, next_power_of_2(LH)), BLW=max(16, next_power_of_2(LW)))
         meta["num_warps"] = 8 if meta["BLH"] * meta["BLW"] >= 4096 else 4
     return meta
 

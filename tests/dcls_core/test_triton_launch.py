@@ -218,3 +218,11 @@ def test_bound_launches_give_the_jits_bits_cuda(monkeypatch, conv):
     for run in bound:
         for a, b in zip(jit, run):
             assert torch.equal(a, b)
+
+
+def test_next_power_of_2_is_tritons():
+    import triton
+
+    assert _triton.next_power_of_2(0) == 1
+    for n in range(1, 1100):
+        assert _triton.next_power_of_2(n) == triton.next_power_of_2(n)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..._custom_op import register_op
-from ..._triton import launch, triton_available
+from ..._triton import launch, next_power_of_2, triton_available
 from ..common import PreparedConv, bias_grad, conv_geometry, dtype_name
 from ..cost import large_kernel
 
@@ -124,7 +124,7 @@ def _patch_plan(h_out: int, w_out: int, kh: int, kw: int, col_shift: int = 0) ->
     """Patches over an ``h_out x w_out`` output whose first patch column starts ``col_shift``
     columns left of the output."""
     ph, pw = _PATCH
-    u = max(16, 1 << (pw + kw - 2).bit_length())
+    u = max(16, next_power_of_2(pw + kw - 1))
     return _PatchPlan(ph, pw, -(-h_out // ph), -(-(w_out + col_shift) // pw), u, max(64, u), ph + kh - 1)
 
 

@@ -19,7 +19,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..._triton import launch, triton_available
+from ..._triton import launch, next_power_of_2, triton_available
 
 __all__ = ["FORCE_TORCH", "backward_mix_", "channels_last", "crop_into", "padded", "spectral_mul_", "torch_only"]
 
@@ -32,7 +32,7 @@ _CL_TILE = (32, 32)  # channels x columns per step of the channels-last pad / cr
 
 def _tile(cols: int) -> tuple[int, int]:
     """``(rows, cols)`` of a pad/crop program for planes ``cols`` wide."""
-    bw = min(128, max(16, 1 << (cols - 1).bit_length()))
+    bw = min(128, max(16, next_power_of_2(cols)))
     return _TILE // bw, bw
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ..._custom_op import register_op
-from ..._triton import launch, triton_available
+from ..._triton import launch, next_power_of_2, triton_available
 from ..common import PreparedConv, bias_grad, conv_geometry
 from ..cost import large_kernel
 
@@ -291,11 +291,6 @@ _PROGRAM_BW_OUT = 16  # output columns per tile, at most
 _PROGRAM_TILE = 4096  # values per tile, at most (registers of one program)
 
 
-def _pow2(n: int) -> int:
-    """The smallest power of two ``>= n`` (1 for ``n <= 1``)."""
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def _use_tap_sum_program(xc: Tensor, acc: torch.dtype, k_sizes: Sequence[int]) -> bool:
     """True if the kernel gradient's sums run as :func:`_tap_sums_program`: CUDA with Triton,
     float32 sums, one or two axes, kernel rows of at most :data:`_MAX_PROGRAM_KW` taps, and
@@ -340,8 +335,8 @@ def _tap_sums_program(
         pw,
         sh,
         sw,
-        BW_OUT=max(1, min(_PROGRAM_BW_OUT, _pow2(w_out), _PROGRAM_TILE // _pow2(kw))),
-        BKW=_pow2(kw),
+        BW_OUT=max(1, min(_PROGRAM_BW_OUT, next_power_of_2(w_out), _PROGRAM_TILE // next_power_of_2(kw))),
+        BKW=next_power_of_2(kw),
     )
     return dk
 
