@@ -55,7 +55,8 @@ class TapTables(NamedTuple):
     """Index tables of one shape (on one device).
 
     ``gather``: ``(S_in * S_out,)`` tap index of each matrix entry (``taps`` where none);
-    ``order``: the entries that hold a tap, sorted by tap; ``lengths``: entries per tap ``(taps,)``.
+    ``order``: the entries that hold a tap, sorted by tap (both int32 where the sizes allow,
+    else int64); ``lengths``: entries per tap ``(taps,)``, int64.
     """
 
     gather: Tensor
@@ -92,7 +93,10 @@ def _tables_numpy(
     order = np.argsort(gather, kind="stable")
     order = order[gather[order] < taps]
     lengths = np.bincount(gather[order], minlength=taps)
-    return gather, order, lengths
+    # 32-bit indices where they fit: the gathers read one index per entry they write, so half
+    # the index bytes is a large part of their traffic
+    index = np.int32 if max(gather.size, taps + 1) < 2**31 else np.int64
+    return gather.astype(index), order.astype(index), lengths
 
 
 def _to_device_outside_graph_pools(arrays: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:

@@ -95,6 +95,7 @@ def test_tap_tables_list_every_reachable_pair_once_by_tap():
     taps = 35
     gather, order, lengths = tables
     assert gather.shape == (20 * 20,)
+    assert gather.dtype == order.dtype == torch.int32  # half the index bytes of int64 per gathered entry
     pairs = [
         (r0 * 4 + r1) * 20 + (o0 * 4 + o1)
         for r0 in range(5)
