@@ -41,16 +41,16 @@ if [[ $part == models || $part == all ]]; then
     --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
   # compiled calls keep the dispatcher's fixed order (nothing is measured while tracing): matrix at
   # the last two ConvNeXt-T stages, direct at the first two (NOTES run 13). Alone on the device,
-  # three repeats (each compiles again, mostly from Inductor's cache), then the matrix path's
-  # tap-sum program (NOTES run 16)
-  # with a profile of one CUDA-graph step and the graphs that ran without CUDA graphs
+  # three repeats (each compiles again, mostly from Inductor's cache), with a profile of one
+  # CUDA-graph step and the graphs that ran without CUDA graphs; then the matrix path's torch
+  # tap sums in place of its program (NOTES run 17)
   timeout 300 python3 benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules \
-    --repeats 3 --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1
-  grep -A4 "^medians" "$OUT/bench_models_compiled.log"
-  DCLS_MATRIX_TAP_SUMS=program timeout 300 python3 benchmarks/bench_models.py --families convnext \
-    --modes reduce-overhead --convs rules --repeats 3 --profile --json "$OUT/bench_models_compiled_tap_sums.json" \
-    >"$OUT/bench_models_compiled_tap_sums.log" 2>&1
-  grep -A4 "^medians" "$OUT/bench_models_compiled_tap_sums.log"; grep -A3 "^==" "$OUT/bench_models_compiled_tap_sums.log"
+    --repeats 3 --profile --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1
+  grep -A4 "^medians" "$OUT/bench_models_compiled.log"; grep -A3 "^==" "$OUT/bench_models_compiled.log"
+  DCLS_MATRIX_TAP_SUMS=segments timeout 300 python3 benchmarks/bench_models.py --families convnext \
+    --modes reduce-overhead --convs rules --repeats 3 --json "$OUT/bench_models_compiled_segments.json" \
+    >"$OUT/bench_models_compiled_segments.log" 2>&1
+  grep -A4 "^medians" "$OUT/bench_models_compiled_segments.log"
 fi
 if [[ $part == train || $part == all ]]; then
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --repeats 3 --steps 30 --warmup 15 \

@@ -2,7 +2,7 @@
 channel (batched GEMM), any number of spatial axes, any device.
 
 * :mod:`.conv`: ``matrix_dw_conv`` (the path's function), its index tables and cost rule;
-* :mod:`.programs`: the Triton program of the kernel gradient's tap sums (opt-in, CUDA).
+* :mod:`.programs`: the Triton program of the kernel gradient's tap sums (CUDA; the default there).
 """
 
 from __future__ import annotations

@@ -11,20 +11,21 @@ channel is a dense ``(S_in, S_out)`` matrix ``T`` with ``T[r, o] = k[r - o * str
 
 ``T`` is gathered from the kernel through an index table built once per shape; the kernel
 gradient sums the entries of each tap in a fixed order (a segment sum over entries sorted by
-tap: deterministic, no atomics). The product has ``S_in x S_out`` terms per channel and row
-against ``taps x S_out`` for a direct convolution, so it pays where ``S_in <= taps`` (the cost
-rule). The products run in the autocast dtype (or the input's), with float32 accumulation; the
-kernel gradient is summed in float32. ``T`` is not kept for the backward pass (it is gathered
-again). No pass reads anything on the host (no device wait).
+tap, or on CUDA one Triton pass over them: deterministic, no atomics). The product has
+``S_in x S_out`` terms per channel and row against ``taps x S_out`` for a direct convolution,
+so it pays where ``S_in <= taps`` (the cost rule). The products run in the autocast dtype (or
+the input's), with float32 accumulation; the kernel gradient is summed in float32. ``T`` is not
+kept for the backward pass (it is gathered again). No pass reads anything on the host (no device
+wait).
 
 The op itself works on channels-first ``(C, N, S)`` tensors in the products' dtype: the input is
 copied into that layout once, by a differentiable copy outside the op, so the input gradient
 returns to the input's dtype and layout through the copy's backward (as under autocast for
 ``F.conv``), and that copy is what the kernel gradient reads. The output is an ``(N, C, *S)``
-view of the GEMM's ``(C, N, S)`` result. Plain torch operations: any device; with
-``DCLS_MATRIX_TAP_SUMS=program`` the kernel gradient's tap sums of one- and two-axis calls run on
-CUDA as one Triton pass (:mod:`.programs`). Under ``torch.compile`` the passes are
-``torch.library`` custom ops (:func:`dcls_core._custom_op.register_op`).
+view of the GEMM's ``(C, N, S)`` result. Plain torch operations: any device; on CUDA the kernel
+gradient's tap sums of one- and two-axis calls run as one Triton pass (:mod:`.programs`; the
+torch gather and segment sum with ``DCLS_MATRIX_TAP_SUMS=segments``). Under ``torch.compile``
+the passes are ``torch.library`` custom ops (:func:`dcls_core._custom_op.register_op`).
 """
 
 from __future__ import annotations
@@ -285,11 +286,11 @@ def _tap_sums_segments(entries: Tensor, tables: TapTables) -> Tensor:
     return torch.segment_reduce(sorted_entries, "sum", lengths=lengths, axis=1, unsafe=True)
 
 
-# segments (default) | program: the kernel gradient's sums as one Triton pass where it applies. The
-# program measured faster in the compiled model (NOTES run 16) but its CUDA tests have not run yet:
-# opt-in until they have.
+# program (default) | segments: the kernel gradient's sums as one Triton pass where it applies, or
+# the torch gather and segment sum everywhere. The program is ours because it measured faster: the
+# compiled ConvNeXt-T trains 5 % faster with it (NOTES run 17)
 TAP_SUMS_ENV_VAR = "DCLS_MATRIX_TAP_SUMS"
-_TAP_SUMS_PROGRAM = os.environ.get(TAP_SUMS_ENV_VAR, "segments").strip().lower() == "program"  # read at import
+_TAP_SUMS_PROGRAM = os.environ.get(TAP_SUMS_ENV_VAR, "program").strip().lower() != "segments"  # read at import
 _MAX_PROGRAM_KW = 1024  # a tile row holds a kernel row
 _PROGRAM_BW_OUT = 16  # output columns per tile, at most
 _PROGRAM_TILE = 4096  # values per tile, at most (registers of one program)
@@ -298,7 +299,7 @@ _PROGRAM_TILE = 4096  # values per tile, at most (registers of one program)
 def _use_tap_sum_program(xc: Tensor, acc: torch.dtype, k_sizes: Sequence[int]) -> bool:
     """True if the kernel gradient's sums run as :func:`_tap_sums_program`: CUDA with Triton,
     float32 sums, one or two axes, kernel rows of at most :data:`_MAX_PROGRAM_KW` taps, and
-    ``$DCLS_MATRIX_TAP_SUMS=program``."""
+    and ``$DCLS_MATRIX_TAP_SUMS`` not ``segments``."""
     if not _TAP_SUMS_PROGRAM or not xc.is_cuda or acc != torch.float32 or len(k_sizes) > 2:
         return False
     return k_sizes[-1] <= _MAX_PROGRAM_KW and triton_available()

@@ -7,6 +7,10 @@ under ``torch.compile``.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -226,12 +230,24 @@ def test_cost_rule_sizes_trace_without_a_graph_break_under_dynamic_shapes():
         assert torch.allclose(compiled(x), sizes(x))
 
 
+@pytest.mark.parametrize("value,program", [(None, True), ("segments", False), (" Segments ", False), ("program", True)])
+def test_tap_sums_default_to_the_program_and_segments_switch_it_off(value, program):
+    """``DCLS_MATRIX_TAP_SUMS`` (read at import): unset or ``program`` takes the Triton pass on
+    CUDA, ``segments`` the torch gather and segment sum everywhere."""
+    env = {k: v for k, v in os.environ.items() if k != matrix_conv.TAP_SUMS_ENV_VAR}
+    if value is not None:
+        env[matrix_conv.TAP_SUMS_ENV_VAR] = value
+    code = "from dcls_core.conv.matrix import conv; print(conv._TAP_SUMS_PROGRAM)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(program)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("in_sizes,k_sizes,padding", [((16, 15), (23, 23), (11, 11)), ((8, 7), (15, 13), (7, 6))])
 def test_tap_sum_program_equals_the_segment_sums_cuda(monkeypatch, in_sizes, k_sizes, padding):
     """The kernel gradient's sums at the ConvNeXt-T late-stage shapes on the GPU: the program (what
-    CUDA float32 entries take with ``DCLS_MATRIX_TAP_SUMS=program``) against the gather and
-    segment sum, and the same bits on every run."""
+    CUDA float32 entries take by default) against the gather and segment sum, and the same bits
+    on every run."""
     monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", True)
     torch.manual_seed(0)
     out_sizes = list(in_sizes)
