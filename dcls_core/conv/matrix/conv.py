@@ -213,10 +213,87 @@ def _bmm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
 
 
 def _matrices(k: Tensor, tables: TapTables, s_in: int, s_out: int, dtype: torch.dtype) -> Tensor:
-    """``T (C, S_in, S_out)`` in ``dtype`` gathered from ``k (C, 1, *k)``."""
+    """``T (C, S_in, S_out)`` in ``dtype`` gathered from ``k (C, 1, *k)`` (plain torch)."""
     c = k.shape[0]
     flat = torch.nn.functional.pad(k.reshape(c, -1).to(dtype), (0, 1))  # the last column: no tap
     return flat.index_select(1, tables.gather).view(c, s_in, s_out)
+
+
+# torch (default) | program: how T is built on CUDA. The program writes T from the kernel's taps in
+# one launch (no index table read, no cast and pad beforehand); not yet measured on a GPU, so
+# opt-in (benchmarks/NOTES_layers.md, run 17)
+BUILD_ENV_VAR = "DCLS_MATRIX_BUILD"
+_BUILD_PROGRAM = os.environ.get(BUILD_ENV_VAR, "torch").strip().lower() == "program"  # read at import
+_BUILD_ROWS = 16  # rows of T per program
+_BUILD_COLUMNS = 128  # columns of T per store, at most
+
+
+def _use_build_program(k: Tensor, dtype: torch.dtype) -> bool:
+    """True if ``T`` is built by :func:`_matrices_program`: ``$DCLS_MATRIX_BUILD=program``, a CUDA
+    kernel of one or two spatial axes, ``T`` in half precision or float32, Triton."""
+    if not _BUILD_PROGRAM or not k.is_cuda or k.dim() > 4:
+        return False
+    return dtype in (torch.float16, torch.bfloat16, torch.float32) and triton_available()
+
+
+def _matrices_program(
+    k: Tensor,
+    in_sizes: Sequence[int],
+    out_sizes: Sequence[int],
+    padding: Sequence[int],
+    stride: Sequence[int],
+    dtype: torch.dtype,
+) -> Tensor:
+    """``T (C, S_in, S_out)`` in ``dtype`` from ``k (C, 1, *k)`` (one or two axes, any strides),
+    equal to :func:`_matrices`'s, in one pass (:func:`.programs.matrices`)."""
+    from . import programs
+
+    if k.dim() == 3:  # a 1-D call is a 2-D one with a single row
+        k = k.unsqueeze(2)
+        in_sizes, out_sizes, padding, stride = (1, *in_sizes), (1, *out_sizes), (0, *padding), (1, *stride)
+    c, _, kh, kw = k.shape
+    (h_in, w_in), (h_out, w_out) = in_sizes, out_sizes
+    s_in, s_out = h_in * w_in, h_out * w_out
+    t = torch.empty((c, s_in, s_out), device=k.device, dtype=dtype)
+    row_blocks = -(-s_in // _BUILD_ROWS)
+    launch(
+        programs.matrices,
+        (c * row_blocks,),
+        (k, t),
+        h_in,
+        w_in,
+        h_out,
+        w_out,
+        kh,
+        kw,
+        padding[0],
+        padding[1],
+        stride[0],
+        stride[1],
+        k.stride(0),
+        k.stride(2),
+        k.stride(3),
+        row_blocks,
+        BR=_BUILD_ROWS,
+        BO=min(_BUILD_COLUMNS, next_power_of_2(s_out)),
+    )
+    return t
+
+
+def _build_matrices(
+    k: Tensor,
+    tables: TapTables,
+    in_sizes: Sequence[int],
+    out_sizes: Sequence[int],
+    padding: Sequence[int],
+    stride: Sequence[int],
+    dtype: torch.dtype,
+) -> Tensor:
+    """``T (C, S_in, S_out)`` in ``dtype`` from ``k (C, 1, *k)``: the program where
+    :func:`_use_build_program` allows it, else the torch gather."""
+    if _use_build_program(k, dtype):
+        return _matrices_program(k, in_sizes, out_sizes, padding, stride, dtype)
+    return _matrices(k, tables, math.prod(in_sizes), math.prod(out_sizes), dtype)
 
 
 def _forward(
@@ -231,7 +308,7 @@ def _forward(
     """``xc (C, N, S_in)`` -> ``yc (C, N, S_out)``, both in the products' dtype (``xc``'s)."""
     c, n = xc.shape[:2]
     tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, xc.device)
-    t = _matrices(k, tables, math.prod(in_sizes), math.prod(out_sizes), xc.dtype)
+    t = _build_matrices(k, tables, in_sizes, out_sizes, padding, stride, xc.dtype)
     if bias is None:
         return torch.bmm(xc, t)
     return torch.baddbmm(bias.to(xc.dtype).view(c, 1, 1).expand(c, n, t.shape[2]), xc, t)
@@ -258,7 +335,7 @@ def _backward(
     tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, xc.device)
     dyc = dyc.to(xc.dtype).contiguous()
     if need_x:
-        t = _matrices(k, tables, math.prod(in_sizes), math.prod(out_sizes), xc.dtype)
+        t = _build_matrices(k, tables, in_sizes, out_sizes, padding, stride, xc.dtype)
         dx = torch.bmm(dyc, t.transpose(1, 2))
     else:
         dx = xc.new_empty(0)

@@ -1,5 +1,9 @@
-"""Triton GPU program of the matrix path's kernel gradient (:mod:`.conv` imports this module, and
-with it Triton, on first use).
+"""Triton GPU programs of the matrix path (:mod:`.conv` imports this module, and with it Triton, on
+first use): the matrices ``T`` built from the kernel, and the kernel gradient's tap sums.
+
+``matrices`` writes ``T[c, r, o] = k[c, tap(r, o)]`` straight from the kernel's taps, the tap
+index computed from the positions; the torch build casts and pads the kernel and gathers ``T``
+through an index table (an index read per entry written, and three more operations on the host).
 
 The kernel gradient of channel ``c`` sums the entries of the product of the output gradient and
 the input, ``E_c = dy_c^T @ x_c`` (``(S_out, S_in)``, float32), that belong to each tap: entry
@@ -17,7 +21,7 @@ No ``from __future__ import annotations`` here: Triton reads the ``tl.constexpr`
 import triton
 import triton.language as tl
 
-__all__ = ["tap_sums"]
+__all__ = ["matrices", "tap_sums"]
 
 
 @triton.jit
@@ -64,3 +68,49 @@ def tap_sums(
             acc += tl.sum(tl.load(rows + rh * W_in + rw, mask=inside, other=0.0), axis=0)
     taps = tl.arange(0, BKW)
     tl.store(dk_ptr + (c * KH + i).to(tl.int64) * KW + taps, acc, mask=taps < KW)
+
+
+@triton.jit
+def matrices(
+    k_ptr,
+    t_ptr,
+    H_in,
+    W_in,
+    H_out,
+    W_out,
+    KH,
+    KW,
+    pad_h,
+    pad_w,
+    stride_h,
+    stride_w,
+    k_stride_c,
+    k_stride_h,
+    k_stride_w,
+    row_blocks,
+    BR: tl.constexpr,
+    BO: tl.constexpr,
+):
+    """``t[c, rh * W_in + rw, oh * W_out + ow] = k[c, rh - oh * stride_h + pad_h, rw - ow *
+    stride_w + pad_w]`` where that tap exists, else 0, in ``t``'s dtype (the value cast as
+    ``Tensor.to`` casts it); ``k`` ``(C, KH, KW)`` of any strides, ``t (C, H_in * W_in, H_out *
+    W_out)`` contiguous. Grid ``(C * row_blocks,)``, ``row_blocks`` blocks of ``BR`` rows of
+    ``t`` each; ``BR`` and ``BO`` (columns per store) powers of two."""
+    pid = tl.program_id(0)
+    c = pid // row_blocks
+    s_in = H_in * W_in
+    s_out = H_out * W_out
+    r = (pid - c * row_blocks) * BR + tl.arange(0, BR)[:, None]
+    rh = r // W_in
+    rw = r - rh * W_in
+    taps = k_ptr + c.to(tl.int64) * k_stride_c
+    rows = t_ptr + (c.to(tl.int64) * s_in + r) * s_out
+    for o0 in range(0, s_out, BO):
+        o = o0 + tl.arange(0, BO)[None, :]
+        oh = o // W_out
+        th = rh - oh * stride_h + pad_h
+        tw = rw - (o - oh * W_out) * stride_w + pad_w
+        inside = (r < s_in) & (o < s_out)
+        tap = inside & (th >= 0) & (th < KH) & (tw >= 0) & (tw < KW)
+        value = tl.load(taps + th * k_stride_h + tw * k_stride_w, mask=tap, other=0.0)
+        tl.store(rows + o, value.to(t_ptr.dtype.element_ty), mask=inside)

@@ -143,24 +143,32 @@ SHAPES = [
 ]
 
 
-# the kernel gradient's sums: the torch segment sums (the default) and the Triton program
-TAP_SUMS = pytest.mark.parametrize("tap_sum_program", [False, True], ids=["segments", "program"])
+# the GPU programs of the path, each against its torch form: the kernel gradient's sums (the torch
+# segment sums or the program, the default) and the build of T (the torch gather, the default, or
+# the program)
+PROGRAMS = pytest.mark.parametrize(
+    "tap_sum_program,build_program",
+    [(False, False), (True, False), (True, True)],
+    ids=["segments-gather", "program-gather", "program-build"],
+)
 
 
 @pytest.mark.cuda
-@TAP_SUMS
+@PROGRAMS
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("mode", MODES)
-def test_matrix_equals_float64_cuda(shape, mode, tap_sum_program, monkeypatch):
+def test_matrix_equals_float64_cuda(shape, mode, tap_sum_program, build_program, monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", tap_sum_program)
+    monkeypatch.setattr(matrix_conv, "_BUILD_PROGRAM", build_program)
     check_depthwise_against_float64(matrix.matrix_dw_conv, shape, mode, TOL[mode])
 
 
 @pytest.mark.cuda
-@TAP_SUMS
-def test_matrix_kernel_gradient_is_deterministic_cuda(monkeypatch, tap_sum_program):
+@PROGRAMS
+def test_matrix_kernel_gradient_is_deterministic_cuda(monkeypatch, tap_sum_program, build_program):
     monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", tap_sum_program)
+    monkeypatch.setattr(matrix_conv, "_BUILD_PROGRAM", build_program)
     x, k, b = (t.float().cuda() for t in _float64_case((16, 64, (16, 15), (23, 23), (1, 1), (11, 11))))
     k.requires_grad_()
     dy = torch.randn(16, 64, 16, 15, device="cuda")
@@ -171,9 +179,10 @@ def test_matrix_kernel_gradient_is_deterministic_cuda(monkeypatch, tap_sum_progr
 
 
 @pytest.mark.cuda
-@TAP_SUMS
-def test_matrix_passes_never_wait_for_the_device_cuda(monkeypatch, tap_sum_program):
+@PROGRAMS
+def test_matrix_passes_never_wait_for_the_device_cuda(monkeypatch, tap_sum_program, build_program):
     monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", tap_sum_program)
+    monkeypatch.setattr(matrix_conv, "_BUILD_PROGRAM", build_program)
     x, k, b = (t.float().cuda().requires_grad_() for t in _float64_case((16, 64, (16, 15), (23, 23), (1, 1), (11, 11))))
     dy = torch.randn(16, 64, 16, 15, device="cuda")
     matrix.matrix_dw_conv(x, k, b, (1, 1), (11, 11), 64)  # index tables built (copied to the device) once
@@ -242,6 +251,37 @@ def test_tap_sums_default_to_the_program_and_segments_switch_it_off(value, progr
     assert out.stdout.strip() == str(program)
 
 
+@pytest.mark.parametrize("value,program", [(None, False), ("program", True), ("torch", False)])
+def test_matrices_are_built_by_torch_unless_the_program_is_asked_for(value, program):
+    """``DCLS_MATRIX_BUILD`` (read at import): ``program`` builds ``T`` with the Triton program on
+    CUDA; unset or ``torch``, the torch gather."""
+    env = {k: v for k, v in os.environ.items() if k != matrix_conv.BUILD_ENV_VAR}
+    if value is not None:
+        env[matrix_conv.BUILD_ENV_VAR] = value
+    code = "from dcls_core.conv.matrix import conv; print(conv._BUILD_PROGRAM)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(program)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("in_sizes,k_sizes,padding", [((16, 15), (23, 23), (11, 11)), ((8, 7), (15, 13), (7, 6))])
+def test_matrices_program_equals_the_torch_gather_cuda(monkeypatch, in_sizes, k_sizes, padding, dtype):
+    """``T`` at the ConvNeXt-T late-stage shapes on the GPU, float32 taps cast to ``dtype``: the
+    program's bits are the torch gather's (the stage-4 kernel a cut view, as the model hands it)."""
+    monkeypatch.setattr(matrix_conv, "_BUILD_PROGRAM", True)
+    torch.manual_seed(0)
+    whole = torch.randn(384, 1, 23, 23, device="cuda")
+    cut = [(23 - k) // 2 for k in k_sizes]
+    k = whole[:, :, cut[0] : cut[0] + k_sizes[0], cut[1] : cut[1] + k_sizes[1]]
+    assert matrix_conv._use_build_program(k, dtype)
+    tables = tap_tables(in_sizes, in_sizes, k_sizes, (1, 1), padding, k.device)
+    s = in_sizes[0] * in_sizes[1]
+    want = matrix_conv._matrices(k, tables, s, s, dtype)
+    got = matrix_conv._matrices_program(k, in_sizes, in_sizes, padding, (1, 1), dtype)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("in_sizes,k_sizes,padding", [((16, 15), (23, 23), (11, 11)), ((8, 7), (15, 13), (7, 6))])
 def test_tap_sum_program_equals_the_segment_sums_cuda(monkeypatch, in_sizes, k_sizes, padding):
@@ -271,13 +311,14 @@ def test_torch_compile_matrix_matches_eager_cuda(monkeypatch):
 
 
 @pytest.mark.cuda
-@TAP_SUMS
-def test_cuda_graphs_over_a_shape_not_seen_before_cuda(monkeypatch, tap_sum_program):
+@PROGRAMS
+def test_cuda_graphs_over_a_shape_not_seen_before_cuda(monkeypatch, tap_sum_program, build_program):
     """``torch.compile(mode="reduce-overhead")`` whose first call meets a new call shape: the
     index tables are made outside the CUDA graphs' memory pool (cudagraph trees reject a cached
     tensor made inside it), and the replayed steps equal eager, every gradient."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(matrix_conv, "_TAP_SUMS_PROGRAM", tap_sum_program)
+    monkeypatch.setattr(matrix_conv, "_BUILD_PROGRAM", build_program)
     monkeypatch.setattr(matrix_conv, "_TABLES", {})
     torch._dynamo.reset()
     torch.manual_seed(0)

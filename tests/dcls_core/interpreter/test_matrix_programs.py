@@ -68,3 +68,48 @@ def test_kernel_gradient_through_the_program_equals_float64_conv(monkeypatch, in
     assert rel_err(got.double(), want) < 1e-5
     for g, w in zip(got_grads, want_grads):
         assert rel_err(g.double(), w) < 1e-5
+
+
+# ----------------------------------------------------------------------------- the matrices T
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("in_sizes,k_sizes,stride,padding", CASES)
+def test_matrices_program_equals_the_torch_gather(in_sizes, k_sizes, stride, padding, dtype):
+    """``T`` written by the program has the torch gather's bits, from a kernel that is a strided
+    view (the kernel cut leaves one). The taps are values of ``dtype``: the interpreter casts
+    float32 to bfloat16 by truncation where the GPU rounds to nearest even, as torch does (the
+    CUDA test compares unrounded taps)."""
+    torch.manual_seed(2)
+    out_sizes = _out_sizes(in_sizes, k_sizes, stride, padding)
+    c = 3
+    whole = torch.randn(c, 1, *[k + 4 for k in k_sizes]).to(dtype).float()
+    k = whole[(slice(None), slice(None), *[slice(2, 2 + k) for k in k_sizes])]  # a view, not contiguous
+    tables = tap_tables(in_sizes, out_sizes, k_sizes, stride, padding, torch.device("cpu"))
+    want = matrix_conv._matrices(k, tables, torch.Size(in_sizes).numel(), torch.Size(out_sizes).numel(), dtype)
+    got = matrix_conv._matrices_program(k, in_sizes, out_sizes, padding, stride, dtype)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("in_sizes,k_sizes,stride,padding", CASES)
+def test_the_path_with_the_matrices_program_equals_float64_conv(monkeypatch, in_sizes, k_sizes, stride, padding):
+    """Forward and every gradient with ``T`` built by the program (forward and input gradient, as
+    on CUDA with ``DCLS_MATRIX_BUILD=program``) against float64 ``F.conv``."""
+    calls = []
+    program = matrix_conv._matrices_program
+    monkeypatch.setattr(matrix_conv, "_use_build_program", lambda *args: True)
+    monkeypatch.setattr(matrix_conv, "_matrices_program", lambda *a: calls.append(a) or program(*a))
+    torch.manual_seed(3)
+    n, c = 2, 3
+    conv = {1: F.conv1d, 2: F.conv2d}[len(k_sizes)]
+    x, k, b = torch.randn(n, c, *in_sizes), torch.randn(c, 1, *k_sizes), torch.randn(c)
+    want_leaves = [t.double().requires_grad_() for t in (x, k, b)]
+    want = conv(*want_leaves, stride=stride, padding=padding, groups=c)
+    dy = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, want_leaves, dy)
+    leaves = [t.clone().requires_grad_() for t in (x, k, b)]
+    got = matrix_conv.matrix_dw_conv(*leaves, stride, padding, c)
+    got_grads = torch.autograd.grad(got, leaves, dy.float())
+    assert len(calls) == 2  # forward and input gradient
+    assert rel_err(got.double(), want) < 1e-5
+    for g, w in zip(got_grads, want_grads):
+        assert rel_err(g.double(), w) < 1e-5
