@@ -51,6 +51,11 @@ if [[ $part == models || $part == all ]]; then
     --modes reduce-overhead --convs rules --repeats 3 --json "$OUT/bench_models_compiled_segments.json" \
     >"$OUT/bench_models_compiled_segments.log" 2>&1
   grep -A4 "^medians" "$OUT/bench_models_compiled_segments.log"
+  # and the matrices T built by the Triton program (opt-in, NOTES run 17), compiled and eager
+  DCLS_MATRIX_BUILD=program timeout 300 python3 benchmarks/bench_models.py --families convnext \
+    --modes reduce-overhead eager --convs rules --repeats 3 --json "$OUT/bench_models_matrix_build.json" \
+    >"$OUT/bench_models_matrix_build.log" 2>&1
+  grep -A6 "^medians" "$OUT/bench_models_matrix_build.log"
 fi
 if [[ $part == train || $part == all ]]; then
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --repeats 3 --steps 30 --warmup 15 \
