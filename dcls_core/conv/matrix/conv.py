@@ -364,8 +364,8 @@ def _tap_sums_segments(entries: Tensor, tables: TapTables) -> Tensor:
 
 
 # program (default) | segments: the kernel gradient's sums as one Triton pass where it applies, or
-# the torch gather and segment sum everywhere. The program is ours because it measured faster: the
-# compiled ConvNeXt-T trains 5 % faster with it (NOTES run 17)
+# the torch gather and segment sum everywhere. Ours because the compiled ConvNeXt-T measured faster
+# with it (benchmarks/NOTES_layers.md, runs 16 and 17)
 TAP_SUMS_ENV_VAR = "DCLS_MATRIX_TAP_SUMS"
 _TAP_SUMS_PROGRAM = os.environ.get(TAP_SUMS_ENV_VAR, "program").strip().lower() != "segments"  # read at import
 _MAX_PROGRAM_KW = 1024  # a tile row holds a kernel row
@@ -376,7 +376,7 @@ _PROGRAM_TILE = 4096  # values per tile, at most (registers of one program)
 def _use_tap_sum_program(xc: Tensor, acc: torch.dtype, k_sizes: Sequence[int]) -> bool:
     """True if the kernel gradient's sums run as :func:`_tap_sums_program`: CUDA with Triton,
     float32 sums, one or two axes, kernel rows of at most :data:`_MAX_PROGRAM_KW` taps, and
-    and ``$DCLS_MATRIX_TAP_SUMS`` not ``segments``."""
+    ``$DCLS_MATRIX_TAP_SUMS`` not ``segments``."""
     if not _TAP_SUMS_PROGRAM or not xc.is_cuda or acc != torch.float32 or len(k_sizes) > 2:
         return False
     return k_sizes[-1] <= _MAX_PROGRAM_KW and triton_available()
