@@ -228,6 +228,23 @@ _BUILD_ROWS = 16  # rows of T per program
 _BUILD_COLUMNS = 128  # columns of T per store, at most
 
 
+def _program_geometry(
+    in_sizes: Sequence[int],
+    out_sizes: Sequence[int],
+    k_sizes: Sequence[int],
+    padding: Sequence[int],
+    stride: Sequence[int],
+) -> tuple[int, ...]:
+    """``(H_in, W_in, H_out, W_out, KH, KW, pad_h, pad_w, stride_h, stride_w)`` of a call of one or
+    two axes, as the programs take them: a 1-D call is a 2-D one with a single row."""
+    if len(k_sizes) == 1:
+        in_sizes, out_sizes, k_sizes, padding, stride = (
+            (1, *in_sizes), (1, *out_sizes), (1, *k_sizes), (0, *padding), (1, *stride)
+        )  # fmt: skip
+    pairs = (in_sizes, out_sizes, k_sizes, padding, stride)
+    return tuple(int(v) for pair in pairs for v in pair)
+
+
 def _use_build_program(k: Tensor, dtype: torch.dtype) -> bool:
     """True if ``T`` is built by :func:`_matrices_program`: ``$DCLS_MATRIX_BUILD=program``, a CUDA
     kernel of one or two spatial axes, ``T`` in half precision or float32, Triton."""
@@ -248,31 +265,18 @@ def _matrices_program(
     equal to :func:`_matrices`'s, in one pass (:func:`.programs.matrices`)."""
     from . import programs
 
-    if k.dim() == 3:  # a 1-D call is a 2-D one with a single row
-        k = k.unsqueeze(2)
-        in_sizes, out_sizes, padding, stride = (1, *in_sizes), (1, *out_sizes), (0, *padding), (1, *stride)
-    c, _, kh, kw = k.shape
-    (h_in, w_in), (h_out, w_out) = in_sizes, out_sizes
-    s_in, s_out = h_in * w_in, h_out * w_out
+    c = k.shape[0]
+    s_in, s_out = math.prod(in_sizes), math.prod(out_sizes)
     t = torch.empty((c, s_in, s_out), device=k.device, dtype=dtype)
     row_blocks = -(-s_in // _BUILD_ROWS)
     launch(
         programs.matrices,
         (c * row_blocks,),
         (k, t),
-        h_in,
-        w_in,
-        h_out,
-        w_out,
-        kh,
-        kw,
-        padding[0],
-        padding[1],
-        stride[0],
-        stride[1],
+        *_program_geometry(in_sizes, out_sizes, k.shape[2:], padding, stride),
         k.stride(0),
-        k.stride(2),
-        k.stride(3),
+        k.stride(2) if k.dim() == 4 else 0,  # a 1-D kernel: one row
+        k.stride(-1),
         row_blocks,
         BR=_BUILD_ROWS,
         BO=min(_BUILD_COLUMNS, next_power_of_2(s_out)),
@@ -395,28 +399,15 @@ def _tap_sums_program(
     times. One or two spatial axes; ``entries`` float32."""
     from . import programs
 
-    if len(k_sizes) == 1:  # a 1-D call is a 2-D one with a single row
-        in_sizes, out_sizes, k_sizes, padding, stride = (
-            (1, *in_sizes), (1, *out_sizes), (1, *k_sizes), (0, *padding), (1, *stride)
-        )  # fmt: skip
-    (h_in, w_in), (h_out, w_out), (kh, kw) = in_sizes, out_sizes, k_sizes
-    (ph, pw), (sh, sw) = padding, stride
+    geometry = _program_geometry(in_sizes, out_sizes, k_sizes, padding, stride)
+    w_out, kh, kw = geometry[3:6]
     c = entries.shape[0]
     dk = torch.empty((c, kh * kw), device=entries.device, dtype=torch.float32)
     launch(
         programs.tap_sums,
         (c * kh,),
         (entries.contiguous(), dk),
-        h_in,
-        w_in,
-        h_out,
-        w_out,
-        kh,
-        kw,
-        ph,
-        pw,
-        sh,
-        sw,
+        *geometry,
         BW_OUT=max(1, min(_PROGRAM_BW_OUT, next_power_of_2(w_out), _PROGRAM_TILE // next_power_of_2(kw))),
         BKW=next_power_of_2(kw),
     )

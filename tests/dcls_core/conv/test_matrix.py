@@ -239,28 +239,28 @@ def test_cost_rule_sizes_trace_without_a_graph_break_under_dynamic_shapes():
         assert torch.allclose(compiled(x), sizes(x))
 
 
-@pytest.mark.parametrize("value,program", [(None, True), ("segments", False), (" Segments ", False), ("program", True)])
-def test_tap_sums_default_to_the_program_and_segments_switch_it_off(value, program):
-    """``DCLS_MATRIX_TAP_SUMS`` (read at import): unset or ``program`` takes the Triton pass on
-    CUDA, ``segments`` the torch gather and segment sum everywhere."""
-    env = {k: v for k, v in os.environ.items() if k != matrix_conv.TAP_SUMS_ENV_VAR}
+@pytest.mark.parametrize(
+    "variable,switch,value,on",
+    [
+        ("TAP_SUMS_ENV_VAR", "_TAP_SUMS_PROGRAM", None, True),
+        ("TAP_SUMS_ENV_VAR", "_TAP_SUMS_PROGRAM", "program", True),
+        ("TAP_SUMS_ENV_VAR", "_TAP_SUMS_PROGRAM", "segments", False),
+        ("TAP_SUMS_ENV_VAR", "_TAP_SUMS_PROGRAM", " Segments ", False),
+        ("BUILD_ENV_VAR", "_BUILD_PROGRAM", None, False),
+        ("BUILD_ENV_VAR", "_BUILD_PROGRAM", "torch", False),
+        ("BUILD_ENV_VAR", "_BUILD_PROGRAM", "program", True),
+    ],
+)
+def test_program_switches_read_their_variables_at_import(variable, switch, value, on):
+    """``DCLS_MATRIX_TAP_SUMS``: the tap-sum program unless ``segments``; ``DCLS_MATRIX_BUILD``:
+    the torch gather of ``T`` unless ``program``."""
+    name = getattr(matrix_conv, variable)
+    env = {k: v for k, v in os.environ.items() if k != name}
     if value is not None:
-        env[matrix_conv.TAP_SUMS_ENV_VAR] = value
-    code = "from dcls_core.conv.matrix import conv; print(conv._TAP_SUMS_PROGRAM)"
+        env[name] = value
+    code = f"from dcls_core.conv.matrix import conv; print(conv.{switch})"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(program)
-
-
-@pytest.mark.parametrize("value,program", [(None, False), ("program", True), ("torch", False)])
-def test_matrices_are_built_by_torch_unless_the_program_is_asked_for(value, program):
-    """``DCLS_MATRIX_BUILD`` (read at import): ``program`` builds ``T`` with the Triton program on
-    CUDA; unset or ``torch``, the torch gather."""
-    env = {k: v for k, v in os.environ.items() if k != matrix_conv.BUILD_ENV_VAR}
-    if value is not None:
-        env[matrix_conv.BUILD_ENV_VAR] = value
-    code = "from dcls_core.conv.matrix import conv; print(conv._BUILD_PROGRAM)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == str(program)
+    assert out.stdout.strip() == str(on)
 
 
 @pytest.mark.cuda

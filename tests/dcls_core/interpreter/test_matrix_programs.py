@@ -1,7 +1,7 @@
-"""The matrix path's tap-sum program (:mod:`dcls_core.conv.matrix.programs`) on the CPU under
-Triton's interpreter: the kernel gradient it sums from the products' entries equals the torch
-gather-and-segment-sum, and the whole path's kernel gradient through it equals float64
-``F.conv`` (see ``conftest.py``)."""
+"""The matrix path's programs (:mod:`dcls_core.conv.matrix.programs`) on the CPU under Triton's
+interpreter (see ``conftest.py``): the kernel gradient the tap-sum program sums from the products'
+entries equals the torch gather-and-segment-sum, the matrices ``T`` the build program writes are
+the torch gather's, and the whole path through either equals float64 ``F.conv``."""
 
 from __future__ import annotations
 
@@ -43,28 +43,35 @@ def test_tap_sums_equal_the_segment_sums(in_sizes, k_sizes, stride, padding):
     assert rel_err(got, want) < 1e-6
 
 
+# the programs as the path takes them on CUDA: (switch, program, calls per step)
+PATH_PROGRAMS = {
+    "tap_sums": ("_use_tap_sum_program", "_tap_sums_program", 1),  # the kernel gradient
+    "matrices": ("_use_build_program", "_matrices_program", 2),  # T for forward and input gradient
+}
+
+
+@pytest.mark.parametrize("part", list(PATH_PROGRAMS))
 @pytest.mark.parametrize("in_sizes,k_sizes,stride,padding", CASES)
-def test_kernel_gradient_through_the_program_equals_float64_conv(monkeypatch, in_sizes, k_sizes, stride, padding):
-    """The path's backward with the program taking the sums (as on CUDA) against float64
-    ``F.conv``, every gradient."""
+def test_the_path_through_a_program_equals_float64_conv(monkeypatch, in_sizes, k_sizes, stride, padding, part):
+    """The path's forward and every gradient with one of its programs taking its part (as on
+    CUDA) against float64 ``F.conv``."""
+    switch, name, calls_per_step = PATH_PROGRAMS[part]
     calls = []
-    program = matrix_conv._tap_sums_program
-    monkeypatch.setattr(matrix_conv, "_use_tap_sum_program", lambda *args: True)
-    monkeypatch.setattr(matrix_conv, "_tap_sums_program", lambda *a: calls.append(a) or program(*a))
+    program = getattr(matrix_conv, name)
+    monkeypatch.setattr(matrix_conv, switch, lambda *args: True)
+    monkeypatch.setattr(matrix_conv, name, lambda *a: calls.append(a) or program(*a))
     torch.manual_seed(1)
     n, c = 2, 3
     conv = {1: F.conv1d, 2: F.conv2d}[len(k_sizes)]
-    x = torch.randn(n, c, *in_sizes, dtype=torch.float64)
-    k = torch.randn(c, 1, *k_sizes, dtype=torch.float64)
-    b = torch.randn(c, dtype=torch.float64)
-    want_leaves = [t.clone().requires_grad_() for t in (x, k, b)]
+    x, k, b = torch.randn(n, c, *in_sizes), torch.randn(c, 1, *k_sizes), torch.randn(c)
+    want_leaves = [t.double().requires_grad_() for t in (x, k, b)]
     want = conv(*want_leaves, stride=stride, padding=padding, groups=c)
     dy = torch.randn_like(want)
     want_grads = torch.autograd.grad(want, want_leaves, dy)
-    leaves = [t.float().requires_grad_() for t in (x, k, b)]
+    leaves = [t.clone().requires_grad_() for t in (x, k, b)]
     got = matrix_conv.matrix_dw_conv(*leaves, stride, padding, c)
     got_grads = torch.autograd.grad(got, leaves, dy.float())
-    assert len(calls) == 1
+    assert len(calls) == calls_per_step
     assert rel_err(got.double(), want) < 1e-5
     for g, w in zip(got_grads, want_grads):
         assert rel_err(g.double(), w) < 1e-5
@@ -88,28 +95,3 @@ def test_matrices_program_equals_the_torch_gather(in_sizes, k_sizes, stride, pad
     got = matrix_conv._matrices_program(k, in_sizes, out_sizes, padding, stride, dtype)
     assert got.dtype == dtype and got.shape == want.shape
     assert torch.equal(got, want)
-
-
-@pytest.mark.parametrize("in_sizes,k_sizes,stride,padding", CASES)
-def test_the_path_with_the_matrices_program_equals_float64_conv(monkeypatch, in_sizes, k_sizes, stride, padding):
-    """Forward and every gradient with ``T`` built by the program (forward and input gradient, as
-    on CUDA with ``DCLS_MATRIX_BUILD=program``) against float64 ``F.conv``."""
-    calls = []
-    program = matrix_conv._matrices_program
-    monkeypatch.setattr(matrix_conv, "_use_build_program", lambda *args: True)
-    monkeypatch.setattr(matrix_conv, "_matrices_program", lambda *a: calls.append(a) or program(*a))
-    torch.manual_seed(3)
-    n, c = 2, 3
-    conv = {1: F.conv1d, 2: F.conv2d}[len(k_sizes)]
-    x, k, b = torch.randn(n, c, *in_sizes), torch.randn(c, 1, *k_sizes), torch.randn(c)
-    want_leaves = [t.double().requires_grad_() for t in (x, k, b)]
-    want = conv(*want_leaves, stride=stride, padding=padding, groups=c)
-    dy = torch.randn_like(want)
-    want_grads = torch.autograd.grad(want, want_leaves, dy)
-    leaves = [t.clone().requires_grad_() for t in (x, k, b)]
-    got = matrix_conv.matrix_dw_conv(*leaves, stride, padding, c)
-    got_grads = torch.autograd.grad(got, leaves, dy.float())
-    assert len(calls) == 2  # forward and input gradient
-    assert rel_err(got.double(), want) < 1e-5
-    for g, w in zip(got_grads, want_grads):
-        assert rel_err(g.double(), w) < 1e-5
