@@ -286,7 +286,6 @@ def _matrices_program(
 
 def _build_matrices(
     k: Tensor,
-    tables: TapTables,
     in_sizes: Sequence[int],
     out_sizes: Sequence[int],
     padding: Sequence[int],
@@ -294,9 +293,10 @@ def _build_matrices(
     dtype: torch.dtype,
 ) -> Tensor:
     """``T (C, S_in, S_out)`` in ``dtype`` from ``k (C, 1, *k)``: the program where
-    :func:`_use_build_program` allows it, else the torch gather."""
+    :func:`_use_build_program` allows it, else the torch gather (through the shape's tables)."""
     if _use_build_program(k, dtype):
         return _matrices_program(k, in_sizes, out_sizes, padding, stride, dtype)
+    tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, k.device)
     return _matrices(k, tables, math.prod(in_sizes), math.prod(out_sizes), dtype)
 
 
@@ -311,8 +311,7 @@ def _forward(
 ) -> Tensor:
     """``xc (C, N, S_in)`` -> ``yc (C, N, S_out)``, both in the products' dtype (``xc``'s)."""
     c, n = xc.shape[:2]
-    tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, xc.device)
-    t = _build_matrices(k, tables, in_sizes, out_sizes, padding, stride, xc.dtype)
+    t = _build_matrices(k, in_sizes, out_sizes, padding, stride, xc.dtype)
     if bias is None:
         return torch.bmm(xc, t)
     return torch.baddbmm(bias.to(xc.dtype).view(c, 1, 1).expand(c, n, t.shape[2]), xc, t)
@@ -336,10 +335,9 @@ def _backward(
     need_b: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of ``xc`` (in its dtype), ``k`` and ``bias`` from ``dyc (C, N, S_out)``."""
-    tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, xc.device)
     dyc = dyc.to(xc.dtype).contiguous()
     if need_x:
-        t = _build_matrices(k, tables, in_sizes, out_sizes, padding, stride, xc.dtype)
+        t = _build_matrices(k, in_sizes, out_sizes, padding, stride, xc.dtype)
         dx = torch.bmm(dyc, t.transpose(1, 2))
     else:
         dx = xc.new_empty(0)
@@ -349,6 +347,7 @@ def _backward(
             entries = _bmm(dyc.transpose(1, 2), xc, acc)  # (C, S_out, S_in): the program's tiles are rows
             dk = _tap_sums_program(entries, in_sizes, out_sizes, k.shape[2:], padding, stride)
         else:
+            tables = tap_tables(in_sizes, out_sizes, k.shape[2:], stride, padding, xc.device)
             dk = _tap_sums_segments(_bmm(xc.transpose(1, 2), dyc, acc), tables)
         dk = dk.view(k.shape).to(k.dtype)
     else:

@@ -332,7 +332,8 @@ def test_cuda_graphs_over_a_shape_not_seen_before_cuda(monkeypatch, tap_sum_prog
             torch.compiler.cudagraph_mark_step_begin()
             out = compiled(x)
             got = [out.detach().clone(), *torch.autograd.grad(out.square().sum(), leaves)]
-        assert len(matrix_conv._TABLES) == 1
+        # the tables of the shape, made once, unless both programs take the parts that read them
+        assert len(matrix_conv._TABLES) == (0 if tap_sum_program and build_program else 1)
         want_out = layer(x)
         want = [want_out.detach(), *torch.autograd.grad(want_out.square().sum(), leaves)]
     for g, w in zip(got, want):

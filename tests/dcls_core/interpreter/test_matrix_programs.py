@@ -95,3 +95,21 @@ def test_matrices_program_equals_the_torch_gather(in_sizes, k_sizes, stride, pad
     got = matrix_conv._matrices_program(k, in_sizes, out_sizes, padding, stride, dtype)
     assert got.dtype == dtype and got.shape == want.shape
     assert torch.equal(got, want)
+
+
+def test_with_both_programs_a_step_looks_up_no_index_tables(monkeypatch):
+    """The index tables serve only the torch build and sums: with both programs (as on CUDA with
+    ``DCLS_MATRIX_BUILD=program``) a training step never asks for them."""
+    monkeypatch.setattr(matrix_conv, "_use_build_program", lambda *args: True)
+    monkeypatch.setattr(matrix_conv, "_use_tap_sum_program", lambda *args: True)
+
+    def no_tables(*args):
+        raise AssertionError("index tables looked up")
+
+    monkeypatch.setattr(matrix_conv, "tap_tables", no_tables)
+    x = torch.randn(2, 3, 8, 7, requires_grad=True)
+    k = torch.randn(3, 1, 15, 13, requires_grad=True)
+    y = matrix_conv.matrix_dw_conv(x, k, None, (1, 1), (7, 6), 3)
+    dx, dk = torch.autograd.grad(y.square().sum(), (x, k))
+    want = F.conv2d(x, k, None, 1, (7, 6), 1, 3)
+    assert rel_err(y, want) < 1e-5 and dx.shape == x.shape and dk.shape == k.shape
