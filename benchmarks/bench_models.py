@@ -16,9 +16,8 @@ with the fast paths measured per call shape (``DCLS_AUTOTUNE=1``), ``rules`` its
 ``--profile`` adds, per model and mode (in CUDA-graph modes the kernels of a graph's replay are
 listed, but no host operator owns them), where one training step's (with ``--infer`` also one
 inference step's) device time goes: total kernel time against the step's wall time (device busy
-share) and kernel time by group (DCLS
-programs, convolutions, GEMMs, normalisation, element-wise, copies, optimizer), so a gap can be
-traced to GPU work or to host time. Timing: ``--warmup``
+share) and kernel time by group (DCLS programs, convolutions, GEMMs, normalisation, element-wise,
+copies, optimizer), so a gap can be traced to GPU work or to host time. Timing: ``--warmup``
 untimed steps, then ``--steps`` steps between two device synchronisations.
 
     python benchmarks/bench_models.py                                         # all six, eager
