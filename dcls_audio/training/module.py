@@ -283,10 +283,21 @@ class AudioTaggingModule(L.LightningModule):
             # a CUDA-graph replay overwrites its outputs: keep a copy of each micro-batch loss
             self._step_losses.append(loss.detach().clone() if self._reused_outputs else loss.detach())
         # loggers only: a progress-bar metric is turned into a Python number every step (a host
-        # wait); the bar shows recent_loss instead
-        self.log("train/loss", loss, prog_bar=False, batch_size=target.shape[0])
+        # wait); the bar shows recent_loss instead. Logged on the steps whose metrics Lightning
+        # writes to the loggers: a log call costs host time every step, which the step pays
+        if self._writes_step_logs():
+            self.log("train/loss", loss, prog_bar=False, batch_size=target.shape[0])
         self._loss_copies.push(loss.detach())
         return loss
+
+    def _writes_step_logs(self) -> bool:
+        """Whether Lightning writes the loggers' step metrics after this batch (every
+        ``trainer.log_every_n_steps`` optimizer steps, and on the step a stop was asked for);
+        True where the trainer's rule cannot be read, so that nothing is left out."""
+        try:
+            return bool(self.trainer._logger_connector.should_update_logs)
+        except (AttributeError, RuntimeError, NotImplementedError):  # no trainer, or a Lightning without the rule
+            return True
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         losses, self._step_losses = self._step_losses, []

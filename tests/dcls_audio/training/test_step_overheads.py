@@ -4,11 +4,13 @@ guard, the never-waiting loss copies and progress bar, and the side-stream batch
 from __future__ import annotations
 
 import collections
+import csv
 import math
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from dcls_audio.training.module import AudioTaggingModule
@@ -91,21 +93,22 @@ def test_host_copies_on_cuda_never_wait_for_the_device():
 
 
 # ----------------------------------------------------------------------------- loss in the progress bar
-def _fit_tiny(callbacks, steps=3):
+def _fit_tiny(callbacks, steps=3, module_class=AudioTaggingModule, **trainer_kwargs):
     torch.manual_seed(0)
-    module = AudioTaggingModule(
-        "convnext_audio_tiny", 5, model_kwargs=dict(TINY), front_end_augment=False, mixup_alpha=0.0
-    )
+    module = module_class("convnext_audio_tiny", 5, model_kwargs=dict(TINY), front_end_augment=False, mixup_alpha=0.0)
     module.front_end.clip_samples = 64000
     data = [{"waveform": (torch.randn(64000) * 3000).to(torch.int16), "target": torch.eye(5)[i % 5]} for i in range(8)]
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
+        **{
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": steps,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_model_summary": False,
+            "callbacks": callbacks,
+            **trainer_kwargs,
+        }
     )
     trainer.fit(module, DataLoader(data, batch_size=2))
     return trainer, module
@@ -126,12 +129,53 @@ class _Losses(L.Callback):
 
 def test_the_loss_is_not_a_per_step_progress_bar_metric_and_the_bar_shows_a_recent_one():
     losses = _Losses()
-    trainer, module = _fit_tiny([TrainProgressBar(), losses])
+    trainer, module = _fit_tiny([TrainProgressBar(), losses], log_every_n_steps=1)
     assert all("train/loss" not in m for m in losses.pbar_metrics)  # nothing converted every step
     # on the CPU every copy is finished at once: the bar shows this step's loss
     assert [float(b[LOSS_KEY]) for b in losses.bar] == pytest.approx(losses.logged, rel=1e-3)
     assert module.recent_loss == pytest.approx(losses.logged[-1], rel=1e-6)
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses.logged[-1], rel=1e-6)
+
+
+class _LogsEveryStep(AudioTaggingModule):
+    """The loss logged on every step, as Lightning's examples do (the reference)."""
+
+    def _writes_step_logs(self) -> bool:
+        return True
+
+
+def _csv_losses(tmp_path, module_class, accumulate: int, steps: int, every: int) -> tuple[list, int]:
+    """(step, train/loss) rows of a CSV logger's file, and the number of ``self.log`` calls."""
+    calls = collections.Counter()
+
+    class Counted(module_class):
+        def log(self, name, *args, **kwargs):
+            calls[name] += 1
+            return super().log(name, *args, **kwargs)
+
+    logger = CSVLogger(tmp_path / module_class.__name__, name="", version=0)
+    trainer_kwargs = dict(logger=logger, log_every_n_steps=every, accumulate_grad_batches=accumulate)
+    _fit_tiny([], steps=steps, module_class=Counted, **trainer_kwargs)
+    with open(logger.log_dir + "/metrics.csv") as f:
+        rows = [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+    return rows, calls["train/loss"]
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_loss_is_logged_only_on_the_steps_the_loggers_write_with_the_same_rows(tmp_path, accumulate):
+    steps, every = 7, 3
+    reference, reference_calls = _csv_losses(tmp_path, _LogsEveryStep, accumulate, steps, every)
+    rows, calls = _csv_losses(tmp_path, AudioTaggingModule, accumulate, steps, every)
+    assert [s for s, _ in reference] == [2, 5]  # Lightning's rule: every 3rd optimizer step
+    assert [s for s, _ in rows] == [2, 5]
+    assert [loss for _, loss in rows] == pytest.approx([loss for _, loss in reference], rel=1e-6)
+    assert reference_calls == steps * accumulate  # one call per batch
+    assert calls == 2 * accumulate  # only the batches of the steps written
+
+
+def test_without_a_trainer_the_loss_is_always_logged():
+    module = AudioTaggingModule("convnext_audio_tiny", 5, model_kwargs=dict(TINY))
+    assert module._writes_step_logs() is True
 
 
 # ----------------------------------------------------------------------------- per-batch seeding
