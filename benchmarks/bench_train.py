@@ -56,8 +56,13 @@ from dcls_audio.features.augment import (  # noqa: E402
 )
 from dcls_audio.features.logmel_passes import DEFAULT_FRONT_END, FRONT_END_ENV_VAR  # noqa: E402
 from dcls_audio.models import create_model  # noqa: E402
+from dcls_audio.training.config import TrainConfig  # noqa: E402
+from dcls_audio.training.loggers import build_loggers  # noqa: E402
 from dcls_audio.training.module import AudioTaggingModule  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
+from dcls_audio.training.run import AtomicCheckpointIO, StopOnSignal  # noqa: E402
+from dcls_audio.training.run import _callbacks as run_callbacks  # noqa: E402
+from dcls_audio.training.run_dir import LAST_CHECKPOINT  # noqa: E402
 from dcls_core.conv import autotune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -298,6 +303,23 @@ class StepProfiler(L.Callback):
             self.prof = None
 
 
+def run_extras(run_dir: Path) -> dict:
+    """The Trainer arguments ``dcls-audio train`` adds to the step with the default config (no
+    validation set): its checkpoint, learning-rate, progress-bar and stop callbacks, its loggers
+    (TensorBoard and CSV, every ``trainer.log_every_n_steps`` steps) and checkpoint writer."""
+    cfg = TrainConfig()
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks, _ = run_callbacks(cfg, ckpt_dir, has_val=False)
+    return dict(
+        logger=build_loggers(cfg.trainer.logger, run_dir, "bench"),
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        enable_checkpointing=True,
+        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        callbacks=[*callbacks, StopOnSignal(ckpt_dir / LAST_CHECKPOINT)],
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
 def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: torch.device, pin: str) -> dict:
     """The real training step: DataModule on ``h5`` -> LightningModule -> lightning.Trainer.
 
@@ -327,18 +349,20 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
     timer = StepTimer(args.warmup, args.steps)
     timeline = StepTimeline(args.warmup, args.steps)
     profiler = StepProfiler(args.warmup - args.profile_steps, args.profile_steps) if args.profile_steps else None
+    ours = [timer, timeline, *([profiler] if profiler else [])]
+    if args.callbacks == "run":  # what dcls-audio train adds, with the default settings
+        extras = run_extras(h5.parent / f"run_{name}_{mode}_{pin}")
+    else:
+        extras = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, callbacks=[])
     trainer = L.Trainer(
         accelerator=device.type,
         devices=1,
         precision=args.precision,
         max_steps=args.warmup + args.steps + 1,
         max_epochs=-1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[timer, timeline, *([profiler] if profiler else [])],
+        **{**extras, "callbacks": [*extras["callbacks"], *ours]},
     )
     trainer.fit(module, datamodule=dm)
     settings = dm.loader_settings()
@@ -492,6 +516,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs of every bare step and loop variant, in turn (medians printed)"
     )
+    parser.add_argument(
+        "--callbacks",
+        default="run",
+        choices=("run", "none"),
+        help="run: the loop with the callbacks, loggers and checkpoint writer of dcls-audio train (default "
+        "settings); none: the bare Trainer (runs before NOTES run 18 measured this)",
+    )
     parser.add_argument("--tmpdir", default=None, help="where to write the HDF5 file")
     parser.add_argument(
         "--smoke",
@@ -525,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": args.precision,
         "batch_size": args.batch_size,
         "clips": clips,
+        "loop_callbacks": args.callbacks,
         "results": [],
     }
     front_ends = args.front_ends or [default_front_end()]
