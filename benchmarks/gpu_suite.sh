@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
-#   part: tests | stages | layers | models | train | front-ends | data | infer | all (default)
+#   part: tests | stages | layers | compiled | eager | models (both) | train | front-ends | data | infer | all
+#   (default: all). Each of tests, compiled, eager and train fits one device call (under 600 s).
+# A call brings back at most 8 files: end it with `cd $OUT && tar czf logs.tgz *.log && rm *.log`.
 # Wheels a torch + Lightning image may lack (versions as in requirements.lock): av, soundfile, cffi,
 # pycparser (soundfile's), dcls==0.1.1 (the tests' reference).
 # Eager steps vary by milliseconds between runs and hosts: the model and loop rows run three times
@@ -43,28 +45,25 @@ if [[ $part == layers || $part == all ]]; then
   timeout 150 python3 benchmarks/profile_layers.py --json "$OUT/profile_layers.json" 2>&1 | grep "^sum" | tee "$OUT/profile_layers.log"
   timeout 90 python3 benchmarks/profile_host.py --json "$OUT/profile_host.json" 2>&1 | grep "ms/step" | tee "$OUT/profile_host.log"
 fi
-if [[ $part == models || $part == all ]]; then
-  timeout 240 python3 benchmarks/bench_models.py --families convnext --convs auto --repeats 3 --infer \
-    --json "$OUT/bench_models_convnext.json" >"$OUT/bench_models_convnext.log" 2>&1; grep -A4 "^medians" "$OUT/bench_models_convnext.log"
-  timeout 380 python3 benchmarks/bench_models.py --convs auto rules --infer --profile \
-    --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
+if [[ $part == compiled || $part == models || $part == all ]]; then
   # compiled calls keep the dispatcher's fixed order (nothing is measured while tracing): matrix at
   # the last two ConvNeXt-T stages, direct at the first two (NOTES run 13). Alone on the device,
   # three repeats (each compiles again, mostly from Inductor's cache), with a profile of one
-  # CUDA-graph step and the graphs that ran without CUDA graphs; then the matrix path's torch
-  # tap sums in place of its program (NOTES run 17)
-  timeout 300 python3 benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules \
+  # CUDA-graph step and the graphs that ran without CUDA graphs; then the matrices T built by the
+  # Triton program (opt-in, NOTES run 17)
+  timeout 240 python3 benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules \
     --repeats 3 --profile --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1
   grep -A4 "^medians" "$OUT/bench_models_compiled.log"; grep -A3 "^==" "$OUT/bench_models_compiled.log"
-  DCLS_MATRIX_TAP_SUMS=segments timeout 300 python3 benchmarks/bench_models.py --families convnext \
-    --modes reduce-overhead --convs rules --repeats 3 --json "$OUT/bench_models_compiled_segments.json" \
-    >"$OUT/bench_models_compiled_segments.log" 2>&1
-  grep -A4 "^medians" "$OUT/bench_models_compiled_segments.log"
-  # and the matrices T built by the Triton program (opt-in, NOTES run 17), compiled and eager
-  DCLS_MATRIX_BUILD=program timeout 300 python3 benchmarks/bench_models.py --families convnext \
-    --modes reduce-overhead eager --convs rules --repeats 3 --json "$OUT/bench_models_matrix_build.json" \
+  DCLS_MATRIX_BUILD=program timeout 240 python3 benchmarks/bench_models.py --families convnext \
+    --modes reduce-overhead --convs rules --repeats 3 --json "$OUT/bench_models_matrix_build.json" \
     >"$OUT/bench_models_matrix_build.log" 2>&1
-  grep -A6 "^medians" "$OUT/bench_models_matrix_build.log"
+  grep -A4 "^medians" "$OUT/bench_models_matrix_build.log"
+fi
+if [[ $part == eager || $part == models || $part == all ]]; then
+  timeout 240 python3 benchmarks/bench_models.py --families convnext --convs auto --repeats 3 --infer \
+    --json "$OUT/bench_models_convnext.json" >"$OUT/bench_models_convnext.log" 2>&1; grep -A4 "^medians" "$OUT/bench_models_convnext.log"
+  timeout 330 python3 benchmarks/bench_models.py --convs auto rules --infer --profile \
+    --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
 fi
 if [[ $part == train || $part == all ]]; then
   # the timed steps (10-54) hold the loggers' write after step 49 (every 50 steps by default)
