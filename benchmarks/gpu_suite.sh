@@ -50,11 +50,11 @@ if [[ $part == compiled || $part == models || $part == all ]]; then
   # the last two ConvNeXt-T stages, direct at the first two (NOTES run 13). Alone on the device,
   # three repeats (each compiles again, mostly from Inductor's cache), with a profile of one
   # CUDA-graph step and the graphs that ran without CUDA graphs; then the matrices T built by the
-  # Triton program (opt-in, NOTES run 17)
+  # torch gather in place of the Triton program (the default since NOTES run 18)
   timeout 240 python3 benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules \
     --repeats 3 --profile --json "$OUT/bench_models_compiled.json" >"$OUT/bench_models_compiled.log" 2>&1
   grep -A4 "^medians" "$OUT/bench_models_compiled.log"; grep -A3 "^==" "$OUT/bench_models_compiled.log"
-  DCLS_MATRIX_BUILD=program timeout 240 python3 benchmarks/bench_models.py --families convnext \
+  DCLS_MATRIX_BUILD=torch timeout 240 python3 benchmarks/bench_models.py --families convnext \
     --modes reduce-overhead --convs rules --repeats 3 --json "$OUT/bench_models_matrix_build.json" \
     >"$OUT/bench_models_matrix_build.log" 2>&1
   grep -A4 "^medians" "$OUT/bench_models_matrix_build.log"

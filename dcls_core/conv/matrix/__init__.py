@@ -2,8 +2,8 @@
 channel (batched GEMM), any number of spatial axes, any device.
 
 * :mod:`.conv`: ``matrix_dw_conv`` (the path's function), its index tables and cost rule;
-* :mod:`.programs`: Triton programs (CUDA): the kernel gradient's tap sums (the default there) and
-  the matrices built from the kernel (opt-in).
+* :mod:`.programs`: Triton programs (CUDA, the default there): the kernel gradient's tap sums and
+  the matrices built from the kernel.
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ channel is a dense ``(S_in, S_out)`` matrix ``T`` with ``T[r, o] = k[r - o * str
     dx[:, c, :] = dy[:, c, :] @ T_c^T
     dk[c, t] = sum of (x[:, c, :]^T @ dy[:, c, :])[r, o] over the pairs (r, o) of tap t
 
-``T`` is gathered from the kernel through an index table built once per shape; the kernel
-gradient sums the entries of each tap in a fixed order (a segment sum over entries sorted by
-tap, or on CUDA one Triton pass over them: deterministic, no atomics). The product has
+``T`` is gathered from the kernel through an index table built once per shape (on CUDA one
+Triton pass writes it from the kernel's taps instead); the kernel gradient sums the entries of
+each tap in a fixed order (a segment sum over entries sorted by tap, or on CUDA one Triton pass
+over them: deterministic, no atomics). The product has
 ``S_in x S_out`` terms per channel and row against ``taps x S_out`` for a direct convolution,
 so it pays where ``S_in <= taps`` (the cost rule). The products run in the autocast dtype (or
 the input's), with float32 accumulation; the kernel gradient is summed in float32. ``T`` is not
@@ -22,9 +23,9 @@ The op itself works on channels-first ``(C, N, S)`` tensors in the products' dty
 copied into that layout once, by a differentiable copy outside the op, so the input gradient
 returns to the input's dtype and layout through the copy's backward (as under autocast for
 ``F.conv``), and that copy is what the kernel gradient reads. The output is an ``(N, C, *S)``
-view of the GEMM's ``(C, N, S)`` result. Plain torch operations: any device; on CUDA the kernel
-gradient's tap sums of one- and two-axis calls run as one Triton pass (:mod:`.programs`; the
-torch gather and segment sum with ``DCLS_MATRIX_TAP_SUMS=segments``). Under ``torch.compile``
+view of the GEMM's ``(C, N, S)`` result. Plain torch operations: any device; on CUDA, for one-
+and two-axis calls, ``T`` and the kernel gradient's tap sums are Triton passes (:mod:`.programs`;
+the torch gathers with ``DCLS_MATRIX_BUILD=torch`` and ``DCLS_MATRIX_TAP_SUMS=segments``). Under ``torch.compile``
 the passes are ``torch.library`` custom ops (:func:`dcls_core._custom_op.register_op`).
 """
 
@@ -219,11 +220,11 @@ def _matrices(k: Tensor, tables: TapTables, s_in: int, s_out: int, dtype: torch.
     return flat.index_select(1, tables.gather).view(c, s_in, s_out)
 
 
-# torch (default) | program: how T is built on CUDA. The program writes T from the kernel's taps in
-# one launch (no index table read, no cast and pad beforehand); not yet measured on a GPU, so
-# opt-in (benchmarks/NOTES_layers.md, run 17)
+# program (default) | torch: how T is built on CUDA. The program writes T from the kernel's taps in
+# one launch (no index table read, no cast and pad beforehand); ours because the compiled
+# ConvNeXt-T measured faster with it (benchmarks/NOTES_layers.md, run 18)
 BUILD_ENV_VAR = "DCLS_MATRIX_BUILD"
-_BUILD_PROGRAM = os.environ.get(BUILD_ENV_VAR, "torch").strip().lower() == "program"  # read at import
+_BUILD_PROGRAM = os.environ.get(BUILD_ENV_VAR, "program").strip().lower() != "torch"  # read at import
 _BUILD_ROWS = 16  # rows of T per program
 _BUILD_COLUMNS = 128  # columns of T per store, at most
 
@@ -246,7 +247,7 @@ def _program_geometry(
 
 
 def _use_build_program(k: Tensor, dtype: torch.dtype) -> bool:
-    """True if ``T`` is built by :func:`_matrices_program`: ``$DCLS_MATRIX_BUILD=program``, a CUDA
+    """True if ``T`` is built by :func:`_matrices_program`: ``$DCLS_MATRIX_BUILD`` not ``torch``, a CUDA
     kernel of one or two spatial axes, ``T`` in half precision or float32, Triton."""
     if not _BUILD_PROGRAM or not k.is_cuda or k.dim() > 4:
         return False

@@ -246,14 +246,15 @@ def test_cost_rule_sizes_trace_without_a_graph_break_under_dynamic_shapes():
         ("TAP_SUMS_ENV_VAR", "_TAP_SUMS_PROGRAM", "program", True),
         ("TAP_SUMS_ENV_VAR", "_TAP_SUMS_PROGRAM", "segments", False),
         ("TAP_SUMS_ENV_VAR", "_TAP_SUMS_PROGRAM", " Segments ", False),
-        ("BUILD_ENV_VAR", "_BUILD_PROGRAM", None, False),
-        ("BUILD_ENV_VAR", "_BUILD_PROGRAM", "torch", False),
+        ("BUILD_ENV_VAR", "_BUILD_PROGRAM", None, True),
         ("BUILD_ENV_VAR", "_BUILD_PROGRAM", "program", True),
+        ("BUILD_ENV_VAR", "_BUILD_PROGRAM", "torch", False),
+        ("BUILD_ENV_VAR", "_BUILD_PROGRAM", " Torch ", False),
     ],
 )
 def test_program_switches_read_their_variables_at_import(variable, switch, value, on):
     """``DCLS_MATRIX_TAP_SUMS``: the tap-sum program unless ``segments``; ``DCLS_MATRIX_BUILD``:
-    the torch gather of ``T`` unless ``program``."""
+    the matrices program unless ``torch``."""
     name = getattr(matrix_conv, variable)
     env = {k: v for k, v in os.environ.items() if k != name}
     if value is not None:

@@ -98,8 +98,8 @@ def test_matrices_program_equals_the_torch_gather(in_sizes, k_sizes, stride, pad
 
 
 def test_with_both_programs_a_step_looks_up_no_index_tables(monkeypatch):
-    """The index tables serve only the torch build and sums: with both programs (as on CUDA with
-    ``DCLS_MATRIX_BUILD=program``) a training step never asks for them."""
+    """The index tables serve only the torch build and sums: with both programs (as on CUDA by
+    default) a training step never asks for them."""
     monkeypatch.setattr(matrix_conv, "_use_build_program", lambda *args: True)
     monkeypatch.setattr(matrix_conv, "_use_tap_sum_program", lambda *args: True)
 
