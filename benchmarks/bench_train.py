@@ -25,9 +25,11 @@ ends. Prints a table and writes JSON (default: benchmarks/results/bench_train_lo
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import platform
+import pstats
 import sys
 import tempfile
 import time
@@ -118,7 +120,8 @@ def bare_step(name: str, mode: str, args: argparse.Namespace, device: torch.devi
     for _ in range(args.warmup - args.profile_steps):
         step()
     if args.profile_steps:  # the last warm-up steps, as the loop's
-        _profiled(step, args.profile_steps, device, f"bare {name} {mode}")
+        profile = _python_profiled if args.profiler == "python" else _profiled
+        profile(step, args.profile_steps, device, f"bare {name} {mode}")
     sync(device)
     start = time.perf_counter()
     for _ in range(args.steps):
@@ -144,6 +147,30 @@ def _profiled(step, steps: int, device: torch.device, label: str) -> None:
         sync(device)
         wall_ms = 1000 * (time.perf_counter() - start) / steps
     print_profile(prof, steps, wall_ms, label)
+
+
+def print_python_profile(prof: cProfile.Profile, steps: int, wall_ms: float, label: str, top: int = 25) -> None:
+    """Prints the main thread's Python functions with the most own time per step (cProfile's
+    overhead included): where host time goes that the operator profile files under no operator."""
+    print(f"== {label}: python functions by own time, ms per step ({wall_ms:.1f} ms wall per step, profiled)")
+    stats = pstats.Stats(prof)
+    # (file, line, name) -> (primitive calls, calls, own time, total time, callers)
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]
+    for (file, line, function), (_, calls, own, total, _) in rows:
+        where = f"{Path(file).name}:{line}({function})" if line else function
+        print(f"   {1000 * own / steps:7.2f} own {1000 * total / steps:8.2f} total {calls // steps:6d}x  {where[:90]}")
+
+
+def _python_profiled(step, steps: int, device: torch.device, label: str) -> None:
+    sync(device)
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    sync(device)
+    prof.disable()
+    print_python_profile(prof, steps, 1000 * (time.perf_counter() - start) / steps, label)
 
 
 # ----------------------------------------------------------------------------- loop step
@@ -277,29 +304,38 @@ def print_profile(prof, steps: int, wall_ms: float, label: str) -> dict[str, int
 
 class StepProfiler(L.Callback):
     """Profiles ``steps`` training steps from step ``start``; prints the top host and device
-    operators and the host syncs (``aten::item``, ``aten::_local_scalar_dense``, synchronisations)."""
+    operators and the host syncs (``aten::item``, ``aten::_local_scalar_dense``, synchronisations),
+    or with ``python`` the main thread's Python functions by own time (cProfile)."""
 
-    def __init__(self, start: int, steps: int) -> None:
-        self.start, self.steps = start, steps
+    def __init__(self, start: int, steps: int, python: bool = False) -> None:
+        self.start, self.steps, self.python = start, steps, python
         self.prof = None
         self.syncs: dict[str, int] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.start and self.prof is None:
-            acts = [torch.profiler.ProfilerActivity.CPU]
-            if pl_module.device.type == "cuda":
-                acts.append(torch.profiler.ProfilerActivity.CUDA)
             sync(pl_module.device)
-            self.prof = torch.profiler.profile(activities=acts)
-            self.prof.__enter__()
+            if self.python:
+                self.prof = cProfile.Profile()
+                self.prof.enable()
+            else:
+                acts = [torch.profiler.ProfilerActivity.CPU]
+                if pl_module.device.type == "cuda":
+                    acts.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=acts)
+                self.prof.__enter__()
             self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.prof is not None and trainer.global_step == self.start + self.steps:
             sync(pl_module.device)
             wall_ms = 1000 * (time.perf_counter() - self.started) / self.steps
-            self.prof.__exit__(None, None, None)
-            self.syncs = print_profile(self.prof, self.steps, wall_ms, "loop")
+            if self.python:
+                self.prof.disable()
+                print_python_profile(self.prof, self.steps, wall_ms, "loop")
+            else:
+                self.prof.__exit__(None, None, None)
+                self.syncs = print_profile(self.prof, self.steps, wall_ms, "loop")
             self.prof = None
 
 
@@ -348,7 +384,9 @@ def loop_step(name: str, mode: str, h5: Path, args: argparse.Namespace, device: 
         module.front_end.clip_samples = args.clip_samples
     timer = StepTimer(args.warmup, args.steps)
     timeline = StepTimeline(args.warmup, args.steps)
-    profiler = StepProfiler(args.warmup - args.profile_steps, args.profile_steps) if args.profile_steps else None
+    profiler = None
+    if args.profile_steps:
+        profiler = StepProfiler(args.warmup - args.profile_steps, args.profile_steps, python=args.profiler == "python")
     ours = [timer, timeline, *([profiler] if profiler else [])]
     if args.callbacks == "run":  # what dcls-audio train adds, with the default settings
         extras = run_extras(h5.parent / f"run_{name}_{mode}_{pin}")
@@ -497,6 +535,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: automatic)")
     parser.add_argument(
         "--profile-steps", type=int, default=0, help="profile this many of the last warm-up steps of each loop run"
+    )
+    parser.add_argument(
+        "--profiler",
+        default="torch",
+        choices=("torch", "python"),
+        help="with --profile-steps: torch.profiler (operators, kernels, host syncs) or cProfile (the main "
+        "thread's Python functions by own time)",
     )
     parser.add_argument(
         "--pin",
