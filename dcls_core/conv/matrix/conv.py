@@ -9,24 +9,24 @@ channel is a dense ``(S_in, S_out)`` matrix ``T`` with ``T[r, o] = k[r - o * str
     dx[:, c, :] = dy[:, c, :] @ T_c^T
     dk[c, t] = sum of (x[:, c, :]^T @ dy[:, c, :])[r, o] over the pairs (r, o) of tap t
 
-``T`` is gathered from the kernel through an index table built once per shape (on CUDA one
-Triton pass writes it from the kernel's taps instead); the kernel gradient sums the entries of
-each tap in a fixed order (a segment sum over entries sorted by tap, or on CUDA one Triton pass
-over them: deterministic, no atomics). The product has
-``S_in x S_out`` terms per channel and row against ``taps x S_out`` for a direct convolution,
-so it pays where ``S_in <= taps`` (the cost rule). The products run in the autocast dtype (or
-the input's), with float32 accumulation; the kernel gradient is summed in float32. ``T`` is not
-kept for the backward pass (it is gathered again). No pass reads anything on the host (no device
-wait).
+``T`` is gathered from the kernel through an index table built once per shape, or on CUDA
+written from the kernel's taps by one Triton pass; the kernel gradient sums the entries of each
+tap in a fixed order (a segment sum over entries sorted by tap, or on CUDA one Triton pass over
+them: deterministic, no atomics). The product has ``S_in x S_out`` terms per channel and row
+against ``taps x S_out`` for a direct convolution, so it pays where ``S_in <= taps`` (the cost
+rule). The products run in the autocast dtype (or the input's), with float32 accumulation; the
+kernel gradient is summed in float32. ``T`` is not kept for the backward pass (it is built
+again). No pass reads anything on the host (no device wait).
 
 The op itself works on channels-first ``(C, N, S)`` tensors in the products' dtype: the input is
 copied into that layout once, by a differentiable copy outside the op, so the input gradient
 returns to the input's dtype and layout through the copy's backward (as under autocast for
 ``F.conv``), and that copy is what the kernel gradient reads. The output is an ``(N, C, *S)``
-view of the GEMM's ``(C, N, S)`` result. Plain torch operations: any device; on CUDA, for one-
-and two-axis calls, ``T`` and the kernel gradient's tap sums are Triton passes (:mod:`.programs`;
-the torch gathers with ``DCLS_MATRIX_BUILD=torch`` and ``DCLS_MATRIX_TAP_SUMS=segments``). Under ``torch.compile``
-the passes are ``torch.library`` custom ops (:func:`dcls_core._custom_op.register_op`).
+view of the GEMM's ``(C, N, S)`` result. Any device: plain torch operations, except that on CUDA,
+for one- and two-axis calls, ``T`` and the kernel gradient's tap sums are Triton passes
+(:mod:`.programs`; the torch gathers with ``DCLS_MATRIX_BUILD=torch`` and
+``DCLS_MATRIX_TAP_SUMS=segments``). Under ``torch.compile`` the passes are ``torch.library``
+custom ops (:func:`dcls_core._custom_op.register_op`).
 """
 
 from __future__ import annotations
