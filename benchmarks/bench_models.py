@@ -13,6 +13,8 @@ convolution path forced (``dcls_core.dispatch.forced(conv=...)``), ``auto`` bein
 dispatcher's own choice as configured (by default: measured for training calls), ``measured``
 with the fast paths measured per call shape (``DCLS_AUTOTUNE=1``), ``rules`` its fixed order
 (``DCLS_AUTOTUNE=0``) and ``autotune`` a measurement of every path that supports a call.
+``--layer-graphs auto 0`` times the DCLS rows with and without their layers' eager training calls
+replayed as CUDA graphs (``DCLS_LAYER_GRAPHS``, :mod:`dcls_core.conv.layer_graphs`).
 ``--profile`` adds, per model and mode (in CUDA-graph modes the kernels of a graph's replay are
 listed, but no host operator owns them), where one training step's (with ``--infer`` also one
 inference step's) device time goes: total kernel time against the step's wall time (device busy
@@ -23,6 +25,7 @@ untimed steps, then ``--steps`` steps between two device synchronisations.
     python benchmarks/bench_models.py                                         # all six, eager
     python benchmarks/bench_models.py --families convnext --modes eager default reduce-overhead
     python benchmarks/bench_models.py --families convnext --convs auto fft --profile
+    python benchmarks/bench_models.py --layer-graphs auto 0 --infer      # DCLS layers as CUDA graphs or not
     python benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules rules@fft,direct
     python benchmarks/bench_models.py --smoke                                 # tiny CPU check
 """
@@ -49,7 +52,7 @@ from bench_common import env_var, fresh, is_kernel, sync  # noqa: E402
 from dcls_audio.models import create_model  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
 from dcls_core import dispatch  # noqa: E402
-from dcls_core.conv import autotune  # noqa: E402
+from dcls_core.conv import autotune, layer_graphs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAMILIES = {
@@ -363,6 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=1, help="runs of the 7x7 model and every DCLS variant, in turn (medians printed)"
     )
+    parser.add_argument(
+        "--layer-graphs",
+        nargs="+",
+        default=["auto"],
+        choices=("auto", "0"),
+        help="DCLS_LAYER_GRAPHS of the DCLS rows, one row each (eager training calls replayed as CUDA graphs, or "
+        "not: conv column '<conv>/no-graphs')",
+    )
     parser.add_argument("--json", default=None, help="output JSON (default: results/bench_models.json)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -382,9 +393,11 @@ def main(argv: list[str] | None = None) -> int:
                 plain = run_model(plain_name, mode, "auto", args, device)
                 plain["repeat"] = repeat
                 report["results"].append(plain)
-                for conv in args.convs:
-                    row = run_model(dcls_name, mode, conv, args, device)
-                    row["repeat"] = repeat
+                for conv, graphs in [(c, g) for c in args.convs for g in args.layer_graphs]:
+                    label = conv if graphs == "auto" else f"{conv}/no-graphs"
+                    with env_var(layer_graphs.ENV_VAR, graphs):
+                        row = run_model(dcls_name, mode, conv, args, device)
+                    row["conv"], row["repeat"] = label, repeat
                     row["baseline"] = plain_name
                     row["train_ratio"] = row["train_samples_per_s"] / plain["train_samples_per_s"]
                     row["peak_ratio"] = row["peak_gib"] / plain["peak_gib"] if plain["peak_gib"] else float("nan")

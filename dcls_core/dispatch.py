@@ -78,6 +78,7 @@ __all__ = [
     "select_construct",
     "select_conv",
     "select_fused",
+    "state",
 ]
 
 IMPLS = ("auto", "reference", "fast")
@@ -128,6 +129,19 @@ def forced(construct: Optional[str] = None, conv: Optional[str] = None, fused: O
         yield
     finally:
         _forced.update(saved)
+
+
+def state() -> tuple:
+    """Everything besides the call itself that the choices depend on: the :func:`forced` choices
+    and the switches' values (a recorded layer call is keyed on it, :mod:`dcls_core.conv.layer_graphs`)."""
+    env = os.environ
+    return (
+        tuple(_forced.values()),
+        env.get(ENV_VAR),
+        env.get(CONV_ENV_VAR),
+        env.get(CONV_ORDER_ENV_VAR),
+        env.get(AUTOTUNE_ENV_VAR),
+    )
 
 
 def _conv_from_env() -> Optional[str]:

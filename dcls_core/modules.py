@@ -17,7 +17,8 @@ from torch.nn import init
 
 from .construction.cache import KernelCache
 from .construction.reference import SIGMA_VERSIONS, VERSIONS, position_axes
-from .dispatch import build_kernel
+from .conv import layer_graphs
+from .dispatch import build_kernel, state
 from .functional import PADDING_MODES, IntOrTuple, conv_with_kernel, dcls_conv, ntuple
 
 __all__ = ["Dcls1d", "Dcls2_1d", "Dcls2d", "Dcls2dK1d", "Dcls3_1d", "Dcls3d"]
@@ -170,9 +171,19 @@ class _DclsBase(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input(input)
+        if layer_graphs.wanted(self, input):  # an eager training call on CUDA: replayed as CUDA graphs
+            return layer_graphs.graphed_call(self, self._forward, input, self._parameters_read(), state())
+        return self._forward(input)
+
+    def _forward(self, input: Tensor) -> Tensor:
+        """The layer's call, run eagerly (``input`` checked)."""
         return conv_with_kernel(
             input, self.dense_kernel(), self.bias, self.stride, self.padding, self.groups, self.padding_mode
         )
+
+    def _parameters_read(self) -> list[Tensor]:
+        """The parameters a call reads (the differentiable inputs of its recorded graphs)."""
+        return [p for p in (self.weight, self.P, self.SIG, self.bias) if p is not None]
 
     def fold(self) -> nn.Module:
         """An equivalent plain ``nn.Conv{1,2,3}d`` holding the current dense kernel."""
@@ -255,10 +266,9 @@ class _DclsNd(_DclsBase):
             dtype=dtype,
         )
 
-    def forward(self, input: Tensor) -> Tensor:
+    def _forward(self, input: Tensor) -> Tensor:
         if self._kernel_cacheable():  # the cached dense kernel
-            return super().forward(input)
-        self._check_input(input)
+            return super()._forward(input)
         return dcls_conv(
             input,
             self.weight,

@@ -1,0 +1,361 @@
+"""Eager training calls of a DCLS layer replayed as CUDA graphs.
+
+An eager DCLS layer step issues a few dozen operations and launches from Python, forward and
+backward; on a fast GPU an eager DCLS model waits for that host time. Here a layer's training
+call (module in training mode, gradients recorded, a CUDA input, not compiling, not inside a
+capture) is recorded once per call signature as two CUDA graphs, its forward and its backward
+(the recipe of :func:`torch.cuda.make_graphed_callables`), and later calls replay them: a copy
+of the input, one replay, and in the backward a copy of the output gradient and one replay.
+
+Call signature (the key): the input's shape, strides, dtype, device and ``requires_grad``; the
+autocast state; the parameters' storage, dtype and ``requires_grad``; the dispatcher's forced
+choices and switches (the caller passes :func:`dcls_core.dispatch.state`). The first call of a key runs eagerly (it
+warms up: Triton compilation, measured path choices, index tables), the second records, later
+ones replay. A layer keeps at most :data:`MAX_KEYS` keys; further signatures run eagerly.
+
+Memory. Graph outputs live at fixed addresses, so what a replay needs stays allocated:
+
+* the input's copy (the graph's static input), which the convolution saves for its backward
+  (eager keeps the caller's input alive for the same span), and after the backward the input
+  gradient, written over it: no second buffer;
+* the output, valid until the layer's next replay (as :func:`torch.cuda.make_graphed_callables`'
+  outputs);
+* the output gradient's buffer, one per shape, dtype and stream, shared by every layer;
+* the saved tensors and temporaries, in one memory pool per :class:`_Generation`, where the
+  temporaries of one layer's graphs are reused by the next layer's.
+
+Graphs sharing a pool must replay in the order they were recorded (their memory was planned for
+that order). A generation records while every graph event since it began was a recording (and
+the replay that follows it at once); its first other replay seals it, later recordings open a new
+generation. A replay must come later in the recording order than the generation's last one in
+the current cycle; a new cycle begins only when no forward replay of it waits for its backward
+(or its autograd graph is gone). A forward that cannot replay runs eagerly; a backward that could
+not replay in order raises (it would read memory another graph wrote).
+
+Results equal the eager call's: the graphs hold the same launches. ``$DCLS_LAYER_GRAPHS=0`` (or
+``off``) runs every call eagerly; ``auto`` (the default) records where the conditions above hold.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+__all__ = ["ENV_VAR", "MAX_KEYS", "MODES", "enabled", "graphed_call", "recorded", "wanted"]
+
+ENV_VAR = "DCLS_LAYER_GRAPHS"
+MODES = ("auto", "0", "off")
+MAX_KEYS = 2  # signatures recorded per layer (a training batch, the last partial batch)
+MAX_GENERATIONS = 8  # memory pools per device; further forward signatures run eagerly
+
+
+def enabled() -> bool:
+    """False where ``$DCLS_LAYER_GRAPHS`` is ``0`` or ``off``."""
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"{ENV_VAR} must be one of {', '.join(MODES)}, got {value!r}")
+    return value == "auto"
+
+
+def wanted(module: nn.Module, input: Tensor) -> bool:
+    """True if this call of ``module`` may run through recorded graphs (module docstring)."""
+    return (
+        module.training
+        and input.is_cuda
+        and module.weight.device == input.device
+        and torch.is_grad_enabled()
+        and type(input) is torch.Tensor
+        and not torch.compiler.is_compiling()
+        and not torch.cuda.is_current_stream_capturing()
+        and (input.is_contiguous() or (input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last)))
+        and enabled()
+    )
+
+
+class _Generation:
+    """Graphs recorded into one memory pool, in order; the order rules of the module docstring.
+
+    Indices count the graphs in recording order. ``cursor``: the index of the last graph recorded
+    or replayed in the current cycle. ``waiting``: forward index -> a weak reference to the token
+    its call's autograd context holds, while that call's backward has not replayed."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool
+        self.count = 0
+        self.cursor = -1
+        self.sealed = False
+        self.waiting: dict[int, Callable[[], object]] = {}
+
+    def may_record(self) -> bool:
+        return not self.sealed and self.cursor == self.count - 1
+
+    def recorded(self) -> int:
+        """A new graph's index; its first replay follows at once and is part of the recording."""
+        self.cursor = self.count
+        self.count += 1
+        return self.cursor
+
+    def may_replay(self, index: int) -> bool:
+        if index > self.cursor:
+            return True
+        self.waiting = {i: ref for i, ref in self.waiting.items() if ref() is not None}
+        return not self.waiting  # a new cycle
+
+    def replayed(self, index: int) -> None:
+        self.sealed = True
+        self.cursor = index
+
+
+class _Generations:
+    """The generations of one device: the newest takes recordings while it may."""
+
+    def __init__(self) -> None:
+        self.current: Optional[_Generation] = None
+        self.opened = 0
+
+    def for_recording(self, forward: bool) -> Optional[_Generation]:
+        if self.current is None or not self.current.may_record():
+            if forward and self.opened >= MAX_GENERATIONS:
+                return None
+            self.current = _Generation(torch.cuda.graph_pool_handle())
+            self.opened += 1
+        return self.current
+
+
+_GENERATIONS: dict[torch.device, _Generations] = {}
+_GRAD_BUFFERS: dict[tuple, Tensor] = {}  # output gradients: one buffer per shape, strides, dtype, device, stream
+
+
+def _grad_buffer(like: Tensor) -> Tensor:
+    stream = torch.cuda.current_stream(like.device).cuda_stream
+    key = (tuple(like.shape), like.stride(), like.dtype, like.device, stream)
+    buffer = _GRAD_BUFFERS.get(key)
+    if buffer is None:
+        buffer = torch.empty_strided(like.shape, like.stride(), dtype=like.dtype, device=like.device)
+        _GRAD_BUFFERS[key] = buffer
+    return buffer
+
+
+class _Token:
+    """Held by a replayed call's autograd context: alive while its backward may still come."""
+
+    __slots__ = ("__weakref__",)
+
+
+class _Entry:
+    """One layer's graphs for one call signature."""
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.params = tuple(params)
+        self.calls = 0
+        self.forward_graph: Optional[torch.cuda.CUDAGraph] = None
+        self.forward_generation: Optional[_Generation] = None
+        self.forward_index = -1
+        self.backward_graph: Optional[torch.cuda.CUDAGraph] = None
+        self.backward_generation: Optional[_Generation] = None
+        self.backward_index = -1
+        self.static_input: Optional[Tensor] = None
+        self.static_output: Optional[Tensor] = None  # holds the recording's autograd graph until the backward records
+        self.output: Optional[Tensor] = None  # the output without autograd history
+        self.grad_inputs: tuple[Optional[Tensor], ...] = ()
+        self.param_grads: tuple[Tensor, ...] = ()  # the parameters' gradients: one flat tensor where one dtype
+        self.replays = 0  # forward replays after the recording (tests, benchmarks)
+        self.stamp = 0  # forward calls through the graph (recording included)
+        self.backward_stamp = 0  # the forward call whose backward ran last
+        self.failed = False  # the forward could not be recorded: this signature runs eagerly
+
+    # -- forward ------------------------------------------------------------------------
+    def record_forward(self, fn: Callable[[Tensor], Tensor], input: Tensor, generations: _Generations) -> bool:
+        generation = generations.for_recording(forward=True)
+        if generation is None:
+            return False
+        self.static_input = torch.empty_strided(
+            input.shape, input.stride(), dtype=input.dtype, device=input.device
+        ).requires_grad_(input.requires_grad)
+        with torch.no_grad():
+            self.static_input.copy_(input)
+        graph = torch.cuda.CUDAGraph()
+        autocast = _autocast_without_cache(input.device)
+        try:
+            with torch.cuda.graph(graph, pool=generation.pool, capture_error_mode="thread_local"), autocast:
+                output = fn(self.static_input)
+        except Exception as exc:  # an operation that cannot be captured: this signature stays eager
+            message = f"dcls_core: a DCLS layer call could not be recorded as a CUDA graph ({exc}); it runs eagerly"
+            warnings.warn(message, stacklevel=3)
+            generations.current = None  # the pool may hold the failed capture's blocks: no more recordings in it
+            self.failed, self.static_input = True, None
+            return False
+        self.forward_graph, self.forward_generation = graph, generation
+        self.forward_index = generation.recorded()
+        self.static_output, self.output = output, output.detach()
+        graph.replay()
+        self.stamp += 1
+        return True
+
+    def may_replay_forward(self) -> bool:
+        return self.forward_generation.may_replay(self.forward_index)
+
+    def replay_forward(self, input: Tensor) -> None:
+        with torch.no_grad():
+            self.static_input.copy_(input)
+        self.forward_graph.replay()
+        self.forward_generation.replayed(self.forward_index)
+        self.replays += 1
+        self.stamp += 1
+
+    # -- backward -----------------------------------------------------------------------
+    def backward(self, grad_output: Tensor, stamp: int) -> tuple[Optional[Tensor], ...]:
+        """Replays (the first time: records) the backward of forward call ``stamp``; returns the
+        input's gradient (None where not required), valid until the layer's next replay."""
+        if stamp != self.stamp or stamp == self.backward_stamp:
+            raise RuntimeError(
+                "dcls_core: a second backward through a DCLS layer call replayed as a CUDA graph (retain_graph), "
+                f"or the backward of a call whose memory a later call reused; set {ENV_VAR}=0 to run DCLS layers "
+                "without CUDA graphs"
+            )
+        self.backward_stamp = stamp
+        grad_buffer = _grad_buffer(self.output)
+        with torch.no_grad():
+            grad_buffer.copy_(grad_output)
+        if self.backward_graph is None:
+            self._record_backward(grad_buffer)
+        else:
+            generation = self.backward_generation
+            if not generation.may_replay(self.backward_index):
+                raise RuntimeError(
+                    "dcls_core: a DCLS layer's recorded backward came out of the order it was recorded in "
+                    f"(set {ENV_VAR}=0 to run DCLS layers without CUDA graphs)"
+                )
+            self.backward_graph.replay()
+            generation.replayed(self.backward_index)
+        self.forward_generation.waiting.pop(self.forward_index, None)
+        return self.grad_inputs
+
+    def _record_backward(self, grad_buffer: Tensor) -> None:
+        generation = _generations(grad_buffer.device).for_recording(forward=False)
+        wrt = [t for t in (self.static_input, *self.params) if t.requires_grad]
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=generation.pool, capture_error_mode="thread_local"):
+            grads = torch.autograd.grad(self.static_output, wrt, grad_buffer, allow_unused=True)
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
+            if self.static_input.requires_grad:
+                self.static_input.detach().copy_(grads[0])  # the input gradient over the input's copy
+                grads = grads[1:]
+            if len({g.dtype for g in grads}) == 1:
+                grads = [torch.cat([g.reshape(-1) for g in grads])]
+        self.backward_graph, self.backward_generation = graph, generation
+        self.backward_index = generation.recorded()
+        self.static_output = None  # the recording's autograd graph is spent
+        graph.replay()
+        self.param_grads = tuple(grads)
+        self.grad_inputs = (self.static_input.detach() if self.static_input.requires_grad else None,)
+
+    def param_grad_views(self) -> tuple[Optional[Tensor], ...]:
+        """The parameters' gradients of the last backward, copied out of the graph's memory."""
+        copies = [g.clone() for g in self.param_grads]
+        flat = copies[0] if len(copies) == 1 else None
+        out, offset = [], 0
+        for p in self.params:
+            if not p.requires_grad:
+                out.append(None)
+            elif flat is not None:
+                out.append(flat[offset : offset + p.numel()].view(p.shape))
+                offset += p.numel()
+            else:
+                out.append(copies.pop(0))
+        return tuple(out)
+
+
+def _autocast_without_cache(device: torch.device):
+    """The caller's autocast state with the cast cache off (recordings must not keep cached casts)."""
+    kind = device.type
+    return torch.autocast(
+        kind, dtype=torch.get_autocast_dtype(kind), enabled=torch.is_autocast_enabled(kind), cache_enabled=False
+    )
+
+
+def _generations(device: torch.device) -> _Generations:
+    generations = _GENERATIONS.get(device)
+    if generations is None:
+        generations = _GENERATIONS[device] = _Generations()
+    return generations
+
+
+class _Replay(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, entry: _Entry, input: Tensor, *params: Tensor) -> Tensor:
+        ctx.entry, ctx.stamp = entry, entry.stamp
+        ctx.input_is_leaf = input.requires_grad and input.grad_fn is None
+        ctx.token = _Token()
+        entry.forward_generation.waiting[entry.forward_index] = weakref.ref(ctx.token)
+        return entry.output.detach()  # a new tensor each call, on the graph's output memory
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        entry: _Entry = ctx.entry
+        (grad_input,) = entry.backward(grad_output, ctx.stamp)
+        if grad_input is not None and ctx.input_is_leaf:
+            grad_input = grad_input.clone()  # a leaf keeps its gradient: not the graph's memory
+        return (None, grad_input, *entry.param_grad_views())
+
+
+_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Entry]] = weakref.WeakKeyDictionary()
+
+
+def _key(input: Tensor, params: Sequence[Tensor], choices: tuple) -> tuple:
+    kind = input.device.type
+    autocast = (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+    return (
+        tuple(input.shape),
+        input.stride(),
+        input.dtype,
+        input.device,
+        input.requires_grad,
+        autocast,
+        tuple((p.data_ptr(), p.dtype, p.requires_grad) for p in params),
+        choices,
+    )
+
+
+def graphed_call(
+    module: nn.Module, fn: Callable[[Tensor], Tensor], input: Tensor, params: Sequence[Tensor], choices: tuple
+) -> Tensor:
+    """``fn(input)`` (the layer's eager call, differentiable in ``input`` and ``params``: the
+    module's parameters it reads) through the module's recorded graphs where it may
+    (:func:`wanted` is the caller's check); else eagerly. ``choices``: what else ``fn``'s choices
+    depend on (:func:`dcls_core.dispatch.state`), part of the key."""
+    entries = _LAYERS.get(module)
+    if entries is None:
+        entries = _LAYERS[module] = {}
+    key = _key(input, params, choices)
+    entry = entries.get(key)
+    if entry is None:
+        if len(entries) >= MAX_KEYS:
+            return fn(input)
+        entry = entries[key] = _Entry(params)
+    entry.calls += 1
+    if entry.failed:
+        return fn(input)
+    if entry.forward_graph is None:
+        if entry.calls < 2 or not entry.record_forward(fn, input, _generations(input.device)):
+            return fn(input)  # the first call warms up
+    elif entry.may_replay_forward():
+        entry.replay_forward(input)
+    else:
+        return fn(input)  # out of order: this call's memory could still be in use
+    return _Replay.apply(entry, input, *params)
+
+
+def recorded(module: nn.Module) -> list[tuple[bool, bool, int]]:
+    """Per call signature of ``module``: whether its forward and its backward are recorded, and how
+    many times the forward replayed since (tests and benchmarks)."""
+    return [
+        (e.forward_graph is not None, e.backward_graph is not None, e.replays) for e in _LAYERS.get(module, {}).values()
+    ]
