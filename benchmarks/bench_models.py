@@ -13,7 +13,7 @@ convolution path forced (``dcls_core.dispatch.forced(conv=...)``), ``auto`` bein
 dispatcher's own choice as configured (by default: measured for training calls), ``measured``
 with the fast paths measured per call shape (``DCLS_AUTOTUNE=1``), ``rules`` its fixed order
 (``DCLS_AUTOTUNE=0``) and ``autotune`` a measurement of every path that supports a call.
-``--layer-graphs auto 0`` times the DCLS rows with and without their layers' eager training calls
+``--layer-graphs 1 0`` times the DCLS rows with and without their layers' eager training calls
 replayed as CUDA graphs (``DCLS_LAYER_GRAPHS``, :mod:`dcls_core.conv.layer_graphs`).
 ``--profile`` adds, per model and mode (in CUDA-graph modes the kernels of a graph's replay are
 listed, but no host operator owns them), where one training step's (with ``--infer`` also one
@@ -25,7 +25,7 @@ untimed steps, then ``--steps`` steps between two device synchronisations.
     python benchmarks/bench_models.py                                         # all six, eager
     python benchmarks/bench_models.py --families convnext --modes eager default reduce-overhead
     python benchmarks/bench_models.py --families convnext --convs auto fft --profile
-    python benchmarks/bench_models.py --layer-graphs auto 0 --infer      # DCLS layers as CUDA graphs or not
+    python benchmarks/bench_models.py --layer-graphs 1 0 --infer         # DCLS layers as CUDA graphs or not
     python benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules rules@fft,direct
     python benchmarks/bench_models.py --smoke                                 # tiny CPU check
 """
@@ -369,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--layer-graphs",
         nargs="+",
-        default=["auto"],
-        choices=("auto", "0"),
-        help="DCLS_LAYER_GRAPHS of the DCLS rows, one row each (eager training calls replayed as CUDA graphs, or "
-        "not: conv column '<conv>/no-graphs')",
+        default=[None],
+        choices=("1", "0"),
+        help="DCLS_LAYER_GRAPHS of the DCLS rows, one row each: eager training calls replayed as CUDA graphs "
+        "(conv column '<conv>/graphs') or not ('<conv>/no-graphs'); default: as configured",
     )
     parser.add_argument("--json", default=None, help="output JSON (default: results/bench_models.json)")
     args = parser.parse_args(argv)
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                 plain["repeat"] = repeat
                 report["results"].append(plain)
                 for conv, graphs in [(c, g) for c in args.convs for g in args.layer_graphs]:
-                    label = conv if graphs == "auto" else f"{conv}/no-graphs"
+                    label = conv + {None: "", "1": "/graphs", "0": "/no-graphs"}[graphs]
                     with env_var(layer_graphs.ENV_VAR, graphs):
                         row = run_model(dcls_name, mode, conv, args, device)
                     row["conv"], row["repeat"] = label, repeat

@@ -32,8 +32,8 @@ the current cycle; a new cycle begins only when no forward replay of it waits fo
 (or its autograd graph is gone). A forward that cannot replay runs eagerly; a backward that could
 not replay in order raises (it would read memory another graph wrote).
 
-Results equal the eager call's: the graphs hold the same launches. ``$DCLS_LAYER_GRAPHS=0`` (or
-``off``) runs every call eagerly; ``auto`` (the default) records where the conditions above hold.
+Results equal the eager call's: the graphs hold the same launches. ``$DCLS_LAYER_GRAPHS=1`` records
+where the conditions above hold; ``0`` runs every call eagerly (the default: :data:`DEFAULT`).
 """
 
 from __future__ import annotations
@@ -47,20 +47,21 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["ENV_VAR", "MAX_KEYS", "MODES", "enabled", "graphed_call", "recorded", "wanted"]
+__all__ = ["DEFAULT", "ENV_VAR", "MAX_KEYS", "MODES", "enabled", "graphed_call", "recorded", "wanted"]
 
 ENV_VAR = "DCLS_LAYER_GRAPHS"
-MODES = ("auto", "0", "off")
+MODES = ("1", "0")
+DEFAULT = "0"  # until a GPU run has measured the graphs against eager calls (benchmarks/bench_models.py)
 MAX_KEYS = 2  # signatures recorded per layer (a training batch, the last partial batch)
 MAX_GENERATIONS = 8  # memory pools per device; further forward signatures run eagerly
 
 
 def enabled() -> bool:
-    """False where ``$DCLS_LAYER_GRAPHS`` is ``0`` or ``off``."""
-    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    """True where ``$DCLS_LAYER_GRAPHS`` (default :data:`DEFAULT`) is ``1``."""
+    value = os.environ.get(ENV_VAR, DEFAULT).strip() or DEFAULT
     if value not in MODES:
         raise ValueError(f"{ENV_VAR} must be one of {', '.join(MODES)}, got {value!r}")
-    return value == "auto"
+    return value == "1"
 
 
 def wanted(module: nn.Module, input: Tensor) -> bool:

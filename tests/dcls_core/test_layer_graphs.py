@@ -67,8 +67,10 @@ def test_generation_skipping_graphs_keeps_the_order():
 def test_switch_values(monkeypatch):
     monkeypatch.setenv(layer_graphs.ENV_VAR, "0")
     assert not layer_graphs.enabled()
-    monkeypatch.setenv(layer_graphs.ENV_VAR, "auto")
+    monkeypatch.setenv(layer_graphs.ENV_VAR, "1")
     assert layer_graphs.enabled()
+    monkeypatch.delenv(layer_graphs.ENV_VAR)
+    assert layer_graphs.enabled() == (layer_graphs.DEFAULT == "1")
     monkeypatch.setenv(layer_graphs.ENV_VAR, "sometimes")
     with pytest.raises(ValueError, match="DCLS_LAYER_GRAPHS"):
         layer_graphs.enabled()
@@ -143,7 +145,7 @@ def test_graphed_training_steps_equal_eager_steps(monkeypatch):
     opt_e = torch.optim.SGD(eager.parameters(), lr=0.1)
     for step in range(5):
         x = _input(seed=step).requires_grad_(False)
-        y_g = _step(graphed, x, "auto", monkeypatch)
+        y_g = _step(graphed, x, "1", monkeypatch)
         y_e = _step(eager, x, "0", monkeypatch)
         torch.testing.assert_close(y_g, y_e, rtol=1e-2, atol=1e-2)
         g_g, g_e = _grads(graphed), _grads(eager)
@@ -163,7 +165,7 @@ def test_gradient_accumulation_and_a_new_shape(monkeypatch):
     graphed, eager = _pair(monkeypatch)
     shapes = [(4, 32, 16, 15)] * 3 + [(3, 32, 16, 15)] * 3 + [(4, 32, 16, 15)] * 2
     for i, shape in enumerate(shapes):  # two micro-batches per step: gradients add up
-        for model, env in ((graphed, "auto"), (eager, "0")):
+        for model, env in ((graphed, "1"), (eager, "0")):
             _step(model, _input(shape, seed=2 * i), env, monkeypatch)
             _step(model, _input(shape, seed=2 * i + 1), env, monkeypatch)
         g_g, g_e = _grads(graphed), _grads(eager)
@@ -178,19 +180,19 @@ def test_gradient_accumulation_and_a_new_shape(monkeypatch):
 def test_second_call_before_the_backward_runs_eagerly(monkeypatch):
     graphed, eager = _pair(monkeypatch)
     for _ in range(3):  # warm up, record, replay
-        _step(graphed, _input(), "auto", monkeypatch)
+        _step(graphed, _input(), "1", monkeypatch)
         graphed.zero_grad(set_to_none=True)
     outs = {}
-    for model, env in ((graphed, "auto"), (eager, "0")):
+    for model, env in ((graphed, "1"), (eager, "0")):
         monkeypatch.setenv(layer_graphs.ENV_VAR, env)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             y1, y2 = model(_input(seed=5)), model(_input(seed=6))  # the second may not reuse y1's memory
         (y1.float().square().mean() + 2 * y2.float().square().mean()).backward()
         outs[env] = (y1.detach().clone(), y2.detach().clone(), _grads(model))
-    torch.testing.assert_close(outs["auto"][0], outs["0"][0], rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(outs["auto"][1], outs["0"][1], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(outs["1"][0], outs["0"][0], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(outs["1"][1], outs["0"][1], rtol=1e-2, atol=1e-2)
     for name, grad in outs["0"][2].items():
-        torch.testing.assert_close(outs["auto"][2][name], grad, rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(outs["1"][2][name], grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
 @pytest.mark.cuda
@@ -198,7 +200,7 @@ def test_forward_without_backward_then_steps(monkeypatch):
     graphed, eager = _pair(monkeypatch)
     for i in range(6):
         backward = i != 3  # step 3: a forward whose autograd graph is dropped
-        y_g = _step(graphed, _input(seed=i), "auto", monkeypatch, backward=backward)
+        y_g = _step(graphed, _input(seed=i), "1", monkeypatch, backward=backward)
         y_e = _step(eager, _input(seed=i), "0", monkeypatch, backward=backward)
         torch.testing.assert_close(y_g, y_e, rtol=1e-2, atol=1e-2)
         if backward:
@@ -210,7 +212,7 @@ def test_forward_without_backward_then_steps(monkeypatch):
 
 @pytest.mark.cuda
 def test_leaf_input_gradient_is_its_own_memory(monkeypatch):
-    monkeypatch.setenv(layer_graphs.ENV_VAR, "auto")
+    monkeypatch.setenv(layer_graphs.ENV_VAR, "1")
     torch.manual_seed(0)
     layer = Dcls2d(32, 32, kernel_count=8, dilated_kernel_size=17, padding=8, groups=32).cuda()
     ref = copy.deepcopy(layer)
@@ -222,7 +224,7 @@ def test_leaf_input_gradient_is_its_own_memory(monkeypatch):
         x_ref = x.detach().clone().requires_grad_(True)
         monkeypatch.setenv(layer_graphs.ENV_VAR, "0")
         ref(x_ref).square().mean().backward()
-        monkeypatch.setenv(layer_graphs.ENV_VAR, "auto")
+        monkeypatch.setenv(layer_graphs.ENV_VAR, "1")
         torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-6)
         grads.append(x_ref.grad)
     for i in range(0, len(grads), 2):  # earlier gradients unchanged by later replays
@@ -238,7 +240,7 @@ def test_switch_off_and_eval_calls_are_not_recorded(monkeypatch):
     assert all(layer_graphs.recorded(conv) == [] for conv in graphed.convs)
     graphed.eval()
     for _ in range(3):
-        _step(graphed, _input(), "auto", monkeypatch)
+        _step(graphed, _input(), "1", monkeypatch)
     assert all(layer_graphs.recorded(conv) == [] for conv in graphed.convs)
 
 
@@ -246,7 +248,7 @@ def test_switch_off_and_eval_calls_are_not_recorded(monkeypatch):
 def test_second_backward_through_a_replayed_call_raises(monkeypatch):
     graphed, _ = _pair(monkeypatch)
     for _ in range(3):  # warm up, record, replay
-        _step(graphed, _input(), "auto", monkeypatch)
+        _step(graphed, _input(), "1", monkeypatch)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = graphed(_input(seed=9)).float().square().mean()
     loss.backward(retain_graph=True)
