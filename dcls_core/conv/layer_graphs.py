@@ -67,15 +67,15 @@ def enabled() -> bool:
 def wanted(module: nn.Module, input: Tensor) -> bool:
     """True if this call of ``module`` may run through recorded graphs (module docstring)."""
     return (
-        module.training
+        not torch.compiler.is_compiling()  # first: traced code never reaches the rest
+        and module.training
         and input.is_cuda
-        and module.weight.device == input.device
         and torch.is_grad_enabled()
+        and enabled()
+        and module.weight.device == input.device
         and type(input) is torch.Tensor
-        and not torch.compiler.is_compiling()
         and not torch.cuda.is_current_stream_capturing()
         and (input.is_contiguous() or (input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last)))
-        and enabled()
     )
 
 
