@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
-#   part: tests | stages | layers | compiled | eager | models (both) | train | front-ends | data | infer | all
+#   part: tests | stages | layers | compiled | eager | models (both) | graphs | train | front-ends | data | infer | all
 #   (default: all). Each of tests, compiled, eager and train fits one device call (under 600 s).
 # A call brings back at most 8 files: end it with `cd $OUT && tar czf logs.tgz *.log && rm *.log`.
 # Wheels a torch + Lightning image may lack (versions as in requirements.lock): av, soundfile, cffi,
@@ -21,7 +21,7 @@ if [[ $part == tests || $part == all ]]; then
   # the two packages' tests side by side (one GPU, 16 cores): about half the wall time of one run;
   # four groups side by side were no faster (298 s against 280, NOTES run 18: compile tests contend)
   for pkg in dcls_core dcls_audio; do
-    (timeout 480 python3 -m pytest -q -m cuda -p no:cacheprovider --durations=8 "tests/$pkg" >"$OUT/cuda_tests_$pkg.log" 2>&1
+    (timeout 330 python3 -m pytest -q -m cuda -p no:cacheprovider --durations=8 "tests/$pkg" >"$OUT/cuda_tests_$pkg.log" 2>&1
      echo "pytest tests/$pkg exit status $? (124: timed out)" >>"$OUT/cuda_tests_$pkg.log") &
   done
   wait
@@ -56,6 +56,15 @@ if [[ $part == eager || $part == models || $part == all ]]; then
     --json "$OUT/bench_models_convnext.json" >"$OUT/bench_models_convnext.log" 2>&1; grep -A4 "^medians" "$OUT/bench_models_convnext.log"
   timeout 330 python3 benchmarks/bench_models.py --convs auto rules --infer --profile \
     --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
+fi
+if [[ $part == graphs || $part == all ]]; then
+  # the DCLS rows with their layers' eager training calls replayed as CUDA graphs and without
+  timeout 120 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 0 --infer \
+    --json "$OUT/bench_models_layer_graphs_convnext.json" >"$OUT/bench_models_layer_graphs_convnext.log" 2>&1
+  grep -E "^(device|model|convnext)|Error" "$OUT/bench_models_layer_graphs_convnext.log"
+  timeout 170 python3 benchmarks/bench_models.py --families fastvit convformer --layer-graphs 1 0 \
+    --json "$OUT/bench_models_layer_graphs_others.json" >"$OUT/bench_models_layer_graphs_others.log" 2>&1
+  grep -E "^(fastvit|convformer)|Error" "$OUT/bench_models_layer_graphs_others.log"
 fi
 if [[ $part == train || $part == all ]]; then
   # the timed steps (10-54) hold the loggers' write after step 49 (every 50 steps by default)
