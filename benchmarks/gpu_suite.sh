@@ -21,7 +21,7 @@ if [[ $part == tests || $part == all ]]; then
   # the two packages' tests side by side (one GPU, 16 cores): about half the wall time of one run;
   # four groups side by side were no faster (298 s against 280, NOTES run 18: compile tests contend)
   for pkg in dcls_core dcls_audio; do
-    (timeout 330 python3 -m pytest -q -m cuda -p no:cacheprovider --durations=8 "tests/$pkg" >"$OUT/cuda_tests_$pkg.log" 2>&1
+    (timeout 480 python3 -m pytest -q -m cuda -p no:cacheprovider --durations=8 "tests/$pkg" >"$OUT/cuda_tests_$pkg.log" 2>&1
      echo "pytest tests/$pkg exit status $? (124: timed out)" >>"$OUT/cuda_tests_$pkg.log") &
   done
   wait

@@ -13,7 +13,9 @@ choices and switches (the caller passes :func:`dcls_core.dispatch.state`). The f
 warms up: Triton compilation, measured path choices, index tables), the second records, later
 ones replay. A layer keeps at most :data:`MAX_KEYS` keys; further signatures run eagerly.
 
-Memory. Graph outputs live at fixed addresses, so what a replay needs stays allocated:
+Memory. Graph outputs live at fixed addresses, so what a replay needs stays allocated (planned
+to match an eager step's peak; one H100 run measured 0.4 GiB more for the DCLS ConvNeXt-T, not
+yet broken down):
 
 * the input's copy (the graph's static input), which the convolution saves for its backward
   (eager keeps the caller's input alive for the same span), and after the backward the input
@@ -51,7 +53,7 @@ __all__ = ["DEFAULT", "ENV_VAR", "MAX_KEYS", "MODES", "enabled", "graphed_call",
 
 ENV_VAR = "DCLS_LAYER_GRAPHS"
 MODES = ("1", "0")
-DEFAULT = "0"  # until a GPU run has measured the graphs against eager calls (benchmarks/bench_models.py)
+DEFAULT = "0"  # opt-in: two of its CUDA tests failed on their first GPU run (benchmarks/NOTES_layers.md, run 19)
 MAX_KEYS = 2  # signatures recorded per layer (a training batch, the last partial batch)
 MAX_GENERATIONS = 8  # memory pools per device; further forward signatures run eagerly
 
