@@ -3,15 +3,17 @@
 An eager DCLS layer step issues a few dozen operations and launches from Python, forward and
 backward; on a fast GPU an eager DCLS model waits for that host time. Here a layer's training
 call (module in training mode, gradients recorded, a CUDA input, not compiling, not inside a
-capture) is recorded once per call signature as two CUDA graphs, its forward and its backward
+capture; an input whose strides are neither contiguous nor channels-last is copied contiguous)
+is recorded once per call signature as two CUDA graphs, its forward and its backward
 (the recipe of :func:`torch.cuda.make_graphed_callables`), and later calls replay them: a copy
 of the input, one replay, and in the backward a copy of the output gradient and one replay.
 
 Call signature (the key): the input's shape, strides, dtype, device and ``requires_grad``; the
 autocast state; the parameters' storage, dtype and ``requires_grad``; the dispatcher's forced
-choices and switches (the caller passes :func:`dcls_core.dispatch.state`). The first call of a key runs eagerly (it
-warms up: Triton compilation, measured path choices, index tables), the second records, later
-ones replay. A layer keeps at most :data:`MAX_KEYS` keys; further signatures run eagerly.
+choices and switches (the caller passes :func:`dcls_core.dispatch.state`). The first call of a
+key runs eagerly (it warms up: Triton compilation, measured path choices, index tables), the
+second records, later ones replay. A layer keeps at most :data:`MAX_KEYS` keys; further
+signatures run eagerly.
 
 Memory. Graph outputs live at fixed addresses, so what a replay needs stays allocated (planned
 to match an eager step's peak; one H100 run measured 0.4 GiB more for the DCLS ConvNeXt-T, not
@@ -77,7 +79,6 @@ def wanted(module: nn.Module, input: Tensor) -> bool:
         and module.weight.device == input.device
         and type(input) is torch.Tensor
         and not torch.cuda.is_current_stream_capturing()
-        and (input.is_contiguous() or (input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last)))
     )
 
 
@@ -178,9 +179,7 @@ class _Entry:
         generation = generations.for_recording(forward=True)
         if generation is None:
             return False
-        self.static_input = torch.empty_strided(
-            input.shape, input.stride(), dtype=input.dtype, device=input.device
-        ).requires_grad_(input.requires_grad)
+        self.static_input = _dense_like(input).requires_grad_(input.requires_grad)
         with torch.no_grad():
             self.static_input.copy_(input)
         graph = torch.cuda.CUDAGraph()
@@ -273,6 +272,14 @@ class _Entry:
             else:
                 out.append(copies.pop(0))
         return tuple(out)
+
+
+def _dense_like(input: Tensor) -> Tensor:
+    """An empty tensor like ``input``, with its strides where they are dense (contiguous or
+    channels-last), else contiguous (the graph's input copy; gradients may have any strides)."""
+    if input.is_contiguous() or (input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last)):
+        return torch.empty_strided(input.shape, input.stride(), dtype=input.dtype, device=input.device)
+    return torch.empty(input.shape, dtype=input.dtype, device=input.device)
 
 
 def _autocast_without_cache(device: torch.device):

@@ -254,3 +254,18 @@ def test_second_backward_through_a_replayed_call_raises(monkeypatch):
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="DCLS_LAYER_GRAPHS=0"):  # its saved tensors may be overwritten
         loss.backward()
+
+
+@pytest.mark.cuda
+def test_strided_input_is_copied_dense(monkeypatch):
+    graphed, eager = _pair(monkeypatch)
+    for step in range(4):
+        x = _input((4, 32, 16, 30), seed=step)[..., ::2]  # neither contiguous nor channels-last
+        assert not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+        y_g = _step(graphed, x, "1", monkeypatch)
+        y_e = _step(eager, x, "0", monkeypatch)
+        torch.testing.assert_close(y_g, y_e, rtol=1e-2, atol=1e-2)
+        for name, grad in _grads(eager).items():
+            torch.testing.assert_close(_grads(graphed)[name], grad, rtol=1e-3, atol=1e-5, msg=f"{step}: {name}")
+        graphed.zero_grad(set_to_none=True), eager.zero_grad(set_to_none=True)
+    assert layer_graphs.recorded(graphed.convs[0]) == [(True, True, 2)]
