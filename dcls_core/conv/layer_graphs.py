@@ -15,6 +15,13 @@ key runs eagerly (it warms up: Triton compilation, measured path choices, index 
 second records, later ones replay. A layer keeps at most :data:`MAX_KEYS` keys; further
 signatures run eagerly.
 
+Recording. The second call records both graphs at once, in the forward pass: the forward, then
+the backward of that recording (``torch.autograd.grad`` of its output against an output-gradient
+buffer, as :func:`torch.cuda.make_graphed_callables` does), never inside an autograd backward:
+a backward pass that records reenters autograd's engine, which may run the outer pass's pending
+nodes (gradient accumulation) inside the recording. Calls made inside a backward pass (an
+activation checkpoint's recomputation) run eagerly.
+
 Memory. Graph outputs live at fixed addresses, so what a replay needs stays allocated (planned
 to match an eager step's peak; one H100 run measured 0.4 GiB more for the DCLS ConvNeXt-T, not
 yet broken down):
@@ -25,16 +32,19 @@ yet broken down):
 * the output, valid until the layer's next replay (as :func:`torch.cuda.make_graphed_callables`'
   outputs);
 * the output gradient's buffer, one per shape, dtype and stream, shared by every layer;
-* the saved tensors and temporaries, in one memory pool per :class:`_Generation`, where the
-  temporaries of one layer's graphs are reused by the next layer's.
+* the tensors the forward saves for the backward (held), and both graphs' temporaries, in one
+  memory pool per :class:`_Generation`, where one layer's temporaries are reused by the layers
+  recorded after it.
 
-Graphs sharing a pool must replay in the order they were recorded (their memory was planned for
-that order). A generation records while every graph event since it began was a recording (and
-the replay that follows it at once); its first other replay seals it, later recordings open a new
-generation. A replay must come later in the recording order than the generation's last one in
-the current cycle; a new cycle begins only when no forward replay of it waits for its backward
-(or its autograd graph is gone). A forward that cannot replay runs eagerly; a backward that could
-not replay in order raises (it would read memory another graph wrote).
+Order. A generation's memory is planned for a training step's order: the forwards of its layers
+in recording order, then their backwards in reverse. So within a cycle a forward replays only
+after the generation's earlier forwards and before any of its backwards, and a backward only
+once no layer recorded after it waits for its own backward; a new cycle (a forward after a backward, or
+an earlier forward) begins only when no replayed forward of the generation waits for its
+backward (or its autograd graph is gone). A generation takes recordings until its first replay
+that is not the one right after a recording. A forward that cannot replay runs eagerly; a
+backward out of order raises (it would read memory another graph wrote), as does a second
+backward through one replayed call (``retain_graph``).
 
 Results equal the eager call's: the graphs hold the same launches. ``$DCLS_LAYER_GRAPHS=1`` records
 where the conditions above hold; ``0`` runs every call eagerly (the default: :data:`DEFAULT`).
@@ -83,37 +93,51 @@ def wanted(module: nn.Module, input: Tensor) -> bool:
 
 
 class _Generation:
-    """Graphs recorded into one memory pool, in order; the order rules of the module docstring.
-
-    Indices count the graphs in recording order. ``cursor``: the index of the last graph recorded
-    or replayed in the current cycle. ``waiting``: forward index -> a weak reference to the token
-    its call's autograd context holds, while that call's backward has not replayed."""
+    """Layers recorded into one memory pool, numbered in recording order; the order rules of the
+    module docstring. ``last_forward``/``last_backward``: the numbers of the last forward and
+    backward replayed in the current cycle (-1: none). ``waiting``: layer number -> a weak
+    reference to the token its replayed call's autograd context holds, until its backward."""
 
     def __init__(self, pool) -> None:
         self.pool = pool
         self.count = 0
-        self.cursor = -1
+        self.last_forward = -1
+        self.last_backward = -1
         self.sealed = False
         self.waiting: dict[int, Callable[[], object]] = {}
 
     def may_record(self) -> bool:
-        return not self.sealed and self.cursor == self.count - 1
+        return not self.sealed and self.last_backward < 0
 
     def recorded(self) -> int:
-        """A new graph's index; its first replay follows at once and is part of the recording."""
-        self.cursor = self.count
+        """A new layer's number; its forward replays at once (part of the recording)."""
+        number = self.count
         self.count += 1
-        return self.cursor
+        self.last_forward = number
+        return number
 
-    def may_replay(self, index: int) -> bool:
-        if index > self.cursor:
+    def may_replay_forward(self, number: int) -> bool:
+        if self.last_backward < 0 and number > self.last_forward:
             return True
         self.waiting = {i: ref for i, ref in self.waiting.items() if ref() is not None}
         return not self.waiting  # a new cycle
 
-    def replayed(self, index: int) -> None:
+    def replayed_forward(self, number: int) -> None:
+        if not (self.last_backward < 0 and number > self.last_forward):
+            self.last_backward = -1  # a new cycle
         self.sealed = True
-        self.cursor = index
+        self.last_forward = number
+
+    def may_replay_backward(self, number: int) -> bool:
+        """Its forward replayed in this cycle, and no later-recorded layer still waits for its
+        backward (this backward's temporaries may lie on that layer's saved tensors)."""
+        self.waiting = {i: ref for i, ref in self.waiting.items() if ref() is not None}
+        return number in self.waiting and max(self.waiting) == number
+
+    def replayed_backward(self, number: int) -> None:
+        self.sealed = True
+        self.last_backward = number
+        self.waiting.pop(number, None)
 
 
 class _Generations:
@@ -123,9 +147,9 @@ class _Generations:
         self.current: Optional[_Generation] = None
         self.opened = 0
 
-    def for_recording(self, forward: bool) -> Optional[_Generation]:
+    def for_recording(self) -> Optional[_Generation]:
         if self.current is None or not self.current.may_record():
-            if forward and self.opened >= MAX_GENERATIONS:
+            if self.opened >= MAX_GENERATIONS:
                 return None
             self.current = _Generation(torch.cuda.graph_pool_handle())
             self.opened += 1
@@ -158,105 +182,102 @@ class _Entry:
     def __init__(self, params: Sequence[Tensor]) -> None:
         self.params = tuple(params)
         self.calls = 0
+        self.generation: Optional[_Generation] = None
+        self.number = -1  # in the generation's recording order
         self.forward_graph: Optional[torch.cuda.CUDAGraph] = None
-        self.forward_generation: Optional[_Generation] = None
-        self.forward_index = -1
         self.backward_graph: Optional[torch.cuda.CUDAGraph] = None
-        self.backward_generation: Optional[_Generation] = None
-        self.backward_index = -1
         self.static_input: Optional[Tensor] = None
-        self.static_output: Optional[Tensor] = None  # holds the recording's autograd graph until the backward records
-        self.output: Optional[Tensor] = None  # the output without autograd history
-        self.grad_inputs: tuple[Optional[Tensor], ...] = ()
+        self.output: Optional[Tensor] = None  # the forward graph's output, without autograd history
+        self.grad_output: Optional[Tensor] = None  # the backward graph's output-gradient buffer
+        self.held: list[Tensor] = []  # what the forward saves for the backward: stays allocated
         self.param_grads: tuple[Tensor, ...] = ()  # the parameters' gradients: one flat tensor where one dtype
         self.replays = 0  # forward replays after the recording (tests, benchmarks)
         self.stamp = 0  # forward calls through the graph (recording included)
         self.backward_stamp = 0  # the forward call whose backward ran last
-        self.failed = False  # the forward could not be recorded: this signature runs eagerly
+        self.failed = False  # could not be recorded: this signature runs eagerly
 
-    # -- forward ------------------------------------------------------------------------
-    def record_forward(self, fn: Callable[[Tensor], Tensor], input: Tensor, generations: _Generations) -> bool:
-        generation = generations.for_recording(forward=True)
+    # -- recording ----------------------------------------------------------------------
+    def record(self, fn: Callable[[Tensor], Tensor], input: Tensor, generations: _Generations) -> bool:
+        """Records the forward and its backward, then replays the forward for this call."""
+        generation = generations.for_recording()
         if generation is None:
             return False
         self.static_input = _dense_like(input).requires_grad_(input.requires_grad)
         with torch.no_grad():
             self.static_input.copy_(input)
-        graph = torch.cuda.CUDAGraph()
-        autocast = _autocast_without_cache(input.device)
+        forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=generation.pool, capture_error_mode="thread_local"), autocast:
-                output = fn(self.static_input)
+            with torch.autograd.graph.saved_tensors_hooks(self._hold, _unpacked):
+                with torch.cuda.graph(forward, pool=generation.pool, capture_error_mode="thread_local"):
+                    with _autocast_without_cache(input.device):
+                        output = fn(self.static_input)
+            self.grad_output = _grad_buffer(output)
+            if output.requires_grad:
+                self._record_backward(backward, generation, output)
         except Exception as exc:  # an operation that cannot be captured: this signature stays eager
-            message = f"dcls_core: a DCLS layer call could not be recorded as a CUDA graph ({exc}); it runs eagerly"
-            warnings.warn(message, stacklevel=3)
+            message = f"dcls_core: a DCLS layer call could not be recorded as CUDA graphs ({exc}); it runs eagerly"
+            warnings.warn(message, stacklevel=4)
             generations.current = None  # the pool may hold the failed capture's blocks: no more recordings in it
-            self.failed, self.static_input = True, None
+            self.failed, self.static_input, self.held = True, None, []
             return False
-        self.forward_graph, self.forward_generation = graph, generation
-        self.forward_index = generation.recorded()
-        self.static_output, self.output = output, output.detach()
-        graph.replay()
+        self.forward_graph, self.generation = forward, generation
+        self.backward_graph = backward if self.param_grads or self.static_input.requires_grad else None
+        self.number = generation.recorded()
+        self.output = output.detach()
+        with torch.no_grad():  # again: a recording that runs its operations (the tests' emulation) wrote dx there
+            self.static_input.copy_(input)
+        forward.replay()
         self.stamp += 1
         return True
 
-    def may_replay_forward(self) -> bool:
-        return self.forward_generation.may_replay(self.forward_index)
+    def _hold(self, tensor: Tensor) -> Tensor:
+        self.held.append(tensor)
+        return tensor
 
-    def replay_forward(self, input: Tensor) -> None:
-        with torch.no_grad():
-            self.static_input.copy_(input)
-        self.forward_graph.replay()
-        self.forward_generation.replayed(self.forward_index)
-        self.replays += 1
-        self.stamp += 1
-
-    # -- backward -----------------------------------------------------------------------
-    def backward(self, grad_output: Tensor, stamp: int) -> tuple[Optional[Tensor], ...]:
-        """Replays (the first time: records) the backward of forward call ``stamp``; returns the
-        input's gradient (None where not required), valid until the layer's next replay."""
-        if stamp != self.stamp or stamp == self.backward_stamp:
-            raise RuntimeError(
-                "dcls_core: a second backward through a DCLS layer call replayed as a CUDA graph (retain_graph), "
-                f"or the backward of a call whose memory a later call reused; set {ENV_VAR}=0 to run DCLS layers "
-                "without CUDA graphs"
-            )
-        self.backward_stamp = stamp
-        grad_buffer = _grad_buffer(self.output)
-        with torch.no_grad():
-            grad_buffer.copy_(grad_output)
-        if self.backward_graph is None:
-            self._record_backward(grad_buffer)
-        else:
-            generation = self.backward_generation
-            if not generation.may_replay(self.backward_index):
-                raise RuntimeError(
-                    "dcls_core: a DCLS layer's recorded backward came out of the order it was recorded in "
-                    f"(set {ENV_VAR}=0 to run DCLS layers without CUDA graphs)"
-                )
-            self.backward_graph.replay()
-            generation.replayed(self.backward_index)
-        self.forward_generation.waiting.pop(self.forward_index, None)
-        return self.grad_inputs
-
-    def _record_backward(self, grad_buffer: Tensor) -> None:
-        generation = _generations(grad_buffer.device).for_recording(forward=False)
+    def _record_backward(self, graph: torch.cuda.CUDAGraph, generation: _Generation, output: Tensor) -> None:
         wrt = [t for t in (self.static_input, *self.params) if t.requires_grad]
-        graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=generation.pool, capture_error_mode="thread_local"):
-            grads = torch.autograd.grad(self.static_output, wrt, grad_buffer, allow_unused=True)
+            grads = torch.autograd.grad(output, wrt, self.grad_output, allow_unused=True)
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
             if self.static_input.requires_grad:
                 self.static_input.detach().copy_(grads[0])  # the input gradient over the input's copy
                 grads = grads[1:]
             if len({g.dtype for g in grads}) == 1:
                 grads = [torch.cat([g.reshape(-1) for g in grads])]
-        self.backward_graph, self.backward_generation = graph, generation
-        self.backward_index = generation.recorded()
-        self.static_output = None  # the recording's autograd graph is spent
-        graph.replay()
         self.param_grads = tuple(grads)
-        self.grad_inputs = (self.static_input.detach() if self.static_input.requires_grad else None,)
+
+    # -- replays ------------------------------------------------------------------------
+    def may_replay_forward(self) -> bool:
+        return self.generation.may_replay_forward(self.number)
+
+    def replay_forward(self, input: Tensor) -> None:
+        with torch.no_grad():
+            self.static_input.copy_(input)
+        self.forward_graph.replay()
+        self.generation.replayed_forward(self.number)
+        self.replays += 1
+        self.stamp += 1
+
+    def backward(self, grad_output: Tensor, stamp: int) -> Optional[Tensor]:
+        """Replays the backward of forward call ``stamp``; returns the input's gradient (None where
+        not required), valid until the layer's next replay."""
+        if stamp != self.stamp or stamp == self.backward_stamp:
+            raise RuntimeError(
+                "dcls_core: a second backward through a DCLS layer call replayed as a CUDA graph (retain_graph), "
+                f"or the backward of a call whose memory a later call reused; set {ENV_VAR}=0 to run DCLS layers "
+                "without CUDA graphs"
+            )
+        if not self.generation.may_replay_backward(self.number):
+            raise RuntimeError(
+                "dcls_core: the backward of a DCLS layer call replayed as a CUDA graph came out of the order its "
+                f"memory was planned for (set {ENV_VAR}=0 to run DCLS layers without CUDA graphs)"
+            )
+        self.backward_stamp = stamp
+        with torch.no_grad():
+            self.grad_output.copy_(grad_output)
+        self.backward_graph.replay()
+        self.generation.replayed_backward(self.number)
+        return self.static_input.detach() if self.static_input.requires_grad else None
 
     def param_grad_views(self) -> tuple[Optional[Tensor], ...]:
         """The parameters' gradients of the last backward, copied out of the graph's memory."""
@@ -272,6 +293,10 @@ class _Entry:
             else:
                 out.append(copies.pop(0))
         return tuple(out)
+
+
+def _unpacked(tensor: Tensor) -> Tensor:
+    return tensor
 
 
 def _dense_like(input: Tensor) -> Tensor:
@@ -303,14 +328,14 @@ class _Replay(torch.autograd.Function):
         ctx.entry, ctx.stamp = entry, entry.stamp
         ctx.input_is_leaf = input.requires_grad and input.grad_fn is None
         ctx.token = _Token()
-        entry.forward_generation.waiting[entry.forward_index] = weakref.ref(ctx.token)
+        entry.generation.waiting[entry.number] = weakref.ref(ctx.token)
         return entry.output.detach()  # a new tensor each call, on the graph's output memory
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: Tensor):
         entry: _Entry = ctx.entry
-        (grad_input,) = entry.backward(grad_output, ctx.stamp)
+        grad_input = entry.backward(grad_output, ctx.stamp)
         if grad_input is not None and ctx.input_is_leaf:
             grad_input = grad_input.clone()  # a leaf keeps its gradient: not the graph's memory
         return (None, grad_input, *entry.param_grad_views())
@@ -354,7 +379,8 @@ def graphed_call(
     if entry.failed:
         return fn(input)
     if entry.forward_graph is None:
-        if entry.calls < 2 or not entry.record_forward(fn, input, _generations(input.device)):
+        in_backward = torch._C._current_graph_task_id() != -1  # recordings stay out of autograd's engine
+        if entry.calls < 2 or in_backward or not entry.record(fn, input, _generations(input.device)):
             return fn(input)  # the first call warms up
     elif entry.may_replay_forward():
         entry.replay_forward(input)
