@@ -3,10 +3,10 @@
 An eager DCLS layer step issues a few dozen operations and launches from Python, forward and
 backward; on a fast GPU an eager DCLS model waits for that host time. Here a layer's training
 call (module in training mode, gradients recorded, a CUDA input, not compiling, not inside a
-capture; an input whose strides are neither contiguous nor channels-last is copied contiguous)
-is recorded once per call signature as two CUDA graphs, its forward and its backward
+capture) is recorded once per call signature as two CUDA graphs, its forward and its backward
 (the recipe of :func:`torch.cuda.make_graphed_callables`), and later calls replay them: a copy
-of the input, one replay, and in the backward a copy of the output gradient and one replay.
+of the input (into a buffer of the input's strides where it is dense in any axis order, else
+contiguous), one replay, and in the backward a copy of the output gradient and one replay.
 
 Call signature (the key): the input's shape, strides, dtype, device and ``requires_grad``; the
 autocast state; the parameters' storage, dtype and ``requires_grad``; the dispatcher's forced
@@ -300,11 +300,10 @@ def _unpacked(tensor: Tensor) -> Tensor:
 
 
 def _dense_like(input: Tensor) -> Tensor:
-    """An empty tensor like ``input``, with its strides where they are dense (contiguous or
-    channels-last), else contiguous (the graph's input copy; gradients may have any strides)."""
-    if input.is_contiguous() or (input.dim() == 4 and input.is_contiguous(memory_format=torch.channels_last)):
-        return torch.empty_strided(input.shape, input.stride(), dtype=input.dtype, device=input.device)
-    return torch.empty(input.shape, dtype=input.dtype, device=input.device)
+    """An empty tensor like ``input`` (the graph's input copy): with its strides where it is dense
+    in any axis order, else contiguous or channels-last (``torch.empty_like``'s
+    ``preserve_format``); gradients may have any strides."""
+    return torch.empty_like(input, memory_format=torch.preserve_format)
 
 
 def _autocast_without_cache(device: torch.device):
