@@ -65,7 +65,7 @@ __all__ = ["DEFAULT", "ENV_VAR", "MAX_KEYS", "MODES", "enabled", "graphed_call",
 
 ENV_VAR = "DCLS_LAYER_GRAPHS"
 MODES = ("1", "0")
-DEFAULT = "0"  # opt-in: two of its CUDA tests failed on their first GPU run (benchmarks/NOTES_layers.md, run 19)
+DEFAULT = "0"  # opt-in until its redesigned recording runs on a GPU (benchmarks/NOTES_layers.md, run 19)
 MAX_KEYS = 2  # signatures recorded per layer (a training batch, the last partial batch)
 MAX_GENERATIONS = 8  # memory pools per device; further forward signatures run eagerly
 
