@@ -39,9 +39,9 @@ yet broken down):
 Order. A generation's memory is planned for a training step's order: the forwards of its layers
 in recording order, then their backwards in reverse. So within a cycle a forward replays only
 after the generation's earlier forwards and before any of its backwards, and a backward only
-once no layer recorded after it waits for its own backward; a new cycle (a forward after a backward, or
-an earlier forward) begins only when no replayed forward of the generation waits for its
-backward (or its autograd graph is gone). A generation takes recordings until its first replay
+once no layer recorded after it waits for its own backward; a new cycle (a forward after a
+backward, or an earlier forward) begins only when no replayed forward of the generation waits
+for its backward (or its autograd graph is gone). A generation takes recordings until its first replay
 that is not the one right after a recording. A forward that cannot replay runs eagerly; a
 backward out of order raises (it would read memory another graph wrote), as does a second
 backward through one replayed call (``retain_graph``).
