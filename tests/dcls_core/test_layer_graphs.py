@@ -41,15 +41,23 @@ def test_a_generation_records_until_its_first_later_replay():
     assert not g.may_record()  # sealed: its memory is planned for the recorded order
 
 
-def test_forwards_in_order_then_backwards_in_reverse():
+def _replayed(count: int, forwards: tuple[int, ...]) -> tuple[_Generation, dict[int, _Alive]]:
+    """A sealed generation of ``count`` layers whose ``forwards`` replayed in this cycle, in order,
+    each waiting for its backward (the tokens keep them waiting)."""
     g = _Generation(pool=None)
-    for _ in range(3):
+    for _ in range(count):
         g.recorded()
-    tokens = [_Alive() for _ in range(3)]
-    for n in range(3):
+    tokens = {}
+    for n in forwards:
         assert g.may_replay_forward(n)
         g.replayed_forward(n)
+        tokens[n] = _Alive()
         g.waiting[n] = weakref.ref(tokens[n])
+    return g, tokens
+
+
+def test_forwards_in_order_then_backwards_in_reverse():
+    g, tokens = _replayed(3, (0, 1, 2))
     assert not g.may_replay_forward(1)  # 1 and 2 still wait for their backwards
     assert not g.may_replay_backward(0)  # 1 and 2 first: 0's temporaries may lie on their saved tensors
     assert g.may_replay_backward(2)
@@ -63,13 +71,7 @@ def test_forwards_in_order_then_backwards_in_reverse():
 
 
 def test_a_backward_out_of_reverse_order_is_refused():
-    g = _Generation(pool=None)
-    for _ in range(3):
-        g.recorded()
-    tokens = [_Alive() for _ in range(3)]
-    for n in range(3):
-        g.replayed_forward(n)
-        g.waiting[n] = weakref.ref(tokens[n])
+    g, tokens = _replayed(3, (0, 1, 2))
     assert not g.may_replay_backward(1)  # 2 waits: 1's backward temporaries may lie on 2's saved tensors
     assert not g.may_replay_backward(0)
     assert g.may_replay_backward(2)
@@ -78,13 +80,7 @@ def test_a_backward_out_of_reverse_order_is_refused():
 
 
 def test_skipped_layers_keep_the_order():
-    g = _Generation(pool=None)
-    for _ in range(6):
-        g.recorded()
-    tokens = {n: _Alive() for n in (0, 3)}
-    g.replayed_forward(0), g.replayed_forward(3)  # 1 and 2 ran eagerly this cycle
-    for n, token in tokens.items():
-        g.waiting[n] = weakref.ref(token)
+    g, tokens = _replayed(6, (0, 3))  # 1 and 2 ran eagerly this cycle
     assert g.may_replay_forward(4) and g.may_replay_forward(5)
     assert not g.may_replay_forward(1) and not g.may_replay_forward(2)  # earlier: a new cycle, and 0, 3 wait
 
