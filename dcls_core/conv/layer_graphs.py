@@ -131,8 +131,13 @@ class _Generation:
     def may_replay_backward(self, number: int) -> bool:
         """Its forward replayed in this cycle, and no later-recorded layer still waits for its
         backward (this backward's temporaries may lie on that layer's saved tensors)."""
+        ref = self.waiting.get(number)
+        if ref is None or ref() is None:
+            return False
+        if max(self.waiting) == number:  # a step's order: no pruning needed
+            return True
         self.waiting = {i: ref for i, ref in self.waiting.items() if ref() is not None}
-        return number in self.waiting and max(self.waiting) == number
+        return max(self.waiting) == number
 
     def replayed_backward(self, number: int) -> None:
         self.sealed = True
@@ -191,9 +196,8 @@ class _Entry:
         self.grad_output: Optional[Tensor] = None  # the backward graph's output-gradient buffer
         self.held: list[Tensor] = []  # what the forward saves for the backward: stays allocated
         self.param_grads: tuple[Tensor, ...] = ()  # the parameters' gradients: one flat tensor where one dtype
-        self.replays = 0  # forward replays after the recording (tests, benchmarks)
-        self.stamp = 0  # forward calls through the graph (recording included)
-        self.backward_stamp = 0  # the forward call whose backward ran last
+        self.replays = 0  # forward replays after the recording: which call a backward belongs to
+        self.backward_stamp = -1  # the value of ``replays`` at the forward whose backward ran last
         self.failed = False  # could not be recorded: this signature runs eagerly
 
     # -- recording ----------------------------------------------------------------------
@@ -202,9 +206,7 @@ class _Entry:
         generation = generations.for_recording()
         if generation is None:
             return False
-        self.static_input = _dense_like(input).requires_grad_(input.requires_grad)
-        with torch.no_grad():
-            self.static_input.copy_(input)
+        self.static_input = _dense_like(input).requires_grad_(input.requires_grad)  # filled before the replay
         forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
             with torch.autograd.graph.saved_tensors_hooks(self._hold, _unpacked):
@@ -224,10 +226,9 @@ class _Entry:
         self.backward_graph = backward if self.param_grads or self.static_input.requires_grad else None
         self.number = generation.recorded()
         self.output = output.detach()
-        with torch.no_grad():  # again: a recording that runs its operations (the tests' emulation) wrote dx there
+        with torch.no_grad():  # after both recordings (one that runs its operations writes dx there)
             self.static_input.copy_(input)
         forward.replay()
-        self.stamp += 1
         return True
 
     def _hold(self, tensor: Tensor) -> Tensor:
@@ -256,12 +257,11 @@ class _Entry:
         self.forward_graph.replay()
         self.generation.replayed_forward(self.number)
         self.replays += 1
-        self.stamp += 1
 
     def backward(self, grad_output: Tensor, stamp: int) -> Optional[Tensor]:
-        """Replays the backward of forward call ``stamp``; returns the input's gradient (None where
-        not required), valid until the layer's next replay."""
-        if stamp != self.stamp or stamp == self.backward_stamp:
+        """Replays the backward of the forward call made at ``replays == stamp``; returns the
+        input's gradient (None where not required), valid until the layer's next replay."""
+        if stamp != self.replays or stamp == self.backward_stamp:
             raise RuntimeError(
                 "dcls_core: a second backward through a DCLS layer call replayed as a CUDA graph (retain_graph), "
                 f"or the backward of a call whose memory a later call reused; set {ENV_VAR}=0 to run DCLS layers "
@@ -324,7 +324,7 @@ def _generations(device: torch.device) -> _Generations:
 class _Replay(torch.autograd.Function):
     @staticmethod
     def forward(ctx, entry: _Entry, input: Tensor, *params: Tensor) -> Tensor:
-        ctx.entry, ctx.stamp = entry, entry.stamp
+        ctx.entry, ctx.stamp = entry, entry.replays
         ctx.input_is_leaf = input.requires_grad and input.grad_fn is None
         ctx.token = _Token()
         entry.generation.waiting[entry.number] = weakref.ref(ctx.token)
@@ -390,7 +390,7 @@ def graphed_call(
 
 def recorded(module: nn.Module) -> list[tuple[bool, bool, int]]:
     """Per call signature of ``module``: whether its forward and its backward are recorded, and how
-    many times the forward replayed since (tests and benchmarks)."""
+    many times the forward replayed since (tests)."""
     return [
         (e.forward_graph is not None, e.backward_graph is not None, e.replays) for e in _LAYERS.get(module, {}).values()
     ]
