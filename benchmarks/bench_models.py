@@ -145,8 +145,42 @@ class Bench:
     def train_row(self) -> dict:
         self.net.train()
         rate = self.timed(self.train_step)
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else float("nan")
-        return {"train_samples_per_s": rate, "train_step_ms": 1000 * self.args.batch_size / rate, "peak_gib": peak}
+        row = {"train_samples_per_s": rate, "train_step_ms": 1000 * self.args.batch_size / rate}
+        cuda = self.device.type == "cuda"
+        row["peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30 if cuda else float("nan")
+        # CUDA graphs' temporaries sit in their pools' reserved memory, not in the allocated count
+        row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30 if cuda else float("nan")
+        return row
+
+    def memory(self) -> dict:
+        """Where one training step's memory goes (GiB): allocated before the step (weights,
+        optimizer state, what the layer graphs keep), after its forward (plus the activations) and
+        at its peak; reserved in CUDA-graph pools; what the layer graphs keep, by kind."""
+        self.net.train()
+        self.train_step()
+        sync(self.device)
+        gib = 2**30
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with _autocast(self.device, self.args.precision):
+            logits = self.forward(self.spec)
+        after_forward = torch.cuda.memory_allocated(self.device)
+        F.binary_cross_entropy_with_logits(logits.float(), self.target).backward()
+        del logits
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        sync(self.device)
+        pools = [s for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0)]
+        return {
+            "before_step_gib": before / gib,
+            "after_forward_gib": after_forward / gib,
+            "step_peak_gib": torch.cuda.max_memory_allocated(self.device) / gib,
+            "graph_pools_reserved_gib": sum(s["total_size"] for s in pools) / gib,
+            "graph_pools_allocated_gib": sum(s["allocated_size"] for s in pools) / gib,
+            "layer_graphs_gib": {k: v / gib for k, v in layer_graphs.held_bytes().items()},
+        }
 
     def infer_row(self) -> dict:
         self.net.eval()
@@ -249,6 +283,8 @@ def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, de
     profiled = args.profile and device.type == "cuda"
     if profiled:
         row["profile"] = bench.profile()
+    if args.memory and device.type == "cuda":
+        row["memory"] = bench.memory()
     if args.infer:
         row.update(bench.infer_row())
         if profiled:
@@ -299,7 +335,8 @@ def print_medians(rows: list[dict], repeats: int) -> None:
 def print_table(report: dict) -> None:
     rows = report["results"]
     print(f"device: {report['device']}, torch {report['torch']}, {report['precision']}, batch {report['batch_size']}")
-    head = f"{'model':<27} {'mode':<15} {'conv':<17} {'train/s':>8} {'ms':>7} {'peak GiB':>8} {'infer/s':>8}"
+    head = f"{'model':<27} {'mode':<15} {'conv':<17} {'train/s':>8} {'ms':>7} {'peak GiB':>8} {'resv GiB':>8}"
+    head += f" {'infer/s':>8}"
     print(head + f" {'train ratio':>11} {'infer ratio':>11} {'peak ratio':>10}")
     for r in rows:
         base = r.get("baseline")
@@ -308,13 +345,22 @@ def print_table(report: dict) -> None:
             ratios = f" {r['train_ratio']:>11.2f} {r.get('infer_ratio', float('nan')):>11.2f} {r['peak_ratio']:>10.2f}"
         print(
             f"{r['model']:<27} {r['mode']:<15} {r['conv']:<17} {r['train_samples_per_s']:>8.1f} "
-            f"{r['train_step_ms']:>7.1f} {r['peak_gib']:>8.2f} {r.get('infer_samples_per_s', float('nan')):>8.1f}"
-            + ratios
+            f"{r['train_step_ms']:>7.1f} {r['peak_gib']:>8.2f} {r.get('peak_reserved_gib', float('nan')):>8.2f} "
+            f"{r.get('infer_samples_per_s', float('nan')):>8.1f}" + ratios
         )
     for r in rows:
         if r.get("cudagraph_skips"):
             skips = r["cudagraph_skips"]
             print(f"== {r['model']} ({r['conv']}) {r['mode']}: {skips} graph(s) compiled without CUDA graphs")
+        if "memory" in r:
+            m = r["memory"]
+            held = ", ".join(f"{k} {v:.3f}" for k, v in m["layer_graphs_gib"].items())
+            print(
+                f"== {r['model']} ({r['conv']}) memory GiB: before step {m['before_step_gib']:.2f}, after forward "
+                f"{m['after_forward_gib']:.2f}, step peak {m['step_peak_gib']:.2f}; graph pools reserved "
+                f"{m['graph_pools_reserved_gib']:.2f} (allocated {m['graph_pools_allocated_gib']:.2f}); "
+                f"layer graphs keep: {held}"
+            )
         if "explain" in r:
             e = r["explain"]
             print(f"== {r['model']} ({r['conv']}) {r['mode']}: {e['graphs']} graphs, {e['graph_breaks']} graph breaks")
@@ -361,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--explain", action="store_true", help="compile modes: graphs and graph breaks of the training forward"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="CUDA: one training step's memory by phase and CUDA-graph pools (JSON)"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny CPU check: small models, batch 2, fp32")
     parser.add_argument(

@@ -61,7 +61,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["DEFAULT", "ENV_VAR", "MAX_KEYS", "MODES", "enabled", "graphed_call", "recorded", "wanted"]
+__all__ = ["DEFAULT", "ENV_VAR", "MAX_KEYS", "MODES", "enabled", "graphed_call", "held_bytes", "recorded", "wanted"]
 
 ENV_VAR = "DCLS_LAYER_GRAPHS"
 MODES = ("1", "0")
@@ -394,3 +394,37 @@ def recorded(module: nn.Module) -> list[tuple[bool, bool, int]]:
     return [
         (e.forward_graph is not None, e.backward_graph is not None, e.replays) for e in _LAYERS.get(module, {}).values()
     ]
+
+
+def held_bytes() -> dict[str, int]:
+    """Bytes the recorded graphs keep allocated outside their pools' temporaries, by kind (each
+    storage counted once, the layers' parameters not counted): ``inputs`` (the input copies, later
+    the input gradients), ``outputs``, ``saved`` (what the forwards save for their backwards,
+    beyond the input copies and parameters), ``grad_outputs`` (the shared output-gradient buffers)
+    and ``param_grads`` (benchmarks)."""
+    seen: set[int] = set()
+    for entries in list(_LAYERS.values()):
+        for entry in entries.values():
+            seen.update(p.untyped_storage().data_ptr() for p in entry.params)
+    sizes = dict.fromkeys(("inputs", "outputs", "saved", "grad_outputs", "param_grads"), 0)
+
+    def count(kind: str, tensor: Optional[Tensor]) -> None:
+        if tensor is None:
+            return
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            sizes[kind] += storage.nbytes()
+
+    entries = [e for layer in list(_LAYERS.values()) for e in layer.values()]
+    for entry in entries:
+        count("inputs", entry.static_input)
+        count("outputs", entry.output)
+    for entry in entries:
+        for tensor in entry.held:
+            count("saved", tensor)
+        for tensor in entry.param_grads:
+            count("param_grads", tensor)
+    for buffer in _GRAD_BUFFERS.values():
+        count("grad_outputs", buffer)
+    return sizes
