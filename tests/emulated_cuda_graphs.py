@@ -55,7 +55,6 @@ def layer_graphs_device(kind: str, monkeypatch) -> str:
     every training call of a DCLS layer wanted), with the module's state empty."""
     monkeypatch.setattr(layer_graphs, "_LAYERS", layer_graphs.weakref.WeakKeyDictionary())
     monkeypatch.setattr(layer_graphs, "_GENERATIONS", {})
-    monkeypatch.setattr(layer_graphs, "_GRAD_BUFFERS", {})
     if kind != "emulated":
         return kind
 

@@ -6,7 +6,8 @@ call (module in training mode, gradients recorded, a CUDA input, not compiling, 
 capture) is recorded once per call signature as two CUDA graphs, its forward and its backward
 (the recipe of :func:`torch.cuda.make_graphed_callables`), and later calls replay them: a copy
 of the input (into a buffer of the input's strides where it is dense in any axis order, else
-contiguous), one replay, and in the backward a copy of the output gradient and one replay.
+contiguous), one replay and a copy of the output, and in the backward a copy of the output
+gradient and one replay.
 
 Call signature (the key): the input's shape, strides, dtype, device and ``requires_grad``; the
 autocast state; the parameters' storage, dtype and ``requires_grad``; the dispatcher's forced
@@ -22,16 +23,18 @@ a backward pass that records reenters autograd's engine, which may run the outer
 nodes (gradient accumulation) inside the recording. Calls made inside a backward pass (an
 activation checkpoint's recomputation) run eagerly.
 
-Memory. Graph outputs live at fixed addresses, so what a replay needs stays allocated (planned
-to match an eager step's peak; one H100 run measured 0.4 GiB more for the DCLS ConvNeXt-T, not
-yet broken down):
+Memory. What a replay needs stays allocated; the rest matches an eager call's lifetimes:
 
 * the input's copy (the graph's static input), which the convolution saves for its backward
   (eager keeps the caller's input alive for the same span), and after the backward the input
   gradient, written over it: no second buffer;
-* the output, valid until the layer's next replay (as :func:`torch.cuda.make_graphed_callables`'
-  outputs);
-* the output gradient's buffer, one per shape, dtype and stream, shared by every layer;
+* the output: each replay copies it out of the graph's memory into a tensor of its own, which
+  lives as long as its users (as an eager output: a consumer that keeps no reference, such as a
+  LayerNorm run in float32 under autocast, frees it at once); the graph's output block is freed
+  after the recording, so the layers recorded later reuse it (their replays come after the copy);
+* the output gradient: copied over the graph's output block (nothing reads that block between
+  the copy-out and the backward, the order rules below keep later layers' use of it ordered), so
+  no buffer of its own, unless the forward saves its output (then a buffer of its own);
 * the tensors the forward saves for the backward (held), and both graphs' temporaries, in one
   memory pool per :class:`_Generation`, where one layer's temporaries are reused by the layers
   recorded after it.
@@ -162,17 +165,16 @@ class _Generations:
 
 
 _GENERATIONS: dict[torch.device, _Generations] = {}
-_GRAD_BUFFERS: dict[tuple, Tensor] = {}  # output gradients: one buffer per shape, strides, dtype, device, stream
 
 
-def _grad_buffer(like: Tensor) -> Tensor:
-    stream = torch.cuda.current_stream(like.device).cuda_stream
-    key = (tuple(like.shape), like.stride(), like.dtype, like.device, stream)
-    buffer = _GRAD_BUFFERS.get(key)
-    if buffer is None:
-        buffer = torch.empty_strided(like.shape, like.stride(), dtype=like.dtype, device=like.device)
-        _GRAD_BUFFERS[key] = buffer
-    return buffer
+def _alias(tensor: Tensor) -> Tensor:
+    """A tensor on ``tensor``'s memory that does not keep it allocated: once ``tensor`` is gone, its
+    block in a graph pool is free to later recordings in that pool, and the alias reads and writes
+    whatever the replays put there (valid while the pool's graphs live: the entry holds them)."""
+    storage = tensor.untyped_storage()
+    alias = torch._C._construct_storage_from_data_pointer(storage.data_ptr(), tensor.device, storage.nbytes())
+    empty = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return empty.set_(alias, tensor.storage_offset(), tensor.shape, tensor.stride())
 
 
 class _Token:
@@ -192,8 +194,8 @@ class _Entry:
         self.forward_graph: Optional[torch.cuda.CUDAGraph] = None
         self.backward_graph: Optional[torch.cuda.CUDAGraph] = None
         self.static_input: Optional[Tensor] = None
-        self.output: Optional[Tensor] = None  # the forward graph's output, without autograd history
-        self.grad_output: Optional[Tensor] = None  # the backward graph's output-gradient buffer
+        self.output: Optional[Tensor] = None  # the forward graph's output block (an alias: it is the pool's)
+        self.grad_output: Optional[Tensor] = None  # the backward graph's output gradient: the output block or own
         self.held: list[Tensor] = []  # what the forward saves for the backward: stays allocated
         self.param_grads: tuple[Tensor, ...] = ()  # the parameters' gradients: one flat tensor where one dtype
         self.replays = 0  # forward replays after the recording: which call a backward belongs to
@@ -213,19 +215,25 @@ class _Entry:
                 with torch.cuda.graph(forward, pool=generation.pool, capture_error_mode="thread_local"):
                     with _autocast_without_cache(input.device):
                         output = fn(self.static_input)
-            self.grad_output = _grad_buffer(output)
+            saved = {t.untyped_storage().data_ptr() for t in self.held}
+            if output.untyped_storage().data_ptr() in saved:  # the backward reads the output: dy elsewhere
+                self.grad_output = torch.empty_like(output, memory_format=torch.preserve_format)
+            else:
+                self.grad_output = output.detach()
             if output.requires_grad:
                 self._record_backward(backward, generation, output)
         except Exception as exc:  # an operation that cannot be captured: this signature stays eager
             message = f"dcls_core: a DCLS layer call could not be recorded as CUDA graphs ({exc}); it runs eagerly"
             warnings.warn(message, stacklevel=4)
             generations.current = None  # the pool may hold the failed capture's blocks: no more recordings in it
-            self.failed, self.static_input, self.held = True, None, []
+            self.failed, self.static_input, self.held, self.grad_output = True, None, [], None
             return False
         self.forward_graph, self.generation = forward, generation
         self.backward_graph = backward if self.param_grads or self.static_input.requires_grad else None
         self.number = generation.recorded()
-        self.output = output.detach()
+        self.output = _alias(output)  # the block goes back to the pool with ``output``
+        if self.grad_output.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
+            self.grad_output = self.output
         with torch.no_grad():  # after both recordings (one that runs its operations writes dx there)
             self.static_input.copy_(input)
         forward.replay()
@@ -328,7 +336,7 @@ class _Replay(torch.autograd.Function):
         ctx.input_is_leaf = input.requires_grad and input.grad_fn is None
         ctx.token = _Token()
         entry.generation.waiting[entry.number] = weakref.ref(ctx.token)
-        return entry.output.detach()  # a new tensor each call, on the graph's output memory
+        return entry.output.clone(memory_format=torch.preserve_format)  # out of the graph's memory
 
     @staticmethod
     @once_differentiable
@@ -399,14 +407,13 @@ def recorded(module: nn.Module) -> list[tuple[bool, bool, int]]:
 def held_bytes() -> dict[str, int]:
     """Bytes the recorded graphs keep allocated outside their pools' temporaries, by kind (each
     storage counted once, the layers' parameters not counted): ``inputs`` (the input copies, later
-    the input gradients), ``outputs``, ``saved`` (what the forwards save for their backwards,
-    beyond the input copies and parameters), ``grad_outputs`` (the shared output-gradient buffers)
-    and ``param_grads`` (benchmarks)."""
-    seen: set[int] = set()
-    for entries in list(_LAYERS.values()):
-        for entry in entries.values():
-            seen.update(p.untyped_storage().data_ptr() for p in entry.params)
-    sizes = dict.fromkeys(("inputs", "outputs", "saved", "grad_outputs", "param_grads"), 0)
+    the input gradients), ``saved`` (what the forwards save for their backwards, beyond the input
+    copies and parameters), ``grad_outputs`` (output-gradient buffers of their own, where a forward
+    saves its output) and ``param_grads`` (benchmarks)."""
+    entries = [e for layer in list(_LAYERS.values()) for e in layer.values()]
+    seen = {p.untyped_storage().data_ptr() for e in entries for p in e.params}
+    seen.update(e.output.untyped_storage().data_ptr() for e in entries if e.output is not None)  # the pool's
+    sizes = dict.fromkeys(("inputs", "saved", "grad_outputs", "param_grads"), 0)
 
     def count(kind: str, tensor: Optional[Tensor]) -> None:
         if tensor is None:
@@ -416,15 +423,12 @@ def held_bytes() -> dict[str, int]:
             seen.add(storage.data_ptr())
             sizes[kind] += storage.nbytes()
 
-    entries = [e for layer in list(_LAYERS.values()) for e in layer.values()]
     for entry in entries:
         count("inputs", entry.static_input)
-        count("outputs", entry.output)
     for entry in entries:
         for tensor in entry.held:
             count("saved", tensor)
         for tensor in entry.param_grads:
             count("param_grads", tensor)
-    for buffer in _GRAD_BUFFERS.values():
-        count("grad_outputs", buffer)
+        count("grad_outputs", entry.grad_output)
     return sizes
