@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
-#   part: tests | stages | layers | compiled | eager | models (both) | graphs | train | front-ends | data | infer | all
+#   part: tests | stages | layers | compiled | eager | models (both) | graphs | train | loop-host | front-ends |
+#   data | infer | all
 #   (default: all). Each of tests, compiled, eager and train fits one device call (under 600 s).
 # A call brings back at most 8 files: end it with `cd $OUT && tar czf logs.tgz *.log && rm *.log`.
 # Wheels a torch + Lightning image may lack (versions as in requirements.lock): av, soundfile, cffi,
@@ -59,18 +60,31 @@ if [[ $part == eager || $part == models || $part == all ]]; then
 fi
 if [[ $part == graphs || $part == all ]]; then
   # the DCLS rows with their layers' eager training calls replayed as CUDA graphs and without
-  timeout 120 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 0 --infer \
+  # (--memory: one step's memory by phase, the graph pools, what the graphs keep)
+  timeout 150 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 0 --infer --memory \
     --json "$OUT/bench_models_layer_graphs_convnext.json" >"$OUT/bench_models_layer_graphs_convnext.log" 2>&1
-  grep -E "^(device|model|convnext)|Error" "$OUT/bench_models_layer_graphs_convnext.log"
-  timeout 170 python3 benchmarks/bench_models.py --families fastvit convformer --layer-graphs 1 0 \
+  grep -E "^(device|model|convnext|==)|Error" "$OUT/bench_models_layer_graphs_convnext.log"
+  timeout 220 python3 benchmarks/bench_models.py --families fastvit convformer --layer-graphs 1 0 --memory \
     --json "$OUT/bench_models_layer_graphs_others.json" >"$OUT/bench_models_layer_graphs_others.log" 2>&1
-  grep -E "^(fastvit|convformer)|Error" "$OUT/bench_models_layer_graphs_others.log"
+  grep -E "^(fastvit|convformer|==)|Error" "$OUT/bench_models_layer_graphs_others.log"
 fi
 if [[ $part == train || $part == all ]]; then
   # the timed steps (10-54) hold the loggers' write after step 49 (every 50 steps by default)
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --repeats 3 --steps 45 --warmup 10 \
     --json "$OUT/bench_train.json" >"$OUT/bench_train.log" 2>&1
   grep -E "^(device|augment)" "$OUT/bench_train.log"; grep -A14 "^loop step timeline" "$OUT/bench_train.log"
+fi
+if [[ $part == loop-host || $part == all ]]; then
+  # the eager 7x7 loop's host time: rows read by the pin-memory thread (loader) or by the workers
+  # (main), the main thread's Python by own time; then the DCLS loop with its layers as CUDA graphs
+  timeout 300 python3 benchmarks/bench_train.py --models convnext_audio_tiny --modes eager --pin loader main \
+    --profile-steps 3 --profiler python --steps 45 --warmup 10 --json "$OUT/bench_train_host.json" \
+    >"$OUT/bench_train_host.log" 2>&1
+  grep -E "^(device|convnext|==)|^ +[0-9.]+ own" "$OUT/bench_train_host.log" | head -60
+  grep -A4 "^loop step timeline" "$OUT/bench_train_host.log"
+  DCLS_LAYER_GRAPHS=1 timeout 240 python3 benchmarks/bench_train.py --models convnext_dcls_audio_tiny --modes eager \
+    --steps 45 --warmup 10 --json "$OUT/bench_train_layer_graphs.json" >"$OUT/bench_train_layer_graphs.log" 2>&1
+  grep -E "^(device|convnext)|Error" "$OUT/bench_train_layer_graphs.log"; grep -A3 "^loop step timeline" "$OUT/bench_train_layer_graphs.log"
 fi
 if [[ $part == front-ends || $part == all ]]; then
   # the eager loop per front-end path (the fused passes are the default on CUDA)
