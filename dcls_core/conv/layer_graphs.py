@@ -70,7 +70,7 @@ ENV_VAR = "DCLS_LAYER_GRAPHS"
 MODES = ("1", "0")
 DEFAULT = "0"  # opt-in until its redesigned recording runs on a GPU (benchmarks/NOTES_layers.md, run 19)
 MAX_KEYS = 2  # signatures recorded per layer (a training batch, the last partial batch)
-MAX_GENERATIONS = 8  # memory pools per device; further forward signatures run eagerly
+MAX_GENERATIONS = 8  # live memory pools per device; beyond them, new signatures run eagerly
 
 
 def enabled() -> bool:
@@ -149,19 +149,30 @@ class _Generation:
 
 
 class _Generations:
-    """The generations of one device: the newest takes recordings while it may."""
+    """The generations of one device: the newest takes recordings while it may. A generation lives
+    as long as a layer's graphs recorded in it (its entries hold it); at most
+    :data:`MAX_GENERATIONS` live at once."""
 
     def __init__(self) -> None:
-        self.current: Optional[_Generation] = None
-        self.opened = 0
+        self._current: Optional[Callable[[], Optional[_Generation]]] = None
+        self._live: weakref.WeakSet[_Generation] = weakref.WeakSet()
 
     def for_recording(self) -> Optional[_Generation]:
-        if self.current is None or not self.current.may_record():
-            if self.opened >= MAX_GENERATIONS:
+        current = self._current() if self._current is not None else None
+        if current is None or not current.may_record():
+            if len(self._live) >= MAX_GENERATIONS:
                 return None
-            self.current = _Generation(torch.cuda.graph_pool_handle())
-            self.opened += 1
-        return self.current
+            current = _Generation(torch.cuda.graph_pool_handle())
+            self._live.add(current)
+            self._current = weakref.ref(current)
+        return current
+
+    def close_current(self) -> None:
+        """No more recordings in the current generation (a failed capture may have left blocks in its pool)."""
+        self._current = None
+
+    def live(self) -> int:
+        return len(self._live)
 
 
 _GENERATIONS: dict[torch.device, _Generations] = {}
@@ -225,7 +236,7 @@ class _Entry:
         except Exception as exc:  # an operation that cannot be captured: this signature stays eager
             message = f"dcls_core: a DCLS layer call could not be recorded as CUDA graphs ({exc}); it runs eagerly"
             warnings.warn(message, stacklevel=4)
-            generations.current = None  # the pool may hold the failed capture's blocks: no more recordings in it
+            generations.close_current()
             self.failed, self.static_input, self.held, self.grad_output = True, None, [], None
             return False
         self.forward_graph, self.generation = forward, generation

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import weakref
 
 import pytest
@@ -301,3 +302,14 @@ def test_held_bytes_counts_each_kept_buffer_once(device, monkeypatch):
     assert held["grad_outputs"] == 0  # output gradients go over the graphs' output blocks
     per_layer = sum(p.numel() * p.element_size() for p in graphed.convs[0].parameters())
     assert held["param_grads"] == 3 * per_layer  # each layer's W, P, SIG gradients (P, SIG shared)
+
+
+def test_a_discarded_model_frees_its_generation(device, monkeypatch):
+    for _ in range(layer_graphs.MAX_GENERATIONS + 2):  # one generation per model: more models than live pools
+        model, _ = _pair(device)
+        for _ in range(3):  # warm up, record, replay
+            _step(model, _input(device), "1", monkeypatch)
+        assert all(layer_graphs.recorded(conv) == [(True, True, 1)] for conv in model.convs)
+        del model
+        gc.collect()
+    assert layer_graphs._generations(torch.device(device)).live() <= 1
