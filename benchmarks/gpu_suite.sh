@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
-#   part: tests | stages | layers | compiled | eager | models (both) | graphs | train | loop-host | front-ends |
-#   data | infer | all
+#   part: tests | stages | layers | compiled | eager | models (both) | graphs | train | loop-host | loop-graphs |
+#   front-ends | data | infer | all
 #   (default: all). Each of tests, compiled, eager and train fits one device call (under 600 s).
 # A call brings back at most 8 files: end it with `cd $OUT && tar czf logs.tgz *.log && rm *.log`.
 # Wheels a torch + Lightning image may lack (versions as in requirements.lock): av, soundfile, cffi,
@@ -75,13 +75,19 @@ if [[ $part == train || $part == all ]]; then
   grep -E "^(device|augment)" "$OUT/bench_train.log"; grep -A14 "^loop step timeline" "$OUT/bench_train.log"
 fi
 if [[ $part == loop-host || $part == all ]]; then
-  # the eager 7x7 loop's host time: rows read by the pin-memory thread (loader) or by the workers
-  # (main), the main thread's Python by own time; then the DCLS loop with its layers as CUDA graphs
-  timeout 300 python3 benchmarks/bench_train.py --models convnext_audio_tiny --modes eager --pin loader main \
-    --profile-steps 3 --profiler python --steps 45 --warmup 10 --json "$OUT/bench_train_host.json" \
-    >"$OUT/bench_train_host.log" 2>&1
-  grep -E "^(device|convnext|==)|^ +[0-9.]+ own" "$OUT/bench_train_host.log" | head -60
+  # the eager 7x7 loop's time: device kernels per step (torch.profiler) with rows read by the
+  # pin-memory thread (loader) or by the workers (main); the main thread's Python by own time
+  timeout 200 python3 benchmarks/bench_train.py --models convnext_audio_tiny --modes eager --pin loader main \
+    --profile-steps 3 --steps 45 --warmup 10 --json "$OUT/bench_train_host.json" >"$OUT/bench_train_host.log" 2>&1
+  grep -E "^(device|convnext|== loop: (device|host syncs))" "$OUT/bench_train_host.log"
   grep -A4 "^loop step timeline" "$OUT/bench_train_host.log"
+  timeout 150 python3 benchmarks/bench_train.py --models convnext_audio_tiny --modes eager --profile-steps 3 \
+    --profiler python --steps 20 --warmup 10 --json "$OUT/bench_train_host_python.json" \
+    >"$OUT/bench_train_host_python.log" 2>&1
+  grep -E "^ +[0-9.]+ own|^== loop" "$OUT/bench_train_host_python.log" | head -40
+fi
+if [[ $part == loop-graphs || $part == all ]]; then
+  # the eager DCLS loop with its layers' training calls replayed as CUDA graphs
   DCLS_LAYER_GRAPHS=1 timeout 240 python3 benchmarks/bench_train.py --models convnext_dcls_audio_tiny --modes eager \
     --steps 45 --warmup 10 --json "$OUT/bench_train_layer_graphs.json" >"$OUT/bench_train_layer_graphs.log" 2>&1
   grep -E "^(device|convnext)|Error" "$OUT/bench_train_layer_graphs.log"; grep -A3 "^loop step timeline" "$OUT/bench_train_layer_graphs.log"
