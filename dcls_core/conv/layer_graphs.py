@@ -423,7 +423,6 @@ def held_bytes() -> dict[str, int]:
     saves its output) and ``param_grads`` (benchmarks)."""
     entries = [e for layer in list(_LAYERS.values()) for e in layer.values()]
     seen = {p.untyped_storage().data_ptr() for e in entries for p in e.params}
-    seen.update(e.output.untyped_storage().data_ptr() for e in entries if e.output is not None)  # the pool's
     sizes = dict.fromkeys(("inputs", "saved", "grad_outputs", "param_grads"), 0)
 
     def count(kind: str, tensor: Optional[Tensor]) -> None:
@@ -441,5 +440,6 @@ def held_bytes() -> dict[str, int]:
             count("saved", tensor)
         for tensor in entry.param_grads:
             count("param_grads", tensor)
-        count("grad_outputs", entry.grad_output)
+        if entry.grad_output is not entry.output:  # else the graph's output block: pool memory
+            count("grad_outputs", entry.grad_output)
     return sizes
