@@ -55,6 +55,7 @@ where the conditions above hold; ``0`` runs every call eagerly (the default: :da
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 import weakref
@@ -214,15 +215,24 @@ class _Entry:
         self.failed = False  # could not be recorded: this signature runs eagerly
 
     # -- recording ----------------------------------------------------------------------
-    def record(self, fn: Callable[[Tensor], Tensor], input: Tensor, generations: _Generations) -> bool:
+    def record(
+        self, module: nn.Module, fn: Callable[[Tensor], Tensor], input: Tensor, generations: _Generations
+    ) -> bool:
         """Records the forward and its backward, then replays the forward for this call."""
         generation = generations.for_recording()
         if generation is None:
             return False
         self.static_input = _dense_like(input).requires_grad_(input.requires_grad)  # filled before the replay
+        # the recording differentiates new leaves on the parameters' memory: its autograd graph shares
+        # no node with the caller's (a parameter's gradient accumulator, made on another stream, would
+        # make the capture wait on that stream and fail)
+        leaves = [p.detach().requires_grad_(p.requires_grad) for p in self.params]
         forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
-            with torch.autograd.graph.saved_tensors_hooks(self._hold, _unpacked):
+            with (
+                _parameters_replaced(module, self.params, leaves),
+                torch.autograd.graph.saved_tensors_hooks(self._hold, _unpacked),
+            ):
                 with torch.cuda.graph(forward, pool=generation.pool, capture_error_mode="thread_local"):
                     with _autocast_without_cache(input.device):
                         output = fn(self.static_input)
@@ -232,7 +242,7 @@ class _Entry:
             else:
                 self.grad_output = output.detach()
             if output.requires_grad:
-                self._record_backward(backward, generation, output)
+                self._record_backward(backward, generation, output, leaves)
         except Exception as exc:  # an operation that cannot be captured: this signature stays eager
             message = f"dcls_core: a DCLS layer call could not be recorded as CUDA graphs ({exc}); it runs eagerly"
             warnings.warn(message, stacklevel=4)
@@ -254,8 +264,10 @@ class _Entry:
         self.held.append(tensor)
         return tensor
 
-    def _record_backward(self, graph: torch.cuda.CUDAGraph, generation: _Generation, output: Tensor) -> None:
-        wrt = [t for t in (self.static_input, *self.params) if t.requires_grad]
+    def _record_backward(
+        self, graph: torch.cuda.CUDAGraph, generation: _Generation, output: Tensor, leaves: Sequence[Tensor]
+    ) -> None:
+        wrt = [t for t in (self.static_input, *leaves) if t.requires_grad]
         with torch.cuda.graph(graph, pool=generation.pool, capture_error_mode="thread_local"):
             grads = torch.autograd.grad(output, wrt, self.grad_output, allow_unused=True)
             grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
@@ -312,6 +324,19 @@ class _Entry:
             else:
                 out.append(copies.pop(0))
         return tuple(out)
+
+
+@contextlib.contextmanager
+def _parameters_replaced(module: nn.Module, params: Sequence[Tensor], leaves: Sequence[Tensor]):
+    """``module``'s parameters in ``params`` read as the matching ``leaves`` inside the block."""
+    by_id = {id(p): leaf for p, leaf in zip(params, leaves)}
+    saved = {name: p for name, p in module._parameters.items() if id(p) in by_id}
+    try:
+        for name, p in saved.items():
+            module._parameters[name] = by_id[id(p)]
+        yield
+    finally:
+        module._parameters.update(saved)
 
 
 def _unpacked(tensor: Tensor) -> Tensor:
@@ -398,7 +423,7 @@ def graphed_call(
         return fn(input)
     if entry.forward_graph is None:
         in_backward = torch._C._current_graph_task_id() != -1  # recordings stay out of autograd's engine
-        if entry.calls < 2 or in_backward or not entry.record(fn, input, _generations(input.device)):
+        if entry.calls < 2 or in_backward or not entry.record(module, fn, input, _generations(input.device)):
             return fn(input)  # the first call warms up
     elif entry.may_replay_forward():
         entry.replay_forward(input)
