@@ -21,7 +21,10 @@ the backward of that recording (``torch.autograd.grad`` of its output against an
 buffer, as :func:`torch.cuda.make_graphed_callables` does), never inside an autograd backward:
 a backward pass that records reenters autograd's engine, which may run the outer pass's pending
 nodes (gradient accumulation) inside the recording. Calls made inside a backward pass (an
-activation checkpoint's recomputation) run eagerly.
+activation checkpoint's recomputation) run eagerly. The recording reads the parameters through
+fresh leaves on their memory, so its autograd graph shares no node with the caller's (a
+parameter's gradient accumulator, kept alive by the caller's graph, belongs to the stream it was
+made on, and the capture would have to wait on that stream).
 
 Memory. What a replay needs stays allocated; the rest matches an eager call's lifetimes:
 
@@ -49,7 +52,11 @@ that is not the one right after a recording. A forward that cannot replay runs e
 backward out of order raises (it would read memory another graph wrote), as does a second
 backward through one replayed call (``retain_graph``).
 
-Results equal the eager call's: the graphs hold the same launches. ``$DCLS_LAYER_GRAPHS=1`` records
+Results equal the eager call's: the graphs hold the same launches. One difference in rounding:
+under autocast, eager calls of a layer inside one autocast region share a cached low-precision
+cast of each parameter, so their gradients add up in that precision at the cast; a replayed call
+casts inside its graph and its gradient adds to the parameter's in its own dtype (float32).
+``$DCLS_LAYER_GRAPHS=1`` records
 where the conditions above hold; ``0`` runs every call eagerly (the default: :data:`DEFAULT`).
 """
 
@@ -69,7 +76,7 @@ __all__ = ["DEFAULT", "ENV_VAR", "MAX_KEYS", "MODES", "enabled", "graphed_call",
 
 ENV_VAR = "DCLS_LAYER_GRAPHS"
 MODES = ("1", "0")
-DEFAULT = "0"  # opt-in until its redesigned recording runs on a GPU (benchmarks/NOTES_layers.md, run 19)
+DEFAULT = "0"  # opt-in: the recording step's peak memory is above eager's (benchmarks/NOTES_layers.md, run 20)
 MAX_KEYS = 2  # signatures recorded per layer (a training batch, the last partial batch)
 MAX_GENERATIONS = 8  # live memory pools per device; beyond them, new signatures run eagerly
 
