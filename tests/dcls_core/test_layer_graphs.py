@@ -311,6 +311,7 @@ def test_held_bytes_counts_each_kept_buffer_once(device, monkeypatch):
 
 
 def test_a_discarded_model_frees_its_generation(device, monkeypatch):
+    monkeypatch.setattr(layer_graphs, "MAX_GENERATIONS", 2)
     for _ in range(layer_graphs.MAX_GENERATIONS + 2):  # one generation per model: more models than live pools
         model, _ = _pair(device)
         for _ in range(3):  # warm up, record, replay
