@@ -216,14 +216,20 @@ class _Entry:
         self.output: Optional[Tensor] = None  # the forward graph's output block (an alias: it is the pool's)
         self.grad_output: Optional[Tensor] = None  # the backward graph's output gradient: the output block or own
         self.held: list[Tensor] = []  # what the forward saves for the backward: stays allocated
-        self.param_grads: tuple[Tensor, ...] = ()  # the parameters' gradients: one flat tensor where one dtype
+        self.param_grads: tuple[Tensor, ...] = ()  # the used parameters' gradients: one flat tensor where one dtype
+        self.param_used: tuple[bool, ...] = ()  # per parameter that records gradients: whether the call uses it
         self.replays = 0  # forward replays after the recording: which call a backward belongs to
         self.backward_stamp = -1  # the value of ``replays`` at the forward whose backward ran last
         self.failed = False  # could not be recorded: this signature runs eagerly
 
     # -- recording ----------------------------------------------------------------------
     def record(
-        self, module: nn.Module, fn: Callable[[Tensor], Tensor], input: Tensor, generations: _Generations
+        self,
+        module: nn.Module,
+        fn: Callable[[Tensor], Tensor],
+        input: Tensor,
+        params: Sequence[Tensor],
+        generations: _Generations,
     ) -> bool:
         """Records the forward and its backward, then replays the forward for this call."""
         generation = generations.for_recording()
@@ -233,6 +239,7 @@ class _Entry:
         # the recording differentiates new leaves on the parameters' memory: its autograd graph shares
         # no node with the caller's (a parameter's gradient accumulator, made on another stream, would
         # make the capture wait on that stream and fail)
+        self.params = tuple(params)  # this call's (the key knows their memory, not their identity)
         leaves = [p.detach().requires_grad_(p.requires_grad) for p in self.params]
         forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
@@ -243,6 +250,8 @@ class _Entry:
                 with torch.cuda.graph(forward, pool=generation.pool, capture_error_mode="thread_local"):
                     with _autocast_without_cache(input.device):
                         output = fn(self.static_input)
+                if _reaches(output, self.params):
+                    raise RuntimeError("the call reads a parameter other than through its module's attributes")
             saved = {t.untyped_storage().data_ptr() for t in self.held}
             if output.untyped_storage().data_ptr() in saved:  # the backward reads the output: dy elsewhere
                 self.grad_output = torch.empty_like(output, memory_format=torch.preserve_format)
@@ -276,11 +285,15 @@ class _Entry:
     ) -> None:
         wrt = [t for t in (self.static_input, *leaves) if t.requires_grad]
         with torch.cuda.graph(graph, pool=generation.pool, capture_error_mode="thread_local"):
-            grads = torch.autograd.grad(output, wrt, self.grad_output, allow_unused=True)
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
+            grads = list(torch.autograd.grad(output, wrt, self.grad_output, allow_unused=True))
             if self.static_input.requires_grad:
-                self.static_input.detach().copy_(grads[0])  # the input gradient over the input's copy
-                grads = grads[1:]
+                dx = grads.pop(0)
+                if dx is None:
+                    self.static_input.detach().zero_()
+                else:
+                    self.static_input.detach().copy_(dx)  # the input gradient over the input's copy
+            self.param_used = tuple(g is not None for g in grads)  # an unused parameter's gradient: None
+            grads = [g for g in grads if g is not None]
             if len({g.dtype for g in grads}) == 1:
                 grads = [torch.cat([g.reshape(-1) for g in grads])]
         self.param_grads = tuple(grads)
@@ -318,12 +331,15 @@ class _Entry:
         return self.static_input.detach() if self.static_input.requires_grad else None
 
     def param_grad_views(self) -> tuple[Optional[Tensor], ...]:
-        """The parameters' gradients of the last backward, copied out of the graph's memory."""
+        """The parameters' gradients of the last backward, copied out of the graph's memory (at
+        once: an earlier-recorded layer's output block may lie on them, and its backward writes its
+        output gradient there)."""
         copies = [g.clone() for g in self.param_grads]
         flat = copies[0] if len(copies) == 1 else None
         out, offset = [], 0
+        used = iter(self.param_used)
         for p in self.params:
-            if not p.requires_grad:
+            if not p.requires_grad or not next(used):
                 out.append(None)
             elif flat is not None:
                 out.append(flat[offset : offset + p.numel()].view(p.shape))
@@ -333,11 +349,32 @@ class _Entry:
         return tuple(out)
 
 
+def _reaches(output: Tensor, params: Sequence[Tensor]) -> bool:
+    """Whether ``output``'s autograd graph accumulates into one of ``params`` (then the recording
+    did not read it through its leaf, whose gradient would miss it)."""
+    wanted = {id(p) for p in params}
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if id(getattr(node, "variable", None)) in wanted:
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
 @contextlib.contextmanager
 def _parameters_replaced(module: nn.Module, params: Sequence[Tensor], leaves: Sequence[Tensor]):
-    """``module``'s parameters in ``params`` read as the matching ``leaves`` inside the block."""
+    """``module``'s parameters in ``params`` read as the matching ``leaves`` inside the block.
+    Raises if a parameter that records gradients is not one of ``module``'s own (its gradient
+    would not reach the recording's leaf)."""
     by_id = {id(p): leaf for p, leaf in zip(params, leaves)}
     saved = {name: p for name, p in module._parameters.items() if id(p) in by_id}
+    missing = {id(p) for p in params if p.requires_grad} - {id(p) for p in saved.values()}
+    if missing:
+        raise RuntimeError("a parameter the call reads is not one of the module's own parameters")
     try:
         for name, p in saved.items():
             module._parameters[name] = by_id[id(p)]
@@ -413,7 +450,8 @@ def graphed_call(
     module: nn.Module, fn: Callable[[Tensor], Tensor], input: Tensor, params: Sequence[Tensor], choices: tuple
 ) -> Tensor:
     """``fn(input)`` (the layer's eager call, differentiable in ``input`` and ``params``: the
-    module's parameters it reads) through the module's recorded graphs where it may
+    module's own parameters it reads, through the module's attributes at call time; a signature
+    whose recording finds otherwise runs eagerly) through the module's recorded graphs where it may
     (:func:`wanted` is the caller's check); else eagerly. ``choices``: what else ``fn``'s choices
     depend on (:func:`dcls_core.dispatch.state`), part of the key."""
     entries = _LAYERS.get(module)
@@ -430,7 +468,7 @@ def graphed_call(
         return fn(input)
     if entry.forward_graph is None:
         in_backward = torch._C._current_graph_task_id() != -1  # recordings stay out of autograd's engine
-        if entry.calls < 2 or in_backward or not entry.record(module, fn, input, _generations(input.device)):
+        if entry.calls < 2 or in_backward or not entry.record(module, fn, input, params, _generations(input.device)):
             return fn(input)  # the first call warms up
     elif entry.may_replay_forward():
         entry.replay_forward(input)
