@@ -76,7 +76,9 @@ if [[ $part == train || $part == all ]]; then
 fi
 if [[ $part == loop-host || $part == all ]]; then
   # the eager 7x7 loop's time: device kernels per step (torch.profiler) with rows read by the
-  # pin-memory thread (loader) or by the workers (main); the main thread's Python by own time
+  # pin-memory thread (loader) or by the workers (main); the main thread's Python by own time.
+  # The first run's samples/s are not comparable: after its profiled warm-up steps the whole
+  # process ran slower (NOTES run 20); time loops without --profile-steps
   timeout 200 python3 benchmarks/bench_train.py --models convnext_audio_tiny --modes eager --pin loader main \
     --profile-steps 3 --steps 45 --warmup 10 --json "$OUT/bench_train_host.json" >"$OUT/bench_train_host.log" 2>&1
   grep -E "^(device|convnext|== loop: (device|host syncs))" "$OUT/bench_train_host.log"
