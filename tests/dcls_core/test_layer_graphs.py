@@ -212,7 +212,8 @@ def test_gradient_accumulation_and_a_new_shape(device, monkeypatch):
     assert [len(layer_graphs.recorded(conv)) for conv in graphed.convs] == [2, 2, 2]  # two signatures
 
 
-def test_second_call_before_the_backward_runs_eagerly(device, monkeypatch):
+@pytest.mark.parametrize("regions", ["one per call", "one for both"])
+def test_second_call_before_the_backward_runs_eagerly(device, monkeypatch, regions):
     graphed, eager = _pair(device)
     for _ in range(3):  # warm up, record, replay
         _step(graphed, _input(device), "1", monkeypatch)
@@ -220,19 +221,28 @@ def test_second_call_before_the_backward_runs_eagerly(device, monkeypatch):
     outs = {}
     for model, env in ((graphed, "1"), (eager, "0")):
         monkeypatch.setenv(layer_graphs.ENV_VAR, env)
-        # one autocast region per call: within one region autocast casts the bias to bfloat16 once, so
-        # the eager calls' bias gradients meet at that cast and add up in bfloat16, where the replayed
-        # call (its cast inside its graph) adds its gradient to the parameter's in float32 (one H100:
-        # one bfloat16 rounding apart)
-        with _autocast(device):
-            y1 = model(_input(device, seed=5))
-        with _autocast(device):
-            y2 = model(_input(device, seed=6))  # out of order: eager
+        if regions == "one per call":
+            with _autocast(device):
+                y1 = model(_input(device, seed=5))
+            with _autocast(device):
+                y2 = model(_input(device, seed=6))  # out of order: eager
+        else:
+            with _autocast(device):
+                y1, y2 = model(_input(device, seed=5)), model(_input(device, seed=6))
         (y1.float().square().mean() + 2 * y2.float().square().mean()).backward()
         outs[env] = (y1.detach().clone(), y2.detach().clone())
     _close_out(outs["1"][0], outs["0"][0])
     _close_out(outs["1"][1], outs["0"][1])
-    _same_grads(graphed, eager)
+    if regions == "one for both" and device == "cuda":
+        # one autocast region casts the bias to bfloat16 once (its cast cache): the eager calls' bias
+        # gradients add up in bfloat16 at that cast, the replayed call's in float32 at the parameter
+        # (module docstring; one H100: one bfloat16 rounding apart)
+        got, want = _grads(graphed), _grads(eager)
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-2, atol=1e-2, msg=name)
+    else:
+        _same_grads(graphed, eager)
     assert all(replays == 2 for conv in graphed.convs for *_, replays in layer_graphs.recorded(conv))
 
 
