@@ -251,12 +251,12 @@ class _Entry:
                     with _autocast_without_cache(input.device):
                         output = fn(self.static_input)
                 if _reaches(output, self.params):
-                    raise RuntimeError("the call reads a parameter other than through its module's attributes")
+                    raise RuntimeError("the call reads a parameter other than through its module's own attributes")
             saved = {t.untyped_storage().data_ptr() for t in self.held}
-            if output.untyped_storage().data_ptr() in saved:  # the backward reads the output: dy elsewhere
-                self.grad_output = torch.empty_like(output, memory_format=torch.preserve_format)
-            else:
-                self.grad_output = output.detach()
+            own_dy = output.untyped_storage().data_ptr() in saved  # the backward reads the output: dy elsewhere
+            self.grad_output = (
+                torch.empty_like(output, memory_format=torch.preserve_format) if own_dy else output.detach()
+            )
             if output.requires_grad:
                 self._record_backward(backward, generation, output, leaves)
         except Exception as exc:  # an operation that cannot be captured: this signature stays eager
@@ -269,7 +269,7 @@ class _Entry:
         self.backward_graph = backward if self.param_grads or self.static_input.requires_grad else None
         self.number = generation.recorded()
         self.output = _alias(output)  # the block goes back to the pool with ``output``
-        if self.grad_output.untyped_storage().data_ptr() == output.untyped_storage().data_ptr():
+        if not own_dy:
             self.grad_output = self.output
         with torch.no_grad():  # after both recordings (one that runs its operations writes dx there)
             self.static_input.copy_(input)
@@ -367,14 +367,10 @@ def _reaches(output: Tensor, params: Sequence[Tensor]) -> bool:
 
 @contextlib.contextmanager
 def _parameters_replaced(module: nn.Module, params: Sequence[Tensor], leaves: Sequence[Tensor]):
-    """``module``'s parameters in ``params`` read as the matching ``leaves`` inside the block.
-    Raises if a parameter that records gradients is not one of ``module``'s own (its gradient
-    would not reach the recording's leaf)."""
+    """``module``'s parameters in ``params`` read as the matching ``leaves`` inside the block (one
+    that is not ``module``'s own is read as itself: :func:`_reaches` then finds it)."""
     by_id = {id(p): leaf for p, leaf in zip(params, leaves)}
     saved = {name: p for name, p in module._parameters.items() if id(p) in by_id}
-    missing = {id(p) for p in params if p.requires_grad} - {id(p) for p in saved.values()}
-    if missing:
-        raise RuntimeError("a parameter the call reads is not one of the module's own parameters")
     try:
         for name, p in saved.items():
             module._parameters[name] = by_id[id(p)]
