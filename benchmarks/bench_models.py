@@ -117,11 +117,19 @@ class Bench:
         self.graphs = mode in ("reduce-overhead", "max-autotune")
 
     def train_step(self) -> None:
+        self._update(self._loss())
+
+    def _loss(self) -> torch.Tensor:
+        """A training step's forward and loss."""
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with _autocast(self.device, self.args.precision):
             logits = self.forward(self.spec)
-        F.binary_cross_entropy_with_logits(logits.float(), self.target).backward()
+        return F.binary_cross_entropy_with_logits(logits.float(), self.target)
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """A training step's backward and optimizer step."""
+        loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
@@ -162,15 +170,10 @@ class Bench:
         gib = 2**30
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        if self.graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        with _autocast(self.device, self.args.precision):
-            logits = self.forward(self.spec)
+        loss = self._loss()
         after_forward = torch.cuda.memory_allocated(self.device)
-        F.binary_cross_entropy_with_logits(logits.float(), self.target).backward()
-        del logits
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self._update(loss)
+        del loss
         sync(self.device)
         pools = [s for s in torch.cuda.memory_snapshot() if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0)]
         return {
