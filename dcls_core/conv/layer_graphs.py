@@ -40,7 +40,8 @@ Memory. What a replay needs stays allocated; the rest matches an eager call's li
   no buffer of its own, unless the forward saves its output (then a buffer of its own);
 * the tensors the forward saves for the backward (held), and both graphs' temporaries, in one
   memory pool per :class:`_Generation`, where one layer's temporaries are reused by the layers
-  recorded after it.
+  recorded after it; a matrix product's cuBLAS workspace is one of those temporaries (the
+  workspaces are dropped around each recording, so none stays allocated in a pool).
 
 Order. A generation's memory is planned for a training step's order: the forwards of its layers
 in recording order, then their backwards in reverse. So within a cycle a forward replays only
@@ -243,22 +244,23 @@ class _Entry:
         leaves = [p.detach().requires_grad_(p.requires_grad) for p in self.params]
         forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         try:
-            with (
-                _parameters_replaced(module, self.params, leaves),
-                torch.autograd.graph.saved_tensors_hooks(self._hold, _unpacked),
-            ):
-                with torch.cuda.graph(forward, pool=generation.pool, capture_error_mode="thread_local"):
-                    with _autocast_without_cache(input.device):
-                        output = fn(self.static_input)
-                if _reaches(output, self.params):
-                    raise RuntimeError("the call reads a parameter other than through its module's own attributes")
-            saved = {t.untyped_storage().data_ptr() for t in self.held}
-            own_dy = output.untyped_storage().data_ptr() in saved  # the backward reads the output: dy elsewhere
-            self.grad_output = (
-                torch.empty_like(output, memory_format=torch.preserve_format) if own_dy else output.detach()
-            )
-            if output.requires_grad:
-                self._record_backward(backward, generation, output, leaves)
+            with _cublas_workspaces_in_pool():
+                with (
+                    _parameters_replaced(module, self.params, leaves),
+                    torch.autograd.graph.saved_tensors_hooks(self._hold, _unpacked),
+                ):
+                    with torch.cuda.graph(forward, pool=generation.pool, capture_error_mode="thread_local"):
+                        with _autocast_without_cache(input.device):
+                            output = fn(self.static_input)
+                    if _reaches(output, self.params):
+                        raise RuntimeError("the call reads a parameter other than through its module's own attributes")
+                saved = {t.untyped_storage().data_ptr() for t in self.held}
+                own_dy = output.untyped_storage().data_ptr() in saved  # the backward reads the output: dy elsewhere
+                self.grad_output = (
+                    torch.empty_like(output, memory_format=torch.preserve_format) if own_dy else output.detach()
+                )
+                if output.requires_grad:
+                    self._record_backward(backward, generation, output, leaves)
         except Exception as exc:  # an operation that cannot be captured: this signature stays eager
             message = f"dcls_core: a DCLS layer call could not be recorded as CUDA graphs ({exc}); it runs eagerly"
             warnings.warn(message, stacklevel=4)
@@ -377,6 +379,24 @@ def _parameters_replaced(module: nn.Module, params: Sequence[Tensor], leaves: Se
         yield
     finally:
         module._parameters.update(saved)
+
+
+@contextlib.contextmanager
+def _cublas_workspaces_in_pool():
+    """cuBLAS's workspaces dropped before and after the block (as torch's cudagraph trees do).
+
+    torch keeps one cuBLAS workspace per handle and stream, allocated at its first matrix product
+    and kept for the process. One first made inside a capture (the capture stream's) is allocated
+    in that graph's pool and would stay allocated there after the graphs are gone; a later
+    recording into another generation's pool would also use it, so two pools would own one block.
+    Dropped around each recording, the workspace is one more temporary of the graphs recorded
+    in the block: a block of their pool, free to later recordings after it."""
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)  # absent from CPU-only builds
+    clear()
+    try:
+        yield
+    finally:
+        clear()
 
 
 def _unpacked(tensor: Tensor) -> Tensor:

@@ -320,8 +320,15 @@ def test_held_bytes_counts_each_kept_buffer_once(device, monkeypatch):
     assert held["param_grads"] == 3 * per_layer  # each layer's W, P, SIG gradients (P, SIG shared)
 
 
+def _allocated_in_graph_pools() -> int:
+    """Bytes allocated in CUDA-graph memory pools (segments of a pool other than the default one)."""
+    segments = torch.cuda.memory_snapshot()
+    return sum(s["allocated_size"] for s in segments if tuple(s.get("segment_pool_id", (0, 0))) != (0, 0))
+
+
 def test_a_discarded_model_frees_its_generation(device, monkeypatch):
     monkeypatch.setattr(layer_graphs, "MAX_GENERATIONS", 2)
+    monkeypatch.setenv("DCLS_CONV", "matrix")  # matrix products on cuBLAS, whose workspace a capture allocates
     for _ in range(layer_graphs.MAX_GENERATIONS + 2):  # one generation per model: more models than live pools
         model, _ = _pair(device)
         for _ in range(3):  # warm up, record, replay
@@ -329,7 +336,28 @@ def test_a_discarded_model_frees_its_generation(device, monkeypatch):
         assert all(layer_graphs.recorded(conv) == [(True, True, 1)] for conv in model.convs)
         del model
         gc.collect()
+        if device == "cuda":  # nothing of the model's graphs stays allocated (a capture's cuBLAS workspace did)
+            assert _allocated_in_graph_pools() == 0
     assert layer_graphs._generations(torch.device(device)).live() == 0
+
+
+def test_recordings_drop_cublas_workspaces_before_and_after(device, monkeypatch):
+    """A workspace made in a capture belongs to that capture's pool only while it records."""
+    events = []
+    real_graph = torch.cuda.graph
+
+    @contextlib.contextmanager
+    def graph(*args, **kwargs):
+        events.append("capture")
+        with real_graph(*args, **kwargs):
+            yield
+
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: events.append("clear"), raising=False)
+    model, _ = _pair(device)
+    for _ in range(2):  # warm up, record
+        _step(model, _input(device), "1", monkeypatch)
+    assert events == ["clear", "capture", "capture", "clear"] * len(model.convs)
 
 
 class _Scaled(nn.Module):
