@@ -48,6 +48,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import env_var, fresh, is_kernel, sync  # noqa: E402
+from memory_trace import compare_sites, step_peaks, traced_steps  # noqa: E402
 
 from dcls_audio.models import create_model  # noqa: E402
 from dcls_audio.training.optim import build_optimizer  # noqa: E402
@@ -277,7 +278,28 @@ def run_model(name: str, mode: str, conv: str, args: argparse.Namespace, device:
     return row
 
 
+TRACED_STEPS = 4  # a fresh model's first steps: warm-up, the layer graphs' recording, two replays
+
+
+def _memory_trace(name: str, mode: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """A fresh model's first :data:`TRACED_STEPS` training steps under the allocator's history
+    (:mod:`memory_trace`): each step's peak and what is alive then; the recording step (1) and the
+    warm-up (0) against the last replay."""
+    bench = Bench(name, mode, args, device)
+    bench.net.train()
+    steps = step_peaks(traced_steps(bench.train_step, TRACED_STEPS, device))
+    last = steps[-1]
+    out = {
+        "steps": [{k: v for k, v in s.items() if k != "sites_all"} for s in steps],
+        "recording_minus_replay": compare_sites(steps[1], last),
+        "warmup_minus_replay": compare_sites(steps[0], last),
+    }
+    del bench
+    return out
+
+
 def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, device: torch.device) -> dict:
+    trace = _memory_trace(name, mode, args, device) if args.memory_trace and device.type == "cuda" else None
     bench = Bench(name, mode, args, device)
     skips_before = _cudagraph_skips()
     row = {"model": name, "mode": mode, "conv": conv, **bench.train_row()}
@@ -288,6 +310,8 @@ def _measure_model(name: str, mode: str, conv: str, args: argparse.Namespace, de
         row["profile"] = bench.profile()
     if args.memory and device.type == "cuda":
         row["memory"] = bench.memory()
+    if trace is not None:
+        row["memory_trace"] = trace
     if args.infer:
         row.update(bench.infer_row())
         if profiled:
@@ -364,6 +388,14 @@ def print_table(report: dict) -> None:
                 f"{m['graph_pools_reserved_gib']:.2f} (allocated {m['graph_pools_allocated_gib']:.2f}); "
                 f"layer graphs keep: {held}"
             )
+        if "memory_trace" in r:
+            t = r["memory_trace"]
+            peaks = ", ".join(f"{s['peak_gib'] - s['start_gib']:+.3f} from {s['start_gib']:.3f}" for s in t["steps"])
+            print(f"== {r['model']} ({r['conv']}) first steps' peaks GiB (over the trace's start): {peaks}")
+            for key in ("recording_minus_replay", "warmup_minus_replay"):
+                print(f"   {key.replace('_', ' ')} at the peaks (GiB):")
+                for site in t[key][:8]:
+                    print(f"     {site['gib']:+.3f}  {site['site']}")
         if "explain" in r:
             e = r["explain"]
             print(f"== {r['model']} ({r['conv']}) {r['mode']}: {e['graphs']} graphs, {e['graph_breaks']} graph breaks")
@@ -413,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--memory", action="store_true", help="CUDA: one training step's memory by phase and CUDA-graph pools (JSON)"
+    )
+    parser.add_argument(
+        "--memory-trace",
+        action="store_true",
+        help="CUDA: a fresh model's first steps under the allocator's history: what is alive at each step's peak",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny CPU check: small models, batch 2, fp32")
     parser.add_argument(

@@ -60,10 +60,11 @@ if [[ $part == eager || $part == models || $part == all ]]; then
 fi
 if [[ $part == graphs || $part == all ]]; then
   # the DCLS rows with their layers' eager training calls replayed as CUDA graphs and without
-  # (--memory: one step's memory by phase, the graph pools, what the graphs keep)
-  timeout 150 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 0 --infer --memory \
+  # (--memory: one step's memory by phase, the graph pools, what the graphs keep; --memory-trace:
+  # what is alive at each of a fresh model's first four steps' peaks, the recording step's included)
+  timeout 180 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 0 --infer --memory --memory-trace \
     --json "$OUT/bench_models_layer_graphs_convnext.json" >"$OUT/bench_models_layer_graphs_convnext.log" 2>&1
-  grep -E "^(device|model|convnext|==)|Error" "$OUT/bench_models_layer_graphs_convnext.log"
+  grep -E "^(device|model|convnext|==|   )|Error" "$OUT/bench_models_layer_graphs_convnext.log"
   timeout 220 python3 benchmarks/bench_models.py --families fastvit convformer --layer-graphs 1 0 --memory \
     --json "$OUT/bench_models_layer_graphs_others.json" >"$OUT/bench_models_layer_graphs_others.log" 2>&1
   grep -E "^(fastvit|convformer|==)|Error" "$OUT/bench_models_layer_graphs_others.log"
