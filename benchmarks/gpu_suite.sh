@@ -59,13 +59,14 @@ if [[ $part == eager || $part == models || $part == all ]]; then
     --json "$OUT/bench_models_eager.json" >"$OUT/bench_models_eager.log" 2>&1; grep -E "^(device|model|convnext|fastvit|convformer|==)" "$OUT/bench_models_eager.log"
 fi
 if [[ $part == graphs || $part == all ]]; then
-  # the DCLS rows with their layers' eager training calls replayed as CUDA graphs and without
+  # the DCLS rows with their layers' eager training calls replayed as CUDA graphs (all of them, or only
+  # the small calls: DCLS_LAYER_GRAPHS=small) and without
   # (--memory: one step's memory by phase, the graph pools, what the graphs keep; --memory-trace:
   # what is alive at each of a fresh model's first four steps' peaks, the recording step's included)
-  timeout 180 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 0 --infer --memory --memory-trace \
+  timeout 240 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 small 0 --infer --memory --memory-trace \
     --json "$OUT/bench_models_layer_graphs_convnext.json" >"$OUT/bench_models_layer_graphs_convnext.log" 2>&1
   grep -E "^(device|model|convnext|==|   )|Error" "$OUT/bench_models_layer_graphs_convnext.log"
-  timeout 220 python3 benchmarks/bench_models.py --families fastvit convformer --layer-graphs 1 0 --memory \
+  timeout 300 python3 benchmarks/bench_models.py --families fastvit convformer --layer-graphs 1 small 0 --memory \
     --json "$OUT/bench_models_layer_graphs_others.json" >"$OUT/bench_models_layer_graphs_others.log" 2>&1
   grep -E "^(fastvit|convformer|==)|Error" "$OUT/bench_models_layer_graphs_others.log"
 fi

@@ -58,7 +58,10 @@ under autocast, eager calls of a layer inside one autocast region share a cached
 cast of each parameter, so their gradients add up in that precision at the cast; a replayed call
 casts inside its graph and its gradient adds to the parameter's in its own dtype (float32).
 ``$DCLS_LAYER_GRAPHS=1`` records
-where the conditions above hold; ``0`` runs every call eagerly (the default: :data:`DEFAULT`).
+where the conditions above hold; ``small`` only calls whose input has at most
+:data:`SMALL_INPUT_ELEMENTS` elements (where a layer step's host time exceeds its device time,
+and its graphs' memory is smallest: a ConvNeXt-T's last two stages at batch 64); ``0`` runs every
+call eagerly (the default: :data:`DEFAULT`).
 """
 
 from __future__ import annotations
@@ -73,21 +76,47 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["DEFAULT", "ENV_VAR", "MAX_KEYS", "MODES", "enabled", "graphed_call", "held_bytes", "recorded", "wanted"]
+__all__ = [
+    "DEFAULT",
+    "ENV_VAR",
+    "MAX_KEYS",
+    "MODES",
+    "SMALL_INPUT_ELEMENTS",
+    "admits",
+    "enabled",
+    "graphed_call",
+    "held_bytes",
+    "mode",
+    "recorded",
+    "wanted",
+]
 
 ENV_VAR = "DCLS_LAYER_GRAPHS"
-MODES = ("1", "0")
+MODES = ("1", "small", "0")
+SMALL_INPUT_ELEMENTS = 2**23  # ``small``: a ConvNeXt-T's stages 3-4 at batch 64 (5.9 M and 2.8 M), not 1-2
 DEFAULT = "0"  # opt-in: the recording step's peak memory is above eager's (benchmarks/NOTES_layers.md, run 20)
 MAX_KEYS = 2  # signatures recorded per layer (a training batch, the last partial batch)
 MAX_GENERATIONS = 8  # live memory pools per device; beyond them, new signatures run eagerly
 
 
-def enabled() -> bool:
-    """True where ``$DCLS_LAYER_GRAPHS`` (default :data:`DEFAULT`) is ``1``."""
-    value = os.environ.get(ENV_VAR, DEFAULT).strip() or DEFAULT
+def mode() -> str:
+    """``$DCLS_LAYER_GRAPHS`` (default :data:`DEFAULT`), one of :data:`MODES`."""
+    value = os.environ.get(ENV_VAR, DEFAULT).strip().lower() or DEFAULT
     if value not in MODES:
         raise ValueError(f"{ENV_VAR} must be one of {', '.join(MODES)}, got {value!r}")
-    return value == "1"
+    return value
+
+
+def enabled() -> bool:
+    """True where ``$DCLS_LAYER_GRAPHS`` records some calls (``1`` or ``small``)."""
+    return mode() != "0"
+
+
+def admits(input: Tensor) -> bool:
+    """Whether ``$DCLS_LAYER_GRAPHS`` lets a call with this input be recorded (``1``: every call;
+    ``small``: an input of at most :data:`SMALL_INPUT_ELEMENTS` elements)."""
+    value = mode()
+    return value == "1" or (value == "small" and input.numel() <= SMALL_INPUT_ELEMENTS)
 
 
 def wanted(module: nn.Module, input: Tensor) -> bool:
@@ -97,7 +126,7 @@ def wanted(module: nn.Module, input: Tensor) -> bool:
         and module.training
         and input.is_cuda
         and torch.is_grad_enabled()
-        and enabled()
+        and admits(input)
         and module.weight.device == input.device
         and type(input) is torch.Tensor
         and not torch.cuda.is_current_stream_capturing()

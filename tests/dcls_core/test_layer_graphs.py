@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import math
 import weakref
 
 import pytest
@@ -91,11 +92,24 @@ def test_switch_values(monkeypatch):
     assert not layer_graphs.enabled()
     monkeypatch.setenv(layer_graphs.ENV_VAR, "1")
     assert layer_graphs.enabled()
+    monkeypatch.setenv(layer_graphs.ENV_VAR, " Small ")
+    assert layer_graphs.enabled() and layer_graphs.mode() == "small"
     monkeypatch.delenv(layer_graphs.ENV_VAR)
-    assert layer_graphs.enabled() == (layer_graphs.DEFAULT == "1")
+    assert layer_graphs.enabled() == (layer_graphs.DEFAULT != "0")
     monkeypatch.setenv(layer_graphs.ENV_VAR, "sometimes")
     with pytest.raises(ValueError, match="DCLS_LAYER_GRAPHS"):
         layer_graphs.enabled()
+
+
+def test_small_admits_inputs_up_to_the_size(monkeypatch):
+    small, large = torch.empty(2, 3, 4, 4), torch.empty(2, 3, 4, 5)
+    monkeypatch.setattr(layer_graphs, "SMALL_INPUT_ELEMENTS", small.numel())
+    monkeypatch.setenv(layer_graphs.ENV_VAR, "small")
+    assert layer_graphs.admits(small) and not layer_graphs.admits(large)
+    monkeypatch.setenv(layer_graphs.ENV_VAR, "1")
+    assert layer_graphs.admits(small) and layer_graphs.admits(large)
+    monkeypatch.setenv(layer_graphs.ENV_VAR, "0")
+    assert not layer_graphs.admits(small)
 
 
 def test_cpu_calls_are_never_recorded(monkeypatch):
@@ -197,6 +211,21 @@ def test_graphed_training_steps_equal_eager_steps(device, monkeypatch):
         assert layer_graphs.recorded(conv) == [(True, True, 3)]
     for conv in eager.convs:
         assert layer_graphs.recorded(conv) == []
+
+
+def test_small_records_only_the_small_calls(device, monkeypatch):
+    small_shape, large_shape = (4, 32, 8, 7), (4, 32, 16, 15)
+    monkeypatch.setattr(layer_graphs, "SMALL_INPUT_ELEMENTS", math.prod(small_shape))
+    graphed, eager = _pair(device)
+    for shape in (small_shape, large_shape):
+        for step in range(3):  # warm up, record, replay
+            x = _input(device, shape, seed=step)
+            _close_out(_step(graphed, x, "small", monkeypatch), _step(eager, x, "0", monkeypatch))
+            _same_grads(graphed, eager, f"{shape} step {step}")
+            for model in (graphed, eager):
+                model.zero_grad(set_to_none=True)
+    for conv in graphed.convs:  # the small signature recorded and replayed once; the large one never kept
+        assert layer_graphs.recorded(conv) == [(True, True, 1)]
 
 
 def test_gradient_accumulation_and_a_new_shape(device, monkeypatch):
