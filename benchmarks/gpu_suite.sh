@@ -60,12 +60,17 @@ if [[ $part == eager || $part == models || $part == all ]]; then
 fi
 if [[ $part == graphs || $part == all ]]; then
   # the DCLS rows with their layers' eager training calls replayed as CUDA graphs (all of them, or only
-  # the small calls: DCLS_LAYER_GRAPHS=small) and without
-  # (--memory: one step's memory by phase, the graph pools, what the graphs keep; --memory-trace:
-  # what is alive at each of a fresh model's first four steps' peaks, the recording step's included)
-  timeout 240 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 small 0 --infer --memory --memory-trace \
+  # the small calls: DCLS_LAYER_GRAPHS=small) and without: three repeats in turn (the eager step's
+  # spread), then one short run per row for memory (--memory: one step's memory by phase, the graph
+  # pools, what the graphs keep; --memory-trace: what is alive at each of a fresh model's first four
+  # steps' peaks, the recording step's included)
+  timeout 240 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 small 0 --infer --repeats 3 \
     --json "$OUT/bench_models_layer_graphs_convnext.json" >"$OUT/bench_models_layer_graphs_convnext.log" 2>&1
-  grep -E "^(device|model|convnext|==|   )|Error" "$OUT/bench_models_layer_graphs_convnext.log"
+  grep -E "^(device|model|convnext)|Error" "$OUT/bench_models_layer_graphs_convnext.log"
+  grep -A8 "^medians" "$OUT/bench_models_layer_graphs_convnext.log"
+  timeout 150 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 small 0 --memory --memory-trace \
+    --steps 5 --warmup 3 --json "$OUT/bench_models_layer_graphs_memory.json" >"$OUT/bench_models_layer_graphs_memory.log" 2>&1
+  grep -E "^(convnext|==|   )|Error" "$OUT/bench_models_layer_graphs_memory.log"
   timeout 300 python3 benchmarks/bench_models.py --families fastvit convformer --layer-graphs 1 small 0 --memory \
     --json "$OUT/bench_models_layer_graphs_others.json" >"$OUT/bench_models_layer_graphs_others.log" 2>&1
   grep -E "^(fastvit|convformer|==)|Error" "$OUT/bench_models_layer_graphs_others.log"
