@@ -68,6 +68,25 @@ def test_the_fastest_candidate_wins_and_failures_are_left_out():
     assert calls == []
 
 
+@pytest.mark.parametrize(
+    "times, want",
+    [
+        ({"first": 1.05, "second": 1.0, "third": 0.99}, "first"),  # near-ties go to the order of preference
+        ({"first": 1.2, "second": 1.0, "third": 1.09}, "second"),  # the first within the margin of the fastest
+        ({"first": 1.5, "second": 1.3, "third": 1.0}, "third"),  # a clearly faster path wins
+        ({"second": 1.0, "third": 1.05}, "second"),  # a failed candidate is not chosen
+    ],
+)
+def test_measured_near_ties_go_to_the_order_of_preference(monkeypatch, times, want):
+    x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
+    monkeypatch.setattr(autotune, "_time_candidates", lambda key, candidates, run, clock: dict(times))
+    candidates = {name: _sleeping(0, []) for name in ("first", "second", "third")}
+    key = _key(x, k, names=tuple(candidates))
+    assert autotune.TIE_MARGIN == pytest.approx(0.10)
+    assert _measure(key, candidates, x, k) == want
+    assert autotune.timings()[autotune.key_text(key)] == times  # every measurement kept
+
+
 def test_a_failing_path_is_named_in_a_warning_and_a_key_where_all_fail_is_not_measured_again():
     x, k = torch.randn(2, 3, 8, 8), torch.randn(3, 1, 5, 5)
     calls: list = []
