@@ -287,7 +287,8 @@ def _memory_trace(name: str, mode: str, args: argparse.Namespace, device: torch.
     warm-up (0) against the last replay."""
     bench = Bench(name, mode, args, device)
     bench.net.train()
-    steps = step_peaks(traced_steps(bench.train_step, TRACED_STEPS, device))
+    index = torch.cuda.current_device() if device.index is None else device.index
+    steps = step_peaks(traced_steps(bench.train_step, TRACED_STEPS, device), index, TRACED_STEPS)
     last = steps[-1]
     out = {
         "steps": [{k: v for k, v in s.items() if k != "sites_all"} for s in steps],
@@ -343,7 +344,7 @@ def medians(rows: list[dict]) -> list[dict]:
             if "infer_samples_per_s" in row:
                 row["infer_ratio"] = row["infer_samples_per_s"] / plain["infer_samples_per_s"]
             row["peak_ratio"] = row["peak_gib"] / plain["peak_gib"] if plain["peak_gib"] else float("nan")
-            if plain["peak_gib"]:
+            if plain.get("peak_reserved_gib"):
                 row["reserved_ratio"] = row["peak_reserved_gib"] / plain["peak_reserved_gib"]
         out.append(row)
     return out
@@ -462,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         "--layer-graphs",
         nargs="+",
         default=[None],
+        type=lambda value: value.strip().lower(),
         choices=layer_graphs.MODES,
         help="DCLS_LAYER_GRAPHS of the DCLS rows, one row each: eager training calls replayed as CUDA graphs "
         "(conv column '<conv>/graphs'), only the small ones ('<conv>/small-graphs') or none ('<conv>/no-graphs'); "
@@ -496,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                     row["peak_ratio"] = row["peak_gib"] / plain["peak_gib"] if plain["peak_gib"] else float("nan")
                     # reserved: the CUDA-graph pools' temporaries are memory the graphs take, not in the allocated peak
                     row["reserved_ratio"] = (
-                        row["peak_reserved_gib"] / plain["peak_reserved_gib"] if plain["peak_gib"] else float("nan")
+                        row["peak_reserved_gib"] / plain["peak_reserved_gib"]
+                        if plain["peak_reserved_gib"]
+                        else float("nan")
                     )
                     if args.infer:
                         row["infer_ratio"] = row["infer_samples_per_s"] / plain["infer_samples_per_s"]
@@ -510,10 +514,11 @@ def main(argv: list[str] | None = None) -> int:
         print_medians(report["medians"], args.repeats)
     measured = autotune.timings()
     if measured:
-        print("== paths measured per call shape (median ms; the fastest is taken):")
+        print("== paths measured per call shape (median ms -> the path taken, autotune.TIE_MARGIN included):")
+        chosen = autotune.state_dict()
         for text, times in measured.items():
             fields = dict(part.split("=", 1) for part in text.split("|") if "=" in part)  # x=, k=, grads=, ...
-            best = min(times, key=times.get)
+            best = chosen.get(text, "?")
             print(
                 f"   x={fields.get('x', '?'):<48} k={fields.get('k', '?'):<16} grads={fields.get('grads', '?'):<4} "
                 + ", ".join(f"{name} {ms:.3f}" for name, ms in times.items())

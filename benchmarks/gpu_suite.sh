@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
-#   part: tests | stages | layers | compiled | eager | models (both) | graphs | train | loop-host | loop-graphs |
-#   front-ends | data | infer | all
-#   (default: all). Each of tests, compiled, eager and train fits one device call (under 600 s).
+#   part: tests | stages | layers | compiled | eager | models (both) | graphs | graphs-others | train | loop-host |
+#   loop-graphs | front-ends | data | infer | all
+#   (default: all). Each of tests, compiled, eager, graphs, graphs-others and train fits one device call
+#   (under 600 s).
 # A call brings back at most 8 files: end it with `cd $OUT && tar czf logs.tgz *.log && rm *.log`.
 # Wheels a torch + Lightning image may lack (versions as in requirements.lock): av, soundfile, cffi,
 # pycparser (soundfile's), dcls==0.1.1 (the tests' reference).
@@ -70,7 +71,9 @@ if [[ $part == graphs || $part == all ]]; then
   grep -A8 "^medians" "$OUT/bench_models_layer_graphs_convnext.log"
   timeout 150 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 small 0 --memory --memory-trace \
     --steps 5 --warmup 3 --json "$OUT/bench_models_layer_graphs_memory.json" >"$OUT/bench_models_layer_graphs_memory.log" 2>&1
-  grep -E "^(convnext|==|   )|Error" "$OUT/bench_models_layer_graphs_memory.log"
+  grep -E "^(convnext|==)|^   (recording|warmup)|^     [+-]|Error" "$OUT/bench_models_layer_graphs_memory.log"
+fi
+if [[ $part == graphs-others || $part == all ]]; then
   timeout 300 python3 benchmarks/bench_models.py --families fastvit convformer --layer-graphs 1 small 0 --memory \
     --json "$OUT/bench_models_layer_graphs_others.json" >"$OUT/bench_models_layer_graphs_others.log" 2>&1
   grep -E "^(fastvit|convformer|==)|Error" "$OUT/bench_models_layer_graphs_others.log"

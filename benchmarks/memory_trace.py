@@ -2,13 +2,17 @@
 
 ``max_memory_allocated`` says how high a step went, not what was there. This records the caching
 allocator's history (``torch.cuda.memory._record_memory_history`` with Python stacks) over a few
-steps of a fresh model, replays the allocation events and, for each step, finds the moment its
-allocated bytes peak and lists what the step allocated that is still alive then, grouped by
-site (the innermost frame outside torch). Comparing two steps' sites names what one holds at
-its peak that the other does not (for the layer graphs: the recording step against a replayed one).
+steps of a fresh model, replays the allocation events and, for each step, finds the moment the
+allocated bytes peak and lists what is alive then (allocated at any point of the trace), grouped
+by site: the innermost Python frame outside torch's own files (frames are stored innermost
+first). Allocations made by autograd's C++ backward ops run on its device thread without Python
+frames and are grouped as one site. Comparing two steps' sites names what one holds at its peak
+that the other does not (for the layer graphs: the recording step against a replayed one).
 
-Bytes are relative to the start of the trace: allocations made before it (weights, optimizer
-state) are not in the events, and a free of one of them lowers the running total.
+Bytes are the allocations' requested sizes (the allocator rounds blocks up), counted from the
+start of the trace: allocations made before it (weights, optimizer state) are not in the events,
+and a free of one of them lowers the running total. A block counts as freed when its free is
+requested, as the allocator's own allocated-bytes statistic does.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ __all__ = ["compare_sites", "step_peaks", "traced_steps"]
 
 _MARK = "_memory_trace_step_mark"  # the name of the frame whose allocations separate the steps
 _TOP = 15
+NO_PYTHON = "autograd's C++ backward (no Python frames)"
 
 
 def _memory_trace_step_mark(device: torch.device) -> None:
@@ -48,35 +53,34 @@ def traced_steps(step: Callable[[], None], count: int, device: torch.device, max
 
 def _site(frames: list[dict]) -> str:
     """The innermost frame outside torch's own files (``folder/file:line function``)."""
-    if frames and frames[0].get("name") == "<module>":  # outermost first: innermost last
-        frames = frames[::-1]
     for frame in frames:
         name = frame.get("filename", "")
         if "/torch/" not in name and not name.startswith("<"):
             return f"{'/'.join(name.split('/')[-2:])}:{frame.get('line')} {frame.get('name')}"
-    return "torch internals" if frames else "no stack"
+    return "torch internals" if frames else NO_PYTHON
 
 
 def _is_mark(event: dict) -> bool:
     return event["action"] == "alloc" and any(f.get("name") == _MARK for f in event.get("frames", []))
 
 
-def _peak_positions(events: list[dict]) -> list[tuple[int, int, int, int]]:
-    """Per step: (index of its peak event, bytes at its start, bytes at its peak, its mark's index)."""
+def _peak_positions(events: list[dict]) -> list[tuple[int, int, int]]:
+    """Per step: (index of its peak event, bytes at its start, bytes at its peak)."""
     total, out, current, marks = 0, [], None, set()
     for i, event in enumerate(events):
+        action = event["action"]
         if _is_mark(event):
             marks.add(event["addr"])
             if current is not None:
                 out.append(tuple(current))
-            current = [i, total, total, i]
+            current = [i, total, total]
             continue
-        if event["action"] == "alloc":
+        if action == "alloc":
             total += event["size"]
-        elif event["action"] == "free_completed" and event["addr"] in marks:
+        elif action == "free_requested" and event["addr"] in marks:
             marks.discard(event["addr"])
             continue
-        elif event["action"] == "free_completed":
+        elif action == "free_requested":
             total -= event["size"]
         else:
             continue
@@ -85,24 +89,30 @@ def _peak_positions(events: list[dict]) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def step_peaks(snapshot: dict, device_index: int = 0, top: int = _TOP) -> list[dict]:
-    """Per step (between two marks): its peak of allocated bytes (relative to the trace's start)
-    and the sites of what the trace allocated that is alive at that peak (bytes and count, largest
-    first; ``sites_all``: every site, for :func:`compare_sites`)."""
+def step_peaks(snapshot: dict, device_index: int, steps: int, top: int = _TOP) -> list[dict]:
+    """Per step (between two marks of :func:`traced_steps`): its peak of allocated bytes (from the
+    trace's start) and the sites of what the trace allocated that is alive at that peak (bytes
+    and count, largest first; ``sites_all``: every site, for :func:`compare_sites`). Raises if the
+    trace does not hold ``steps`` whole steps (its ring buffer overwrote the first ones)."""
     events = snapshot["device_traces"][device_index]
     positions = _peak_positions(events)
+    if len(positions) != steps:
+        raise RuntimeError(
+            f"memory trace: {len(positions)} whole steps in the allocator's history, expected {steps} "
+            "(raise max_entries)"
+        )
     wanted = {p[0]: n for n, p in enumerate(positions)}
     live: dict[int, tuple[int, str]] = {}  # address -> (size, site)
     at_peak: dict[int, dict[int, tuple[int, str]]] = {}
     for i, event in enumerate(events):
         if event["action"] == "alloc" and not _is_mark(event):
             live[event["addr"]] = (event["size"], _site(event.get("frames", [])))
-        elif event["action"] == "free_completed":
+        elif event["action"] == "free_requested":
             live.pop(event["addr"], None)
         if i in wanted:
             at_peak[wanted[i]] = dict(live)
     out = []
-    for n, (_, start, peak, _) in enumerate(positions):
+    for n, (_, start, peak) in enumerate(positions):
         sites: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
         for size, site in at_peak.get(n, {}).values():
             sites[site][0] += size
