@@ -71,6 +71,6 @@ def layer_graphs_device(kind: str, monkeypatch) -> str:
     monkeypatch.setattr(
         layer_graphs,
         "wanted",
-        lambda module, input: module.training and torch.is_grad_enabled() and layer_graphs.admits(input),
+        lambda module, input: module.training and torch.is_grad_enabled() and layer_graphs.admits(module, input),
     )
     return "cpu"

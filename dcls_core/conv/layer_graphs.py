@@ -41,7 +41,8 @@ Memory. What a replay needs stays allocated; the rest matches an eager call's li
 * the tensors the forward saves for the backward (held), and both graphs' temporaries, in one
   memory pool per :class:`_Generation`, where one layer's temporaries are reused by the layers
   recorded after it; a matrix product's cuBLAS workspace is one of those temporaries (the
-  workspaces are dropped around each recording, so none stays allocated in a pool).
+  process's workspaces are dropped around each recording, so none stays allocated in a pool;
+  no other thread may run CUDA matrix products or capture while a layer records).
 
 Order. A generation's memory is planned for a training step's order: the forwards of its layers
 in recording order, then their backwards in reverse. So within a cycle a forward replays only
@@ -59,9 +60,10 @@ cast of each parameter, so their gradients add up in that precision at the cast;
 casts inside its graph and its gradient adds to the parameter's in its own dtype (float32).
 ``$DCLS_LAYER_GRAPHS=1`` records
 where the conditions above hold; ``small`` only calls whose input has at most
-:data:`SMALL_INPUT_ELEMENTS` elements (where a layer step's host time exceeds its device time,
-and its graphs' memory is smallest: a ConvNeXt-T's last two stages at batch 64); ``0`` runs every
-call eagerly (the default: :data:`DEFAULT`).
+:data:`SMALL_SAMPLE_ELEMENTS` elements per sample (where a layer step's host time exceeds its
+device time at the usual batch sizes and its graphs' memory is smallest: a ConvNeXt-T's last two
+stages; per sample, so which layers record does not change with the batch size, nor for a last,
+smaller batch); ``0`` runs every call eagerly (the default: :data:`DEFAULT`).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ __all__ = [
     "ENV_VAR",
     "MAX_KEYS",
     "MODES",
-    "SMALL_INPUT_ELEMENTS",
+    "SMALL_SAMPLE_ELEMENTS",
     "admits",
     "enabled",
     "graphed_call",
@@ -93,7 +95,8 @@ __all__ = [
 
 ENV_VAR = "DCLS_LAYER_GRAPHS"
 MODES = ("1", "small", "0")
-SMALL_INPUT_ELEMENTS = 2**23  # ``small``: a ConvNeXt-T's stages 3-4 at batch 64 (5.9 M and 2.8 M), not 1-2
+# ``small``: a ConvNeXt-T's stages 3-4 (92160 and 43008 elements per sample), not 1-2 (380928, 190464)
+SMALL_SAMPLE_ELEMENTS = 2**17
 DEFAULT = "0"  # opt-in: the recording step's peak memory is above eager's (benchmarks/NOTES_layers.md, run 20)
 MAX_KEYS = 2  # signatures recorded per layer (a training batch, the last partial batch)
 MAX_GENERATIONS = 8  # live memory pools per device; beyond them, new signatures run eagerly
@@ -112,11 +115,18 @@ def enabled() -> bool:
     return mode() != "0"
 
 
-def admits(input: Tensor) -> bool:
-    """Whether ``$DCLS_LAYER_GRAPHS`` lets a call with this input be recorded (``1``: every call;
-    ``small``: an input of at most :data:`SMALL_INPUT_ELEMENTS` elements)."""
+def admits(module: nn.Module, input: Tensor) -> bool:
+    """Whether ``$DCLS_LAYER_GRAPHS`` lets this call of ``module`` be recorded (``1``: every call;
+    ``small``: an input of at most :data:`SMALL_SAMPLE_ELEMENTS` elements per sample; ``input``
+    is batched where it has two dimensions more than ``module.conv_dims``, if the module has one,
+    else where it has more than one dimension)."""
     value = mode()
-    return value == "1" or (value == "small" and input.numel() <= SMALL_INPUT_ELEMENTS)
+    if value != "small":
+        return value == "1"
+    conv_dims = getattr(module, "conv_dims", None)
+    batched = input.dim() == conv_dims + 2 if isinstance(conv_dims, int) else input.dim() > 1
+    per_sample = input.numel() // max(1, input.shape[0]) if batched else input.numel()
+    return per_sample <= SMALL_SAMPLE_ELEMENTS
 
 
 def wanted(module: nn.Module, input: Tensor) -> bool:
@@ -126,7 +136,7 @@ def wanted(module: nn.Module, input: Tensor) -> bool:
         and module.training
         and input.is_cuda
         and torch.is_grad_enabled()
-        and admits(input)
+        and admits(module, input)
         and module.weight.device == input.device
         and type(input) is torch.Tensor
         and not torch.cuda.is_current_stream_capturing()
@@ -419,7 +429,11 @@ def _cublas_workspaces_in_pool():
     in that graph's pool and would stay allocated there after the graphs are gone; a later
     recording into another generation's pool would also use it, so two pools would own one block.
     Dropped around each recording, the workspace is one more temporary of the graphs recorded
-    in the block: a block of their pool, free to later recordings after it."""
+    in the block: a block of their pool, free to later recordings after it.
+
+    torch drops the workspaces of the whole process (every thread, stream and device) at once: no
+    other thread may run CUDA matrix products or capture a CUDA graph while a layer records (a
+    training step runs on one thread; each layer records once, at its second training call)."""
     clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)  # absent from CPU-only builds
     clear()
     try:

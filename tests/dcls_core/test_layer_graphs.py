@@ -11,6 +11,7 @@ import contextlib
 import copy
 import gc
 import math
+import warnings
 import weakref
 
 import pytest
@@ -101,15 +102,19 @@ def test_switch_values(monkeypatch):
         layer_graphs.enabled()
 
 
-def test_small_admits_inputs_up_to_the_size(monkeypatch):
+def test_small_admits_inputs_up_to_the_size_per_sample(monkeypatch):
+    layer = Dcls2d(3, 3, kernel_count=3, dilated_kernel_size=5, padding=2, groups=3)
+    monkeypatch.setattr(layer_graphs, "SMALL_SAMPLE_ELEMENTS", 3 * 4 * 4)
     small, large = torch.empty(2, 3, 4, 4), torch.empty(2, 3, 4, 5)
-    monkeypatch.setattr(layer_graphs, "SMALL_INPUT_ELEMENTS", small.numel())
     monkeypatch.setenv(layer_graphs.ENV_VAR, "small")
-    assert layer_graphs.admits(small) and not layer_graphs.admits(large)
+    assert layer_graphs.admits(layer, small) and not layer_graphs.admits(layer, large)
+    assert layer_graphs.admits(layer, torch.empty(64, 3, 4, 4))  # per sample: any batch size
+    assert layer_graphs.admits(layer, torch.empty(3, 4, 4)) and not layer_graphs.admits(layer, torch.empty(3, 4, 5))
+    assert layer_graphs.admits(nn.Identity(), torch.empty(8, 48)) and not layer_graphs.admits(nn.Identity(), large)
     monkeypatch.setenv(layer_graphs.ENV_VAR, "1")
-    assert layer_graphs.admits(small) and layer_graphs.admits(large)
+    assert layer_graphs.admits(layer, small) and layer_graphs.admits(layer, large)
     monkeypatch.setenv(layer_graphs.ENV_VAR, "0")
-    assert not layer_graphs.admits(small)
+    assert not layer_graphs.admits(layer, small)
 
 
 def test_cpu_calls_are_never_recorded(monkeypatch):
@@ -215,7 +220,7 @@ def test_graphed_training_steps_equal_eager_steps(device, monkeypatch):
 
 def test_small_records_only_the_small_calls(device, monkeypatch):
     small_shape, large_shape = (4, 32, 8, 7), (4, 32, 16, 15)
-    monkeypatch.setattr(layer_graphs, "SMALL_INPUT_ELEMENTS", math.prod(small_shape))
+    monkeypatch.setattr(layer_graphs, "SMALL_SAMPLE_ELEMENTS", math.prod(small_shape[1:]))
     graphed, eager = _pair(device)
     for shape in (small_shape, large_shape):
         for step in range(3):  # warm up, record, replay
@@ -358,6 +363,7 @@ def _allocated_in_graph_pools() -> int:
 def test_a_discarded_model_frees_its_generation(device, monkeypatch):
     monkeypatch.setattr(layer_graphs, "MAX_GENERATIONS", 2)
     monkeypatch.setenv("DCLS_CONV", "matrix")  # matrix products on cuBLAS, whose workspace a capture allocates
+    before = _allocated_in_graph_pools() if device == "cuda" else 0  # pools other tests' graphs may still hold
     for _ in range(layer_graphs.MAX_GENERATIONS + 2):  # one generation per model: more models than live pools
         model, _ = _pair(device)
         for _ in range(3):  # warm up, record, replay
@@ -366,27 +372,34 @@ def test_a_discarded_model_frees_its_generation(device, monkeypatch):
         del model
         gc.collect()
         if device == "cuda":  # nothing of the model's graphs stays allocated (a capture's cuBLAS workspace did)
-            assert _allocated_in_graph_pools() == 0
+            assert _allocated_in_graph_pools() == before
     assert layer_graphs._generations(torch.device(device)).live() == 0
 
 
-def test_recordings_drop_cublas_workspaces_before_and_after(device, monkeypatch):
-    """A workspace made in a capture belongs to that capture's pool only while it records."""
+@pytest.mark.parametrize("fails", [False, True], ids=["recorded", "backward capture fails"])
+def test_recordings_drop_cublas_workspaces_before_and_after(device, monkeypatch, fails):
+    """A workspace made in a capture belongs to that capture's pool only while it records (also
+    when the recording fails)."""
     events = []
     real_graph = torch.cuda.graph
 
     @contextlib.contextmanager
     def graph(*args, **kwargs):
         events.append("capture")
+        if fails and events.count("capture") % 2 == 0:
+            raise RuntimeError("a capture that fails (simulated)")
         with real_graph(*args, **kwargs):
             yield
 
     monkeypatch.setattr(torch.cuda, "graph", graph)
     monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: events.append("clear"), raising=False)
     model, _ = _pair(device)
-    for _ in range(2):  # warm up, record
-        _step(model, _input(device), "1", monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore" if fails else "error")
+        for _ in range(2):  # warm up, record
+            _step(model, _input(device), "1", monkeypatch)
     assert events == ["clear", "capture", "capture", "clear"] * len(model.convs)
+    assert all(layer_graphs.recorded(conv) == [(not fails, not fails, 0)] for conv in model.convs)
 
 
 class _Scaled(nn.Module):
@@ -407,7 +420,7 @@ class _Scaled(nn.Module):
             weight = held if self.early else self._owner[0].weight
             return torch.sigmoid(inp * weight.view(1, -1, 1, 1))
 
-        if self.training and torch.is_grad_enabled() and layer_graphs.enabled():
+        if self.training and torch.is_grad_enabled() and layer_graphs.admits(self, x):
             return layer_graphs.graphed_call(self, fn, x, [held], ())
         return fn(x)
 
