@@ -31,7 +31,8 @@ Switches:
   the paths it leaves out after it in the default order.
 * ``DCLS_AUTOTUNE=train|1|0`` (default ``train``): under ``auto`` on CUDA, where the rules choose a
   fast path and several fast paths' rules pay, the fastest of them for the call's shape is
-  measured once and cached (:mod:`dcls_core.conv.autotune`): with ``train`` for calls that record
+  measured once and cached (:mod:`dcls_core.conv.autotune`; one earlier in this order within
+  ``autotune.TIE_MARGIN`` of the fastest wins a near-tie): with ``train`` for calls that record
   gradients (training steps), with ``1`` for every call; ``0`` keeps the fixed order. Inference
   calls keep the fixed order by default: there the measured choice lost to it at model level,
   while in training it won (``benchmarks/NOTES_layers.md``, run 9).
@@ -221,9 +222,10 @@ def build_kernel(
 
 # -- convolution -------------------------------------------------------------------------
 def _measured(call: autotune.ConvCall, names: Sequence[str]) -> Optional[str]:
-    """The fastest of ``names`` for this call (:mod:`dcls_core.conv.autotune`: cached, else measured
-    where allowed), or None: while compiling (shapes stay symbolic, nothing is looked up) or
-    under deterministic algorithms. A cached name that does not support the call is ignored."""
+    """The fastest of ``names`` (in order of preference: near-ties go to the first) for this call
+    (:mod:`dcls_core.conv.autotune`: cached, else measured where allowed), or None: while
+    compiling (shapes stay symbolic, nothing is looked up) or under deterministic algorithms. A
+    cached name that does not support the call is ignored."""
     if not autotune.lookups_allowed():
         return None
     if len(names) < 2:
@@ -245,7 +247,9 @@ def _conv_name(
     """The path for this call; ``call`` (the whole call) lets the fastest be measured."""
     wanted = _forced["conv"] or _conv_from_env()
     if wanted == AUTOTUNE and call is not None:
-        names = [name for name, path in CONV_PATHS.items() if path.supports(input, kernel_shape, stride, groups)]
+        fast = conv_order()
+        order = (*fast, *(name for name in CONV_PATHS if name not in fast))  # the reference last
+        names = [name for name in order if CONV_PATHS[name].supports(input, kernel_shape, stride, groups)]
         chosen = _measured(call, names)
         if chosen is not None:
             return chosen

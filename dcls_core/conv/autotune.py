@@ -48,8 +48,8 @@ __all__ = [
 
 REPEATS = 3
 # Calls whose step is host-bound (a ConvNeXt-T's last two stages on an H100) time their paths within
-# 0.5-33 % of each other, in a different order from one process to the next (NOTES run 20); a margin
-# gives such near-ties to the order of preference, so they do not flip between runs (and there the
+# 0.4-42 % of each other, in a different order from one process to the next (NOTES run 20); a margin
+# gives the near-ties to the order of preference, so choices flip less often between runs (and there the
 # first path, the matrix products, also needs the least memory: the eager model's peak moved with the
 # choices by 5 %). A clearly faster path still wins.
 TIE_MARGIN = 0.10

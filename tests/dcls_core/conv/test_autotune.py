@@ -237,6 +237,21 @@ def test_dispatcher_autotune_switch_measures_each_shape_once(monkeypatch):
     assert len(measured) == 2 and len(autotune.state_dict()) == 2
 
 
+@pytest.mark.parametrize(
+    "order, want", [(None, ["matrix", "fft", "reference"]), ("fft", ["fft", "matrix", "reference"])]
+)
+def test_dispatcher_autotune_switch_offers_the_paths_in_the_order_of_preference(monkeypatch, order, want):
+    """Near-ties go to the first candidate: ``DCLS_CONV=autotune`` lists them in
+    ``DCLS_CONV_ORDER``'s order, the reference last."""
+    monkeypatch.setenv("DCLS_CONV", "autotune")
+    if order is not None:
+        monkeypatch.setenv("DCLS_CONV_ORDER", order)
+    offered: list = []
+    monkeypatch.setattr(autotune, "measure", lambda key, candidates, call: offered.append(list(candidates)))
+    _layer()(torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True))
+    assert offered == [want]
+
+
 def test_a_layer_under_non_reentrant_checkpointing_measures_and_recomputes(monkeypatch):
     """Measuring inside ``checkpoint(..., use_reentrant=False)``: the recomputation in the
     backward reads the cache, and the gradients equal the uncheckpointed ones."""
