@@ -14,7 +14,8 @@ autocast state; the parameters' storage, dtype and ``requires_grad``; the dispat
 choices and switches (the caller passes :func:`dcls_core.dispatch.state`). The first call of a
 key runs eagerly (it warms up: Triton compilation, measured path choices, index tables), the
 second records, later ones replay. A layer keeps at most :data:`MAX_KEYS` keys; further
-signatures run eagerly.
+signatures run eagerly, once the keys recorded on parameters the layer no longer has (replaced,
+e.g. moved to another dtype) are forgotten with their graphs.
 
 Recording. The second call records both graphs at once, in the forward pass: the forward, then
 the backward of that recording (``torch.autograd.grad`` of its output against an output-gradient
@@ -505,6 +506,18 @@ def _key(input: Tensor, params: Sequence[Tensor], choices: tuple) -> tuple:
     )
 
 
+_PARAMS_IN_KEY = 6  # the position of the parameters' (storage, dtype, requires_grad) in a key
+
+
+def _forget_replaced_parameters(entries: dict[tuple, _Entry], key: tuple) -> None:
+    """Drops the entries recorded on parameters the layer no longer has (their memory differs from
+    this call's: the parameters were replaced, e.g. moved to another dtype), with their graphs
+    and what they keep, so that the new parameters' signatures may record in their place."""
+    current = [p[0] for p in key[_PARAMS_IN_KEY]]
+    for old in [k for k in entries if [p[0] for p in k[_PARAMS_IN_KEY]] != current]:
+        del entries[old]
+
+
 def graphed_call(
     module: nn.Module, fn: Callable[[Tensor], Tensor], input: Tensor, params: Sequence[Tensor], choices: tuple
 ) -> Tensor:
@@ -519,6 +532,8 @@ def graphed_call(
     key = _key(input, params, choices)
     entry = entries.get(key)
     if entry is None:
+        if len(entries) >= MAX_KEYS:
+            _forget_replaced_parameters(entries, key)
         if len(entries) >= MAX_KEYS:
             return fn(input)
         entry = entries[key] = _Entry(params)

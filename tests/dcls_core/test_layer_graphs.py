@@ -233,6 +233,30 @@ def test_small_records_only_the_small_calls(device, monkeypatch):
         assert layer_graphs.recorded(conv) == [(True, True, 1)]
 
 
+def test_replaced_parameters_let_go_of_their_recordings(device, monkeypatch):
+    """Keys recorded on parameters a layer no longer has are forgotten, with their graphs, once the
+    layer's keys are all taken: the new parameters record, and the old graphs are freed."""
+    graphed, eager = _pair(device)
+    x = _input(device)
+    for _ in range(3):  # warm up, record, replay: one key per layer
+        _step(graphed, x, "1", monkeypatch)
+    old = [weakref.ref(next(iter(layer_graphs._LAYERS[conv].values()))) for conv in graphed.convs]
+    for model in (graphed, eager):  # new parameter objects on new memory, same values
+        model.zero_grad(set_to_none=True)
+        for conv in model.convs:
+            conv.weight = nn.Parameter(conv.weight.detach().clone())
+    monkeypatch.setattr(layer_graphs, "MAX_KEYS", 1)  # the old key fills the layer's keys
+    for step in range(3):
+        _close_out(_step(graphed, x, "1", monkeypatch), _step(eager, x, "0", monkeypatch))
+        _same_grads(graphed, eager, f"step {step}")
+        for model in (graphed, eager):
+            model.zero_grad(set_to_none=True)
+    gc.collect()
+    assert all(ref() is None for ref in old)  # the old recordings are gone
+    for conv in graphed.convs:  # the new parameters' key: warmed up, recorded, replayed
+        assert layer_graphs.recorded(conv) == [(True, True, 1)]
+
+
 def test_gradient_accumulation_and_a_new_shape(device, monkeypatch):
     graphed, eager = _pair(device)
     shapes = [(4, 32, 16, 15)] * 3 + [(3, 32, 16, 15)] * 3 + [(4, 32, 16, 15)] * 2
