@@ -13,8 +13,12 @@ convolution path forced (``dcls_core.dispatch.forced(conv=...)``), ``auto`` bein
 dispatcher's own choice as configured (by default: measured for training calls), ``measured``
 with the fast paths measured per call shape (``DCLS_AUTOTUNE=1``), ``rules`` its fixed order
 (``DCLS_AUTOTUNE=0``) and ``autotune`` a measurement of every path that supports a call.
-``--layer-graphs 1 0`` times the DCLS rows with and without their layers' eager training calls
-replayed as CUDA graphs (``DCLS_LAYER_GRAPHS``, :mod:`dcls_core.conv.layer_graphs`).
+``--layer-graphs 1 small 0`` times the DCLS rows with their layers' eager training calls replayed
+as CUDA graphs (all, or only the small calls) and without (``DCLS_LAYER_GRAPHS``,
+:mod:`dcls_core.conv.layer_graphs`); the reserved-memory ratio counts the graphs' pools.
+``--memory`` breaks one step's memory down by phase; ``--memory-trace`` records a fresh model's
+first four steps (warm-up, the graphs' recording, two replays) and lists what is alive at each
+step's peak by code site (:mod:`memory_trace`).
 ``--profile`` adds, per model and mode (in CUDA-graph modes the kernels of a graph's replay are
 listed, but no host operator owns them), where one training step's (with ``--infer`` also one
 inference step's) device time goes: total kernel time against the step's wall time (device busy
@@ -25,7 +29,8 @@ untimed steps, then ``--steps`` steps between two device synchronisations.
     python benchmarks/bench_models.py                                         # all six, eager
     python benchmarks/bench_models.py --families convnext --modes eager default reduce-overhead
     python benchmarks/bench_models.py --families convnext --convs auto fft --profile
-    python benchmarks/bench_models.py --layer-graphs 1 0 --infer         # DCLS layers as CUDA graphs or not
+    python benchmarks/bench_models.py --layer-graphs 1 small 0 --infer   # DCLS layers as CUDA graphs or not
+    python benchmarks/bench_models.py --families convnext --layer-graphs 1 --memory --memory-trace
     python benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules rules@fft,direct
     python benchmarks/bench_models.py --smoke                                 # tiny CPU check
 """
