@@ -13,6 +13,12 @@ A path that fails is left out (out of memory silently; anything else with a warn
 path and the call). A call where every path fails keeps the fixed rules, remembered so that it
 is not measured again.
 
+Inside :func:`device_time` (the first call of a layer whose later calls replay as CUDA graphs,
+:mod:`dcls_core.conv.layer_graphs`), a timed run measures the device's work alone: the device
+first waits on a spin kernel while the host queues the run, so the host's time between launches,
+which replays do not pay, is left out. Elsewhere a timed run starts on an idle device and its time
+includes the gaps where the device waited for the host, as an eager call's does.
+
 A choice is made once per process and key (the key names the candidates too, so ``auto`` and
 ``DCLS_CONV=autotune`` do not share choices), and the measurement waits for the device. Nothing
 is measured while ``torch.compile`` traces, a CUDA graph is captured, or
@@ -22,6 +28,8 @@ the choices in a training checkpoint, so a resumed run computes with the paths i
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
 import warnings
 from typing import Callable, Mapping, NamedTuple, Optional, Sequence
@@ -37,10 +45,12 @@ __all__ = [
     "call_key",
     "choice",
     "clear",
+    "device_time",
     "key_text",
     "load_state_dict",
     "lookups_allowed",
     "measure",
+    "measures_device_time",
     "measuring_allowed",
     "state_dict",
     "timings",
@@ -53,6 +63,10 @@ REPEATS = 3
 # first path, the matrix products, also needs the least memory: the eager model's peak moved with the
 # choices by 5 %). A clearly faster path still wins.
 TIE_MARGIN = 0.10
+# the spin before a device-time run: about 10 ms at an H100's 2 GHz, longer than the host takes to
+# queue one layer step (1-3 ms, NOTES run 15)
+DEVICE_TIME_SPIN_CYCLES = 20_000_000
+_DEVICE_TIME: contextvars.ContextVar[bool] = contextvars.ContextVar("dcls_autotune_device_time", default=False)
 CallKey = tuple  # what call_key returns: hashable, cheap to build on every call
 _choices: dict[CallKey, str] = {}
 _saved: dict[str, str] = {}  # choices loaded from a checkpoint, by key text, adopted on first use
@@ -162,15 +176,34 @@ def _output_gradient(y: Tensor, input: Tensor, generator: torch.Generator) -> Te
     return g.normal_(generator=generator)
 
 
-class _Clock:
-    """Elapsed milliseconds of a block of device work (CUDA events, or the host clock)."""
+@contextlib.contextmanager
+def device_time():
+    """Measurements made inside the block time the device's work alone (module docstring)."""
+    token = _DEVICE_TIME.set(True)
+    try:
+        yield
+    finally:
+        _DEVICE_TIME.reset(token)
 
-    def __init__(self, device: torch.device) -> None:
+
+def measures_device_time() -> bool:
+    """Whether a measurement made here would time the device's work alone (:func:`device_time`)."""
+    return _DEVICE_TIME.get()
+
+
+class _Clock:
+    """Elapsed milliseconds of a block of device work (CUDA events, or the host clock);
+    ``device_only``: on CUDA, the device's work alone (a spin kernel first, while the host queues)."""
+
+    def __init__(self, device: torch.device, device_only: bool = False) -> None:
         self.cuda = device.type == "cuda"
+        self.device_only = device_only
 
     def time(self, fn: Callable[[], None]) -> float:
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if self.device_only:
+                torch.cuda._sleep(DEVICE_TIME_SPIN_CYCLES)  # the device waits; the host queues fn meanwhile
             start.record()
             fn()
             end.record()
@@ -212,7 +245,7 @@ def measure(key: CallKey, candidates: Mapping[str, Callable[..., Tensor]], call:
                         dy.append(_output_gradient(y, input, generator))
                     torch.autograd.grad(y, wrt, dy[0])
 
-            times = _time_candidates(key, candidates, run, _Clock(input.device))
+            times = _time_candidates(key, candidates, run, _Clock(input.device, measures_device_time()))
     if not times:
         _unmeasurable.add(key)
         return None

@@ -12,7 +12,8 @@ gradient and one replay.
 Call signature (the key): the input's shape, strides, dtype, device and ``requires_grad``; the
 autocast state; the parameters' storage, dtype and ``requires_grad``; the dispatcher's forced
 choices and switches (the caller passes :func:`dcls_core.dispatch.state`). The first call of a
-key runs eagerly (it warms up: Triton compilation, measured path choices, index tables), the
+key runs eagerly (it warms up: Triton compilation, index tables, path choices measured by the
+device's time alone, which is what replays pay: :func:`dcls_core.conv.autotune.device_time`), the
 second records, later ones replay. A layer keeps at most :data:`MAX_KEYS` keys; further
 signatures run eagerly, once the keys recorded on parameters the layer no longer has (replaced,
 e.g. moved to another dtype) are forgotten with their graphs.
@@ -78,6 +79,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from . import autotune
 
 __all__ = [
     "DEFAULT",
@@ -542,8 +545,11 @@ def graphed_call(
         return fn(input)
     if entry.forward_graph is None:
         in_backward = torch._C._current_graph_task_id() != -1  # recordings stay out of autograd's engine
-        if entry.calls < 2 or in_backward or not entry.record(module, fn, input, params, _generations(input.device)):
-            return fn(input)  # the first call warms up
+        if entry.calls < 2 and not in_backward:
+            with autotune.device_time():  # the first call warms up; paths are chosen by what replays pay
+                return fn(input)
+        if in_backward or not entry.record(module, fn, input, params, _generations(input.device)):
+            return fn(input)
     elif entry.may_replay_forward():
         entry.replay_forward(input)
     else:

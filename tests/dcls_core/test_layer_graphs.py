@@ -257,6 +257,35 @@ def test_replaced_parameters_let_go_of_their_recordings(device, monkeypatch):
         assert layer_graphs.recorded(conv) == [(True, True, 1)]
 
 
+def test_a_warm_up_call_measures_its_paths_by_device_time(device, monkeypatch):
+    """The first call of a signature that replays later chooses its paths by what a replay pays
+    (the device's time); an eager model's calls by their whole time."""
+    from dcls_core.conv import autotune
+
+    monkeypatch.setenv("DCLS_CONV", "autotune")  # every path that supports the call is measured, on any device
+    autotune.clear()
+    seen = []
+    real = autotune.measure
+
+    def spy(key, candidates, call):
+        seen.append(autotune.measures_device_time())
+        return real(key, candidates, call)
+
+    monkeypatch.setattr(autotune, "measure", spy)
+    try:
+        graphed, eager = _pair(device)
+        x = _input(device)
+        _step(eager, x, "0", monkeypatch)
+        eager_seen, seen[:] = list(seen), []
+        autotune.clear()
+        _step(graphed, x, "1", monkeypatch)
+        assert eager_seen and not any(eager_seen)  # a key per input that needs its gradient or not
+        assert len(seen) == len(eager_seen) and all(seen)
+        assert not autotune.measures_device_time()  # only inside the warm-up call
+    finally:
+        autotune.clear()
+
+
 def test_gradient_accumulation_and_a_new_shape(device, monkeypatch):
     graphed, eager = _pair(device)
     shapes = [(4, 32, 16, 15)] * 3 + [(3, 32, 16, 15)] * 3 + [(4, 32, 16, 15)] * 2

@@ -315,6 +315,23 @@ def test_autotune_environment_switch(monkeypatch):
 
 
 @pytest.mark.cuda
+def test_device_time_leaves_out_the_hosts_time_between_launches():
+    """A run whose host work (3 ms) sits between its launches: on an idle device its time holds that
+    gap, under the device clock only the kernels' time."""
+    x = torch.ones(1024, device="cuda")
+
+    def run():
+        x.add_(1)
+        time.sleep(0.003)
+        x.add_(1)
+
+    whole, device_only = autotune._Clock(x.device), autotune._Clock(x.device, device_only=True)
+    run()  # warm up
+    assert min(whole.time(run) for _ in range(3)) >= 2.5
+    assert min(device_only.time(run) for _ in range(3)) < 1.0
+
+
+@pytest.mark.cuda
 def test_auto_measures_the_paying_fast_paths_on_cuda(monkeypatch):
     """Under ``auto`` on CUDA a large depthwise kernel on a small input (several fast paths pay)
     is measured once among them when it records gradients (``DCLS_AUTOTUNE=train``, the default);
