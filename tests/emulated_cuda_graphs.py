@@ -38,6 +38,10 @@ class EmulatedGraph:
         self.calls: list = []
 
     def replay(self) -> None:
+        with torch.no_grad():  # a replay runs kernels only: nothing for autograd to record or check
+            self._run()
+
+    def _run(self) -> None:
         for func, args, kwargs, out in self.calls:
             new = func(*args, **kwargs)
             for old, fresh in zip(*(o if isinstance(o, (tuple, list)) else (o,) for o in (out, new))):

@@ -13,11 +13,12 @@ A path that fails is left out (out of memory silently; anything else with a warn
 path and the call). A call where every path fails keeps the fixed rules, remembered so that it
 is not measured again.
 
-Inside :func:`device_time` (the first call of a layer whose later calls replay as CUDA graphs,
-:mod:`dcls_core.conv.layer_graphs`), a timed run measures the device's work alone: the device
-first waits on a spin kernel while the host queues the run, so the host's time between launches,
-which replays do not pay, is left out. Elsewhere a timed run starts on an idle device and its time
-includes the gaps where the device waited for the host, as an eager call's does.
+Inside :func:`device_time` (the calls of a layer that :mod:`dcls_core.conv.layer_graphs` warms
+up and records, whose later calls replay as CUDA graphs), a timed run measures the device's work
+alone: the device first waits on a spin kernel while the host queues the run, so the host's time
+between launches, which replays do not pay, is left out. Elsewhere a timed run's time includes the
+gaps where the device waited for the host, as an eager call's does. The two kinds of choice are
+keyed apart (a device-time key's text ends in ``|device-time``).
 
 A choice is made once per process and key (the key names the candidates too, so ``auto`` and
 ``DCLS_CONV=autotune`` do not share choices), and the measurement waits for the device. Nothing
@@ -92,8 +93,9 @@ class ConvCall(NamedTuple):
 def call_key(call: ConvCall, candidates: Sequence[str]) -> CallKey:
     """Everything a path's speed depends on: device type, dtypes (with the autocast dtype and the
     TF32 switches of convolutions and matrix products), shapes, strides, conv arguments, which
-    gradients are needed, and the candidate paths. A tuple, built on every dispatched call;
-    :func:`key_text` names it in a checkpoint."""
+    gradients are needed, the candidate paths, and whether the device's time alone is measured
+    (:func:`device_time`: a graphed layer's choice is not an eager one's). A tuple, built on
+    every dispatched call; :func:`key_text` names it in a checkpoint."""
     input = call.input
     device = input.device.type
     autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
@@ -113,14 +115,17 @@ def call_key(call: ConvCall, candidates: Sequence[str]) -> CallKey:
         call.padding_mode,
         (bool(call.grads[0]), bool(call.grads[1])),
         tuple(candidates),
+        _DEVICE_TIME.get(),
     )
 
 
 def key_text(key: CallKey) -> str:
     """A call key as text (the form saved in checkpoints), e.g.
-    ``cuda|torch.float32|torch.float32|torch.bfloat16|tf32=1,1|x=(...)@(...)|k=...|...|grads=1,1|direct,fft``."""
+    ``cuda|torch.float32|torch.float32|torch.bfloat16|tf32=1,1|x=(...)@(...)|k=...|...|grads=1,1|direct,fft``,
+    ending in ``|device-time`` where the device's time alone was measured."""
+    *fields, device_only = key
     device, dtype, kernel_dtype, autocast, tf32, shape, strides, kshape, stride, padding, groups, mode, grads, names = (
-        key
+        fields
     )
     parts = (
         device,
@@ -137,7 +142,7 @@ def key_text(key: CallKey) -> str:
         f"grads={int(grads[0])},{int(grads[1])}",
         ",".join(names),
     )
-    return "|".join(parts)
+    return "|".join(parts) + ("|device-time" if device_only else "")
 
 
 def choice(key: CallKey) -> Optional[str]:

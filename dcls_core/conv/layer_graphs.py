@@ -15,8 +15,9 @@ choices and switches (the caller passes :func:`dcls_core.dispatch.state`). The f
 key runs eagerly (it warms up: Triton compilation, index tables, path choices measured by the
 device's time alone, which is what replays pay: :func:`dcls_core.conv.autotune.device_time`), the
 second records, later ones replay. A layer keeps at most :data:`MAX_KEYS` keys; further
-signatures run eagerly, once the keys recorded on parameters the layer no longer has (replaced,
-e.g. moved to another dtype) are forgotten with their graphs.
+signatures run eagerly, except that keys recorded on parameter memory other than the call's
+(parameters replaced, e.g. moved to another dtype) are first forgotten, with their graphs, to make
+room.
 
 Recording. The second call records both graphs at once, in the forward pass: the forward, then
 the backward of that recording (``torch.autograd.grad`` of its output against an output-gradient
@@ -251,6 +252,7 @@ class _Entry:
 
     def __init__(self, params: Sequence[Tensor]) -> None:
         self.params = tuple(params)
+        self.param_memory = tuple(p.data_ptr() for p in params)  # what the key knows of them
         self.calls = 0
         self.generation: Optional[_Generation] = None
         self.number = -1  # in the generation's recording order
@@ -509,16 +511,16 @@ def _key(input: Tensor, params: Sequence[Tensor], choices: tuple) -> tuple:
     )
 
 
-_PARAMS_IN_KEY = 6  # the position of the parameters' (storage, dtype, requires_grad) in a key
-
-
-def _forget_replaced_parameters(entries: dict[tuple, _Entry], key: tuple) -> None:
-    """Drops the entries recorded on parameters the layer no longer has (their memory differs from
-    this call's: the parameters were replaced, e.g. moved to another dtype), with their graphs
-    and what they keep, so that the new parameters' signatures may record in their place."""
-    current = [p[0] for p in key[_PARAMS_IN_KEY]]
-    for old in [k for k in entries if [p[0] for p in k[_PARAMS_IN_KEY]] != current]:
-        del entries[old]
+def _forget_replaced_parameters(entries: dict[tuple, _Entry], params: Sequence[Tensor]) -> None:
+    """Drops the entries recorded on parameter memory other than this call's (the parameters were
+    replaced, e.g. moved to another dtype), with their graphs and what they keep once no pending
+    backward holds them, so that the new parameters' signatures may record in their place. Only
+    where the layer's keys are full: calls on parameters that change at every call (e.g. through
+    ``torch.func.functional_call`` or a parametrization) never record (each is a first call), but
+    they do make room this way, and the layer's own parameters then warm up and record again."""
+    current = tuple(p.data_ptr() for p in params)
+    for key in [key for key, entry in entries.items() if entry.param_memory != current]:
+        del entries[key]
 
 
 def graphed_call(
@@ -536,7 +538,7 @@ def graphed_call(
     entry = entries.get(key)
     if entry is None:
         if len(entries) >= MAX_KEYS:
-            _forget_replaced_parameters(entries, key)
+            _forget_replaced_parameters(entries, params)
         if len(entries) >= MAX_KEYS:
             return fn(input)
         entry = entries[key] = _Entry(params)
@@ -544,12 +546,11 @@ def graphed_call(
     if entry.failed:
         return fn(input)
     if entry.forward_graph is None:
-        in_backward = torch._C._current_graph_task_id() != -1  # recordings stay out of autograd's engine
-        if entry.calls < 2 and not in_backward:
-            with autotune.device_time():  # the first call warms up; paths are chosen by what replays pay
-                return fn(input)
-        if in_backward or not entry.record(module, fn, input, params, _generations(input.device)):
+        if torch._C._current_graph_task_id() != -1:  # recordings stay out of autograd's engine
             return fn(input)
+        with autotune.device_time():  # the paths the replays run: chosen by what a replay pays
+            if entry.calls < 2 or not entry.record(module, fn, input, params, _generations(input.device)):
+                return fn(input)  # the first call warms up
     elif entry.may_replay_forward():
         entry.replay_forward(input)
     else:

@@ -255,6 +255,8 @@ def test_replaced_parameters_let_go_of_their_recordings(device, monkeypatch):
     assert all(ref() is None for ref in old)  # the old recordings are gone
     for conv in graphed.convs:  # the new parameters' key: warmed up, recorded, replayed
         assert layer_graphs.recorded(conv) == [(True, True, 1)]
+        (entry,) = layer_graphs._LAYERS[conv].values()
+        assert entry.param_memory[0] == conv.weight.data_ptr()
 
 
 def test_a_warm_up_call_measures_its_paths_by_device_time(device, monkeypatch):
@@ -272,6 +274,9 @@ def test_a_warm_up_call_measures_its_paths_by_device_time(device, monkeypatch):
         return real(key, candidates, call)
 
     monkeypatch.setattr(autotune, "measure", spy)
+    # the FFT measured fastest (its CPU ops are the ones whose replay once tripped the emulation)
+    times = {"matrix": 1.0, "direct": 1.0, "fft": 0.5, "reference": 1.0}
+    monkeypatch.setattr(autotune, "_time_candidates", lambda key, paths, run, clock: {n: times[n] for n in paths})
     try:
         graphed, eager = _pair(device)
         x = _input(device)
@@ -281,7 +286,11 @@ def test_a_warm_up_call_measures_its_paths_by_device_time(device, monkeypatch):
         _step(graphed, x, "1", monkeypatch)
         assert eager_seen and not any(eager_seen)  # a key per input that needs its gradient or not
         assert len(seen) == len(eager_seen) and all(seen)
-        assert not autotune.measures_device_time()  # only inside the warm-up call
+        assert not autotune.measures_device_time()  # only inside the layer's call
+        _step(graphed, x, "1", monkeypatch)  # the recording takes the warm-up's choices: nothing measured
+        assert len(seen) == len(eager_seen)
+        assert all(layer_graphs.recorded(conv) == [(True, True, 0)] for conv in graphed.convs)
+        assert all(text.endswith("|device-time") for text in autotune.state_dict())
     finally:
         autotune.clear()
 
