@@ -99,10 +99,14 @@ if [[ $part == loop-host || $part == all ]]; then
   grep -E "^ +[0-9.]+ own|^== loop" "$OUT/bench_train_host_python.log" | head -40
 fi
 if [[ $part == loop-graphs || $part == all ]]; then
-  # the eager DCLS loop with its layers' training calls replayed as CUDA graphs
-  DCLS_LAYER_GRAPHS=1 timeout 240 python3 benchmarks/bench_train.py --models convnext_dcls_audio_tiny --modes eager \
-    --steps 45 --warmup 10 --json "$OUT/bench_train_layer_graphs.json" >"$OUT/bench_train_layer_graphs.log" 2>&1
-  grep -E "^(device|convnext)|Error" "$OUT/bench_train_layer_graphs.log"; grep -A3 "^loop step timeline" "$OUT/bench_train_layer_graphs.log"
+  # the eager DCLS loop with its layers' training calls replayed as CUDA graphs: all of them, then the small ones
+  for graphs in 1 small; do
+    DCLS_LAYER_GRAPHS=$graphs timeout 240 python3 benchmarks/bench_train.py --models convnext_dcls_audio_tiny \
+      --modes eager --steps 45 --warmup 10 --json "$OUT/bench_train_layer_graphs_$graphs.json" \
+      >"$OUT/bench_train_layer_graphs_$graphs.log" 2>&1
+    grep -E "^(device|convnext)|Error" "$OUT/bench_train_layer_graphs_$graphs.log"
+    grep -A3 "^loop step timeline" "$OUT/bench_train_layer_graphs_$graphs.log"
+  done
 fi
 if [[ $part == front-ends || $part == all ]]; then
   # the eager loop per front-end path (the fused passes are the default on CUDA)
