@@ -24,7 +24,9 @@ listed, but no host operator owns them), where one training step's (with ``--inf
 inference step's) device time goes: total kernel time against the step's wall time (device busy
 share) and kernel time by group (DCLS programs, convolutions, GEMMs, normalisation, element-wise,
 copies, optimizer), so a gap can be traced to GPU work or to host time. Timing: ``--warmup``
-untimed steps, then ``--steps`` steps between two device synchronisations.
+untimed steps, then ``--steps`` steps between two device synchronisations. ``--processes N`` runs
+all of it N times, each in a fresh process, and prints each DCLS row's ratios by process and the
+lowest: host-bound eager steps vary more between processes than within one.
 
     python benchmarks/bench_models.py                                         # all six, eager
     python benchmarks/bench_models.py --families convnext --modes eager default reduce-overhead
@@ -32,6 +34,7 @@ untimed steps, then ``--steps`` steps between two device synchronisations.
     python benchmarks/bench_models.py --layer-graphs 1 small 0 --infer   # DCLS layers as CUDA graphs or not
     python benchmarks/bench_models.py --families convnext --layer-graphs 1 --memory --memory-trace
     python benchmarks/bench_models.py --families convnext --modes reduce-overhead --convs rules rules@fft,direct
+    python benchmarks/bench_models.py --families convnext --repeats 2 --processes 4  # the spread by process
     python benchmarks/bench_models.py --smoke                                 # tiny CPU check
 """
 
@@ -41,7 +44,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -355,6 +360,90 @@ def medians(rows: list[dict]) -> list[dict]:
     return out
 
 
+def by_process(rows: list[dict]) -> list[dict]:
+    """Per DCLS (model, mode, conv): each process's train (and infer) ratio, of the medians of that
+    process's runs, and the lowest and highest of them. Eager steps near their host's limit vary
+    more between processes than between the repeats of one process (NOTES run 20): a target holds
+    only if it holds in the lowest."""
+    processes: dict[int, list[dict]] = {}
+    for r in rows:
+        processes.setdefault(r.get("process", 0), []).append(r)
+    out: dict[tuple, dict] = {}
+    for index in sorted(processes):
+        for m in medians(processes[index]):
+            if "train_ratio" not in m:
+                continue
+            row = out.setdefault(
+                (m["model"], m["mode"], m["conv"]),
+                {"model": m["model"], "mode": m["mode"], "conv": m["conv"], "train_ratios": [], "infer_ratios": []},
+            )
+            row["train_ratios"].append(m["train_ratio"])
+            if "infer_ratio" in m:
+                row["infer_ratios"].append(m["infer_ratio"])
+    for row in out.values():
+        for key in ("train", "infer"):
+            values = row[f"{key}_ratios"]
+            if values:
+                row[f"{key}_ratio_lowest"], row[f"{key}_ratio_highest"] = min(values), max(values)
+    return list(out.values())
+
+
+def print_by_process(rows: list[dict], processes: int) -> None:
+    print(f"per process ({processes} processes; each ratio: of the medians of that process's runs)")
+    head = f"{'model':<27} {'mode':<15} {'conv':<17}"
+    print(head + f" {'train ratios':<32} {'lowest':>6} {'infer ratios':<32} {'lowest':>6}")
+    for r in rows:
+        train = " ".join(f"{v:.2f}" for v in r["train_ratios"])
+        infer = " ".join(f"{v:.2f}" for v in r["infer_ratios"])
+        print(
+            f"{r['model']:<27} {r['mode']:<15} {r['conv']:<17} {train:<32} {r['train_ratio_lowest']:>6.2f} "
+            f"{infer:<32} {r.get('infer_ratio_lowest', float('nan')):>6.2f}"
+        )
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--option V`` or ``--option=V``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def run_processes(argv: list[str], processes: int, out: Path) -> dict:
+    """This benchmark run ``processes`` times, each in a fresh Python process with the same arguments
+    (their tables printed as they finish), one after another; their rows joined (each row's
+    ``process``: its index) with the medians of all runs and the ratios by process."""
+    child_argv = _without_option(_without_option(argv, "--processes"), "--json")
+    report: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench_models_") as tmp:
+        for index in range(processes):
+            part = Path(tmp) / f"process{index}.json"
+            print(f"-- process {index + 1} of {processes}", flush=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), *child_argv, "--json", str(part)]
+            done = subprocess.run(cmd, check=False)
+            if done.returncode != 0 or not part.exists():
+                print(f"error: process {index + 1} exited with status {done.returncode}", file=sys.stderr)
+                if not part.exists():
+                    continue  # rows of a process cut short are kept: it writes after each row
+            child = json.loads(part.read_text())
+            if not report:
+                report = {k: v for k, v in child.items() if k not in ("results", "medians")}
+                report["results"] = []
+            for row in child["results"]:
+                row["process"] = index
+                report["results"].append(row)
+            report["processes"] = index + 1
+            report["medians"] = medians(report["results"])
+            report["by_process"] = by_process(report["results"])
+            out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def print_medians(rows: list[dict], repeats: int) -> None:
     print(f"medians of {repeats} runs (ratios: of the medians; spread: lowest and highest run's train ratio)")
     print(f"{'model':<27} {'mode':<15} {'conv':<17} {'train/s':>8} {'infer/s':>8} {'train ratio':>11} {'spread':>11}")
@@ -474,16 +563,34 @@ def main(argv: list[str] | None = None) -> int:
         "(conv column '<conv>/graphs'), only the small ones ('<conv>/small-graphs') or none ('<conv>/no-graphs'); "
         "default: as configured",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run everything this many times, each in a fresh process, one after another (ratios by process printed)",
+    )
     parser.add_argument("--json", default=None, help="output JSON (default: results/bench_models.json)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
     if args.smoke:
         args.device, args.precision, args.batch_size, args.steps, args.warmup = "cpu", "fp32", 2, 1, 1
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     out = Path(args.json) if args.json else RESULTS / ("bench_models_smoke.json" if args.smoke else "bench_models.json")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.processes > 1:
+        report = run_processes(sys.argv[1:] if argv is None else list(argv), args.processes, out)
+        if not report:
+            print("error: no process wrote a result", file=sys.stderr)
+            return 1
+        print(f"== all {report['processes']} processes")
+        print_medians(report["medians"], args.repeats * report["processes"])
+        print_by_process(report["by_process"], report["processes"])
+        print(f"wrote {out}")
+        return 0
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     report = {"device": name, "torch": torch.__version__, "precision": args.precision, "batch_size": args.batch_size}
     report["results"] = []
     for family in args.families:

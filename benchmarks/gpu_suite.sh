@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
-#   part: tests | stages | layers | compiled | eager | models (both) | graphs | graphs-others | train | loop-host |
-#   loop-graphs | front-ends | data | infer | all
-#   (default: all). Each of tests, compiled, eager, graphs, graphs-others and train fits one device call
+#   part: tests | stages | layers | compiled | eager | models (both) | graphs | graphs-others | spread | train |
+#   loop-host | loop-graphs | front-ends | data | infer | all
+#   (default: all). Each of tests, compiled, eager, graphs, graphs-others, spread and train fits one device call
 #   (under 600 s).
 # A call brings back at most 8 files: end it with `cd $OUT && tar czf logs.tgz *.log && rm *.log`.
 # Wheels a torch + Lightning image may lack (versions as in requirements.lock): av, soundfile, cffi,
@@ -72,6 +72,14 @@ if [[ $part == graphs || $part == all ]]; then
   timeout 150 python3 benchmarks/bench_models.py --families convnext --layer-graphs 1 small 0 --memory --memory-trace \
     --steps 5 --warmup 3 --json "$OUT/bench_models_layer_graphs_memory.json" >"$OUT/bench_models_layer_graphs_memory.log" 2>&1
   grep -E "^(convnext|==)|^   (recording|warmup)|^     [+-]|Error" "$OUT/bench_models_layer_graphs_memory.log"
+fi
+if [[ $part == spread || $part == all ]]; then
+  # the eager ConvNeXt-T in four fresh processes, one after another (its step varies more between
+  # processes than between the repeats of one: NOTES run 20), with only the small calls graphed and
+  # without graphs; the table by process gives each process's ratio and the lowest
+  timeout 420 python3 benchmarks/bench_models.py --families convnext --layer-graphs small 0 --infer --repeats 2 \
+    --processes 4 --steps 15 --warmup 6 --json "$OUT/bench_models_spread.json" >"$OUT/bench_models_spread.log" 2>&1
+  grep -E "^(device|==|error)|Error" "$OUT/bench_models_spread.log"; grep -A4 "^per process" "$OUT/bench_models_spread.log"
 fi
 if [[ $part == graphs-others || $part == all ]]; then
   timeout 300 python3 benchmarks/bench_models.py --families fastvit convformer --layer-graphs 1 small 0 --memory \

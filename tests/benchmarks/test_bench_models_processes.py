@@ -1,0 +1,74 @@
+"""``bench_models.py --processes``: the ratios by process on hand-made rows, and a smoke run in two
+fresh processes whose rows are joined."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_models  # noqa: E402
+
+
+def _rows(process: int, plain: list[float], dcls: list[float]) -> list[dict]:
+    """One process's runs in turn: the 7x7 row, then the DCLS row (train samples/s)."""
+    rows = []
+    for repeat, (p, d) in enumerate(zip(plain, dcls)):
+        common = {"mode": "eager", "conv": "auto", "repeat": repeat, "process": process, "peak_gib": 1.0}
+        rows.append({"model": "plain", "train_samples_per_s": p, **common})
+        rows.append({"model": "dcls", "baseline": "plain", "train_samples_per_s": d, "train_ratio": d / p, **common})
+    return rows
+
+
+def test_by_process_takes_each_process_medians_and_the_lowest():
+    rows = _rows(0, [100, 100, 100], [90, 80, 85]) + _rows(1, [100, 110, 90], [60, 66, 70])
+    (row,) = bench_models.by_process(rows)
+    assert (row["model"], row["conv"]) == ("dcls", "auto")
+    assert row["train_ratios"] == pytest.approx([0.85, 0.66])  # medians 85/100 and 66/100
+    assert row["train_ratio_lowest"] == pytest.approx(0.66)
+    assert row["train_ratio_highest"] == pytest.approx(0.85)
+    assert row["infer_ratios"] == [] and "infer_ratio_lowest" not in row
+
+
+def test_the_medians_of_all_processes_hide_the_low_one():
+    rows = _rows(0, [100] * 3, [90, 90, 90]) + _rows(1, [100] * 3, [90, 90, 90]) + _rows(2, [100] * 3, [50] * 3)
+    (all_runs,) = [m for m in bench_models.medians(rows) if m["model"] == "dcls"]
+    assert all_runs["train_ratio"] == pytest.approx(0.9)
+    assert bench_models.by_process(rows)[0]["train_ratio_lowest"] == pytest.approx(0.5)
+
+
+def test_the_child_arguments_drop_processes_and_json():
+    argv = ["--families", "convnext", "--processes", "3", "--json=out.json", "--repeats", "2"]
+    assert bench_models._without_option(bench_models._without_option(argv, "--processes"), "--json") == [
+        "--families",
+        "convnext",
+        "--repeats",
+        "2",
+    ]
+
+
+def test_smoke_in_two_processes(tmp_path):
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, str(BENCHMARKS / "bench_models.py"), "--smoke", "--families", "convnext"]
+    done = subprocess.run(
+        [*cmd, "--processes", "2", "--json", str(out)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["processes"] == 2
+    assert sorted((r["process"], r["model"]) for r in report["results"]) == [
+        (0, "convnext_audio_tiny"),
+        (0, "convnext_dcls_audio_tiny"),
+        (1, "convnext_audio_tiny"),
+        (1, "convnext_dcls_audio_tiny"),
+    ]
+    (row,) = report["by_process"]
+    assert len(row["train_ratios"]) == 2
+    assert row["train_ratio_lowest"] == min(row["train_ratios"])
+    assert "per process (2 processes" in done.stdout
