@@ -59,6 +59,7 @@ def layer_graphs_device(kind: str, monkeypatch) -> str:
     every training call of a DCLS layer wanted), with the module's state empty."""
     monkeypatch.setattr(layer_graphs, "_LAYERS", layer_graphs.weakref.WeakKeyDictionary())
     monkeypatch.setattr(layer_graphs, "_GENERATIONS", {})
+    monkeypatch.setattr(layer_graphs, "_DISABLED", [])
     if kind != "emulated":
         return kind
 
@@ -75,6 +76,6 @@ def layer_graphs_device(kind: str, monkeypatch) -> str:
     monkeypatch.setattr(
         layer_graphs,
         "wanted",
-        lambda module, input: module.training and torch.is_grad_enabled() and layer_graphs.admits(module, input),
+        lambda module, input: module.training and torch.is_grad_enabled() and layer_graphs.graphable(module, input),
     )
     return "cpu"

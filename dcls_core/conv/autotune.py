@@ -232,8 +232,10 @@ def measure(key: CallKey, candidates: Mapping[str, Callable[..., Tensor]], call:
     if not candidates or not measuring_allowed(call.input):
         return None
     input, grads = call.input, call.grads
-    # the caller's saved-tensor hooks (activation checkpointing, offloading) must not see these
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+    # the caller's saved-tensor hooks (activation checkpointing, offloading) must not see these; the
+    # clock's events and spin go to the current device's stream: the input's device made current
+    on_device = torch.cuda.device(input.device) if input.is_cuda else contextlib.nullcontext()
+    with on_device, torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         generator = torch.Generator(device=input.device).manual_seed(_SEED)
         backward = any(grads)
         with torch.enable_grad() if backward else torch.no_grad():

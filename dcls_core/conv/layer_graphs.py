@@ -24,7 +24,12 @@ the backward of that recording (``torch.autograd.grad`` of its output against an
 buffer, as :func:`torch.cuda.make_graphed_callables` does), never inside an autograd backward:
 a backward pass that records reenters autograd's engine, which may run the outer pass's pending
 nodes (gradient accumulation) inside the recording. Calls made inside a backward pass (an
-activation checkpoint's recomputation) run eagerly. The recording reads the parameters through
+activation checkpoint's recomputation) run eagerly, as do calls made while saved-tensor hooks are
+set (a non-reentrant activation checkpoint, offloading to the host: the hooks must see what the
+call saves, which a replay does not show them), calls whose parameters are computed at each call
+(a parametrization: a replay would give their originals no gradient), and after a capture failed,
+every call for the rest of the process (the failed capture may leave CUDA's or the allocator's
+capture state broken). The recording reads the parameters through
 fresh leaves on their memory, so its autograd graph shares no node with the caller's (a
 parameter's gradient accumulator, kept alive by the caller's graph, belongs to the stream it was
 made on, and the capture would have to wait on that stream).
@@ -91,6 +96,7 @@ __all__ = [
     "SMALL_SAMPLE_ELEMENTS",
     "admits",
     "enabled",
+    "graphable",
     "graphed_call",
     "held_bytes",
     "mode",
@@ -135,17 +141,36 @@ def admits(module: nn.Module, input: Tensor) -> bool:
 
 
 def wanted(module: nn.Module, input: Tensor) -> bool:
-    """True if this call of ``module`` may run through recorded graphs (module docstring)."""
+    """True if this call of ``module`` may run through recorded graphs (module docstring): an
+    eager training call on the current CUDA device (a recording captures on the current device's
+    stream), not inside a capture, that :func:`graphable` allows."""
     return (
         not torch.compiler.is_compiling()  # first: traced code never reaches the rest
         and module.training
         and input.is_cuda
         and torch.is_grad_enabled()
-        and admits(module, input)
+        and input.device.index == torch.cuda.current_device()
         and module.weight.device == input.device
         and type(input) is torch.Tensor
         and not torch.cuda.is_current_stream_capturing()
+        and graphable(module, input)
     )
+
+
+_DISABLED: list[str] = []  # why recordings stopped for this process (a capture failed), if they did
+
+
+def _saved_tensor_hooks_active() -> bool:
+    """Whether default saved-tensor hooks are set (a non-reentrant activation checkpoint, offloading
+    to the host): they must see what the call saves, which a replay does not show them."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is not None and top(True) is not None
+
+
+def graphable(module: nn.Module, input: Tensor) -> bool:
+    """The conditions of :func:`wanted` that do not depend on the device: the switch admits the call
+    (:func:`admits`), no saved-tensor hooks are set, and no capture has failed in this process."""
+    return not _DISABLED and admits(module, input) and not _saved_tensor_hooks_active()
 
 
 class _Generation:
@@ -279,7 +304,8 @@ class _Entry:
     ) -> bool:
         """Records the forward and its backward, then replays the forward for this call."""
         generation = generations.for_recording()
-        if generation is None:
+        if generation is None:  # every pool in use: this signature runs eagerly (and out of device_time)
+            self.failed = True
             return False
         self.static_input = _dense_like(input).requires_grad_(input.requires_grad)  # filled before the replay
         # the recording differentiates new leaves on the parameters' memory: its autograd graph shares
@@ -294,10 +320,10 @@ class _Entry:
                     _parameters_replaced(module, self.params, leaves),
                     torch.autograd.graph.saved_tensors_hooks(self._hold, _unpacked),
                 ):
-                    with torch.cuda.graph(forward, pool=generation.pool, capture_error_mode="thread_local"):
-                        with _autocast_without_cache(input.device):
-                            output = fn(self.static_input)
-                    if _reaches(output, self.params):
+                    with _capture(forward, generation.pool), _autocast_without_cache(input.device):
+                        output = fn(self.static_input)
+                    own = [self.static_input, *leaves]
+                    if _foreign_leaf(output, own):
                         raise RuntimeError("the call reads a parameter other than through its module's own attributes")
                 saved = {t.untyped_storage().data_ptr() for t in self.held}
                 own_dy = output.untyped_storage().data_ptr() in saved  # the backward reads the output: dy elsewhere
@@ -306,7 +332,17 @@ class _Entry:
                 )
                 if output.requires_grad:
                     self._record_backward(backward, generation, output, leaves)
-        except Exception as exc:  # an operation that cannot be captured: this signature stays eager
+        except _CaptureFailed as exc:  # the capture's state (CUDA's, the allocator's) is not to be trusted
+            _DISABLED.append(str(exc.__cause__))
+            message = (
+                f"dcls_core: a CUDA graph capture of a DCLS layer call failed ({exc.__cause__}); DCLS layers run "
+                f"eagerly from now on in this process (set {ENV_VAR}=0 to run them so from the start)"
+            )
+            warnings.warn(message, stacklevel=4)
+            generations.close_current()
+            self.failed, self.static_input, self.held, self.grad_output = True, None, [], None
+            return False
+        except Exception as exc:  # the call cannot be replayed as recorded: this signature stays eager
             message = f"dcls_core: a DCLS layer call could not be recorded as CUDA graphs ({exc}); it runs eagerly"
             warnings.warn(message, stacklevel=4)
             generations.close_current()
@@ -331,7 +367,7 @@ class _Entry:
         self, graph: torch.cuda.CUDAGraph, generation: _Generation, output: Tensor, leaves: Sequence[Tensor]
     ) -> None:
         wrt = [t for t in (self.static_input, *leaves) if t.requires_grad]
-        with torch.cuda.graph(graph, pool=generation.pool, capture_error_mode="thread_local"):
+        with _capture(graph, generation.pool):
             grads = list(torch.autograd.grad(output, wrt, self.grad_output, allow_unused=True))
             if self.static_input.requires_grad:
                 dx = grads.pop(0)
@@ -396,17 +432,35 @@ class _Entry:
         return tuple(out)
 
 
-def _reaches(output: Tensor, params: Sequence[Tensor]) -> bool:
-    """Whether ``output``'s autograd graph accumulates into one of ``params`` (then the recording
-    did not read it through its leaf, whose gradient would miss it)."""
-    wanted = {id(p) for p in params}
+class _CaptureFailed(Exception):
+    """A CUDA graph capture raised (the cause): CUDA's or the allocator's capture state may be left
+    broken, so no layer records again in this process."""
+
+
+@contextlib.contextmanager
+def _capture(graph: torch.cuda.CUDAGraph, pool) -> object:
+    """``torch.cuda.graph(graph, pool)``, an exception raised in it or by it as :class:`_CaptureFailed`."""
+    try:
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            yield
+    except Exception as exc:
+        raise _CaptureFailed(str(exc)) from exc
+
+
+def _foreign_leaf(output: Tensor, own: Sequence[Tensor]) -> bool:
+    """Whether ``output``'s autograd graph accumulates a gradient into a leaf other than ``own``
+    (the recording's input copy and parameter leaves): the call read a tensor that records
+    gradients other than through them (another module's parameter, a parameter held from before
+    the call, a parametrization's original), whose gradient the replays would not give."""
+    own_ids = {id(t) for t in own}
     seen, stack = set(), [output.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        if id(getattr(node, "variable", None)) in wanted:
+        variable = getattr(node, "variable", None)  # AccumulateGrad nodes: the leaf they accumulate into
+        if variable is not None and id(variable) not in own_ids:
             return True
         stack.extend(fn for fn, _ in node.next_functions)
     return False
@@ -415,7 +469,7 @@ def _reaches(output: Tensor, params: Sequence[Tensor]) -> bool:
 @contextlib.contextmanager
 def _parameters_replaced(module: nn.Module, params: Sequence[Tensor], leaves: Sequence[Tensor]):
     """``module``'s parameters in ``params`` read as the matching ``leaves`` inside the block (one
-    that is not ``module``'s own is read as itself: :func:`_reaches` then finds it)."""
+    that is not ``module``'s own is read as itself: :func:`_foreign_leaf` then finds it)."""
     by_id = {id(p): leaf for p, leaf in zip(params, leaves)}
     saved = {name: p for name, p in module._parameters.items() if id(p) in by_id}
     try:
@@ -457,6 +511,13 @@ def _dense_like(input: Tensor) -> Tensor:
     in any axis order, else contiguous or channels-last (``torch.empty_like``'s
     ``preserve_format``); gradients may have any strides."""
     return torch.empty_like(input, memory_format=torch.preserve_format)
+
+
+def _dense(input: Tensor) -> bool:
+    """Whether ``input`` has the strides :func:`_dense_like` gives it (its copy in a recording)."""
+    if input.is_contiguous() or input.is_contiguous(memory_format=torch.channels_last):
+        return True
+    return _dense_like(input).stride() == input.stride()
 
 
 def _autocast_without_cache(device: torch.device):
@@ -531,6 +592,10 @@ def graphed_call(
     whose recording finds otherwise runs eagerly) through the module's recorded graphs where it may
     (:func:`wanted` is the caller's check); else eagerly. ``choices``: what else ``fn``'s choices
     depend on (:func:`dcls_core.dispatch.state`), part of the key."""
+    if any(p.requires_grad and not p.is_leaf for p in params):  # computed (a parametrization): new each call
+        return fn(input)
+    if not _dense(input):  # the warm-up, the recording and the replays all see the dense copy's strides
+        input = input.clone(memory_format=torch.preserve_format)
     entries = _LAYERS.get(module)
     if entries is None:
         entries = _LAYERS[module] = {}

@@ -425,6 +425,7 @@ def _allocated_in_graph_pools() -> int:
 def test_a_discarded_model_frees_its_generation(device, monkeypatch):
     monkeypatch.setattr(layer_graphs, "MAX_GENERATIONS", 2)
     monkeypatch.setenv("DCLS_CONV", "matrix")  # matrix products on cuBLAS, whose workspace a capture allocates
+    gc.collect()  # graphs of earlier tests' models that wait for a collection
     before = _allocated_in_graph_pools() if device == "cuda" else 0  # pools other tests' graphs may still hold
     for _ in range(layer_graphs.MAX_GENERATIONS + 2):  # one generation per model: more models than live pools
         model, _ = _pair(device)
@@ -435,7 +436,7 @@ def test_a_discarded_model_frees_its_generation(device, monkeypatch):
         gc.collect()
         if device == "cuda":  # nothing of the model's graphs stays allocated (a capture's cuBLAS workspace did)
             assert _allocated_in_graph_pools() == before
-    assert layer_graphs._generations(torch.device(device)).live() == 0
+    assert layer_graphs._generations(_input(device).device).live() == 0  # keyed by the inputs' device (cuda:0)
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["recorded", "backward capture fails"])
@@ -453,15 +454,25 @@ def test_recordings_drop_cublas_workspaces_before_and_after(device, monkeypatch,
         with real_graph(*args, **kwargs):
             yield
 
+    real_clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
     monkeypatch.setattr(torch.cuda, "graph", graph)
     monkeypatch.setattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: events.append("clear"), raising=False)
     model, _ = _pair(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore" if fails else "error")
-        for _ in range(2):  # warm up, record
-            _step(model, _input(device), "1", monkeypatch)
-    assert events == ["clear", "capture", "capture", "clear"] * len(model.convs)
-    assert all(layer_graphs.recorded(conv) == [(not fails, not fails, 0)] for conv in model.convs)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if fails else "default")
+            if not fails:
+                warnings.filterwarnings("error", message="dcls_core")
+            for _ in range(2):  # warm up, record
+                _step(model, _input(device), "1", monkeypatch)
+    finally:
+        if device == "cuda" and real_clear is not None:
+            real_clear()  # a workspace the mocked drops left in a pool
+    # a failed capture stops every later recording in the process: only the first layer tried
+    assert events == ["clear", "capture", "capture", "clear"] * (1 if fails else len(model.convs))
+    assert all(layer_graphs.recorded(conv)[:1] in ([(not fails, not fails, 0)], []) for conv in model.convs)
+    assert layer_graphs.recorded(model.convs[0]) == [(not fails, not fails, 0)]
+    assert bool(layer_graphs._DISABLED) == fails
 
 
 class _Scaled(nn.Module):
@@ -537,3 +548,108 @@ def test_a_parameter_not_read_through_the_module_is_not_recorded(device, monkeyp
             _close(owner.weight.grad, eager.weight.grad, f"step {step}")
             owner.weight.grad = eager.weight.grad = None
     assert layer_graphs.recorded(layer) == [(False, False, 0)]  # its gradient would not reach the leaf
+
+
+def test_a_failed_capture_stops_recordings_for_the_process(device, monkeypatch):
+    """A capture that raises inside (after its first operations) may leave CUDA's capture state
+    broken: the layer, and every later call, runs eagerly with the same results."""
+    real_graph = torch.cuda.graph
+
+    @contextlib.contextmanager
+    def graph(*args, **kwargs):
+        with real_graph(*args, **kwargs):
+            yield
+            raise RuntimeError("operation not permitted when stream is capturing (simulated)")
+
+    graphed, eager = _pair(device)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.cuda, "graph", graph)
+        with pytest.warns(UserWarning, match="run eagerly from now on in this process"):
+            for _ in range(2):  # warm up, record (fails)
+                x = _input(device)
+                _close_out(_step(graphed, x, "1", monkeypatch), _step(eager, x, "0", monkeypatch))
+    for step in range(2):  # the capture works again, but nothing records
+        x = _input(device, seed=step + 5)
+        _close_out(_step(graphed, x, "1", monkeypatch), _step(eager, x, "0", monkeypatch))
+    _same_grads(graphed, eager)
+    assert layer_graphs._DISABLED
+    assert layer_graphs.recorded(graphed.convs[0]) == [(False, False, 0)]
+    assert all(layer_graphs.recorded(conv) in ([], [(False, False, 0)]) for conv in graphed.convs[1:])
+    assert not layer_graphs.graphable(graphed.convs[1], x)
+
+
+class _ViewOf(nn.Module):
+    """A parametrization whose value is a view of its original: a non-leaf on the same memory at
+    every call (the key's parameter address repeats, as a caching allocator's block may)."""
+
+    def forward(self, original):
+        return original.view(original.shape)
+
+
+def test_a_parametrized_weight_is_not_recorded(device, monkeypatch):
+    from torch.nn.utils import parametrize
+
+    graphed, eager = _pair(device)
+    for model in (graphed, eager):
+        parametrize.register_parametrization(model.convs[0], "weight", _ViewOf())
+    for step in range(4):  # warm up, record, replay twice, were it recorded
+        x = _input(device, seed=step)
+        _close_out(_step(graphed, x, "1", monkeypatch), _step(eager, x, "0", monkeypatch))
+        _same_grads(graphed, eager, f"step {step}")  # the original's gradient included
+        graphed.zero_grad(set_to_none=True), eager.zero_grad(set_to_none=True)
+    assert graphed.convs[0].parametrizations.weight.original.grad is None  # zeroed: it had one each step
+    assert layer_graphs.recorded(graphed.convs[0]) == []
+    assert all(layer_graphs.recorded(conv) == [(True, True, 2)] for conv in graphed.convs[1:])
+
+
+class _Checkpointed(nn.Module):
+    """A stage whose layers run under a non-reentrant activation checkpoint."""
+
+    def __init__(self, stage: nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.stage, x, use_reentrant=False)
+
+
+def test_calls_under_a_non_reentrant_checkpoint_run_eagerly(device, monkeypatch):
+    """The checkpoint's hooks must see what the layers save (its recomputation compares them)."""
+    graphed, eager = _pair(device)
+    graphed, eager = _Checkpointed(graphed), _Checkpointed(eager)
+    for step in range(3):
+        x = _input(device, seed=step)
+        _close_out(_step(graphed, x, "1", monkeypatch), _step(eager, x, "0", monkeypatch))
+        _same_grads(graphed, eager, f"step {step}")
+        graphed.zero_grad(set_to_none=True), eager.zero_grad(set_to_none=True)
+    assert all(layer_graphs.recorded(conv) == [] for conv in graphed.stage.convs)
+
+
+class _Strides(nn.Module):
+    """``x * weight`` per channel through ``graphed_call``, noting the strides each call computes on."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+        self.seen: list[tuple] = []
+
+    def forward(self, x):
+        def fn(inp):
+            self.seen.append(inp.stride())
+            return inp * self.weight.view(1, -1, 1, 1)
+
+        return layer_graphs.graphed_call(self, fn, x, [self.weight], ())
+
+
+def test_a_strided_input_warms_up_on_the_strides_it_records_with(device, monkeypatch):
+    """The warm-up chooses paths and compiles programs for the strides the recording then uses."""
+    monkeypatch.setenv(layer_graphs.ENV_VAR, "1")
+    dtype = torch.float64 if device == "cpu" else torch.float32
+    layer = _Strides(8).to(device, dtype)
+    for _ in range(3):  # warm up, record, replay
+        x = torch.randn(2, 8, 5, 12, device=device, dtype=dtype)[..., ::2].requires_grad_()
+        layer(x).square().sum().backward()
+        assert x.grad is not None and x.grad.shape == x.shape
+    assert layer_graphs.recorded(layer) == [(True, True, 1)]
+    assert len(layer.seen) == 2  # the warm-up and the recording (replays run no Python)
+    assert layer.seen[0] == layer.seen[1] == torch.empty(2, 8, 5, 6).stride()  # the dense copy's, not (480, 60, 12, 2)
