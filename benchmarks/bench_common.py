@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["env_var", "fresh", "is_kernel", "sync"]
+__all__ = ["env_var", "fresh", "is_kernel", "ratios_by_process", "run_in_processes", "sync", "without_option"]
 
 
 def sync(device: torch.device) -> None:
@@ -49,3 +55,77 @@ def env_var(name: str, value: str | None):
             os.environ.pop(name, None)
         else:
             os.environ[name] = saved
+
+
+def without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--option V`` or ``--option=V``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def run_in_processes(
+    script: Path, argv: Sequence[str], processes: int, out: Path, summarize: Callable[[list[dict]], dict]
+) -> dict:
+    """The benchmark ``script`` run ``processes`` times, one after another, each in a fresh Python
+    process with ``argv`` less ``--processes`` and ``--json`` (their output passes through).
+    Returns their report joined: the first one's header fields, every row of ``results`` tagged
+    with its ``process`` index, ``processes`` (how many wrote a report) and what
+    ``summarize(results)`` returns; written to ``out`` after each process. An empty dict where no
+    process wrote a report. Host-bound steps vary more between processes than between the repeats
+    of one process (benchmarks/NOTES_layers.md, run 20)."""
+    child_argv = without_option(without_option(argv, "--processes"), "--json")
+    report: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench_processes_") as tmp:
+        for index in range(processes):
+            part = Path(tmp) / f"process{index}.json"
+            print(f"-- process {index + 1} of {processes}", flush=True)
+            done = subprocess.run([sys.executable, str(script), *child_argv, "--json", str(part)], check=False)
+            if done.returncode != 0:
+                print(f"error: process {index + 1} exited with status {done.returncode}", file=sys.stderr)
+            if not part.exists():
+                continue  # a process cut short keeps the rows it wrote (the scripts write after each row)
+            child = json.loads(part.read_text())
+            if not report:
+                report = {k: v for k, v in child.items() if k != "results"}
+                report["results"] = []
+            for row in child["results"]:
+                row["process"] = index
+                report["results"].append(row)
+            report["processes"] = index + 1
+            report.update(summarize(report["results"]))
+            out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def ratios_by_process(
+    rows: list[dict], medians: Callable[[list[dict]], list[dict]], group: Sequence[str], ratios: Sequence[str]
+) -> list[dict]:
+    """Per group (the values of the fields ``group`` of a row of ``medians``): each ratio field of
+    ``ratios`` per process, from ``medians`` of that process's rows (``<field>_by_process``), and
+    its lowest and highest (``<field>_lowest``, ``<field>_highest``). A target holds only if it
+    holds in the lowest."""
+    processes: dict[int, list[dict]] = {}
+    for r in rows:
+        processes.setdefault(r.get("process", 0), []).append(r)
+    out: dict[tuple, dict] = {}
+    for index in sorted(processes):
+        for m in medians(processes[index]):
+            present = [field for field in ratios if field in m]
+            if not present:
+                continue
+            row = out.setdefault(tuple(m[f] for f in group), {f: m[f] for f in group})
+            for field in present:
+                row.setdefault(f"{field}_by_process", []).append(m[field])
+    for row in out.values():
+        for field in ratios:
+            values = row.get(f"{field}_by_process")
+            if values:
+                row[f"{field}_lowest"], row[f"{field}_highest"] = min(values), max(values)
+    return list(out.values())

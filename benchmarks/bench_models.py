@@ -44,9 +44,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -57,7 +55,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import env_var, fresh, is_kernel, sync  # noqa: E402
+from bench_common import env_var, fresh, is_kernel, ratios_by_process, run_in_processes, sync  # noqa: E402
 from memory_trace import compare_sites, step_peaks, traced_steps  # noqa: E402
 
 from dcls_audio.models import create_model  # noqa: E402
@@ -365,27 +363,7 @@ def by_process(rows: list[dict]) -> list[dict]:
     process's runs, and the lowest and highest of them. Eager steps near their host's limit vary
     more between processes than between the repeats of one process (NOTES run 20): a target holds
     only if it holds in the lowest."""
-    processes: dict[int, list[dict]] = {}
-    for r in rows:
-        processes.setdefault(r.get("process", 0), []).append(r)
-    out: dict[tuple, dict] = {}
-    for index in sorted(processes):
-        for m in medians(processes[index]):
-            if "train_ratio" not in m:
-                continue
-            row = out.setdefault(
-                (m["model"], m["mode"], m["conv"]),
-                {"model": m["model"], "mode": m["mode"], "conv": m["conv"], "train_ratios": [], "infer_ratios": []},
-            )
-            row["train_ratios"].append(m["train_ratio"])
-            if "infer_ratio" in m:
-                row["infer_ratios"].append(m["infer_ratio"])
-    for row in out.values():
-        for key in ("train", "infer"):
-            values = row[f"{key}_ratios"]
-            if values:
-                row[f"{key}_ratio_lowest"], row[f"{key}_ratio_highest"] = min(values), max(values)
-    return list(out.values())
+    return ratios_by_process(rows, medians, ("model", "mode", "conv"), ("train_ratio", "infer_ratio"))
 
 
 def print_by_process(rows: list[dict], processes: int) -> None:
@@ -393,55 +371,12 @@ def print_by_process(rows: list[dict], processes: int) -> None:
     head = f"{'model':<27} {'mode':<15} {'conv':<17}"
     print(head + f" {'train ratios':<32} {'lowest':>6} {'infer ratios':<32} {'lowest':>6}")
     for r in rows:
-        train = " ".join(f"{v:.2f}" for v in r["train_ratios"])
-        infer = " ".join(f"{v:.2f}" for v in r["infer_ratios"])
+        train = " ".join(f"{v:.2f}" for v in r["train_ratio_by_process"])
+        infer = " ".join(f"{v:.2f}" for v in r.get("infer_ratio_by_process", []))
         print(
             f"{r['model']:<27} {r['mode']:<15} {r['conv']:<17} {train:<32} {r['train_ratio_lowest']:>6.2f} "
             f"{infer:<32} {r.get('infer_ratio_lowest', float('nan')):>6.2f}"
         )
-
-
-def _without_option(argv: list[str], option: str) -> list[str]:
-    """``argv`` without ``option`` and its value (``--option V`` or ``--option=V``)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            out.append(arg)
-    return out
-
-
-def run_processes(argv: list[str], processes: int, out: Path) -> dict:
-    """This benchmark run ``processes`` times, each in a fresh Python process with the same arguments
-    (their tables printed as they finish), one after another; their rows joined (each row's
-    ``process``: its index) with the medians of all runs and the ratios by process."""
-    child_argv = _without_option(_without_option(argv, "--processes"), "--json")
-    report: dict = {}
-    with tempfile.TemporaryDirectory(prefix="bench_models_") as tmp:
-        for index in range(processes):
-            part = Path(tmp) / f"process{index}.json"
-            print(f"-- process {index + 1} of {processes}", flush=True)
-            cmd = [sys.executable, str(Path(__file__).resolve()), *child_argv, "--json", str(part)]
-            done = subprocess.run(cmd, check=False)
-            if done.returncode != 0 or not part.exists():
-                print(f"error: process {index + 1} exited with status {done.returncode}", file=sys.stderr)
-                if not part.exists():
-                    continue  # rows of a process cut short are kept: it writes after each row
-            child = json.loads(part.read_text())
-            if not report:
-                report = {k: v for k, v in child.items() if k not in ("results", "medians")}
-                report["results"] = []
-            for row in child["results"]:
-                row["process"] = index
-                report["results"].append(row)
-            report["processes"] = index + 1
-            report["medians"] = medians(report["results"])
-            report["by_process"] = by_process(report["results"])
-            out.write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def print_medians(rows: list[dict], repeats: int) -> None:
@@ -580,7 +515,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.json) if args.json else RESULTS / ("bench_models_smoke.json" if args.smoke else "bench_models.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.processes > 1:
-        report = run_processes(sys.argv[1:] if argv is None else list(argv), args.processes, out)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        report = run_in_processes(
+            Path(__file__).resolve(),
+            argv,
+            args.processes,
+            out,
+            lambda rows: {"medians": medians(rows), "by_process": by_process(rows)},
+        )
         if not report:
             print("error: no process wrote a result", file=sys.stderr)
             return 1

@@ -10,7 +10,9 @@ For each model and each compile mode (``eager`` or a ``torch.compile`` mode) it 
   non-finite guard) through ``lightning.Trainer``;
 
 and prints samples/s of both and their ratio (loop / bare). ``--front-ends`` runs the eager loop
-once per front-end path, ``--repeats N`` every variant N times in turn (medians printed). It also
+once per front-end path, ``--repeats N`` every variant N times in turn (medians printed),
+``--processes N`` all of it in N fresh processes in turn (each variant's ratio by process and the
+lowest printed: the eager loop's host time varies between processes). It also
 times what the augmentations and mixup add to the front end per step of ``--batch-size`` clips
 (host draws included), per path, and the reference ops alone. After
 ``--warmup`` untimed steps, ``--steps`` steps are timed with the device synchronised at both
@@ -19,6 +21,7 @@ ends. Prints a table and writes JSON (default: benchmarks/results/bench_train_lo
     python benchmarks/bench_train.py                                  # both ConvNeXt-T, eager + compiled
     python benchmarks/bench_train.py --modes eager reduce-overhead --steps 100
     python benchmarks/bench_train.py --modes eager --front-ends reference fused --repeats 3
+    python benchmarks/bench_train.py --modes eager --repeats 2 --processes 3
     python benchmarks/bench_train.py --smoke                          # tiny CPU check
 """
 
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import env_var, fresh, is_kernel, sync  # noqa: E402
+from bench_common import env_var, fresh, is_kernel, ratios_by_process, run_in_processes, sync  # noqa: E402
 
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
@@ -514,6 +517,23 @@ def medians(rows: list[dict]) -> list[dict]:
     return out
 
 
+def by_process(rows: list[dict]) -> list[dict]:
+    """Per (model, mode, pin, front end): the loop / bare ratio of each process (of the medians of
+    its runs) and the lowest and highest."""
+    return ratios_by_process(rows, medians, ("model", "mode", "pin", "front_end"), ("ratio",))
+
+
+def print_by_process(rows: list[dict], processes: int) -> None:
+    print(f"loop / bare per process ({processes} processes; each: the ratio of the medians of its runs)")
+    print(f"{'model':<26} {'mode':<16} {'pin':<6} {'front end':<10} {'ratios':<32} {'lowest':>6}")
+    for r in rows:
+        ratios = " ".join(f"{v:.2f}" for v in r["ratio_by_process"])
+        print(
+            f"{r['model']:<26} {r['mode']:<16} {r['pin']:<6} {r['front_end']:<10} {ratios:<32} "
+            f"{r['ratio_lowest']:>6.2f}"
+        )
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -562,6 +582,12 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=1, help="runs of every bare step and loop variant, in turn (medians printed)"
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run everything this many times, each in a fresh process, one after another (ratios by process printed)",
+    )
+    parser.add_argument(
         "--callbacks",
         default="run",
         choices=("run", "none"),
@@ -584,15 +610,32 @@ def main(argv: list[str] | None = None) -> int:
         args.num_workers = 0 if args.num_workers is None else args.num_workers
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
     if args.profile_steps > args.warmup:
         parser.error("--profile-steps must not exceed --warmup (the profiled steps are warm-up steps)")
     if args.device == "cpu" and args.precision == "16-mixed":
         parser.error("16-mixed needs CUDA")
-    device = torch.device(args.device)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     default_name = "bench_train_loop_vs_bare" + ("_smoke" if args.smoke else "") + ".json"
     out = Path(args.json) if args.json else RESULTS / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.processes > 1:
+        report = run_in_processes(
+            Path(__file__).resolve(),
+            sys.argv[1:] if argv is None else list(argv),
+            args.processes,
+            out,
+            lambda rows: {"medians": medians(rows), "by_process": by_process(rows)},
+        )
+        if not report:
+            print("error: no process wrote a result", file=sys.stderr)
+            return 1
+        print(f"== all {report['processes']} processes")
+        print_by_process(report["by_process"], report["processes"])
+        print(f"wrote {out}")
+        return 0
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     clips = args.clips or args.batch_size * (args.warmup + args.steps + 2)
 
     report = {

@@ -2,9 +2,9 @@
 # One device-machine session: CUDA tests and the GPU benchmarks, logs and JSON under $OUT.
 # Usage (repo root, wheels of packages the machine lacks in .whl/): bash benchmarks/gpu_suite.sh [part]
 #   part: tests | stages | layers | compiled | eager | models (both) | graphs | graphs-others | spread | train |
-#   loop-host | loop-graphs | front-ends | data | infer | all
-#   (default: all). Each of tests, compiled, eager, graphs, graphs-others, spread and train fits one device call
-#   (under 600 s).
+#   loop-spread | loop-host | loop-graphs | front-ends | data | infer | all
+#   (default: all). Each of tests, compiled, eager, graphs, graphs-others, spread, train and loop-spread fits one
+#   device call (under 600 s).
 # A call brings back at most 8 files: end it with `cd $OUT && tar czf logs.tgz *.log && rm *.log`.
 # Wheels a torch + Lightning image may lack (versions as in requirements.lock): av, soundfile, cffi,
 # pycparser (soundfile's), dcls==0.1.1 (the tests' reference).
@@ -91,6 +91,14 @@ if [[ $part == train || $part == all ]]; then
   timeout 500 python3 benchmarks/bench_train.py --modes eager reduce-overhead --repeats 3 --steps 45 --warmup 10 \
     --json "$OUT/bench_train.json" >"$OUT/bench_train.log" 2>&1
   grep -E "^(device|augment)" "$OUT/bench_train.log"; grep -A14 "^loop step timeline" "$OUT/bench_train.log"
+fi
+if [[ $part == loop-spread || $part == all ]]; then
+  # the eager loop against the bare step, both ConvNeXt-T, in three fresh processes one after another
+  # (the loop / bare ratio moved between processes on one host: NOTES run 20)
+  timeout 480 python3 benchmarks/bench_train.py --modes eager --processes 3 --steps 45 --warmup 10 \
+    --json "$OUT/bench_train_spread.json" >"$OUT/bench_train_spread.log" 2>&1
+  grep -E "^(device|augment|error)|Error" "$OUT/bench_train_spread.log" | sort | uniq -c
+  grep -A3 "^loop / bare per process" "$OUT/bench_train_spread.log"
 fi
 if [[ $part == loop-host || $part == all ]]; then
   # the eager 7x7 loop's time: device kernels per step (torch.profiler) with rows read by the

@@ -1,5 +1,5 @@
-"""``bench_models.py --processes``: the ratios by process on hand-made rows, and a smoke run in two
-fresh processes whose rows are joined."""
+"""``--processes`` of ``bench_models.py`` and ``bench_train.py``: the ratios by process on hand-made
+rows, and a smoke run of ``bench_models.py`` in two fresh processes whose rows are joined."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_common  # noqa: E402
 import bench_models  # noqa: E402
+import bench_train  # noqa: E402
 
 
 def _rows(process: int, plain: list[float], dcls: list[float]) -> list[dict]:
@@ -30,10 +32,10 @@ def test_by_process_takes_each_process_medians_and_the_lowest():
     rows = _rows(0, [100, 100, 100], [90, 80, 85]) + _rows(1, [100, 110, 90], [60, 66, 70])
     (row,) = bench_models.by_process(rows)
     assert (row["model"], row["conv"]) == ("dcls", "auto")
-    assert row["train_ratios"] == pytest.approx([0.85, 0.66])  # medians 85/100 and 66/100
+    assert row["train_ratio_by_process"] == pytest.approx([0.85, 0.66])  # medians 85/100 and 66/100
     assert row["train_ratio_lowest"] == pytest.approx(0.66)
     assert row["train_ratio_highest"] == pytest.approx(0.85)
-    assert row["infer_ratios"] == [] and "infer_ratio_lowest" not in row
+    assert "infer_ratio_by_process" not in row and "infer_ratio_lowest" not in row
 
 
 def test_the_medians_of_all_processes_hide_the_low_one():
@@ -43,9 +45,21 @@ def test_the_medians_of_all_processes_hide_the_low_one():
     assert bench_models.by_process(rows)[0]["train_ratio_lowest"] == pytest.approx(0.5)
 
 
+def test_the_loop_ratio_by_process():
+    def rows(process, bare, loop):
+        common = {"model": "m", "mode": "eager", "pin": "loader", "front_end": "auto", "process": process}
+        return [
+            {**common, "bare_samples_per_s": b, "loop_samples_per_s": lo, "ratio": lo / b} for b, lo in zip(bare, loop)
+        ]
+
+    (row,) = bench_train.by_process(rows(0, [100, 100], [95, 93]) + rows(1, [100, 100], [80, 84]))
+    assert row["ratio_by_process"] == pytest.approx([0.94, 0.82])
+    assert (row["ratio_lowest"], row["ratio_highest"]) == pytest.approx((0.82, 0.94))
+
+
 def test_the_child_arguments_drop_processes_and_json():
     argv = ["--families", "convnext", "--processes", "3", "--json=out.json", "--repeats", "2"]
-    assert bench_models._without_option(bench_models._without_option(argv, "--processes"), "--json") == [
+    assert bench_common.without_option(bench_common.without_option(argv, "--processes"), "--json") == [
         "--families",
         "convnext",
         "--repeats",
@@ -69,6 +83,6 @@ def test_smoke_in_two_processes(tmp_path):
         (1, "convnext_dcls_audio_tiny"),
     ]
     (row,) = report["by_process"]
-    assert len(row["train_ratios"]) == 2
-    assert row["train_ratio_lowest"] == min(row["train_ratios"])
+    assert len(row["train_ratio_by_process"]) == 2
+    assert row["train_ratio_lowest"] == min(row["train_ratio_by_process"])
     assert "per process (2 processes" in done.stdout
