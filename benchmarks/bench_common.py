@@ -14,7 +14,16 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["env_var", "fresh", "is_kernel", "ratios_by_process", "run_in_processes", "sync", "without_option"]
+__all__ = [
+    "env_var",
+    "format_by_process",
+    "fresh",
+    "is_kernel",
+    "ratios_by_process",
+    "run_in_processes",
+    "sync",
+    "without_option",
+]
 
 
 def sync(device: torch.device) -> None:
@@ -74,33 +83,48 @@ def run_in_processes(
     script: Path, argv: Sequence[str], processes: int, out: Path, summarize: Callable[[list[dict]], dict]
 ) -> dict:
     """The benchmark ``script`` run ``processes`` times, one after another, each in a fresh Python
-    process with ``argv`` less ``--processes`` and ``--json`` (their output passes through).
-    Returns their report joined: the first one's header fields, every row of ``results`` tagged
-    with its ``process`` index, ``processes`` (how many wrote a report) and what
+    process with ``argv`` less ``--processes`` and ``--json`` (``--processes 1`` and its own
+    ``--json`` last: they win over any abbreviation argparse accepts); their output passes through.
+
+    Returns their reports joined: the first one's header fields, every row of ``results`` tagged
+    with its ``process`` (index from 0), ``processes`` (how many reported), ``failed_processes``
+    (the indices of those that exited with an error or wrote no readable report; a process cut
+    short keeps the rows it wrote: the scripts write after each row) and what
     ``summarize(results)`` returns; written to ``out`` after each process. An empty dict where no
-    process wrote a report. Host-bound steps vary more between processes than between the repeats
-    of one process (benchmarks/NOTES_layers.md, run 20)."""
+    process reported. Host-bound steps vary more between processes than between the repeats of
+    one process (benchmarks/NOTES_layers.md, run 20)."""
     child_argv = without_option(without_option(argv, "--processes"), "--json")
     report: dict = {}
+    failed: list[int] = []
     with tempfile.TemporaryDirectory(prefix="bench_processes_") as tmp:
         for index in range(processes):
             part = Path(tmp) / f"process{index}.json"
             print(f"-- process {index + 1} of {processes}", flush=True)
-            done = subprocess.run([sys.executable, str(script), *child_argv, "--json", str(part)], check=False)
-            if done.returncode != 0:
-                print(f"error: process {index + 1} exited with status {done.returncode}", file=sys.stderr)
-            if not part.exists():
-                continue  # a process cut short keeps the rows it wrote (the scripts write after each row)
-            child = json.loads(part.read_text())
+            cmd = [sys.executable, str(script), *child_argv, "--processes", "1", "--json", str(part)]
+            done = subprocess.run(cmd, check=False)
+            try:
+                child = json.loads(part.read_text()) if part.exists() else None
+            except ValueError:  # cut short while writing
+                child = None
+            if done.returncode != 0 or child is None:
+                failed.append(index)
+                why = f"exited with status {done.returncode}" if done.returncode else "wrote no readable report"
+                print(f"error: process {index + 1} {why}", file=sys.stderr)
+            if child is None:
+                continue
             if not report:
                 report = {k: v for k, v in child.items() if k != "results"}
                 report["results"] = []
             for row in child["results"]:
                 row["process"] = index
                 report["results"].append(row)
-            report["processes"] = index + 1
+            report["processes"] = report.get("processes", 0) + 1
+            report["failed_processes"] = list(failed)
             report.update(summarize(report["results"]))
             out.write_text(json.dumps(report, indent=2) + "\n")
+    if report and report["failed_processes"] != failed:  # the last ones failed
+        report["failed_processes"] = list(failed)
+        out.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -108,9 +132,9 @@ def ratios_by_process(
     rows: list[dict], medians: Callable[[list[dict]], list[dict]], group: Sequence[str], ratios: Sequence[str]
 ) -> list[dict]:
     """Per group (the values of the fields ``group`` of a row of ``medians``): each ratio field of
-    ``ratios`` per process, from ``medians`` of that process's rows (``<field>_by_process``), and
-    its lowest and highest (``<field>_lowest``, ``<field>_highest``). A target holds only if it
-    holds in the lowest."""
+    ``ratios`` per process, from ``medians`` of that process's rows (``<field>_by_process``: pairs
+    ``[process, ratio]``), and its lowest and highest (``<field>_lowest``, ``<field>_highest``). A
+    target holds only if it holds in the lowest."""
     processes: dict[int, list[dict]] = {}
     for r in rows:
         processes.setdefault(r.get("process", 0), []).append(r)
@@ -122,10 +146,15 @@ def ratios_by_process(
                 continue
             row = out.setdefault(tuple(m[f] for f in group), {f: m[f] for f in group})
             for field in present:
-                row.setdefault(f"{field}_by_process", []).append(m[field])
+                row.setdefault(f"{field}_by_process", []).append([index, m[field]])
     for row in out.values():
         for field in ratios:
-            values = row.get(f"{field}_by_process")
+            values = [value for _, value in row.get(f"{field}_by_process", [])]
             if values:
                 row[f"{field}_lowest"], row[f"{field}_highest"] = min(values), max(values)
     return list(out.values())
+
+
+def format_by_process(pairs: Sequence[Sequence]) -> str:
+    """``[[process, ratio], ...]`` as ``1:0.85 2:0.66`` (processes counted from 1)."""
+    return " ".join(f"{process + 1}:{value:.2f}" for process, value in pairs)

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import env_var, fresh, is_kernel, ratios_by_process, run_in_processes, sync  # noqa: E402
+from bench_common import env_var, format_by_process, fresh, is_kernel, ratios_by_process, run_in_processes, sync  # noqa: E402
 from memory_trace import compare_sites, step_peaks, traced_steps  # noqa: E402
 
 from dcls_audio.models import create_model  # noqa: E402
@@ -367,12 +367,12 @@ def by_process(rows: list[dict]) -> list[dict]:
 
 
 def print_by_process(rows: list[dict], processes: int) -> None:
-    print(f"per process ({processes} processes; each ratio: of the medians of that process's runs)")
+    print(f"per process ({processes} processes; process:ratio, each of the medians of that process's runs)")
     head = f"{'model':<27} {'mode':<15} {'conv':<17}"
     print(head + f" {'train ratios':<32} {'lowest':>6} {'infer ratios':<32} {'lowest':>6}")
     for r in rows:
-        train = " ".join(f"{v:.2f}" for v in r["train_ratio_by_process"])
-        infer = " ".join(f"{v:.2f}" for v in r.get("infer_ratio_by_process", []))
+        train = format_by_process(r["train_ratio_by_process"])
+        infer = format_by_process(r.get("infer_ratio_by_process", []))
         print(
             f"{r['model']:<27} {r['mode']:<15} {r['conv']:<17} {train:<32} {r['train_ratio_lowest']:>6.2f} "
             f"{infer:<32} {r.get('infer_ratio_lowest', float('nan')):>6.2f}"
@@ -526,11 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         if not report:
             print("error: no process wrote a result", file=sys.stderr)
             return 1
-        print(f"== all {report['processes']} processes")
+        print(f"== {report['processes']} of {args.processes} processes reported")
         print_medians(report["medians"], args.repeats * report["processes"])
         print_by_process(report["by_process"], report["processes"])
         print(f"wrote {out}")
-        return 0
+        return 1 if report["failed_processes"] else 0
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     report = {"device": name, "torch": torch.__version__, "precision": args.precision, "batch_size": args.batch_size}

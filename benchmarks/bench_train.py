@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import env_var, fresh, is_kernel, ratios_by_process, run_in_processes, sync  # noqa: E402
+from bench_common import env_var, format_by_process, fresh, is_kernel, ratios_by_process, run_in_processes, sync  # noqa: E402
 
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
@@ -524,10 +524,10 @@ def by_process(rows: list[dict]) -> list[dict]:
 
 
 def print_by_process(rows: list[dict], processes: int) -> None:
-    print(f"loop / bare per process ({processes} processes; each: the ratio of the medians of its runs)")
+    print(f"loop / bare per process ({processes} processes; process:ratio, each of the medians of its runs)")
     print(f"{'model':<26} {'mode':<16} {'pin':<6} {'front end':<10} {'ratios':<32} {'lowest':>6}")
     for r in rows:
-        ratios = " ".join(f"{v:.2f}" for v in r["ratio_by_process"])
+        ratios = format_by_process(r["ratio_by_process"])
         print(
             f"{r['model']:<26} {r['mode']:<16} {r['pin']:<6} {r['front_end']:<10} {ratios:<32} "
             f"{r['ratio_lowest']:>6.2f}"
@@ -630,10 +630,10 @@ def main(argv: list[str] | None = None) -> int:
         if not report:
             print("error: no process wrote a result", file=sys.stderr)
             return 1
-        print(f"== all {report['processes']} processes")
+        print(f"== {report['processes']} of {args.processes} processes reported")
         print_by_process(report["by_process"], report["processes"])
         print(f"wrote {out}")
-        return 0
+        return 1 if report["failed_processes"] else 0
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     clips = args.clips or args.batch_size * (args.warmup + args.steps + 2)

@@ -60,6 +60,7 @@ def layer_graphs_device(kind: str, monkeypatch) -> str:
     monkeypatch.setattr(layer_graphs, "_LAYERS", layer_graphs.weakref.WeakKeyDictionary())
     monkeypatch.setattr(layer_graphs, "_GENERATIONS", {})
     monkeypatch.setattr(layer_graphs, "_DISABLED", [])
+    monkeypatch.setattr(layer_graphs, "_POOLS_FULL_WARNED", [])
     if kind != "emulated":
         return kind
 

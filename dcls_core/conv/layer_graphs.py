@@ -80,7 +80,7 @@ import contextlib
 import os
 import warnings
 import weakref
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -111,6 +111,7 @@ SMALL_SAMPLE_ELEMENTS = 2**17
 DEFAULT = "0"  # opt-in: the recording step's peak memory is above eager's (benchmarks/NOTES_layers.md, run 20)
 MAX_KEYS = 2  # signatures recorded per layer (a training batch, the last partial batch)
 MAX_GENERATIONS = 8  # live memory pools per device; beyond them, new signatures run eagerly
+_POOLS_FULL_WARNED: list[bool] = []  # the warning that every pool is held: once per process
 
 
 def mode() -> str:
@@ -149,27 +150,32 @@ def wanted(module: nn.Module, input: Tensor) -> bool:
         and module.training
         and input.is_cuda
         and torch.is_grad_enabled()
+        and graphable(module, input)  # before the CUDA queries: the default switch ends here
         and input.device.index == torch.cuda.current_device()
         and module.weight.device == input.device
         and type(input) is torch.Tensor
         and not torch.cuda.is_current_stream_capturing()
-        and graphable(module, input)
     )
 
 
 _DISABLED: list[str] = []  # why recordings stopped for this process (a capture failed), if they did
+# the innermost default saved-tensor hooks, or None (torch's; where this torch lacks it, hooks are
+# assumed set: no call records)
+_TOP_SAVED_TENSOR_HOOKS: Optional[Callable[[bool], object]] = getattr(
+    torch._C._autograd, "_top_saved_tensors_default_hooks", None
+)
 
 
 def _saved_tensor_hooks_active() -> bool:
     """Whether default saved-tensor hooks are set (a non-reentrant activation checkpoint, offloading
     to the host): they must see what the call saves, which a replay does not show them."""
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    return top is not None and top(True) is not None
+    return _TOP_SAVED_TENSOR_HOOKS is None or _TOP_SAVED_TENSOR_HOOKS(True) is not None
 
 
 def graphable(module: nn.Module, input: Tensor) -> bool:
-    """The conditions of :func:`wanted` that do not depend on the device: the switch admits the call
-    (:func:`admits`), no saved-tensor hooks are set, and no capture has failed in this process."""
+    """The conditions of :func:`wanted` other than the call's kind (an eager training call, on the
+    current CUDA device, not capturing): no capture has failed in this process, the switch admits
+    the call (:func:`admits`) and no saved-tensor hooks are set."""
     return not _DISABLED and admits(module, input) and not _saved_tensor_hooks_active()
 
 
@@ -305,6 +311,13 @@ class _Entry:
         """Records the forward and its backward, then replays the forward for this call."""
         generation = generations.for_recording()
         if generation is None:  # every pool in use: this signature runs eagerly (and out of device_time)
+            if not _POOLS_FULL_WARNED:
+                _POOLS_FULL_WARNED.append(True)
+                warnings.warn(
+                    f"dcls_core: all {MAX_GENERATIONS} CUDA-graph memory pools of DCLS layers are held by recorded "
+                    "layers still alive; layers that record from now on run eagerly",
+                    stacklevel=4,
+                )
             self.failed = True
             return False
         self.static_input = _dense_like(input).requires_grad_(input.requires_grad)  # filled before the replay
@@ -334,6 +347,8 @@ class _Entry:
                     self._record_backward(backward, generation, output, leaves)
         except _CaptureFailed as exc:  # the capture's state (CUDA's, the allocator's) is not to be trusted
             _DISABLED.append(str(exc.__cause__))
+            for entries in list(_LAYERS.values()):  # no replays either: their memory goes with the last holder
+                entries.clear()
             message = (
                 f"dcls_core: a CUDA graph capture of a DCLS layer call failed ({exc.__cause__}); DCLS layers run "
                 f"eagerly from now on in this process (set {ENV_VAR}=0 to run them so from the start)"
@@ -438,7 +453,7 @@ class _CaptureFailed(Exception):
 
 
 @contextlib.contextmanager
-def _capture(graph: torch.cuda.CUDAGraph, pool) -> object:
+def _capture(graph: torch.cuda.CUDAGraph, pool: object) -> Iterator[None]:
     """``torch.cuda.graph(graph, pool)``, an exception raised in it or by it as :class:`_CaptureFailed`."""
     try:
         with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
@@ -537,9 +552,8 @@ def _generations(device: torch.device) -> _Generations:
 
 class _Replay(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, entry: _Entry, input: Tensor, *params: Tensor) -> Tensor:
-        ctx.entry, ctx.stamp = entry, entry.replays
-        ctx.input_is_leaf = input.requires_grad and input.grad_fn is None
+    def forward(ctx, entry: _Entry, input: Tensor, gradient_kept: bool, *params: Tensor) -> Tensor:
+        ctx.entry, ctx.stamp, ctx.gradient_kept = entry, entry.replays, gradient_kept
         ctx.token = _Token()
         entry.generation.waiting[entry.number] = weakref.ref(ctx.token)
         return entry.output.clone(memory_format=torch.preserve_format)  # out of the graph's memory
@@ -549,9 +563,21 @@ class _Replay(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         entry: _Entry = ctx.entry
         grad_input = entry.backward(grad_output, ctx.stamp)
-        if grad_input is not None and ctx.input_is_leaf:
+        if grad_input is not None and ctx.gradient_kept:
             grad_input = grad_input.clone()  # a leaf keeps its gradient: not the graph's memory
-        return (None, grad_input, *entry.param_grad_views())
+        return (None, grad_input, None, *entry.param_grad_views())
+
+
+def _gradient_may_be_kept(input: Tensor) -> bool:
+    """Whether autograd may store ``input``'s gradient as it comes, past the step (as a leaf's
+    ``.grad``): ``input`` is a leaf, or a view of one (a view's backward hands the gradient on as a
+    view of it). The replays' input gradient is graph memory that the layer's next backward
+    overwrites."""
+    if not input.requires_grad:
+        return False
+    if input.grad_fn is None:
+        return True
+    return input._is_view() and input._base.grad_fn is None
 
 
 _LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Entry]] = weakref.WeakKeyDictionary()
@@ -576,9 +602,10 @@ def _forget_replaced_parameters(entries: dict[tuple, _Entry], params: Sequence[T
     """Drops the entries recorded on parameter memory other than this call's (the parameters were
     replaced, e.g. moved to another dtype), with their graphs and what they keep once no pending
     backward holds them, so that the new parameters' signatures may record in their place. Only
-    where the layer's keys are full: calls on parameters that change at every call (e.g. through
-    ``torch.func.functional_call`` or a parametrization) never record (each is a first call), but
-    they do make room this way, and the layer's own parameters then warm up and record again."""
+    where the layer's keys are full: calls on parameters that change at every call (leaves on new
+    memory each time, e.g. through ``torch.func.functional_call``) never record (each is a first
+    call), but they do make room this way, and the layer's own parameters then warm up and record
+    again."""
     current = tuple(p.data_ptr() for p in params)
     for key in [key for key, entry in entries.items() if entry.param_memory != current]:
         del entries[key]
@@ -594,6 +621,7 @@ def graphed_call(
     depend on (:func:`dcls_core.dispatch.state`), part of the key."""
     if any(p.requires_grad and not p.is_leaf for p in params):  # computed (a parametrization): new each call
         return fn(input)
+    gradient_kept = _gradient_may_be_kept(input)  # of the caller's input, before a copy below
     if not _dense(input):  # the warm-up, the recording and the replays all see the dense copy's strides
         input = input.clone(memory_format=torch.preserve_format)
     entries = _LAYERS.get(module)
@@ -620,7 +648,7 @@ def graphed_call(
         entry.replay_forward(input)
     else:
         return fn(input)  # out of order: this call's memory could still be in use
-    return _Replay.apply(entry, input, *params)
+    return _Replay.apply(entry, input, gradient_kept, *params)
 
 
 def recorded(module: nn.Module) -> list[tuple[bool, bool, int]]:

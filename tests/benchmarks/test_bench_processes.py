@@ -32,7 +32,8 @@ def test_by_process_takes_each_process_medians_and_the_lowest():
     rows = _rows(0, [100, 100, 100], [90, 80, 85]) + _rows(1, [100, 110, 90], [60, 66, 70])
     (row,) = bench_models.by_process(rows)
     assert (row["model"], row["conv"]) == ("dcls", "auto")
-    assert row["train_ratio_by_process"] == pytest.approx([0.85, 0.66])  # medians 85/100 and 66/100
+    assert [p for p, _ in row["train_ratio_by_process"]] == [0, 1]
+    assert [v for _, v in row["train_ratio_by_process"]] == pytest.approx([0.85, 0.66])  # medians 85/100, 66/100
     assert row["train_ratio_lowest"] == pytest.approx(0.66)
     assert row["train_ratio_highest"] == pytest.approx(0.85)
     assert "infer_ratio_by_process" not in row and "infer_ratio_lowest" not in row
@@ -53,7 +54,9 @@ def test_the_loop_ratio_by_process():
         ]
 
     (row,) = bench_train.by_process(rows(0, [100, 100], [95, 93]) + rows(1, [100, 100], [80, 84]))
-    assert row["ratio_by_process"] == pytest.approx([0.94, 0.82])
+    assert [p for p, _ in row["ratio_by_process"]] == [0, 1]
+    assert [v for _, v in row["ratio_by_process"]] == pytest.approx([0.94, 0.82])
+    assert bench_common.format_by_process(row["ratio_by_process"]) == "1:0.94 2:0.82"
     assert (row["ratio_lowest"], row["ratio_highest"]) == pytest.approx((0.82, 0.94))
 
 
@@ -83,6 +86,44 @@ def test_smoke_in_two_processes(tmp_path):
         (1, "convnext_dcls_audio_tiny"),
     ]
     (row,) = report["by_process"]
-    assert len(row["train_ratio_by_process"]) == 2
-    assert row["train_ratio_lowest"] == min(row["train_ratio_by_process"])
+    assert [process for process, _ in row["train_ratio_by_process"]] == [0, 1]
+    assert row["train_ratio_lowest"] == min(value for _, value in row["train_ratio_by_process"])
+    assert report["failed_processes"] == []
     assert "per process (2 processes" in done.stdout
+
+
+FAKE_BENCHMARK = """
+import json, sys
+from pathlib import Path
+argv = sys.argv[1:]
+out = Path(argv[argv.index("--json") + 1])
+count = Path(argv[argv.index("--count") + 1])
+n = int(count.read_text()) if count.exists() else 0
+count.write_text(str(n + 1))
+rows = [{"model": "m", "argv": argv}]
+if n == 1:  # the second process: one row written, then it dies
+    out.write_text(json.dumps({"device": "fake", "results": rows}))
+    sys.exit(3)
+if n == 2:  # the third: cut short while writing
+    out.write_text('{"device": "fak')
+    sys.exit(0)
+out.write_text(json.dumps({"device": "fake", "results": rows}))
+"""
+
+
+def test_processes_that_fail_are_counted_and_their_rows_kept(tmp_path, capsys):
+    script = tmp_path / "fake_benchmark.py"
+    script.write_text(FAKE_BENCHMARK)
+    out = tmp_path / "joined.json"
+    argv = ["--count", str(tmp_path / "count"), "--proc", "4", "--json", "ignored.json", "--processes=4"]
+    report = bench_common.run_in_processes(script, argv, 4, out, lambda rows: {"rows": len(rows)})
+    assert report["processes"] == 3  # the first, the second (its row) and the fourth
+    assert report["failed_processes"] == [1, 2]
+    assert [r["process"] for r in report["results"]] == [0, 1, 3]
+    assert report["rows"] == 3 and report["device"] == "fake"
+    child_argv = report["results"][0]["argv"]
+    assert child_argv[:4] == ["--count", str(tmp_path / "count"), "--proc", "4"]  # an abbreviation stays...
+    assert child_argv[4:6] == ["--processes", "1"]  # ...and loses to the last --processes
+    assert child_argv[6] == "--json" and child_argv[7] != "ignored.json" and len(child_argv) == 8
+    assert json.loads(out.read_text()) == report
+    assert "error: process 2 exited with status 3" in capsys.readouterr().err
