@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -19,6 +19,7 @@ __all__ = [
     "format_by_process",
     "fresh",
     "is_kernel",
+    "main_in_processes",
     "ratios_by_process",
     "run_in_processes",
     "sync",
@@ -126,6 +127,28 @@ def run_in_processes(
         report["failed_processes"] = list(failed)
         out.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def main_in_processes(
+    script: Path,
+    argv: Optional[Sequence[str]],
+    processes: int,
+    out: Path,
+    summarize: Callable[[list[dict]], dict],
+    show: Callable[[dict], None],
+) -> int:
+    """A benchmark's ``main`` for ``--processes N``: :func:`run_in_processes` (``argv`` None: this
+    process's own arguments), then ``show(report)`` prints the joined report. Returns the exit
+    status: 1 where a process failed or none reported, else 0."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    report = run_in_processes(script, argv, processes, out, summarize)
+    if not report:
+        print("error: no process wrote a result", file=sys.stderr)
+        return 1
+    print(f"== {report['processes']} of {processes} processes reported")
+    show(report)
+    print(f"wrote {out}")
+    return 1 if report["failed_processes"] else 0
 
 
 def ratios_by_process(

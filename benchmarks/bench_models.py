@@ -55,7 +55,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import env_var, format_by_process, fresh, is_kernel, ratios_by_process, run_in_processes, sync  # noqa: E402
+from bench_common import env_var, format_by_process, fresh, is_kernel, main_in_processes, ratios_by_process, sync  # noqa: E402
 from memory_trace import compare_sites, step_peaks, traced_steps  # noqa: E402
 
 from dcls_audio.models import create_model  # noqa: E402
@@ -515,22 +515,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.json) if args.json else RESULTS / ("bench_models_smoke.json" if args.smoke else "bench_models.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.processes > 1:
-        argv = sys.argv[1:] if argv is None else list(argv)
-        report = run_in_processes(
-            Path(__file__).resolve(),
-            argv,
-            args.processes,
-            out,
-            lambda rows: {"medians": medians(rows), "by_process": by_process(rows)},
-        )
-        if not report:
-            print("error: no process wrote a result", file=sys.stderr)
-            return 1
-        print(f"== {report['processes']} of {args.processes} processes reported")
-        print_medians(report["medians"], args.repeats * report["processes"])
-        print_by_process(report["by_process"], report["processes"])
-        print(f"wrote {out}")
-        return 1 if report["failed_processes"] else 0
+
+        def show(report: dict) -> None:
+            print_medians(report["medians"], args.repeats * report["processes"])
+            print_by_process(report["by_process"], report["processes"])
+
+        def summarize(rows: list[dict]) -> dict:
+            return {"medians": medians(rows), "by_process": by_process(rows)}
+
+        return main_in_processes(Path(__file__).resolve(), argv, args.processes, out, summarize, show)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     report = {"device": name, "torch": torch.__version__, "precision": args.precision, "batch_size": args.batch_size}

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import env_var, format_by_process, fresh, is_kernel, ratios_by_process, run_in_processes, sync  # noqa: E402
+from bench_common import env_var, format_by_process, fresh, is_kernel, main_in_processes, ratios_by_process, sync  # noqa: E402
 
 from dcls_audio.data import AudioSetDataModule  # noqa: E402
 from dcls_audio.data.hdf5_dataset import create_layout  # noqa: E402
@@ -620,20 +620,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.json) if args.json else RESULTS / default_name
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.processes > 1:
-        report = run_in_processes(
-            Path(__file__).resolve(),
-            sys.argv[1:] if argv is None else list(argv),
-            args.processes,
-            out,
-            lambda rows: {"medians": medians(rows), "by_process": by_process(rows)},
-        )
-        if not report:
-            print("error: no process wrote a result", file=sys.stderr)
-            return 1
-        print(f"== {report['processes']} of {args.processes} processes reported")
-        print_by_process(report["by_process"], report["processes"])
-        print(f"wrote {out}")
-        return 1 if report["failed_processes"] else 0
+
+        def summarize(rows: list[dict]) -> dict:
+            return {"medians": medians(rows), "by_process": by_process(rows)}
+
+        def show(report: dict) -> None:
+            print_by_process(report["by_process"], report["processes"])
+
+        return main_in_processes(Path(__file__).resolve(), argv, args.processes, out, summarize, show)
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     clips = args.clips or args.batch_size * (args.warmup + args.steps + 2)
