@@ -23,7 +23,6 @@ __all__ = [
     "ratios_by_process",
     "run_in_processes",
     "sync",
-    "without_option",
 ]
 
 
@@ -67,25 +66,13 @@ def env_var(name: str, value: str | None):
             os.environ[name] = saved
 
 
-def without_option(argv: Sequence[str], option: str) -> list[str]:
-    """``argv`` without ``option`` and its value (``--option V`` or ``--option=V``)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            out.append(arg)
-    return out
-
-
 def run_in_processes(
     script: Path, argv: Sequence[str], processes: int, out: Path, summarize: Callable[[list[dict]], dict]
 ) -> dict:
     """The benchmark ``script`` run ``processes`` times, one after another, each in a fresh Python
-    process with ``argv`` less ``--processes`` and ``--json`` (``--processes 1`` and its own
-    ``--json`` last: they win over any abbreviation argparse accepts); their output passes through.
+    process with ``argv`` followed by ``--processes 1`` and its own ``--json`` (argparse takes an
+    option's last value, so these win over the caller's, abbreviated or not); their output passes
+    through.
 
     Returns their reports joined: the first one's header fields, every row of ``results`` tagged
     with its ``process`` (index from 0), ``processes`` (how many reported), ``failed_processes``
@@ -94,14 +81,13 @@ def run_in_processes(
     ``summarize(results)`` returns; written to ``out`` after each process. An empty dict where no
     process reported. Host-bound steps vary more between processes than between the repeats of
     one process (benchmarks/NOTES_layers.md, run 20)."""
-    child_argv = without_option(without_option(argv, "--processes"), "--json")
     report: dict = {}
     failed: list[int] = []
     with tempfile.TemporaryDirectory(prefix="bench_processes_") as tmp:
         for index in range(processes):
             part = Path(tmp) / f"process{index}.json"
             print(f"-- process {index + 1} of {processes}", flush=True)
-            cmd = [sys.executable, str(script), *child_argv, "--processes", "1", "--json", str(part)]
+            cmd = [sys.executable, str(script), *argv, "--processes", "1", "--json", str(part)]
             done = subprocess.run(cmd, check=False)
             try:
                 child = json.loads(part.read_text()) if part.exists() else None
@@ -111,21 +97,18 @@ def run_in_processes(
                 failed.append(index)
                 why = f"exited with status {done.returncode}" if done.returncode else "wrote no readable report"
                 print(f"error: process {index + 1} {why}", file=sys.stderr)
-            if child is None:
-                continue
-            if not report:
-                report = {k: v for k, v in child.items() if k != "results"}
-                report["results"] = []
-            for row in child["results"]:
-                row["process"] = index
-                report["results"].append(row)
-            report["processes"] = report.get("processes", 0) + 1
-            report["failed_processes"] = list(failed)
-            report.update(summarize(report["results"]))
-            out.write_text(json.dumps(report, indent=2) + "\n")
-    if report and report["failed_processes"] != failed:  # the last ones failed
-        report["failed_processes"] = list(failed)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+            if child is not None:
+                if not report:
+                    report = {k: v for k, v in child.items() if k != "results"}
+                    report["results"] = []
+                for row in child["results"]:
+                    row["process"] = index
+                    report["results"].append(row)
+                report["processes"] = report.get("processes", 0) + 1
+                report.update(summarize(report["results"]))
+            if report:
+                report["failed_processes"] = list(failed)
+                out.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
